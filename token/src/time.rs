@@ -1,0 +1,62 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A wall-clock instant in nanoseconds since the Unix epoch.
+///
+/// Nanoseconds, so that a revocation stamped at T never catches a token issued right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The earliest representable instant; used as "never" for optional bounds.
+    pub const EPOCH: Timestamp = Timestamp(0);
+
+    pub const fn from_unix_nanos(nanos: i64) -> Self {
+        Timestamp(nanos)
+    }
+
+    pub const fn unix_nanos(self) -> i64 {
+        self.0
+    }
+
+    /// The current system time (saturating at the epoch for clocks set before 1970).
+    pub fn now() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Timestamp(nanos)
+    }
+
+    pub fn saturating_add(self, d: Duration) -> Self {
+        let nanos = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(nanos))
+    }
+
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        let nanos = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_sub(nanos))
+    }
+
+    /// Time elapsed from `earlier` to `self`, zero when `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_nanos(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+
+    /// Whole seconds and the nanosecond remainder, as `google.protobuf.Timestamp` wants them.
+    pub fn seconds_and_nanos(self) -> (i64, i32) {
+        let secs = self.0.div_euclid(1_000_000_000);
+        let nanos = self.0.rem_euclid(1_000_000_000) as i32;
+        (secs, nanos)
+    }
+
+    /// The inverse of [`Timestamp::seconds_and_nanos`]; `None` when out of range.
+    pub fn from_seconds_and_nanos(seconds: i64, nanos: i32) -> Option<Self> {
+        if !(0..1_000_000_000).contains(&nanos) {
+            return None;
+        }
+        seconds
+            .checked_mul(1_000_000_000)
+            .and_then(|n| n.checked_add(i64::from(nanos)))
+            .map(Timestamp)
+    }
+}
