@@ -1,1 +1,58 @@
+//! The gRPC contract of the mini-program user-information services: generated clients and
+//! servers for `miniprogram.auth.v1` and `miniprogram.userinfo.v1`, the encoded descriptor set
+//! for server reflection, and the table of error reasons both services answer with.
 #![forbid(unsafe_code)]
+
+mod error_reason;
+
+pub use error_reason::{ERROR_DOMAIN, ErrorReason};
+
+/// `miniprogram.auth.v1`: apps, consent, tokens and keys.
+pub mod auth {
+    pub mod v1 {
+        #![allow(clippy::all)]
+        tonic::include_proto!("miniprogram.auth.v1");
+    }
+}
+
+/// `miniprogram.userinfo.v1`: public profile fields and the phone number.
+pub mod userinfo {
+    pub mod v1 {
+        #![allow(clippy::all)]
+        tonic::include_proto!("miniprogram.userinfo.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every file of the contract (and its imports), for
+/// server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("miniprogram_descriptor");
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn descriptor_set_decodes_and_holds_every_service() {
+        let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let services: Vec<String> = fds
+            .file
+            .iter()
+            .flat_map(|f| {
+                let package = f.package().to_owned();
+                f.service.iter().map(move |s| format!("{package}.{}", s.name()))
+            })
+            .collect();
+        for expected in [
+            "miniprogram.auth.v1.AppService",
+            "miniprogram.auth.v1.AuthorizationService",
+            "miniprogram.auth.v1.TokenService",
+            "miniprogram.auth.v1.KeyService",
+            "miniprogram.userinfo.v1.UserInfoService",
+            "miniprogram.userinfo.v1.ProfileService",
+        ] {
+            assert!(services.iter().any(|s| s == expected), "{expected} missing from {services:?}");
+        }
+    }
+}

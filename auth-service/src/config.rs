@@ -1,0 +1,274 @@
+//! auth-service configuration: flags with environment fallbacks, turned into a checked
+//! [`AuthConfig`]. Outside dev mode every credential must be given; the error names each
+//! missing variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use miniprogram_token::MasterKey;
+
+use crate::credentials::CallerTokens;
+
+pub const ENV_ADDR: &str = "AUTH_ADDR";
+pub const ENV_DATABASE_URL: &str = "AUTH_DATABASE_URL";
+pub const ENV_ADMIN_TOKEN: &str = "ADMIN_TOKEN";
+pub const ENV_WALLET_TOKEN: &str = "WALLET_TOKEN";
+pub const ENV_VERIFIER_TOKEN: &str = "VERIFIER_TOKEN";
+pub const ENV_MASTER_KEY_FILE: &str = "MASTER_KEY_FILE";
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/auth.db";
+/// Where dev mode keeps the master key it generates.
+pub const DEV_MASTER_KEY_FILE: &str = "data/master.key";
+
+/// Command-line flags, each with an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// Address to listen on.
+    #[arg(long = "auth-addr", env = ENV_ADDR, default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+    /// Database: `sqlite://path` (created if missing).
+    #[arg(long = "auth-database-url", env = ENV_DATABASE_URL, default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Bearer token of the platform console (AppService).
+    #[arg(long, env = ENV_ADMIN_TOKEN, hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Bearer token of the wallet gateway (AuthorizationService).
+    #[arg(long, env = ENV_WALLET_TOKEN, hide_env_values = true)]
+    pub wallet_token: Option<String>,
+    /// Bearer token of token verifiers such as userinfo-service (KeyService).
+    #[arg(long, env = ENV_VERIFIER_TOKEN, hide_env_values = true)]
+    pub verifier_token: Option<String>,
+    /// File holding the 32-byte master key that token keys are sealed under.
+    #[arg(long, env = ENV_MASTER_KEY_FILE)]
+    pub master_key_file: Option<PathBuf>,
+    /// Lifetime of a consent token (userInfo).
+    #[arg(long, env = "CONSENT_TOKEN_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub consent_token_ttl: Duration,
+    /// Lifetime of an access token.
+    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token (each rotation starts a new one).
+    #[arg(long, env = "REFRESH_TOKEN_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub refresh_token_ttl: Duration,
+    /// Lifetime of an auth code.
+    #[arg(long, env = "AUTH_CODE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub auth_code_ttl: Duration,
+    /// Lifetime of an unanswered prompt.
+    #[arg(long, env = "PROMPT_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub prompt_ttl: Duration,
+    /// How long a token key mints before the next one takes over.
+    #[arg(long, env = "KEY_ROTATION_PERIOD", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub key_rotation_period: Duration,
+    /// How often expired rows are swept.
+    #[arg(long, env = "SWEEP_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+    /// Most rows deleted from one table per sweep statement.
+    #[arg(long, env = "SWEEP_BATCH", default_value_t = 1000)]
+    pub sweep_batch: u32,
+    /// Failed app-credential attempts allowed per app and per caller address in one window.
+    #[arg(long, env = "FAILED_CREDENTIAL_BUDGET", default_value_t = 10)]
+    pub failed_credential_budget: u32,
+    /// The window those attempts are counted in.
+    #[arg(long, env = "FAILED_CREDENTIAL_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub failed_credential_window: Duration,
+    /// Interval between heartbeats on an idle revocation stream.
+    #[arg(long, env = "REVOCATION_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub revocation_heartbeat: Duration,
+}
+
+/// Why the configuration can't be used. Never contains a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("missing required configuration (not in dev mode): {}", .0.join(", "))]
+    Missing(Vec<&'static str>),
+    #[error("{variable}: {problem}")]
+    Invalid {
+        variable: &'static str,
+        problem: String,
+    },
+}
+
+/// Checked configuration for [`crate::serve`].
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub addr: SocketAddr,
+    pub database_url: String,
+    pub callers: CallerTokens,
+    pub master_key: MasterKey,
+    pub consent_token_ttl: Duration,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub auth_code_ttl: Duration,
+    pub prompt_ttl: Duration,
+    pub key_rotation_period: Duration,
+    pub sweep_interval: Duration,
+    pub sweep_batch: u32,
+    pub failed_credential_budget: u32,
+    pub failed_credential_window: Duration,
+    pub revocation_heartbeat: Duration,
+}
+
+impl AuthArgs {
+    /// Checks the flags; every missing credential is named at once. `dev` fills in what is
+    /// missing (random bearer tokens, a master key generated once under `data/`).
+    pub fn into_config(self, dev: bool) -> Result<AuthConfig, ConfigError> {
+        let mut missing = Vec::new();
+        let mut credential = |value: Option<String>, name: &'static str| -> String {
+            match value.filter(|v| !v.is_empty()) {
+                Some(v) => v,
+                None if dev => random_token(),
+                None => {
+                    missing.push(name);
+                    String::new()
+                }
+            }
+        };
+        let admin = credential(self.admin_token, ENV_ADMIN_TOKEN);
+        let wallet = credential(self.wallet_token, ENV_WALLET_TOKEN);
+        let verifier = credential(self.verifier_token, ENV_VERIFIER_TOKEN);
+        let master_key = match (self.master_key_file, dev) {
+            (Some(path), _) => Some(read_master_key(&path)?),
+            (None, true) => Some(dev_master_key(&PathBuf::from(DEV_MASTER_KEY_FILE))?),
+            (None, false) => {
+                missing.push(ENV_MASTER_KEY_FILE);
+                None
+            }
+        };
+        let master_key = match master_key {
+            Some(k) if missing.is_empty() => k,
+            _ => return Err(ConfigError::Missing(missing)),
+        };
+        for (variable, ttl) in [
+            ("CONSENT_TOKEN_TTL", self.consent_token_ttl),
+            ("ACCESS_TOKEN_TTL", self.access_token_ttl),
+            ("REFRESH_TOKEN_TTL", self.refresh_token_ttl),
+            ("AUTH_CODE_TTL", self.auth_code_ttl),
+            ("PROMPT_TTL", self.prompt_ttl),
+            ("KEY_ROTATION_PERIOD", self.key_rotation_period),
+            ("SWEEP_INTERVAL", self.sweep_interval),
+            ("REVOCATION_HEARTBEAT", self.revocation_heartbeat),
+        ] {
+            if ttl.is_zero() {
+                return Err(ConfigError::Invalid { variable, problem: "must be longer than zero".into() });
+            }
+        }
+        Ok(AuthConfig {
+            addr: self.addr,
+            database_url: self.database_url,
+            callers: CallerTokens { admin, wallet, verifier },
+            master_key,
+            consent_token_ttl: self.consent_token_ttl,
+            access_token_ttl: self.access_token_ttl,
+            refresh_token_ttl: self.refresh_token_ttl,
+            auth_code_ttl: self.auth_code_ttl,
+            prompt_ttl: self.prompt_ttl,
+            key_rotation_period: self.key_rotation_period,
+            sweep_interval: self.sweep_interval,
+            sweep_batch: self.sweep_batch.max(1),
+            failed_credential_budget: self.failed_credential_budget,
+            failed_credential_window: self.failed_credential_window,
+            revocation_heartbeat: self.revocation_heartbeat,
+        })
+    }
+}
+
+/// A random bearer token for dev mode.
+pub fn random_token() -> String {
+    miniprogram_token::random_bytes()
+        .map(hex::encode)
+        .unwrap_or_else(|_| String::from("dev-token-random-source-failed"))
+}
+
+/// Reads a master key file: exactly 32 raw bytes (`head -c32 /dev/urandom`).
+pub fn read_master_key(path: &std::path::Path) -> Result<MasterKey, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::Invalid {
+        variable: ENV_MASTER_KEY_FILE,
+        problem: format!("cannot read {}: {e}", path.display()),
+    })?;
+    MasterKey::from_bytes(&bytes).map_err(|e| ConfigError::Invalid {
+        variable: ENV_MASTER_KEY_FILE,
+        problem: format!("{}: {e}", path.display()),
+    })
+}
+
+/// Reads the dev master key, generating it (mode 0600) on first use, with a loud warning.
+pub fn dev_master_key(path: &std::path::Path) -> Result<MasterKey, ConfigError> {
+    if path.exists() {
+        return read_master_key(path);
+    }
+    let invalid = |problem: String| ConfigError::Invalid { variable: ENV_MASTER_KEY_FILE, problem };
+    let bytes = miniprogram_token::random_bytes().map_err(|e| invalid(e.to_string()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    write_private_file(path, &bytes).map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
+    tracing::warn!(
+        path = %path.display(),
+        "DEV MODE: generated a new master key; token keys are sealed under it. Do not use this in production: set MASTER_KEY_FILE"
+    );
+    MasterKey::from_bytes(&bytes).map_err(|e| invalid(e.to_string()))
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AuthArgs,
+    }
+
+    #[test]
+    fn missing_credentials_are_all_named() {
+        let cli = Cli::try_parse_from(["auth", "--admin-token", "x"]).unwrap();
+        let err = cli.args.into_config(false).unwrap_err();
+        let text = err.to_string();
+        for name in [ENV_WALLET_TOKEN, ENV_VERIFIER_TOKEN, ENV_MASTER_KEY_FILE] {
+            assert!(text.contains(name), "{text}");
+        }
+        assert!(!text.contains(ENV_ADMIN_TOKEN));
+    }
+
+    #[test]
+    fn durations_parse_and_defaults_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        let cli = Cli::try_parse_from([
+            "auth", "--admin-token", "a", "--wallet-token", "w", "--verifier-token", "v",
+            "--master-key-file", key.to_str().unwrap(), "--access-token-ttl", "15m",
+        ])
+        .unwrap();
+        let config = cli.args.into_config(false).unwrap();
+        assert_eq!(config.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
+    }
+
+    #[test]
+    fn short_master_key_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, [7u8; 16]).unwrap();
+        let err = read_master_key(&key).unwrap_err();
+        assert!(err.to_string().contains(ENV_MASTER_KEY_FILE));
+    }
+}

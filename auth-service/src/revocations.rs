@@ -1,0 +1,110 @@
+//! How long revocation rules live, and the live feed of new ones for `WatchRevocations`.
+
+use std::time::Duration;
+
+use miniprogram_token::Timestamp;
+use tokio::sync::watch;
+
+/// Keeps a rule until every token it could match has expired on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct RevocationPolicy {
+    longest_token_ttl: Duration,
+}
+
+impl RevocationPolicy {
+    pub fn new(consent_token_ttl: Duration, access_token_ttl: Duration) -> Self {
+        RevocationPolicy {
+            longest_token_ttl: consent_token_ttl.max(access_token_ttl),
+        }
+    }
+
+    pub fn rule_expiry(&self, issued_before: Timestamp) -> Timestamp {
+        issued_before.saturating_add(self.longest_token_ttl)
+    }
+}
+
+/// Wakes revocation streams when this process appends to the log. Streams also poll, so
+/// rules appended by another replica reach them too.
+#[derive(Debug, Clone)]
+pub struct RevocationFeed {
+    tx: watch::Sender<u64>,
+}
+
+impl Default for RevocationFeed {
+    fn default() -> Self {
+        RevocationFeed {
+            tx: watch::channel(0).0,
+        }
+    }
+}
+
+impl RevocationFeed {
+    /// Tells every open stream that the log has grown.
+    pub fn notify(&self) {
+        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+}
+
+/// One message of a revocation stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationItem {
+    Rule(miniprogram_token::RevocationRule),
+    /// Nothing new; sent on an idle stream so the verifier knows it is still connected.
+    Heartbeat,
+}
+
+/// Rules read from the log per query.
+const PAGE: u32 = 500;
+
+/// Streams every rule after `after_sequence`, then new ones as they are appended, with a
+/// heartbeat whenever the stream has been idle for `heartbeat`. Ends when the receiver is
+/// dropped; a storage error is sent and ends the stream (the verifier resumes).
+pub fn watch(
+    store: std::sync::Arc<dyn crate::store::AuthStore>,
+    feed: &RevocationFeed,
+    after_sequence: u64,
+    heartbeat: Duration,
+) -> tokio::sync::mpsc::Receiver<Result<RevocationItem, crate::error::AuthError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut appended = feed.subscribe();
+    tokio::spawn(async move {
+        let mut last = after_sequence;
+        loop {
+            let rules = match store.revocations_after(last, PAGE).await {
+                Ok(rules) => rules,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let full_page = rules.len() == PAGE as usize;
+            for rule in rules {
+                last = rule.sequence;
+                if tx.send(Ok(RevocationItem::Rule(rule))).await.is_err() {
+                    return;
+                }
+            }
+            if full_page {
+                continue;
+            }
+            tokio::select! {
+                changed = appended.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(heartbeat) => {
+                    if tx.send(Ok(RevocationItem::Heartbeat)).await.is_err() {
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
+            }
+        }
+    });
+    rx
+}

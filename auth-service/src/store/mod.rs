@@ -1,0 +1,273 @@
+//! Persistence for auth-service: one trait, a SQLite and a PostgreSQL implementation, and one
+//! conformance suite both pass. Every method that changes more than one row does so in one
+//! transaction, so a failed call leaves nothing half-written.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
+
+use crate::apps::FeatureSet;
+
+#[cfg(test)]
+mod conformance;
+pub mod sqlite;
+
+/// A SHA-256 digest of an opaque secret (app secret, auth code, refresh token, prompt id).
+pub type SecretHash = [u8; 32];
+
+/// Caller-actionable storage failures, plus one bucket for everything else.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("the database is unavailable: {0}")]
+    Unavailable(Arc<sqlx::Error>),
+    #[error("unexpected database error: {0}")]
+    Internal(Arc<sqlx::Error>),
+}
+
+/// A registered mini program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    pub app_id: String,
+    pub display_name: String,
+    pub secret_hash: SecretHash,
+    pub features: FeatureSet,
+    pub created_at: Timestamp,
+}
+
+/// What one user has decided for one mini program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationRecord {
+    pub user_id: String,
+    pub app_id: String,
+    pub granted: ScopeSet,
+    pub denied: ScopeSet,
+    pub updated_at: Timestamp,
+}
+
+/// A modal shown to a user, waiting for their answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptRecord {
+    pub prompt_hash: SecretHash,
+    pub user_id: String,
+    pub app_id: String,
+    pub scopes: ScopeSet,
+    pub previously_denied: bool,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub resolved_at: Option<Timestamp>,
+}
+
+/// A single-use auth code; its `grant_id` names every token that descends from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCodeRecord {
+    pub code_hash: SecretHash,
+    pub grant_id: String,
+    pub app_id: String,
+    pub user_id: String,
+    pub scopes: ScopeSet,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Kept past expiry so a late replay can still be recognised and its tokens revoked.
+    pub purge_at: Timestamp,
+}
+
+/// A refresh token; all rotations of one grant share `family_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTokenRecord {
+    pub token_hash: SecretHash,
+    pub family_id: String,
+    pub app_id: String,
+    pub user_id: String,
+    pub scopes: ScopeSet,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub used_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A revocation rule before the store gives it its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRevocation {
+    pub app_id: String,
+    pub user_id: Option<String>,
+    pub scopes: ScopeSet,
+    pub token_id: Option<String>,
+    pub grant_id: Option<String>,
+    pub issued_before: Timestamp,
+    pub expire_at: Timestamp,
+}
+
+/// A token key as stored: its material sealed under the master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTokenKey {
+    pub key_id: String,
+    pub sealed_key: String,
+    pub created_at: Timestamp,
+    pub retire_at: Timestamp,
+    pub expire_at: Timestamp,
+}
+
+/// What became of an attempt to spend an auth code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeRedemption {
+    /// Spent now, by this call; the first refresh token of its family is stored.
+    Redeemed(AuthCodeRecord),
+    /// Spent before: a replay.
+    AlreadyUsed(AuthCodeRecord),
+    Expired,
+    /// Unknown, or issued to another app.
+    NotFound,
+}
+
+/// What became of an attempt to rotate a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshRotation {
+    /// Spent now; the successor is stored.
+    Rotated(RefreshTokenRecord),
+    /// Spent before: a reuse, so the family must be revoked.
+    AlreadyUsed(RefreshTokenRecord),
+    /// Revoked (by the user, the app, or a disabled feature).
+    Revoked,
+    Expired,
+    /// Unknown, or issued to another app.
+    NotFound,
+}
+
+/// Removed by one sweep, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepCounts {
+    pub prompts: u64,
+    pub auth_codes: u64,
+    pub refresh_tokens: u64,
+    pub revocations: u64,
+    pub token_keys: u64,
+}
+
+impl SweepCounts {
+    pub fn total(&self) -> u64 {
+        self.prompts + self.auth_codes + self.refresh_tokens + self.revocations + self.token_keys
+    }
+}
+
+/// Everything auth-service keeps.
+#[async_trait]
+pub trait AuthStore: Send + Sync + 'static {
+    // === apps ===
+    async fn insert_app(&self, app: &AppRecord) -> Result<(), StoreError>;
+    async fn get_app(&self, app_id: &str) -> Result<AppRecord, StoreError>;
+    async fn count_apps(&self) -> Result<u64, StoreError>;
+    async fn set_app_secret(&self, app_id: &str, secret_hash: &SecretHash)
+    -> Result<(), StoreError>;
+    /// Sets the feature set; with a revocation, also voids the refresh tokens it matches and
+    /// appends it to the log, all in one transaction.
+    async fn set_features(
+        &self,
+        app_id: &str,
+        features: FeatureSet,
+        revocation: Option<&NewRevocation>,
+    ) -> Result<AppRecord, StoreError>;
+
+    // === authorizations ===
+    async fn get_authorization(
+        &self,
+        user_id: &str,
+        app_id: &str,
+    ) -> Result<Option<AuthorizationRecord>, StoreError>;
+    /// Atomically: granted = (granted | grant) - deny; denied = (denied | deny) - grant.
+    async fn record_decision(
+        &self,
+        user_id: &str,
+        app_id: &str,
+        grant: ScopeSet,
+        deny: ScopeSet,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The user's authorizations that still grant something, with each app's display name.
+    async fn list_authorizations(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(AuthorizationRecord, String)>, StoreError>;
+    /// Withdraws `revocation.scopes` from the user's grant, voids matching refresh tokens and
+    /// appends the revocation; returns the scopes still granted.
+    async fn withdraw_authorization(
+        &self,
+        revocation: &NewRevocation,
+        now: Timestamp,
+    ) -> Result<ScopeSet, StoreError>;
+
+    // === prompts ===
+    async fn insert_prompt(&self, prompt: &PromptRecord) -> Result<(), StoreError>;
+    async fn get_prompt(&self, prompt_hash: &SecretHash) -> Result<PromptRecord, StoreError>;
+    /// Marks the prompt resolved; `false` if another call resolved it first.
+    async fn resolve_prompt(
+        &self,
+        prompt_hash: &SecretHash,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    // === auth codes and refresh tokens ===
+    async fn insert_auth_code(&self, code: &AuthCodeRecord) -> Result<(), StoreError>;
+    /// Spends the code in one atomic update and stores `first_refresh` (whose family, user
+    /// and scopes are taken from the code) in the same transaction.
+    async fn redeem_auth_code(
+        &self,
+        code_hash: &SecretHash,
+        app_id: &str,
+        first_refresh: &SecretHash,
+        refresh_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<CodeRedemption, StoreError>;
+    /// Voids a grant's refresh tokens and appends the revocation of its access tokens, once:
+    /// `false` if the family was already revoked.
+    async fn revoke_family(
+        &self,
+        family_id: &str,
+        revocation: &NewRevocation,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    async fn rotate_refresh_token(
+        &self,
+        token_hash: &SecretHash,
+        app_id: &str,
+        successor: &SecretHash,
+        successor_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<RefreshRotation, StoreError>;
+    async fn get_refresh_token(
+        &self,
+        token_hash: &SecretHash,
+    ) -> Result<RefreshTokenRecord, StoreError>;
+
+    // === revocation log ===
+    async fn append_revocation(
+        &self,
+        revocation: &NewRevocation,
+    ) -> Result<RevocationRule, StoreError>;
+    async fn revocations_after(
+        &self,
+        sequence: u64,
+        limit: u32,
+    ) -> Result<Vec<RevocationRule>, StoreError>;
+
+    /// Rules that could void a token of (app, user) issued at `issued_at`.
+    async fn revocations_for_subject(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        issued_at: Timestamp,
+    ) -> Result<Vec<RevocationRule>, StoreError>;
+
+    // === token keys ===
+    async fn insert_token_key(&self, key: &StoredTokenKey) -> Result<(), StoreError>;
+    async fn list_token_keys(&self) -> Result<Vec<StoredTokenKey>, StoreError>;
+
+    // === upkeep ===
+    /// Deletes up to `batch` expired rows from each table.
+    async fn sweep_expired(&self, now: Timestamp, batch: u32) -> Result<SweepCounts, StoreError>;
+    async fn close(&self);
+}

@@ -1,0 +1,763 @@
+//! The embedded default: SQLite in WAL mode, one writer connection (so write transactions never
+//! race each other into SQLITE_BUSY) beside a small pool of readers.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row;
+
+use super::{
+    AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, CodeRedemption, NewRevocation,
+    PromptRecord, RefreshRotation, RefreshTokenRecord, SecretHash, StoreError, StoredTokenKey,
+    SweepCounts,
+};
+use crate::apps::FeatureSet;
+
+/// SQLite's extended result code for a UNIQUE / PRIMARY KEY constraint violation.
+const SQLITE_CONSTRAINT_UNIQUE: &str = "2067";
+const SQLITE_CONSTRAINT_PRIMARYKEY: &str = "1555";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/auth/sqlite");
+
+/// Maps a sqlx error to a store error kind, naming the constraint codes it recognises.
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(db)
+            if matches!(
+                db.code().as_deref(),
+                Some(SQLITE_CONSTRAINT_UNIQUE | SQLITE_CONSTRAINT_PRIMARYKEY)
+            ) =>
+        {
+            StoreError::AlreadyExists
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(Arc::new(e))
+        }
+        _ => StoreError::Internal(Arc::new(e)),
+    }
+}
+
+/// auth-service's tables in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteAuthStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteAuthStore {
+    /// Opens (creating if missing) the database at `url` and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(classify)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(classify)?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Internal(Arc::new(e.into())))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(classify)?;
+        Ok(SqliteAuthStore { writer, reader })
+    }
+}
+
+fn ts(row: &SqliteRow, col: &str) -> Result<Timestamp, sqlx::Error> {
+    Ok(Timestamp::from_unix_nanos(row.try_get::<i64, _>(col)?))
+}
+
+fn opt_ts(row: &SqliteRow, col: &str) -> Result<Option<Timestamp>, sqlx::Error> {
+    Ok(row
+        .try_get::<Option<i64>, _>(col)?
+        .map(Timestamp::from_unix_nanos))
+}
+
+fn scopes(row: &SqliteRow, col: &str) -> Result<ScopeSet, sqlx::Error> {
+    Ok(ScopeSet::from_bits(row.try_get::<i64, _>(col)? as u8))
+}
+
+fn hash(row: &SqliteRow, col: &str) -> Result<SecretHash, sqlx::Error> {
+    let bytes: Vec<u8> = row.try_get(col)?;
+    bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+        index: col.to_owned(),
+        source: "hash is not 32 bytes".into(),
+    })
+}
+
+fn app_from_row(row: &SqliteRow) -> Result<AppRecord, sqlx::Error> {
+    Ok(AppRecord {
+        app_id: row.try_get("app_id")?,
+        display_name: row.try_get("display_name")?,
+        secret_hash: hash(row, "secret_hash")?,
+        features: FeatureSet::from_bits(row.try_get::<i64, _>("features")? as u8),
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+fn authorization_from_row(row: &SqliteRow) -> Result<AuthorizationRecord, sqlx::Error> {
+    Ok(AuthorizationRecord {
+        user_id: row.try_get("user_id")?,
+        app_id: row.try_get("app_id")?,
+        granted: scopes(row, "granted")?,
+        denied: scopes(row, "denied")?,
+        updated_at: ts(row, "updated_at")?,
+    })
+}
+
+fn prompt_from_row(row: &SqliteRow) -> Result<PromptRecord, sqlx::Error> {
+    Ok(PromptRecord {
+        prompt_hash: hash(row, "prompt_hash")?,
+        user_id: row.try_get("user_id")?,
+        app_id: row.try_get("app_id")?,
+        scopes: scopes(row, "scopes")?,
+        previously_denied: row.try_get::<i64, _>("previously_denied")? != 0,
+        created_at: ts(row, "created_at")?,
+        expires_at: ts(row, "expires_at")?,
+        resolved_at: opt_ts(row, "resolved_at")?,
+    })
+}
+
+fn code_from_row(row: &SqliteRow) -> Result<AuthCodeRecord, sqlx::Error> {
+    Ok(AuthCodeRecord {
+        code_hash: hash(row, "code_hash")?,
+        grant_id: row.try_get("grant_id")?,
+        app_id: row.try_get("app_id")?,
+        user_id: row.try_get("user_id")?,
+        scopes: scopes(row, "scopes")?,
+        created_at: ts(row, "created_at")?,
+        expires_at: ts(row, "expires_at")?,
+        purge_at: ts(row, "purge_at")?,
+    })
+}
+
+fn refresh_from_row(row: &SqliteRow) -> Result<RefreshTokenRecord, sqlx::Error> {
+    Ok(RefreshTokenRecord {
+        token_hash: hash(row, "token_hash")?,
+        family_id: row.try_get("family_id")?,
+        app_id: row.try_get("app_id")?,
+        user_id: row.try_get("user_id")?,
+        scopes: scopes(row, "scopes")?,
+        created_at: ts(row, "created_at")?,
+        expires_at: ts(row, "expires_at")?,
+        used_at: opt_ts(row, "used_at")?,
+        revoked_at: opt_ts(row, "revoked_at")?,
+    })
+}
+
+fn revocation_from_row(row: &SqliteRow) -> Result<RevocationRule, sqlx::Error> {
+    Ok(RevocationRule {
+        sequence: row.try_get::<i64, _>("sequence")? as u64,
+        app_id: row.try_get("app_id")?,
+        user_id: row.try_get("user_id")?,
+        scopes: scopes(row, "scopes")?,
+        token_id: row.try_get("token_id")?,
+        grant_id: row.try_get("grant_id")?,
+        issued_before: ts(row, "issued_before")?,
+        expire_at: ts(row, "expire_at")?,
+    })
+}
+
+fn key_from_row(row: &SqliteRow) -> Result<StoredTokenKey, sqlx::Error> {
+    Ok(StoredTokenKey {
+        key_id: row.try_get("key_id")?,
+        sealed_key: row.try_get("sealed_key")?,
+        created_at: ts(row, "created_at")?,
+        retire_at: ts(row, "retire_at")?,
+        expire_at: ts(row, "expire_at")?,
+    })
+}
+
+async fn append_revocation_in(
+    conn: &mut sqlx::SqliteConnection,
+    r: &NewRevocation,
+) -> Result<RevocationRule, sqlx::Error> {
+    let row = sqlx::query(
+        "INSERT INTO revocations (app_id, user_id, scopes, token_id, grant_id, issued_before, expire_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+    )
+    .bind(&r.app_id)
+    .bind(&r.user_id)
+    .bind(i64::from(r.scopes.bits()))
+    .bind(&r.token_id)
+    .bind(&r.grant_id)
+    .bind(r.issued_before.unix_nanos())
+    .bind(r.expire_at.unix_nanos())
+    .fetch_one(&mut *conn)
+    .await?;
+    revocation_from_row(&row)
+}
+
+/// Voids the refresh tokens of (app, user?) that carry any of `scopes` (all when empty).
+async fn void_refresh_tokens_in(
+    conn: &mut sqlx::SqliteConnection,
+    r: &NewRevocation,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = ?
+         WHERE app_id = ? AND (? IS NULL OR user_id = ?) AND (? = 0 OR (scopes & ?) != 0)
+           AND revoked_at IS NULL",
+    )
+    .bind(now.unix_nanos())
+    .bind(&r.app_id)
+    .bind(&r.user_id)
+    .bind(&r.user_id)
+    .bind(i64::from(r.scopes.bits()))
+    .bind(i64::from(r.scopes.bits()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl AuthStore for SqliteAuthStore {
+    async fn insert_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO apps (app_id, display_name, secret_hash, features, created_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&app.app_id)
+        .bind(&app.display_name)
+        .bind(app.secret_hash.as_slice())
+        .bind(i64::from(app.features.bits()))
+        .bind(app.created_at.unix_nanos())
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get_app(&self, app_id: &str) -> Result<AppRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM apps WHERE app_id = ?")
+            .bind(app_id)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(classify)?;
+        app_from_row(&row).map_err(classify)
+    }
+
+    async fn count_apps(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apps")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(classify)?;
+        Ok(n as u64)
+    }
+
+    async fn set_app_secret(
+        &self,
+        app_id: &str,
+        secret_hash: &SecretHash,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE apps SET secret_hash = ? WHERE app_id = ?")
+            .bind(secret_hash.as_slice())
+            .bind(app_id)
+            .execute(&self.writer)
+            .await
+            .map_err(classify)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_features(
+        &self,
+        app_id: &str,
+        features: FeatureSet,
+        revocation: Option<&NewRevocation>,
+    ) -> Result<AppRecord, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(classify)?;
+        let row = sqlx::query("UPDATE apps SET features = ? WHERE app_id = ? RETURNING *")
+            .bind(i64::from(features.bits()))
+            .bind(app_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let app = app_from_row(&row).map_err(classify)?;
+        if let Some(r) = revocation {
+            void_refresh_tokens_in(&mut tx, r, r.issued_before)
+                .await
+                .map_err(classify)?;
+            append_revocation_in(&mut tx, r).await.map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(app)
+    }
+
+    async fn get_authorization(
+        &self,
+        user_id: &str,
+        app_id: &str,
+    ) -> Result<Option<AuthorizationRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM authorizations WHERE user_id = ? AND app_id = ?")
+            .bind(user_id)
+            .bind(app_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify)?;
+        row.map(|r| authorization_from_row(&r))
+            .transpose()
+            .map_err(classify)
+    }
+
+    async fn record_decision(
+        &self,
+        user_id: &str,
+        app_id: &str,
+        grant: ScopeSet,
+        deny: ScopeSet,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let (g, d) = (i64::from(grant.bits()), i64::from(deny.bits()));
+        sqlx::query(
+            "INSERT INTO authorizations (user_id, app_id, granted, denied, updated_at)
+             VALUES (?1, ?2, ?3 & ~?4, ?4 & ~?3, ?5)
+             ON CONFLICT (user_id, app_id) DO UPDATE SET
+               granted = (granted | ?3) & ~?4,
+               denied = (denied | ?4) & ~?3,
+               updated_at = ?5",
+        )
+        .bind(user_id)
+        .bind(app_id)
+        .bind(g)
+        .bind(d)
+        .bind(now.unix_nanos())
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn list_authorizations(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(AuthorizationRecord, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.*, apps.display_name FROM authorizations a
+             JOIN apps ON apps.app_id = a.app_id
+             WHERE a.user_id = ? AND a.granted != 0 ORDER BY a.app_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|r| Ok((authorization_from_row(r)?, r.try_get("display_name")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    async fn withdraw_authorization(
+        &self,
+        revocation: &NewRevocation,
+        now: Timestamp,
+    ) -> Result<ScopeSet, StoreError> {
+        let user_id = revocation.user_id.as_deref().ok_or(StoreError::NotFound)?;
+        let withdrawn = if revocation.scopes.is_empty() {
+            0b111
+        } else {
+            i64::from(revocation.scopes.bits())
+        };
+        let mut tx = self.writer.begin().await.map_err(classify)?;
+        let remaining: Option<i64> = sqlx::query_scalar(
+            "UPDATE authorizations SET granted = granted & ~?, updated_at = ?
+             WHERE user_id = ? AND app_id = ? RETURNING granted",
+        )
+        .bind(withdrawn)
+        .bind(now.unix_nanos())
+        .bind(user_id)
+        .bind(&revocation.app_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        void_refresh_tokens_in(&mut tx, revocation, now)
+            .await
+            .map_err(classify)?;
+        append_revocation_in(&mut tx, revocation)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(ScopeSet::from_bits(remaining.unwrap_or(0) as u8))
+    }
+
+    async fn insert_prompt(&self, p: &PromptRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO prompts (prompt_hash, user_id, app_id, scopes, previously_denied,
+               created_at, expires_at, resolved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(p.prompt_hash.as_slice())
+        .bind(&p.user_id)
+        .bind(&p.app_id)
+        .bind(i64::from(p.scopes.bits()))
+        .bind(i64::from(p.previously_denied))
+        .bind(p.created_at.unix_nanos())
+        .bind(p.expires_at.unix_nanos())
+        .bind(p.resolved_at.map(Timestamp::unix_nanos))
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get_prompt(&self, prompt_hash: &SecretHash) -> Result<PromptRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM prompts WHERE prompt_hash = ?")
+            .bind(prompt_hash.as_slice())
+            .fetch_one(&self.writer)
+            .await
+            .map_err(classify)?;
+        prompt_from_row(&row).map_err(classify)
+    }
+
+    async fn resolve_prompt(
+        &self,
+        prompt_hash: &SecretHash,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE prompts SET resolved_at = ? WHERE prompt_hash = ? AND resolved_at IS NULL",
+        )
+        .bind(now.unix_nanos())
+        .bind(prompt_hash.as_slice())
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_auth_code(&self, c: &AuthCodeRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO auth_codes (code_hash, grant_id, app_id, user_id, scopes, created_at,
+               expires_at, purge_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(c.code_hash.as_slice())
+        .bind(&c.grant_id)
+        .bind(&c.app_id)
+        .bind(&c.user_id)
+        .bind(i64::from(c.scopes.bits()))
+        .bind(c.created_at.unix_nanos())
+        .bind(c.expires_at.unix_nanos())
+        .bind(c.purge_at.unix_nanos())
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn redeem_auth_code(
+        &self,
+        code_hash: &SecretHash,
+        app_id: &str,
+        first_refresh: &SecretHash,
+        refresh_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<CodeRedemption, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(classify)?;
+        let spent = sqlx::query(
+            "UPDATE auth_codes SET used_at = ?1
+             WHERE code_hash = ?2 AND app_id = ?3 AND used_at IS NULL AND expires_at > ?1
+             RETURNING *",
+        )
+        .bind(now.unix_nanos())
+        .bind(code_hash.as_slice())
+        .bind(app_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let outcome = match spent {
+            Some(row) => {
+                let code = code_from_row(&row).map_err(classify)?;
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (token_hash, family_id, app_id, user_id, scopes,
+                       created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(first_refresh.as_slice())
+                .bind(&code.grant_id)
+                .bind(&code.app_id)
+                .bind(&code.user_id)
+                .bind(i64::from(code.scopes.bits()))
+                .bind(now.unix_nanos())
+                .bind(refresh_expires_at.unix_nanos())
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                CodeRedemption::Redeemed(code)
+            }
+            None => {
+                let row = sqlx::query("SELECT * FROM auth_codes WHERE code_hash = ? AND app_id = ?")
+                    .bind(code_hash.as_slice())
+                    .bind(app_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                match row {
+                    None => CodeRedemption::NotFound,
+                    Some(row) => {
+                        let used: Option<i64> = row.try_get("used_at").map_err(classify)?;
+                        let code = code_from_row(&row).map_err(classify)?;
+                        if used.is_some() {
+                            CodeRedemption::AlreadyUsed(code)
+                        } else {
+                            CodeRedemption::Expired
+                        }
+                    }
+                }
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn revoke_family(
+        &self,
+        family_id: &str,
+        revocation: &NewRevocation,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(classify)?;
+        let code_marked = sqlx::query(
+            "UPDATE auth_codes SET family_revoked_at = ? WHERE grant_id = ? AND family_revoked_at IS NULL",
+        )
+        .bind(now.unix_nanos())
+        .bind(family_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        if code_marked == 0 {
+            let already: Option<i64> = sqlx::query_scalar(
+                "SELECT family_revoked_at FROM auth_codes WHERE grant_id = ?",
+            )
+            .bind(family_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?
+            .flatten();
+            if already.is_some() {
+                tx.commit().await.map_err(classify)?;
+                return Ok(false);
+            }
+        }
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now.unix_nanos())
+        .bind(family_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        append_revocation_in(&mut tx, revocation)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        token_hash: &SecretHash,
+        app_id: &str,
+        successor: &SecretHash,
+        successor_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<RefreshRotation, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(classify)?;
+        let spent = sqlx::query(
+            "UPDATE refresh_tokens SET used_at = ?1
+             WHERE token_hash = ?2 AND app_id = ?3 AND used_at IS NULL AND revoked_at IS NULL
+               AND expires_at > ?1
+             RETURNING *",
+        )
+        .bind(now.unix_nanos())
+        .bind(token_hash.as_slice())
+        .bind(app_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let outcome = match spent {
+            Some(row) => {
+                let old = refresh_from_row(&row).map_err(classify)?;
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (token_hash, family_id, app_id, user_id, scopes,
+                       created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(successor.as_slice())
+                .bind(&old.family_id)
+                .bind(&old.app_id)
+                .bind(&old.user_id)
+                .bind(i64::from(old.scopes.bits()))
+                .bind(now.unix_nanos())
+                .bind(successor_expires_at.unix_nanos())
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                RefreshRotation::Rotated(old)
+            }
+            None => {
+                let row =
+                    sqlx::query("SELECT * FROM refresh_tokens WHERE token_hash = ? AND app_id = ?")
+                        .bind(token_hash.as_slice())
+                        .bind(app_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                match row.map(|r| refresh_from_row(&r)).transpose().map_err(classify)? {
+                    None => RefreshRotation::NotFound,
+                    Some(rec) if rec.used_at.is_some() => RefreshRotation::AlreadyUsed(rec),
+                    Some(rec) if rec.revoked_at.is_some() => RefreshRotation::Revoked,
+                    Some(_) => RefreshRotation::Expired,
+                }
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn get_refresh_token(
+        &self,
+        token_hash: &SecretHash,
+    ) -> Result<RefreshTokenRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM refresh_tokens WHERE token_hash = ?")
+            .bind(token_hash.as_slice())
+            .fetch_one(&self.reader)
+            .await
+            .map_err(classify)?;
+        refresh_from_row(&row).map_err(classify)
+    }
+
+    async fn append_revocation(&self, r: &NewRevocation) -> Result<RevocationRule, StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(classify)?;
+        append_revocation_in(&mut conn, r).await.map_err(classify)
+    }
+
+    async fn revocations_after(
+        &self,
+        sequence: u64,
+        limit: u32,
+    ) -> Result<Vec<RevocationRule>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM revocations WHERE sequence > ? ORDER BY sequence LIMIT ?")
+            .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(revocation_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(classify)
+    }
+
+    async fn revocations_for_subject(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        issued_at: Timestamp,
+    ) -> Result<Vec<RevocationRule>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM revocations
+             WHERE app_id = ? AND (user_id IS NULL OR user_id = ?) AND issued_before >= ?",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(issued_at.unix_nanos())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(revocation_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(classify)
+    }
+
+    async fn insert_token_key(&self, k: &StoredTokenKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO token_keys (key_id, sealed_key, created_at, retire_at, expire_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&k.key_id)
+        .bind(&k.sealed_key)
+        .bind(k.created_at.unix_nanos())
+        .bind(k.retire_at.unix_nanos())
+        .bind(k.expire_at.unix_nanos())
+        .execute(&self.writer)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn list_token_keys(&self) -> Result<Vec<StoredTokenKey>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM token_keys ORDER BY created_at")
+            .fetch_all(&self.writer)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(key_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(classify)
+    }
+
+    async fn sweep_expired(&self, now: Timestamp, batch: u32) -> Result<SweepCounts, StoreError> {
+        let now = now.unix_nanos();
+        let batch = i64::from(batch);
+        let mut counts = SweepCounts::default();
+        for (table, column, slot) in [
+            ("prompts", "expires_at", &mut counts.prompts),
+            ("auth_codes", "purge_at", &mut counts.auth_codes),
+            ("refresh_tokens", "expires_at", &mut counts.refresh_tokens),
+            ("revocations", "expire_at", &mut counts.revocations),
+            ("token_keys", "expire_at", &mut counts.token_keys),
+        ] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE rowid IN
+                   (SELECT rowid FROM {table} WHERE {column} <= ? LIMIT ?)"
+            );
+            *slot = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(batch)
+                .execute(&self.writer)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+        }
+        Ok(counts)
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    async fn fresh() -> Option<(Arc<dyn AuthStore>, tempfile::TempDir)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+        let store = SqliteAuthStore::open(&url).await.expect("open SQLite store");
+        Some((Arc::new(store), dir))
+    }
+
+    crate::auth_store_conformance!(fresh);
+}

@@ -1,0 +1,50 @@
+//! Deletes expired prompts, codes, refresh tokens, revocation rules and token keys in bounded
+//! batches, so no table grows without bound and no sweep holds the writer for long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use miniprogram_token::Timestamp;
+
+use crate::store::{AuthStore, StoreError, SweepCounts};
+
+/// Sweeps until every table is clean or `max_rounds` batches ran; returns what was removed.
+pub async fn sweep_once(
+    store: &dyn AuthStore,
+    now: Timestamp,
+    batch: u32,
+    max_rounds: u32,
+) -> Result<SweepCounts, StoreError> {
+    let mut total = SweepCounts::default();
+    for _ in 0..max_rounds {
+        let round = store.sweep_expired(now, batch).await?;
+        total.prompts += round.prompts;
+        total.auth_codes += round.auth_codes;
+        total.refresh_tokens += round.refresh_tokens;
+        total.revocations += round.revocations;
+        total.token_keys += round.token_keys;
+        let most = [round.prompts, round.auth_codes, round.refresh_tokens, round.revocations, round.token_keys]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        if most < u64::from(batch) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(total)
+}
+
+/// Runs [`sweep_once`] every `interval`, forever; spawn it and abort it on shutdown.
+pub async fn run(store: Arc<dyn AuthStore>, interval: Duration, batch: u32) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match sweep_once(store.as_ref(), Timestamp::now(), batch, 100).await {
+            Ok(counts) if counts.total() > 0 => tracing::debug!(?counts, "swept expired rows"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep failed; will retry"),
+        }
+    }
+}

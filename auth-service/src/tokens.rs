@@ -1,0 +1,320 @@
+//! What a mini program backend does with an auth code: exchange it for tokens, refresh with
+//! rotation, revoke (RFC 7009) and introspect (RFC 7662). Always for its own tokens only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use miniprogram_token::{ScopeSet, Timestamp, TokenClaims, TokenKind};
+
+use crate::apps::Feature;
+use crate::error::AuthError;
+use crate::keys::SigningKeys;
+use crate::revocations::{RevocationFeed, RevocationPolicy};
+use crate::secrets::{self, AppUserIdKey, OpaqueSecret};
+use crate::store::{
+    AppRecord, AuthStore, CodeRedemption, NewRevocation, RefreshRotation, StoreError,
+};
+
+/// Lifetimes of the tokens a backend gets.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenLifetimes {
+    pub access_token: Duration,
+    pub refresh_token: Duration,
+}
+
+/// An access token and its refresh token, as returned by exchange and refresh.
+#[derive(Debug)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub access_token_expires_at: Timestamp,
+    pub refresh_token: OpaqueSecret,
+    pub refresh_token_expires_at: Timestamp,
+    /// The app-scoped user id, never the wallet's own.
+    pub app_user_id: String,
+    pub scopes: ScopeSet,
+}
+
+/// Which kind of token an introspection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectedKind {
+    Access,
+    Refresh,
+    Consent,
+}
+
+/// RFC 7662's answer: `active` and, only when active, what the token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introspection {
+    pub kind: IntrospectedKind,
+    pub app_id: String,
+    pub app_user_id: String,
+    pub scopes: ScopeSet,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub token_id: String,
+}
+
+/// Issues, rotates, revokes and describes tokens for authenticated mini program backends.
+#[derive(Clone)]
+pub struct TokenIssuer {
+    store: Arc<dyn AuthStore>,
+    keys: SigningKeys,
+    lifetimes: TokenLifetimes,
+    user_ids: AppUserIdKey,
+    revocation_policy: RevocationPolicy,
+    feed: RevocationFeed,
+}
+
+impl TokenIssuer {
+    pub fn new(
+        store: Arc<dyn AuthStore>,
+        keys: SigningKeys,
+        lifetimes: TokenLifetimes,
+        user_ids: AppUserIdKey,
+        revocation_policy: RevocationPolicy,
+        feed: RevocationFeed,
+    ) -> Self {
+        TokenIssuer { store, keys, lifetimes, user_ids, revocation_policy, feed }
+    }
+
+    /// Spends a code (once, under any concurrency). A replayed code revokes every token issued
+    /// from it (RFC 6749 §4.1.2).
+    pub async fn exchange(
+        &self,
+        app: &AppRecord,
+        auth_code: &str,
+        now: Timestamp,
+    ) -> Result<TokenPair, AuthError> {
+        if !secrets::looks_like_secret(auth_code) {
+            return Err(AuthError::InvalidCode);
+        }
+        let refresh = OpaqueSecret::generate()?;
+        let refresh_expires_at = now.saturating_add(self.lifetimes.refresh_token);
+        let redemption = self
+            .store
+            .redeem_auth_code(&secrets::hash(auth_code), &app.app_id, &refresh.hash(), refresh_expires_at, now)
+            .await?;
+        match redemption {
+            CodeRedemption::Redeemed(code) => {
+                if let Err(e) = self.check_still_authorized(app, &code.user_id, code.scopes).await {
+                    self.revoke_grant(&code.app_id, &code.user_id, &code.grant_id, now).await?;
+                    return Err(e);
+                }
+                self.pair(app, &code.user_id, code.scopes, &code.grant_id, refresh, refresh_expires_at, now)
+            }
+            CodeRedemption::AlreadyUsed(code) => {
+                self.revoke_grant(&code.app_id, &code.user_id, &code.grant_id, now).await?;
+                Err(AuthError::UsedCode)
+            }
+            CodeRedemption::Expired => Err(AuthError::ExpiredCode),
+            CodeRedemption::NotFound => Err(AuthError::InvalidCode),
+        }
+    }
+
+    /// Rotates a refresh token. Reusing a spent one revokes its whole family.
+    pub async fn refresh(
+        &self,
+        app: &AppRecord,
+        refresh_token: &str,
+        now: Timestamp,
+    ) -> Result<TokenPair, AuthError> {
+        if !secrets::looks_like_secret(refresh_token) {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let successor = OpaqueSecret::generate()?;
+        let successor_expires_at = now.saturating_add(self.lifetimes.refresh_token);
+        let rotation = self
+            .store
+            .rotate_refresh_token(&secrets::hash(refresh_token), &app.app_id, &successor.hash(), successor_expires_at, now)
+            .await?;
+        match rotation {
+            RefreshRotation::Rotated(old) => {
+                if let Err(e) = self.check_still_authorized(app, &old.user_id, old.scopes).await {
+                    self.revoke_grant(&old.app_id, &old.user_id, &old.family_id, now).await?;
+                    return Err(e);
+                }
+                self.pair(app, &old.user_id, old.scopes, &old.family_id, successor, successor_expires_at, now)
+            }
+            RefreshRotation::AlreadyUsed(old) => {
+                self.revoke_grant(&old.app_id, &old.user_id, &old.family_id, now).await?;
+                Err(AuthError::UsedRefreshToken)
+            }
+            RefreshRotation::Expired => Err(AuthError::ExpiredRefreshToken),
+            RefreshRotation::Revoked | RefreshRotation::NotFound => Err(AuthError::InvalidRefreshToken),
+        }
+    }
+
+    /// RFC 7009: revokes one of the app's own tokens; an unknown token, or another app's, is
+    /// not an error and changes nothing. Revoking a refresh token revokes its whole grant.
+    pub async fn revoke(&self, app: &AppRecord, token: &str, now: Timestamp) -> Result<(), AuthError> {
+        if secrets::looks_like_secret(token) {
+            return match self.store.get_refresh_token(&secrets::hash(token)).await {
+                Ok(rec) if rec.app_id == app.app_id => {
+                    self.revoke_grant(&rec.app_id, &rec.user_id, &rec.family_id, now).await
+                }
+                Ok(_) | Err(StoreError::NotFound) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let Some((_, claims)) = self.open_any(token, now) else {
+            return Ok(());
+        };
+        if claims.app_id != app.app_id {
+            return Ok(());
+        }
+        let revocation = NewRevocation {
+            app_id: claims.app_id,
+            user_id: Some(claims.user_id),
+            scopes: ScopeSet::EMPTY,
+            token_id: Some(claims.token_id),
+            grant_id: None,
+            issued_before: now,
+            expire_at: self.revocation_policy.rule_expiry(now),
+        };
+        self.store.append_revocation(&revocation).await?;
+        self.feed.notify();
+        Ok(())
+    }
+
+    /// RFC 7662: `None` means inactive (unknown, expired, revoked, or another app's).
+    pub async fn introspect(
+        &self,
+        app: &AppRecord,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Option<Introspection>, AuthError> {
+        if secrets::looks_like_secret(token) {
+            let rec = match self.store.get_refresh_token(&secrets::hash(token)).await {
+                Ok(rec) => rec,
+                Err(StoreError::NotFound) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let active = rec.app_id == app.app_id
+                && rec.used_at.is_none()
+                && rec.revoked_at.is_none()
+                && rec.expires_at > now;
+            return Ok(active.then(|| Introspection {
+                kind: IntrospectedKind::Refresh,
+                app_user_id: self.user_ids.app_user_id(&rec.app_id, &rec.user_id),
+                app_id: rec.app_id,
+                scopes: rec.scopes,
+                issued_at: rec.created_at,
+                expires_at: rec.expires_at,
+                token_id: String::new(),
+            }));
+        }
+        let Some((kind, claims)) = self.open_any(token, now) else {
+            return Ok(None);
+        };
+        if claims.app_id != app.app_id {
+            return Ok(None);
+        }
+        let rules = self
+            .store
+            .revocations_for_subject(&claims.app_id, &claims.user_id, claims.issued_at())
+            .await?;
+        if rules.iter().any(|r| r.matches(&claims)) {
+            return Ok(None);
+        }
+        let features_cover = claims.scopes.iter().all(|s| app.features.contains(Feature::for_scope(s)));
+        if !features_cover {
+            return Ok(None);
+        }
+        Ok(Some(Introspection {
+            kind,
+            app_user_id: self.user_ids.app_user_id(&claims.app_id, &claims.user_id),
+            scopes: claims.scopes,
+            issued_at: claims.issued_at(),
+            expires_at: claims.expires_at(),
+            token_id: claims.token_id,
+            app_id: claims.app_id,
+        }))
+    }
+
+    fn open_any(&self, token: &str, now: Timestamp) -> Option<(IntrospectedKind, TokenClaims)> {
+        self.keys.with_ring(|ring| {
+            ring.open(TokenKind::Access, token, now)
+                .map(|c| (IntrospectedKind::Access, c))
+                .or_else(|_| ring.open(TokenKind::Consent, token, now).map(|c| (IntrospectedKind::Consent, c)))
+                .ok()
+        })
+    }
+
+    /// A code or refresh token outlived the consent or feature it stood on.
+    async fn check_still_authorized(
+        &self,
+        app: &AppRecord,
+        user_id: &str,
+        scopes: ScopeSet,
+    ) -> Result<(), AuthError> {
+        if let Some(missing) = scopes.iter().map(Feature::for_scope).find(|f| !app.features.contains(*f)) {
+            return Err(AuthError::InsufficientIsvPermissions(missing));
+        }
+        let granted = self
+            .store
+            .get_authorization(user_id, &app.app_id)
+            .await?
+            .map_or(ScopeSet::EMPTY, |a| a.granted);
+        if !scopes.is_subset_of(granted) {
+            return Err(AuthError::InvalidAuthRelations);
+        }
+        Ok(())
+    }
+
+    async fn revoke_grant(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        grant_id: &str,
+        now: Timestamp,
+    ) -> Result<(), AuthError> {
+        let revocation = NewRevocation {
+            app_id: app_id.to_owned(),
+            user_id: Some(user_id.to_owned()),
+            scopes: ScopeSet::EMPTY,
+            token_id: None,
+            grant_id: Some(grant_id.to_owned()),
+            issued_before: now,
+            expire_at: self.revocation_policy.rule_expiry(now),
+        };
+        if self.store.revoke_family(grant_id, &revocation, now).await? {
+            self.feed.notify();
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pair(
+        &self,
+        app: &AppRecord,
+        user_id: &str,
+        scopes: ScopeSet,
+        grant_id: &str,
+        refresh_token: OpaqueSecret,
+        refresh_token_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<TokenPair, AuthError> {
+        let access_token_expires_at = now.saturating_add(self.lifetimes.access_token);
+        let claims = TokenClaims {
+            app_id: app.app_id.clone(),
+            user_id: user_id.to_owned(),
+            scopes,
+            issued_at: now.unix_nanos(),
+            expires_at: access_token_expires_at.unix_nanos(),
+            token_id: secrets::new_id()?,
+            grant_id: grant_id.to_owned(),
+        };
+        let access_token = self
+            .keys
+            .with_ring(|ring| ring.mint(TokenKind::Access, &claims, now))
+            .map_err(|_| AuthError::NoTokenKey)?;
+        Ok(TokenPair {
+            access_token,
+            access_token_expires_at,
+            refresh_token,
+            refresh_token_expires_at,
+            app_user_id: self.user_ids.app_user_id(&app.app_id, user_id),
+            scopes,
+        })
+    }
+}
