@@ -5,7 +5,7 @@ use std::sync::Arc;
 use miniprogram_token::{Scope, ScopeSet, Timestamp};
 
 use crate::error::AuthError;
-use crate::revocations::RevocationPolicy;
+use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
 use crate::store::{AppRecord, AuthStore, NewRevocation, StoreError};
 
@@ -113,13 +113,19 @@ pub struct CreatedApp {
 pub struct AppRegistry {
     store: Arc<dyn AuthStore>,
     revocation_policy: RevocationPolicy,
+    feed: RevocationFeed,
 }
 
 impl AppRegistry {
-    pub fn new(store: Arc<dyn AuthStore>, revocation_policy: RevocationPolicy) -> Self {
+    pub fn new(
+        store: Arc<dyn AuthStore>,
+        revocation_policy: RevocationPolicy,
+        feed: RevocationFeed,
+    ) -> Self {
         AppRegistry {
             store,
             revocation_policy,
+            feed,
         }
     }
 
@@ -183,10 +189,13 @@ impl AppRegistry {
             expire_at: self.revocation_policy.rule_expiry(now),
         };
         let features = app.features.without(feature);
-        self.store
+        let app = self
+            .store
             .set_features(app_id, features, Some(&revocation))
             .await
-            .map_err(app_not_found)
+            .map_err(app_not_found)?;
+        self.feed.notify();
+        Ok(app)
     }
 
     /// Issues a new secret; the old one stops working at once.

@@ -1,5 +1,8 @@
 //! auth-service: the platform's registry of mini programs, the consent flow, auth codes and
 //! token issuance, served over gRPC.
+//!
+//! [`serve`] binds the configured address; [`serve_with_listener`] takes a bound listener
+//! (tests bind `127.0.0.1:0`). Both run until `shutdown` resolves, then drain.
 #![forbid(unsafe_code)]
 
 pub mod apps;
@@ -8,9 +11,242 @@ pub mod config;
 pub mod consent;
 pub mod credentials;
 pub mod error;
+pub mod grpc;
 pub mod keys;
 pub mod revocations;
 pub mod secrets;
 pub mod store;
 pub mod sweeper;
 pub mod tokens;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use miniprogram_proto::auth::v1::{
+    app_service_server::AppServiceServer, authorization_service_server::AuthorizationServiceServer,
+    key_service_server::KeyServiceServer, token_service_server::TokenServiceServer,
+};
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Status};
+use tonic_health::ServingStatus;
+
+use crate::apps::AppRegistry;
+use crate::clock::Clock;
+use crate::config::AuthConfig;
+use crate::consent::{ConsentFlow, ConsentLifetimes};
+use crate::credentials::{AppAuthenticator, CallerRole, CallerTokens, FailedAttemptLimiter};
+use crate::keys::{KeyRotation, SigningKeys};
+use crate::revocations::{RevocationFeed, RevocationPolicy};
+use crate::secrets::AppUserIdKey;
+use crate::store::sqlite::SqliteAuthStore;
+use crate::store::{AuthStore, StoreError};
+use crate::tokens::{TokenIssuer, TokenLifetimes};
+
+/// The gRPC service names this server answers for (besides health and reflection).
+pub const SERVICE_NAMES: [&str; 4] = [
+    "miniprogram.auth.v1.AppService",
+    "miniprogram.auth.v1.AuthorizationService",
+    "miniprogram.auth.v1.TokenService",
+    "miniprogram.auth.v1.KeyService",
+];
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen: {0}")]
+    Bind(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("unsupported database URL (expected sqlite://...)")]
+    UnsupportedDatabase,
+    #[error("token keys: {0}")]
+    Keys(#[from] error::AuthError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the store the URL names and applies its migrations.
+pub async fn open_store(url: &str) -> Result<Arc<dyn AuthStore>, ServeError> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteAuthStore::open(url).await?;
+        return Ok(Arc::new(store));
+    }
+    Err(ServeError::UnsupportedDatabase)
+}
+
+/// Binds `config.addr` and serves until `shutdown` resolves.
+pub async fn serve(config: AuthConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.addr).await?;
+    serve_with_listener(config, listener, shutdown).await
+}
+
+fn role_check(
+    callers: Arc<CallerTokens>,
+    role: CallerRole,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        callers.authorize(grpc::authorization_header(request.metadata()), role)?;
+        Ok(request)
+    }
+}
+
+/// Serves on an already bound listener until `shutdown` resolves.
+pub async fn serve_with_listener(
+    config: AuthConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+
+    let store = open_store(&config.database_url).await?;
+    let clock = Arc::new(Clock::default());
+    let keys = SigningKeys::default();
+    let longest_token_ttl = config.consent_token_ttl.max(config.access_token_ttl);
+    let rotation = KeyRotation::new(
+        store.clone(),
+        config.master_key.clone(),
+        config.key_rotation_period,
+        longest_token_ttl,
+        keys.clone(),
+    );
+    rotation.ensure_current(clock.now()).await?;
+
+    let feed = RevocationFeed::default();
+    let policy = RevocationPolicy::new(config.consent_token_ttl, config.access_token_ttl);
+    let callers = Arc::new(config.callers.clone());
+    let registry = AppRegistry::new(store.clone(), policy, feed.clone());
+    let flow = ConsentFlow::new(
+        store.clone(),
+        keys.clone(),
+        ConsentLifetimes {
+            prompt: config.prompt_ttl,
+            consent_token: config.consent_token_ttl,
+            auth_code: config.auth_code_ttl,
+            access_token: config.access_token_ttl,
+        },
+        policy,
+        feed.clone(),
+    );
+    let issuer = TokenIssuer::new(
+        store.clone(),
+        keys.clone(),
+        TokenLifetimes {
+            access_token: config.access_token_ttl,
+            refresh_token: config.refresh_token_ttl,
+        },
+        AppUserIdKey::derive(config.master_key.as_bytes()),
+        policy,
+        feed.clone(),
+    );
+    let authenticator = Arc::new(AppAuthenticator::new(
+        store.clone(),
+        FailedAttemptLimiter::new(config.failed_credential_budget, config.failed_credential_window),
+    ));
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(miniprogram_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(sweeper::run(store.clone(), config.sweep_interval, config.sweep_batch));
+    {
+        let rotation = rotation.clone();
+        let clock = clock.clone();
+        let every = (config.key_rotation_period / 20).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        );
+        background.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = rotation.ensure_current(clock.now()).await {
+                    tracing::error!(error = %e, "key rotation failed; will retry");
+                }
+            }
+        });
+    }
+
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AppServiceServer::with_interceptor(
+            grpc::apps::AppGrpc { registry, clock: clock.clone() },
+            role_check(callers.clone(), CallerRole::Admin),
+        ))
+        .add_service(AuthorizationServiceServer::with_interceptor(
+            grpc::authorization::AuthorizationGrpc { flow, clock: clock.clone() },
+            role_check(callers.clone(), CallerRole::Wallet),
+        ))
+        .add_service(TokenServiceServer::new(grpc::tokens::TokenGrpc {
+            issuer,
+            apps: authenticator,
+            clock: clock.clone(),
+        }))
+        .add_service(KeyServiceServer::with_interceptor(
+            grpc::keys::KeyGrpc {
+                keys,
+                store: store.clone(),
+                feed,
+                heartbeat: config.revocation_heartbeat,
+                clock,
+            },
+            role_check(callers, CallerRole::Verifier),
+        ));
+
+    for name in SERVICE_NAMES.into_iter().chain([""]) {
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "auth-service serving");
+    let drain_health = health.clone();
+    let result = router
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            shutdown.await;
+            for name in SERVICE_NAMES.into_iter().chain([""]) {
+                drain_health.set_service_status(name, ServingStatus::NotServing).await;
+            }
+            tracing::info!("auth-service draining");
+        })
+        .await;
+    background.shutdown().await;
+    store.close().await;
+    tracing::info!("auth-service stopped");
+    Ok(result?)
+}
+
+/// Resolves on SIGTERM or Ctrl-C: the signal every binary drains on.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

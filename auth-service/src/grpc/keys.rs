@@ -1,0 +1,91 @@
+//! KeyService: what token verifiers need to check tokens locally.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use miniprogram_proto::auth::v1 as pb;
+use pb::key_service_server::KeyService;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{scopes_to_proto, timestamp};
+use crate::clock::Clock;
+use crate::keys::SigningKeys;
+use crate::revocations::{self, RevocationFeed, RevocationItem};
+use crate::store::AuthStore;
+
+/// Serves KeyService from the live key ring and the revocation log.
+pub struct KeyGrpc {
+    pub keys: SigningKeys,
+    pub store: Arc<dyn AuthStore>,
+    pub feed: RevocationFeed,
+    pub heartbeat: Duration,
+    pub clock: Arc<Clock>,
+}
+
+type RevocationStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl KeyService for KeyGrpc {
+    async fn list_token_keys(
+        &self,
+        _request: Request<pb::ListTokenKeysRequest>,
+    ) -> Result<Response<pb::ListTokenKeysResponse>, Status> {
+        let now = self.clock.now();
+        let (keys, current_key_id) = self.keys.with_ring(|ring| {
+            let keys = ring
+                .keys()
+                .filter(|k| k.expire_at > now)
+                .map(|k| pb::TokenKey {
+                    key_id: k.key_id.clone(),
+                    key_material: k.material.to_vec(),
+                    create_time: Some(timestamp(k.created_at)),
+                    retire_time: Some(timestamp(k.retire_at)),
+                    expire_time: Some(timestamp(k.expire_at)),
+                })
+                .collect();
+            (keys, ring.signing_key(now).map(|k| k.key_id.clone()).unwrap_or_default())
+        });
+        Ok(Response::new(pb::ListTokenKeysResponse { keys, current_key_id }))
+    }
+
+    type WatchRevocationsStream = RevocationStream;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let after = request.into_inner().after_sequence;
+        let clock = self.clock.clone();
+        let rx = revocations::watch(self.store.clone(), &self.feed, after, self.heartbeat);
+        let stream = ReceiverStream::new(rx).map(move |item| {
+            let server_time = Some(timestamp(clock.now()));
+            match item {
+                Ok(RevocationItem::Rule(r)) => Ok(pb::WatchRevocationsResponse {
+                    event: Some(pb::RevocationEvent {
+                        sequence: r.sequence,
+                        app_id: r.app_id,
+                        user_id: r.user_id.unwrap_or_default(),
+                        scopes: scopes_to_proto(r.scopes),
+                        token_id: r.token_id.unwrap_or_default(),
+                        issued_before: Some(timestamp(r.issued_before)),
+                        expire_time: Some(timestamp(r.expire_at)),
+                        grant_id: r.grant_id.unwrap_or_default(),
+                    }),
+                    server_time,
+                    heartbeat: false,
+                }),
+                Ok(RevocationItem::Heartbeat) => Ok(pb::WatchRevocationsResponse {
+                    event: None,
+                    server_time,
+                    heartbeat: true,
+                }),
+                Err(e) => Err(e.into()),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,132 @@
+//! TokenService: what mini program backends call with their app credential.
+
+use std::sync::Arc;
+
+use miniprogram_proto::auth::v1 as pb;
+use pb::token_service_server::TokenService;
+use tonic::{Request, Response, Status};
+
+use super::{authorization_header, scopes_to_proto, timestamp};
+use crate::clock::Clock;
+use crate::credentials::AppAuthenticator;
+use crate::error::AuthError;
+use crate::store::AppRecord;
+use crate::tokens::{IntrospectedKind, TokenIssuer, TokenPair};
+
+/// Longest token string accepted in a request.
+const MAX_TOKEN_FIELD_LEN: usize = 4096;
+
+/// Serves TokenService; every call first authenticates the app.
+pub struct TokenGrpc {
+    pub issuer: TokenIssuer,
+    pub apps: Arc<AppAuthenticator>,
+    pub clock: Arc<Clock>,
+}
+
+impl TokenGrpc {
+    async fn app<T>(&self, request: &Request<T>) -> Result<AppRecord, AuthError> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        self.apps
+            .authenticate(authorization_header(request.metadata()), &peer, self.clock.now())
+            .await
+    }
+}
+
+fn check_len(field: &'static str, value: &str) -> Result<(), AuthError> {
+    if value.is_empty() {
+        return Err(AuthError::InvalidArgument { field, problem: "is required" });
+    }
+    if value.len() > MAX_TOKEN_FIELD_LEN {
+        return Err(AuthError::InvalidArgument { field, problem: "is longer than 4096 bytes" });
+    }
+    Ok(())
+}
+
+fn issued(outcome: Result<TokenPair, AuthError>, rpc: &'static str) -> Result<TokenPair, AuthError> {
+    match &outcome {
+        Ok(_) => metrics::counter!("tokens_issued_total", "kind" => "access", "rpc" => rpc).increment(1),
+        Err(e) => metrics::counter!("token_failures_total", "rpc" => rpc, "reason" => super::status::reason(e).as_str())
+            .increment(1),
+    }
+    outcome
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenGrpc {
+    async fn exchange_auth_code(
+        &self,
+        request: Request<pb::ExchangeAuthCodeRequest>,
+    ) -> Result<Response<pb::ExchangeAuthCodeResponse>, Status> {
+        let app = self.app(&request).await?;
+        let req = request.into_inner();
+        check_len("auth_code", &req.auth_code)?;
+        let pair = issued(self.issuer.exchange(&app, &req.auth_code, self.clock.now()).await, "ExchangeAuthCode")?;
+        Ok(Response::new(pb::ExchangeAuthCodeResponse {
+            access_token: pair.access_token,
+            access_token_expire_time: Some(timestamp(pair.access_token_expires_at)),
+            refresh_token: pair.refresh_token.into_string(),
+            refresh_token_expire_time: Some(timestamp(pair.refresh_token_expires_at)),
+            user_id: pair.app_user_id,
+            scopes: scopes_to_proto(pair.scopes),
+        }))
+    }
+
+    async fn refresh_access_token(
+        &self,
+        request: Request<pb::RefreshAccessTokenRequest>,
+    ) -> Result<Response<pb::RefreshAccessTokenResponse>, Status> {
+        let app = self.app(&request).await?;
+        let req = request.into_inner();
+        check_len("refresh_token", &req.refresh_token)?;
+        let pair = issued(self.issuer.refresh(&app, &req.refresh_token, self.clock.now()).await, "RefreshAccessToken")?;
+        Ok(Response::new(pb::RefreshAccessTokenResponse {
+            access_token: pair.access_token,
+            access_token_expire_time: Some(timestamp(pair.access_token_expires_at)),
+            refresh_token: pair.refresh_token.into_string(),
+            refresh_token_expire_time: Some(timestamp(pair.refresh_token_expires_at)),
+            user_id: pair.app_user_id,
+            scopes: scopes_to_proto(pair.scopes),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let app = self.app(&request).await?;
+        let req = request.into_inner();
+        check_len("token", &req.token)?;
+        self.issuer.revoke(&app, &req.token, self.clock.now()).await?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn introspect_token(
+        &self,
+        request: Request<pb::IntrospectTokenRequest>,
+    ) -> Result<Response<pb::IntrospectTokenResponse>, Status> {
+        let app = self.app(&request).await?;
+        let req = request.into_inner();
+        check_len("token", &req.token)?;
+        let response = match self.issuer.introspect(&app, &req.token, self.clock.now()).await? {
+            None => pb::IntrospectTokenResponse::default(),
+            Some(i) => pb::IntrospectTokenResponse {
+                active: true,
+                scopes: scopes_to_proto(i.scopes),
+                app_id: i.app_id,
+                user_id: i.app_user_id,
+                token_type: match i.kind {
+                    IntrospectedKind::Access => pb::TokenType::Access,
+                    IntrospectedKind::Refresh => pb::TokenType::Refresh,
+                    IntrospectedKind::Consent => pb::TokenType::Consent,
+                } as i32,
+                issue_time: Some(timestamp(i.issued_at)),
+                expire_time: Some(timestamp(i.expires_at)),
+                token_id: i.token_id,
+            },
+        };
+        Ok(Response::new(response))
+    }
+}

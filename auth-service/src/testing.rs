@@ -1,0 +1,185 @@
+//! Test plumbing for this crate's and other crates' tests: a real auth-service on
+//! `127.0.0.1:0` with a temporary SQLite file, and clients that present credentials.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use miniprogram_proto::auth::v1::{
+    app_service_client::AppServiceClient, authorization_service_client::AuthorizationServiceClient,
+    key_service_client::KeyServiceClient, token_service_client::TokenServiceClient,
+};
+use miniprogram_token::MasterKey;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use crate::config::AuthConfig;
+use crate::credentials::CallerTokens;
+
+/// Adds a fixed `authorization` header to every call.
+#[derive(Clone)]
+pub struct Credential(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Credential {
+    pub fn bearer(token: &str) -> Self {
+        Credential(format!("Bearer {token}").parse().ok())
+    }
+
+    pub fn basic(app_id: &str, secret: &str) -> Self {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{app_id}:{secret}"));
+        Credential(format!("Basic {encoded}").parse().ok())
+    }
+
+    pub fn none() -> Self {
+        Credential(None)
+    }
+}
+
+impl Interceptor for Credential {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client channel with a credential.
+pub type Authed = InterceptedService<Channel, Credential>;
+
+/// A configuration for tests: fixed credentials, short lifetimes where a test needs them.
+pub fn test_config(database_url: String) -> AuthConfig {
+    AuthConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url,
+        callers: CallerTokens {
+            admin: "test-admin-token".into(),
+            wallet: "test-wallet-token".into(),
+            verifier: "test-verifier-token".into(),
+        },
+        master_key: MasterKey::from_bytes(&[42; 32]).unwrap_or_else(|_| unreachable!("32 bytes")),
+        consent_token_ttl: Duration::from_secs(1800),
+        access_token_ttl: Duration::from_secs(3600),
+        refresh_token_ttl: Duration::from_secs(30 * 86400),
+        auth_code_ttl: Duration::from_secs(300),
+        prompt_ttl: Duration::from_secs(300),
+        key_rotation_period: Duration::from_secs(86400),
+        sweep_interval: Duration::from_secs(60),
+        sweep_batch: 1000,
+        failed_credential_budget: 10,
+        failed_credential_window: Duration::from_secs(60),
+        revocation_heartbeat: Duration::from_millis(200),
+    }
+}
+
+/// A running auth-service; stops (and waits for the drain) when dropped or [`stop`]ped.
+///
+/// [`stop`]: TestAuthServer::stop
+pub struct TestAuthServer {
+    pub addr: SocketAddr,
+    pub config: AuthConfig,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), crate::ServeError>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestAuthServer {
+    /// Starts a server with a fresh database and [`test_config`].
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server with a fresh database, after `adjust` edits the config.
+    pub async fn start_with(adjust: impl FnOnce(&mut AuthConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+        let mut config = test_config(url);
+        adjust(&mut config);
+        let mut server = Self::start_config(config, None).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts a server with `config` on `listener` (or a fresh port), e.g. to restart on the
+    /// same database.
+    pub async fn start_config(config: AuthConfig, listener: Option<TcpListener>) -> Self {
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        };
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::serve_with_listener(config.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_lazy();
+        let server = TestAuthServer { addr, config, channel, shutdown: Some(tx), task: Some(task), _dir: None };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Waits until the health service says SERVING (the listener queues connections from the
+    /// start, so this only waits for migrations and keys).
+    async fn wait_ready(&self) {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+        let mut health = HealthClient::new(self.channel.clone());
+        for _ in 0..500 {
+            if let Ok(r) = health.check(HealthCheckRequest { service: String::new() }).await
+                && r.into_inner().status == ServingStatus::Serving as i32
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("auth-service did not become ready");
+    }
+
+    pub fn admin(&self) -> AppServiceClient<Authed> {
+        AppServiceClient::with_interceptor(self.channel.clone(), Credential::bearer(&self.config.callers.admin))
+    }
+
+    pub fn wallet(&self) -> AuthorizationServiceClient<Authed> {
+        AuthorizationServiceClient::with_interceptor(self.channel.clone(), Credential::bearer(&self.config.callers.wallet))
+    }
+
+    pub fn verifier(&self) -> KeyServiceClient<Authed> {
+        KeyServiceClient::with_interceptor(self.channel.clone(), Credential::bearer(&self.config.callers.verifier))
+    }
+
+    pub fn backend(&self, app_id: &str, secret: &str) -> TokenServiceClient<Authed> {
+        TokenServiceClient::with_interceptor(self.channel.clone(), Credential::basic(app_id, secret))
+    }
+
+    /// Signals shutdown and waits for the server to drain and exit.
+    pub async fn stop(mut self) -> Result<(), crate::ServeError> {
+        self.stop_inner().await
+    }
+
+    async fn stop_inner(&mut self) -> Result<(), crate::ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestAuthServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
