@@ -148,13 +148,8 @@ pub async fn serve_with_listener(
         FailedAttemptLimiter::new(config.failed_credential_budget, config.failed_credential_window),
     ));
 
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(miniprogram_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection_v1 = miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?;
+    let reflection_v1alpha = miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?;
 
     let mut background = tokio::task::JoinSet::new();
     background.spawn(sweeper::run(store.clone(), config.sweep_interval, config.sweep_batch));
@@ -222,30 +217,6 @@ pub async fn serve_with_listener(
     store.close().await;
     tracing::info!("auth-service stopped");
     Ok(result?)
-}
-
-/// Resolves on SIGTERM or Ctrl-C: the signal every binary drains on.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
 }
 
 #[cfg(any(test, feature = "testing"))]

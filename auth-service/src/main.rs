@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use auth_service::config::AuthArgs;
 use clap::Parser;
-use telemetry::LogFormat;
+use service_runtime::LogFormat;
 
 /// auth-service: mini program registry, consent flow and token issuance over gRPC.
 #[derive(Debug, Parser)]
@@ -24,7 +24,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_tracing(cli.log_format);
+    service_runtime::init_tracing(cli.log_format);
     let config = match cli.args.into_config(cli.dev) {
         Ok(config) => config,
         Err(e) => {
@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match auth_service::serve(config, auth_service::shutdown_signal()).await {
+    match auth_service::serve(config, service_runtime::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "auth-service failed");

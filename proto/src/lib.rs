@@ -3,6 +3,7 @@
 //! for server reflection, and the table of error reasons both services answer with.
 #![forbid(unsafe_code)]
 
+pub mod caller_credentials;
 mod error_reason;
 
 pub use error_reason::{ERROR_DOMAIN, ErrorReason};
@@ -26,6 +27,21 @@ pub mod userinfo {
 /// The encoded `FileDescriptorSet` of every file of the contract (and its imports), for
 /// server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("miniprogram_descriptor");
+
+/// A reflection builder that knows the contract's and the health service's descriptors and
+/// lists only `services` (the ones the server mounts) plus `grpc.health.v1.Health`. Build it
+/// twice, with `build_v1` and `build_v1alpha`, so grpcurl and grpcio clients both find it.
+pub fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
+    services.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection"),
+        |builder, name| builder.with_service_name(*name),
+    )
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,1 +1,166 @@
+//! userinfo-service: the wallet's profile store, and the public fields (or, under its own
+//! scope, the phone number) a mini program may read, after checking its token locally
+//! against keys and revocations followed from auth-service.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod profiles;
+pub mod store;
+pub mod userinfo;
+pub mod verifier;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use miniprogram_proto::userinfo::v1::profile_service_server::ProfileServiceServer;
+use miniprogram_proto::userinfo::v1::user_info_service_server::UserInfoServiceServer;
+use miniprogram_token::Timestamp;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Status};
+use tonic_health::ServingStatus;
+
+use crate::config::UserInfoConfig;
+use crate::error::UserInfoError;
+use crate::grpc::auth_client::{self, AuthServiceLink, LinkError};
+use crate::store::sqlite::SqliteProfileStore;
+use crate::store::{ProfileStore, StoreError};
+use crate::userinfo::UserInfoReader;
+use crate::verifier::TokenVerifier;
+
+/// The gRPC service names this server answers for (besides health and reflection).
+pub const SERVICE_NAMES: [&str; 2] = [
+    "miniprogram.userinfo.v1.UserInfoService",
+    "miniprogram.userinfo.v1.ProfileService",
+];
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen: {0}")]
+    Bind(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("unsupported database URL (expected sqlite://...)")]
+    UnsupportedDatabase,
+    #[error("auth-service link: {0}")]
+    Link(#[from] LinkError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the store the URL names and applies its migrations.
+pub async fn open_store(url: &str) -> Result<Arc<dyn ProfileStore>, ServeError> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteProfileStore::open(url).await?));
+    }
+    Err(ServeError::UnsupportedDatabase)
+}
+
+/// Binds `config.addr` and serves until `shutdown` resolves.
+pub async fn serve(config: UserInfoConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.addr).await?;
+    serve_with_listener(config, listener, shutdown).await
+}
+
+fn admin_check(admin: Arc<String>, verifier: Arc<String>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let header = grpc::authorization_header(request.metadata());
+        let presented = miniprogram_proto::caller_credentials::bearer_token(header)
+            .ok_or(UserInfoError::UnauthenticatedCaller)?
+            .as_bytes();
+        if bool::from(admin.as_bytes().ct_eq(presented)) {
+            Ok(request)
+        } else if bool::from(verifier.as_bytes().ct_eq(presented)) {
+            Err(UserInfoError::CallerNotPermitted.into())
+        } else {
+            Err(UserInfoError::UnauthenticatedCaller.into())
+        }
+    }
+}
+
+/// Serves on an already bound listener until `shutdown` resolves.
+pub async fn serve_with_listener(
+    config: UserInfoConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    for name in SERVICE_NAMES {
+        health.set_service_status(name, ServingStatus::NotServing).await;
+    }
+
+    let store = open_store(&config.database_url).await?;
+    let link = AuthServiceLink::new(&config.auth_url, &config.verifier_token)?;
+    let verifier = Arc::new(TokenVerifier::new(config.revocation_stale_after));
+    let reader = Arc::new(UserInfoReader::new(
+        store.clone(),
+        verifier.clone(),
+        Arc::new(link.clone()),
+        Arc::new(link.clone()),
+        config.key_refetch_interval,
+    ));
+
+    let mut background = tokio::task::JoinSet::new();
+    {
+        let (link, verifier, health) = (link.clone(), verifier.clone(), health.clone());
+        background.spawn(async move {
+            auth_client::load_keys(&link, &verifier).await;
+            for name in SERVICE_NAMES.into_iter().chain([""]) {
+                health.set_service_status(name, ServingStatus::Serving).await;
+            }
+            tracing::info!("token keys loaded; serving");
+            auth_client::follow_revocations(link, verifier).await;
+        });
+    }
+    {
+        let verifier = verifier.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = Timestamp::now();
+                let lag = verifier.silence(now).map_or(f64::INFINITY, |d| d.as_secs_f64());
+                metrics::gauge!("revocation_stream_lag_seconds").set(lag);
+                metrics::gauge!("revocation_rules").set(verifier.rule_count() as f64);
+            }
+        });
+    }
+
+    let admin = Arc::new(config.admin_token.clone());
+    let verifier_token = Arc::new(config.verifier_token.clone());
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?)
+        .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?)
+        .add_service(UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc { reader }))
+        .add_service(ProfileServiceServer::with_interceptor(
+            grpc::profiles::ProfileGrpc { store: store.clone() },
+            admin_check(admin, verifier_token),
+        ));
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, auth_url = %config.auth_url, "userinfo-service listening");
+    let drain_health = health.clone();
+    let result = router
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            shutdown.await;
+            for name in SERVICE_NAMES.into_iter().chain([""]) {
+                drain_health.set_service_status(name, ServingStatus::NotServing).await;
+            }
+            tracing::info!("userinfo-service draining");
+        })
+        .await;
+    background.shutdown().await;
+    store.close().await;
+    tracing::info!("userinfo-service stopped");
+    Ok(result?)
+}

@@ -1,4 +1,5 @@
-//! Logging set-up shared by both services and the all-in-one runner.
+//! The process around each service binary and the all-in-one runner: logging set-up and
+//! the shutdown signal every binary drains on.
 #![forbid(unsafe_code)]
 
 use tracing_subscriber::EnvFilter;
@@ -23,3 +24,28 @@ pub fn init_tracing(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Resolves on SIGTERM or Ctrl-C: the signal every binary drains on.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
