@@ -73,6 +73,9 @@ pub struct AuthArgs {
     /// The window those attempts are counted in.
     #[arg(long, env = "FAILED_CREDENTIAL_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
     pub failed_credential_window: Duration,
+    /// On SIGTERM / Ctrl-C, how long in-flight calls get to finish.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
     /// Interval between heartbeats on an idle revocation stream.
     #[arg(long, env = "REVOCATION_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub revocation_heartbeat: Duration,
@@ -108,6 +111,7 @@ pub struct AuthConfig {
     pub failed_credential_budget: u32,
     pub failed_credential_window: Duration,
     pub revocation_heartbeat: Duration,
+    pub drain_timeout: Duration,
 }
 
 impl AuthArgs {
@@ -170,6 +174,7 @@ impl AuthArgs {
             failed_credential_budget: self.failed_credential_budget,
             failed_credential_window: self.failed_credential_window,
             revocation_heartbeat: self.revocation_heartbeat,
+            drain_timeout: self.drain_timeout,
         })
     }
 }

@@ -170,6 +170,7 @@ pub async fn serve_with_listener(
         });
     }
 
+    let draining = tokio_util::sync::CancellationToken::new();
     let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -194,6 +195,7 @@ pub async fn serve_with_listener(
                 feed,
                 heartbeat: config.revocation_heartbeat,
                 clock,
+                draining: draining.clone(),
             },
             role_check(callers, CallerRole::Verifier),
         ));
@@ -204,15 +206,19 @@ pub async fn serve_with_listener(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth-service serving");
     let drain_health = health.clone();
-    let result = router
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+    let signal = {
+        let draining = draining.clone();
+        async move {
             shutdown.await;
             for name in SERVICE_NAMES.into_iter().chain([""]) {
                 drain_health.set_service_status(name, ServingStatus::NotServing).await;
             }
             tracing::info!("auth-service draining");
-        })
-        .await;
+            draining.cancel();
+        }
+    };
+    let serve = router.serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+    let result = service_runtime::with_drain_deadline(serve, draining, config.drain_timeout).await;
     background.shutdown().await;
     store.close().await;
     tracing::info!("auth-service stopped");

@@ -62,12 +62,14 @@ const PAGE: u32 = 500;
 
 /// Streams every rule after `after_sequence`, then new ones as they are appended, with a
 /// heartbeat whenever the stream has been idle for `heartbeat`. Ends when the receiver is
-/// dropped; a storage error is sent and ends the stream (the verifier resumes).
+/// dropped or the server drains; a storage error is sent and ends the stream (the verifier
+/// resumes either way).
 pub fn watch(
     store: std::sync::Arc<dyn crate::store::AuthStore>,
     feed: &RevocationFeed,
     after_sequence: u64,
     heartbeat: Duration,
+    draining: tokio_util::sync::CancellationToken,
 ) -> tokio::sync::mpsc::Receiver<Result<RevocationItem, crate::error::AuthError>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut appended = feed.subscribe();
@@ -103,6 +105,7 @@ pub fn watch(
                     }
                 }
                 () = tx.closed() => return,
+                () = draining.cancelled() => return,
             }
         }
     });

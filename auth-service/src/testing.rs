@@ -12,43 +12,12 @@ use miniprogram_token::MasterKey;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
+pub use miniprogram_proto::caller_credentials::CallerCredential as Credential;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::{Request, Status};
 
 use crate::config::AuthConfig;
 use crate::credentials::CallerTokens;
-
-/// Adds a fixed `authorization` header to every call.
-#[derive(Clone)]
-pub struct Credential(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl Credential {
-    pub fn bearer(token: &str) -> Self {
-        Credential(format!("Bearer {token}").parse().ok())
-    }
-
-    pub fn basic(app_id: &str, secret: &str) -> Self {
-        use base64::Engine;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{app_id}:{secret}"));
-        Credential(format!("Basic {encoded}").parse().ok())
-    }
-
-    pub fn none() -> Self {
-        Credential(None)
-    }
-}
-
-impl Interceptor for Credential {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
 
 /// A client channel with a credential.
 pub type Authed = InterceptedService<Channel, Credential>;
@@ -75,6 +44,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
         failed_credential_budget: 10,
         failed_credential_window: Duration::from_secs(60),
         revocation_heartbeat: Duration::from_millis(200),
+        drain_timeout: Duration::from_secs(2),
     }
 }
 
@@ -165,6 +135,12 @@ impl TestAuthServer {
         self.stop_inner().await
     }
 
+    /// Stops the server but keeps its database and address, to [`StoppedAuthServer::restart`].
+    pub async fn pause(mut self) -> StoppedAuthServer {
+        let _ = self.stop_inner().await;
+        StoppedAuthServer { addr: self.addr, config: self.config.clone(), dir: self._dir.take() }
+    }
+
     async fn stop_inner(&mut self) -> Result<(), crate::ServeError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -173,6 +149,23 @@ impl TestAuthServer {
             Some(task) => task.await.unwrap_or(Ok(())),
             None => Ok(()),
         }
+    }
+}
+
+/// A stopped server whose database and address are kept for a restart.
+pub struct StoppedAuthServer {
+    pub addr: SocketAddr,
+    config: AuthConfig,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl StoppedAuthServer {
+    /// Starts again on the same address and database.
+    pub async fn restart(mut self) -> TestAuthServer {
+        let listener = TcpListener::bind(self.addr).await.expect("rebind the same port");
+        let mut server = TestAuthServer::start_config(self.config.clone(), Some(listener)).await;
+        server._dir = self.dir.take();
+        server
     }
 }
 

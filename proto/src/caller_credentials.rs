@@ -22,6 +22,42 @@ pub fn basic_credential(header: Option<&str>) -> Option<(String, String)> {
     Some((app_id.to_owned(), secret.to_owned()))
 }
 
+/// Client side: adds a fixed `authorization` header to every call of a generated client
+/// (`XxxClient::with_interceptor(channel, CallerCredential::bearer(token))`).
+#[derive(Clone)]
+pub struct CallerCredential(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl CallerCredential {
+    pub fn bearer(token: &str) -> Self {
+        CallerCredential(format!("Bearer {token}").parse().ok())
+    }
+
+    pub fn basic(app_id: &str, secret: &str) -> Self {
+        let encoded = STANDARD.encode(format!("{app_id}:{secret}"));
+        CallerCredential(format!("Basic {encoded}").parse().ok())
+    }
+
+    /// No header at all.
+    pub fn none() -> Self {
+        CallerCredential(None)
+    }
+}
+
+impl std::fmt::Debug for CallerCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallerCredential(<redacted>)")
+    }
+}
+
+impl tonic::service::Interceptor for CallerCredential {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

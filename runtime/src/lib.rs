@@ -49,3 +49,23 @@ pub async fn shutdown_signal() {
     }
 }
 
+
+/// Runs a server future; once `draining` is cancelled, gives in-flight calls `deadline` to
+/// finish and then stops waiting for them.
+pub async fn with_drain_deadline<E>(
+    serve: impl std::future::Future<Output = Result<(), E>>,
+    draining: tokio_util::sync::CancellationToken,
+    deadline: std::time::Duration,
+) -> Result<(), E> {
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result,
+        () = async {
+            draining.cancelled().await;
+            tokio::time::sleep(deadline).await;
+        } => {
+            tracing::warn!(?deadline, "drain deadline passed; closing the remaining calls");
+            Ok(())
+        }
+    }
+}

@@ -35,6 +35,9 @@ pub struct UserInfoArgs {
     /// Refuse tokens (REVOCATION_STATE_STALE) once the revocation stream has been silent this long.
     #[arg(long, env = "REVOCATION_STALE_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     pub revocation_stale_after: Duration,
+    /// On SIGTERM / Ctrl-C, how long in-flight calls get to finish.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
     /// At most one key refetch per this interval when a token names an unknown key.
     #[arg(long, env = "KEY_REFETCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub key_refetch_interval: Duration,
@@ -62,6 +65,7 @@ pub struct UserInfoConfig {
     pub verifier_token: String,
     pub revocation_stale_after: Duration,
     pub key_refetch_interval: Duration,
+    pub drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for UserInfoConfig {
@@ -111,6 +115,7 @@ impl UserInfoArgs {
             verifier_token,
             revocation_stale_after: self.revocation_stale_after,
             key_refetch_interval: self.key_refetch_interval,
+            drain_timeout: self.drain_timeout,
         })
     }
 }

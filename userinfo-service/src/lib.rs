@@ -150,17 +150,25 @@ pub async fn serve_with_listener(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, auth_url = %config.auth_url, "userinfo-service listening");
     let drain_health = health.clone();
-    let result = router
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+    let draining = tokio_util::sync::CancellationToken::new();
+    let signal = {
+        let draining = draining.clone();
+        async move {
             shutdown.await;
             for name in SERVICE_NAMES.into_iter().chain([""]) {
                 drain_health.set_service_status(name, ServingStatus::NotServing).await;
             }
             tracing::info!("userinfo-service draining");
-        })
-        .await;
+            draining.cancel();
+        }
+    };
+    let serve = router.serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+    let result = service_runtime::with_drain_deadline(serve, draining, config.drain_timeout).await;
     background.shutdown().await;
     store.close().await;
     tracing::info!("userinfo-service stopped");
     Ok(result?)
 }
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -24,6 +24,8 @@ pub struct KeyGrpc {
     pub feed: RevocationFeed,
     pub heartbeat: Duration,
     pub clock: Arc<Clock>,
+    /// Cancelled when the server drains, so open streams end instead of holding it up.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 type RevocationStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>>;
@@ -60,7 +62,13 @@ impl KeyService for KeyGrpc {
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         let after = request.into_inner().after_sequence;
         let clock = self.clock.clone();
-        let rx = revocations::watch(self.store.clone(), &self.feed, after, self.heartbeat);
+        let rx = revocations::watch(
+            self.store.clone(),
+            &self.feed,
+            after,
+            self.heartbeat,
+            self.draining.clone(),
+        );
         let stream = ReceiverStream::new(rx).map(move |item| {
             let server_time = Some(timestamp(clock.now()));
             match item {

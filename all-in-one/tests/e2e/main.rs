@@ -1,0 +1,149 @@
+//! The whole flow end to end: auth-service and userinfo-service each on 127.0.0.1:0 with real
+//! SQLite files, talking over real gRPC, driven through the generated clients.
+
+mod flows;
+mod privacy;
+mod profiles;
+mod verification;
+
+use auth_service::testing::TestAuthServer;
+use miniprogram_proto::ErrorReason;
+use miniprogram_proto::auth::v1 as pb;
+use miniprogram_proto::userinfo::v1 as upb;
+use tonic::Status;
+use userinfo_service::testing::TestUserInfoServer;
+
+/// Both services, wired together.
+pub struct Platform {
+    pub auth: TestAuthServer,
+    pub userinfo: TestUserInfoServer,
+}
+
+impl Platform {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}, |_| {}).await
+    }
+
+    /// Starts both, after the closures adjust each configuration.
+    pub async fn start_with(
+        auth: impl FnOnce(&mut auth_service::config::AuthConfig),
+        userinfo: impl FnOnce(&mut userinfo_service::config::UserInfoConfig),
+    ) -> Self {
+        let auth = TestAuthServer::start_with(auth).await;
+        let userinfo =
+            TestUserInfoServer::start_with(auth.addr, &auth.config.callers.admin, &auth.config.callers.verifier, userinfo)
+                .await;
+        Platform { auth, userinfo }
+    }
+
+    /// A mini program with `features`, and its secret.
+    pub async fn app(&self, features: &[pb::Feature]) -> (String, String) {
+        let created = self
+            .auth
+            .admin()
+            .create_app(pb::CreateAppRequest {
+                display_name: "Demo Shop".into(),
+                features: features.iter().map(|f| *f as i32).collect(),
+            })
+            .await
+            .expect("create app")
+            .into_inner();
+        (created.app.expect("app").app_id, created.app_secret)
+    }
+
+    pub async fn profile(&self, profile: upb::Profile) {
+        self.userinfo
+            .profiles()
+            .upsert_profile(upb::UpsertProfileRequest { profile: Some(profile) })
+            .await
+            .expect("upsert profile");
+    }
+
+    pub async fn request(
+        &self,
+        user: &str,
+        app_id: &str,
+        scopes: &[pb::Scope],
+        trigger: pb::Trigger,
+    ) -> Result<pb::request_authorization_response::Result, Status> {
+        self.auth
+            .wallet()
+            .request_authorization(pb::RequestAuthorizationRequest {
+                user_id: user.into(),
+                app_id: app_id.into(),
+                scopes: scopes.iter().map(|s| *s as i32).collect(),
+                trigger: trigger as i32,
+            })
+            .await
+            .map(|r| r.into_inner().result.expect("result"))
+    }
+
+    pub async fn resolve(
+        &self,
+        prompt_id: &str,
+        user: &str,
+        decision: pb::Decision,
+    ) -> Result<pb::resolve_prompt_response::Result, Status> {
+        self.auth
+            .wallet()
+            .resolve_prompt(pb::ResolvePromptRequest { prompt_id: prompt_id.into(), user_id: user.into(), decision: decision as i32 })
+            .await
+            .map(|r| r.into_inner().result.expect("result"))
+    }
+
+    /// Tap, prompt, allow.
+    pub async fn consent(&self, user: &str, app_id: &str, scopes: &[pb::Scope]) -> pb::Grant {
+        match self.request(user, app_id, scopes, pb::Trigger::UserTap).await.expect("request") {
+            pb::request_authorization_response::Result::Grant(g) => g,
+            pb::request_authorization_response::Result::Prompt(p) => {
+                match self.resolve(&p.prompt_id, user, pb::Decision::Allow).await.expect("resolve") {
+                    pb::resolve_prompt_response::Result::Grant(g) => g,
+                    other => panic!("expected grant, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    pub async fn open_user_info(&self, consent_token: &str) -> Result<upb::GetOpenUserInfoResponse, Status> {
+        self.userinfo
+            .userinfo()
+            .get_open_user_info(upb::GetOpenUserInfoRequest { consent_token: consent_token.into() })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+pub const ALL_FEATURES: [pb::Feature; 3] = [pb::Feature::BasicUserInfo, pb::Feature::PhoneNumber, pb::Feature::UserAuthorization];
+
+pub fn reason(status: &Status) -> ErrorReason {
+    ErrorReason::of(status).unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"))
+}
+
+pub fn consent_token(grant: &pb::Grant) -> String {
+    match &grant.credential {
+        Some(pb::grant::Credential::ConsentToken(t)) => t.clone(),
+        other => panic!("expected consent token, got {other:?}"),
+    }
+}
+
+pub fn auth_code(grant: &pb::Grant) -> String {
+    match &grant.credential {
+        Some(pb::grant::Credential::AuthCode(c)) => c.clone(),
+        other => panic!("expected auth code, got {other:?}"),
+    }
+}
+
+pub fn demo_profile(user_id: &str) -> upb::Profile {
+    upb::Profile {
+        user_id: user_id.into(),
+        real_name: "Zhang Wei".into(),
+        phone_number: "+86 138 0013 8000".into(),
+        avatar: "https://cdn.example.com/avatars/zw.png".into(),
+        nick_name: "Wei".into(),
+        gender: "m".into(),
+        country_code: "CN".into(),
+        province: "Zhejiang".into(),
+        city: "Hangzhou".into(),
+        update_time: None,
+    }
+}

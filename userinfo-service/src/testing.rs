@@ -1,0 +1,119 @@
+//! Test plumbing: a real userinfo-service on `127.0.0.1:0` with a temporary SQLite file,
+//! pointed at an auth-service, and clients that present credentials.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use miniprogram_proto::caller_credentials::CallerCredential;
+use miniprogram_proto::userinfo::v1::{profile_service_client::ProfileServiceClient, user_info_service_client::UserInfoServiceClient};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::config::UserInfoConfig;
+
+/// A client channel with a credential.
+pub type Authed = InterceptedService<Channel, CallerCredential>;
+
+/// A configuration for tests, pointed at `auth_addr`.
+pub fn test_config(database_url: String, auth_addr: SocketAddr, admin_token: &str, verifier_token: &str) -> UserInfoConfig {
+    UserInfoConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url,
+        auth_url: format!("http://{auth_addr}"),
+        admin_token: admin_token.to_owned(),
+        verifier_token: verifier_token.to_owned(),
+        revocation_stale_after: Duration::from_secs(10),
+        key_refetch_interval: Duration::from_millis(200),
+        drain_timeout: Duration::from_secs(2),
+    }
+}
+
+/// A running userinfo-service; stops when dropped or stopped.
+pub struct TestUserInfoServer {
+    pub addr: SocketAddr,
+    pub config: UserInfoConfig,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), crate::ServeError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestUserInfoServer {
+    /// Starts against auth-service at `auth_addr` and waits until it is SERVING (keys loaded).
+    pub async fn start(auth_addr: SocketAddr, admin_token: &str, verifier_token: &str) -> Self {
+        Self::start_with(auth_addr, admin_token, verifier_token, |_| {}).await
+    }
+
+    pub async fn start_with(
+        auth_addr: SocketAddr,
+        admin_token: &str,
+        verifier_token: &str,
+        adjust: impl FnOnce(&mut UserInfoConfig),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("userinfo.db").display());
+        let mut config = test_config(url, auth_addr, admin_token, verifier_token);
+        adjust(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::serve_with_listener(config.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
+        let server = TestUserInfoServer { addr, config, channel, shutdown: Some(tx), task: Some(task), _dir: dir };
+        server.wait_serving().await;
+        server
+    }
+
+    /// Waits until health says SERVING.
+    pub async fn wait_serving(&self) {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+        let mut health = HealthClient::new(self.channel.clone());
+        for _ in 0..1000 {
+            if let Ok(r) = health.check(HealthCheckRequest { service: String::new() }).await
+                && r.into_inner().status == ServingStatus::Serving as i32
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("userinfo-service did not become ready");
+    }
+
+    pub fn profiles(&self) -> ProfileServiceClient<Authed> {
+        ProfileServiceClient::with_interceptor(self.channel.clone(), CallerCredential::bearer(&self.config.admin_token))
+    }
+
+    /// UserInfoService as mini program code calls it (no credential).
+    pub fn userinfo(&self) -> UserInfoServiceClient<Authed> {
+        UserInfoServiceClient::with_interceptor(self.channel.clone(), CallerCredential::none())
+    }
+
+    /// UserInfoService as a mini program backend calls it.
+    pub fn backend(&self, app_id: &str, secret: &str) -> UserInfoServiceClient<Authed> {
+        UserInfoServiceClient::with_interceptor(self.channel.clone(), CallerCredential::basic(app_id, secret))
+    }
+
+    pub async fn stop(mut self) -> Result<(), crate::ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestUserInfoServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
