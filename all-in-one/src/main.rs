@@ -1,1 +1,168 @@
-fn main() {}
+//! `all-in-one`: both services in one process on the embedded default (SQLite under ./data),
+//! talking to each other over real gRPC. Dev mode: it generates what is missing (credentials,
+//! master key), seeds a demo mini program and demo users into empty stores, and prints the
+//! credentials and ready-to-paste grpcurl commands. Ctrl-C or SIGTERM stops it cleanly.
+#![forbid(unsafe_code)]
+
+mod dev_state;
+mod seed;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use auth_service::config::AuthArgs;
+use clap::Parser;
+use service_runtime::LogFormat;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use userinfo_service::config::UserInfoConfig;
+
+use crate::dev_state::DevState;
+
+/// Both services in one process, for local development and demos.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// Address of userinfo-service.
+    #[arg(long = "userinfo-addr", env = userinfo_service::config::ENV_ADDR, default_value = userinfo_service::config::DEFAULT_ADDR)]
+    userinfo_addr: SocketAddr,
+    /// Database of userinfo-service.
+    #[arg(long = "userinfo-database-url", env = userinfo_service::config::ENV_DATABASE_URL, default_value = userinfo_service::config::DEFAULT_DATABASE_URL)]
+    userinfo_database_url: String,
+    /// Where generated credentials, the dev master key and (by default) the databases live.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    service_runtime::init_tracing(cli.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "all-in-one failed");
+            eprintln!("all-in-one: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Why the runner stopped with an error.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    AuthConfig(#[from] auth_service::config::ConfigError),
+    #[error("auth-service: {0}")]
+    Auth(#[from] auth_service::ServeError),
+    #[error("userinfo-service: {0}")]
+    UserInfo(#[from] userinfo_service::ServeError),
+    #[error("seeding the demo data: {0}")]
+    Seed(#[from] tonic::Status),
+    #[error("a service task panicked")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+async fn run(mut cli: Cli) -> Result<(), RunError> {
+    std::fs::create_dir_all(&cli.data_dir)?;
+    let mut state = DevState::load_or_create(&cli.data_dir.join(dev_state::FILE_NAME))?;
+    // Explicit flags and environment win over the remembered credentials.
+    cli.auth.admin_token = cli.auth.admin_token.or(Some(state.admin_token.clone()));
+    cli.auth.wallet_token = cli.auth.wallet_token.or(Some(state.wallet_token.clone()));
+    cli.auth.verifier_token = cli
+        .auth
+        .verifier_token
+        .or(Some(state.verifier_token.clone()));
+    if cli.auth.master_key_file.is_none() {
+        let path = cli.data_dir.join("master.key");
+        auth_service::config::dev_master_key(&path)?;
+        cli.auth.master_key_file = Some(path);
+    }
+    let auth_config = cli.auth.into_config(true)?;
+    state.admin_token = auth_config.callers.admin.clone();
+    state.wallet_token = auth_config.callers.wallet.clone();
+    state.verifier_token = auth_config.callers.verifier.clone();
+
+    let auth_listener = TcpListener::bind(auth_config.addr).await?;
+    let auth_addr = auth_listener.local_addr()?;
+    let userinfo_listener = TcpListener::bind(cli.userinfo_addr).await?;
+    let userinfo_addr = userinfo_listener.local_addr()?;
+    let userinfo_config = UserInfoConfig {
+        addr: userinfo_addr,
+        database_url: cli.userinfo_database_url,
+        auth_url: format!("http://{auth_addr}"),
+        admin_token: auth_config.callers.admin.clone(),
+        verifier_token: auth_config.callers.verifier.clone(),
+        revocation_stale_after: Duration::from_secs(10),
+        key_refetch_interval: Duration::from_secs(1),
+        drain_timeout: auth_config.drain_timeout,
+    };
+    let callers = auth_config.callers.clone();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut services = tokio::task::JoinSet::new();
+    services.spawn({
+        let signal = stopped(stop_rx.clone());
+        async move {
+            auth_service::serve_with_listener(auth_config, auth_listener, signal)
+                .await
+                .map_err(RunError::from)
+        }
+    });
+    services.spawn({
+        let signal = stopped(stop_rx.clone());
+        async move {
+            userinfo_service::serve_with_listener(userinfo_config, userinfo_listener, signal)
+                .await
+                .map_err(RunError::from)
+        }
+    });
+
+    let seeded = tokio::select! {
+        seeded = seed::seed(auth_addr, userinfo_addr, &callers, &mut state) => seeded,
+        Some(joined) = services.join_next() => {
+            let _ = stop_tx.send(true);
+            joined??;
+            return Ok(());
+        }
+    };
+    if let Err(e) = seeded {
+        let _ = stop_tx.send(true);
+        while services.join_next().await.is_some() {}
+        return Err(e.into());
+    }
+    state.save(&cli.data_dir.join(dev_state::FILE_NAME))?;
+    print!(
+        "{}",
+        seed::banner(auth_addr, userinfo_addr, &cli.data_dir, &state)
+    );
+    tracing::info!(%auth_addr, %userinfo_addr, "all-in-one ready");
+
+    tokio::select! {
+        () = service_runtime::shutdown_signal() => tracing::info!("stopping"),
+        Some(joined) = services.join_next() => {
+            let _ = stop_tx.send(true);
+            joined??;
+        }
+    }
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    while let Some(joined) = services.join_next().await {
+        if let Err(e) = joined? {
+            result = Err(e);
+        }
+    }
+    result
+}

@@ -155,13 +155,20 @@ impl AuthArgs {
             ("REVOCATION_HEARTBEAT", self.revocation_heartbeat),
         ] {
             if ttl.is_zero() {
-                return Err(ConfigError::Invalid { variable, problem: "must be longer than zero".into() });
+                return Err(ConfigError::Invalid {
+                    variable,
+                    problem: "must be longer than zero".into(),
+                });
             }
         }
         Ok(AuthConfig {
             addr: self.addr,
             database_url: self.database_url,
-            callers: CallerTokens { admin, wallet, verifier },
+            callers: CallerTokens {
+                admin,
+                wallet,
+                verifier,
+            },
             master_key,
             consent_token_ttl: self.consent_token_ttl,
             access_token_ttl: self.access_token_ttl,
@@ -203,12 +210,17 @@ pub fn dev_master_key(path: &std::path::Path) -> Result<MasterKey, ConfigError> 
     if path.exists() {
         return read_master_key(path);
     }
-    let invalid = |problem: String| ConfigError::Invalid { variable: ENV_MASTER_KEY_FILE, problem };
+    let invalid = |problem: String| ConfigError::Invalid {
+        variable: ENV_MASTER_KEY_FILE,
+        problem,
+    };
     let bytes = miniprogram_token::random_bytes().map_err(|e| invalid(e.to_string()))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
     }
-    write_private_file(path, &bytes).map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
+    write_private_file(path, &bytes)
+        .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
     tracing::warn!(
         path = %path.display(),
         "DEV MODE: generated a new master key; token keys are sealed under it. Do not use this in production: set MASTER_KEY_FILE"
@@ -259,8 +271,17 @@ mod tests {
         let key = dir.path().join("master.key");
         std::fs::write(&key, [7u8; 32]).unwrap();
         let cli = Cli::try_parse_from([
-            "auth", "--admin-token", "a", "--wallet-token", "w", "--verifier-token", "v",
-            "--master-key-file", key.to_str().unwrap(), "--access-token-ttl", "15m",
+            "auth",
+            "--admin-token",
+            "a",
+            "--wallet-token",
+            "w",
+            "--verifier-token",
+            "v",
+            "--master-key-file",
+            key.to_str().unwrap(),
+            "--access-token-ttl",
+            "15m",
         ])
         .unwrap();
         let config = cli.args.into_config(false).unwrap();

@@ -11,7 +11,10 @@ use crate::error::AuthError;
 use crate::keys::SigningKeys;
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
-use crate::store::{AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, NewRevocation, PromptRecord, StoreError};
+use crate::store::{
+    AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, NewRevocation, PromptRecord,
+    StoreError,
+};
 
 /// Longest wallet user id or app id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -108,13 +111,22 @@ pub fn check_scope_combination(scopes: ScopeSet) -> Result<ScopeSet, AuthError> 
 /// Checks an id field: non-empty, bounded, printable.
 pub fn check_id(field: &'static str, value: &str) -> Result<(), AuthError> {
     if value.is_empty() {
-        return Err(AuthError::InvalidArgument { field, problem: "is required" });
+        return Err(AuthError::InvalidArgument {
+            field,
+            problem: "is required",
+        });
     }
     if value.len() > MAX_ID_LEN {
-        return Err(AuthError::InvalidArgument { field, problem: "is longer than 128 bytes" });
+        return Err(AuthError::InvalidArgument {
+            field,
+            problem: "is longer than 128 bytes",
+        });
     }
     if value.chars().any(char::is_control) {
-        return Err(AuthError::InvalidArgument { field, problem: "contains control characters" });
+        return Err(AuthError::InvalidArgument {
+            field,
+            problem: "contains control characters",
+        });
     }
     Ok(())
 }
@@ -137,7 +149,13 @@ impl ConsentFlow {
         revocation_policy: RevocationPolicy,
         feed: RevocationFeed,
     ) -> Self {
-        ConsentFlow { store, keys, lifetimes, revocation_policy, feed }
+        ConsentFlow {
+            store,
+            keys,
+            lifetimes,
+            revocation_policy,
+            feed,
+        }
     }
 
     /// `my.getOpenUserInfo` / `my.getAuthCode`: grant at once what needs no (new) consent,
@@ -164,7 +182,9 @@ impl ConsentFlow {
                     .record_decision(user_id, app_id, scopes, ScopeSet::EMPTY, now)
                     .await?;
             }
-            return Ok(AuthorizationOutcome::Grant(self.grant(&app, user_id, scopes, now).await?));
+            return Ok(AuthorizationOutcome::Grant(
+                self.grant(&app, user_id, scopes, now).await?,
+            ));
         }
         if trigger == Trigger::AppLaunch {
             return Err(AuthError::AuthorizationAtLaunch);
@@ -224,7 +244,9 @@ impl ConsentFlow {
         }
         match decision {
             Decision::Allow => {
-                let app = self.app_with_features(&prompt.app_id, prompt.scopes).await?;
+                let app = self
+                    .app_with_features(&prompt.app_id, prompt.scopes)
+                    .await?;
                 self.store
                     .record_decision(user_id, &prompt.app_id, prompt.scopes, ScopeSet::EMPTY, now)
                     .await?;
@@ -236,7 +258,9 @@ impl ConsentFlow {
                 self.store
                     .record_decision(user_id, &prompt.app_id, ScopeSet::EMPTY, denied, now)
                     .await?;
-                Ok(PromptOutcome::Denial { scopes: prompt.scopes })
+                Ok(PromptOutcome::Denial {
+                    scopes: prompt.scopes,
+                })
             }
         }
     }
@@ -335,7 +359,11 @@ impl ConsentFlow {
                 .keys
                 .with_ring(|ring| ring.mint(TokenKind::Consent, &claims, now))
                 .map_err(|_| AuthError::NoTokenKey)?;
-            return Ok(Grant { scopes, expires_at, credential: GrantCredential::ConsentToken(token) });
+            return Ok(Grant {
+                scopes,
+                expires_at,
+                credential: GrantCredential::ConsentToken(token),
+            });
         }
         let code = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.auth_code);
@@ -351,6 +379,10 @@ impl ConsentFlow {
                 purge_at: expires_at.saturating_add(self.lifetimes.access_token),
             })
             .await?;
-        Ok(Grant { scopes, expires_at, credential: GrantCredential::AuthCode(code) })
+        Ok(Grant {
+            scopes,
+            expires_at,
+            credential: GrantCredential::AuthCode(code),
+        })
     }
 }

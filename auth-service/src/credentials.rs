@@ -60,7 +60,8 @@ impl CallerTokens {
 
 /// `Basic base64(app_id:app_secret)` split into its parts.
 pub fn parse_basic(header: Option<&str>) -> Result<(String, String), AuthError> {
-    miniprogram_proto::caller_credentials::basic_credential(header).ok_or(AuthError::InvalidAuthClient)
+    miniprogram_proto::caller_credentials::basic_credential(header)
+        .ok_or(AuthError::InvalidAuthClient)
 }
 
 /// Counts failed credential attempts per key (app id, caller address) in fixed windows; a key
@@ -74,7 +75,11 @@ pub struct FailedAttemptLimiter {
 
 impl FailedAttemptLimiter {
     pub fn new(budget: u32, window: Duration) -> Self {
-        FailedAttemptLimiter { budget, window, windows: Mutex::new(HashMap::new()) }
+        FailedAttemptLimiter {
+            budget,
+            window,
+            windows: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Timestamp, u32)>> {
@@ -160,17 +165,36 @@ mod tests {
     use super::*;
 
     fn tokens() -> CallerTokens {
-        CallerTokens { admin: "a-token".into(), wallet: "w-token".into(), verifier: "v-token".into() }
+        CallerTokens {
+            admin: "a-token".into(),
+            wallet: "w-token".into(),
+            verifier: "v-token".into(),
+        }
     }
 
     #[test]
     fn roles_are_told_apart() {
         let t = tokens();
-        assert!(t.authorize(Some("Bearer a-token"), CallerRole::Admin).is_ok());
-        assert!(matches!(t.authorize(Some("Bearer w-token"), CallerRole::Admin), Err(AuthError::CallerNotPermitted)));
-        assert!(matches!(t.authorize(Some("Bearer nope"), CallerRole::Admin), Err(AuthError::UnauthenticatedCaller)));
-        assert!(matches!(t.authorize(None, CallerRole::Wallet), Err(AuthError::UnauthenticatedCaller)));
-        assert!(matches!(t.authorize(Some("a-token"), CallerRole::Admin), Err(AuthError::UnauthenticatedCaller)));
+        assert!(
+            t.authorize(Some("Bearer a-token"), CallerRole::Admin)
+                .is_ok()
+        );
+        assert!(matches!(
+            t.authorize(Some("Bearer w-token"), CallerRole::Admin),
+            Err(AuthError::CallerNotPermitted)
+        ));
+        assert!(matches!(
+            t.authorize(Some("Bearer nope"), CallerRole::Admin),
+            Err(AuthError::UnauthenticatedCaller)
+        ));
+        assert!(matches!(
+            t.authorize(None, CallerRole::Wallet),
+            Err(AuthError::UnauthenticatedCaller)
+        ));
+        assert!(matches!(
+            t.authorize(Some("a-token"), CallerRole::Admin),
+            Err(AuthError::UnauthenticatedCaller)
+        ));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use miniprogram_token::{KeyRing, MasterKey, TokenKey, Timestamp};
+use miniprogram_token::{KeyRing, MasterKey, Timestamp, TokenKey};
 
 use crate::error::AuthError;
 use crate::secrets;
@@ -61,7 +61,9 @@ impl KeyRotation {
     pub async fn ensure_current(&self, now: Timestamp) -> Result<(), AuthError> {
         let stored = self.store.list_token_keys().await?;
         let lead = now.saturating_add(self.period / 10);
-        let has_current = stored.iter().any(|k| k.created_at <= now && lead < k.retire_at);
+        let has_current = stored
+            .iter()
+            .any(|k| k.created_at <= now && lead < k.retire_at);
         let mut stored = stored;
         if !has_current {
             let key = self.new_key(now)?;

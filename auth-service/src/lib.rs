@@ -79,7 +79,10 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn AuthStore>, ServeError> {
 }
 
 /// Binds `config.addr` and serves until `shutdown` resolves.
-pub async fn serve(config: AuthConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+pub async fn serve(
+    config: AuthConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let listener = TcpListener::bind(config.addr).await?;
     serve_with_listener(config, listener, shutdown).await
 }
@@ -101,7 +104,9 @@ pub async fn serve_with_listener(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
 
     let store = open_store(&config.database_url).await?;
     let clock = Arc::new(Clock::default());
@@ -145,14 +150,21 @@ pub async fn serve_with_listener(
     );
     let authenticator = Arc::new(AppAuthenticator::new(
         store.clone(),
-        FailedAttemptLimiter::new(config.failed_credential_budget, config.failed_credential_window),
+        FailedAttemptLimiter::new(
+            config.failed_credential_budget,
+            config.failed_credential_window,
+        ),
     ));
 
     let reflection_v1 = miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?;
     let reflection_v1alpha = miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?;
 
     let mut background = tokio::task::JoinSet::new();
-    background.spawn(sweeper::run(store.clone(), config.sweep_interval, config.sweep_batch));
+    background.spawn(sweeper::run(
+        store.clone(),
+        config.sweep_interval,
+        config.sweep_batch,
+    ));
     {
         let rotation = rotation.clone();
         let clock = clock.clone();
@@ -176,11 +188,17 @@ pub async fn serve_with_listener(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AppServiceServer::with_interceptor(
-            grpc::apps::AppGrpc { registry, clock: clock.clone() },
+            grpc::apps::AppGrpc {
+                registry,
+                clock: clock.clone(),
+            },
             role_check(callers.clone(), CallerRole::Admin),
         ))
         .add_service(AuthorizationServiceServer::with_interceptor(
-            grpc::authorization::AuthorizationGrpc { flow, clock: clock.clone() },
+            grpc::authorization::AuthorizationGrpc {
+                flow,
+                clock: clock.clone(),
+            },
             role_check(callers.clone(), CallerRole::Wallet),
         ))
         .add_service(TokenServiceServer::new(grpc::tokens::TokenGrpc {
@@ -201,7 +219,9 @@ pub async fn serve_with_listener(
         ));
 
     for name in SERVICE_NAMES.into_iter().chain([""]) {
-        health.set_service_status(name, ServingStatus::Serving).await;
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
     }
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth-service serving");
@@ -211,7 +231,9 @@ pub async fn serve_with_listener(
         async move {
             shutdown.await;
             for name in SERVICE_NAMES.into_iter().chain([""]) {
-                drain_health.set_service_status(name, ServingStatus::NotServing).await;
+                drain_health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
             }
             tracing::info!("auth-service draining");
             draining.cancel();

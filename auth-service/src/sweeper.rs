@@ -23,10 +23,16 @@ pub async fn sweep_once(
         total.refresh_tokens += round.refresh_tokens;
         total.revocations += round.revocations;
         total.token_keys += round.token_keys;
-        let most = [round.prompts, round.auth_codes, round.refresh_tokens, round.revocations, round.token_keys]
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        let most = [
+            round.prompts,
+            round.auth_codes,
+            round.refresh_tokens,
+            round.revocations,
+            round.token_keys,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
         if most < u64::from(batch) {
             break;
         }

@@ -8,11 +8,11 @@ use miniprogram_proto::auth::v1::{
     app_service_client::AppServiceClient, authorization_service_client::AuthorizationServiceClient,
     key_service_client::KeyServiceClient, token_service_client::TokenServiceClient,
 };
+pub use miniprogram_proto::caller_credentials::CallerCredential as Credential;
 use miniprogram_token::MasterKey;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-pub use miniprogram_proto::caller_credentials::CallerCredential as Credential;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -86,13 +86,24 @@ impl TestAuthServer {
         };
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::serve_with_listener(config.clone(), listener, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(crate::serve_with_listener(
+            config.clone(),
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        ));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect_lazy();
-        let server = TestAuthServer { addr, config, channel, shutdown: Some(tx), task: Some(task), _dir: None };
+        let server = TestAuthServer {
+            addr,
+            config,
+            channel,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: None,
+        };
         server.wait_ready().await;
         server
     }
@@ -104,7 +115,11 @@ impl TestAuthServer {
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
         let mut health = HealthClient::new(self.channel.clone());
         for _ in 0..500 {
-            if let Ok(r) = health.check(HealthCheckRequest { service: String::new() }).await
+            if let Ok(r) = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
                 && r.into_inner().status == ServingStatus::Serving as i32
             {
                 return;
@@ -115,19 +130,31 @@ impl TestAuthServer {
     }
 
     pub fn admin(&self) -> AppServiceClient<Authed> {
-        AppServiceClient::with_interceptor(self.channel.clone(), Credential::bearer(&self.config.callers.admin))
+        AppServiceClient::with_interceptor(
+            self.channel.clone(),
+            Credential::bearer(&self.config.callers.admin),
+        )
     }
 
     pub fn wallet(&self) -> AuthorizationServiceClient<Authed> {
-        AuthorizationServiceClient::with_interceptor(self.channel.clone(), Credential::bearer(&self.config.callers.wallet))
+        AuthorizationServiceClient::with_interceptor(
+            self.channel.clone(),
+            Credential::bearer(&self.config.callers.wallet),
+        )
     }
 
     pub fn verifier(&self) -> KeyServiceClient<Authed> {
-        KeyServiceClient::with_interceptor(self.channel.clone(), Credential::bearer(&self.config.callers.verifier))
+        KeyServiceClient::with_interceptor(
+            self.channel.clone(),
+            Credential::bearer(&self.config.callers.verifier),
+        )
     }
 
     pub fn backend(&self, app_id: &str, secret: &str) -> TokenServiceClient<Authed> {
-        TokenServiceClient::with_interceptor(self.channel.clone(), Credential::basic(app_id, secret))
+        TokenServiceClient::with_interceptor(
+            self.channel.clone(),
+            Credential::basic(app_id, secret),
+        )
     }
 
     /// Signals shutdown and waits for the server to drain and exit.
@@ -138,7 +165,11 @@ impl TestAuthServer {
     /// Stops the server but keeps its database and address, to [`StoppedAuthServer::restart`].
     pub async fn pause(mut self) -> StoppedAuthServer {
         let _ = self.stop_inner().await;
-        StoppedAuthServer { addr: self.addr, config: self.config.clone(), dir: self._dir.take() }
+        StoppedAuthServer {
+            addr: self.addr,
+            config: self.config.clone(),
+            dir: self._dir.take(),
+        }
     }
 
     async fn stop_inner(&mut self) -> Result<(), crate::ServeError> {
@@ -162,7 +193,9 @@ pub struct StoppedAuthServer {
 impl StoppedAuthServer {
     /// Starts again on the same address and database.
     pub async fn restart(mut self) -> TestAuthServer {
-        let listener = TcpListener::bind(self.addr).await.expect("rebind the same port");
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the same port");
         let mut server = TestAuthServer::start_config(self.config.clone(), Some(listener)).await;
         server._dir = self.dir.take();
         server

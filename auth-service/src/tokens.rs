@@ -74,7 +74,14 @@ impl TokenIssuer {
         revocation_policy: RevocationPolicy,
         feed: RevocationFeed,
     ) -> Self {
-        TokenIssuer { store, keys, lifetimes, user_ids, revocation_policy, feed }
+        TokenIssuer {
+            store,
+            keys,
+            lifetimes,
+            user_ids,
+            revocation_policy,
+            feed,
+        }
     }
 
     /// Spends a code (once, under any concurrency). A replayed code revokes every token issued
@@ -92,18 +99,37 @@ impl TokenIssuer {
         let refresh_expires_at = now.saturating_add(self.lifetimes.refresh_token);
         let redemption = self
             .store
-            .redeem_auth_code(&secrets::hash(auth_code), &app.app_id, &refresh.hash(), refresh_expires_at, now)
+            .redeem_auth_code(
+                &secrets::hash(auth_code),
+                &app.app_id,
+                &refresh.hash(),
+                refresh_expires_at,
+                now,
+            )
             .await?;
         match redemption {
             CodeRedemption::Redeemed(code) => {
-                if let Err(e) = self.check_still_authorized(app, &code.user_id, code.scopes).await {
-                    self.revoke_grant(&code.app_id, &code.user_id, &code.grant_id, now).await?;
+                if let Err(e) = self
+                    .check_still_authorized(app, &code.user_id, code.scopes)
+                    .await
+                {
+                    self.revoke_grant(&code.app_id, &code.user_id, &code.grant_id, now)
+                        .await?;
                     return Err(e);
                 }
-                self.pair(app, &code.user_id, code.scopes, &code.grant_id, refresh, refresh_expires_at, now)
+                self.pair(
+                    app,
+                    &code.user_id,
+                    code.scopes,
+                    &code.grant_id,
+                    refresh,
+                    refresh_expires_at,
+                    now,
+                )
             }
             CodeRedemption::AlreadyUsed(code) => {
-                self.revoke_grant(&code.app_id, &code.user_id, &code.grant_id, now).await?;
+                self.revoke_grant(&code.app_id, &code.user_id, &code.grant_id, now)
+                    .await?;
                 Err(AuthError::UsedCode)
             }
             CodeRedemption::Expired => Err(AuthError::ExpiredCode),
@@ -125,32 +151,59 @@ impl TokenIssuer {
         let successor_expires_at = now.saturating_add(self.lifetimes.refresh_token);
         let rotation = self
             .store
-            .rotate_refresh_token(&secrets::hash(refresh_token), &app.app_id, &successor.hash(), successor_expires_at, now)
+            .rotate_refresh_token(
+                &secrets::hash(refresh_token),
+                &app.app_id,
+                &successor.hash(),
+                successor_expires_at,
+                now,
+            )
             .await?;
         match rotation {
             RefreshRotation::Rotated(old) => {
-                if let Err(e) = self.check_still_authorized(app, &old.user_id, old.scopes).await {
-                    self.revoke_grant(&old.app_id, &old.user_id, &old.family_id, now).await?;
+                if let Err(e) = self
+                    .check_still_authorized(app, &old.user_id, old.scopes)
+                    .await
+                {
+                    self.revoke_grant(&old.app_id, &old.user_id, &old.family_id, now)
+                        .await?;
                     return Err(e);
                 }
-                self.pair(app, &old.user_id, old.scopes, &old.family_id, successor, successor_expires_at, now)
+                self.pair(
+                    app,
+                    &old.user_id,
+                    old.scopes,
+                    &old.family_id,
+                    successor,
+                    successor_expires_at,
+                    now,
+                )
             }
             RefreshRotation::AlreadyUsed(old) => {
-                self.revoke_grant(&old.app_id, &old.user_id, &old.family_id, now).await?;
+                self.revoke_grant(&old.app_id, &old.user_id, &old.family_id, now)
+                    .await?;
                 Err(AuthError::UsedRefreshToken)
             }
             RefreshRotation::Expired => Err(AuthError::ExpiredRefreshToken),
-            RefreshRotation::Revoked | RefreshRotation::NotFound => Err(AuthError::InvalidRefreshToken),
+            RefreshRotation::Revoked | RefreshRotation::NotFound => {
+                Err(AuthError::InvalidRefreshToken)
+            }
         }
     }
 
     /// RFC 7009: revokes one of the app's own tokens; an unknown token, or another app's, is
     /// not an error and changes nothing. Revoking a refresh token revokes its whole grant.
-    pub async fn revoke(&self, app: &AppRecord, token: &str, now: Timestamp) -> Result<(), AuthError> {
+    pub async fn revoke(
+        &self,
+        app: &AppRecord,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<(), AuthError> {
         if secrets::looks_like_secret(token) {
             return match self.store.get_refresh_token(&secrets::hash(token)).await {
                 Ok(rec) if rec.app_id == app.app_id => {
-                    self.revoke_grant(&rec.app_id, &rec.user_id, &rec.family_id, now).await
+                    self.revoke_grant(&rec.app_id, &rec.user_id, &rec.family_id, now)
+                        .await
                 }
                 Ok(_) | Err(StoreError::NotFound) => Ok(()),
                 Err(e) => Err(e.into()),
@@ -216,7 +269,10 @@ impl TokenIssuer {
         if rules.iter().any(|r| r.matches(&claims)) {
             return Ok(None);
         }
-        let features_cover = claims.scopes.iter().all(|s| app.features.contains(Feature::for_scope(s)));
+        let features_cover = claims
+            .scopes
+            .iter()
+            .all(|s| app.features.contains(Feature::for_scope(s)));
         if !features_cover {
             return Ok(None);
         }
@@ -235,7 +291,10 @@ impl TokenIssuer {
         self.keys.with_ring(|ring| {
             ring.open(TokenKind::Access, token, now)
                 .map(|c| (IntrospectedKind::Access, c))
-                .or_else(|_| ring.open(TokenKind::Consent, token, now).map(|c| (IntrospectedKind::Consent, c)))
+                .or_else(|_| {
+                    ring.open(TokenKind::Consent, token, now)
+                        .map(|c| (IntrospectedKind::Consent, c))
+                })
                 .ok()
         })
     }
@@ -247,7 +306,11 @@ impl TokenIssuer {
         user_id: &str,
         scopes: ScopeSet,
     ) -> Result<(), AuthError> {
-        if let Some(missing) = scopes.iter().map(Feature::for_scope).find(|f| !app.features.contains(*f)) {
+        if let Some(missing) = scopes
+            .iter()
+            .map(Feature::for_scope)
+            .find(|f| !app.features.contains(*f))
+        {
             return Err(AuthError::InsufficientIsvPermissions(missing));
         }
         let granted = self

@@ -50,9 +50,14 @@ impl std::fmt::Debug for CallerCredential {
 }
 
 impl tonic::service::Interceptor for CallerCredential {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -65,7 +70,10 @@ mod tests {
     #[test]
     fn basic_credentials_parse() {
         let header = format!("Basic {}", STANDARD.encode("mp1:secret:with:colons"));
-        assert_eq!(basic_credential(Some(&header)), Some(("mp1".into(), "secret:with:colons".into())));
+        assert_eq!(
+            basic_credential(Some(&header)),
+            Some(("mp1".into(), "secret:with:colons".into()))
+        );
         assert_eq!(basic_credential(Some("Basic !!!")), None);
         assert_eq!(basic_credential(Some("Bearer x")), None);
         assert_eq!(bearer_token(Some("Bearer x")), Some("x"));

@@ -130,15 +130,17 @@ impl ErrorReason {
             | ErrorReason::InvalidRefreshToken
             | ErrorReason::InvalidProfileField
             | ErrorReason::InvalidArgument => Code::InvalidArgument,
-            ErrorReason::AppNotFound | ErrorReason::ProfileNotFound | ErrorReason::PromptNotFound => {
-                Code::NotFound
-            }
+            ErrorReason::AppNotFound
+            | ErrorReason::ProfileNotFound
+            | ErrorReason::PromptNotFound => Code::NotFound,
             ErrorReason::InvalidAccessToken
             | ErrorReason::ExpiredAccessToken
             | ErrorReason::InvalidAuthClient
             | ErrorReason::UnauthenticatedCaller => Code::Unauthenticated,
             ErrorReason::RequestTrafficExceedLimit => Code::ResourceExhausted,
-            ErrorReason::RevocationStateStale | ErrorReason::ServiceUnavailable => Code::Unavailable,
+            ErrorReason::RevocationStateStale | ErrorReason::ServiceUnavailable => {
+                Code::Unavailable
+            }
             ErrorReason::Internal => Code::Internal,
         }
     }
@@ -197,7 +199,8 @@ impl ErrorReason {
         message: impl Into<String>,
         violations: Vec<FieldViolation>,
     ) -> Status {
-        let mut details = ErrorDetails::with_error_info(self.as_str(), ERROR_DOMAIN, self.metadata());
+        let mut details =
+            ErrorDetails::with_error_info(self.as_str(), ERROR_DOMAIN, self.metadata());
         for v in violations {
             details.add_bad_request_violation(v.field, v.description);
         }
@@ -224,14 +227,26 @@ mod tests {
             assert_eq!(status.code(), reason.code());
             assert_eq!(ErrorReason::of(&status), Some(reason));
             let info = status.get_details_error_info().unwrap();
-            assert_eq!(info.metadata.get("jsapi_code").map(String::as_str), reason.jsapi().map(|j| j.0));
+            assert_eq!(
+                info.metadata.get("jsapi_code").map(String::as_str),
+                reason.jsapi().map(|j| j.0)
+            );
         }
     }
 
     #[test]
     fn platform_codes_match_the_design() {
-        assert_eq!(ErrorReason::InvalidAuthRelations.jsapi(), Some(("40003", "isv.invalid-auth-relations")));
-        assert_eq!(ErrorReason::InsufficientIsvPermissions.jsapi(), Some(("40006", "isv.insufficient-isv-permissions")));
-        assert_eq!(ErrorReason::InsufficientIsvPermissions.code(), Code::PermissionDenied);
+        assert_eq!(
+            ErrorReason::InvalidAuthRelations.jsapi(),
+            Some(("40003", "isv.invalid-auth-relations"))
+        );
+        assert_eq!(
+            ErrorReason::InsufficientIsvPermissions.jsapi(),
+            Some(("40006", "isv.insufficient-isv-permissions"))
+        );
+        assert_eq!(
+            ErrorReason::InsufficientIsvPermissions.code(),
+            Code::PermissionDenied
+        );
     }
 }

@@ -26,7 +26,8 @@ pub mod userinfo {
 
 /// The encoded `FileDescriptorSet` of every file of the contract (and its imports), for
 /// server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("miniprogram_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("miniprogram_descriptor");
 
 /// A reflection builder that knows the contract's and the health service's descriptors and
 /// lists only `services` (the ones the server mounts) plus `grpc.health.v1.Health`. Build it
@@ -57,7 +58,9 @@ mod tests {
             .iter()
             .flat_map(|f| {
                 let package = f.package().to_owned();
-                f.service.iter().map(move |s| format!("{package}.{}", s.name()))
+                f.service
+                    .iter()
+                    .map(move |s| format!("{package}.{}", s.name()))
             })
             .collect();
         for expected in [
@@ -68,7 +71,10 @@ mod tests {
             "miniprogram.userinfo.v1.UserInfoService",
             "miniprogram.userinfo.v1.ProfileService",
         ] {
-            assert!(services.iter().any(|s| s == expected), "{expected} missing from {services:?}");
+            assert!(
+                services.iter().any(|s| s == expected),
+                "{expected} missing from {services:?}"
+            );
         }
     }
 }

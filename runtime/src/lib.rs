@@ -18,7 +18,10 @@ pub enum LogFormat {
 /// Calling it twice is harmless (the second call is ignored).
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -48,7 +51,6 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
 }
-
 
 /// Runs a server future; once `draining` is cancelled, gives in-flight calls `deadline` to
 /// finish and then stops waiting for them.

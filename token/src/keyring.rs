@@ -1,13 +1,13 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use pasetors::Local;
 use pasetors::keys::SymmetricKey;
 use pasetors::token::UntrustedToken;
 use pasetors::version4::{LocalToken, V4};
-use pasetors::Local;
 use serde::{Deserialize, Serialize};
 
-use crate::{TokenClaims, TokenKind, Timestamp};
+use crate::{Timestamp, TokenClaims, TokenKind};
 
 /// Length of a v4.local key in bytes.
 pub const KEY_LEN: usize = 32;
@@ -106,15 +106,20 @@ impl KeyRing {
         let payload = serde_json::to_vec(claims).map_err(|_| TokenError::Encryption)?;
         let footer =
             serde_json::to_vec(&Footer { kid: &key.key_id }).map_err(|_| TokenError::Encryption)?;
-        LocalToken::encrypt(&sk, &payload, Some(&footer), Some(kind.implicit_assertion()))
-            .map_err(|_| TokenError::Encryption)
+        LocalToken::encrypt(
+            &sk,
+            &payload,
+            Some(&footer),
+            Some(kind.implicit_assertion()),
+        )
+        .map_err(|_| TokenError::Encryption)
     }
 
     /// The key id a token names, read from its (authenticated, unencrypted) footer.
     pub fn key_id_of(token: &str) -> Result<String, TokenError> {
         let untrusted = parse(token)?;
-        let footer: Footer<'_> =
-            serde_json::from_slice(untrusted.untrusted_footer()).map_err(|_| TokenError::Malformed)?;
+        let footer: Footer<'_> = serde_json::from_slice(untrusted.untrusted_footer())
+            .map_err(|_| TokenError::Malformed)?;
         Ok(footer.kid.to_owned())
     }
 
@@ -126,11 +131,14 @@ impl KeyRing {
         now: Timestamp,
     ) -> Result<TokenClaims, TokenError> {
         let untrusted = parse(token)?;
-        let footer: Footer<'_> =
-            serde_json::from_slice(untrusted.untrusted_footer()).map_err(|_| TokenError::Malformed)?;
-        let key = self.keys.get(footer.kid).ok_or_else(|| TokenError::UnknownKey {
-            key_id: footer.kid.chars().take(64).collect(),
-        })?;
+        let footer: Footer<'_> = serde_json::from_slice(untrusted.untrusted_footer())
+            .map_err(|_| TokenError::Malformed)?;
+        let key = self
+            .keys
+            .get(footer.kid)
+            .ok_or_else(|| TokenError::UnknownKey {
+                key_id: footer.kid.chars().take(64).collect(),
+            })?;
         let sk = SymmetricKey::<V4>::from(&key.material).map_err(|_| TokenError::Invalid)?;
         let trusted = LocalToken::decrypt(&sk, &untrusted, None, Some(kind.implicit_assertion()))
             .map_err(|_| TokenError::Invalid)?;
@@ -186,7 +194,10 @@ mod tests {
         let token = ring.mint(TokenKind::Consent, &claims(150), now).unwrap();
         assert!(!token.contains("wallet-user-42"));
         assert_eq!(KeyRing::key_id_of(&token).unwrap(), "k1");
-        assert_eq!(ring.open(TokenKind::Consent, &token, now).unwrap(), claims(150));
+        assert_eq!(
+            ring.open(TokenKind::Consent, &token, now).unwrap(),
+            claims(150)
+        );
     }
 
     #[test]
@@ -194,17 +205,27 @@ mod tests {
         let ring = KeyRing::new([key("k1", 7, 0, 100, 200)]);
         let now = Timestamp::from_unix_nanos(50);
         let token = ring.mint(TokenKind::Consent, &claims(150), now).unwrap();
-        assert_eq!(ring.open(TokenKind::Access, &token, now), Err(TokenError::Invalid));
+        assert_eq!(
+            ring.open(TokenKind::Access, &token, now),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]
     fn expired_token_is_refused() {
         let ring = KeyRing::new([key("k1", 7, 0, 100, 200)]);
         let token = ring
-            .mint(TokenKind::Access, &claims(60), Timestamp::from_unix_nanos(50))
+            .mint(
+                TokenKind::Access,
+                &claims(60),
+                Timestamp::from_unix_nanos(50),
+            )
             .unwrap();
         let later = Timestamp::from_unix_nanos(60);
-        assert_eq!(ring.open(TokenKind::Access, &token, later), Err(TokenError::Expired));
+        assert_eq!(
+            ring.open(TokenKind::Access, &token, later),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -213,10 +234,18 @@ mod tests {
         let new = key("new", 2, 100, 200, 400);
         let ring = KeyRing::new([old.clone(), new]);
         let t_old = ring
-            .mint(TokenKind::Access, &claims(250), Timestamp::from_unix_nanos(50))
+            .mint(
+                TokenKind::Access,
+                &claims(250),
+                Timestamp::from_unix_nanos(50),
+            )
             .unwrap();
         let t_new = ring
-            .mint(TokenKind::Access, &claims(250), Timestamp::from_unix_nanos(150))
+            .mint(
+                TokenKind::Access,
+                &claims(250),
+                Timestamp::from_unix_nanos(150),
+            )
             .unwrap();
         assert_eq!(KeyRing::key_id_of(&t_old).unwrap(), "old");
         assert_eq!(KeyRing::key_id_of(&t_new).unwrap(), "new");
@@ -242,9 +271,21 @@ mod tests {
         let mut bytes = token.into_bytes();
         bytes[20] = if bytes[20] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
-        assert_eq!(ring.open(TokenKind::Consent, &tampered, now), Err(TokenError::Invalid));
-        for garbage in ["", "v4.local.", "hello", "v4.public.abc.def", &"x".repeat(1 << 20)] {
-            assert_eq!(ring.open(TokenKind::Consent, garbage, now), Err(TokenError::Malformed));
+        assert_eq!(
+            ring.open(TokenKind::Consent, &tampered, now),
+            Err(TokenError::Invalid)
+        );
+        for garbage in [
+            "",
+            "v4.local.",
+            "hello",
+            "v4.public.abc.def",
+            &"x".repeat(1 << 20),
+        ] {
+            assert_eq!(
+                ring.open(TokenKind::Consent, garbage, now),
+                Err(TokenError::Malformed)
+            );
         }
     }
 

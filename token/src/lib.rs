@@ -14,7 +14,7 @@ mod scope;
 mod time;
 
 pub use claims::{TokenClaims, TokenKind};
-pub use keyring::{KeyRing, TokenError, TokenKey, KEY_LEN, MAX_TOKEN_LEN};
+pub use keyring::{KEY_LEN, KeyRing, MAX_TOKEN_LEN, TokenError, TokenKey};
 pub use master_key::{MasterKey, MasterKeyError};
 pub use revocation::{RevocationList, RevocationRule};
 pub use scope::{Scope, ScopeSet};

@@ -1,9 +1,9 @@
 use std::fmt;
 
+use pasetors::Local;
 use pasetors::keys::SymmetricKey;
 use pasetors::token::UntrustedToken;
 use pasetors::version4::{LocalToken, V4};
-use pasetors::Local;
 
 use crate::KEY_LEN;
 

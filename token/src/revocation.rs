@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use crate::{ScopeSet, TokenClaims, Timestamp};
+use crate::{ScopeSet, Timestamp, TokenClaims};
 
 /// "Tokens of `app_id` (for `user_id`, carrying any of `scopes`, with id or grant `token_id` /
 /// `grant_id`) issued at or before `issued_before` are void." A `None` or empty field matches
@@ -24,8 +24,14 @@ impl RevocationRule {
             && claims.issued_at() <= self.issued_before
             && self.user_id.as_deref().is_none_or(|u| u == claims.user_id)
             && (self.scopes.is_empty() || !self.scopes.intersection(claims.scopes).is_empty())
-            && self.token_id.as_deref().is_none_or(|t| t == claims.token_id)
-            && self.grant_id.as_deref().is_none_or(|g| g == claims.grant_id)
+            && self
+                .token_id
+                .as_deref()
+                .is_none_or(|t| t == claims.token_id)
+            && self
+                .grant_id
+                .as_deref()
+                .is_none_or(|g| g == claims.grant_id)
     }
 }
 
@@ -149,7 +155,11 @@ mod tests {
     fn app_wide_and_family_rules_match() {
         let mut list = RevocationList::new();
         list.apply(rule(1, None, &[Scope::PhoneNumber], 100));
-        assert!(list.is_revoked(&claims("anyone", &[Scope::AuthBase, Scope::PhoneNumber], 10)));
+        assert!(list.is_revoked(&claims(
+            "anyone",
+            &[Scope::AuthBase, Scope::PhoneNumber],
+            10
+        )));
         let mut family = rule(2, Some("u1"), &[], 500);
         family.grant_id = Some("g1".into());
         list.apply(family);

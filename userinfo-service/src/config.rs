@@ -134,18 +134,26 @@ mod tests {
 
     #[test]
     fn missing_credentials_are_all_named() {
-        let err = Cli::try_parse_from(["userinfo"]).unwrap().args.into_config().unwrap_err();
+        let err = Cli::try_parse_from(["userinfo"])
+            .unwrap()
+            .args
+            .into_config()
+            .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains(ENV_ADMIN_TOKEN) && text.contains(ENV_VERIFIER_TOKEN), "{text}");
+        assert!(
+            text.contains(ENV_ADMIN_TOKEN) && text.contains(ENV_VERIFIER_TOKEN),
+            "{text}"
+        );
     }
 
     #[test]
     fn defaults_match_the_design() {
-        let config = Cli::try_parse_from(["userinfo", "--admin-token", "a", "--verifier-token", "v"])
-            .unwrap()
-            .args
-            .into_config()
-            .unwrap();
+        let config =
+            Cli::try_parse_from(["userinfo", "--admin-token", "a", "--verifier-token", "v"])
+                .unwrap()
+                .args
+                .into_config()
+                .unwrap();
         assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
         assert_eq!(config.auth_url, DEFAULT_AUTH_URL);
         assert!(!format!("{config:?}").contains("\"a\""));

@@ -65,12 +65,18 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn ProfileStore>, ServeError> 
 }
 
 /// Binds `config.addr` and serves until `shutdown` resolves.
-pub async fn serve(config: UserInfoConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+pub async fn serve(
+    config: UserInfoConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let listener = TcpListener::bind(config.addr).await?;
     serve_with_listener(config, listener, shutdown).await
 }
 
-fn admin_check(admin: Arc<String>, verifier: Arc<String>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+fn admin_check(
+    admin: Arc<String>,
+    verifier: Arc<String>,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
         let header = grpc::authorization_header(request.metadata());
         let presented = miniprogram_proto::caller_credentials::bearer_token(header)
@@ -93,9 +99,13 @@ pub async fn serve_with_listener(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     for name in SERVICE_NAMES {
-        health.set_service_status(name, ServingStatus::NotServing).await;
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
     }
 
     let store = open_store(&config.database_url).await?;
@@ -115,7 +125,9 @@ pub async fn serve_with_listener(
         background.spawn(async move {
             auth_client::load_keys(&link, &verifier).await;
             for name in SERVICE_NAMES.into_iter().chain([""]) {
-                health.set_service_status(name, ServingStatus::Serving).await;
+                health
+                    .set_service_status(name, ServingStatus::Serving)
+                    .await;
             }
             tracing::info!("token keys loaded; serving");
             auth_client::follow_revocations(link, verifier).await;
@@ -128,7 +140,9 @@ pub async fn serve_with_listener(
             loop {
                 tick.tick().await;
                 let now = Timestamp::now();
-                let lag = verifier.silence(now).map_or(f64::INFINITY, |d| d.as_secs_f64());
+                let lag = verifier
+                    .silence(now)
+                    .map_or(f64::INFINITY, |d| d.as_secs_f64());
                 metrics::gauge!("revocation_stream_lag_seconds").set(lag);
                 metrics::gauge!("revocation_rules").set(verifier.rule_count() as f64);
             }
@@ -141,9 +155,13 @@ pub async fn serve_with_listener(
         .add_service(health_service)
         .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?)
         .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?)
-        .add_service(UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc { reader }))
+        .add_service(UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc {
+            reader,
+        }))
         .add_service(ProfileServiceServer::with_interceptor(
-            grpc::profiles::ProfileGrpc { store: store.clone() },
+            grpc::profiles::ProfileGrpc {
+                store: store.clone(),
+            },
             admin_check(admin, verifier_token),
         ));
 
@@ -156,7 +174,9 @@ pub async fn serve_with_listener(
         async move {
             shutdown.await;
             for name in SERVICE_NAMES.into_iter().chain([""]) {
-                drain_health.set_service_status(name, ServingStatus::NotServing).await;
+                drain_health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
             }
             tracing::info!("userinfo-service draining");
             draining.cancel();

@@ -60,9 +60,15 @@ fn has_control(s: &str) -> bool {
 
 fn text(field: &'static str, value: &str, max: usize, out: &mut Vec<FieldViolation>) {
     if value.len() > max {
-        out.push(FieldViolation { field, description: "is longer than allowed" });
+        out.push(FieldViolation {
+            field,
+            description: "is longer than allowed",
+        });
     } else if has_control(value) {
-        out.push(FieldViolation { field, description: "contains control characters" });
+        out.push(FieldViolation {
+            field,
+            description: "contains control characters",
+        });
     }
 }
 
@@ -70,11 +76,20 @@ fn text(field: &'static str, value: &str, max: usize, out: &mut Vec<FieldViolati
 pub fn check_user_id(user_id: &str) -> Option<FieldViolation> {
     let field = "profile.user_id";
     if user_id.is_empty() {
-        Some(FieldViolation { field, description: "is required" })
+        Some(FieldViolation {
+            field,
+            description: "is required",
+        })
     } else if user_id.len() > MAX_USER_ID_LEN {
-        Some(FieldViolation { field, description: "is longer than 128 bytes" })
+        Some(FieldViolation {
+            field,
+            description: "is longer than 128 bytes",
+        })
     } else if has_control(user_id) {
-        Some(FieldViolation { field, description: "contains control characters" })
+        Some(FieldViolation {
+            field,
+            description: "contains control characters",
+        })
     } else {
         None
     }
@@ -86,14 +101,20 @@ fn check_avatar(avatar: &str, out: &mut Vec<FieldViolation>) {
         return;
     }
     if avatar.len() > MAX_AVATAR_LEN {
-        out.push(FieldViolation { field, description: "is longer than 2048 bytes" });
+        out.push(FieldViolation {
+            field,
+            description: "is longer than 2048 bytes",
+        });
         return;
     }
     let ok = url::Url::parse(avatar)
         .map(|u| u.scheme() == "https" && u.host_str().is_some_and(|h| !h.is_empty()))
         .unwrap_or(false);
     if !ok || avatar.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        out.push(FieldViolation { field, description: "must be an https URL" });
+        out.push(FieldViolation {
+            field,
+            description: "must be an https URL",
+        });
     }
 }
 
@@ -125,7 +146,10 @@ impl Profile {
         check_avatar(&p.avatar, &mut out);
         text("profile.nick_name", &p.nick_name, MAX_TEXT_LEN, &mut out);
         if !matches!(p.gender.as_str(), "" | "m" | "f") {
-            out.push(FieldViolation { field: "profile.gender", description: "must be \"m\", \"f\" or \"\"" });
+            out.push(FieldViolation {
+                field: "profile.gender",
+                description: "must be \"m\", \"f\" or \"\"",
+            });
         }
         if !p.country_code.is_empty() && !is_country_code(&p.country_code) {
             out.push(FieldViolation {
@@ -163,7 +187,12 @@ mod tests {
     #[test]
     fn the_code_list_is_complete() {
         assert_eq!(ISO_3166_ALPHA2.split(' ').count(), 249);
-        assert!(is_country_code("CN") && is_country_code("US") && !is_country_code("cn") && !is_country_code("XX"));
+        assert!(
+            is_country_code("CN")
+                && is_country_code("US")
+                && !is_country_code("cn")
+                && !is_country_code("XX")
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use miniprogram_proto::caller_credentials::CallerCredential;
-use miniprogram_proto::userinfo::v1::{profile_service_client::ProfileServiceClient, user_info_service_client::UserInfoServiceClient};
+use miniprogram_proto::userinfo::v1::{
+    profile_service_client::ProfileServiceClient, user_info_service_client::UserInfoServiceClient,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -18,7 +20,12 @@ use crate::config::UserInfoConfig;
 pub type Authed = InterceptedService<Channel, CallerCredential>;
 
 /// A configuration for tests, pointed at `auth_addr`.
-pub fn test_config(database_url: String, auth_addr: SocketAddr, admin_token: &str, verifier_token: &str) -> UserInfoConfig {
+pub fn test_config(
+    database_url: String,
+    auth_addr: SocketAddr,
+    admin_token: &str,
+    verifier_token: &str,
+) -> UserInfoConfig {
     UserInfoConfig {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url,
@@ -60,11 +67,24 @@ impl TestUserInfoServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::serve_with_listener(config.clone(), listener, async {
-            let _ = rx.await;
-        }));
-        let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
-        let server = TestUserInfoServer { addr, config, channel, shutdown: Some(tx), task: Some(task), _dir: dir };
+        let task = tokio::spawn(crate::serve_with_listener(
+            config.clone(),
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_lazy();
+        let server = TestUserInfoServer {
+            addr,
+            config,
+            channel,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        };
         server.wait_serving().await;
         server
     }
@@ -75,7 +95,11 @@ impl TestUserInfoServer {
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
         let mut health = HealthClient::new(self.channel.clone());
         for _ in 0..1000 {
-            if let Ok(r) = health.check(HealthCheckRequest { service: String::new() }).await
+            if let Ok(r) = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
                 && r.into_inner().status == ServingStatus::Serving as i32
             {
                 return;
@@ -86,7 +110,10 @@ impl TestUserInfoServer {
     }
 
     pub fn profiles(&self) -> ProfileServiceClient<Authed> {
-        ProfileServiceClient::with_interceptor(self.channel.clone(), CallerCredential::bearer(&self.config.admin_token))
+        ProfileServiceClient::with_interceptor(
+            self.channel.clone(),
+            CallerCredential::bearer(&self.config.admin_token),
+        )
     }
 
     /// UserInfoService as mini program code calls it (no credential).
@@ -96,7 +123,10 @@ impl TestUserInfoServer {
 
     /// UserInfoService as a mini program backend calls it.
     pub fn backend(&self, app_id: &str, secret: &str) -> UserInfoServiceClient<Authed> {
-        UserInfoServiceClient::with_interceptor(self.channel.clone(), CallerCredential::basic(app_id, secret))
+        UserInfoServiceClient::with_interceptor(
+            self.channel.clone(),
+            CallerCredential::basic(app_id, secret),
+        )
     }
 
     pub async fn stop(mut self) -> Result<(), crate::ServeError> {

@@ -24,7 +24,8 @@ pub trait KeySource: Send + Sync + 'static {
 #[async_trait]
 pub trait AppCredentialCheck: Send + Sync + 'static {
     /// `Ok(true)`: credential good and token active; `Ok(false)`: credential good, token not.
-    async fn confirm(&self, authorization: &str, access_token: &str) -> Result<bool, UserInfoError>;
+    async fn confirm(&self, authorization: &str, access_token: &str)
+    -> Result<bool, UserInfoError>;
 }
 
 /// Serves the two reads, checking tokens against the local verifier.
@@ -65,19 +66,36 @@ impl UserInfoReader {
         credentials: Arc<dyn AppCredentialCheck>,
         refetch_interval: Duration,
     ) -> Self {
-        UserInfoReader { store, verifier, keys, credentials, last_refetch: Mutex::new(None), refetch_interval }
+        UserInfoReader {
+            store,
+            verifier,
+            keys,
+            credentials,
+            last_refetch: Mutex::new(None),
+            refetch_interval,
+        }
     }
 
     /// `my.getOpenUserInfo`: the six public fields, for a live consent token.
-    pub async fn open_user_info(&self, consent_token: &str, now: Timestamp) -> Result<PublicProfile, UserInfoError> {
+    pub async fn open_user_info(
+        &self,
+        consent_token: &str,
+        now: Timestamp,
+    ) -> Result<PublicProfile, UserInfoError> {
         if consent_token.is_empty() {
             return Err(UserInfoError::InvalidAuthRelations);
         }
-        let claims = self.check(TokenKind::Consent, consent_token, now).await.map_err(token_error)?;
+        let claims = self
+            .check(TokenKind::Consent, consent_token, now)
+            .await
+            .map_err(token_error)?;
         if !claims.scopes.contains(Scope::UserInfo) {
             return Err(UserInfoError::InvalidAuthRelations);
         }
-        self.store.get_public_profile(&claims.user_id).await.map_err(profile_missing)
+        self.store
+            .get_public_profile(&claims.user_id)
+            .await
+            .map_err(profile_missing)
     }
 
     /// The phone number, for an app's backend holding an access token with the phone scope
@@ -107,15 +125,29 @@ impl UserInfoReader {
         if claims.app_id != app_id || !claims.scopes.contains(Scope::PhoneNumber) {
             return Err(UserInfoError::InvalidAuthRelations);
         }
-        if !self.credentials.confirm(authorization, access_token).await? {
+        if !self
+            .credentials
+            .confirm(authorization, access_token)
+            .await?
+        {
             return Err(UserInfoError::InvalidAuthRelations);
         }
-        self.store.get_phone_number(&claims.user_id).await.map_err(profile_missing)
+        self.store
+            .get_phone_number(&claims.user_id)
+            .await
+            .map_err(profile_missing)
     }
 
-    async fn check(&self, kind: TokenKind, token: &str, now: Timestamp) -> Result<TokenClaims, TokenCheckError> {
+    async fn check(
+        &self,
+        kind: TokenKind,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<TokenClaims, TokenCheckError> {
         match self.verifier.check(kind, token, now) {
-            Err(TokenCheckError::UnknownKey) if self.refetch_keys(now).await => self.verifier.check(kind, token, now),
+            Err(TokenCheckError::UnknownKey) if self.refetch_keys(now).await => {
+                self.verifier.check(kind, token, now)
+            }
             other => other,
         }
     }

@@ -5,7 +5,10 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use miniprogram_token::{KeyRing, RevocationList, RevocationRule, Timestamp, TokenClaims, TokenError, TokenKey, TokenKind};
+use miniprogram_token::{
+    KeyRing, RevocationList, RevocationRule, Timestamp, TokenClaims, TokenError, TokenKey,
+    TokenKind,
+};
 
 /// Why a token was refused locally.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +33,9 @@ impl From<TokenError> for TokenCheckError {
             TokenError::Malformed => TokenCheckError::Malformed,
             TokenError::UnknownKey { .. } => TokenCheckError::UnknownKey,
             TokenError::Expired => TokenCheckError::Expired,
-            TokenError::Invalid | TokenError::NoSigningKey | TokenError::Encryption => TokenCheckError::Invalid,
+            TokenError::Invalid | TokenError::NoSigningKey | TokenError::Encryption => {
+                TokenCheckError::Invalid
+            }
         }
     }
 }
@@ -61,24 +66,38 @@ impl TokenVerifier {
     }
 
     pub fn has_keys(&self) -> bool {
-        !self.keys.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+        !self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     pub fn apply(&self, rule: RevocationRule) {
-        self.revocations.write().unwrap_or_else(|e| e.into_inner()).apply(rule);
+        self.revocations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(rule);
     }
 
     /// The sequence to resume the revocation stream after.
     pub fn last_sequence(&self) -> u64 {
-        self.revocations.read().unwrap_or_else(|e| e.into_inner()).last_sequence()
+        self.revocations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_sequence()
     }
 
     pub fn rule_count(&self) -> usize {
-        self.revocations.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.revocations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn mark_contact(&self, now: Timestamp) {
-        self.last_contact.fetch_max(now.unix_nanos(), Ordering::Relaxed);
+        self.last_contact
+            .fetch_max(now.unix_nanos(), Ordering::Relaxed);
     }
 
     /// Time since the stream last spoke (`None` before it ever did).
@@ -94,17 +113,34 @@ impl TokenVerifier {
     }
 
     pub fn prune(&self, now: Timestamp) {
-        self.revocations.write().unwrap_or_else(|e| e.into_inner()).prune(now);
+        self.revocations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .prune(now);
     }
 
     /// Opens a token of `kind`, then fails closed if the revocation view is stale, then
     /// checks the revocation rules.
-    pub fn check(&self, kind: TokenKind, token: &str, now: Timestamp) -> Result<TokenClaims, TokenCheckError> {
-        let claims = self.keys.read().unwrap_or_else(|e| e.into_inner()).open(kind, token, now)?;
+    pub fn check(
+        &self,
+        kind: TokenKind,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<TokenClaims, TokenCheckError> {
+        let claims = self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .open(kind, token, now)?;
         if self.is_stale(now) {
             return Err(TokenCheckError::Stale);
         }
-        if self.revocations.read().unwrap_or_else(|e| e.into_inner()).is_revoked(&claims) {
+        if self
+            .revocations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_revoked(&claims)
+        {
             return Err(TokenCheckError::Revoked);
         }
         Ok(claims)

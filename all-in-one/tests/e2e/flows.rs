@@ -18,11 +18,19 @@ async fn tap_prompt_allow_then_get_open_user_info_returns_exactly_the_public_fie
     let p = Platform::start().await;
     let (app_id, _) = p.app(&ALL_FEATURES).await;
     p.profile(demo_profile("wallet-user-1")).await;
-    let Outcome::Prompt(prompt) = p.request("wallet-user-1", &app_id, &[UserInfo], UserTap).await.unwrap() else {
+    let Outcome::Prompt(prompt) = p
+        .request("wallet-user-1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap()
+    else {
         panic!("a first request must prompt");
     };
     assert_eq!(prompt.scopes, vec![UserInfo as i32]);
-    let Answer::Grant(grant) = p.resolve(&prompt.prompt_id, "wallet-user-1", pb::Decision::Allow).await.unwrap() else {
+    let Answer::Grant(grant) = p
+        .resolve(&prompt.prompt_id, "wallet-user-1", pb::Decision::Allow)
+        .await
+        .unwrap()
+    else {
         panic!("allow must grant");
     };
     let info = p.open_user_info(&consent_token(&grant)).await.unwrap();
@@ -43,12 +51,26 @@ async fn tap_prompt_allow_then_get_open_user_info_returns_exactly_the_public_fie
 async fn deny_then_ask_again_prompts_again_as_previously_denied() {
     let p = Platform::start().await;
     let (app_id, _) = p.app(&ALL_FEATURES).await;
-    let Outcome::Prompt(first) = p.request("u1", &app_id, &[UserInfo], UserTap).await.unwrap() else { panic!() };
-    let Answer::Denial(denial) = p.resolve(&first.prompt_id, "u1", pb::Decision::Deny).await.unwrap() else {
+    let Outcome::Prompt(first) = p
+        .request("u1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let Answer::Denial(denial) = p
+        .resolve(&first.prompt_id, "u1", pb::Decision::Deny)
+        .await
+        .unwrap()
+    else {
         panic!("deny is an outcome, not an error");
     };
     assert!(denial.may_ask_again);
-    let Outcome::Prompt(second) = p.request("u1", &app_id, &[UserInfo], UserTap).await.unwrap() else {
+    let Outcome::Prompt(second) = p
+        .request("u1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap()
+    else {
         panic!("a refusal is not final");
     };
     assert!(second.previously_denied);
@@ -58,7 +80,10 @@ async fn deny_then_ask_again_prompts_again_as_previously_denied() {
 async fn a_launch_trigger_is_refused() {
     let p = Platform::start().await;
     let (app_id, _) = p.app(&ALL_FEATURES).await;
-    let err = p.request("u1", &app_id, &[UserInfo], AppLaunch).await.unwrap_err();
+    let err = p
+        .request("u1", &app_id, &[UserInfo], AppLaunch)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::AuthorizationAtLaunch);
 }
 
@@ -66,9 +91,15 @@ async fn a_launch_trigger_is_refused() {
 async fn a_missing_feature_is_40006() {
     let p = Platform::start().await;
     let (app_id, _) = p.app(&[pb::Feature::UserAuthorization]).await;
-    let err = p.request("u1", &app_id, &[UserInfo], UserTap).await.unwrap_err();
+    let err = p
+        .request("u1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InsufficientIsvPermissions);
-    assert_eq!(err.get_details_error_info().unwrap().metadata["jsapi_code"], "40006");
+    assert_eq!(
+        err.get_details_error_info().unwrap().metadata["jsapi_code"],
+        "40006"
+    );
 }
 
 #[tokio::test]
@@ -80,20 +111,32 @@ async fn withdrawn_consent_is_40003_at_userinfo_within_one_second() {
     p.open_user_info(&token).await.unwrap();
     p.auth
         .wallet()
-        .revoke_authorization(pb::RevokeAuthorizationRequest { user_id: "u1".into(), app_id: app_id.clone(), scopes: vec![] })
+        .revoke_authorization(pb::RevokeAuthorizationRequest {
+            user_id: "u1".into(),
+            app_id: app_id.clone(),
+            scopes: vec![],
+        })
         .await
         .unwrap();
     let revoked_at = Instant::now();
     let err = loop {
         match p.open_user_info(&token).await {
             Err(e) => break e,
-            Ok(_) if revoked_at.elapsed() < Duration::from_secs(1) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(_) if revoked_at.elapsed() < Duration::from_secs(1) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
             Ok(_) => panic!("revoked token still accepted after 1 s"),
         }
     };
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
-    assert_eq!((err.code(), reason(&err)), (Code::PermissionDenied, ErrorReason::InvalidAuthRelations));
-    assert_eq!(err.get_details_error_info().unwrap().metadata["jsapi_code"], "40003");
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::PermissionDenied, ErrorReason::InvalidAuthRelations)
+    );
+    assert_eq!(
+        err.get_details_error_info().unwrap().metadata["jsapi_code"],
+        "40003"
+    );
     // A fresh consent after the withdrawal works again.
     let fresh = consent_token(&p.consent("u1", &app_id, &[UserInfo]).await);
     p.open_user_info(&fresh).await.unwrap();
@@ -104,7 +147,10 @@ async fn the_phone_flow_goes_through_an_auth_code_and_never_shares_a_prompt_with
     let p = Platform::start().await;
     let (app_id, secret) = p.app(&ALL_FEATURES).await;
     p.profile(demo_profile("u1")).await;
-    let err = p.request("u1", &app_id, &[UserInfo, PhoneNumber], UserTap).await.unwrap_err();
+    let err = p
+        .request("u1", &app_id, &[UserInfo, PhoneNumber], UserTap)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::ScopesNotCombinable);
     let code = auth_code(&p.consent("u1", &app_id, &[AuthBase, PhoneNumber]).await);
     let pair = p
@@ -117,7 +163,9 @@ async fn the_phone_flow_goes_through_an_auth_code_and_never_shares_a_prompt_with
     let phone = p
         .userinfo
         .backend(&app_id, &secret)
-        .get_phone_number(upb::GetPhoneNumberRequest { access_token: pair.access_token.clone() })
+        .get_phone_number(upb::GetPhoneNumberRequest {
+            access_token: pair.access_token.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -126,17 +174,25 @@ async fn the_phone_flow_goes_through_an_auth_code_and_never_shares_a_prompt_with
     let err = p
         .userinfo
         .backend(&app_id, "wrong-secret")
-        .get_phone_number(upb::GetPhoneNumberRequest { access_token: pair.access_token.clone() })
+        .get_phone_number(upb::GetPhoneNumberRequest {
+            access_token: pair.access_token.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidAuthClient);
     let err = p
         .userinfo
         .userinfo()
-        .get_phone_number(upb::GetPhoneNumberRequest { access_token: pair.access_token })
+        .get_phone_number(upb::GetPhoneNumberRequest {
+            access_token: pair.access_token,
+        })
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), ErrorReason::InvalidAuthClient, "the access token alone is not enough");
+    assert_eq!(
+        reason(&err),
+        ErrorReason::InvalidAuthClient,
+        "the access token alone is not enough"
+    );
 }
 
 #[tokio::test]
@@ -157,7 +213,9 @@ async fn consent_and_auth_base_tokens_do_not_give_the_phone_number() {
         let err = p
             .userinfo
             .backend(&app_id, &secret)
-            .get_phone_number(upb::GetPhoneNumberRequest { access_token: token })
+            .get_phone_number(upb::GetPhoneNumberRequest {
+                access_token: token,
+            })
             .await
             .unwrap_err();
         assert_eq!(reason(&err), ErrorReason::InvalidAuthRelations);
@@ -181,7 +239,9 @@ async fn cross_app_token_misuse_is_refused() {
     let err = p
         .userinfo
         .backend(&app_b, &secret_b)
-        .get_phone_number(upb::GetPhoneNumberRequest { access_token: pair_a.access_token })
+        .get_phone_number(upb::GetPhoneNumberRequest {
+            access_token: pair_a.access_token,
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidAuthRelations);
@@ -189,7 +249,9 @@ async fn cross_app_token_misuse_is_refused() {
     let err = p
         .auth
         .backend(&app_b, &secret_b)
-        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code_for_a })
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: code_for_a,
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidCode);
@@ -204,14 +266,19 @@ async fn disabling_the_feature_stops_issued_consent_tokens_at_userinfo() {
     p.open_user_info(&token).await.unwrap();
     p.auth
         .admin()
-        .disable_feature(pb::DisableFeatureRequest { app_id: app_id.clone(), feature: pb::Feature::BasicUserInfo as i32 })
+        .disable_feature(pb::DisableFeatureRequest {
+            app_id: app_id.clone(),
+            feature: pb::Feature::BasicUserInfo as i32,
+        })
         .await
         .unwrap();
     let started = Instant::now();
     let err = loop {
         match p.open_user_info(&token).await {
             Err(e) => break e,
-            Ok(_) if started.elapsed() < Duration::from_secs(1) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(_) if started.elapsed() < Duration::from_secs(1) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
             Ok(_) => panic!("token of a disabled feature still accepted after 1 s"),
         }
     };
@@ -224,13 +291,27 @@ async fn tokens_fail_with_their_reasons_at_userinfo() {
     let (app_id, _) = p.app(&ALL_FEATURES).await;
     let err = p.open_user_info("").await.unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidAuthRelations);
-    for garbage in ["garbage", "v4.local.AAAA", "v4.local.AAAA.eyJraWQiOiJub3BlIn0"] {
+    for garbage in [
+        "garbage",
+        "v4.local.AAAA",
+        "v4.local.AAAA.eyJraWQiOiJub3BlIn0",
+    ] {
         let err = p.open_user_info(garbage).await.unwrap_err();
-        assert_eq!((err.code(), reason(&err)), (Code::Unauthenticated, ErrorReason::InvalidAccessToken), "{garbage}");
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::Unauthenticated, ErrorReason::InvalidAccessToken),
+            "{garbage}"
+        );
     }
     let err = p.open_user_info(&"x".repeat(1 << 20)).await.unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
-    let token = consent_token(&p.consent("nobody-with-a-profile", &app_id, &[UserInfo]).await);
+    let token = consent_token(
+        &p.consent("nobody-with-a-profile", &app_id, &[UserInfo])
+            .await,
+    );
     let err = p.open_user_info(&token).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::NotFound, ErrorReason::ProfileNotFound));
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::NotFound, ErrorReason::ProfileNotFound)
+    );
 }

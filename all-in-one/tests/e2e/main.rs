@@ -30,9 +30,13 @@ impl Platform {
         userinfo: impl FnOnce(&mut userinfo_service::config::UserInfoConfig),
     ) -> Self {
         let auth = TestAuthServer::start_with(auth).await;
-        let userinfo =
-            TestUserInfoServer::start_with(auth.addr, &auth.config.callers.admin, &auth.config.callers.verifier, userinfo)
-                .await;
+        let userinfo = TestUserInfoServer::start_with(
+            auth.addr,
+            &auth.config.callers.admin,
+            &auth.config.callers.verifier,
+            userinfo,
+        )
+        .await;
         Platform { auth, userinfo }
     }
 
@@ -54,7 +58,9 @@ impl Platform {
     pub async fn profile(&self, profile: upb::Profile) {
         self.userinfo
             .profiles()
-            .upsert_profile(upb::UpsertProfileRequest { profile: Some(profile) })
+            .upsert_profile(upb::UpsertProfileRequest {
+                profile: Some(profile),
+            })
             .await
             .expect("upsert profile");
     }
@@ -86,17 +92,29 @@ impl Platform {
     ) -> Result<pb::resolve_prompt_response::Result, Status> {
         self.auth
             .wallet()
-            .resolve_prompt(pb::ResolvePromptRequest { prompt_id: prompt_id.into(), user_id: user.into(), decision: decision as i32 })
+            .resolve_prompt(pb::ResolvePromptRequest {
+                prompt_id: prompt_id.into(),
+                user_id: user.into(),
+                decision: decision as i32,
+            })
             .await
             .map(|r| r.into_inner().result.expect("result"))
     }
 
     /// Tap, prompt, allow.
     pub async fn consent(&self, user: &str, app_id: &str, scopes: &[pb::Scope]) -> pb::Grant {
-        match self.request(user, app_id, scopes, pb::Trigger::UserTap).await.expect("request") {
+        match self
+            .request(user, app_id, scopes, pb::Trigger::UserTap)
+            .await
+            .expect("request")
+        {
             pb::request_authorization_response::Result::Grant(g) => g,
             pb::request_authorization_response::Result::Prompt(p) => {
-                match self.resolve(&p.prompt_id, user, pb::Decision::Allow).await.expect("resolve") {
+                match self
+                    .resolve(&p.prompt_id, user, pb::Decision::Allow)
+                    .await
+                    .expect("resolve")
+                {
                     pb::resolve_prompt_response::Result::Grant(g) => g,
                     other => panic!("expected grant, got {other:?}"),
                 }
@@ -104,16 +122,25 @@ impl Platform {
         }
     }
 
-    pub async fn open_user_info(&self, consent_token: &str) -> Result<upb::GetOpenUserInfoResponse, Status> {
+    pub async fn open_user_info(
+        &self,
+        consent_token: &str,
+    ) -> Result<upb::GetOpenUserInfoResponse, Status> {
         self.userinfo
             .userinfo()
-            .get_open_user_info(upb::GetOpenUserInfoRequest { consent_token: consent_token.into() })
+            .get_open_user_info(upb::GetOpenUserInfoRequest {
+                consent_token: consent_token.into(),
+            })
             .await
             .map(tonic::Response::into_inner)
     }
 }
 
-pub const ALL_FEATURES: [pb::Feature; 3] = [pb::Feature::BasicUserInfo, pb::Feature::PhoneNumber, pb::Feature::UserAuthorization];
+pub const ALL_FEATURES: [pb::Feature; 3] = [
+    pb::Feature::BasicUserInfo,
+    pb::Feature::PhoneNumber,
+    pb::Feature::UserAuthorization,
+];
 
 pub fn reason(status: &Status) -> ErrorReason {
     ErrorReason::of(status).unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"))

@@ -23,23 +23,55 @@ async fn upsert_rejects_every_bad_field_with_a_violation_each_and_writes_nothing
         .upsert_profile(upb::UpsertProfileRequest { profile: Some(bad) })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::InvalidArgument, ErrorReason::InvalidProfileField));
-    let fields: Vec<String> = err.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::InvalidArgument, ErrorReason::InvalidProfileField)
+    );
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
     assert_eq!(
         fields,
-        ["profile.avatar", "profile.nick_name", "profile.gender", "profile.country_code", "profile.province", "profile.city"]
+        [
+            "profile.avatar",
+            "profile.nick_name",
+            "profile.gender",
+            "profile.country_code",
+            "profile.province",
+            "profile.city"
+        ]
     );
-    let err = p.userinfo.profiles().get_profile(upb::GetProfileRequest { user_id: "u1".into() }).await.unwrap_err();
-    assert_eq!(reason(&err), ErrorReason::ProfileNotFound, "nothing half-written");
+    let err = p
+        .userinfo
+        .profiles()
+        .get_profile(upb::GetProfileRequest {
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&err),
+        ErrorReason::ProfileNotFound,
+        "nothing half-written"
+    );
     let mut long_avatar = demo_profile("u1");
     long_avatar.avatar = format!("https://e.com/{}", "a".repeat(2048));
     let err = p
         .userinfo
         .profiles()
-        .upsert_profile(upb::UpsertProfileRequest { profile: Some(long_avatar) })
+        .upsert_profile(upb::UpsertProfileRequest {
+            profile: Some(long_avatar),
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.get_details_bad_request().unwrap().field_violations[0].field, "profile.avatar");
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "profile.avatar"
+    );
 }
 
 #[tokio::test]
@@ -47,21 +79,49 @@ async fn profiles_are_upserted_read_and_deleted() {
     let p = Platform::start().await;
     let mut profiles = p.userinfo.profiles();
     let stored = profiles
-        .upsert_profile(upb::UpsertProfileRequest { profile: Some(demo_profile("u1")) })
+        .upsert_profile(upb::UpsertProfileRequest {
+            profile: Some(demo_profile("u1")),
+        })
         .await
         .unwrap()
         .into_inner()
         .profile
         .unwrap();
     assert!(stored.update_time.is_some());
-    let read = profiles.get_profile(upb::GetProfileRequest { user_id: "u1".into() }).await.unwrap().into_inner().profile.unwrap();
+    let read = profiles
+        .get_profile(upb::GetProfileRequest {
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
     assert_eq!(read.real_name, "Zhang Wei");
-    profiles.delete_profile(upb::DeleteProfileRequest { user_id: "u1".into() }).await.unwrap();
-    let err = profiles.delete_profile(upb::DeleteProfileRequest { user_id: "u1".into() }).await.unwrap_err();
+    profiles
+        .delete_profile(upb::DeleteProfileRequest {
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap();
+    let err = profiles
+        .delete_profile(upb::DeleteProfileRequest {
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::ProfileNotFound);
-    let err = profiles.upsert_profile(upb::UpsertProfileRequest { profile: None }).await.unwrap_err();
+    let err = profiles
+        .upsert_profile(upb::UpsertProfileRequest { profile: None })
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
-    let err = profiles.get_profile(upb::GetProfileRequest { user_id: String::new() }).await.unwrap_err();
+    let err = profiles
+        .get_profile(upb::GetProfileRequest {
+            user_id: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
 }
 
@@ -70,8 +130,21 @@ async fn a_deleted_profile_is_profile_not_found_for_a_live_token() {
     let p = Platform::start().await;
     let (app_id, _) = p.app(&ALL_FEATURES).await;
     p.profile(demo_profile("u1")).await;
-    let token = consent_token(&p.consent("u1", &app_id, &[miniprogram_proto::auth::v1::Scope::UserInfo]).await);
-    p.userinfo.profiles().delete_profile(upb::DeleteProfileRequest { user_id: "u1".into() }).await.unwrap();
+    let token = consent_token(
+        &p.consent(
+            "u1",
+            &app_id,
+            &[miniprogram_proto::auth::v1::Scope::UserInfo],
+        )
+        .await,
+    );
+    p.userinfo
+        .profiles()
+        .delete_profile(upb::DeleteProfileRequest {
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap();
     let err = p.open_user_info(&token).await.unwrap_err();
     assert_eq!(reason(&err), ErrorReason::ProfileNotFound);
 }
@@ -80,12 +153,26 @@ async fn a_deleted_profile_is_profile_not_found_for_a_live_token() {
 async fn the_profile_service_needs_the_admin_credential() {
     let p = Platform::start().await;
     for (credential, code, expected) in [
-        (CallerCredential::none(), Code::Unauthenticated, ErrorReason::UnauthenticatedCaller),
-        (CallerCredential::bearer("wrong"), Code::Unauthenticated, ErrorReason::UnauthenticatedCaller),
-        (CallerCredential::bearer(&p.auth.config.callers.verifier), Code::PermissionDenied, ErrorReason::CallerNotPermitted),
+        (
+            CallerCredential::none(),
+            Code::Unauthenticated,
+            ErrorReason::UnauthenticatedCaller,
+        ),
+        (
+            CallerCredential::bearer("wrong"),
+            Code::Unauthenticated,
+            ErrorReason::UnauthenticatedCaller,
+        ),
+        (
+            CallerCredential::bearer(&p.auth.config.callers.verifier),
+            Code::PermissionDenied,
+            ErrorReason::CallerNotPermitted,
+        ),
     ] {
         let err = ProfileServiceClient::with_interceptor(p.userinfo.channel.clone(), credential)
-            .get_profile(upb::GetProfileRequest { user_id: "u1".into() })
+            .get_profile(upb::GetProfileRequest {
+                user_id: "u1".into(),
+            })
             .await
             .unwrap_err();
         assert_eq!((err.code(), reason(&err)), (code, expected));

@@ -12,19 +12,27 @@ use pb::Scope::UserInfo;
 
 #[tokio::test]
 async fn an_expired_consent_token_is_expired_access_token() {
-    let p = Platform::start_with(|a| a.consent_token_ttl = Duration::from_millis(300), |_| {}).await;
+    let p =
+        Platform::start_with(|a| a.consent_token_ttl = Duration::from_millis(300), |_| {}).await;
     let (app_id, _) = p.app(&ALL_FEATURES).await;
     p.profile(demo_profile("u1")).await;
     let token = consent_token(&p.consent("u1", &app_id, &[UserInfo]).await);
     p.open_user_info(&token).await.unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
     let err = p.open_user_info(&token).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::Unauthenticated, ErrorReason::ExpiredAccessToken));
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::Unauthenticated, ErrorReason::ExpiredAccessToken)
+    );
 }
 
 #[tokio::test]
 async fn a_stale_revocation_stream_fails_closed_and_recovers_when_auth_service_returns() {
-    let p = Platform::start_with(|_| {}, |u| u.revocation_stale_after = Duration::from_millis(700)).await;
+    let p = Platform::start_with(
+        |_| {},
+        |u| u.revocation_stale_after = Duration::from_millis(700),
+    )
+    .await;
     let (app_id, _) = p.app(&ALL_FEATURES).await;
     p.profile(demo_profile("u1")).await;
     let token = consent_token(&p.consent("u1", &app_id, &[UserInfo]).await);
@@ -34,16 +42,28 @@ async fn a_stale_revocation_stream_fails_closed_and_recovers_when_auth_service_r
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let open = |token: String| {
         let mut client = userinfo.userinfo();
-        async move { client.get_open_user_info(upb::GetOpenUserInfoRequest { consent_token: token }).await }
+        async move {
+            client
+                .get_open_user_info(upb::GetOpenUserInfoRequest {
+                    consent_token: token,
+                })
+                .await
+        }
     };
     let err = open(token.clone()).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::Unavailable, ErrorReason::RevocationStateStale));
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::Unavailable, ErrorReason::RevocationStateStale)
+    );
     let _auth = stopped.restart().await;
     let started = Instant::now();
     loop {
         match open(token.clone()).await {
             Ok(_) => break,
-            Err(e) if reason(&e) == ErrorReason::RevocationStateStale && started.elapsed() < Duration::from_secs(10) => {
+            Err(e)
+                if reason(&e) == ErrorReason::RevocationStateStale
+                    && started.elapsed() < Duration::from_secs(10) =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("did not recover: {e:?}"),
@@ -65,7 +85,10 @@ async fn tokens_under_a_rotated_key_are_accepted_after_a_key_refetch() {
         if KeyRing::key_id_of(&token).unwrap() != first_kid {
             break token;
         }
-        assert!(started.elapsed() < Duration::from_secs(8), "no key rotation");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "no key rotation"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     p.open_user_info(&rotated).await.unwrap();

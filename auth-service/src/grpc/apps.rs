@@ -23,7 +23,11 @@ pub(crate) fn app_to_proto(app: AppRecord) -> pb::App {
     pb::App {
         app_id: app.app_id,
         display_name: app.display_name,
-        features: app.features.iter().map(|f| feature_to_proto(f) as i32).collect(),
+        features: app
+            .features
+            .iter()
+            .map(|f| feature_to_proto(f) as i32)
+            .collect(),
         create_time: Some(timestamp(app.created_at)),
     }
 }
@@ -65,7 +69,9 @@ impl AppService for AppGrpc {
         let req = request.into_inner();
         check_id("app_id", &req.app_id)?;
         let app = self.registry.get(&req.app_id).await?;
-        Ok(Response::new(pb::GetAppResponse { app: Some(app_to_proto(app)) }))
+        Ok(Response::new(pb::GetAppResponse {
+            app: Some(app_to_proto(app)),
+        }))
     }
 
     async fn enable_feature(
@@ -77,7 +83,9 @@ impl AppService for AppGrpc {
         let feature = feature_from_proto(req.feature)?;
         let app = self.registry.enable_feature(&req.app_id, feature).await?;
         tracing::info!(app_id = %app.app_id, ?feature, "feature enabled");
-        Ok(Response::new(pb::EnableFeatureResponse { app: Some(app_to_proto(app)) }))
+        Ok(Response::new(pb::EnableFeatureResponse {
+            app: Some(app_to_proto(app)),
+        }))
     }
 
     async fn disable_feature(
@@ -92,7 +100,9 @@ impl AppService for AppGrpc {
             .disable_feature(&req.app_id, feature, self.clock.now())
             .await?;
         tracing::info!(app_id = %app.app_id, ?feature, "feature disabled; its tokens are revoked");
-        Ok(Response::new(pb::DisableFeatureResponse { app: Some(app_to_proto(app)) }))
+        Ok(Response::new(pb::DisableFeatureResponse {
+            app: Some(app_to_proto(app)),
+        }))
     }
 
     async fn rotate_app_secret(
@@ -103,6 +113,8 @@ impl AppService for AppGrpc {
         check_id("app_id", &req.app_id)?;
         let secret = self.registry.rotate_secret(&req.app_id).await?;
         tracing::info!(app_id = %req.app_id, "app secret rotated");
-        Ok(Response::new(pb::RotateAppSecretResponse { app_secret: secret.into_string() }))
+        Ok(Response::new(pb::RotateAppSecretResponse {
+            app_secret: secret.into_string(),
+        }))
     }
 }

@@ -69,7 +69,9 @@ impl AuthorizationService for AuthorizationGrpc {
                 pb::request_authorization_response::Result::Grant(grant_to_proto(g))
             }
         };
-        Ok(Response::new(pb::RequestAuthorizationResponse { result: Some(result) }))
+        Ok(Response::new(pb::RequestAuthorizationResponse {
+            result: Some(result),
+        }))
     }
 
     async fn resolve_prompt(
@@ -105,7 +107,9 @@ impl AuthorizationService for AuthorizationGrpc {
                 })
             }
         };
-        Ok(Response::new(pb::ResolvePromptResponse { result: Some(result) }))
+        Ok(Response::new(pb::ResolvePromptResponse {
+            result: Some(result),
+        }))
     }
 
     async fn list_authorizations(
@@ -125,7 +129,9 @@ impl AuthorizationService for AuthorizationGrpc {
                 grant_time: Some(timestamp(a.granted_at)),
             })
             .collect();
-        Ok(Response::new(pb::ListAuthorizationsResponse { authorizations }))
+        Ok(Response::new(pb::ListAuthorizationsResponse {
+            authorizations,
+        }))
     }
 
     async fn revoke_authorization(

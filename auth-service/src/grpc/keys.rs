@@ -28,7 +28,8 @@ pub struct KeyGrpc {
     pub draining: tokio_util::sync::CancellationToken,
 }
 
-type RevocationStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>>;
+type RevocationStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl KeyService for KeyGrpc {
@@ -49,9 +50,17 @@ impl KeyService for KeyGrpc {
                     expire_time: Some(timestamp(k.expire_at)),
                 })
                 .collect();
-            (keys, ring.signing_key(now).map(|k| k.key_id.clone()).unwrap_or_default())
+            (
+                keys,
+                ring.signing_key(now)
+                    .map(|k| k.key_id.clone())
+                    .unwrap_or_default(),
+            )
         });
-        Ok(Response::new(pb::ListTokenKeysResponse { keys, current_key_id }))
+        Ok(Response::new(pb::ListTokenKeysResponse {
+            keys,
+            current_key_id,
+        }))
     }
 
     type WatchRevocationsStream = RevocationStream;

@@ -33,9 +33,9 @@ pub fn reason(e: &AuthError) -> ErrorReason {
         AuthError::Store(StoreError::Unavailable(_)) => ErrorReason::ServiceUnavailable,
         AuthError::NoTokenKey
         | AuthError::RandomUnavailable
-        | AuthError::Store(StoreError::NotFound | StoreError::AlreadyExists | StoreError::Internal(_)) => {
-            ErrorReason::Internal
-        }
+        | AuthError::Store(
+            StoreError::NotFound | StoreError::AlreadyExists | StoreError::Internal(_),
+        ) => ErrorReason::Internal,
     }
 }
 
@@ -72,7 +72,10 @@ mod tests {
 
     fn every_variant() -> Vec<AuthError> {
         vec![
-            AuthError::InvalidArgument { field: "f", problem: "p" },
+            AuthError::InvalidArgument {
+                field: "f",
+                problem: "p",
+            },
             AuthError::InvalidScope,
             AuthError::ScopesNotCombinable,
             AuthError::AuthorizationAtLaunch,
@@ -138,9 +141,9 @@ mod tests {
 
     #[test]
     fn internal_errors_do_not_leak_their_cause() {
-        let status = to_status(AuthError::Store(StoreError::Internal(Arc::new(sqlx::Error::Protocol(
-            "secret table detail".into(),
-        )))));
+        let status = to_status(AuthError::Store(StoreError::Internal(Arc::new(
+            sqlx::Error::Protocol("secret table detail".into()),
+        ))));
         assert!(!status.message().contains("secret table detail"));
     }
 }

@@ -30,22 +30,35 @@ impl TokenGrpc {
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         self.apps
-            .authenticate(authorization_header(request.metadata()), &peer, self.clock.now())
+            .authenticate(
+                authorization_header(request.metadata()),
+                &peer,
+                self.clock.now(),
+            )
             .await
     }
 }
 
 fn check_len(field: &'static str, value: &str) -> Result<(), AuthError> {
     if value.is_empty() {
-        return Err(AuthError::InvalidArgument { field, problem: "is required" });
+        return Err(AuthError::InvalidArgument {
+            field,
+            problem: "is required",
+        });
     }
     if value.len() > MAX_TOKEN_FIELD_LEN {
-        return Err(AuthError::InvalidArgument { field, problem: "is longer than 4096 bytes" });
+        return Err(AuthError::InvalidArgument {
+            field,
+            problem: "is longer than 4096 bytes",
+        });
     }
     Ok(())
 }
 
-fn issued(outcome: Result<TokenPair, AuthError>, rpc: &'static str) -> Result<TokenPair, AuthError> {
+fn issued(
+    outcome: Result<TokenPair, AuthError>,
+    rpc: &'static str,
+) -> Result<TokenPair, AuthError> {
     match &outcome {
         Ok(_) => metrics::counter!("tokens_issued_total", "kind" => "access", "rpc" => rpc).increment(1),
         Err(e) => metrics::counter!("token_failures_total", "rpc" => rpc, "reason" => super::status::reason(e).as_str())
@@ -63,7 +76,12 @@ impl TokenService for TokenGrpc {
         let app = self.app(&request).await?;
         let req = request.into_inner();
         check_len("auth_code", &req.auth_code)?;
-        let pair = issued(self.issuer.exchange(&app, &req.auth_code, self.clock.now()).await, "ExchangeAuthCode")?;
+        let pair = issued(
+            self.issuer
+                .exchange(&app, &req.auth_code, self.clock.now())
+                .await,
+            "ExchangeAuthCode",
+        )?;
         Ok(Response::new(pb::ExchangeAuthCodeResponse {
             access_token: pair.access_token,
             access_token_expire_time: Some(timestamp(pair.access_token_expires_at)),
@@ -81,7 +99,12 @@ impl TokenService for TokenGrpc {
         let app = self.app(&request).await?;
         let req = request.into_inner();
         check_len("refresh_token", &req.refresh_token)?;
-        let pair = issued(self.issuer.refresh(&app, &req.refresh_token, self.clock.now()).await, "RefreshAccessToken")?;
+        let pair = issued(
+            self.issuer
+                .refresh(&app, &req.refresh_token, self.clock.now())
+                .await,
+            "RefreshAccessToken",
+        )?;
         Ok(Response::new(pb::RefreshAccessTokenResponse {
             access_token: pair.access_token,
             access_token_expire_time: Some(timestamp(pair.access_token_expires_at)),
@@ -99,7 +122,9 @@ impl TokenService for TokenGrpc {
         let app = self.app(&request).await?;
         let req = request.into_inner();
         check_len("token", &req.token)?;
-        self.issuer.revoke(&app, &req.token, self.clock.now()).await?;
+        self.issuer
+            .revoke(&app, &req.token, self.clock.now())
+            .await?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 
@@ -110,7 +135,11 @@ impl TokenService for TokenGrpc {
         let app = self.app(&request).await?;
         let req = request.into_inner();
         check_len("token", &req.token)?;
-        let response = match self.issuer.introspect(&app, &req.token, self.clock.now()).await? {
+        let response = match self
+            .issuer
+            .introspect(&app, &req.token, self.clock.now())
+            .await?
+        {
             None => pb::IntrospectTokenResponse::default(),
             Some(i) => pb::IntrospectTokenResponse {
                 active: true,

@@ -53,38 +53,75 @@ fn revocation(app_id: &str, user: Option<&str>, scopes: ScopeSet, at: i64) -> Ne
 
 pub async fn apps_round_trip(store: Arc<dyn AuthStore>) {
     store.insert_app(&app("a1")).await.unwrap();
-    assert!(matches!(store.insert_app(&app("a1")).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        store.insert_app(&app("a1")).await,
+        Err(StoreError::AlreadyExists)
+    ));
     assert_eq!(store.get_app("a1").await.unwrap(), app("a1"));
-    assert!(matches!(store.get_app("nope").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_app("nope").await,
+        Err(StoreError::NotFound)
+    ));
     store.set_app_secret("a1", &h(9)).await.unwrap();
     assert_eq!(store.get_app("a1").await.unwrap().secret_hash, h(9));
-    assert!(matches!(store.set_app_secret("nope", &h(9)).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.set_app_secret("nope", &h(9)).await,
+        Err(StoreError::NotFound)
+    ));
     assert_eq!(store.count_apps().await.unwrap(), 1);
 }
 
 pub async fn disabling_a_feature_voids_refresh_tokens_and_logs_a_rule(store: Arc<dyn AuthStore>) {
     store.insert_app(&app("a1")).await.unwrap();
     store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
-    let redeemed = store.redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(20)).await.unwrap();
+    let redeemed = store
+        .redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(20))
+        .await
+        .unwrap();
     assert!(matches!(redeemed, CodeRedemption::Redeemed(_)));
     let r = revocation("a1", None, ScopeSet::of(&[Scope::PhoneNumber]), 30);
-    let updated = store.set_features("a1", FeatureSet::EMPTY, Some(&r)).await.unwrap();
+    let updated = store
+        .set_features("a1", FeatureSet::EMPTY, Some(&r))
+        .await
+        .unwrap();
     assert_eq!(updated.features, FeatureSet::EMPTY);
-    assert!(store.get_refresh_token(&h(3)).await.unwrap().revoked_at.is_some());
+    assert!(
+        store
+            .get_refresh_token(&h(3))
+            .await
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
     let rules = store.revocations_after(0, 10).await.unwrap();
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0].scopes, ScopeSet::of(&[Scope::PhoneNumber]));
-    assert!(matches!(store.set_features("nope", FeatureSet::EMPTY, Some(&r)).await, Err(StoreError::NotFound)));
-    assert_eq!(store.revocations_after(0, 10).await.unwrap().len(), 1, "failed call wrote nothing");
+    assert!(matches!(
+        store
+            .set_features("nope", FeatureSet::EMPTY, Some(&r))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.revocations_after(0, 10).await.unwrap().len(),
+        1,
+        "failed call wrote nothing"
+    );
 }
 
 pub async fn decisions_grant_and_deny_atomically(store: Arc<dyn AuthStore>) {
     store.insert_app(&app("a1")).await.unwrap();
     let ui = ScopeSet::of(&[Scope::UserInfo]);
-    store.record_decision("u1", "a1", ScopeSet::EMPTY, ui, t(1)).await.unwrap();
+    store
+        .record_decision("u1", "a1", ScopeSet::EMPTY, ui, t(1))
+        .await
+        .unwrap();
     let a = store.get_authorization("u1", "a1").await.unwrap().unwrap();
     assert_eq!((a.granted, a.denied), (ScopeSet::EMPTY, ui));
-    store.record_decision("u1", "a1", ui, ScopeSet::EMPTY, t(2)).await.unwrap();
+    store
+        .record_decision("u1", "a1", ui, ScopeSet::EMPTY, t(2))
+        .await
+        .unwrap();
     let a = store.get_authorization("u1", "a1").await.unwrap().unwrap();
     assert_eq!((a.granted, a.denied), (ui, ScopeSet::EMPTY));
     let listed = store.list_authorizations("u1").await.unwrap();
@@ -96,14 +133,26 @@ pub async fn decisions_grant_and_deny_atomically(store: Arc<dyn AuthStore>) {
 pub async fn withdrawal_removes_scopes_and_appends_rule(store: Arc<dyn AuthStore>) {
     store.insert_app(&app("a1")).await.unwrap();
     let both = ScopeSet::of(&[Scope::AuthBase, Scope::PhoneNumber]);
-    store.record_decision("u1", "a1", both, ScopeSet::EMPTY, t(1)).await.unwrap();
+    store
+        .record_decision("u1", "a1", both, ScopeSet::EMPTY, t(1))
+        .await
+        .unwrap();
     let r = revocation("a1", Some("u1"), ScopeSet::of(&[Scope::PhoneNumber]), 5);
     let remaining = store.withdraw_authorization(&r, t(5)).await.unwrap();
     assert_eq!(remaining, ScopeSet::of(&[Scope::AuthBase]));
     let all = revocation("a1", Some("u1"), ScopeSet::EMPTY, 6);
-    assert_eq!(store.withdraw_authorization(&all, t(6)).await.unwrap(), ScopeSet::EMPTY);
+    assert_eq!(
+        store.withdraw_authorization(&all, t(6)).await.unwrap(),
+        ScopeSet::EMPTY
+    );
     assert!(store.list_authorizations("u1").await.unwrap().is_empty());
-    let seqs: Vec<u64> = store.revocations_after(0, 10).await.unwrap().iter().map(|r| r.sequence).collect();
+    let seqs: Vec<u64> = store
+        .revocations_after(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.sequence)
+        .collect();
     assert_eq!(seqs.len(), 2);
     assert!(seqs[0] < seqs[1]);
     assert_eq!(store.revocations_after(seqs[0], 10).await.unwrap().len(), 1);
@@ -132,8 +181,14 @@ pub async fn prompts_resolve_once(store: Arc<dyn AuthStore>) {
         wins += u32::from(won.unwrap());
     }
     assert_eq!(wins, 1);
-    assert_eq!(store.get_prompt(&h(4)).await.unwrap().resolved_at, Some(t(2)));
-    assert!(matches!(store.get_prompt(&h(5)).await, Err(StoreError::NotFound)));
+    assert_eq!(
+        store.get_prompt(&h(4)).await.unwrap().resolved_at,
+        Some(t(2))
+    );
+    assert!(matches!(
+        store.get_prompt(&h(5)).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 pub async fn auth_code_is_single_use_under_concurrency(store: Arc<dyn AuthStore>) {
@@ -142,7 +197,10 @@ pub async fn auth_code_is_single_use_under_concurrency(store: Arc<dyn AuthStore>
     for i in 0..50u8 {
         let store = store.clone();
         tasks.spawn(async move {
-            store.redeem_auth_code(&h(2), "a1", &[100 + i; 32], t(5000), t(20)).await.unwrap()
+            store
+                .redeem_auth_code(&h(2), "a1", &[100 + i; 32], t(5000), t(20))
+                .await
+                .unwrap()
         });
     }
     let mut redeemed = 0;
@@ -162,36 +220,99 @@ pub async fn auth_code_is_single_use_under_concurrency(store: Arc<dyn AuthStore>
 
 pub async fn auth_code_outcomes(store: Arc<dyn AuthStore>) {
     store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
-    assert_eq!(store.redeem_auth_code(&h(2), "other", &h(3), t(5000), t(20)).await.unwrap(), CodeRedemption::NotFound);
-    assert_eq!(store.redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(100)).await.unwrap(), CodeRedemption::Expired);
-    assert_eq!(store.redeem_auth_code(&h(9), "a1", &h(3), t(5000), t(20)).await.unwrap(), CodeRedemption::NotFound);
+    assert_eq!(
+        store
+            .redeem_auth_code(&h(2), "other", &h(3), t(5000), t(20))
+            .await
+            .unwrap(),
+        CodeRedemption::NotFound
+    );
+    assert_eq!(
+        store
+            .redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(100))
+            .await
+            .unwrap(),
+        CodeRedemption::Expired
+    );
+    assert_eq!(
+        store
+            .redeem_auth_code(&h(9), "a1", &h(3), t(5000), t(20))
+            .await
+            .unwrap(),
+        CodeRedemption::NotFound
+    );
     let rec = store.get_refresh_token(&h(3)).await;
-    assert!(matches!(rec, Err(StoreError::NotFound)), "no refresh token for a failed redemption");
+    assert!(
+        matches!(rec, Err(StoreError::NotFound)),
+        "no refresh token for a failed redemption"
+    );
 }
 
 pub async fn refresh_rotation_and_family_revocation(store: Arc<dyn AuthStore>) {
     store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
-    store.redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(20)).await.unwrap();
-    let first = store.rotate_refresh_token(&h(3), "a1", &h(4), t(6000), t(30)).await.unwrap();
+    store
+        .redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(20))
+        .await
+        .unwrap();
+    let first = store
+        .rotate_refresh_token(&h(3), "a1", &h(4), t(6000), t(30))
+        .await
+        .unwrap();
     assert!(matches!(first, RefreshRotation::Rotated(ref r) if r.family_id == "g1"));
-    let reuse = store.rotate_refresh_token(&h(3), "a1", &h(5), t(6000), t(40)).await.unwrap();
+    let reuse = store
+        .rotate_refresh_token(&h(3), "a1", &h(5), t(6000), t(40))
+        .await
+        .unwrap();
     assert!(matches!(reuse, RefreshRotation::AlreadyUsed(_)));
-    assert_eq!(store.rotate_refresh_token(&h(4), "other", &h(5), t(6000), t(40)).await.unwrap(), RefreshRotation::NotFound);
+    assert_eq!(
+        store
+            .rotate_refresh_token(&h(4), "other", &h(5), t(6000), t(40))
+            .await
+            .unwrap(),
+        RefreshRotation::NotFound
+    );
     let mut r = revocation("a1", Some("user-1"), ScopeSet::EMPTY, 50);
     r.grant_id = Some("g1".into());
     assert!(store.revoke_family("g1", &r, t(50)).await.unwrap());
-    assert!(!store.revoke_family("g1", &r, t(51)).await.unwrap(), "second revocation is a no-op");
-    assert_eq!(store.rotate_refresh_token(&h(4), "a1", &h(5), t(6000), t(60)).await.unwrap(), RefreshRotation::Revoked);
+    assert!(
+        !store.revoke_family("g1", &r, t(51)).await.unwrap(),
+        "second revocation is a no-op"
+    );
+    assert_eq!(
+        store
+            .rotate_refresh_token(&h(4), "a1", &h(5), t(6000), t(60))
+            .await
+            .unwrap(),
+        RefreshRotation::Revoked
+    );
     assert_eq!(store.revocations_after(0, 10).await.unwrap().len(), 1);
-    let rules = store.revocations_for_subject("a1", "user-1", t(40)).await.unwrap();
+    let rules = store
+        .revocations_for_subject("a1", "user-1", t(40))
+        .await
+        .unwrap();
     assert_eq!(rules.len(), 1);
-    assert!(store.revocations_for_subject("a1", "user-1", t(51)).await.unwrap().is_empty());
+    assert!(
+        store
+            .revocations_for_subject("a1", "user-1", t(51))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn refresh_token_expiry(store: Arc<dyn AuthStore>) {
     store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
-    store.redeem_auth_code(&h(2), "a1", &h(3), t(50), t(20)).await.unwrap();
-    assert_eq!(store.rotate_refresh_token(&h(3), "a1", &h(4), t(6000), t(50)).await.unwrap(), RefreshRotation::Expired);
+    store
+        .redeem_auth_code(&h(2), "a1", &h(3), t(50), t(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh_token(&h(3), "a1", &h(4), t(6000), t(50))
+            .await
+            .unwrap(),
+        RefreshRotation::Expired
+    );
 }
 
 pub async fn token_keys_round_trip(store: Arc<dyn AuthStore>) {
@@ -203,7 +324,10 @@ pub async fn token_keys_round_trip(store: Arc<dyn AuthStore>) {
         expire_at: t(3),
     };
     store.insert_token_key(&k).await.unwrap();
-    assert!(matches!(store.insert_token_key(&k).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        store.insert_token_key(&k).await,
+        Err(StoreError::AlreadyExists)
+    ));
     assert_eq!(store.list_token_keys().await.unwrap(), vec![k]);
 }
 
@@ -215,20 +339,23 @@ pub async fn sweep_removes_only_expired_rows_in_batches(store: Arc<dyn AuthStore
     }
     // Rules expire 1000ns after their instant: two of these are gone by t=1000.
     for at in [-500, -100, 500, 900] {
-        store.append_revocation(&revocation("a1", None, ScopeSet::EMPTY, at)).await.unwrap();
+        store
+            .append_revocation(&revocation("a1", None, ScopeSet::EMPTY, at))
+            .await
+            .unwrap();
     }
     let first = store.sweep_expired(t(1000), 2).await.unwrap();
     assert_eq!((first.auth_codes, first.revocations), (2, 2));
     let second = store.sweep_expired(t(1000), 2).await.unwrap();
     assert_eq!((second.auth_codes, second.revocations), (1, 0));
-    assert_eq!(store.redeem_auth_code(&h(4), "a1", &h(50), t(5000), t(20)).await.unwrap().is_redeemed(), true);
+    assert!(matches!(
+        store
+            .redeem_auth_code(&h(4), "a1", &h(50), t(5000), t(20))
+            .await
+            .unwrap(),
+        CodeRedemption::Redeemed(_)
+    ));
     assert_eq!(store.revocations_after(0, 10).await.unwrap().len(), 2);
-}
-
-impl CodeRedemption {
-    fn is_redeemed(&self) -> bool {
-        matches!(self, CodeRedemption::Redeemed(_))
-    }
 }
 
 /// Makes one `#[tokio::test]` per conformance case, each on a fresh store from `$factory`.

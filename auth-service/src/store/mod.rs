@@ -161,8 +161,11 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn insert_app(&self, app: &AppRecord) -> Result<(), StoreError>;
     async fn get_app(&self, app_id: &str) -> Result<AppRecord, StoreError>;
     async fn count_apps(&self) -> Result<u64, StoreError>;
-    async fn set_app_secret(&self, app_id: &str, secret_hash: &SecretHash)
-    -> Result<(), StoreError>;
+    async fn set_app_secret(
+        &self,
+        app_id: &str,
+        secret_hash: &SecretHash,
+    ) -> Result<(), StoreError>;
     /// Sets the feature set; with a revocation, also voids the refresh tokens it matches and
     /// appends it to the log, all in one transaction.
     async fn set_features(

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::Row;
 
 use super::{
     AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, CodeRedemption, NewRevocation,
@@ -502,12 +502,13 @@ impl AuthStore for SqliteAuthStore {
                 CodeRedemption::Redeemed(code)
             }
             None => {
-                let row = sqlx::query("SELECT * FROM auth_codes WHERE code_hash = ? AND app_id = ?")
-                    .bind(code_hash.as_slice())
-                    .bind(app_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(classify)?;
+                let row =
+                    sqlx::query("SELECT * FROM auth_codes WHERE code_hash = ? AND app_id = ?")
+                        .bind(code_hash.as_slice())
+                        .bind(app_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(classify)?;
                 match row {
                     None => CodeRedemption::NotFound,
                     Some(row) => {
@@ -543,14 +544,13 @@ impl AuthStore for SqliteAuthStore {
         .map_err(classify)?
         .rows_affected();
         if code_marked == 0 {
-            let already: Option<i64> = sqlx::query_scalar(
-                "SELECT family_revoked_at FROM auth_codes WHERE grant_id = ?",
-            )
-            .bind(family_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify)?
-            .flatten();
+            let already: Option<i64> =
+                sqlx::query_scalar("SELECT family_revoked_at FROM auth_codes WHERE grant_id = ?")
+                    .bind(family_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?
+                    .flatten();
             if already.is_some() {
                 tx.commit().await.map_err(classify)?;
                 return Ok(false);
@@ -619,7 +619,11 @@ impl AuthStore for SqliteAuthStore {
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(classify)?;
-                match row.map(|r| refresh_from_row(&r)).transpose().map_err(classify)? {
+                match row
+                    .map(|r| refresh_from_row(&r))
+                    .transpose()
+                    .map_err(classify)?
+                {
                     None => RefreshRotation::NotFound,
                     Some(rec) if rec.used_at.is_some() => RefreshRotation::AlreadyUsed(rec),
                     Some(rec) if rec.revoked_at.is_some() => RefreshRotation::Revoked,
@@ -653,12 +657,13 @@ impl AuthStore for SqliteAuthStore {
         sequence: u64,
         limit: u32,
     ) -> Result<Vec<RevocationRule>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM revocations WHERE sequence > ? ORDER BY sequence LIMIT ?")
-            .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(classify)?;
+        let rows =
+            sqlx::query("SELECT * FROM revocations WHERE sequence > ? ORDER BY sequence LIMIT ?")
+                .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(classify)?;
         rows.iter()
             .map(revocation_from_row)
             .collect::<Result<_, _>>()
@@ -755,7 +760,9 @@ mod tests {
     async fn fresh() -> Option<(Arc<dyn AuthStore>, tempfile::TempDir)> {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("auth.db").display());
-        let store = SqliteAuthStore::open(&url).await.expect("open SQLite store");
+        let store = SqliteAuthStore::open(&url)
+            .await
+            .expect("open SQLite store");
         Some((Arc::new(store), dir))
     }
 

@@ -12,14 +12,20 @@ async fn create_app_returns_the_secret_once_and_stores_only_its_hash() {
     assert_eq!(secret.len(), 43);
     let app = server
         .admin()
-        .get_app(pb::GetAppRequest { app_id: app_id.clone() })
+        .get_app(pb::GetAppRequest {
+            app_id: app_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .app
         .unwrap();
     assert_eq!(app.features, vec![pb::Feature::BasicUserInfo as i32]);
-    let db_path = server.config.database_url.trim_start_matches("sqlite://").to_owned();
+    let db_path = server
+        .config
+        .database_url
+        .trim_start_matches("sqlite://")
+        .to_owned();
     let mut bytes = std::fs::read(&db_path).unwrap();
     bytes.extend(std::fs::read(format!("{db_path}-wal")).unwrap_or_default());
     assert!(
@@ -35,7 +41,10 @@ async fn features_are_enabled_and_disabled() {
     let mut admin = server.admin();
     for f in ALL_FEATURES {
         admin
-            .enable_feature(pb::EnableFeatureRequest { app_id: app_id.clone(), feature: f as i32 })
+            .enable_feature(pb::EnableFeatureRequest {
+                app_id: app_id.clone(),
+                feature: f as i32,
+            })
             .await
             .unwrap();
     }
@@ -51,18 +60,33 @@ async fn features_are_enabled_and_disabled() {
         .unwrap();
     assert_eq!(
         app.features,
-        vec![pb::Feature::BasicUserInfo as i32, pb::Feature::UserAuthorization as i32]
+        vec![
+            pb::Feature::BasicUserInfo as i32,
+            pb::Feature::UserAuthorization as i32
+        ]
     );
     let err = admin
-        .enable_feature(pb::EnableFeatureRequest { app_id: app_id.clone(), feature: 0 })
+        .enable_feature(pb::EnableFeatureRequest {
+            app_id: app_id.clone(),
+            feature: 0,
+        })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::InvalidArgument, ErrorReason::InvalidArgument));
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::InvalidArgument, ErrorReason::InvalidArgument)
+    );
     let err = admin
-        .enable_feature(pb::EnableFeatureRequest { app_id: "mp-missing".into(), feature: 1 })
+        .enable_feature(pb::EnableFeatureRequest {
+            app_id: "mp-missing".into(),
+            feature: 1,
+        })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::NotFound, ErrorReason::AppNotFound));
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::NotFound, ErrorReason::AppNotFound)
+    );
 }
 
 #[tokio::test]
@@ -71,16 +95,28 @@ async fn rotating_the_secret_stops_the_old_one_at_once() {
     let (app_id, old) = app_with(&server, &ALL_FEATURES).await;
     let new = server
         .admin()
-        .rotate_app_secret(pb::RotateAppSecretRequest { app_id: app_id.clone() })
+        .rotate_app_secret(pb::RotateAppSecretRequest {
+            app_id: app_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .app_secret;
     assert_ne!(old, new);
     let probe = pb::IntrospectTokenRequest { token: "x".into() };
-    let err = server.backend(&app_id, &old).introspect_token(probe.clone()).await.unwrap_err();
+    let err = server
+        .backend(&app_id, &old)
+        .introspect_token(probe.clone())
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidAuthClient);
-    assert!(server.backend(&app_id, &new).introspect_token(probe).await.is_ok());
+    assert!(
+        server
+            .backend(&app_id, &new)
+            .introspect_token(probe)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -89,16 +125,27 @@ async fn bad_app_input_is_invalid_argument() {
     let mut admin = server.admin();
     for name in [String::new(), "x".repeat(1 << 20)] {
         let err = admin
-            .create_app(pb::CreateAppRequest { display_name: name, features: vec![] })
+            .create_app(pb::CreateAppRequest {
+                display_name: name,
+                features: vec![],
+            })
             .await
             .unwrap_err();
         assert_eq!(reason(&err), ErrorReason::InvalidArgument);
     }
     let err = admin
-        .create_app(pb::CreateAppRequest { display_name: "x".into(), features: vec![1; 10_000] })
+        .create_app(pb::CreateAppRequest {
+            display_name: "x".into(),
+            features: vec![1; 10_000],
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
-    let err = admin.get_app(pb::GetAppRequest { app_id: String::new() }).await.unwrap_err();
+    let err = admin
+        .get_app(pb::GetAppRequest {
+            app_id: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
 }

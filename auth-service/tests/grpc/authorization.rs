@@ -18,8 +18,13 @@ async fn a_prompt_at_app_launch_is_refused() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
     for scopes in [&[UserInfo][..], &[PhoneNumber], &[AuthBase, PhoneNumber]] {
-        let err = request(&server, "u1", &app_id, scopes, AppLaunch).await.unwrap_err();
-        assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, ErrorReason::AuthorizationAtLaunch));
+        let err = request(&server, "u1", &app_id, scopes, AppLaunch)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::FailedPrecondition, ErrorReason::AuthorizationAtLaunch)
+        );
     }
 }
 
@@ -27,9 +32,18 @@ async fn a_prompt_at_app_launch_is_refused() {
 async fn user_info_with_phone_or_auth_base_is_not_combinable() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    for scopes in [&[UserInfo, PhoneNumber][..], &[UserInfo, AuthBase], &[UserInfo, AuthBase, PhoneNumber]] {
-        let err = request(&server, "u1", &app_id, scopes, UserTap).await.unwrap_err();
-        assert_eq!((err.code(), reason(&err)), (Code::InvalidArgument, ErrorReason::ScopesNotCombinable));
+    for scopes in [
+        &[UserInfo, PhoneNumber][..],
+        &[UserInfo, AuthBase],
+        &[UserInfo, AuthBase, PhoneNumber],
+    ] {
+        let err = request(&server, "u1", &app_id, scopes, UserTap)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::InvalidArgument, ErrorReason::ScopesNotCombinable)
+        );
     }
 }
 
@@ -56,15 +70,28 @@ async fn empty_unknown_or_huge_scope_lists_are_invalid_scope() {
 async fn a_missing_feature_is_40006() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &[pb::Feature::UserAuthorization]).await;
-    let err = request(&server, "u1", &app_id, &[UserInfo], UserTap).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::PermissionDenied, ErrorReason::InsufficientIsvPermissions));
+    let err = request(&server, "u1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (
+            Code::PermissionDenied,
+            ErrorReason::InsufficientIsvPermissions
+        )
+    );
     let info = err.get_details_error_info().unwrap();
-    assert_eq!(info.metadata.get("jsapi_code").map(String::as_str), Some("40006"));
+    assert_eq!(
+        info.metadata.get("jsapi_code").map(String::as_str),
+        Some("40006")
+    );
     assert_eq!(
         info.metadata.get("jsapi_sub_code").map(String::as_str),
         Some("isv.insufficient-isv-permissions")
     );
-    let err = request(&server, "u1", &app_id, &[AuthBase, PhoneNumber], UserTap).await.unwrap_err();
+    let err = request(&server, "u1", &app_id, &[AuthBase, PhoneNumber], UserTap)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InsufficientIsvPermissions);
 }
 
@@ -73,7 +100,10 @@ async fn auth_base_grants_at_once_even_at_launch() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
     for trigger in [UserTap, AppLaunch] {
-        match request(&server, "u1", &app_id, &[AuthBase], trigger).await.unwrap() {
+        match request(&server, "u1", &app_id, &[AuthBase], trigger)
+            .await
+            .unwrap()
+        {
             Outcome::Grant(g) => {
                 assert_eq!(g.scopes, vec![AuthBase as i32]);
                 assert_eq!(auth_code(&g).len(), 43);
@@ -87,20 +117,29 @@ async fn auth_base_grants_at_once_even_at_launch() {
 async fn tap_prompts_then_allow_grants_a_consent_token_and_the_next_request_grants_at_once() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    let prompt = match request(&server, "u1", &app_id, &[UserInfo], UserTap).await.unwrap() {
+    let prompt = match request(&server, "u1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap()
+    {
         Outcome::Prompt(p) => p,
         other => panic!("expected prompt, got {other:?}"),
     };
     assert_eq!(prompt.app_display_name, "Test Mini Program");
     assert!(!prompt.previously_denied);
-    let grant = match resolve(&server, &prompt.prompt_id, "u1", pb::Decision::Allow).await.unwrap() {
+    let grant = match resolve(&server, &prompt.prompt_id, "u1", pb::Decision::Allow)
+        .await
+        .unwrap()
+    {
         Answer::Grant(g) => g,
         other => panic!("expected grant, got {other:?}"),
     };
     let token = consent_token(&grant);
     assert!(token.starts_with("v4.local."));
     assert!(!token.contains("u1"));
-    match request(&server, "u1", &app_id, &[UserInfo], AppLaunch).await.unwrap() {
+    match request(&server, "u1", &app_id, &[UserInfo], AppLaunch)
+        .await
+        .unwrap()
+    {
         Outcome::Grant(g) => assert_ne!(consent_token(&g), token),
         other => panic!("already granted scope prompted again: {other:?}"),
     }
@@ -110,22 +149,34 @@ async fn tap_prompts_then_allow_grants_a_consent_token_and_the_next_request_gran
 async fn deny_is_an_outcome_and_the_next_request_prompts_again_as_previously_denied() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    let Outcome::Prompt(prompt) = request(&server, "u1", &app_id, &[PhoneNumber], UserTap).await.unwrap() else {
+    let Outcome::Prompt(prompt) = request(&server, "u1", &app_id, &[PhoneNumber], UserTap)
+        .await
+        .unwrap()
+    else {
         panic!("expected prompt");
     };
-    match resolve(&server, &prompt.prompt_id, "u1", pb::Decision::Deny).await.unwrap() {
+    match resolve(&server, &prompt.prompt_id, "u1", pb::Decision::Deny)
+        .await
+        .unwrap()
+    {
         Answer::Denial(d) => {
             assert!(d.may_ask_again);
             assert_eq!(d.scopes, vec![PhoneNumber as i32]);
         }
         other => panic!("expected denial, got {other:?}"),
     }
-    let Outcome::Prompt(again) = request(&server, "u1", &app_id, &[PhoneNumber], UserTap).await.unwrap() else {
+    let Outcome::Prompt(again) = request(&server, "u1", &app_id, &[PhoneNumber], UserTap)
+        .await
+        .unwrap()
+    else {
         panic!("a refusal must not be final");
     };
     assert!(again.previously_denied);
     assert_ne!(again.prompt_id, prompt.prompt_id);
-    let Answer::Grant(g) = resolve(&server, &again.prompt_id, "u1", pb::Decision::Allow).await.unwrap() else {
+    let Answer::Grant(g) = resolve(&server, &again.prompt_id, "u1", pb::Decision::Allow)
+        .await
+        .unwrap()
+    else {
         panic!("expected grant");
     };
     assert_eq!(auth_code(&g).len(), 43);
@@ -135,17 +186,36 @@ async fn deny_is_an_outcome_and_the_next_request_prompts_again_as_previously_den
 async fn a_prompt_is_single_use_and_bound_to_its_user() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    let Outcome::Prompt(p) = request(&server, "u1", &app_id, &[UserInfo], UserTap).await.unwrap() else {
+    let Outcome::Prompt(p) = request(&server, "u1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap()
+    else {
         panic!("expected prompt");
     };
-    let err = resolve(&server, &p.prompt_id, "u2", pb::Decision::Allow).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::NotFound, ErrorReason::PromptNotFound));
-    resolve(&server, &p.prompt_id, "u1", pb::Decision::Allow).await.unwrap();
-    let err = resolve(&server, &p.prompt_id, "u1", pb::Decision::Allow).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, ErrorReason::PromptAlreadyResolved));
-    let err = resolve(&server, "garbage", "u1", pb::Decision::Allow).await.unwrap_err();
+    let err = resolve(&server, &p.prompt_id, "u2", pb::Decision::Allow)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::NotFound, ErrorReason::PromptNotFound)
+    );
+    resolve(&server, &p.prompt_id, "u1", pb::Decision::Allow)
+        .await
+        .unwrap();
+    let err = resolve(&server, &p.prompt_id, "u1", pb::Decision::Allow)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::FailedPrecondition, ErrorReason::PromptAlreadyResolved)
+    );
+    let err = resolve(&server, "garbage", "u1", pb::Decision::Allow)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::PromptNotFound);
-    let err = resolve(&server, &p.prompt_id, "u1", pb::Decision::Unspecified).await.unwrap_err();
+    let err = resolve(&server, &p.prompt_id, "u1", pb::Decision::Unspecified)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
 }
 
@@ -153,7 +223,10 @@ async fn a_prompt_is_single_use_and_bound_to_its_user() {
 async fn concurrent_answers_to_one_prompt_resolve_it_once() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    let Outcome::Prompt(p) = request(&server, "u1", &app_id, &[UserInfo], UserTap).await.unwrap() else {
+    let Outcome::Prompt(p) = request(&server, "u1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap()
+    else {
         panic!("expected prompt");
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -184,12 +257,20 @@ async fn concurrent_answers_to_one_prompt_resolve_it_once() {
 async fn an_expired_prompt_cannot_be_answered() {
     let server = TestAuthServer::start_with(|c| c.prompt_ttl = Duration::from_millis(50)).await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    let Outcome::Prompt(p) = request(&server, "u1", &app_id, &[UserInfo], UserTap).await.unwrap() else {
+    let Outcome::Prompt(p) = request(&server, "u1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap()
+    else {
         panic!("expected prompt");
     };
     tokio::time::sleep(Duration::from_millis(80)).await;
-    let err = resolve(&server, &p.prompt_id, "u1", pb::Decision::Allow).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, ErrorReason::PromptExpired));
+    let err = resolve(&server, &p.prompt_id, "u1", pb::Decision::Allow)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::FailedPrecondition, ErrorReason::PromptExpired)
+    );
 }
 
 #[tokio::test]
@@ -220,7 +301,9 @@ async fn revoking_prompts_again_voids_the_tokens_and_logs_a_revocation() {
 
     let listed = server
         .wallet()
-        .list_authorizations(pb::ListAuthorizationsRequest { user_id: "u1".into() })
+        .list_authorizations(pb::ListAuthorizationsRequest {
+            user_id: "u1".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -239,25 +322,47 @@ async fn revoking_prompts_again_voids_the_tokens_and_logs_a_revocation() {
         .unwrap()
         .into_inner();
     assert_eq!(revoked.revoked_scopes, vec![UserInfo as i32]);
-    assert_eq!(revoked.remaining_scopes, vec![AuthBase as i32, PhoneNumber as i32]);
-    assert!(!introspect(token).await, "revoked consent token still active");
-    assert!(introspect(pair.access_token.clone()).await, "phone token revoked with userInfo");
-    assert!(matches!(request(&server, "u1", &app_id, &[UserInfo], UserTap).await.unwrap(), Outcome::Prompt(_)));
+    assert_eq!(
+        revoked.remaining_scopes,
+        vec![AuthBase as i32, PhoneNumber as i32]
+    );
+    assert!(
+        !introspect(token).await,
+        "revoked consent token still active"
+    );
+    assert!(
+        introspect(pair.access_token.clone()).await,
+        "phone token revoked with userInfo"
+    );
+    assert!(matches!(
+        request(&server, "u1", &app_id, &[UserInfo], UserTap)
+            .await
+            .unwrap(),
+        Outcome::Prompt(_)
+    ));
 
     server
         .wallet()
-        .revoke_authorization(pb::RevokeAuthorizationRequest { user_id: "u1".into(), app_id: app_id.clone(), scopes: vec![] })
+        .revoke_authorization(pb::RevokeAuthorizationRequest {
+            user_id: "u1".into(),
+            app_id: app_id.clone(),
+            scopes: vec![],
+        })
         .await
         .unwrap();
     assert!(!introspect(pair.access_token).await);
     let err = backend
-        .refresh_access_token(pb::RefreshAccessTokenRequest { refresh_token: pair.refresh_token })
+        .refresh_access_token(pb::RefreshAccessTokenRequest {
+            refresh_token: pair.refresh_token,
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidRefreshToken);
     let listed = server
         .wallet()
-        .list_authorizations(pb::ListAuthorizationsRequest { user_id: "u1".into() })
+        .list_authorizations(pb::ListAuthorizationsRequest {
+            user_id: "u1".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -270,14 +375,37 @@ async fn bad_request_fields_are_invalid_argument_never_internal() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
     let huge = "x".repeat(1 << 20);
-    for (user, app) in [("", app_id.as_str()), (huge.as_str(), app_id.as_str()), ("u1", ""), ("u1", huge.as_str()), ("u\u{0}1", app_id.as_str())] {
-        let err = request(&server, user, app, &[UserInfo], UserTap).await.unwrap_err();
-        assert_eq!((err.code(), reason(&err)), (Code::InvalidArgument, ErrorReason::InvalidArgument));
+    for (user, app) in [
+        ("", app_id.as_str()),
+        (huge.as_str(), app_id.as_str()),
+        ("u1", ""),
+        ("u1", huge.as_str()),
+        ("u\u{0}1", app_id.as_str()),
+    ] {
+        let err = request(&server, user, app, &[UserInfo], UserTap)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::InvalidArgument, ErrorReason::InvalidArgument)
+        );
     }
-    let err = request(&server, "u1", &app_id, &[UserInfo], pb::Trigger::Unspecified).await.unwrap_err();
+    let err = request(
+        &server,
+        "u1",
+        &app_id,
+        &[UserInfo],
+        pb::Trigger::Unspecified,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
-    let err = request(&server, "u1", "mp-unknown", &[UserInfo], UserTap).await.unwrap_err();
+    let err = request(&server, "u1", "mp-unknown", &[UserInfo], UserTap)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::AppNotFound);
-    let err = resolve(&server, &huge, "u1", pb::Decision::Allow).await.unwrap_err();
+    let err = resolve(&server, &huge, "u1", pb::Decision::Allow)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::PromptNotFound);
 }

@@ -10,12 +10,19 @@ use super::{ALL_FEATURES, app_with, reason};
 #[tokio::test]
 async fn missing_or_wrong_credentials_are_unauthenticated() {
     let server = TestAuthServer::start().await;
-    for credential in [Credential::none(), Credential::bearer("nope"), Credential::basic("a", "b")] {
+    for credential in [
+        Credential::none(),
+        Credential::bearer("nope"),
+        Credential::basic("a", "b"),
+    ] {
         let err = AppServiceClient::with_interceptor(server.channel.clone(), credential)
             .get_app(pb::GetAppRequest { app_id: "x".into() })
             .await
             .unwrap_err();
-        assert_eq!((err.code(), reason(&err)), (Code::Unauthenticated, ErrorReason::UnauthenticatedCaller));
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::Unauthenticated, ErrorReason::UnauthenticatedCaller)
+        );
     }
 }
 
@@ -27,7 +34,10 @@ async fn a_valid_credential_of_the_wrong_role_is_permission_denied() {
         .get_app(pb::GetAppRequest { app_id: "x".into() })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::PermissionDenied, ErrorReason::CallerNotPermitted));
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::PermissionDenied, ErrorReason::CallerNotPermitted)
+    );
     let err = KeyServiceClient::with_interceptor(server.channel.clone(), wallet)
         .list_token_keys(pb::ListTokenKeysRequest {})
         .await
@@ -41,12 +51,30 @@ async fn failed_app_secret_attempts_are_rate_limited_even_for_the_right_secret()
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let probe = pb::IntrospectTokenRequest { token: "x".into() };
     for _ in 0..3 {
-        let err = server.backend(&app_id, "wrong").introspect_token(probe.clone()).await.unwrap_err();
+        let err = server
+            .backend(&app_id, "wrong")
+            .introspect_token(probe.clone())
+            .await
+            .unwrap_err();
         assert_eq!(reason(&err), ErrorReason::InvalidAuthClient);
     }
-    let err = server.backend(&app_id, "wrong").introspect_token(probe.clone()).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::ResourceExhausted, ErrorReason::RequestTrafficExceedLimit));
-    let err = server.backend(&app_id, &secret).introspect_token(probe).await.unwrap_err();
+    let err = server
+        .backend(&app_id, "wrong")
+        .introspect_token(probe.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (
+            Code::ResourceExhausted,
+            ErrorReason::RequestTrafficExceedLimit
+        )
+    );
+    let err = server
+        .backend(&app_id, &secret)
+        .introspect_token(probe)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::RequestTrafficExceedLimit);
 }
 
@@ -57,7 +85,9 @@ async fn error_messages_never_echo_the_presented_secret() {
     let wrong = format!("{secret}x");
     let err = server
         .backend(&app_id, &wrong)
-        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: secret.clone() })
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: secret.clone(),
+        })
         .await
         .unwrap_err();
     assert!(!err.message().contains(&secret));
@@ -73,6 +103,9 @@ fn outside_dev_mode_missing_credentials_refuse_start_and_are_named() {
     assert!(!status.status.success());
     let stderr = String::from_utf8_lossy(&status.stderr);
     for variable in ["WALLET_TOKEN", "VERIFIER_TOKEN", "MASTER_KEY_FILE"] {
-        assert!(stderr.contains(variable), "{variable} not named in {stderr}");
+        assert!(
+            stderr.contains(variable),
+            "{variable} not named in {stderr}"
+        );
     }
 }

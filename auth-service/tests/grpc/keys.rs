@@ -11,7 +11,7 @@ use pb::Scope::UserInfo;
 
 fn ring_of(keys: &[pb::TokenKey]) -> KeyRing {
     let ts = |t: &Option<prost_types::Timestamp>| {
-        let t = t.clone().unwrap();
+        let t = t.unwrap();
         Timestamp::from_seconds_and_nanos(t.seconds, t.nanos).unwrap()
     };
     KeyRing::new(keys.iter().map(|k| TokenKey {
@@ -28,30 +28,52 @@ async fn listed_keys_open_issued_tokens_and_are_sealed_at_rest() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
     let token = consent_token(&consent(&server, "u1", &app_id, &[UserInfo]).await);
-    let listed = server.verifier().list_token_keys(pb::ListTokenKeysRequest {}).await.unwrap().into_inner();
+    let listed = server
+        .verifier()
+        .list_token_keys(pb::ListTokenKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.keys.len(), 1);
     assert_eq!(listed.current_key_id, listed.keys[0].key_id);
-    let claims = ring_of(&listed.keys).open(TokenKind::Consent, &token, Timestamp::now()).unwrap();
+    let claims = ring_of(&listed.keys)
+        .open(TokenKind::Consent, &token, Timestamp::now())
+        .unwrap();
     assert_eq!(claims.user_id, "u1");
     assert_eq!(claims.app_id, app_id);
 
-    let pool = sqlx::SqlitePool::connect(&server.config.database_url).await.unwrap();
-    let row = sqlx::query("SELECT sealed_key FROM token_keys").fetch_one(&pool).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&server.config.database_url)
+        .await
+        .unwrap();
+    let row = sqlx::query("SELECT sealed_key FROM token_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     let sealed: String = row.try_get("sealed_key").unwrap();
     assert!(!sealed.contains(&hex::encode(&listed.keys[0].key_material)));
-    assert!(!sealed.as_bytes().windows(32).any(|w| w == listed.keys[0].key_material.as_slice()));
+    assert!(
+        !sealed
+            .as_bytes()
+            .windows(32)
+            .any(|w| w == listed.keys[0].key_material.as_slice())
+    );
 }
 
 #[tokio::test]
 async fn keys_rotate_and_the_old_key_keeps_verifying() {
-    let server = TestAuthServer::start_with(|c| c.key_rotation_period = Duration::from_secs(1)).await;
+    let server =
+        TestAuthServer::start_with(|c| c.key_rotation_period = Duration::from_secs(1)).await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
     let old_token = consent_token(&consent(&server, "u1", &app_id, &[UserInfo]).await);
     let old_kid = KeyRing::key_id_of(&old_token).unwrap();
     let mut verifier = server.verifier();
     let mut rotated = None;
     for _ in 0..60 {
-        let listed = verifier.list_token_keys(pb::ListTokenKeysRequest {}).await.unwrap().into_inner();
+        let listed = verifier
+            .list_token_keys(pb::ListTokenKeysRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         if listed.current_key_id != old_kid && listed.keys.iter().any(|k| k.key_id == old_kid) {
             rotated = Some(listed);
             break;
@@ -60,10 +82,19 @@ async fn keys_rotate_and_the_old_key_keeps_verifying() {
     }
     let listed = rotated.expect("no rotation within 6 s");
     let new_token = consent_token(&consent(&server, "u1", &app_id, &[UserInfo]).await);
-    assert_eq!(KeyRing::key_id_of(&new_token).unwrap(), listed.current_key_id);
+    assert_eq!(
+        KeyRing::key_id_of(&new_token).unwrap(),
+        listed.current_key_id
+    );
     let ring = ring_of(&listed.keys);
-    assert!(ring.open(TokenKind::Consent, &old_token, Timestamp::now()).is_ok());
-    assert!(ring.open(TokenKind::Consent, &new_token, Timestamp::now()).is_ok());
+    assert!(
+        ring.open(TokenKind::Consent, &old_token, Timestamp::now())
+            .is_ok()
+    );
+    assert!(
+        ring.open(TokenKind::Consent, &new_token, Timestamp::now())
+            .is_ok()
+    );
 }
 
 async fn next_event(
@@ -85,7 +116,11 @@ async fn next_event(
 async fn revoke_all(server: &TestAuthServer, user: &str, app_id: &str) {
     server
         .wallet()
-        .revoke_authorization(pb::RevokeAuthorizationRequest { user_id: user.into(), app_id: app_id.into(), scopes: vec![] })
+        .revoke_authorization(pb::RevokeAuthorizationRequest {
+            user_id: user.into(),
+            app_id: app_id.into(),
+            scopes: vec![],
+        })
         .await
         .unwrap();
 }
@@ -102,19 +137,27 @@ async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_miss
         .into_inner();
     revoke_all(&server, "u1", &app_id).await;
     let first = next_event(&mut stream).await;
-    assert_eq!((first.app_id.as_str(), first.user_id.as_str()), (app_id.as_str(), "u1"));
+    assert_eq!(
+        (first.app_id.as_str(), first.user_id.as_str()),
+        (app_id.as_str(), "u1")
+    );
     drop(stream);
 
     revoke_all(&server, "u2", &app_id).await;
     revoke_all(&server, "u3", &app_id).await;
     let mut resumed = verifier
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: first.sequence })
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: first.sequence,
+        })
         .await
         .unwrap()
         .into_inner();
     let second = next_event(&mut resumed).await;
     let third = next_event(&mut resumed).await;
-    assert_eq!((second.user_id.as_str(), third.user_id.as_str()), ("u2", "u3"));
+    assert_eq!(
+        (second.user_id.as_str(), third.user_id.as_str()),
+        ("u2", "u3")
+    );
     assert!(first.sequence < second.sequence && second.sequence < third.sequence);
     revoke_all(&server, "u4", &app_id).await;
     assert_eq!(next_event(&mut resumed).await.user_id, "u4");
@@ -129,7 +172,11 @@ async fn idle_streams_carry_heartbeats() {
         .await
         .unwrap()
         .into_inner();
-    let msg = tokio::time::timeout(Duration::from_secs(2), stream.message()).await.unwrap().unwrap().unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(msg.heartbeat && msg.event.is_none() && msg.server_time.is_some());
 }
 
@@ -141,11 +188,18 @@ async fn the_sweeper_deletes_expired_prompts_in_the_background() {
     })
     .await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    super::request(&server, "u1", &app_id, &[UserInfo], pb::Trigger::UserTap).await.unwrap();
-    let pool = sqlx::SqlitePool::connect(&server.config.database_url).await.unwrap();
+    super::request(&server, "u1", &app_id, &[UserInfo], pb::Trigger::UserTap)
+        .await
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&server.config.database_url)
+        .await
+        .unwrap();
     let mut remaining = i64::MAX;
     for _ in 0..100 {
-        remaining = sqlx::query_scalar("SELECT COUNT(*) FROM prompts").fetch_one(&pool).await.unwrap();
+        remaining = sqlx::query_scalar("SELECT COUNT(*) FROM prompts")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         if remaining == 0 {
             break;
         }

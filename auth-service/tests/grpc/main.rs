@@ -73,11 +73,22 @@ pub async fn resolve(
 }
 
 /// Tap, prompt, allow: the grant for `scopes`.
-pub async fn consent(server: &TestAuthServer, user: &str, app_id: &str, scopes: &[pb::Scope]) -> pb::Grant {
-    match request(server, user, app_id, scopes, pb::Trigger::UserTap).await.expect("request") {
+pub async fn consent(
+    server: &TestAuthServer,
+    user: &str,
+    app_id: &str,
+    scopes: &[pb::Scope],
+) -> pb::Grant {
+    match request(server, user, app_id, scopes, pb::Trigger::UserTap)
+        .await
+        .expect("request")
+    {
         pb::request_authorization_response::Result::Grant(g) => g,
         pb::request_authorization_response::Result::Prompt(p) => {
-            match resolve(server, &p.prompt_id, user, pb::Decision::Allow).await.expect("resolve") {
+            match resolve(server, &p.prompt_id, user, pb::Decision::Allow)
+                .await
+                .expect("resolve")
+            {
                 pb::resolve_prompt_response::Result::Grant(g) => g,
                 other => panic!("expected grant, got {other:?}"),
             }

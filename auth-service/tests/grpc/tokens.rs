@@ -35,7 +35,9 @@ async fn exchange_returns_tokens_and_an_app_scoped_user_id() {
     assert!(a.access_token.starts_with("v4.local."));
     assert_eq!(a.refresh_token.len(), 43);
     assert_eq!(a.scopes, vec![AuthBase as i32, PhoneNumber as i32]);
-    assert!(a.access_token_expire_time.unwrap().seconds < a.refresh_token_expire_time.unwrap().seconds);
+    assert!(
+        a.access_token_expire_time.unwrap().seconds < a.refresh_token_expire_time.unwrap().seconds
+    );
     assert_ne!(a.user_id, b.user_id, "two apps can join their users");
     assert!(!a.user_id.contains("wallet-user-7"));
     let again = code_for(&server, "wallet-user-7", &app_a).await;
@@ -57,27 +59,41 @@ async fn fifty_concurrent_exchanges_of_one_code_give_one_success_and_the_replay_
     for _ in 0..50 {
         let mut backend = server.backend(&app_id, &secret);
         let code = code.clone();
-        tasks.spawn(async move { backend.exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code }).await });
+        tasks.spawn(async move {
+            backend
+                .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code })
+                .await
+        });
     }
     let mut winners = Vec::new();
     while let Some(r) = tasks.join_next().await {
         match r.unwrap() {
             Ok(r) => winners.push(r.into_inner()),
-            Err(e) => assert_eq!((e.code(), reason(&e)), (Code::FailedPrecondition, ErrorReason::UsedCode)),
+            Err(e) => assert_eq!(
+                (e.code(), reason(&e)),
+                (Code::FailedPrecondition, ErrorReason::UsedCode)
+            ),
         }
     }
     assert_eq!(winners.len(), 1);
     let won = winners.pop().unwrap();
     let mut backend = server.backend(&app_id, &secret);
     let active = backend
-        .introspect_token(pb::IntrospectTokenRequest { token: won.access_token })
+        .introspect_token(pb::IntrospectTokenRequest {
+            token: won.access_token,
+        })
         .await
         .unwrap()
         .into_inner()
         .active;
-    assert!(!active, "tokens issued from a replayed code must be revoked");
+    assert!(
+        !active,
+        "tokens issued from a replayed code must be revoked"
+    );
     let err = backend
-        .refresh_access_token(pb::RefreshAccessTokenRequest { refresh_token: won.refresh_token })
+        .refresh_access_token(pb::RefreshAccessTokenRequest {
+            refresh_token: won.refresh_token,
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidRefreshToken);
@@ -94,7 +110,10 @@ async fn an_expired_code_is_expired_code() {
         .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, ErrorReason::ExpiredCode));
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::FailedPrecondition, ErrorReason::ExpiredCode)
+    );
 }
 
 #[tokio::test]
@@ -105,10 +124,15 @@ async fn a_code_of_another_app_is_invalid_and_not_spent() {
     let code = code_for(&server, "u1", &app_a).await;
     let err = server
         .backend(&app_b, &secret_b)
-        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code.clone() })
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: code.clone(),
+        })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::InvalidArgument, ErrorReason::InvalidCode));
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::InvalidArgument, ErrorReason::InvalidCode)
+    );
     assert!(
         server
             .backend(&app_a, &secret_a)
@@ -125,25 +149,46 @@ async fn garbage_codes_and_tokens_get_their_reasons() {
     let mut backend = server.backend(&app_id, &secret);
     for garbage in ["garbage", "v4.local.AAAA", &"A".repeat(43)] {
         let err = backend
-            .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: garbage.into() })
+            .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+                auth_code: garbage.into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(reason(&err), ErrorReason::InvalidCode);
         let err = backend
-            .refresh_access_token(pb::RefreshAccessTokenRequest { refresh_token: garbage.into() })
+            .refresh_access_token(pb::RefreshAccessTokenRequest {
+                refresh_token: garbage.into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(reason(&err), ErrorReason::InvalidRefreshToken);
-        let r = backend.introspect_token(pb::IntrospectTokenRequest { token: garbage.into() }).await.unwrap();
+        let r = backend
+            .introspect_token(pb::IntrospectTokenRequest {
+                token: garbage.into(),
+            })
+            .await
+            .unwrap();
         assert!(!r.into_inner().active);
-        backend.revoke_token(pb::RevokeTokenRequest { token: garbage.into() }).await.unwrap();
+        backend
+            .revoke_token(pb::RevokeTokenRequest {
+                token: garbage.into(),
+            })
+            .await
+            .unwrap();
     }
     let err = backend
-        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: "x".repeat(1 << 20) })
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: "x".repeat(1 << 20),
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
-    let err = backend.exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: String::new() }).await.unwrap_err();
+    let err = backend
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
 }
 
@@ -153,46 +198,71 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let mut backend = server.backend(&app_id, &secret);
     let first = backend
-        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code_for(&server, "u1", &app_id).await })
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: code_for(&server, "u1", &app_id).await,
+        })
         .await
         .unwrap()
         .into_inner();
     let second = backend
-        .refresh_access_token(pb::RefreshAccessTokenRequest { refresh_token: first.refresh_token.clone() })
+        .refresh_access_token(pb::RefreshAccessTokenRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_ne!(second.refresh_token, first.refresh_token);
     assert_eq!(second.user_id, first.user_id);
     let err = backend
-        .refresh_access_token(pb::RefreshAccessTokenRequest { refresh_token: first.refresh_token })
+        .refresh_access_token(pb::RefreshAccessTokenRequest {
+            refresh_token: first.refresh_token,
+        })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, ErrorReason::UsedRefreshToken));
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::FailedPrecondition, ErrorReason::UsedRefreshToken)
+    );
     let err = backend
-        .refresh_access_token(pb::RefreshAccessTokenRequest { refresh_token: second.refresh_token })
+        .refresh_access_token(pb::RefreshAccessTokenRequest {
+            refresh_token: second.refresh_token,
+        })
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), ErrorReason::InvalidRefreshToken, "the successor dies with its family");
+    assert_eq!(
+        reason(&err),
+        ErrorReason::InvalidRefreshToken,
+        "the successor dies with its family"
+    );
     for token in [first.access_token, second.access_token] {
-        let active = backend.introspect_token(pb::IntrospectTokenRequest { token }).await.unwrap().into_inner().active;
+        let active = backend
+            .introspect_token(pb::IntrospectTokenRequest { token })
+            .await
+            .unwrap()
+            .into_inner()
+            .active;
         assert!(!active);
     }
 }
 
 #[tokio::test]
 async fn an_expired_refresh_token_is_expired_refresh_token() {
-    let server = TestAuthServer::start_with(|c| c.refresh_token_ttl = Duration::from_millis(50)).await;
+    let server =
+        TestAuthServer::start_with(|c| c.refresh_token_ttl = Duration::from_millis(50)).await;
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let mut backend = server.backend(&app_id, &secret);
     let pair = backend
-        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code_for(&server, "u1", &app_id).await })
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: code_for(&server, "u1", &app_id).await,
+        })
         .await
         .unwrap()
         .into_inner();
     tokio::time::sleep(Duration::from_millis(80)).await;
     let err = backend
-        .refresh_access_token(pb::RefreshAccessTokenRequest { refresh_token: pair.refresh_token })
+        .refresh_access_token(pb::RefreshAccessTokenRequest {
+            refresh_token: pair.refresh_token,
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::ExpiredRefreshToken);
@@ -206,12 +276,16 @@ async fn revoke_and_introspect_work_on_the_apps_own_tokens_only() {
     let mut a = server.backend(&app_a, &secret_a);
     let mut b = server.backend(&app_b, &secret_b);
     let pair = a
-        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code_for(&server, "u1", &app_a).await })
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: code_for(&server, "u1", &app_a).await,
+        })
         .await
         .unwrap()
         .into_inner();
     let seen_by_a = a
-        .introspect_token(pb::IntrospectTokenRequest { token: pair.access_token.clone() })
+        .introspect_token(pb::IntrospectTokenRequest {
+            token: pair.access_token.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -220,24 +294,68 @@ async fn revoke_and_introspect_work_on_the_apps_own_tokens_only() {
     assert_eq!(seen_by_a.user_id, pair.user_id);
     assert_eq!(seen_by_a.app_id, app_a);
     let seen_by_b = b
-        .introspect_token(pb::IntrospectTokenRequest { token: pair.access_token.clone() })
+        .introspect_token(pb::IntrospectTokenRequest {
+            token: pair.access_token.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(seen_by_b, pb::IntrospectTokenResponse::default(), "another app learns nothing");
-    b.revoke_token(pb::RevokeTokenRequest { token: pair.access_token.clone() }).await.unwrap();
-    assert!(a.introspect_token(pb::IntrospectTokenRequest { token: pair.access_token.clone() }).await.unwrap().into_inner().active);
-    a.revoke_token(pb::RevokeTokenRequest { token: pair.access_token.clone() }).await.unwrap();
-    assert!(!a.introspect_token(pb::IntrospectTokenRequest { token: pair.access_token }).await.unwrap().into_inner().active);
+    assert_eq!(
+        seen_by_b,
+        pb::IntrospectTokenResponse::default(),
+        "another app learns nothing"
+    );
+    b.revoke_token(pb::RevokeTokenRequest {
+        token: pair.access_token.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        a.introspect_token(pb::IntrospectTokenRequest {
+            token: pair.access_token.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+    );
+    a.revoke_token(pb::RevokeTokenRequest {
+        token: pair.access_token.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        !a.introspect_token(pb::IntrospectTokenRequest {
+            token: pair.access_token
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+    );
     let refresh = a
-        .introspect_token(pb::IntrospectTokenRequest { token: pair.refresh_token.clone() })
+        .introspect_token(pb::IntrospectTokenRequest {
+            token: pair.refresh_token.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(refresh.active);
     assert_eq!(refresh.token_type, pb::TokenType::Refresh as i32);
-    a.revoke_token(pb::RevokeTokenRequest { token: pair.refresh_token.clone() }).await.unwrap();
-    assert!(!a.introspect_token(pb::IntrospectTokenRequest { token: pair.refresh_token }).await.unwrap().into_inner().active);
+    a.revoke_token(pb::RevokeTokenRequest {
+        token: pair.refresh_token.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        !a.introspect_token(pb::IntrospectTokenRequest {
+            token: pair.refresh_token
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+    );
 }
 
 #[tokio::test]
@@ -247,23 +365,40 @@ async fn disabling_a_feature_voids_the_tokens_that_rely_on_it() {
     let mut backend = server.backend(&app_id, &secret);
     let consent_token = consent_token(&consent(&server, "u1", &app_id, &[UserInfo]).await);
     let pair = backend
-        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code_for(&server, "u1", &app_id).await })
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: code_for(&server, "u1", &app_id).await,
+        })
         .await
         .unwrap()
         .into_inner();
     server
         .admin()
-        .disable_feature(pb::DisableFeatureRequest { app_id: app_id.clone(), feature: pb::Feature::PhoneNumber as i32 })
+        .disable_feature(pb::DisableFeatureRequest {
+            app_id: app_id.clone(),
+            feature: pb::Feature::PhoneNumber as i32,
+        })
         .await
         .unwrap();
     let active = |t: String| {
         let mut backend = backend.clone();
-        async move { backend.introspect_token(pb::IntrospectTokenRequest { token: t }).await.unwrap().into_inner().active }
+        async move {
+            backend
+                .introspect_token(pb::IntrospectTokenRequest { token: t })
+                .await
+                .unwrap()
+                .into_inner()
+                .active
+        }
     };
     assert!(!active(pair.access_token).await);
-    assert!(active(consent_token).await, "userInfo does not rely on the phone feature");
+    assert!(
+        active(consent_token).await,
+        "userInfo does not rely on the phone feature"
+    );
     let err = backend
-        .refresh_access_token(pb::RefreshAccessTokenRequest { refresh_token: pair.refresh_token })
+        .refresh_access_token(pb::RefreshAccessTokenRequest {
+            refresh_token: pair.refresh_token,
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidRefreshToken);

@@ -46,13 +46,17 @@ impl AuthServiceLink {
     pub fn with_endpoint(endpoint: Endpoint, verifier_token: &str) -> Result<Self, LinkError> {
         Ok(AuthServiceLink {
             channel: endpoint.connect_lazy(),
-            verifier_auth: format!("Bearer {verifier_token}").parse().map_err(|_| LinkError::Token)?,
+            verifier_auth: format!("Bearer {verifier_token}")
+                .parse()
+                .map_err(|_| LinkError::Token)?,
         })
     }
 
     fn authed<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
-        request.metadata_mut().insert("authorization", self.verifier_auth.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", self.verifier_auth.clone());
         request
     }
 }
@@ -114,18 +118,31 @@ impl KeySource for AuthServiceLink {
 
 #[async_trait]
 impl AppCredentialCheck for AuthServiceLink {
-    async fn confirm(&self, authorization: &str, access_token: &str) -> Result<bool, UserInfoError> {
-        let mut request = Request::new(pb::IntrospectTokenRequest { token: access_token.to_owned() });
-        let header = authorization.parse().map_err(|_| UserInfoError::InvalidAuthClient)?;
+    async fn confirm(
+        &self,
+        authorization: &str,
+        access_token: &str,
+    ) -> Result<bool, UserInfoError> {
+        let mut request = Request::new(pb::IntrospectTokenRequest {
+            token: access_token.to_owned(),
+        });
+        let header = authorization
+            .parse()
+            .map_err(|_| UserInfoError::InvalidAuthClient)?;
         request.metadata_mut().insert("authorization", header);
-        match TokenServiceClient::new(self.channel.clone()).introspect_token(request).await {
+        match TokenServiceClient::new(self.channel.clone())
+            .introspect_token(request)
+            .await
+        {
             Ok(r) => {
                 let r = r.into_inner();
                 Ok(r.active && r.token_type == pb::TokenType::Access as i32)
             }
             Err(status) => Err(match ErrorReason::of(&status) {
                 Some(ErrorReason::InvalidAuthClient) => UserInfoError::InvalidAuthClient,
-                Some(ErrorReason::RequestTrafficExceedLimit) => UserInfoError::RequestTrafficExceedLimit,
+                Some(ErrorReason::RequestTrafficExceedLimit) => {
+                    UserInfoError::RequestTrafficExceedLimit
+                }
                 Some(ErrorReason::InvalidArgument) => UserInfoError::InvalidAccessToken,
                 _ => unavailable(&status),
             }),
@@ -192,7 +209,9 @@ pub async fn follow_revocations(link: AuthServiceLink, verifier: Arc<TokenVerifi
                     }
                 }
             }
-            Err(status) => tracing::warn!(code = ?status.code(), "cannot open the revocation stream; retrying"),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "cannot open the revocation stream; retrying")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -35,7 +35,10 @@ fn to_proto(p: Profile) -> pb::Profile {
 fn checked_user_id(user_id: &str) -> Result<(), UserInfoError> {
     match check_user_id(user_id) {
         None => Ok(()),
-        Some(v) => Err(UserInfoError::InvalidArgument { field: "user_id", problem: v.description }),
+        Some(v) => Err(UserInfoError::InvalidArgument {
+            field: "user_id",
+            problem: v.description,
+        }),
     }
 }
 
@@ -52,10 +55,13 @@ impl ProfileService for ProfileGrpc {
         &self,
         request: Request<pb::UpsertProfileRequest>,
     ) -> Result<Response<pb::UpsertProfileResponse>, Status> {
-        let p = request.into_inner().profile.ok_or(UserInfoError::InvalidArgument {
-            field: "profile",
-            problem: "is required",
-        })?;
+        let p = request
+            .into_inner()
+            .profile
+            .ok_or(UserInfoError::InvalidArgument {
+                field: "profile",
+                problem: "is required",
+            })?;
         let profile = Profile {
             user_id: p.user_id,
             real_name: p.real_name,
@@ -74,8 +80,13 @@ impl ProfileService for ProfileGrpc {
         if !violations.is_empty() {
             return Err(UserInfoError::InvalidProfileField(violations).into());
         }
-        self.store.upsert_profile(&profile).await.map_err(UserInfoError::from)?;
-        Ok(Response::new(pb::UpsertProfileResponse { profile: Some(to_proto(profile)) }))
+        self.store
+            .upsert_profile(&profile)
+            .await
+            .map_err(UserInfoError::from)?;
+        Ok(Response::new(pb::UpsertProfileResponse {
+            profile: Some(to_proto(profile)),
+        }))
     }
 
     async fn get_profile(
@@ -84,8 +95,14 @@ impl ProfileService for ProfileGrpc {
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
         let req = request.into_inner();
         checked_user_id(&req.user_id)?;
-        let profile = self.store.get_profile(&req.user_id).await.map_err(not_found)?;
-        Ok(Response::new(pb::GetProfileResponse { profile: Some(to_proto(profile)) }))
+        let profile = self
+            .store
+            .get_profile(&req.user_id)
+            .await
+            .map_err(not_found)?;
+        Ok(Response::new(pb::GetProfileResponse {
+            profile: Some(to_proto(profile)),
+        }))
     }
 
     async fn delete_profile(
@@ -94,7 +111,10 @@ impl ProfileService for ProfileGrpc {
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
         let req = request.into_inner();
         checked_user_id(&req.user_id)?;
-        self.store.delete_profile(&req.user_id).await.map_err(not_found)?;
+        self.store
+            .delete_profile(&req.user_id)
+            .await
+            .map_err(not_found)?;
         Ok(Response::new(pb::DeleteProfileResponse {}))
     }
 }

@@ -21,10 +21,11 @@ pub fn reason(e: &UserInfoError) -> ErrorReason {
         UserInfoError::RequestTrafficExceedLimit => ErrorReason::RequestTrafficExceedLimit,
         UserInfoError::UnauthenticatedCaller => ErrorReason::UnauthenticatedCaller,
         UserInfoError::CallerNotPermitted => ErrorReason::CallerNotPermitted,
-        UserInfoError::AuthServiceUnavailable(_) | UserInfoError::Store(StoreError::Unavailable(_)) => {
-            ErrorReason::ServiceUnavailable
+        UserInfoError::AuthServiceUnavailable(_)
+        | UserInfoError::Store(StoreError::Unavailable(_)) => ErrorReason::ServiceUnavailable,
+        UserInfoError::Store(StoreError::NotFound | StoreError::Internal(_)) => {
+            ErrorReason::Internal
         }
-        UserInfoError::Store(StoreError::NotFound | StoreError::Internal(_)) => ErrorReason::Internal,
     }
 }
 
@@ -44,7 +45,10 @@ pub fn to_status(e: UserInfoError) -> Status {
             let message = UserInfoError::InvalidProfileField(violations.clone()).to_string();
             reason.status_with_violations(
                 message,
-                violations.into_iter().map(|v| FieldViolation::new(v.field, v.description)).collect(),
+                violations
+                    .into_iter()
+                    .map(|v| FieldViolation::new(v.field, v.description))
+                    .collect(),
             )
         }
         (_, e) => reason.status(e.to_string()),
@@ -74,8 +78,14 @@ mod tests {
             UserInfoError::ExpiredAccessToken,
             UserInfoError::RevocationStateStale,
             UserInfoError::ProfileNotFound,
-            UserInfoError::InvalidProfileField(vec![Violation { field: "profile.gender", description: "bad" }]),
-            UserInfoError::InvalidArgument { field: "f", problem: "p" },
+            UserInfoError::InvalidProfileField(vec![Violation {
+                field: "profile.gender",
+                description: "bad",
+            }]),
+            UserInfoError::InvalidArgument {
+                field: "f",
+                problem: "p",
+            },
             UserInfoError::InvalidAuthClient,
             UserInfoError::RequestTrafficExceedLimit,
             UserInfoError::UnauthenticatedCaller,

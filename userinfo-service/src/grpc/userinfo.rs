@@ -19,7 +19,10 @@ pub struct UserInfoGrpc {
 
 fn check_token_len(field: &'static str, token: &str) -> Result<(), UserInfoError> {
     if token.len() > MAX_TOKEN_LEN {
-        return Err(UserInfoError::InvalidArgument { field, problem: "is too long to be a token" });
+        return Err(UserInfoError::InvalidArgument {
+            field,
+            problem: "is too long to be a token",
+        });
     }
     Ok(())
 }
@@ -57,12 +60,18 @@ impl UserInfoService for UserInfoGrpc {
         request: Request<pb::GetPhoneNumberRequest>,
     ) -> Result<Response<pb::GetPhoneNumberResponse>, Status> {
         let header = authorization_header(request.metadata()).map(str::to_owned);
-        let (app_id, _) = basic_credential(header.as_deref()).ok_or(UserInfoError::InvalidAuthClient)?;
+        let (app_id, _) =
+            basic_credential(header.as_deref()).ok_or(UserInfoError::InvalidAuthClient)?;
         let req = request.into_inner();
         check_token_len("access_token", &req.access_token)?;
         let phone_number = self
             .reader
-            .phone_number(header.as_deref(), &app_id, &req.access_token, Timestamp::now())
+            .phone_number(
+                header.as_deref(),
+                &app_id,
+                &req.access_token,
+                Timestamp::now(),
+            )
             .await
             .inspect_err(|e| count_failure("GetPhoneNumber", e))?;
         Ok(Response::new(pb::GetPhoneNumberResponse { phone_number }))

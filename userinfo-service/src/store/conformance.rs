@@ -37,22 +37,43 @@ pub async fn upsert_get_and_replace(store: Arc<dyn ProfileStore>) {
 
 pub async fn public_profile_and_phone_are_read_separately(store: Arc<dyn ProfileStore>) {
     store.upsert_profile(&profile("u1")).await.unwrap();
-    assert_eq!(store.get_public_profile("u1").await.unwrap(), profile("u1").public);
-    assert_eq!(store.get_phone_number("u1").await.unwrap(), "+86 13800000000");
-    assert!(matches!(store.get_public_profile("u2").await, Err(StoreError::NotFound)));
-    assert!(matches!(store.get_phone_number("u2").await, Err(StoreError::NotFound)));
+    assert_eq!(
+        store.get_public_profile("u1").await.unwrap(),
+        profile("u1").public
+    );
+    assert_eq!(
+        store.get_phone_number("u1").await.unwrap(),
+        "+86 13800000000"
+    );
+    assert!(matches!(
+        store.get_public_profile("u2").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.get_phone_number("u2").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 pub async fn delete_removes_and_reports_missing(store: Arc<dyn ProfileStore>) {
     store.upsert_profile(&profile("u1")).await.unwrap();
     store.delete_profile("u1").await.unwrap();
-    assert!(matches!(store.get_profile("u1").await, Err(StoreError::NotFound)));
-    assert!(matches!(store.delete_profile("u1").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_profile("u1").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.delete_profile("u1").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 pub async fn unicode_and_empty_fields_round_trip(store: Arc<dyn ProfileStore>) {
     let mut p = profile("用户-🙂");
-    p.public = PublicProfile { nick_name: "小明 🐼".into(), ..PublicProfile::default() };
+    p.public = PublicProfile {
+        nick_name: "小明 🐼".into(),
+        ..PublicProfile::default()
+    };
     store.upsert_profile(&p).await.unwrap();
     assert_eq!(store.get_profile("用户-🙂").await.unwrap(), p);
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use miniprogram_token::Timestamp;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use super::{ProfileStore, StoreError};
 use crate::profiles::{Profile, PublicProfile};
@@ -176,7 +178,9 @@ mod tests {
     async fn fresh() -> Option<(Arc<dyn ProfileStore>, tempfile::TempDir)> {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("userinfo.db").display());
-        let store = SqliteProfileStore::open(&url).await.expect("open SQLite store");
+        let store = SqliteProfileStore::open(&url)
+            .await
+            .expect("open SQLite store");
         Some((Arc::new(store), dir))
     }
 
