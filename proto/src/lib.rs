@@ -29,7 +29,8 @@ pub mod userinfo {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("miniprogram_descriptor");
 
-/// A reflection builder that knows the contract's and the health service's descriptors and
+/// A reflection builder that knows the contract's, the health service's and the error
+/// details' descriptors and
 /// lists only `services` (the ones the server mounts) plus `grpc.health.v1.Health`. Build it
 /// twice, with `build_v1` and `build_v1alpha`, so grpcurl and grpcio clients both find it.
 pub fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'static> {
@@ -37,6 +38,8 @@ pub fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'stati
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.ErrorInfo / BadRequest, so reflection clients can decode error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection"),
