@@ -40,6 +40,7 @@ use crate::credentials::{AppAuthenticator, CallerRole, CallerTokens, FailedAttem
 use crate::keys::{KeyRotation, SigningKeys};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::AppUserIdKey;
+use crate::store::postgres::PostgresAuthStore;
 use crate::store::sqlite::SqliteAuthStore;
 use crate::store::{AuthStore, StoreError};
 use crate::tokens::{TokenIssuer, TokenLifetimes};
@@ -59,7 +60,7 @@ pub enum ServeError {
     Bind(#[from] std::io::Error),
     #[error("database: {0}")]
     Store(#[from] StoreError),
-    #[error("unsupported database URL (expected sqlite://...)")]
+    #[error("unsupported database URL (expected sqlite://... or postgres://...)")]
     UnsupportedDatabase,
     #[error("token keys: {0}")]
     Keys(#[from] error::AuthError),
@@ -72,8 +73,10 @@ pub enum ServeError {
 /// Opens the store the URL names and applies its migrations.
 pub async fn open_store(url: &str) -> Result<Arc<dyn AuthStore>, ServeError> {
     if url.starts_with("sqlite:") {
-        let store = SqliteAuthStore::open(url).await?;
-        return Ok(Arc::new(store));
+        return Ok(Arc::new(SqliteAuthStore::open(url).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresAuthStore::open(url).await?));
     }
     Err(ServeError::UnsupportedDatabase)
 }

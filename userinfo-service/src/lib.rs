@@ -28,6 +28,7 @@ use tonic_health::ServingStatus;
 use crate::config::UserInfoConfig;
 use crate::error::UserInfoError;
 use crate::grpc::auth_client::{self, AuthServiceLink, LinkError};
+use crate::store::postgres::PostgresProfileStore;
 use crate::store::sqlite::SqliteProfileStore;
 use crate::store::{ProfileStore, StoreError};
 use crate::userinfo::UserInfoReader;
@@ -46,7 +47,7 @@ pub enum ServeError {
     Bind(#[from] std::io::Error),
     #[error("database: {0}")]
     Store(#[from] StoreError),
-    #[error("unsupported database URL (expected sqlite://...)")]
+    #[error("unsupported database URL (expected sqlite://... or postgres://...)")]
     UnsupportedDatabase,
     #[error("auth-service link: {0}")]
     Link(#[from] LinkError),
@@ -60,6 +61,9 @@ pub enum ServeError {
 pub async fn open_store(url: &str) -> Result<Arc<dyn ProfileStore>, ServeError> {
     if url.starts_with("sqlite:") {
         return Ok(Arc::new(SqliteProfileStore::open(url).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresProfileStore::open(url).await?));
     }
     Err(ServeError::UnsupportedDatabase)
 }

@@ -11,6 +11,8 @@ use crate::apps::FeatureSet;
 
 #[cfg(test)]
 mod conformance;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 /// A SHA-256 digest of an opaque secret (app secret, auth code, refresh token, prompt id).

@@ -9,14 +9,13 @@ use async_trait::async_trait;
 use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use super::{
     AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, CodeRedemption, NewRevocation,
     PromptRecord, RefreshRotation, RefreshTokenRecord, SecretHash, StoreError, StoredTokenKey,
-    SweepCounts,
+    SweepCounts, rows,
 };
 use crate::apps::FeatureSet;
 
@@ -80,111 +79,6 @@ impl SqliteAuthStore {
     }
 }
 
-fn ts(row: &SqliteRow, col: &str) -> Result<Timestamp, sqlx::Error> {
-    Ok(Timestamp::from_unix_nanos(row.try_get::<i64, _>(col)?))
-}
-
-fn opt_ts(row: &SqliteRow, col: &str) -> Result<Option<Timestamp>, sqlx::Error> {
-    Ok(row
-        .try_get::<Option<i64>, _>(col)?
-        .map(Timestamp::from_unix_nanos))
-}
-
-fn scopes(row: &SqliteRow, col: &str) -> Result<ScopeSet, sqlx::Error> {
-    Ok(ScopeSet::from_bits(row.try_get::<i64, _>(col)? as u8))
-}
-
-fn hash(row: &SqliteRow, col: &str) -> Result<SecretHash, sqlx::Error> {
-    let bytes: Vec<u8> = row.try_get(col)?;
-    bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
-        index: col.to_owned(),
-        source: "hash is not 32 bytes".into(),
-    })
-}
-
-fn app_from_row(row: &SqliteRow) -> Result<AppRecord, sqlx::Error> {
-    Ok(AppRecord {
-        app_id: row.try_get("app_id")?,
-        display_name: row.try_get("display_name")?,
-        secret_hash: hash(row, "secret_hash")?,
-        features: FeatureSet::from_bits(row.try_get::<i64, _>("features")? as u8),
-        created_at: ts(row, "created_at")?,
-    })
-}
-
-fn authorization_from_row(row: &SqliteRow) -> Result<AuthorizationRecord, sqlx::Error> {
-    Ok(AuthorizationRecord {
-        user_id: row.try_get("user_id")?,
-        app_id: row.try_get("app_id")?,
-        granted: scopes(row, "granted")?,
-        denied: scopes(row, "denied")?,
-        updated_at: ts(row, "updated_at")?,
-    })
-}
-
-fn prompt_from_row(row: &SqliteRow) -> Result<PromptRecord, sqlx::Error> {
-    Ok(PromptRecord {
-        prompt_hash: hash(row, "prompt_hash")?,
-        user_id: row.try_get("user_id")?,
-        app_id: row.try_get("app_id")?,
-        scopes: scopes(row, "scopes")?,
-        previously_denied: row.try_get::<i64, _>("previously_denied")? != 0,
-        created_at: ts(row, "created_at")?,
-        expires_at: ts(row, "expires_at")?,
-        resolved_at: opt_ts(row, "resolved_at")?,
-    })
-}
-
-fn code_from_row(row: &SqliteRow) -> Result<AuthCodeRecord, sqlx::Error> {
-    Ok(AuthCodeRecord {
-        code_hash: hash(row, "code_hash")?,
-        grant_id: row.try_get("grant_id")?,
-        app_id: row.try_get("app_id")?,
-        user_id: row.try_get("user_id")?,
-        scopes: scopes(row, "scopes")?,
-        created_at: ts(row, "created_at")?,
-        expires_at: ts(row, "expires_at")?,
-        purge_at: ts(row, "purge_at")?,
-    })
-}
-
-fn refresh_from_row(row: &SqliteRow) -> Result<RefreshTokenRecord, sqlx::Error> {
-    Ok(RefreshTokenRecord {
-        token_hash: hash(row, "token_hash")?,
-        family_id: row.try_get("family_id")?,
-        app_id: row.try_get("app_id")?,
-        user_id: row.try_get("user_id")?,
-        scopes: scopes(row, "scopes")?,
-        created_at: ts(row, "created_at")?,
-        expires_at: ts(row, "expires_at")?,
-        used_at: opt_ts(row, "used_at")?,
-        revoked_at: opt_ts(row, "revoked_at")?,
-    })
-}
-
-fn revocation_from_row(row: &SqliteRow) -> Result<RevocationRule, sqlx::Error> {
-    Ok(RevocationRule {
-        sequence: row.try_get::<i64, _>("sequence")? as u64,
-        app_id: row.try_get("app_id")?,
-        user_id: row.try_get("user_id")?,
-        scopes: scopes(row, "scopes")?,
-        token_id: row.try_get("token_id")?,
-        grant_id: row.try_get("grant_id")?,
-        issued_before: ts(row, "issued_before")?,
-        expire_at: ts(row, "expire_at")?,
-    })
-}
-
-fn key_from_row(row: &SqliteRow) -> Result<StoredTokenKey, sqlx::Error> {
-    Ok(StoredTokenKey {
-        key_id: row.try_get("key_id")?,
-        sealed_key: row.try_get("sealed_key")?,
-        created_at: ts(row, "created_at")?,
-        retire_at: ts(row, "retire_at")?,
-        expire_at: ts(row, "expire_at")?,
-    })
-}
-
 async fn append_revocation_in(
     conn: &mut sqlx::SqliteConnection,
     r: &NewRevocation,
@@ -202,7 +96,7 @@ async fn append_revocation_in(
     .bind(r.expire_at.unix_nanos())
     .fetch_one(&mut *conn)
     .await?;
-    revocation_from_row(&row)
+    rows::revocation(&row)
 }
 
 /// Voids the refresh tokens of (app, user?) that carry any of `scopes` (all when empty).
@@ -251,7 +145,7 @@ impl AuthStore for SqliteAuthStore {
             .fetch_one(&self.reader)
             .await
             .map_err(classify)?;
-        app_from_row(&row).map_err(classify)
+        rows::app(&row).map_err(classify)
     }
 
     async fn count_apps(&self) -> Result<u64, StoreError> {
@@ -292,7 +186,7 @@ impl AuthStore for SqliteAuthStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(classify)?;
-        let app = app_from_row(&row).map_err(classify)?;
+        let app = rows::app(&row).map_err(classify)?;
         if let Some(r) = revocation {
             void_refresh_tokens_in(&mut tx, r, r.issued_before)
                 .await
@@ -314,7 +208,7 @@ impl AuthStore for SqliteAuthStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(classify)?;
-        row.map(|r| authorization_from_row(&r))
+        row.map(|r| rows::authorization(&r))
             .transpose()
             .map_err(classify)
     }
@@ -361,7 +255,7 @@ impl AuthStore for SqliteAuthStore {
         .await
         .map_err(classify)?;
         rows.iter()
-            .map(|r| Ok((authorization_from_row(r)?, r.try_get("display_name")?)))
+            .map(|r| Ok((rows::authorization(r)?, r.try_get("display_name")?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(classify)
     }
@@ -424,7 +318,7 @@ impl AuthStore for SqliteAuthStore {
             .fetch_one(&self.writer)
             .await
             .map_err(classify)?;
-        prompt_from_row(&row).map_err(classify)
+        rows::prompt(&row).map_err(classify)
     }
 
     async fn resolve_prompt(
@@ -484,7 +378,7 @@ impl AuthStore for SqliteAuthStore {
         .map_err(classify)?;
         let outcome = match spent {
             Some(row) => {
-                let code = code_from_row(&row).map_err(classify)?;
+                let code = rows::code(&row).map_err(classify)?;
                 sqlx::query(
                     "INSERT INTO refresh_tokens (token_hash, family_id, app_id, user_id, scopes,
                        created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -512,9 +406,8 @@ impl AuthStore for SqliteAuthStore {
                 match row {
                     None => CodeRedemption::NotFound,
                     Some(row) => {
-                        let used: Option<i64> = row.try_get("used_at").map_err(classify)?;
-                        let code = code_from_row(&row).map_err(classify)?;
-                        if used.is_some() {
+                        let code = rows::code(&row).map_err(classify)?;
+                        if rows::code_used(&row).map_err(classify)? {
                             CodeRedemption::AlreadyUsed(code)
                         } else {
                             CodeRedemption::Expired
@@ -594,7 +487,7 @@ impl AuthStore for SqliteAuthStore {
         .map_err(classify)?;
         let outcome = match spent {
             Some(row) => {
-                let old = refresh_from_row(&row).map_err(classify)?;
+                let old = rows::refresh_token(&row).map_err(classify)?;
                 sqlx::query(
                     "INSERT INTO refresh_tokens (token_hash, family_id, app_id, user_id, scopes,
                        created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -620,7 +513,7 @@ impl AuthStore for SqliteAuthStore {
                         .await
                         .map_err(classify)?;
                 match row
-                    .map(|r| refresh_from_row(&r))
+                    .map(|r| rows::refresh_token(&r))
                     .transpose()
                     .map_err(classify)?
                 {
@@ -644,7 +537,7 @@ impl AuthStore for SqliteAuthStore {
             .fetch_one(&self.reader)
             .await
             .map_err(classify)?;
-        refresh_from_row(&row).map_err(classify)
+        rows::refresh_token(&row).map_err(classify)
     }
 
     async fn append_revocation(&self, r: &NewRevocation) -> Result<RevocationRule, StoreError> {
@@ -665,7 +558,7 @@ impl AuthStore for SqliteAuthStore {
                 .await
                 .map_err(classify)?;
         rows.iter()
-            .map(revocation_from_row)
+            .map(rows::revocation)
             .collect::<Result<_, _>>()
             .map_err(classify)
     }
@@ -687,7 +580,7 @@ impl AuthStore for SqliteAuthStore {
         .await
         .map_err(classify)?;
         rows.iter()
-            .map(revocation_from_row)
+            .map(rows::revocation)
             .collect::<Result<_, _>>()
             .map_err(classify)
     }
@@ -714,7 +607,7 @@ impl AuthStore for SqliteAuthStore {
             .await
             .map_err(classify)?;
         rows.iter()
-            .map(key_from_row)
+            .map(rows::token_key)
             .collect::<Result<_, _>>()
             .map_err(classify)
     }

@@ -43,6 +43,7 @@ CREATE TABLE auth_codes (
     purge_at          INTEGER NOT NULL
 );
 CREATE INDEX auth_codes_purge_at ON auth_codes (purge_at);
+CREATE INDEX auth_codes_grant ON auth_codes (grant_id);
 
 CREATE TABLE refresh_tokens (
     token_hash BLOB PRIMARY KEY NOT NULL,
@@ -70,6 +71,7 @@ CREATE TABLE revocations (
     expire_at     INTEGER NOT NULL
 );
 CREATE INDEX revocations_expire_at ON revocations (expire_at);
+CREATE INDEX revocations_subject ON revocations (app_id, user_id);
 
 CREATE TABLE token_keys (
     key_id     TEXT PRIMARY KEY NOT NULL,

@@ -9,6 +9,7 @@ use crate::profiles::{Profile, PublicProfile};
 
 #[cfg(test)]
 mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// Caller-actionable storage failures, plus one bucket for everything else.

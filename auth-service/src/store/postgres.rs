@@ -1,0 +1,679 @@
+//! The scale-out backend: PostgreSQL, shared by several auth-service replicas. Single-use
+//! codes, prompt resolution and refresh rotation rely on row locks taken by conditional
+//! `UPDATE`s (READ COMMITTED re-checks the condition after waiting), and revocation appends are
+//! serialised by an advisory lock so sequence numbers become visible in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
+use sqlx::PgConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::{
+    AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, CodeRedemption, NewRevocation,
+    PromptRecord, RefreshRotation, RefreshTokenRecord, SecretHash, StoreError, StoredTokenKey,
+    SweepCounts, rows,
+};
+use crate::apps::FeatureSet;
+
+/// SQLSTATE of a unique-constraint violation.
+const PG_UNIQUE_VIOLATION: &str = "23505";
+/// Advisory lock key serialising revocation appends ("revo" in ASCII).
+const REVOCATION_APPEND_LOCK: i64 = 0x7265_766f;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/auth/postgres");
+
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(PG_UNIQUE_VIOLATION) => {
+            StoreError::AlreadyExists
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(Arc::new(e))
+        }
+        _ => StoreError::Internal(Arc::new(e)),
+    }
+}
+
+/// auth-service's tables in a PostgreSQL database (or one schema of it).
+#[derive(Debug, Clone)]
+pub struct PostgresAuthStore {
+    pool: PgPool,
+}
+
+impl PostgresAuthStore {
+    /// Connects to `url` and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(classify)?;
+        Self::open_with(options).await
+    }
+
+    /// Connects with explicit options (tests pass a `search_path` per schema).
+    pub async fn open_with(options: PgConnectOptions) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(classify)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Internal(Arc::new(e.into())))?;
+        Ok(PostgresAuthStore { pool })
+    }
+}
+
+async fn append_revocation_in(
+    conn: &mut PgConnection,
+    r: &NewRevocation,
+) -> Result<RevocationRule, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(REVOCATION_APPEND_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let row = sqlx::query(
+        "INSERT INTO revocations (app_id, user_id, scopes, token_id, grant_id, issued_before, expire_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+    )
+    .bind(&r.app_id)
+    .bind(&r.user_id)
+    .bind(i64::from(r.scopes.bits()))
+    .bind(&r.token_id)
+    .bind(&r.grant_id)
+    .bind(r.issued_before.unix_nanos())
+    .bind(r.expire_at.unix_nanos())
+    .fetch_one(&mut *conn)
+    .await?;
+    rows::revocation(&row)
+}
+
+async fn void_refresh_tokens_in(
+    conn: &mut PgConnection,
+    r: &NewRevocation,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $1
+         WHERE app_id = $2 AND ($3::text IS NULL OR user_id = $3)
+           AND ($4::bigint = 0 OR (scopes & $4::bigint) <> 0) AND revoked_at IS NULL",
+    )
+    .bind(now.unix_nanos())
+    .bind(&r.app_id)
+    .bind(&r.user_id)
+    .bind(i64::from(r.scopes.bits()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, family_id, app_id, user_id, scopes, created_at, expires_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+#[async_trait]
+impl AuthStore for PostgresAuthStore {
+    async fn insert_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO apps (app_id, display_name, secret_hash, features, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&app.app_id)
+            .bind(&app.display_name)
+            .bind(app.secret_hash.as_slice())
+            .bind(i64::from(app.features.bits()))
+            .bind(app.created_at.unix_nanos())
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get_app(&self, app_id: &str) -> Result<AppRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM apps WHERE app_id = $1")
+            .bind(app_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows::app(&row).map_err(classify)
+    }
+
+    async fn count_apps(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apps")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(n as u64)
+    }
+
+    async fn set_app_secret(
+        &self,
+        app_id: &str,
+        secret_hash: &SecretHash,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE apps SET secret_hash = $1 WHERE app_id = $2")
+            .bind(secret_hash.as_slice())
+            .bind(app_id)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_features(
+        &self,
+        app_id: &str,
+        features: FeatureSet,
+        revocation: Option<&NewRevocation>,
+    ) -> Result<AppRecord, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let row = sqlx::query("UPDATE apps SET features = $1 WHERE app_id = $2 RETURNING *")
+            .bind(i64::from(features.bits()))
+            .bind(app_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let app = rows::app(&row).map_err(classify)?;
+        if let Some(r) = revocation {
+            void_refresh_tokens_in(&mut tx, r, r.issued_before)
+                .await
+                .map_err(classify)?;
+            append_revocation_in(&mut tx, r).await.map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(app)
+    }
+
+    async fn get_authorization(
+        &self,
+        user_id: &str,
+        app_id: &str,
+    ) -> Result<Option<AuthorizationRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2")
+            .bind(user_id)
+            .bind(app_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        row.map(|r| rows::authorization(&r))
+            .transpose()
+            .map_err(classify)
+    }
+
+    async fn record_decision(
+        &self,
+        user_id: &str,
+        app_id: &str,
+        grant: ScopeSet,
+        deny: ScopeSet,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO authorizations (user_id, app_id, granted, denied, updated_at)
+             VALUES ($1, $2, $3::bigint & ~$4::bigint, $4::bigint & ~$3::bigint, $5)
+             ON CONFLICT (user_id, app_id) DO UPDATE SET
+               granted = (authorizations.granted | $3::bigint) & ~$4::bigint,
+               denied = (authorizations.denied | $4::bigint) & ~$3::bigint,
+               updated_at = $5",
+        )
+        .bind(user_id)
+        .bind(app_id)
+        .bind(i64::from(grant.bits()))
+        .bind(i64::from(deny.bits()))
+        .bind(now.unix_nanos())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn list_authorizations(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(AuthorizationRecord, String)>, StoreError> {
+        let found = sqlx::query(
+            "SELECT a.*, apps.display_name FROM authorizations a JOIN apps ON apps.app_id = a.app_id
+             WHERE a.user_id = $1 AND a.granted <> 0 ORDER BY a.app_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        found
+            .iter()
+            .map(|r| {
+                Ok((
+                    rows::authorization(r)?,
+                    rows::Columns::text(r, "display_name")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    async fn withdraw_authorization(
+        &self,
+        revocation: &NewRevocation,
+        now: Timestamp,
+    ) -> Result<ScopeSet, StoreError> {
+        let user_id = revocation.user_id.as_deref().ok_or(StoreError::NotFound)?;
+        let withdrawn = if revocation.scopes.is_empty() {
+            0b111
+        } else {
+            i64::from(revocation.scopes.bits())
+        };
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let remaining: Option<i64> = sqlx::query_scalar(
+            "UPDATE authorizations SET granted = granted & ~$1::bigint, updated_at = $2
+             WHERE user_id = $3 AND app_id = $4 RETURNING granted",
+        )
+        .bind(withdrawn)
+        .bind(now.unix_nanos())
+        .bind(user_id)
+        .bind(&revocation.app_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        void_refresh_tokens_in(&mut tx, revocation, now)
+            .await
+            .map_err(classify)?;
+        append_revocation_in(&mut tx, revocation)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(ScopeSet::from_bits(remaining.unwrap_or(0) as u8))
+    }
+
+    async fn insert_prompt(&self, p: &PromptRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO prompts (prompt_hash, user_id, app_id, scopes, previously_denied, created_at, expires_at, resolved_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(p.prompt_hash.as_slice())
+        .bind(&p.user_id)
+        .bind(&p.app_id)
+        .bind(i64::from(p.scopes.bits()))
+        .bind(i64::from(p.previously_denied))
+        .bind(p.created_at.unix_nanos())
+        .bind(p.expires_at.unix_nanos())
+        .bind(p.resolved_at.map(Timestamp::unix_nanos))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get_prompt(&self, prompt_hash: &SecretHash) -> Result<PromptRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM prompts WHERE prompt_hash = $1")
+            .bind(prompt_hash.as_slice())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows::prompt(&row).map_err(classify)
+    }
+
+    async fn resolve_prompt(
+        &self,
+        prompt_hash: &SecretHash,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE prompts SET resolved_at = $1 WHERE prompt_hash = $2 AND resolved_at IS NULL",
+        )
+        .bind(now.unix_nanos())
+        .bind(prompt_hash.as_slice())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_auth_code(&self, c: &AuthCodeRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO auth_codes (code_hash, grant_id, app_id, user_id, scopes, created_at, expires_at, purge_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(c.code_hash.as_slice())
+        .bind(&c.grant_id)
+        .bind(&c.app_id)
+        .bind(&c.user_id)
+        .bind(i64::from(c.scopes.bits()))
+        .bind(c.created_at.unix_nanos())
+        .bind(c.expires_at.unix_nanos())
+        .bind(c.purge_at.unix_nanos())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn redeem_auth_code(
+        &self,
+        code_hash: &SecretHash,
+        app_id: &str,
+        first_refresh: &SecretHash,
+        refresh_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<CodeRedemption, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let spent = sqlx::query(
+            "UPDATE auth_codes SET used_at = $1
+             WHERE code_hash = $2 AND app_id = $3 AND used_at IS NULL AND expires_at > $1 RETURNING *",
+        )
+        .bind(now.unix_nanos())
+        .bind(code_hash.as_slice())
+        .bind(app_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let outcome = match spent {
+            Some(row) => {
+                let code = rows::code(&row).map_err(classify)?;
+                sqlx::query(INSERT_REFRESH)
+                    .bind(first_refresh.as_slice())
+                    .bind(&code.grant_id)
+                    .bind(&code.app_id)
+                    .bind(&code.user_id)
+                    .bind(i64::from(code.scopes.bits()))
+                    .bind(now.unix_nanos())
+                    .bind(refresh_expires_at.unix_nanos())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                CodeRedemption::Redeemed(code)
+            }
+            None => {
+                let row =
+                    sqlx::query("SELECT * FROM auth_codes WHERE code_hash = $1 AND app_id = $2")
+                        .bind(code_hash.as_slice())
+                        .bind(app_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                match row {
+                    None => CodeRedemption::NotFound,
+                    Some(row) if rows::code_used(&row).map_err(classify)? => {
+                        CodeRedemption::AlreadyUsed(rows::code(&row).map_err(classify)?)
+                    }
+                    Some(_) => CodeRedemption::Expired,
+                }
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn revoke_family(
+        &self,
+        family_id: &str,
+        revocation: &NewRevocation,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let marked = sqlx::query("UPDATE auth_codes SET family_revoked_at = $1 WHERE grant_id = $2 AND family_revoked_at IS NULL")
+            .bind(now.unix_nanos())
+            .bind(family_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        if marked == 0 {
+            let already: Option<i64> =
+                sqlx::query_scalar("SELECT family_revoked_at FROM auth_codes WHERE grant_id = $1")
+                    .bind(family_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?
+                    .flatten();
+            if already.is_some() {
+                tx.commit().await.map_err(classify)?;
+                return Ok(false);
+            }
+        }
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now.unix_nanos())
+        .bind(family_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        append_revocation_in(&mut tx, revocation)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        token_hash: &SecretHash,
+        app_id: &str,
+        successor: &SecretHash,
+        successor_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<RefreshRotation, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let spent = sqlx::query(
+            "UPDATE refresh_tokens SET used_at = $1
+             WHERE token_hash = $2 AND app_id = $3 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1
+             RETURNING *",
+        )
+        .bind(now.unix_nanos())
+        .bind(token_hash.as_slice())
+        .bind(app_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let outcome = match spent {
+            Some(row) => {
+                let old = rows::refresh_token(&row).map_err(classify)?;
+                sqlx::query(INSERT_REFRESH)
+                    .bind(successor.as_slice())
+                    .bind(&old.family_id)
+                    .bind(&old.app_id)
+                    .bind(&old.user_id)
+                    .bind(i64::from(old.scopes.bits()))
+                    .bind(now.unix_nanos())
+                    .bind(successor_expires_at.unix_nanos())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                RefreshRotation::Rotated(old)
+            }
+            None => {
+                let row = sqlx::query(
+                    "SELECT * FROM refresh_tokens WHERE token_hash = $1 AND app_id = $2",
+                )
+                .bind(token_hash.as_slice())
+                .bind(app_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+                match row
+                    .map(|r| rows::refresh_token(&r))
+                    .transpose()
+                    .map_err(classify)?
+                {
+                    None => RefreshRotation::NotFound,
+                    Some(rec) if rec.used_at.is_some() => RefreshRotation::AlreadyUsed(rec),
+                    Some(rec) if rec.revoked_at.is_some() => RefreshRotation::Revoked,
+                    Some(_) => RefreshRotation::Expired,
+                }
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn get_refresh_token(
+        &self,
+        token_hash: &SecretHash,
+    ) -> Result<RefreshTokenRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash.as_slice())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows::refresh_token(&row).map_err(classify)
+    }
+
+    async fn append_revocation(&self, r: &NewRevocation) -> Result<RevocationRule, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let rule = append_revocation_in(&mut tx, r).await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(rule)
+    }
+
+    async fn revocations_after(
+        &self,
+        sequence: u64,
+        limit: u32,
+    ) -> Result<Vec<RevocationRule>, StoreError> {
+        let found =
+            sqlx::query("SELECT * FROM revocations WHERE sequence > $1 ORDER BY sequence LIMIT $2")
+                .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+        found
+            .iter()
+            .map(rows::revocation)
+            .collect::<Result<_, _>>()
+            .map_err(classify)
+    }
+
+    async fn revocations_for_subject(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        issued_at: Timestamp,
+    ) -> Result<Vec<RevocationRule>, StoreError> {
+        let found = sqlx::query(
+            "SELECT * FROM revocations WHERE app_id = $1 AND (user_id IS NULL OR user_id = $2) AND issued_before >= $3",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(issued_at.unix_nanos())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        found
+            .iter()
+            .map(rows::revocation)
+            .collect::<Result<_, _>>()
+            .map_err(classify)
+    }
+
+    async fn insert_token_key(&self, k: &StoredTokenKey) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO token_keys (key_id, sealed_key, created_at, retire_at, expire_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&k.key_id)
+            .bind(&k.sealed_key)
+            .bind(k.created_at.unix_nanos())
+            .bind(k.retire_at.unix_nanos())
+            .bind(k.expire_at.unix_nanos())
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn list_token_keys(&self) -> Result<Vec<StoredTokenKey>, StoreError> {
+        let found = sqlx::query("SELECT * FROM token_keys ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        found
+            .iter()
+            .map(rows::token_key)
+            .collect::<Result<_, _>>()
+            .map_err(classify)
+    }
+
+    async fn sweep_expired(&self, now: Timestamp, batch: u32) -> Result<SweepCounts, StoreError> {
+        let now = now.unix_nanos();
+        let batch = i64::from(batch);
+        let mut counts = SweepCounts::default();
+        for (table, column, slot) in [
+            ("prompts", "expires_at", &mut counts.prompts),
+            ("auth_codes", "purge_at", &mut counts.auth_codes),
+            ("refresh_tokens", "expires_at", &mut counts.refresh_tokens),
+            ("revocations", "expire_at", &mut counts.revocations),
+            ("token_keys", "expire_at", &mut counts.token_keys),
+        ] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {column} <= $1 LIMIT $2)"
+            );
+            *slot = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(batch)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+        }
+        Ok(counts)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Test support: a fresh schema per test in the database named by `TEST_DATABASE_URL`.
+#[cfg(any(test, feature = "testing"))]
+pub mod test_schema {
+    use sqlx::postgres::PgConnectOptions;
+
+    /// Set (by CI) to make a missing `TEST_DATABASE_URL` a failure instead of a skip.
+    pub const REQUIRE_ENV: &str = "REQUIRE_POSTGRES";
+    pub const URL_ENV: &str = "TEST_DATABASE_URL";
+
+    /// Options for a new, empty schema, or `None` when no test database is configured.
+    ///
+    /// # Panics
+    /// When `REQUIRE_POSTGRES` is set but the database is missing or unreachable.
+    pub async fn fresh_schema(prefix: &str) -> Option<PgConnectOptions> {
+        let Ok(url) = std::env::var(URL_ENV) else {
+            assert!(
+                std::env::var_os(REQUIRE_ENV).is_none(),
+                "{REQUIRE_ENV} is set but {URL_ENV} is not"
+            );
+            return None;
+        };
+        let base: PgConnectOptions = url.parse().expect("TEST_DATABASE_URL parses");
+        let admin = sqlx::PgPool::connect_with(base.clone())
+            .await
+            .expect("connect to TEST_DATABASE_URL");
+        let schema = format!(
+            "{prefix}_{}",
+            hex::encode(miniprogram_token::random_bytes().expect("random")[..6].as_ref())
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .expect("create schema");
+        admin.close().await;
+        Some(base.options([("search_path", schema.as_str())]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    async fn fresh() -> Option<(Arc<dyn AuthStore>, ())> {
+        let options = test_schema::fresh_schema("auth_test").await?;
+        let store = PostgresAuthStore::open_with(options)
+            .await
+            .expect("open Postgres store");
+        Some((Arc::new(store), ()))
+    }
+
+    crate::auth_store_conformance!(fresh);
+}
