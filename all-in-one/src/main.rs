@@ -39,12 +39,21 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Serve Prometheus metrics at http://METRICS_ADDR/metrics (off when unset).
+    #[arg(long, env = "METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     service_runtime::init_tracing(cli.log_format);
+    if let Some(addr) = cli.metrics_addr
+        && let Err(e) = service_runtime::spawn_metrics_endpoint(addr).await
+    {
+        eprintln!("all-in-one: metrics endpoint: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -105,6 +114,7 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
         revocation_stale_after: Duration::from_secs(10),
         key_refetch_interval: Duration::from_secs(1),
         drain_timeout: auth_config.drain_timeout,
+        limits: auth_config.limits,
     };
     let callers = auth_config.callers.clone();
 

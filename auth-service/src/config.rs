@@ -76,6 +76,8 @@ pub struct AuthArgs {
     /// On SIGTERM / Ctrl-C, how long in-flight calls get to finish.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub limits: service_runtime::LimitArgs,
     /// Interval between heartbeats on an idle revocation stream.
     #[arg(long, env = "REVOCATION_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub revocation_heartbeat: Duration,
@@ -112,6 +114,7 @@ pub struct AuthConfig {
     pub failed_credential_window: Duration,
     pub revocation_heartbeat: Duration,
     pub drain_timeout: Duration,
+    pub limits: service_runtime::ServerLimits,
 }
 
 impl AuthArgs {
@@ -182,6 +185,7 @@ impl AuthArgs {
             failed_credential_window: self.failed_credential_window,
             revocation_heartbeat: self.revocation_heartbeat,
             drain_timeout: self.drain_timeout,
+            limits: self.limits.into(),
         })
     }
 }

@@ -27,7 +27,7 @@ use miniprogram_proto::auth::v1::{
     key_service_server::KeyServiceServer, token_service_server::TokenServiceServer,
 };
 use tokio::net::TcpListener;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
@@ -51,6 +51,17 @@ pub const SERVICE_NAMES: [&str; 4] = [
     "miniprogram.auth.v1.AuthorizationService",
     "miniprogram.auth.v1.TokenService",
     "miniprogram.auth.v1.KeyService",
+];
+
+/// Services named in metrics and logs: ours, health and reflection.
+const OBSERVED_SERVICES: [&str; 7] = [
+    SERVICE_NAMES[0],
+    SERVICE_NAMES[1],
+    SERVICE_NAMES[2],
+    SERVICE_NAMES[3],
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
 ];
 
 /// Why the server could not start or stopped with an error.
@@ -186,38 +197,45 @@ pub async fn serve_with_listener(
     }
 
     let draining = tokio_util::sync::CancellationToken::new();
-    let router = Server::builder()
+    let max = config.limits.max_message_bytes;
+    let router = service_runtime::server_builder(&config.limits, &OBSERVED_SERVICES)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AppServiceServer::with_interceptor(
-            grpc::apps::AppGrpc {
+        .add_service(InterceptedService::new(
+            AppServiceServer::new(grpc::apps::AppGrpc {
                 registry,
                 clock: clock.clone(),
-            },
+            })
+            .max_decoding_message_size(max),
             role_check(callers.clone(), CallerRole::Admin),
         ))
-        .add_service(AuthorizationServiceServer::with_interceptor(
-            grpc::authorization::AuthorizationGrpc {
+        .add_service(InterceptedService::new(
+            AuthorizationServiceServer::new(grpc::authorization::AuthorizationGrpc {
                 flow,
                 clock: clock.clone(),
-            },
+            })
+            .max_decoding_message_size(max),
             role_check(callers.clone(), CallerRole::Wallet),
         ))
-        .add_service(TokenServiceServer::new(grpc::tokens::TokenGrpc {
-            issuer,
-            apps: authenticator,
-            clock: clock.clone(),
-        }))
-        .add_service(KeyServiceServer::with_interceptor(
-            grpc::keys::KeyGrpc {
+        .add_service(
+            TokenServiceServer::new(grpc::tokens::TokenGrpc {
+                issuer,
+                apps: authenticator,
+                clock: clock.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(InterceptedService::new(
+            KeyServiceServer::new(grpc::keys::KeyGrpc {
                 keys,
                 store: store.clone(),
                 feed,
                 heartbeat: config.revocation_heartbeat,
                 clock,
                 draining: draining.clone(),
-            },
+            })
+            .max_decoding_message_size(max),
             role_check(callers, CallerRole::Verifier),
         ));
 

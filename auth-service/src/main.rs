@@ -19,12 +19,21 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Serve Prometheus metrics at http://METRICS_ADDR/metrics (off when unset).
+    #[arg(long, env = "METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     service_runtime::init_tracing(cli.log_format);
+    if let Some(addr) = cli.metrics_addr
+        && let Err(e) = service_runtime::spawn_metrics_endpoint(addr).await
+    {
+        eprintln!("auth-service: metrics endpoint: {e}");
+        return ExitCode::FAILURE;
+    }
     let config = match cli.args.into_config(cli.dev) {
         Ok(config) => config,
         Err(e) => {

@@ -45,6 +45,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
         failed_credential_window: Duration::from_secs(60),
         revocation_heartbeat: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),
+        limits: service_runtime::ServerLimits::default(),
     }
 }
 

@@ -1,6 +1,33 @@
-//! The process around each service binary and the all-in-one runner: logging set-up and
-//! the shutdown signal every binary drains on.
+//! The process around each service binary and the all-in-one runner: logging set-up, the
+//! per-RPC observer (span, request id, metrics), server limits and load shedding, the metrics
+//! endpoint, and the shutdown signal every binary drains on.
 #![forbid(unsafe_code)]
+
+mod limits;
+mod metrics_endpoint;
+mod rpc_observer;
+
+pub use limits::{InFlightLimit, InFlightLimitLayer, LimitArgs, ServerLimits};
+pub use metrics_endpoint::{install_metrics_recorder, serve_metrics, spawn_metrics_endpoint};
+pub use rpc_observer::{REQUEST_ID, RpcObserver, RpcObserverLayer};
+
+/// A tonic server builder with the shared limits and layers: request timeout,
+/// per-connection concurrency, global in-flight shedding and the RPC observer.
+pub fn server_builder(
+    limits: &ServerLimits,
+    known_services: &[&'static str],
+) -> tonic::transport::Server<
+    tower::layer::util::Stack<
+        InFlightLimitLayer,
+        tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
+    >,
+> {
+    tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .concurrency_limit_per_connection(limits.max_concurrent_per_connection)
+        .layer(RpcObserverLayer::new(known_services))
+        .layer(InFlightLimitLayer::new(limits.max_in_flight))
+}
 
 use tracing_subscriber::EnvFilter;
 

@@ -38,6 +38,8 @@ pub struct UserInfoArgs {
     /// On SIGTERM / Ctrl-C, how long in-flight calls get to finish.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub limits: service_runtime::LimitArgs,
     /// At most one key refetch per this interval when a token names an unknown key.
     #[arg(long, env = "KEY_REFETCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub key_refetch_interval: Duration,
@@ -66,6 +68,7 @@ pub struct UserInfoConfig {
     pub revocation_stale_after: Duration,
     pub key_refetch_interval: Duration,
     pub drain_timeout: Duration,
+    pub limits: service_runtime::ServerLimits,
 }
 
 impl std::fmt::Debug for UserInfoConfig {
@@ -116,6 +119,7 @@ impl UserInfoArgs {
             revocation_stale_after: self.revocation_stale_after,
             key_refetch_interval: self.key_refetch_interval,
             drain_timeout: self.drain_timeout,
+            limits: self.limits.into(),
         })
     }
 }

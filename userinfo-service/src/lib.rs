@@ -20,7 +20,7 @@ use miniprogram_proto::userinfo::v1::user_info_service_server::UserInfoServiceSe
 use miniprogram_token::Timestamp;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
@@ -38,6 +38,15 @@ use crate::verifier::TokenVerifier;
 pub const SERVICE_NAMES: [&str; 2] = [
     "miniprogram.userinfo.v1.UserInfoService",
     "miniprogram.userinfo.v1.ProfileService",
+];
+
+/// Services named in metrics and logs: ours, health and reflection.
+const OBSERVED_SERVICES: [&str; 5] = [
+    SERVICE_NAMES[0],
+    SERVICE_NAMES[1],
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
 ];
 
 /// Why the server could not start or stopped with an error.
@@ -155,17 +164,20 @@ pub async fn serve_with_listener(
 
     let admin = Arc::new(config.admin_token.clone());
     let verifier_token = Arc::new(config.verifier_token.clone());
-    let router = Server::builder()
+    let max = config.limits.max_message_bytes;
+    let router = service_runtime::server_builder(&config.limits, &OBSERVED_SERVICES)
         .add_service(health_service)
         .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?)
         .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?)
-        .add_service(UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc {
-            reader,
-        }))
-        .add_service(ProfileServiceServer::with_interceptor(
-            grpc::profiles::ProfileGrpc {
+        .add_service(
+            UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc { reader })
+                .max_decoding_message_size(max),
+        )
+        .add_service(InterceptedService::new(
+            ProfileServiceServer::new(grpc::profiles::ProfileGrpc {
                 store: store.clone(),
-            },
+            })
+            .max_decoding_message_size(max),
             admin_check(admin, verifier_token),
         ));
 

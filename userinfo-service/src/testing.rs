@@ -35,6 +35,7 @@ pub fn test_config(
         revocation_stale_after: Duration::from_secs(10),
         key_refetch_interval: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),
+        limits: service_runtime::ServerLimits::default(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! SQLite files, talking over real gRPC, driven through the generated clients.
 
 mod flows;
+mod operability;
 mod privacy;
 mod profiles;
 mod verification;
