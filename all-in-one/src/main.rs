@@ -115,6 +115,8 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
         key_refetch_interval: Duration::from_secs(1),
         drain_timeout: auth_config.drain_timeout,
         limits: auth_config.limits,
+        tls: None,
+        auth_tls_ca_pem: None,
     };
     let callers = auth_config.callers.clone();
 

@@ -78,6 +78,8 @@ pub struct AuthArgs {
     pub drain_timeout: Duration,
     #[command(flatten)]
     pub limits: service_runtime::LimitArgs,
+    #[command(flatten)]
+    pub tls: service_runtime::TlsArgs,
     /// Interval between heartbeats on an idle revocation stream.
     #[arg(long, env = "REVOCATION_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub revocation_heartbeat: Duration,
@@ -115,6 +117,7 @@ pub struct AuthConfig {
     pub revocation_heartbeat: Duration,
     pub drain_timeout: Duration,
     pub limits: service_runtime::ServerLimits,
+    pub tls: Option<service_runtime::ServerTls>,
 }
 
 impl AuthArgs {
@@ -186,6 +189,13 @@ impl AuthArgs {
             revocation_heartbeat: self.revocation_heartbeat,
             drain_timeout: self.drain_timeout,
             limits: self.limits.into(),
+            tls: self
+                .tls
+                .load()
+                .map_err(|(variable, e)| ConfigError::Invalid {
+                    variable,
+                    problem: e.to_string(),
+                })?,
         })
     }
 }

@@ -198,46 +198,50 @@ pub async fn serve_with_listener(
 
     let draining = tokio_util::sync::CancellationToken::new();
     let max = config.limits.max_message_bytes;
-    let router = service_runtime::server_builder(&config.limits, &OBSERVED_SERVICES)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(InterceptedService::new(
-            AppServiceServer::new(grpc::apps::AppGrpc {
-                registry,
-                clock: clock.clone(),
-            })
-            .max_decoding_message_size(max),
-            role_check(callers.clone(), CallerRole::Admin),
-        ))
-        .add_service(InterceptedService::new(
-            AuthorizationServiceServer::new(grpc::authorization::AuthorizationGrpc {
-                flow,
-                clock: clock.clone(),
-            })
-            .max_decoding_message_size(max),
-            role_check(callers.clone(), CallerRole::Wallet),
-        ))
-        .add_service(
-            TokenServiceServer::new(grpc::tokens::TokenGrpc {
-                issuer,
-                apps: authenticator,
-                clock: clock.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(InterceptedService::new(
-            KeyServiceServer::new(grpc::keys::KeyGrpc {
-                keys,
-                store: store.clone(),
-                feed,
-                heartbeat: config.revocation_heartbeat,
-                clock,
-                draining: draining.clone(),
-            })
-            .max_decoding_message_size(max),
-            role_check(callers, CallerRole::Verifier),
-        ));
+    let router = service_runtime::server_builder_with_tls(
+        &config.limits,
+        &OBSERVED_SERVICES,
+        config.tls.as_ref(),
+    )?
+    .add_service(health_service)
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha)
+    .add_service(InterceptedService::new(
+        AppServiceServer::new(grpc::apps::AppGrpc {
+            registry,
+            clock: clock.clone(),
+        })
+        .max_decoding_message_size(max),
+        role_check(callers.clone(), CallerRole::Admin),
+    ))
+    .add_service(InterceptedService::new(
+        AuthorizationServiceServer::new(grpc::authorization::AuthorizationGrpc {
+            flow,
+            clock: clock.clone(),
+        })
+        .max_decoding_message_size(max),
+        role_check(callers.clone(), CallerRole::Wallet),
+    ))
+    .add_service(
+        TokenServiceServer::new(grpc::tokens::TokenGrpc {
+            issuer,
+            apps: authenticator,
+            clock: clock.clone(),
+        })
+        .max_decoding_message_size(max),
+    )
+    .add_service(InterceptedService::new(
+        KeyServiceServer::new(grpc::keys::KeyGrpc {
+            keys,
+            store: store.clone(),
+            feed,
+            heartbeat: config.revocation_heartbeat,
+            clock,
+            draining: draining.clone(),
+        })
+        .max_decoding_message_size(max),
+        role_check(callers, CallerRole::Verifier),
+    ));
 
     for name in SERVICE_NAMES.into_iter().chain([""]) {
         health

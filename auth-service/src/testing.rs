@@ -46,6 +46,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
         revocation_heartbeat: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),
         limits: service_runtime::ServerLimits::default(),
+        tls: None,
     }
 }
 
@@ -81,6 +82,24 @@ impl TestAuthServer {
     /// Starts a server with `config` on `listener` (or a fresh port), e.g. to restart on the
     /// same database.
     pub async fn start_config(config: AuthConfig, listener: Option<TcpListener>) -> Self {
+        Self::start_config_with_ca(config, listener, None).await
+    }
+
+    /// Starts a TLS server (`server_tls`) with a fresh database; clients trust `ca_pem`.
+    pub async fn start_tls(server_tls: service_runtime::ServerTls, ca_pem: Vec<u8>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(format!("sqlite://{}", dir.path().join("auth.db").display()));
+        config.tls = Some(server_tls);
+        let mut server = Self::start_config_with_ca(config, None, Some(ca_pem)).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    async fn start_config_with_ca(
+        config: AuthConfig,
+        listener: Option<TcpListener>,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Self {
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
@@ -94,9 +113,7 @@ impl TestAuthServer {
                 let _ = rx.await;
             },
         ));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect_lazy();
+        let channel = service_runtime::client_channel(addr, ca_pem.as_deref());
         let server = TestAuthServer {
             addr,
             config,

@@ -98,3 +98,93 @@ pub async fn with_drain_deadline<E>(
         }
     }
 }
+
+/// TLS for a server: a PEM certificate chain and its private key, read at start-up.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls(<key redacted>)")
+    }
+}
+
+/// Flags for serving over TLS (rustls); both or neither.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain to serve TLS with (with TLS_KEY_FILE).
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key for TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// Reads the files; the error names the variable whose file could not be read.
+    pub fn load(&self) -> Result<Option<ServerTls>, (&'static str, std::io::Error)> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Ok(Some(ServerTls {
+                cert_pem: std::fs::read(cert).map_err(|e| ("TLS_CERT_FILE", e))?,
+                key_pem: std::fs::read(key).map_err(|e| ("TLS_KEY_FILE", e))?,
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// [`server_builder`] plus TLS when configured.
+pub fn server_builder_with_tls(
+    limits: &ServerLimits,
+    known_services: &[&'static str],
+    tls: Option<&ServerTls>,
+) -> Result<
+    tonic::transport::Server<
+        tower::layer::util::Stack<
+            InFlightLimitLayer,
+            tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
+        >,
+    >,
+    tonic::transport::Error,
+> {
+    let builder = server_builder(limits, known_services);
+    match tls {
+        None => Ok(builder),
+        Some(tls) => builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+        )),
+    }
+}
+
+/// A lazily connecting client channel to `addr`: plaintext, or TLS trusting `ca_pem` for the
+/// name `localhost` (what the test certificates and local setups use).
+///
+/// # Panics
+/// Never for a socket address; the URI is always well formed.
+pub fn client_channel(
+    addr: std::net::SocketAddr,
+    ca_pem: Option<&[u8]>,
+) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let plain = || Channel::from_shared(format!("http://{addr}")).map(|e| e.connect_lazy());
+    let tls = |ca: &[u8]| {
+        Channel::from_shared(format!("https://{addr}"))
+            .ok()?
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .domain_name("localhost"),
+            )
+            .ok()
+            .map(|e| e.connect_lazy())
+    };
+    match ca_pem {
+        None => plain().unwrap_or_else(|_| unreachable!("a socket address is a valid authority")),
+        Some(ca) => {
+            tls(ca).unwrap_or_else(|| unreachable!("a socket address is a valid authority"))
+        }
+    }
+}

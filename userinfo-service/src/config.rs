@@ -40,6 +40,11 @@ pub struct UserInfoArgs {
     pub drain_timeout: Duration,
     #[command(flatten)]
     pub limits: service_runtime::LimitArgs,
+    #[command(flatten)]
+    pub tls: service_runtime::TlsArgs,
+    /// PEM CA certificate that auth-service's TLS certificate chains to (for an https AUTH_URL).
+    #[arg(long, env = "AUTH_TLS_CA_FILE")]
+    pub auth_tls_ca_file: Option<std::path::PathBuf>,
     /// At most one key refetch per this interval when a token names an unknown key.
     #[arg(long, env = "KEY_REFETCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub key_refetch_interval: Duration,
@@ -69,6 +74,9 @@ pub struct UserInfoConfig {
     pub key_refetch_interval: Duration,
     pub drain_timeout: Duration,
     pub limits: service_runtime::ServerLimits,
+    pub tls: Option<service_runtime::ServerTls>,
+    /// CA for the channel to auth-service; set when `auth_url` is https.
+    pub auth_tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for UserInfoConfig {
@@ -104,6 +112,22 @@ impl UserInfoArgs {
                 problem: "must start with http:// or https://".into(),
             });
         }
+        let auth_tls_ca_pem = match (
+            &self.auth_tls_ca_file,
+            self.auth_url.starts_with("https://"),
+        ) {
+            (Some(path), true) => Some(std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                variable: "AUTH_TLS_CA_FILE",
+                problem: format!("cannot read {}: {e}", path.display()),
+            })?),
+            (None, true) => {
+                return Err(ConfigError::Invalid {
+                    variable: "AUTH_TLS_CA_FILE",
+                    problem: "required when AUTH_URL is https://".into(),
+                });
+            }
+            (_, false) => None,
+        };
         if self.revocation_stale_after.is_zero() {
             return Err(ConfigError::Invalid {
                 variable: "REVOCATION_STALE_AFTER",
@@ -120,6 +144,14 @@ impl UserInfoArgs {
             key_refetch_interval: self.key_refetch_interval,
             drain_timeout: self.drain_timeout,
             limits: self.limits.into(),
+            tls: self
+                .tls
+                .load()
+                .map_err(|(variable, e)| ConfigError::Invalid {
+                    variable,
+                    problem: e.to_string(),
+                })?,
+            auth_tls_ca_pem,
         })
     }
 }

@@ -122,7 +122,11 @@ pub async fn serve_with_listener(
     }
 
     let store = open_store(&config.database_url).await?;
-    let link = AuthServiceLink::new(&config.auth_url, &config.verifier_token)?;
+    let link = AuthServiceLink::new(
+        &config.auth_url,
+        &config.verifier_token,
+        config.auth_tls_ca_pem.as_deref(),
+    )?;
     let verifier = Arc::new(TokenVerifier::new(config.revocation_stale_after));
     let reader = Arc::new(UserInfoReader::new(
         store.clone(),
@@ -165,21 +169,25 @@ pub async fn serve_with_listener(
     let admin = Arc::new(config.admin_token.clone());
     let verifier_token = Arc::new(config.verifier_token.clone());
     let max = config.limits.max_message_bytes;
-    let router = service_runtime::server_builder(&config.limits, &OBSERVED_SERVICES)
-        .add_service(health_service)
-        .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?)
-        .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?)
-        .add_service(
-            UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc { reader })
-                .max_decoding_message_size(max),
-        )
-        .add_service(InterceptedService::new(
-            ProfileServiceServer::new(grpc::profiles::ProfileGrpc {
-                store: store.clone(),
-            })
+    let router = service_runtime::server_builder_with_tls(
+        &config.limits,
+        &OBSERVED_SERVICES,
+        config.tls.as_ref(),
+    )?
+    .add_service(health_service)
+    .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?)
+    .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?)
+    .add_service(
+        UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc { reader })
             .max_decoding_message_size(max),
-            admin_check(admin, verifier_token),
-        ));
+    )
+    .add_service(InterceptedService::new(
+        ProfileServiceServer::new(grpc::profiles::ProfileGrpc {
+            store: store.clone(),
+        })
+        .max_decoding_message_size(max),
+        admin_check(admin, verifier_token),
+    ));
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, auth_url = %config.auth_url, "userinfo-service listening");

@@ -36,6 +36,8 @@ pub fn test_config(
         key_refetch_interval: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),
         limits: service_runtime::ServerLimits::default(),
+        tls: None,
+        auth_tls_ca_pem: None,
     }
 }
 
@@ -75,9 +77,9 @@ impl TestUserInfoServer {
                 let _ = rx.await;
             },
         ));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect_lazy();
+        // In TLS tests one CA signs every certificate: trust the one configured for auth.
+        let ca = config.tls.as_ref().and(config.auth_tls_ca_pem.clone());
+        let channel = service_runtime::client_channel(addr, ca.as_deref());
         let server = TestUserInfoServer {
             addr,
             config,

@@ -5,6 +5,7 @@ mod flows;
 mod operability;
 mod privacy;
 mod profiles;
+mod tls;
 mod verification;
 
 use auth_service::testing::TestAuthServer;

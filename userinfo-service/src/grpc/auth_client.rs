@@ -11,7 +11,7 @@ use miniprogram_token::{RevocationRule, ScopeSet, Timestamp, TokenKey};
 use pb::key_service_client::KeyServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 use crate::error::UserInfoError;
@@ -35,11 +35,26 @@ pub enum LinkError {
 }
 
 impl AuthServiceLink {
-    pub fn new(auth_url: &str, verifier_token: &str) -> Result<Self, LinkError> {
-        let endpoint = Endpoint::from_shared(auth_url.to_owned())
+    /// A link to `auth_url`; with `ca_pem`, over TLS verified against that CA.
+    pub fn new(
+        auth_url: &str,
+        verifier_token: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, LinkError> {
+        let mut endpoint = Endpoint::from_shared(auth_url.to_owned())
             .map_err(|e| LinkError::Url(e.to_string()))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
+        if let Some(ca) = ca_pem {
+            let host = endpoint.uri().host().unwrap_or("localhost").to_owned();
+            endpoint = endpoint
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(ca))
+                        .domain_name(host),
+                )
+                .map_err(|e| LinkError::Url(e.to_string()))?;
+        }
         Self::with_endpoint(endpoint, verifier_token)
     }
 
