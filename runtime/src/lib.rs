@@ -11,17 +11,18 @@ pub use limits::{InFlightLimit, InFlightLimitLayer, LimitArgs, ServerLimits};
 pub use metrics_endpoint::{install_metrics_recorder, serve_metrics, spawn_metrics_endpoint};
 pub use rpc_observer::{REQUEST_ID, RpcObserver, RpcObserverLayer};
 
+/// The layer stack every server runs: the RPC observer outside, in-flight shedding inside.
+pub type ServerLayers = tower::layer::util::Stack<
+    InFlightLimitLayer,
+    tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
+>;
+
 /// A tonic server builder with the shared limits and layers: request timeout,
 /// per-connection concurrency, global in-flight shedding and the RPC observer.
 pub fn server_builder(
     limits: &ServerLimits,
     known_services: &[&'static str],
-) -> tonic::transport::Server<
-    tower::layer::util::Stack<
-        InFlightLimitLayer,
-        tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
-    >,
-> {
+) -> tonic::transport::Server<ServerLayers> {
     tonic::transport::Server::builder()
         .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.max_concurrent_per_connection)
@@ -141,15 +142,7 @@ pub fn server_builder_with_tls(
     limits: &ServerLimits,
     known_services: &[&'static str],
     tls: Option<&ServerTls>,
-) -> Result<
-    tonic::transport::Server<
-        tower::layer::util::Stack<
-            InFlightLimitLayer,
-            tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
-        >,
-    >,
-    tonic::transport::Error,
-> {
+) -> Result<tonic::transport::Server<ServerLayers>, tonic::transport::Error> {
     let builder = server_builder(limits, known_services);
     match tls {
         None => Ok(builder),
