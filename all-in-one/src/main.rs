@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use auth_service::config::AuthArgs;
 use clap::Parser;
-use service_runtime::LogFormat;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use userinfo_service::config::UserInfoConfig;
@@ -36,21 +35,14 @@ struct Cli {
     /// Where generated credentials, the dev master key and (by default) the databases live.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Serve Prometheus metrics at http://METRICS_ADDR/metrics (off when unset).
-    #[arg(long, env = "METRICS_ADDR")]
-    metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    process: service_runtime::ProcessArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_runtime::init_tracing(cli.log_format);
-    if let Some(addr) = cli.metrics_addr
-        && let Err(e) = service_runtime::spawn_metrics_endpoint(addr).await
-    {
+    if let Err(e) = cli.process.init().await {
         eprintln!("all-in-one: metrics endpoint: {e}");
         return ExitCode::FAILURE;
     }

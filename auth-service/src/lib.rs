@@ -28,7 +28,6 @@ use miniprogram_proto::auth::v1::{
 };
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
@@ -243,29 +242,19 @@ pub async fn serve_with_listener(
         role_check(callers, CallerRole::Verifier),
     ));
 
-    for name in SERVICE_NAMES.into_iter().chain([""]) {
-        health
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
-    }
+    service_runtime::set_health(&health, &SERVICE_NAMES, ServingStatus::Serving).await;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth-service serving");
-    let drain_health = health.clone();
-    let signal = {
-        let draining = draining.clone();
-        async move {
-            shutdown.await;
-            for name in SERVICE_NAMES.into_iter().chain([""]) {
-                drain_health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
-            tracing::info!("auth-service draining");
-            draining.cancel();
-        }
-    };
-    let serve = router.serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
-    let result = service_runtime::with_drain_deadline(serve, draining, config.drain_timeout).await;
+    let result = service_runtime::serve_until_drained(
+        router,
+        listener,
+        shutdown,
+        health,
+        &SERVICE_NAMES,
+        draining,
+        config.drain_timeout,
+    )
+    .await;
     background.shutdown().await;
     store.close().await;
     tracing::info!("auth-service stopped");

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use auth_service::config::AuthArgs;
 use clap::Parser;
-use service_runtime::LogFormat;
 
 /// auth-service: mini program registry, consent flow and token issuance over gRPC.
 #[derive(Debug, Parser)]
@@ -16,21 +15,14 @@ struct Cli {
     /// Dev mode: generate missing credentials and a master key under data/ (never in production).
     #[arg(long, env = "DEV_MODE")]
     dev: bool,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Serve Prometheus metrics at http://METRICS_ADDR/metrics (off when unset).
-    #[arg(long, env = "METRICS_ADDR")]
-    metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    process: service_runtime::ProcessArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_runtime::init_tracing(cli.log_format);
-    if let Some(addr) = cli.metrics_addr
-        && let Err(e) = service_runtime::spawn_metrics_endpoint(addr).await
-    {
+    if let Err(e) = cli.process.init().await {
         eprintln!("auth-service: metrics endpoint: {e}");
         return ExitCode::FAILURE;
     }

@@ -129,22 +129,9 @@ impl TestAuthServer {
     /// Waits until the health service says SERVING (the listener queues connections from the
     /// start, so this only waits for migrations and keys).
     async fn wait_ready(&self) {
-        use tonic_health::pb::health_client::HealthClient;
-        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-        let mut health = HealthClient::new(self.channel.clone());
-        for _ in 0..500 {
-            if let Ok(r) = health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                && r.into_inner().status == ServingStatus::Serving as i32
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("auth-service did not become ready");
+        let ready =
+            service_runtime::wait_until_serving(self.channel.clone(), Duration::from_secs(5)).await;
+        assert!(ready, "auth-service did not become ready");
     }
 
     pub fn admin(&self) -> AppServiceClient<Authed> {
@@ -224,6 +211,114 @@ impl Drop for TestAuthServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+use miniprogram_proto::auth::v1 as pb;
+
+/// The reason a failed call carries.
+///
+/// # Panics
+/// When the status carries no `ErrorInfo` of ours (which is itself a test failure).
+pub fn reason(status: &tonic::Status) -> miniprogram_proto::ErrorReason {
+    miniprogram_proto::ErrorReason::of(status)
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"))
+}
+
+/// Every feature, for apps that may ask for anything.
+pub const ALL_FEATURES: [pb::Feature; 3] = [
+    pb::Feature::BasicUserInfo,
+    pb::Feature::PhoneNumber,
+    pb::Feature::UserAuthorization,
+];
+
+/// The consent token of a grant.
+pub fn consent_token(grant: &pb::Grant) -> String {
+    match &grant.credential {
+        Some(pb::grant::Credential::ConsentToken(t)) => t.clone(),
+        other => panic!("expected consent token, got {other:?}"),
+    }
+}
+
+/// The auth code of a grant.
+pub fn auth_code(grant: &pb::Grant) -> String {
+    match &grant.credential {
+        Some(pb::grant::Credential::AuthCode(c)) => c.clone(),
+        other => panic!("expected auth code, got {other:?}"),
+    }
+}
+
+// === flows through the running server ===
+impl TestAuthServer {
+    /// Registers an app with `features`; returns its id and secret.
+    pub async fn create_app(&self, features: &[pb::Feature]) -> (String, String) {
+        let created = self
+            .admin()
+            .create_app(pb::CreateAppRequest {
+                display_name: "Test Mini Program".into(),
+                features: features.iter().map(|f| *f as i32).collect(),
+            })
+            .await
+            .expect("create app")
+            .into_inner();
+        (created.app.expect("app").app_id, created.app_secret)
+    }
+
+    /// RequestAuthorization as the wallet gateway.
+    pub async fn request(
+        &self,
+        user: &str,
+        app_id: &str,
+        scopes: &[pb::Scope],
+        trigger: pb::Trigger,
+    ) -> Result<pb::request_authorization_response::Result, tonic::Status> {
+        self.wallet()
+            .request_authorization(pb::RequestAuthorizationRequest {
+                user_id: user.into(),
+                app_id: app_id.into(),
+                scopes: scopes.iter().map(|s| *s as i32).collect(),
+                trigger: trigger as i32,
+            })
+            .await
+            .map(|r| r.into_inner().result.expect("result"))
+    }
+
+    /// ResolvePrompt as the wallet gateway.
+    pub async fn resolve(
+        &self,
+        prompt_id: &str,
+        user: &str,
+        decision: pb::Decision,
+    ) -> Result<pb::resolve_prompt_response::Result, tonic::Status> {
+        self.wallet()
+            .resolve_prompt(pb::ResolvePromptRequest {
+                prompt_id: prompt_id.into(),
+                user_id: user.into(),
+                decision: decision as i32,
+            })
+            .await
+            .map(|r| r.into_inner().result.expect("result"))
+    }
+
+    /// Tap, prompt (if any), allow: the grant for `scopes`.
+    pub async fn consent(&self, user: &str, app_id: &str, scopes: &[pb::Scope]) -> pb::Grant {
+        match self
+            .request(user, app_id, scopes, pb::Trigger::UserTap)
+            .await
+            .expect("request")
+        {
+            pb::request_authorization_response::Result::Grant(g) => g,
+            pb::request_authorization_response::Result::Prompt(p) => {
+                match self
+                    .resolve(&p.prompt_id, user, pb::Decision::Allow)
+                    .await
+                    .expect("resolve")
+                {
+                    pb::resolve_prompt_response::Result::Grant(g) => g,
+                    other => panic!("expected grant, got {other:?}"),
+                }
+            }
         }
     }
 }

@@ -74,7 +74,12 @@ where
             (ok, errors, latencies)
         });
     }
-    let mut measured = Measured { calls: 0, errors: 0, elapsed: Duration::ZERO, latencies: Vec::new() };
+    let mut measured = Measured {
+        calls: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
     while let Some(Ok((ok, errors, latencies))) = tasks.join_next().await {
         measured.calls += ok;
         measured.errors += errors;
@@ -86,20 +91,32 @@ where
 }
 
 fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
-    (0..n.max(1)).map(|_| service_runtime::client_channel(addr, None)).collect()
+    (0..n.max(1))
+        .map(|_| service_runtime::client_channel(addr, None))
+        .collect()
 }
 
 /// Resident memory of this process in MiB (Linux), for the memory column.
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 async fn echo_baseline() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (_reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(
@@ -130,17 +147,27 @@ async fn main() {
     let echo_channels = channels(echo, args.connections);
     let echo_result = run_load(&args, &echo_channels, |channel| async move {
         tonic_health::pb::health_client::HealthClient::new(channel)
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .is_ok()
     })
     .await;
 
     let auth = TestAuthServer::start().await;
-    let userinfo = TestUserInfoServer::start(auth.addr, &auth.config.callers.admin, &auth.config.callers.verifier).await;
+    let userinfo = TestUserInfoServer::start(
+        auth.addr,
+        &auth.config.callers.admin,
+        &auth.config.callers.verifier,
+    )
+    .await;
     let app = auth
         .admin()
-        .create_app(pb::CreateAppRequest { display_name: "Bench".into(), features: vec![1, 2, 3] })
+        .create_app(pb::CreateAppRequest {
+            display_name: "Bench".into(),
+            features: vec![1, 2, 3],
+        })
         .await
         .expect("create app")
         .into_inner()
@@ -172,13 +199,21 @@ async fn main() {
             scopes: vec![pb::Scope::UserInfo as i32],
             trigger: pb::Trigger::UserTap as i32,
         };
-        let Some(pb::request_authorization_response::Result::Prompt(p)) =
-            wallet.request_authorization(request).await.expect("request").into_inner().result
+        let Some(pb::request_authorization_response::Result::Prompt(p)) = wallet
+            .request_authorization(request)
+            .await
+            .expect("request")
+            .into_inner()
+            .result
         else {
             panic!("expected a prompt")
         };
         let Some(pb::resolve_prompt_response::Result::Grant(g)) = wallet
-            .resolve_prompt(pb::ResolvePromptRequest { prompt_id: p.prompt_id, user_id: user, decision: 1 })
+            .resolve_prompt(pb::ResolvePromptRequest {
+                prompt_id: p.prompt_id,
+                user_id: user,
+                decision: 1,
+            })
             .await
             .expect("resolve")
             .into_inner()
@@ -186,7 +221,9 @@ async fn main() {
         else {
             panic!("expected a grant")
         };
-        let Some(pb::grant::Credential::ConsentToken(t)) = g.credential else { panic!("expected a token") };
+        let Some(pb::grant::Credential::ConsentToken(t)) = g.credential else {
+            panic!("expected a token")
+        };
         tokens.push(t);
     }
     let tokens = Arc::new(tokens);
@@ -197,7 +234,9 @@ async fn main() {
         let token = tokens[i % tokens.len()].clone();
         async move {
             upb::user_info_service_client::UserInfoServiceClient::new(channel)
-                .get_open_user_info(upb::GetOpenUserInfoRequest { consent_token: token })
+                .get_open_user_info(upb::GetOpenUserInfoRequest {
+                    consent_token: token,
+                })
                 .await
                 .is_ok()
         }
@@ -214,11 +253,23 @@ async fn main() {
     );
     println!("| scenario | calls/s | p50 ms | p99 ms | p99.9 ms | errors |");
     println!("|---|---|---|---|---|---|");
-    println!("{}", row("echo baseline (bare tonic, health Check)", &echo_result));
-    println!("{}", row("GetOpenUserInfo (token check + SQLite read, full stack)", &userinfo_result));
+    println!(
+        "{}",
+        row("echo baseline (bare tonic, health Check)", &echo_result)
+    );
+    println!(
+        "{}",
+        row(
+            "GetOpenUserInfo (token check + SQLite read, full stack)",
+            &userinfo_result
+        )
+    );
     let ratio = (userinfo_result.calls as f64 / userinfo_result.elapsed.as_secs_f64())
         / (echo_result.calls as f64 / echo_result.elapsed.as_secs_f64());
-    println!("\nGetOpenUserInfo runs at {:.0}% of the echo baseline's throughput.", ratio * 100.0);
+    println!(
+        "\nGetOpenUserInfo runs at {:.0}% of the echo baseline's throughput.",
+        ratio * 100.0
+    );
     println!(
         "Process RSS (both services, load generator and baseline in one process): {baseline_rss:.1} MiB at start, {peak_rss:.1} MiB after the runs."
     );

@@ -6,9 +6,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -26,15 +23,12 @@ async fn main() -> ExitCode {
         let channel = tonic::transport::Endpoint::from_shared(url)?
             .connect()
             .await?;
-        let response = HealthClient::new(channel)
-            .check(HealthCheckRequest { service })
-            .await?;
-        Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status)
+        Ok::<_, Box<dyn std::error::Error>>(service_runtime::is_serving(channel, &service).await?)
     };
     match tokio::time::timeout(Duration::from_secs(3), check).await {
-        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => ExitCode::SUCCESS,
-        Ok(Ok(status)) => {
-            eprintln!("not serving (status {status})");
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => {
+            eprintln!("not serving");
             ExitCode::FAILURE
         }
         Ok(Err(e)) => {

@@ -181,3 +181,95 @@ pub fn client_channel(
         }
     }
 }
+
+/// Sets the health of every name in `services` and of the whole server (`""`).
+pub async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    services: &[&'static str],
+    status: tonic_health::ServingStatus,
+) {
+    for name in services.iter().copied().chain([""]) {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains: health goes
+/// NOT_SERVING, `draining` is cancelled (so server streams end), and in-flight calls get
+/// `deadline` to finish.
+pub async fn serve_until_drained(
+    router: tonic::transport::server::Router<ServerLayers>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    health: tonic_health::server::HealthReporter,
+    services: &'static [&'static str],
+    draining: tokio_util::sync::CancellationToken,
+    deadline: std::time::Duration,
+) -> Result<(), tonic::transport::Error> {
+    let signal = {
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            set_health(&health, services, tonic_health::ServingStatus::NotServing).await;
+            tracing::info!("draining");
+            draining.cancel();
+        }
+    };
+    let serve = router.serve_with_incoming_shutdown(
+        tonic::transport::server::TcpIncoming::from(listener),
+        signal,
+    );
+    with_drain_deadline(serve, draining, deadline).await
+}
+
+/// Flags every binary takes: log format and the metrics endpoint.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProcessArgs {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Serve Prometheus metrics at http://METRICS_ADDR/metrics (off when unset).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl ProcessArgs {
+    /// Installs logging and, when asked for, the metrics endpoint.
+    pub async fn init(&self) -> std::io::Result<()> {
+        init_tracing(self.log_format);
+        if let Some(addr) = self.metrics_addr {
+            spawn_metrics_endpoint(addr).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the server behind `channel` reports `service` (`""`: the whole server) SERVING.
+pub async fn is_serving(
+    channel: tonic::transport::Channel,
+    service: &str,
+) -> Result<bool, tonic::Status> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(response.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// Polls [`is_serving`] every 10 ms until it says yes or `within` has passed.
+pub async fn wait_until_serving(
+    channel: tonic::transport::Channel,
+    within: std::time::Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(true) = is_serving(channel.clone(), "").await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -21,7 +21,6 @@ use miniprogram_token::Timestamp;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
@@ -112,14 +111,7 @@ pub async fn serve_with_listener(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    for name in SERVICE_NAMES {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
-    }
+    service_runtime::set_health(&health, &SERVICE_NAMES, ServingStatus::NotServing).await;
 
     let store = open_store(&config.database_url).await?;
     let link = AuthServiceLink::new(
@@ -141,11 +133,7 @@ pub async fn serve_with_listener(
         let (link, verifier, health) = (link.clone(), verifier.clone(), health.clone());
         background.spawn(async move {
             auth_client::load_keys(&link, &verifier).await;
-            for name in SERVICE_NAMES.into_iter().chain([""]) {
-                health
-                    .set_service_status(name, ServingStatus::Serving)
-                    .await;
-            }
+            service_runtime::set_health(&health, &SERVICE_NAMES, ServingStatus::Serving).await;
             tracing::info!("token keys loaded; serving");
             auth_client::follow_revocations(link, verifier).await;
         });
@@ -191,23 +179,16 @@ pub async fn serve_with_listener(
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, auth_url = %config.auth_url, "userinfo-service listening");
-    let drain_health = health.clone();
-    let draining = tokio_util::sync::CancellationToken::new();
-    let signal = {
-        let draining = draining.clone();
-        async move {
-            shutdown.await;
-            for name in SERVICE_NAMES.into_iter().chain([""]) {
-                drain_health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
-            tracing::info!("userinfo-service draining");
-            draining.cancel();
-        }
-    };
-    let serve = router.serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
-    let result = service_runtime::with_drain_deadline(serve, draining, config.drain_timeout).await;
+    let result = service_runtime::serve_until_drained(
+        router,
+        listener,
+        shutdown,
+        health,
+        &SERVICE_NAMES,
+        tokio_util::sync::CancellationToken::new(),
+        config.drain_timeout,
+    )
+    .await;
     background.shutdown().await;
     store.close().await;
     tracing::info!("userinfo-service stopped");

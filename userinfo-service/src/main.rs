@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use service_runtime::LogFormat;
 use userinfo_service::config::UserInfoArgs;
 
 /// userinfo-service: public profile fields for mini programs, checked against auth-service tokens.
@@ -13,21 +12,14 @@ use userinfo_service::config::UserInfoArgs;
 struct Cli {
     #[command(flatten)]
     args: UserInfoArgs,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Serve Prometheus metrics at http://METRICS_ADDR/metrics (off when unset).
-    #[arg(long, env = "METRICS_ADDR")]
-    metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    process: service_runtime::ProcessArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_runtime::init_tracing(cli.log_format);
-    if let Some(addr) = cli.metrics_addr
-        && let Err(e) = service_runtime::spawn_metrics_endpoint(addr).await
-    {
+    if let Err(e) = cli.process.init().await {
         eprintln!("userinfo-service: metrics endpoint: {e}");
         return ExitCode::FAILURE;
     }

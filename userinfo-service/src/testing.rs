@@ -94,22 +94,10 @@ impl TestUserInfoServer {
 
     /// Waits until health says SERVING.
     pub async fn wait_serving(&self) {
-        use tonic_health::pb::health_client::HealthClient;
-        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-        let mut health = HealthClient::new(self.channel.clone());
-        for _ in 0..1000 {
-            if let Ok(r) = health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                && r.into_inner().status == ServingStatus::Serving as i32
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("userinfo-service did not become ready");
+        let ready =
+            service_runtime::wait_until_serving(self.channel.clone(), Duration::from_secs(10))
+                .await;
+        assert!(ready, "userinfo-service did not become ready");
     }
 
     pub fn profiles(&self) -> ProfileServiceClient<Authed> {

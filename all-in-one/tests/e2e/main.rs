@@ -9,7 +9,6 @@ mod tls;
 mod verification;
 
 use auth_service::testing::TestAuthServer;
-use miniprogram_proto::ErrorReason;
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_proto::userinfo::v1 as upb;
 use tonic::Status;
@@ -44,17 +43,7 @@ impl Platform {
 
     /// A mini program with `features`, and its secret.
     pub async fn app(&self, features: &[pb::Feature]) -> (String, String) {
-        let created = self
-            .auth
-            .admin()
-            .create_app(pb::CreateAppRequest {
-                display_name: "Demo Shop".into(),
-                features: features.iter().map(|f| *f as i32).collect(),
-            })
-            .await
-            .expect("create app")
-            .into_inner();
-        (created.app.expect("app").app_id, created.app_secret)
+        self.auth.create_app(features).await
     }
 
     pub async fn profile(&self, profile: upb::Profile) {
@@ -74,16 +63,7 @@ impl Platform {
         scopes: &[pb::Scope],
         trigger: pb::Trigger,
     ) -> Result<pb::request_authorization_response::Result, Status> {
-        self.auth
-            .wallet()
-            .request_authorization(pb::RequestAuthorizationRequest {
-                user_id: user.into(),
-                app_id: app_id.into(),
-                scopes: scopes.iter().map(|s| *s as i32).collect(),
-                trigger: trigger as i32,
-            })
-            .await
-            .map(|r| r.into_inner().result.expect("result"))
+        self.auth.request(user, app_id, scopes, trigger).await
     }
 
     pub async fn resolve(
@@ -92,36 +72,12 @@ impl Platform {
         user: &str,
         decision: pb::Decision,
     ) -> Result<pb::resolve_prompt_response::Result, Status> {
-        self.auth
-            .wallet()
-            .resolve_prompt(pb::ResolvePromptRequest {
-                prompt_id: prompt_id.into(),
-                user_id: user.into(),
-                decision: decision as i32,
-            })
-            .await
-            .map(|r| r.into_inner().result.expect("result"))
+        self.auth.resolve(prompt_id, user, decision).await
     }
 
     /// Tap, prompt, allow.
     pub async fn consent(&self, user: &str, app_id: &str, scopes: &[pb::Scope]) -> pb::Grant {
-        match self
-            .request(user, app_id, scopes, pb::Trigger::UserTap)
-            .await
-            .expect("request")
-        {
-            pb::request_authorization_response::Result::Grant(g) => g,
-            pb::request_authorization_response::Result::Prompt(p) => {
-                match self
-                    .resolve(&p.prompt_id, user, pb::Decision::Allow)
-                    .await
-                    .expect("resolve")
-                {
-                    pb::resolve_prompt_response::Result::Grant(g) => g,
-                    other => panic!("expected grant, got {other:?}"),
-                }
-            }
-        }
+        self.auth.consent(user, app_id, scopes).await
     }
 
     pub async fn open_user_info(
@@ -138,29 +94,7 @@ impl Platform {
     }
 }
 
-pub const ALL_FEATURES: [pb::Feature; 3] = [
-    pb::Feature::BasicUserInfo,
-    pb::Feature::PhoneNumber,
-    pb::Feature::UserAuthorization,
-];
-
-pub fn reason(status: &Status) -> ErrorReason {
-    ErrorReason::of(status).unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"))
-}
-
-pub fn consent_token(grant: &pb::Grant) -> String {
-    match &grant.credential {
-        Some(pb::grant::Credential::ConsentToken(t)) => t.clone(),
-        other => panic!("expected consent token, got {other:?}"),
-    }
-}
-
-pub fn auth_code(grant: &pb::Grant) -> String {
-    match &grant.credential {
-        Some(pb::grant::Credential::AuthCode(c)) => c.clone(),
-        other => panic!("expected auth code, got {other:?}"),
-    }
-}
+pub use auth_service::testing::{ALL_FEATURES, auth_code, consent_token, reason};
 
 pub fn demo_profile(user_id: &str) -> upb::Profile {
     upb::Profile {

@@ -67,6 +67,21 @@ fn issued(
     outcome
 }
 
+/// ExchangeAuthCodeResponse and RefreshAccessTokenResponse carry the same six fields.
+macro_rules! token_response {
+    ($response:ident, $pair:expr) => {{
+        let pair: TokenPair = $pair;
+        pb::$response {
+            access_token: pair.access_token,
+            access_token_expire_time: Some(timestamp(pair.access_token_expires_at)),
+            refresh_token: pair.refresh_token.into_string(),
+            refresh_token_expire_time: Some(timestamp(pair.refresh_token_expires_at)),
+            user_id: pair.app_user_id,
+            scopes: scopes_to_proto(pair.scopes),
+        }
+    }};
+}
+
 #[tonic::async_trait]
 impl TokenService for TokenGrpc {
     async fn exchange_auth_code(
@@ -82,14 +97,10 @@ impl TokenService for TokenGrpc {
                 .await,
             "ExchangeAuthCode",
         )?;
-        Ok(Response::new(pb::ExchangeAuthCodeResponse {
-            access_token: pair.access_token,
-            access_token_expire_time: Some(timestamp(pair.access_token_expires_at)),
-            refresh_token: pair.refresh_token.into_string(),
-            refresh_token_expire_time: Some(timestamp(pair.refresh_token_expires_at)),
-            user_id: pair.app_user_id,
-            scopes: scopes_to_proto(pair.scopes),
-        }))
+        Ok(Response::new(token_response!(
+            ExchangeAuthCodeResponse,
+            pair
+        )))
     }
 
     async fn refresh_access_token(
@@ -105,14 +116,10 @@ impl TokenService for TokenGrpc {
                 .await,
             "RefreshAccessToken",
         )?;
-        Ok(Response::new(pb::RefreshAccessTokenResponse {
-            access_token: pair.access_token,
-            access_token_expire_time: Some(timestamp(pair.access_token_expires_at)),
-            refresh_token: pair.refresh_token.into_string(),
-            refresh_token_expire_time: Some(timestamp(pair.refresh_token_expires_at)),
-            user_id: pair.app_user_id,
-            scopes: scopes_to_proto(pair.scopes),
-        }))
+        Ok(Response::new(token_response!(
+            RefreshAccessTokenResponse,
+            pair
+        )))
     }
 
     async fn revoke_token(

@@ -10,6 +10,7 @@ use crate::profiles::{Profile, PublicProfile};
 #[cfg(test)]
 mod conformance;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 /// Caller-actionable storage failures, plus one bucket for everything else.
@@ -21,6 +22,18 @@ pub enum StoreError {
     Unavailable(Arc<sqlx::Error>),
     #[error("unexpected database error: {0}")]
     Internal(Arc<sqlx::Error>),
+}
+
+/// Maps a sqlx error to a store error kind (both backends: profiles have no constraint a
+/// caller can trip besides the primary key, which upsert absorbs).
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(Arc::new(e))
+        }
+        _ => StoreError::Internal(Arc::new(e)),
+    }
 }
 
 /// The wallet's user records.

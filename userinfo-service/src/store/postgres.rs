@@ -4,24 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use miniprogram_token::Timestamp;
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::{ProfileStore, StoreError};
+use super::{ProfileStore, StoreError, classify, rows};
 use crate::profiles::{Profile, PublicProfile};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/userinfo/postgres");
-
-fn classify(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::RowNotFound => StoreError::NotFound,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            StoreError::Unavailable(Arc::new(e))
-        }
-        _ => StoreError::Internal(Arc::new(e)),
-    }
-}
 
 /// userinfo-service's tables in a PostgreSQL database (or one schema of it).
 #[derive(Debug, Clone)]
@@ -86,23 +74,7 @@ impl ProfileStore for PostgresProfileStore {
             .fetch_one(&self.pool)
             .await
             .map_err(classify)?;
-        let profile = (|| -> Result<Profile, sqlx::Error> {
-            Ok(Profile {
-                user_id: row.try_get("user_id")?,
-                real_name: row.try_get("real_name")?,
-                phone_number: row.try_get("phone_number")?,
-                public: PublicProfile {
-                    avatar: row.try_get("avatar")?,
-                    nick_name: row.try_get("nick_name")?,
-                    gender: row.try_get("gender")?,
-                    country_code: row.try_get("country_code")?,
-                    province: row.try_get("province")?,
-                    city: row.try_get("city")?,
-                },
-                updated_at: Timestamp::from_unix_nanos(row.try_get("updated_at")?),
-            })
-        })();
-        profile.map_err(classify)
+        rows::profile(&row).map_err(classify)
     }
 
     async fn get_public_profile(&self, user_id: &str) -> Result<PublicProfile, StoreError> {
@@ -114,17 +86,7 @@ impl ProfileStore for PostgresProfileStore {
         .fetch_one(&self.pool)
         .await
         .map_err(classify)?;
-        let public = (|| -> Result<PublicProfile, sqlx::Error> {
-            Ok(PublicProfile {
-                avatar: row.try_get("avatar")?,
-                nick_name: row.try_get("nick_name")?,
-                gender: row.try_get("gender")?,
-                country_code: row.try_get("country_code")?,
-                province: row.try_get("province")?,
-                city: row.try_get("city")?,
-            })
-        })();
-        public.map_err(classify)
+        rows::public_profile(&row).map_err(classify)
     }
 
     async fn get_phone_number(&self, user_id: &str) -> Result<String, StoreError> {
