@@ -3,6 +3,7 @@
 
 mod flows;
 mod operability;
+mod postgres;
 mod privacy;
 mod profiles;
 mod tls;

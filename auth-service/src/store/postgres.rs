@@ -632,11 +632,11 @@ pub mod test_schema {
     pub const REQUIRE_ENV: &str = "REQUIRE_POSTGRES";
     pub const URL_ENV: &str = "TEST_DATABASE_URL";
 
-    /// Options for a new, empty schema, or `None` when no test database is configured.
+    /// Creates a new, empty schema in the test database; `None` when none is configured.
     ///
     /// # Panics
     /// When `REQUIRE_POSTGRES` is set but the database is missing or unreachable.
-    pub async fn fresh_schema(prefix: &str) -> Option<PgConnectOptions> {
+    async fn create_schema(prefix: &str) -> Option<(String, PgConnectOptions)> {
         let Ok(url) = std::env::var(URL_ENV) else {
             assert!(
                 std::env::var_os(REQUIRE_ENV).is_none(),
@@ -648,16 +648,30 @@ pub mod test_schema {
         let admin = sqlx::PgPool::connect_with(base.clone())
             .await
             .expect("connect to TEST_DATABASE_URL");
-        let schema = format!(
-            "{prefix}_{}",
-            hex::encode(miniprogram_token::random_bytes().expect("random")[..6].as_ref())
-        );
+        let random = miniprogram_token::random_bytes().expect("random");
+        let schema = format!("{prefix}_{}", hex::encode(&random[..6]));
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
             .execute(&admin)
             .await
             .expect("create schema");
         admin.close().await;
+        Some((schema, base))
+    }
+
+    /// Connect options for a new, empty schema.
+    pub async fn fresh_schema(prefix: &str) -> Option<PgConnectOptions> {
+        let (schema, base) = create_schema(prefix).await?;
         Some(base.options([("search_path", schema.as_str())]))
+    }
+
+    /// A database URL whose connections use a new, empty schema (to run a whole service).
+    pub async fn fresh_schema_url(prefix: &str) -> Option<String> {
+        let (schema, _) = create_schema(prefix).await?;
+        let url = std::env::var(URL_ENV).ok()?;
+        let separator = if url.contains('?') { '&' } else { '?' };
+        Some(format!(
+            "{url}{separator}options=-c%20search_path%3D{schema}"
+        ))
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod apps;
 mod authorization;
+mod bad_input;
 mod credentials;
 mod keys;
 mod tokens;
