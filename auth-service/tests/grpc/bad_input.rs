@@ -51,94 +51,96 @@ async fn arbitrary_requests_get_a_reason_never_internal() {
         ..Config::default()
     });
     let result = tokio::task::block_in_place(|| {
-        runner.run(&strategy, |(user, app, scopes, enum_value, token)| {
-            handle.block_on(async {
-                let mut wallet = server.wallet();
-                let mut backend = server.backend(&app_id, &secret);
-                check(
-                    wallet
-                        .request_authorization(pb::RequestAuthorizationRequest {
-                            user_id: user.clone(),
-                            app_id: app.clone(),
-                            scopes: scopes.clone(),
-                            trigger: enum_value,
-                        })
-                        .await
-                        .map(drop),
-                )?;
-                check(
-                    wallet
-                        .resolve_prompt(pb::ResolvePromptRequest {
-                            prompt_id: token.clone(),
-                            user_id: user.clone(),
-                            decision: enum_value,
-                        })
-                        .await
-                        .map(drop),
-                )?;
-                check(
-                    wallet
-                        .revoke_authorization(pb::RevokeAuthorizationRequest {
-                            user_id: user.clone(),
-                            app_id: app.clone(),
-                            scopes,
-                        })
-                        .await
-                        .map(drop),
-                )?;
-                check(
-                    backend
-                        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
-                            auth_code: token.clone(),
-                        })
-                        .await
-                        .map(drop),
-                )?;
-                check(
-                    backend
-                        .refresh_access_token(pb::RefreshAccessTokenRequest {
-                            refresh_token: token.clone(),
-                        })
-                        .await
-                        .map(drop),
-                )?;
-                check(
-                    backend
-                        .introspect_token(pb::IntrospectTokenRequest {
-                            token: token.clone(),
-                        })
-                        .await
-                        .map(drop),
-                )?;
-                check(
-                    backend
-                        .revoke_token(pb::RevokeTokenRequest {
-                            token: token.clone(),
-                        })
-                        .await
-                        .map(drop),
-                )?;
-                // Metadata beyond HTTP/2's header-list limit is refused by the transport before
-                // any handler runs; arbitrary credentials below it get a reason.
-                if user.len() + token.len() < 8 * 1024 {
+        runner
+            .run(&strategy, |(user, app, scopes, enum_value, token)| {
+                handle.block_on(async {
+                    let mut wallet = server.wallet();
+                    let mut backend = server.backend(&app_id, &secret);
                     check(
-                        server
-                            .backend(&user, &token)
-                            .introspect_token(pb::IntrospectTokenRequest { token })
+                        wallet
+                            .request_authorization(pb::RequestAuthorizationRequest {
+                                user_id: user.clone(),
+                                app_id: app.clone(),
+                                scopes: scopes.clone(),
+                                trigger: enum_value,
+                            })
                             .await
                             .map(drop),
                     )?;
-                }
-                check(
-                    server
-                        .admin()
-                        .get_app(pb::GetAppRequest { app_id: app })
-                        .await
-                        .map(drop),
-                )?;
-                Ok(())
+                    check(
+                        wallet
+                            .resolve_prompt(pb::ResolvePromptRequest {
+                                prompt_id: token.clone(),
+                                user_id: user.clone(),
+                                decision: enum_value,
+                            })
+                            .await
+                            .map(drop),
+                    )?;
+                    check(
+                        wallet
+                            .revoke_authorization(pb::RevokeAuthorizationRequest {
+                                user_id: user.clone(),
+                                app_id: app.clone(),
+                                scopes,
+                            })
+                            .await
+                            .map(drop),
+                    )?;
+                    check(
+                        backend
+                            .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+                                auth_code: token.clone(),
+                            })
+                            .await
+                            .map(drop),
+                    )?;
+                    check(
+                        backend
+                            .refresh_access_token(pb::RefreshAccessTokenRequest {
+                                refresh_token: token.clone(),
+                            })
+                            .await
+                            .map(drop),
+                    )?;
+                    check(
+                        backend
+                            .introspect_token(pb::IntrospectTokenRequest {
+                                token: token.clone(),
+                            })
+                            .await
+                            .map(drop),
+                    )?;
+                    check(
+                        backend
+                            .revoke_token(pb::RevokeTokenRequest {
+                                token: token.clone(),
+                            })
+                            .await
+                            .map(drop),
+                    )?;
+                    // Metadata beyond HTTP/2's header-list limit is refused by the transport before
+                    // any handler runs; arbitrary credentials below it get a reason.
+                    if user.len() + token.len() < 8 * 1024 {
+                        check(
+                            server
+                                .backend(&user, &token)
+                                .introspect_token(pb::IntrospectTokenRequest { token })
+                                .await
+                                .map(drop),
+                        )?;
+                    }
+                    check(
+                        server
+                            .admin()
+                            .get_app(pb::GetAppRequest { app_id: app })
+                            .await
+                            .map(drop),
+                    )?;
+                    Ok(())
+                })
             })
-        })
+            .map_err(|e| e.to_string())
     });
     if let Err(e) = result {
         panic!("{e}");
