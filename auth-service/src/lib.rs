@@ -183,7 +183,9 @@ pub async fn serve_with_listener(
         let clock = clock.clone();
         let every = (config.key_rotation_period / 20).clamp(
             std::time::Duration::from_secs(1),
-            std::time::Duration::from_secs(60),
+            // Reload often: with several replicas, a key another replica created shows up here
+            // within seconds.
+            std::time::Duration::from_secs(5),
         );
         background.spawn(async move {
             loop {
@@ -226,12 +228,14 @@ pub async fn serve_with_listener(
             issuer,
             apps: authenticator,
             clock: clock.clone(),
+            callers: callers.clone(),
         })
         .max_decoding_message_size(max),
     )
     .add_service(InterceptedService::new(
         KeyServiceServer::new(grpc::keys::KeyGrpc {
             keys,
+            rotation: rotation.clone(),
             store: store.clone(),
             feed,
             heartbeat: config.revocation_heartbeat,

@@ -3,6 +3,13 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+/// Metadata a trusted verifier (userinfo-service) adds when it forwards a mini program
+/// backend's app credential to auth-service: the verifier's own bearer credential ...
+pub const VERIFIER_AUTHORIZATION: &str = "x-verifier-authorization";
+/// ... and the address of the original caller, so failed-attempt limits apply per real caller
+/// rather than to the verifier as a whole.
+pub const FORWARDED_PEER: &str = "x-forwarded-peer";
+
 /// Longest `Basic` credential accepted, encoded.
 const MAX_BASIC_LEN: usize = 512;
 

@@ -24,8 +24,13 @@ pub trait KeySource: Send + Sync + 'static {
 #[async_trait]
 pub trait AppCredentialCheck: Send + Sync + 'static {
     /// `Ok(true)`: credential good and token active; `Ok(false)`: credential good, token not.
-    async fn confirm(&self, authorization: &str, access_token: &str)
-    -> Result<bool, UserInfoError>;
+    /// `peer` is the original caller's address, for auth-service's failed-attempt limits.
+    async fn confirm(
+        &self,
+        authorization: &str,
+        access_token: &str,
+        peer: &str,
+    ) -> Result<bool, UserInfoError>;
 }
 
 /// Serves the two reads, checking tokens against the local verifier.
@@ -105,6 +110,7 @@ impl UserInfoReader {
         authorization: Option<&str>,
         app_id: &str,
         access_token: &str,
+        peer: &str,
         now: Timestamp,
     ) -> Result<String, UserInfoError> {
         let authorization = authorization.ok_or(UserInfoError::InvalidAuthClient)?;
@@ -127,7 +133,7 @@ impl UserInfoReader {
         }
         if !self
             .credentials
-            .confirm(authorization, access_token)
+            .confirm(authorization, access_token, peer)
             .await?
         {
             return Err(UserInfoError::InvalidAuthRelations);

@@ -13,13 +13,15 @@ use tonic::{Request, Response, Status};
 
 use super::{scopes_to_proto, timestamp};
 use crate::clock::Clock;
-use crate::keys::SigningKeys;
+use crate::keys::{KeyRotation, SigningKeys};
 use crate::revocations::{self, RevocationFeed, RevocationItem};
 use crate::store::AuthStore;
 
 /// Serves KeyService from the live key ring and the revocation log.
 pub struct KeyGrpc {
     pub keys: SigningKeys,
+    /// Reloaded before listing, so a key another replica just created is included.
+    pub rotation: KeyRotation,
     pub store: Arc<dyn AuthStore>,
     pub feed: RevocationFeed,
     pub heartbeat: Duration,
@@ -38,6 +40,7 @@ impl KeyService for KeyGrpc {
         _request: Request<pb::ListTokenKeysRequest>,
     ) -> Result<Response<pb::ListTokenKeysResponse>, Status> {
         let now = self.clock.now();
+        self.rotation.ensure_current(now).await?;
         let (keys, current_key_id) = self.keys.with_ring(|ring| {
             let keys = ring
                 .keys()

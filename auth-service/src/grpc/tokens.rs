@@ -8,10 +8,11 @@ use tonic::{Request, Response, Status};
 
 use super::{authorization_header, scopes_to_proto, timestamp};
 use crate::clock::Clock;
-use crate::credentials::AppAuthenticator;
+use crate::credentials::{AppAuthenticator, CallerRole, CallerTokens};
 use crate::error::AuthError;
 use crate::store::AppRecord;
 use crate::tokens::{IntrospectedKind, TokenIssuer, TokenPair};
+use miniprogram_proto::caller_credentials::{FORWARDED_PEER, VERIFIER_AUTHORIZATION};
 
 /// Longest token string accepted in a request.
 const MAX_TOKEN_FIELD_LEN: usize = 4096;
@@ -21,14 +22,31 @@ pub struct TokenGrpc {
     pub issuer: TokenIssuer,
     pub apps: Arc<AppAuthenticator>,
     pub clock: Arc<Clock>,
+    /// To recognise a verifier forwarding a backend's credential (see `FORWARDED_PEER`).
+    pub callers: Arc<CallerTokens>,
 }
+
+/// Longest forwarded peer address accepted.
+const MAX_PEER_LEN: usize = 64;
 
 impl TokenGrpc {
     async fn app<T>(&self, request: &Request<T>) -> Result<AppRecord, AuthError> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
+        let metadata = request.metadata();
+        let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+        let forwarded = text(FORWARDED_PEER)
+            .filter(|p| p.len() <= MAX_PEER_LEN)
+            .filter(|_| {
+                self.callers
+                    .authorize(text(VERIFIER_AUTHORIZATION), CallerRole::Verifier)
+                    .is_ok()
+            });
+        let peer = match forwarded {
+            Some(original) => original.to_owned(),
+            None => request
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+        };
         self.apps
             .authenticate(
                 authorization_header(request.metadata()),

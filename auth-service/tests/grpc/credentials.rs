@@ -109,3 +109,91 @@ fn outside_dev_mode_missing_credentials_refuse_start_and_are_named() {
         );
     }
 }
+
+fn introspect_as(
+    app_id: &str,
+    secret: &str,
+    forwarded: Option<(&str, &str)>,
+) -> tonic::Request<pb::IntrospectTokenRequest> {
+    use base64::Engine;
+    let mut request = tonic::Request::new(pb::IntrospectTokenRequest { token: "x".into() });
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{app_id}:{secret}"));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Basic {basic}").parse().unwrap());
+    if let Some((verifier, peer)) = forwarded {
+        request.metadata_mut().insert(
+            "x-verifier-authorization",
+            format!("Bearer {verifier}").parse().unwrap(),
+        );
+        request
+            .metadata_mut()
+            .insert("x-forwarded-peer", peer.parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test]
+async fn failed_attempts_forwarded_by_the_verifier_count_against_the_original_caller() {
+    let server = TestAuthServer::start_with(|c| c.failed_credential_budget = 2).await;
+    let (app_a, _) = app_with(&server, &ALL_FEATURES).await;
+    let (app_b, secret_b) = app_with(&server, &ALL_FEATURES).await;
+    let verifier = server.config.callers.verifier.clone();
+    let mut tokens = pb::token_service_client::TokenServiceClient::new(server.channel.clone());
+    for _ in 0..2 {
+        let err = tokens
+            .introspect_token(introspect_as(
+                &app_a,
+                "wrong",
+                Some((&verifier, "203.0.113.7")),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), ErrorReason::InvalidAuthClient);
+    }
+    let err = tokens
+        .introspect_token(introspect_as(
+            &app_b,
+            &secret_b,
+            Some((&verifier, "203.0.113.7")),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&err),
+        ErrorReason::RequestTrafficExceedLimit,
+        "the attacker's own address is limited"
+    );
+    assert!(
+        tokens
+            .introspect_token(introspect_as(
+                &app_b,
+                &secret_b,
+                Some((&verifier, "198.51.100.1"))
+            ))
+            .await
+            .is_ok(),
+        "other callers behind the same verifier are not"
+    );
+    assert!(
+        tokens
+            .introspect_token(introspect_as(&app_b, &secret_b, None))
+            .await
+            .is_ok()
+    );
+    // Without the verifier credential the forwarded address is ignored: no spoofing a fresh budget.
+    for _ in 0..2 {
+        let _ = tokens
+            .introspect_token(introspect_as(
+                &app_b,
+                "wrong",
+                Some(("not-the-verifier", "192.0.2.1")),
+            ))
+            .await;
+    }
+    let err = tokens
+        .introspect_token(introspect_as(&app_b, &secret_b, None))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::RequestTrafficExceedLimit);
+}

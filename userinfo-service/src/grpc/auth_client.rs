@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use miniprogram_proto::ErrorReason;
 use miniprogram_proto::auth::v1 as pb;
+use miniprogram_proto::caller_credentials::{FORWARDED_PEER, VERIFIER_AUTHORIZATION};
 use miniprogram_token::{RevocationRule, ScopeSet, Timestamp, TokenKey};
 use pb::key_service_client::KeyServiceClient;
 use pb::token_service_client::TokenServiceClient;
@@ -65,6 +66,15 @@ impl AuthServiceLink {
                 .parse()
                 .map_err(|_| LinkError::Token)?,
         })
+    }
+
+    /// A request carrying the verifier credential beside the caller's own `authorization`.
+    fn authed_as_verifier<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert(VERIFIER_AUTHORIZATION, self.verifier_auth.clone());
+        request
     }
 
     fn authed<T>(&self, message: T) -> Request<T> {
@@ -137,14 +147,18 @@ impl AppCredentialCheck for AuthServiceLink {
         &self,
         authorization: &str,
         access_token: &str,
+        peer: &str,
     ) -> Result<bool, UserInfoError> {
-        let mut request = Request::new(pb::IntrospectTokenRequest {
+        let mut request = self.authed_as_verifier(pb::IntrospectTokenRequest {
             token: access_token.to_owned(),
         });
         let header = authorization
             .parse()
             .map_err(|_| UserInfoError::InvalidAuthClient)?;
         request.metadata_mut().insert("authorization", header);
+        if let Ok(peer) = peer.parse() {
+            request.metadata_mut().insert(FORWARDED_PEER, peer);
+        }
         match TokenServiceClient::new(self.channel.clone())
             .introspect_token(request)
             .await

@@ -62,6 +62,10 @@ impl UserInfoService for UserInfoGrpc {
         let header = authorization_header(request.metadata()).map(str::to_owned);
         let (app_id, _) =
             basic_credential(header.as_deref()).ok_or(UserInfoError::InvalidAuthClient)?;
+        let peer = request
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
         let req = request.into_inner();
         check_token_len("access_token", &req.access_token)?;
         let phone_number = self
@@ -70,6 +74,7 @@ impl UserInfoService for UserInfoGrpc {
                 header.as_deref(),
                 &app_id,
                 &req.access_token,
+                &peer,
                 Timestamp::now(),
             )
             .await
