@@ -2,7 +2,7 @@
 # Starts a throwaway PostgreSQL (installed on the image, not running) on 127.0.0.1:$PGPORT
 # and prints the TEST_DATABASE_URL for it. Usage: eval "$(.ci/start-postgres.sh)"
 set -euo pipefail
-PGPORT="${PGPORT:-54329}"
+PGPORT="${PGPORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 bindir="$(dirname "$(readlink -f "$(command -v initdb || echo /usr/lib/postgresql/15/bin/initdb)")")"
 data="$(mktemp -d "${TMPDIR:-/tmp}/pgdata.XXXXXX")"
 as_pg=()
