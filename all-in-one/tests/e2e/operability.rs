@@ -37,11 +37,13 @@ async fn the_request_id_is_taken_from_metadata_or_generated_and_returned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_in_flight_limit_requests_are_shed_with_resource_exhausted() {
-    let p = Platform::start_with(|a| a.limits.max_in_flight = 1, |_| {}).await;
-    let (app_id, _) = p.app(&ALL_FEATURES).await;
+    // auth-service alone: a verifier's calls would compete for the single slot during set-up.
+    let auth =
+        auth_service::testing::TestAuthServer::start_with(|a| a.limits.max_in_flight = 1).await;
+    let (app_id, _) = auth.create_app(&ALL_FEATURES).await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..64 {
-        let mut wallet = p.auth.wallet();
+        let mut wallet = auth.wallet();
         let app_id = app_id.clone();
         tasks.spawn(async move {
             wallet
