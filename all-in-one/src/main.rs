@@ -106,6 +106,7 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
         revocation_stale_after: Duration::from_secs(10),
         key_refetch_interval: Duration::from_secs(1),
         drain_timeout: auth_config.drain_timeout,
+        profile_cache_ttl: Duration::from_secs(1),
         limits: auth_config.limits,
         tls: None,
         auth_tls_ca_pem: None,

@@ -1,5 +1,5 @@
 //! `cargo run --release -p bench`: measures GetOpenUserInfo (consent token checked locally,
-//! profile read from SQLite, full server stack with observer and limits) against an echo
+//! profile read from SQLite or the 1 s read cache, full server stack with observer and limits) against an echo
 //! baseline (tonic's health Check on a bare server, no layers), with the same load generator:
 //! C concurrent callers over a few HTTP/2 connections for a fixed time. Prints a Markdown table.
 #![forbid(unsafe_code)]
@@ -162,6 +162,13 @@ async fn main() {
         &auth.config.callers.verifier,
     )
     .await;
+    let uncached = TestUserInfoServer::start_with(
+        auth.addr,
+        &auth.config.callers.admin,
+        &auth.config.callers.verifier,
+        |c| c.profile_cache_ttl = Duration::ZERO,
+    )
+    .await;
     let app = auth
         .admin()
         .create_app(pb::CreateAppRequest {
@@ -176,22 +183,24 @@ async fn main() {
     let mut tokens = Vec::new();
     for i in 0..100 {
         let user = format!("bench-user-{i}");
-        userinfo
-            .profiles()
-            .upsert_profile(upb::UpsertProfileRequest {
-                profile: Some(upb::Profile {
-                    user_id: user.clone(),
-                    nick_name: format!("nick {i}"),
-                    avatar: "https://cdn.example.com/a.png".into(),
-                    gender: "f".into(),
-                    country_code: "CN".into(),
-                    province: "Zhejiang".into(),
-                    city: "Hangzhou".into(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("profile");
+        for server in [&userinfo, &uncached] {
+            server
+                .profiles()
+                .upsert_profile(upb::UpsertProfileRequest {
+                    profile: Some(upb::Profile {
+                        user_id: user.clone(),
+                        nick_name: format!("nick {i}"),
+                        avatar: "https://cdn.example.com/a.png".into(),
+                        gender: "f".into(),
+                        country_code: "CN".into(),
+                        province: "Zhejiang".into(),
+                        city: "Hangzhou".into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .expect("profile");
+        }
         let mut wallet = auth.wallet();
         let request = pb::RequestAuthorizationRequest {
             user_id: user.clone(),
@@ -227,21 +236,25 @@ async fn main() {
         tokens.push(t);
     }
     let tokens = Arc::new(tokens);
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let userinfo_channels = channels(userinfo.addr, args.connections);
-    let userinfo_result = run_load(&args, &userinfo_channels, move |channel| {
-        let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let token = tokens[i % tokens.len()].clone();
-        async move {
-            upb::user_info_service_client::UserInfoServiceClient::new(channel)
-                .get_open_user_info(upb::GetOpenUserInfoRequest {
-                    consent_token: token,
-                })
-                .await
-                .is_ok()
+    let open_user_info = |tokens: Arc<Vec<String>>| {
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        move |channel: Channel| {
+            let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let token = tokens[i % tokens.len()].clone();
+            async move {
+                upb::user_info_service_client::UserInfoServiceClient::new(channel)
+                    .get_open_user_info(upb::GetOpenUserInfoRequest {
+                        consent_token: token,
+                    })
+                    .await
+                    .is_ok()
+            }
         }
-    })
-    .await;
+    };
+    let cached_channels = channels(userinfo.addr, args.connections);
+    let userinfo_result = run_load(&args, &cached_channels, open_user_info(tokens.clone())).await;
+    let uncached_channels = channels(uncached.addr, args.connections);
+    let uncached_result = run_load(&args, &uncached_channels, open_user_info(tokens.clone())).await;
     let peak_rss = rss_mib();
 
     println!(
@@ -257,13 +270,18 @@ async fn main() {
         "{}",
         row("echo baseline (bare tonic, health Check)", &echo_result)
     );
-    println!(
-        "{}",
-        row(
-            "GetOpenUserInfo (token check + SQLite read, full stack)",
-            &userinfo_result
-        )
-    );
+    for (name, measured) in [
+        (
+            "GetOpenUserInfo, full stack, profile cache on (default 1 s)",
+            &userinfo_result,
+        ),
+        (
+            "GetOpenUserInfo, full stack, profile cache off (SQLite every call)",
+            &uncached_result,
+        ),
+    ] {
+        println!("{}", row(name, measured));
+    }
     let ratio = (userinfo_result.calls as f64 / userinfo_result.elapsed.as_secs_f64())
         / (echo_result.calls as f64 / echo_result.elapsed.as_secs_f64());
     println!(

@@ -45,6 +45,10 @@ pub struct UserInfoArgs {
     /// PEM CA certificate that auth-service's TLS certificate chains to (for an https AUTH_URL).
     #[arg(long, env = "AUTH_TLS_CA_FILE")]
     pub auth_tls_ca_file: Option<std::path::PathBuf>,
+    /// How long a public profile read may be reused (0 disables the cache). Writes through
+    /// this replica invalidate at once; other replicas' writes show within this time.
+    #[arg(long, env = "PROFILE_CACHE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub profile_cache_ttl: Duration,
     /// At most one key refetch per this interval when a token names an unknown key.
     #[arg(long, env = "KEY_REFETCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub key_refetch_interval: Duration,
@@ -73,6 +77,7 @@ pub struct UserInfoConfig {
     pub revocation_stale_after: Duration,
     pub key_refetch_interval: Duration,
     pub drain_timeout: Duration,
+    pub profile_cache_ttl: Duration,
     pub limits: service_runtime::ServerLimits,
     pub tls: Option<service_runtime::ServerTls>,
     /// CA for the channel to auth-service; set when `auth_url` is https.
@@ -143,6 +148,7 @@ impl UserInfoArgs {
             revocation_stale_after: self.revocation_stale_after,
             key_refetch_interval: self.key_refetch_interval,
             drain_timeout: self.drain_timeout,
+            profile_cache_ttl: self.profile_cache_ttl,
             limits: self.limits.into(),
             tls: self
                 .tls

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod profile_cache;
 pub mod profiles;
 pub mod store;
 pub mod userinfo;
@@ -27,6 +28,7 @@ use tonic_health::ServingStatus;
 use crate::config::UserInfoConfig;
 use crate::error::UserInfoError;
 use crate::grpc::auth_client::{self, AuthServiceLink, LinkError};
+use crate::profile_cache::PublicProfileCache;
 use crate::store::postgres::PostgresProfileStore;
 use crate::store::sqlite::SqliteProfileStore;
 use crate::store::{ProfileStore, StoreError};
@@ -120,8 +122,10 @@ pub async fn serve_with_listener(
         config.auth_tls_ca_pem.as_deref(),
     )?;
     let verifier = Arc::new(TokenVerifier::new(config.revocation_stale_after));
+    let cache = Arc::new(PublicProfileCache::new(config.profile_cache_ttl));
     let reader = Arc::new(UserInfoReader::new(
         store.clone(),
+        cache.clone(),
         verifier.clone(),
         Arc::new(link.clone()),
         Arc::new(link.clone()),
@@ -172,6 +176,7 @@ pub async fn serve_with_listener(
     .add_service(InterceptedService::new(
         ProfileServiceServer::new(grpc::profiles::ProfileGrpc {
             store: store.clone(),
+            cache,
         })
         .max_decoding_message_size(max),
         admin_check(admin, verifier_token),

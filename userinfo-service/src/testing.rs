@@ -35,6 +35,7 @@ pub fn test_config(
         revocation_stale_after: Duration::from_secs(10),
         key_refetch_interval: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),
+        profile_cache_ttl: Duration::from_secs(1),
         limits: service_runtime::ServerLimits::default(),
         tls: None,
         auth_tls_ca_pem: None,

@@ -9,6 +9,7 @@ use miniprogram_token::{Scope, Timestamp, TokenClaims, TokenKey, TokenKind};
 use tokio::sync::Mutex;
 
 use crate::error::UserInfoError;
+use crate::profile_cache::PublicProfileCache;
 use crate::profiles::PublicProfile;
 use crate::store::{ProfileStore, StoreError};
 use crate::verifier::{TokenCheckError, TokenVerifier};
@@ -36,6 +37,7 @@ pub trait AppCredentialCheck: Send + Sync + 'static {
 /// Serves the two reads, checking tokens against the local verifier.
 pub struct UserInfoReader {
     store: Arc<dyn ProfileStore>,
+    profiles: Arc<PublicProfileCache>,
     verifier: Arc<TokenVerifier>,
     keys: Arc<dyn KeySource>,
     credentials: Arc<dyn AppCredentialCheck>,
@@ -66,6 +68,7 @@ fn profile_missing(e: StoreError) -> UserInfoError {
 impl UserInfoReader {
     pub fn new(
         store: Arc<dyn ProfileStore>,
+        profiles: Arc<PublicProfileCache>,
         verifier: Arc<TokenVerifier>,
         keys: Arc<dyn KeySource>,
         credentials: Arc<dyn AppCredentialCheck>,
@@ -73,6 +76,7 @@ impl UserInfoReader {
     ) -> Self {
         UserInfoReader {
             store,
+            profiles,
             verifier,
             keys,
             credentials,
@@ -97,10 +101,16 @@ impl UserInfoReader {
         if !claims.scopes.contains(Scope::UserInfo) {
             return Err(UserInfoError::InvalidAuthRelations);
         }
-        self.store
+        if let Some(cached) = self.profiles.get(&claims.user_id, now) {
+            return Ok(cached);
+        }
+        let profile = self
+            .store
             .get_public_profile(&claims.user_id)
             .await
-            .map_err(profile_missing)
+            .map_err(profile_missing)?;
+        self.profiles.put(&claims.user_id, profile.clone(), now);
+        Ok(profile)
     }
 
     /// The phone number, for an app's backend holding an access token with the phone scope

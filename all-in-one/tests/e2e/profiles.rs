@@ -178,3 +178,23 @@ async fn the_profile_service_needs_the_admin_credential() {
         assert_eq!((err.code(), reason(&err)), (code, expected));
     }
 }
+
+#[tokio::test]
+async fn an_updated_profile_is_served_at_once_despite_the_read_cache() {
+    let p = Platform::start().await;
+    let (app_id, _) = p.app(&ALL_FEATURES).await;
+    p.profile(demo_profile("u1")).await;
+    let token = consent_token(
+        &p.consent(
+            "u1",
+            &app_id,
+            &[miniprogram_proto::auth::v1::Scope::UserInfo],
+        )
+        .await,
+    );
+    assert_eq!(p.open_user_info(&token).await.unwrap().nick_name, "Wei");
+    let mut renamed = demo_profile("u1");
+    renamed.nick_name = "Wei 2".into();
+    p.profile(renamed).await;
+    assert_eq!(p.open_user_info(&token).await.unwrap().nick_name, "Wei 2");
+}

@@ -8,12 +8,15 @@ use pb::profile_service_server::ProfileService;
 use tonic::{Request, Response, Status};
 
 use crate::error::UserInfoError;
+use crate::profile_cache::PublicProfileCache;
 use crate::profiles::{Profile, PublicProfile, check_user_id};
 use crate::store::{ProfileStore, StoreError};
 
 /// Serves ProfileService over the store.
 pub struct ProfileGrpc {
     pub store: Arc<dyn ProfileStore>,
+    /// Invalidated on every write, so this replica never serves a replaced or deleted profile.
+    pub cache: Arc<PublicProfileCache>,
 }
 
 fn to_proto(p: Profile) -> pb::Profile {
@@ -84,6 +87,7 @@ impl ProfileService for ProfileGrpc {
             .upsert_profile(&profile)
             .await
             .map_err(UserInfoError::from)?;
+        self.cache.forget(&profile.user_id);
         Ok(Response::new(pb::UpsertProfileResponse {
             profile: Some(to_proto(profile)),
         }))
@@ -115,6 +119,7 @@ impl ProfileService for ProfileGrpc {
             .delete_profile(&req.user_id)
             .await
             .map_err(not_found)?;
+        self.cache.forget(&req.user_id);
         Ok(Response::new(pb::DeleteProfileResponse {}))
     }
 }
