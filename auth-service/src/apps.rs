@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use miniprogram_token::{Scope, ScopeSet, Timestamp};
 
+use crate::clock::Clock;
 use crate::error::AuthError;
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
@@ -162,11 +163,16 @@ impl AppRegistry {
         &self,
         app_id: &str,
         feature: Feature,
+        clock: &Clock,
     ) -> Result<AppRecord, AuthError> {
-        let app = self.get(app_id).await?;
-        let features = app.features.with(feature);
         self.store
-            .set_features(app_id, features, None)
+            .set_features(
+                app_id,
+                FeatureSet::EMPTY.with(feature),
+                FeatureSet::EMPTY,
+                None,
+                clock,
+            )
             .await
             .map_err(app_not_found)
     }
@@ -176,9 +182,9 @@ impl AppRegistry {
         &self,
         app_id: &str,
         feature: Feature,
-        now: Timestamp,
+        clock: &Clock,
     ) -> Result<AppRecord, AuthError> {
-        let app = self.get(app_id).await?;
+        let now = clock.now();
         let revocation = NewRevocation {
             app_id: app_id.to_owned(),
             user_id: None,
@@ -188,10 +194,15 @@ impl AppRegistry {
             issued_before: now,
             expire_at: self.revocation_policy.rule_expiry(now),
         };
-        let features = app.features.without(feature);
         let app = self
             .store
-            .set_features(app_id, features, Some(&revocation))
+            .set_features(
+                app_id,
+                FeatureSet::EMPTY,
+                FeatureSet::EMPTY.with(feature),
+                Some(&revocation),
+                clock,
+            )
             .await
             .map_err(app_not_found)?;
         self.feed.notify();

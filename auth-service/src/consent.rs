@@ -7,6 +7,7 @@ use std::time::Duration;
 use miniprogram_token::{Scope, ScopeSet, Timestamp, TokenClaims, TokenKind};
 
 use crate::apps::Feature;
+use crate::clock::Clock;
 use crate::error::AuthError;
 use crate::keys::SigningKeys;
 use crate::revocations::{RevocationFeed, RevocationPolicy};
@@ -289,7 +290,7 @@ impl ConsentFlow {
         user_id: &str,
         app_id: &str,
         scopes: ScopeSet,
-        now: Timestamp,
+        clock: &Clock,
     ) -> Result<(ScopeSet, ScopeSet), AuthError> {
         check_id("user_id", user_id)?;
         check_id("app_id", app_id)?;
@@ -303,6 +304,7 @@ impl ConsentFlow {
             .get_authorization(user_id, app_id)
             .await?
             .map_or(ScopeSet::EMPTY, |a| a.granted);
+        let now = clock.now();
         let revocation = NewRevocation {
             app_id: app_id.to_owned(),
             user_id: Some(user_id.to_owned()),
@@ -312,7 +314,10 @@ impl ConsentFlow {
             issued_before: now,
             expire_at: self.revocation_policy.rule_expiry(now),
         };
-        let remaining = self.store.withdraw_authorization(&revocation, now).await?;
+        let remaining = self
+            .store
+            .withdraw_authorization(&revocation, clock)
+            .await?;
         self.feed.notify();
         Ok((before.difference(remaining), remaining))
     }

@@ -301,6 +301,30 @@ impl TestAuthServer {
             .map(|r| r.into_inner().result.expect("result"))
     }
 
+    /// RevokeAuthorization as the wallet gateway: withdraws `scopes` (all when empty).
+    pub async fn withdraw(&self, user: &str, app_id: &str, scopes: &[pb::Scope]) {
+        self.wallet()
+            .revoke_authorization(pb::RevokeAuthorizationRequest {
+                user_id: user.into(),
+                app_id: app_id.into(),
+                scopes: scopes.iter().map(|s| *s as i32).collect(),
+            })
+            .await
+            .expect("revoke authorization");
+    }
+
+    /// ListAuthorizations as the wallet gateway: the user's settings page.
+    pub async fn authorizations(&self, user: &str) -> Vec<pb::Authorization> {
+        self.wallet()
+            .list_authorizations(pb::ListAuthorizationsRequest {
+                user_id: user.into(),
+            })
+            .await
+            .expect("list authorizations")
+            .into_inner()
+            .authorizations
+    }
+
     /// Tap, prompt (if any), allow: the grant for `scopes`.
     pub async fn consent(&self, user: &str, app_id: &str, scopes: &[pb::Scope]) -> pb::Grant {
         match self

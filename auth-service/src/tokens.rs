@@ -185,9 +185,10 @@ impl TokenIssuer {
                 Err(AuthError::UsedRefreshToken)
             }
             RefreshRotation::Expired => Err(AuthError::ExpiredRefreshToken),
-            RefreshRotation::Revoked | RefreshRotation::NotFound => {
-                Err(AuthError::InvalidRefreshToken)
-            }
+            // The design's table: a revoked token (by the user, a disabled feature or the
+            // app) means the authorization relation is gone.
+            RefreshRotation::Revoked => Err(AuthError::InvalidAuthRelations),
+            RefreshRotation::NotFound => Err(AuthError::InvalidRefreshToken),
         }
     }
 
@@ -221,7 +222,7 @@ impl TokenIssuer {
             scopes: ScopeSet::EMPTY,
             token_id: Some(claims.token_id),
             grant_id: None,
-            issued_before: now,
+            issued_before: self.revocation_policy.rule_expiry(now),
             expire_at: self.revocation_policy.rule_expiry(now),
         };
         self.store.append_revocation(&revocation).await?;
@@ -337,7 +338,9 @@ impl TokenIssuer {
             scopes: ScopeSet::EMPTY,
             token_id: None,
             grant_id: Some(grant_id.to_owned()),
-            issued_before: now,
+            // Not bounded by `now`: a family is dead for good, and a token minted by a call
+            // that raced this one (read its time earlier, wrote later) must be caught too.
+            issued_before: self.revocation_policy.rule_expiry(now),
             expire_at: self.revocation_policy.rule_expiry(now),
         };
         if self.store.revoke_family(grant_id, &revocation, now).await? {
@@ -379,5 +382,92 @@ impl TokenIssuer {
             app_user_id: self.user_ids.app_user_id(&app.app_id, user_id),
             scopes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use miniprogram_token::{MasterKey, Scope, ScopeSet, Timestamp};
+
+    use super::*;
+    use crate::apps::FeatureSet;
+    use crate::keys::KeyRotation;
+    use crate::store::AuthCodeRecord;
+    use crate::store::sqlite::SqliteAuthStore;
+
+    /// Two exchanges of one code race: the loser read its clock first but reached the store
+    /// second. Its replay must still void the winner's access token.
+    #[tokio::test]
+    async fn a_replay_that_read_the_clock_before_the_winner_still_voids_its_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+        let store: Arc<dyn AuthStore> = Arc::new(SqliteAuthStore::open(&url).await.unwrap());
+        let master = MasterKey::from_bytes(&[7; 32]).unwrap();
+        let ttl = Duration::from_secs(3600);
+        let keys = SigningKeys::default();
+        let t0 = Timestamp::now();
+        KeyRotation::new(store.clone(), master.clone(), ttl, ttl, keys.clone())
+            .ensure_current(t0)
+            .await
+            .unwrap();
+        let issuer = TokenIssuer::new(
+            store.clone(),
+            keys,
+            TokenLifetimes {
+                access_token: ttl,
+                refresh_token: ttl,
+            },
+            AppUserIdKey::derive(master.as_bytes()),
+            RevocationPolicy::new(ttl, ttl),
+            RevocationFeed::default(),
+        );
+        let app = AppRecord {
+            app_id: "app-1".into(),
+            display_name: "App".into(),
+            secret_hash: [0; 32],
+            features: FeatureSet::EMPTY.with(Feature::UserAuthorization),
+            created_at: t0,
+        };
+        store.insert_app(&app).await.unwrap();
+        let scopes = ScopeSet::of(&[Scope::AuthBase]);
+        store
+            .record_decision("u1", "app-1", scopes, ScopeSet::EMPTY, t0)
+            .await
+            .unwrap();
+        let code = OpaqueSecret::generate().unwrap();
+        store
+            .insert_auth_code(&AuthCodeRecord {
+                code_hash: code.hash(),
+                grant_id: "grant-1".into(),
+                app_id: "app-1".into(),
+                user_id: "u1".into(),
+                scopes,
+                created_at: t0,
+                expires_at: t0.saturating_add(ttl),
+                purge_at: t0.saturating_add(ttl * 2),
+            })
+            .await
+            .unwrap();
+
+        let loser_read_clock = t0.saturating_add(Duration::from_millis(1));
+        let winner_read_clock = t0.saturating_add(Duration::from_millis(2));
+        let won = issuer
+            .exchange(&app, code.expose(), winner_read_clock)
+            .await
+            .unwrap();
+        let replay = issuer.exchange(&app, code.expose(), loser_read_clock).await;
+        assert!(matches!(replay, Err(AuthError::UsedCode)));
+        let later = t0.saturating_add(Duration::from_millis(3));
+        assert_eq!(
+            issuer
+                .introspect(&app, &won.access_token, later)
+                .await
+                .unwrap(),
+            None,
+            "the winner's access token survived the replay"
+        );
     }
 }

@@ -81,7 +81,10 @@ impl AppService for AppGrpc {
         let req = request.into_inner();
         check_id("app_id", &req.app_id)?;
         let feature = feature_from_proto(req.feature)?;
-        let app = self.registry.enable_feature(&req.app_id, feature).await?;
+        let app = self
+            .registry
+            .enable_feature(&req.app_id, feature, &self.clock)
+            .await?;
         tracing::info!(app_id = %app.app_id, ?feature, "feature enabled");
         Ok(Response::new(pb::EnableFeatureResponse {
             app: Some(app_to_proto(app)),
@@ -97,7 +100,7 @@ impl AppService for AppGrpc {
         let feature = feature_from_proto(req.feature)?;
         let app = self
             .registry
-            .disable_feature(&req.app_id, feature, self.clock.now())
+            .disable_feature(&req.app_id, feature, &self.clock)
             .await?;
         tracing::info!(app_id = %app.app_id, ?feature, "feature disabled; its tokens are revoked");
         Ok(Response::new(pb::DisableFeatureResponse {

@@ -142,7 +142,7 @@ impl AuthorizationService for AuthorizationGrpc {
         let scopes = scopes_from_proto(&req.scopes)?;
         let (revoked, remaining) = self
             .flow
-            .withdraw(&req.user_id, &req.app_id, scopes, self.clock.now())
+            .withdraw(&req.user_id, &req.app_id, scopes, &self.clock)
             .await?;
         Ok(Response::new(pb::RevokeAuthorizationResponse {
             revoked_scopes: scopes_to_proto(revoked),

@@ -7,6 +7,7 @@ use miniprogram_token::{Scope, ScopeSet, Timestamp};
 
 use super::*;
 use crate::apps::{Feature, FeatureSet};
+use crate::clock::Clock;
 
 fn t(n: i64) -> Timestamp {
     Timestamp::from_unix_nanos(n)
@@ -79,9 +80,12 @@ pub async fn disabling_a_feature_voids_refresh_tokens_and_logs_a_rule(store: Arc
         .await
         .unwrap();
     assert!(matches!(redeemed, CodeRedemption::Redeemed(_)));
+    let clock = Clock::default();
     let r = revocation("a1", None, ScopeSet::of(&[Scope::PhoneNumber]), 30);
+    let basic = FeatureSet::EMPTY.with(Feature::BasicUserInfo);
+    let before = clock.now();
     let updated = store
-        .set_features("a1", FeatureSet::EMPTY, Some(&r))
+        .set_features("a1", FeatureSet::EMPTY, basic, Some(&r), &clock)
         .await
         .unwrap();
     assert_eq!(updated.features, FeatureSet::EMPTY);
@@ -96,9 +100,18 @@ pub async fn disabling_a_feature_voids_refresh_tokens_and_logs_a_rule(store: Arc
     let rules = store.revocations_after(0, 10).await.unwrap();
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0].scopes, ScopeSet::of(&[Scope::PhoneNumber]));
+    assert!(
+        rules[0].issued_before > before,
+        "the rule is stamped inside the transaction, not with the caller's time"
+    );
+    assert_eq!(
+        rules[0].expire_at.since(rules[0].issued_before),
+        r.expire_at.since(r.issued_before),
+        "restamping keeps the rule's lifetime"
+    );
     assert!(matches!(
         store
-            .set_features("nope", FeatureSet::EMPTY, Some(&r))
+            .set_features("nope", FeatureSet::EMPTY, basic, Some(&r), &clock)
             .await,
         Err(StoreError::NotFound)
     ));
@@ -106,6 +119,49 @@ pub async fn disabling_a_feature_voids_refresh_tokens_and_logs_a_rule(store: Arc
         store.revocations_after(0, 10).await.unwrap().len(),
         1,
         "failed call wrote nothing"
+    );
+}
+
+pub async fn feature_changes_are_relative_and_never_lose_each_other(store: Arc<dyn AuthStore>) {
+    store.insert_app(&app("a1")).await.unwrap();
+    let clock = Clock::default();
+    let (phone, codes) = tokio::join!(
+        store.set_features(
+            "a1",
+            FeatureSet::EMPTY.with(Feature::PhoneNumber),
+            FeatureSet::EMPTY,
+            None,
+            &clock
+        ),
+        store.set_features(
+            "a1",
+            FeatureSet::EMPTY.with(Feature::UserAuthorization),
+            FeatureSet::EMPTY,
+            None,
+            &clock
+        ),
+    );
+    phone.unwrap();
+    codes.unwrap();
+    let all = FeatureSet::EMPTY
+        .with(Feature::BasicUserInfo)
+        .with(Feature::PhoneNumber)
+        .with(Feature::UserAuthorization);
+    assert_eq!(store.get_app("a1").await.unwrap().features, all);
+    let updated = store
+        .set_features(
+            "a1",
+            FeatureSet::EMPTY,
+            FeatureSet::EMPTY.with(Feature::PhoneNumber),
+            None,
+            &clock,
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.features, all.without(Feature::PhoneNumber));
+    assert!(
+        store.revocations_after(0, 10).await.unwrap().is_empty(),
+        "no rule without a revocation"
     );
 }
 
@@ -128,6 +184,13 @@ pub async fn decisions_grant_and_deny_atomically(store: Arc<dyn AuthStore>) {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].1, "App a1");
     assert!(store.get_authorization("u2", "a1").await.unwrap().is_none());
+    // A late "deny" (say, of a second modal from a double tap) takes nothing back.
+    store
+        .record_decision("u1", "a1", ScopeSet::EMPTY, ui, t(3))
+        .await
+        .unwrap();
+    let a = store.get_authorization("u1", "a1").await.unwrap().unwrap();
+    assert_eq!((a.granted, a.denied), (ui, ScopeSet::EMPTY));
 }
 
 pub async fn withdrawal_removes_scopes_and_appends_rule(store: Arc<dyn AuthStore>) {
@@ -137,12 +200,49 @@ pub async fn withdrawal_removes_scopes_and_appends_rule(store: Arc<dyn AuthStore
         .record_decision("u1", "a1", both, ScopeSet::EMPTY, t(1))
         .await
         .unwrap();
+    let unspent = |b: u8, scopes: ScopeSet| AuthCodeRecord {
+        user_id: "u1".into(),
+        scopes,
+        expires_at: Timestamp::now().saturating_add(std::time::Duration::from_secs(60)),
+        purge_at: Timestamp::now().saturating_add(std::time::Duration::from_secs(120)),
+        ..code(b, "a1", &format!("g{b}"))
+    };
+    store
+        .insert_auth_code(&unspent(
+            7,
+            ScopeSet::of(&[Scope::AuthBase, Scope::PhoneNumber]),
+        ))
+        .await
+        .unwrap();
+    store
+        .insert_auth_code(&unspent(8, ScopeSet::of(&[Scope::AuthBase])))
+        .await
+        .unwrap();
+    let clock = Clock::default();
     let r = revocation("a1", Some("u1"), ScopeSet::of(&[Scope::PhoneNumber]), 5);
-    let remaining = store.withdraw_authorization(&r, t(5)).await.unwrap();
+    let remaining = store.withdraw_authorization(&r, &clock).await.unwrap();
     assert_eq!(remaining, ScopeSet::of(&[Scope::AuthBase]));
+    let redeem = |b: u8| {
+        let store = store.clone();
+        async move {
+            store
+                .redeem_auth_code(&h(b), "a1", &h(b + 100), t(i64::MAX), Timestamp::now())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        redeem(7).await,
+        CodeRedemption::NotFound,
+        "an unspent code carrying a withdrawn scope is gone"
+    );
+    assert!(
+        matches!(redeem(8).await, CodeRedemption::Redeemed(_)),
+        "a code of the scopes still granted survives"
+    );
     let all = revocation("a1", Some("u1"), ScopeSet::EMPTY, 6);
     assert_eq!(
-        store.withdraw_authorization(&all, t(6)).await.unwrap(),
+        store.withdraw_authorization(&all, &clock).await.unwrap(),
         ScopeSet::EMPTY
     );
     assert!(store.list_authorizations("u1").await.unwrap().is_empty());
@@ -365,6 +465,7 @@ macro_rules! auth_store_conformance {
         $crate::auth_store_conformance!(@cases $factory,
             apps_round_trip,
             disabling_a_feature_voids_refresh_tokens_and_logs_a_rule,
+            feature_changes_are_relative_and_never_lose_each_other,
             decisions_grant_and_deny_atomically,
             withdrawal_removes_scopes_and_appends_rule,
             prompts_resolve_once,

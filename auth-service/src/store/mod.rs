@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
 
 use crate::apps::FeatureSet;
+use crate::clock::Clock;
 
 #[cfg(test)]
 mod conformance;
@@ -104,6 +105,29 @@ pub struct NewRevocation {
     pub expire_at: Timestamp,
 }
 
+impl NewRevocation {
+    /// The same rule with its cut-off moved to `at` (when later) and its lifetime moved with
+    /// it. Stores stamp withdrawals this way inside the write transaction, once nothing can
+    /// read the old state any more, so no token minted from the old state escapes the rule.
+    pub fn restamped(&self, at: Timestamp) -> NewRevocation {
+        let shift = at.since(self.issued_before);
+        NewRevocation {
+            issued_before: self.issued_before.max(at),
+            expire_at: self.expire_at.saturating_add(shift),
+            ..self.clone()
+        }
+    }
+}
+
+/// The scope bits a withdrawal of `scopes` takes back: all of them when empty.
+fn withdrawn_bits(scopes: ScopeSet) -> i64 {
+    if scopes.is_empty() {
+        i64::from(ScopeSet::of(&miniprogram_token::Scope::ALL).bits())
+    } else {
+        i64::from(scopes.bits())
+    }
+}
+
 /// A token key as stored: its material sealed under the master key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredTokenKey {
@@ -168,22 +192,28 @@ pub trait AuthStore: Send + Sync + 'static {
         app_id: &str,
         secret_hash: &SecretHash,
     ) -> Result<(), StoreError>;
-    /// Sets the feature set; with a revocation, also voids the refresh tokens it matches and
-    /// appends it to the log, all in one transaction.
+    /// Switches `enable` on and `disable` off in one atomic update (concurrent changes never
+    /// lose each other); with a revocation, also voids the refresh tokens it matches and
+    /// appends it, stamped by `clock` after the app row is locked, all in one transaction.
     async fn set_features(
         &self,
         app_id: &str,
-        features: FeatureSet,
+        enable: FeatureSet,
+        disable: FeatureSet,
         revocation: Option<&NewRevocation>,
+        clock: &Clock,
     ) -> Result<AppRecord, StoreError>;
 
     // === authorizations ===
+    /// Read in order with withdrawals (never from a snapshot a running withdrawal has not yet
+    /// replaced), so whatever a grant mints from it is caught by the withdrawal's rule.
     async fn get_authorization(
         &self,
         user_id: &str,
         app_id: &str,
     ) -> Result<Option<AuthorizationRecord>, StoreError>;
-    /// Atomically: granted = (granted | grant) - deny; denied = (denied | deny) - grant.
+    /// Atomically: granted |= grant; denied = (denied | deny) - granted. A denial never takes
+    /// back what is granted: only a withdrawal does, with its revocation.
     async fn record_decision(
         &self,
         user_id: &str,
@@ -197,12 +227,13 @@ pub trait AuthStore: Send + Sync + 'static {
         &self,
         user_id: &str,
     ) -> Result<Vec<(AuthorizationRecord, String)>, StoreError>;
-    /// Withdraws `revocation.scopes` from the user's grant, voids matching refresh tokens and
-    /// appends the revocation; returns the scopes still granted.
+    /// Withdraws `revocation.scopes` from the user's grant, deletes the user's unspent auth
+    /// codes carrying them, voids matching refresh tokens and appends the revocation, stamped
+    /// by `clock` once the authorization is locked; returns the scopes still granted.
     async fn withdraw_authorization(
         &self,
         revocation: &NewRevocation,
-        now: Timestamp,
+        clock: &Clock,
     ) -> Result<ScopeSet, StoreError>;
 
     // === prompts ===

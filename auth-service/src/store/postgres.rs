@@ -11,12 +11,14 @@ use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
 use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+use super::withdrawn_bits;
 use super::{
     AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, CodeRedemption, NewRevocation,
     PromptRecord, RefreshRotation, RefreshTokenRecord, SecretHash, StoreError, StoredTokenKey,
     SweepCounts, rows,
 };
 use crate::apps::FeatureSet;
+use crate::clock::Clock;
 
 /// SQLSTATE of a unique-constraint violation.
 const PG_UNIQUE_VIOLATION: &str = "23505";
@@ -165,22 +167,29 @@ impl AuthStore for PostgresAuthStore {
     async fn set_features(
         &self,
         app_id: &str,
-        features: FeatureSet,
+        enable: FeatureSet,
+        disable: FeatureSet,
         revocation: Option<&NewRevocation>,
+        clock: &Clock,
     ) -> Result<AppRecord, StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let row = sqlx::query("UPDATE apps SET features = $1 WHERE app_id = $2 RETURNING *")
-            .bind(i64::from(features.bits()))
-            .bind(app_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(classify)?;
+        let row = sqlx::query(
+            "UPDATE apps SET features = (features | $1::bigint) & ~$2::bigint
+             WHERE app_id = $3 RETURNING *",
+        )
+        .bind(i64::from(enable.bits()))
+        .bind(i64::from(disable.bits()))
+        .bind(app_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
         let app = rows::app(&row).map_err(classify)?;
         if let Some(r) = revocation {
-            void_refresh_tokens_in(&mut tx, r, r.issued_before)
+            let r = r.restamped(clock.now());
+            void_refresh_tokens_in(&mut tx, &r, r.issued_before)
                 .await
                 .map_err(classify)?;
-            append_revocation_in(&mut tx, r).await.map_err(classify)?;
+            append_revocation_in(&mut tx, &r).await.map_err(classify)?;
         }
         tx.commit().await.map_err(classify)?;
         Ok(app)
@@ -191,12 +200,15 @@ impl AuthStore for PostgresAuthStore {
         user_id: &str,
         app_id: &str,
     ) -> Result<Option<AuthorizationRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2")
-            .bind(user_id)
-            .bind(app_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(classify)?;
+        // FOR SHARE waits for a running withdrawal (which holds the row) to commit.
+        let row = sqlx::query(
+            "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2 FOR SHARE",
+        )
+        .bind(user_id)
+        .bind(app_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
         row.map(|r| rows::authorization(&r))
             .transpose()
             .map_err(classify)
@@ -212,10 +224,10 @@ impl AuthStore for PostgresAuthStore {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO authorizations (user_id, app_id, granted, denied, updated_at)
-             VALUES ($1, $2, $3::bigint & ~$4::bigint, $4::bigint & ~$3::bigint, $5)
+             VALUES ($1, $2, $3::bigint, $4::bigint & ~$3::bigint, $5)
              ON CONFLICT (user_id, app_id) DO UPDATE SET
-               granted = (authorizations.granted | $3::bigint) & ~$4::bigint,
-               denied = (authorizations.denied | $4::bigint) & ~$3::bigint,
+               granted = authorizations.granted | $3::bigint,
+               denied = (authorizations.denied | $4::bigint) & ~(authorizations.granted | $3::bigint),
                updated_at = $5",
         )
         .bind(user_id)
@@ -256,30 +268,45 @@ impl AuthStore for PostgresAuthStore {
     async fn withdraw_authorization(
         &self,
         revocation: &NewRevocation,
-        now: Timestamp,
+        clock: &Clock,
     ) -> Result<ScopeSet, StoreError> {
         let user_id = revocation.user_id.as_deref().ok_or(StoreError::NotFound)?;
-        let withdrawn = if revocation.scopes.is_empty() {
-            0b111
-        } else {
-            i64::from(revocation.scopes.bits())
-        };
+        let withdrawn = withdrawn_bits(revocation.scopes);
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let remaining: Option<i64> = sqlx::query_scalar(
-            "UPDATE authorizations SET granted = granted & ~$1::bigint, updated_at = $2
-             WHERE user_id = $3 AND app_id = $4 RETURNING granted",
+            "UPDATE authorizations SET granted = granted & ~$1::bigint
+             WHERE user_id = $2 AND app_id = $3 RETURNING granted",
         )
         .bind(withdrawn)
-        .bind(now.unix_nanos())
         .bind(user_id)
         .bind(&revocation.app_id)
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify)?;
-        void_refresh_tokens_in(&mut tx, revocation, now)
+        // The row is locked now: grants reading it wait for our commit, so stamp from here.
+        let revocation = revocation.restamped(clock.now());
+        let now = revocation.issued_before;
+        sqlx::query("UPDATE authorizations SET updated_at = $1 WHERE user_id = $2 AND app_id = $3")
+            .bind(now.unix_nanos())
+            .bind(user_id)
+            .bind(&revocation.app_id)
+            .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        append_revocation_in(&mut tx, revocation)
+        sqlx::query(
+            "DELETE FROM auth_codes
+             WHERE app_id = $1 AND user_id = $2 AND used_at IS NULL AND (scopes & $3::bigint) <> 0",
+        )
+        .bind(&revocation.app_id)
+        .bind(user_id)
+        .bind(withdrawn)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        void_refresh_tokens_in(&mut tx, &revocation, now)
+            .await
+            .map_err(classify)?;
+        append_revocation_in(&mut tx, &revocation)
             .await
             .map_err(classify)?;
         tx.commit().await.map_err(classify)?;

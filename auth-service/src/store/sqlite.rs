@@ -12,12 +12,14 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::withdrawn_bits;
 use super::{
     AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, CodeRedemption, NewRevocation,
     PromptRecord, RefreshRotation, RefreshTokenRecord, SecretHash, StoreError, StoredTokenKey,
     SweepCounts, rows,
 };
 use crate::apps::FeatureSet;
+use crate::clock::Clock;
 
 /// SQLite's extended result code for a UNIQUE / PRIMARY KEY constraint violation.
 const SQLITE_CONSTRAINT_UNIQUE: &str = "2067";
@@ -176,22 +178,28 @@ impl AuthStore for SqliteAuthStore {
     async fn set_features(
         &self,
         app_id: &str,
-        features: FeatureSet,
+        enable: FeatureSet,
+        disable: FeatureSet,
         revocation: Option<&NewRevocation>,
+        clock: &Clock,
     ) -> Result<AppRecord, StoreError> {
         let mut tx = self.writer.begin().await.map_err(classify)?;
-        let row = sqlx::query("UPDATE apps SET features = ? WHERE app_id = ? RETURNING *")
-            .bind(i64::from(features.bits()))
-            .bind(app_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(classify)?;
+        let row = sqlx::query(
+            "UPDATE apps SET features = (features | ?) & ~? WHERE app_id = ? RETURNING *",
+        )
+        .bind(i64::from(enable.bits()))
+        .bind(i64::from(disable.bits()))
+        .bind(app_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
         let app = rows::app(&row).map_err(classify)?;
         if let Some(r) = revocation {
-            void_refresh_tokens_in(&mut tx, r, r.issued_before)
+            let r = r.restamped(clock.now());
+            void_refresh_tokens_in(&mut tx, &r, r.issued_before)
                 .await
                 .map_err(classify)?;
-            append_revocation_in(&mut tx, r).await.map_err(classify)?;
+            append_revocation_in(&mut tx, &r).await.map_err(classify)?;
         }
         tx.commit().await.map_err(classify)?;
         Ok(app)
@@ -202,10 +210,11 @@ impl AuthStore for SqliteAuthStore {
         user_id: &str,
         app_id: &str,
     ) -> Result<Option<AuthorizationRecord>, StoreError> {
+        // Through the one writer connection: never between a withdrawal's write and its commit.
         let row = sqlx::query("SELECT * FROM authorizations WHERE user_id = ? AND app_id = ?")
             .bind(user_id)
             .bind(app_id)
-            .fetch_optional(&self.reader)
+            .fetch_optional(&self.writer)
             .await
             .map_err(classify)?;
         row.map(|r| rows::authorization(&r))
@@ -224,10 +233,10 @@ impl AuthStore for SqliteAuthStore {
         let (g, d) = (i64::from(grant.bits()), i64::from(deny.bits()));
         sqlx::query(
             "INSERT INTO authorizations (user_id, app_id, granted, denied, updated_at)
-             VALUES (?1, ?2, ?3 & ~?4, ?4 & ~?3, ?5)
+             VALUES (?1, ?2, ?3, ?4 & ~?3, ?5)
              ON CONFLICT (user_id, app_id) DO UPDATE SET
-               granted = (granted | ?3) & ~?4,
-               denied = (denied | ?4) & ~?3,
+               granted = granted | ?3,
+               denied = (denied | ?4) & ~(granted | ?3),
                updated_at = ?5",
         )
         .bind(user_id)
@@ -263,15 +272,14 @@ impl AuthStore for SqliteAuthStore {
     async fn withdraw_authorization(
         &self,
         revocation: &NewRevocation,
-        now: Timestamp,
+        clock: &Clock,
     ) -> Result<ScopeSet, StoreError> {
         let user_id = revocation.user_id.as_deref().ok_or(StoreError::NotFound)?;
-        let withdrawn = if revocation.scopes.is_empty() {
-            0b111
-        } else {
-            i64::from(revocation.scopes.bits())
-        };
+        let withdrawn = withdrawn_bits(revocation.scopes);
         let mut tx = self.writer.begin().await.map_err(classify)?;
+        // The one writer connection is ours: no grant can read the authorization until commit.
+        let revocation = revocation.restamped(clock.now());
+        let now = revocation.issued_before;
         let remaining: Option<i64> = sqlx::query_scalar(
             "UPDATE authorizations SET granted = granted & ~?, updated_at = ?
              WHERE user_id = ? AND app_id = ? RETURNING granted",
@@ -283,10 +291,20 @@ impl AuthStore for SqliteAuthStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify)?;
-        void_refresh_tokens_in(&mut tx, revocation, now)
+        sqlx::query(
+            "DELETE FROM auth_codes
+             WHERE app_id = ? AND user_id = ? AND used_at IS NULL AND (scopes & ?) != 0",
+        )
+        .bind(&revocation.app_id)
+        .bind(user_id)
+        .bind(withdrawn)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        void_refresh_tokens_in(&mut tx, &revocation, now)
             .await
             .map_err(classify)?;
-        append_revocation_in(&mut tx, revocation)
+        append_revocation_in(&mut tx, &revocation)
             .await
             .map_err(classify)?;
         tx.commit().await.map_err(classify)?;

@@ -298,15 +298,7 @@ async fn revoking_prompts_again_voids_the_tokens_and_logs_a_revocation() {
     assert!(introspect(token.clone()).await);
     assert!(introspect(pair.access_token.clone()).await);
 
-    let listed = server
-        .wallet()
-        .list_authorizations(pb::ListAuthorizationsRequest {
-            user_id: "u1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .authorizations;
+    let listed = server.authorizations("u1").await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].scopes.len(), 3);
 
@@ -340,15 +332,7 @@ async fn revoking_prompts_again_voids_the_tokens_and_logs_a_revocation() {
         Outcome::Prompt(_)
     ));
 
-    server
-        .wallet()
-        .revoke_authorization(pb::RevokeAuthorizationRequest {
-            user_id: "u1".into(),
-            app_id: app_id.clone(),
-            scopes: vec![],
-        })
-        .await
-        .unwrap();
+    server.withdraw("u1", &app_id, &[]).await;
     assert!(!introspect(pair.access_token).await);
     let err = backend
         .refresh_access_token(pb::RefreshAccessTokenRequest {
@@ -356,16 +340,8 @@ async fn revoking_prompts_again_voids_the_tokens_and_logs_a_revocation() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), ErrorReason::InvalidRefreshToken);
-    let listed = server
-        .wallet()
-        .list_authorizations(pb::ListAuthorizationsRequest {
-            user_id: "u1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .authorizations;
+    assert_eq!(reason(&err), ErrorReason::InvalidAuthRelations);
+    let listed = server.authorizations("u1").await;
     assert!(listed.is_empty());
 }
 
@@ -407,4 +383,49 @@ async fn bad_request_fields_are_invalid_argument_never_internal() {
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::PromptNotFound);
+}
+
+#[tokio::test]
+async fn denying_a_stale_second_modal_does_not_take_back_what_was_allowed() {
+    let server = TestAuthServer::start().await;
+    let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
+    let prompt = |outcome| match outcome {
+        Outcome::Prompt(p) => p,
+        other => panic!("expected a prompt, got {other:?}"),
+    };
+    // A double tap opens two modals for the same scope.
+    let first = prompt(
+        request(&server, "u1", &app_id, &[UserInfo], UserTap)
+            .await
+            .unwrap(),
+    );
+    let second = prompt(
+        request(&server, "u1", &app_id, &[UserInfo], UserTap)
+            .await
+            .unwrap(),
+    );
+    let Answer::Grant(_) = resolve(&server, &first.prompt_id, "u1", pb::Decision::Allow)
+        .await
+        .unwrap()
+    else {
+        panic!("expected grant");
+    };
+    let Answer::Denial(_) = resolve(&server, &second.prompt_id, "u1", pb::Decision::Deny)
+        .await
+        .unwrap()
+    else {
+        panic!("expected denial");
+    };
+    let listed = server.authorizations("u1").await;
+    assert_eq!(listed.len(), 1, "the settings page still shows the grant");
+    assert_eq!(listed[0].scopes, vec![UserInfo as i32]);
+    assert!(
+        matches!(
+            request(&server, "u1", &app_id, &[UserInfo], AppLaunch)
+                .await
+                .unwrap(),
+            Outcome::Grant(_)
+        ),
+        "still granted, so no modal is needed"
+    );
 }

@@ -96,7 +96,7 @@ async fn fifty_concurrent_exchanges_of_one_code_give_one_success_and_the_replay_
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), ErrorReason::InvalidRefreshToken);
+    assert_eq!(reason(&err), ErrorReason::InvalidAuthRelations);
 }
 
 #[tokio::test]
@@ -231,7 +231,7 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
         .unwrap_err();
     assert_eq!(
         reason(&err),
-        ErrorReason::InvalidRefreshToken,
+        ErrorReason::InvalidAuthRelations,
         "the successor dies with its family"
     );
     for token in [first.access_token, second.access_token] {
@@ -401,5 +401,28 @@ async fn disabling_a_feature_voids_the_tokens_that_rely_on_it() {
         })
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), ErrorReason::InvalidRefreshToken);
+    assert_eq!(reason(&err), ErrorReason::InvalidAuthRelations);
+}
+
+#[tokio::test]
+async fn a_code_issued_before_a_withdrawal_is_void_even_after_consent_is_given_again() {
+    let server = TestAuthServer::start().await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let old_code = code_for(&server, "u1", &app_id).await;
+    server.withdraw("u1", &app_id, &[]).await;
+    let new_code = code_for(&server, "u1", &app_id).await;
+    let mut backend = server.backend(&app_id, &secret);
+    let err = backend
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: old_code,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::InvalidCode);
+    backend
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: new_code,
+        })
+        .await
+        .expect("the code of the new consent works");
 }
