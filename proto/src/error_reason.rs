@@ -39,12 +39,18 @@ pub enum ErrorReason {
     RevocationStateStale,
     /// Not in the platform's table: a dependency (database, auth-service) is unreachable.
     ServiceUnavailable,
+    /// Not in the platform's table: the call ran longer than the server's request timeout.
+    RequestTimeout,
+    /// Not in the platform's table: the request message exceeds the server's size limit.
+    MessageTooLarge,
+    /// Not in the platform's table: no such service or method on this server.
+    UnknownMethod,
     /// Not in the platform's table: an unexpected failure; details are only in the server log.
     Internal,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 27] = [
+    pub const ALL: [ErrorReason; 30] = [
         ErrorReason::InvalidAuthRelations,
         ErrorReason::InsufficientIsvPermissions,
         ErrorReason::AuthorizationAtLaunch,
@@ -71,6 +77,9 @@ impl ErrorReason {
         ErrorReason::RequestTrafficExceedLimit,
         ErrorReason::RevocationStateStale,
         ErrorReason::ServiceUnavailable,
+        ErrorReason::RequestTimeout,
+        ErrorReason::MessageTooLarge,
+        ErrorReason::UnknownMethod,
         ErrorReason::Internal,
     ];
 
@@ -103,6 +112,9 @@ impl ErrorReason {
             ErrorReason::RequestTrafficExceedLimit => "REQUEST_TRAFFIC_EXCEED_LIMIT",
             ErrorReason::RevocationStateStale => "REVOCATION_STATE_STALE",
             ErrorReason::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            ErrorReason::RequestTimeout => "REQUEST_TIMEOUT",
+            ErrorReason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            ErrorReason::UnknownMethod => "UNKNOWN_METHOD",
             ErrorReason::Internal => "INTERNAL",
         }
     }
@@ -137,7 +149,11 @@ impl ErrorReason {
             | ErrorReason::ExpiredAccessToken
             | ErrorReason::InvalidAuthClient
             | ErrorReason::UnauthenticatedCaller => Code::Unauthenticated,
-            ErrorReason::RequestTrafficExceedLimit => Code::ResourceExhausted,
+            ErrorReason::RequestTrafficExceedLimit | ErrorReason::MessageTooLarge => {
+                Code::ResourceExhausted
+            }
+            ErrorReason::RequestTimeout => Code::DeadlineExceeded,
+            ErrorReason::UnknownMethod => Code::Unimplemented,
             ErrorReason::RevocationStateStale | ErrorReason::ServiceUnavailable => {
                 Code::Unavailable
             }
@@ -205,6 +221,32 @@ impl ErrorReason {
             details.add_bad_request_violation(v.field, v.description);
         }
         Status::with_error_details(self.code(), message, details)
+    }
+
+    /// The reason to attach to an error the gRPC framework produced on its own (no details):
+    /// an unknown method, an oversized or undecodable message, a timeout. With a fixed
+    /// message, so nothing of the request is echoed. `None` for codes whose meaning clients
+    /// rely on as they are (health's NOT_FOUND for an unknown service, say).
+    pub fn for_framework_error(code: Code) -> Option<(ErrorReason, &'static str)> {
+        Some(match code {
+            Code::Unimplemented => (
+                ErrorReason::UnknownMethod,
+                "this server has no such service or method; list them with server reflection",
+            ),
+            Code::OutOfRange | Code::ResourceExhausted => (
+                ErrorReason::MessageTooLarge,
+                "the request message is larger than this server accepts (MAX_MESSAGE_BYTES)",
+            ),
+            Code::Internal | Code::Unknown => (
+                ErrorReason::InvalidArgument,
+                "the request could not be decoded as the method's request message",
+            ),
+            Code::DeadlineExceeded | Code::Cancelled => (
+                ErrorReason::RequestTimeout,
+                "the call ran out of time; retry, or raise the deadline",
+            ),
+            _ => return None,
+        })
     }
 
     /// The reason a status carries, if it carries one of ours.

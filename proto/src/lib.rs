@@ -40,6 +40,12 @@ pub fn reflection(services: &[&str]) -> tonic_reflection::server::Builder<'stati
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // google.rpc.ErrorInfo / BadRequest, so reflection clients can decode error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            // Both reflection protocols' own descriptors, whichever one a builder serves, so a
+            // client of either version can describe every service the server lists.
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection"),

@@ -7,27 +7,38 @@ mod limits;
 mod metrics_endpoint;
 mod rpc_observer;
 
-pub use limits::{InFlightLimit, InFlightLimitLayer, LimitArgs, ServerLimits};
+pub use limits::{
+    InFlightLimit, InFlightLimitLayer, LimitArgs, RequestDeadline, RequestDeadlineLayer,
+    ServerLimits,
+};
 pub use metrics_endpoint::{install_metrics_recorder, serve_metrics, spawn_metrics_endpoint};
 pub use rpc_observer::{REQUEST_ID, RpcObserver, RpcObserverLayer};
 
-/// The layer stack every server runs: the RPC observer outside, in-flight shedding inside.
+/// The layer stack every server runs: the RPC observer outside, then in-flight shedding,
+/// then the request deadline.
 pub type ServerLayers = tower::layer::util::Stack<
-    InFlightLimitLayer,
-    tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
+    RequestDeadlineLayer,
+    tower::layer::util::Stack<
+        InFlightLimitLayer,
+        tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
+    >,
 >;
 
-/// A tonic server builder with the shared limits and layers: request timeout,
-/// per-connection concurrency, global in-flight shedding and the RPC observer.
+/// A tonic server builder with the shared limits and layers: per-connection stream limit
+/// (advertised to clients as HTTP/2 MAX_CONCURRENT_STREAMS, so excess calls wait on the
+/// client, not in an unbounded server queue), global in-flight shedding, request deadline
+/// and the RPC observer.
 pub fn server_builder(
     limits: &ServerLimits,
     known_services: &[&'static str],
 ) -> tonic::transport::Server<ServerLayers> {
+    let per_connection = u32::try_from(limits.max_concurrent_per_connection).unwrap_or(u32::MAX);
     tonic::transport::Server::builder()
-        .timeout(limits.request_timeout)
+        .max_concurrent_streams(Some(per_connection))
         .concurrency_limit_per_connection(limits.max_concurrent_per_connection)
         .layer(RpcObserverLayer::new(known_services))
         .layer(InFlightLimitLayer::new(limits.max_in_flight))
+        .layer(RequestDeadlineLayer::new(limits.request_timeout))
 }
 
 use tracing_subscriber::EnvFilter;

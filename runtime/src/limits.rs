@@ -123,3 +123,117 @@ where
         })
     }
 }
+
+/// Ends a call that runs longer than the request timeout with DEADLINE_EXCEEDED
+/// (`REQUEST_TIMEOUT`). It sits inside the RPC observer, so a timed-out call is logged,
+/// counted and answered with its request id like any other. Only the wait for the response
+/// head is bounded: a server stream, once started, runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadlineLayer {
+    timeout: Duration,
+}
+
+impl RequestDeadlineLayer {
+    pub fn new(timeout: Duration) -> Self {
+        RequestDeadlineLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for RequestDeadlineLayer {
+    type Service = RequestDeadline<S>;
+
+    fn layer(&self, inner: S) -> RequestDeadline<S> {
+        RequestDeadline {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// See [`RequestDeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestDeadline<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, B> Service<Request<B>> for RequestDeadline<S>
+where
+    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, inner.call(req)).await {
+                Ok(response) => response,
+                Err(_) => Ok(ErrorReason::RequestTimeout
+                    .status("the call took longer than the server's REQUEST_TIMEOUT")
+                    .into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slow_service(
+        delay: Duration,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        tower::service_fn(move |_req: Request<()>| async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http())
+        })
+    }
+
+    fn reason_of(response: &Response<tonic::body::Body>) -> (String, bool) {
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (
+            code,
+            response.headers().contains_key("grpc-status-details-bin"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_timeout_is_deadline_exceeded_with_a_reason() {
+        use tower::ServiceExt;
+        let service = RequestDeadlineLayer::new(Duration::from_millis(20))
+            .layer(slow_service(Duration::from_secs(5)));
+        let response = service.oneshot(Request::new(())).await.unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(ErrorReason::of(&status), Some(ErrorReason::RequestTimeout));
+    }
+
+    #[tokio::test]
+    async fn a_call_within_the_timeout_is_untouched() {
+        use tower::ServiceExt;
+        let service = RequestDeadlineLayer::new(Duration::from_secs(5))
+            .layer(slow_service(Duration::from_millis(1)));
+        let response = service.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(reason_of(&response), ("0".to_owned(), false));
+    }
+}

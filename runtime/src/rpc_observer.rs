@@ -78,9 +78,21 @@ fn grpc_code(headers: &http::HeaderMap) -> tonic::Code {
         .map_or(tonic::Code::Ok, tonic::Code::from_i32)
 }
 
-impl<S, B, ResBody> Service<Request<B>> for RpcObserver<S>
+/// An error the gRPC framework answered on its own (unknown method, oversized or undecodable
+/// message), which carries no details: the same code family with an `ErrorInfo`, so every
+/// error a client sees has a reason.
+fn with_reason_if_missing(headers: &http::HeaderMap) -> Option<tonic::Status> {
+    let code = grpc_code(headers);
+    if code == tonic::Code::Ok || headers.contains_key("grpc-status-details-bin") {
+        return None;
+    }
+    miniprogram_proto::ErrorReason::for_framework_error(code)
+        .map(|(reason, message)| reason.status(message))
+}
+
+impl<S, B> Service<Request<B>> for RpcObserver<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -117,6 +129,9 @@ where
                 let latency = started.elapsed();
                 let code = match &mut result {
                     Ok(response) => {
+                        if let Some(status) = with_reason_if_missing(response.headers()) {
+                            *response = status.into_http();
+                        }
                         if let Some(h) = header {
                             response.headers_mut().insert(REQUEST_ID, h);
                         }

@@ -98,9 +98,25 @@ async fn metrics_count_rpcs_consent_outcomes_tokens_failures_and_stream_lag() {
     p.open_user_info(&token).await.unwrap();
     let _ = p.open_user_info("garbage").await;
     let code = auth_code(&p.consent("u1", &app_id, &[AuthBase, PhoneNumber]).await);
-    p.auth
-        .backend(&app_id, &secret)
+    let mut backend = p.auth.backend(&app_id, &secret);
+    backend
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: code.clone(),
+        })
+        .await
+        .unwrap();
+    backend
         .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: code })
+        .await
+        .unwrap_err();
+    let pb::request_authorization_response::Result::Prompt(prompt) = p
+        .request("u2", &app_id, &[UserInfo], pb::Trigger::UserTap)
+        .await
+        .unwrap()
+    else {
+        panic!("a new user is prompted");
+    };
+    p.resolve(&prompt.prompt_id, "u2", pb::Decision::Deny)
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -111,10 +127,150 @@ async fn metrics_count_rpcs_consent_outcomes_tokens_failures_and_stream_lag() {
         "grpc_server_handling_seconds_bucket{service=\"miniprogram.userinfo.v1.UserInfoService\",method=\"GetOpenUserInfo\"",
         "consent_outcomes_total{outcome=\"prompted\"}",
         "consent_outcomes_total{outcome=\"granted\"}",
+        "consent_outcomes_total{outcome=\"denied\"}",
         "tokens_issued_total{kind=\"access\",rpc=\"ExchangeAuthCode\"}",
+        "tokens_issued_total{kind=\"consent\",rpc=\"ResolvePrompt\"}",
+        "tokens_issued_total{kind=\"auth_code\",rpc=\"ResolvePrompt\"}",
+        "token_failures_total{rpc=\"ExchangeAuthCode\",reason=\"USED_CODE\"}",
         "token_verification_failures_total{rpc=\"GetOpenUserInfo\",reason=\"INVALID_ACCESS_TOKEN\"}",
         "revocation_stream_lag_seconds",
     ] {
         assert!(body.contains(expected), "missing {expected} in\n{body}");
     }
+}
+
+/// Asks one server, over reflection protocol `$v`, for its service list and for the file that
+/// defines each listed service; yields (listed names, services the returned files define).
+macro_rules! reflect_with {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::ServerReflectionRequest;
+        use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+        let client = ServerReflectionClient::new($channel);
+        let answer = |m: MessageRequest| {
+            let mut client = client.clone();
+            async move {
+                let request = ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(m),
+                };
+                let mut stream = client
+                    .server_reflection_info(tokio_stream::once(request))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                stream.message().await.unwrap().unwrap().message_response
+            }
+        };
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            answer(MessageRequest::ListServices(String::new())).await
+        else {
+            panic!("{} did not list services", stringify!($v));
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        let mut described = Vec::new();
+        for name in &names {
+            let Some(MessageResponse::FileDescriptorResponse(files)) =
+                answer(MessageRequest::FileContainingSymbol(name.clone())).await
+            else {
+                panic!("{} cannot describe {name}", stringify!($v));
+            };
+            described.extend(defined_services(&files.file_descriptor_proto));
+        }
+        (names, described)
+    }};
+}
+
+fn defined_services(files: &[Vec<u8>]) -> Vec<String> {
+    use prost::Message;
+    files
+        .iter()
+        .flat_map(|bytes| {
+            let file = prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap();
+            let package = file.package().to_owned();
+            file.service
+                .into_iter()
+                .map(move |s| format!("{package}.{}", s.name()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_and_describe_every_service_with_health() {
+    let p = Platform::start().await;
+    let expected_auth = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "miniprogram.auth.v1.AppService",
+        "miniprogram.auth.v1.AuthorizationService",
+        "miniprogram.auth.v1.KeyService",
+        "miniprogram.auth.v1.TokenService",
+    ];
+    let expected_userinfo = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "miniprogram.userinfo.v1.ProfileService",
+        "miniprogram.userinfo.v1.UserInfoService",
+    ];
+    for (channel, expected) in [
+        (p.auth.channel.clone(), &expected_auth[..]),
+        (p.userinfo.channel.clone(), &expected_userinfo[..]),
+    ] {
+        // v1alpha is what grpcurl 1.8.6 and grpcio-reflection speak; v1 is the current one.
+        let answers = [
+            ("v1", reflect_with!(v1, channel.clone())),
+            ("v1alpha", reflect_with!(v1alpha, channel)),
+        ];
+        for (version, (mut listed, described)) in answers {
+            listed.sort();
+            assert_eq!(
+                listed, expected,
+                "{version} lists exactly the mounted services"
+            );
+            for name in expected {
+                assert!(
+                    described.iter().any(|d| d == name),
+                    "{version} cannot describe {name}: {described:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_the_framework_answers_on_its_own_still_carry_a_reason() {
+    let p = Platform::start().await;
+    // An oversized request: larger than the 4 MiB MAX_MESSAGE_BYTES default.
+    let err = p
+        .auth
+        .admin()
+        .get_app(pb::GetAppRequest {
+            app_id: "x".repeat(5 * 1024 * 1024),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::ResourceExhausted, ErrorReason::MessageTooLarge)
+    );
+    assert!(err.metadata().get("x-request-id").is_some());
+
+    // A method no server has.
+    let mut grpc = tonic::client::Grpc::new(p.userinfo.channel.clone());
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .unary::<pb::GetAppRequest, pb::App, _>(
+            tonic::Request::new(pb::GetAppRequest::default()),
+            http::uri::PathAndQuery::from_static("/miniprogram.userinfo.v1.UserInfoService/Nope"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::Unimplemented, ErrorReason::UnknownMethod)
+    );
 }

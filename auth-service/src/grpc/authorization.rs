@@ -19,14 +19,21 @@ pub struct AuthorizationGrpc {
     pub clock: Arc<Clock>,
 }
 
-fn grant_to_proto(grant: Grant) -> pb::Grant {
+/// The grant on the wire, counted in `tokens_issued_total` by what it carries.
+fn grant_to_proto(grant: Grant, rpc: &'static str) -> pb::Grant {
+    metrics::counter!("consent_outcomes_total", "outcome" => "granted").increment(1);
+    let (kind, credential) = match grant.credential {
+        GrantCredential::ConsentToken(t) => ("consent", pb::grant::Credential::ConsentToken(t)),
+        GrantCredential::AuthCode(c) => (
+            "auth_code",
+            pb::grant::Credential::AuthCode(c.into_string()),
+        ),
+    };
+    metrics::counter!("tokens_issued_total", "kind" => kind, "rpc" => rpc).increment(1);
     pb::Grant {
         scopes: scopes_to_proto(grant.scopes),
         expire_time: Some(timestamp(grant.expires_at)),
-        credential: Some(match grant.credential {
-            GrantCredential::ConsentToken(t) => pb::grant::Credential::ConsentToken(t),
-            GrantCredential::AuthCode(c) => pb::grant::Credential::AuthCode(c.into_string()),
-        }),
+        credential: Some(credential),
     }
 }
 
@@ -64,10 +71,9 @@ impl AuthorizationService for AuthorizationGrpc {
                     expire_time: Some(timestamp(p.expires_at)),
                 })
             }
-            AuthorizationOutcome::Grant(g) => {
-                metrics::counter!("consent_outcomes_total", "outcome" => "granted").increment(1);
-                pb::request_authorization_response::Result::Grant(grant_to_proto(g))
-            }
+            AuthorizationOutcome::Grant(g) => pb::request_authorization_response::Result::Grant(
+                grant_to_proto(g, "RequestAuthorization"),
+            ),
         };
         Ok(Response::new(pb::RequestAuthorizationResponse {
             result: Some(result),
@@ -96,8 +102,7 @@ impl AuthorizationService for AuthorizationGrpc {
             .await?;
         let result = match outcome {
             PromptOutcome::Grant(g) => {
-                metrics::counter!("consent_outcomes_total", "outcome" => "granted").increment(1);
-                pb::resolve_prompt_response::Result::Grant(grant_to_proto(g))
+                pb::resolve_prompt_response::Result::Grant(grant_to_proto(g, "ResolvePrompt"))
             }
             PromptOutcome::Denial { scopes } => {
                 metrics::counter!("consent_outcomes_total", "outcome" => "denied").increment(1);
