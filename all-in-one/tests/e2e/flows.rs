@@ -151,8 +151,34 @@ async fn the_phone_flow_goes_through_an_auth_code_and_never_shares_a_prompt_with
         .request("u1", &app_id, &[UserInfo, PhoneNumber], UserTap)
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), ErrorReason::ScopesNotCombinable);
-    let code = auth_code(&p.consent("u1", &app_id, &[AuthBase, PhoneNumber]).await);
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::InvalidArgument, ErrorReason::ScopesNotCombinable)
+    );
+    let sorted = |mut scopes: Vec<i32>| {
+        scopes.sort_unstable();
+        scopes
+    };
+    let phone_scopes = sorted(vec![AuthBase as i32, PhoneNumber as i32]);
+    // A fresh user's tap shows the phone modal, and that modal is about the phone only.
+    let Outcome::Prompt(prompt) = p
+        .request("u1", &app_id, &[AuthBase, PhoneNumber], UserTap)
+        .await
+        .unwrap()
+    else {
+        panic!("the phone number needs the user's consent: a modal");
+    };
+    assert_eq!(sorted(prompt.scopes.clone()), phone_scopes);
+    assert!(!prompt.previously_denied);
+    let Answer::Grant(grant) = p
+        .resolve(&prompt.prompt_id, "u1", pb::Decision::Allow)
+        .await
+        .unwrap()
+    else {
+        panic!("allow must grant");
+    };
+    assert!(!grant.scopes.contains(&(UserInfo as i32)));
+    let code = auth_code(&grant);
     let pair = p
         .auth
         .backend(&app_id, &secret)
@@ -160,6 +186,7 @@ async fn the_phone_flow_goes_through_an_auth_code_and_never_shares_a_prompt_with
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(sorted(pair.scopes.clone()), phone_scopes);
     let phone = p
         .userinfo
         .backend(&app_id, &secret)
@@ -171,6 +198,14 @@ async fn the_phone_flow_goes_through_an_auth_code_and_never_shares_a_prompt_with
         .into_inner()
         .phone_number;
     assert_eq!(phone, "+86 138 0013 8000");
+    // Holding the phone scope doesn't make it combinable with userInfo, in either order.
+    for scopes in [[UserInfo, PhoneNumber], [PhoneNumber, UserInfo]] {
+        let err = p
+            .request("u1", &app_id, &scopes, UserTap)
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), ErrorReason::ScopesNotCombinable, "{scopes:?}");
+    }
     let err = p
         .userinfo
         .backend(&app_id, "wrong-secret")
