@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the README's grpcurl walkthrough exactly as written, against a fresh all-in-one.
 # Blocks marked <!-- walkthrough --> must succeed; blocks marked
-# <!-- walkthrough:fails REASON --> must fail and print REASON.
+# <!-- walkthrough:fails REASON --> must fail and print REASON. Then runs the whole flow the
+# all-in-one's banner prints, the same way.
 # Usage: .ci/walkthrough.sh PATH_TO_ALL_IN_ONE_BINARY   (grpcurl and python3 on PATH)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -39,6 +40,15 @@ grep -q "all-in-one is up" "$work/all-in-one.out" || { cat "$work/all-in-one.err
 
 bash "$script"
 
+echo '--- the flow the all-in-one banner prints'
+sed -n '/^---8<--- whole flow/,/^---8<--- end of flow/p' "$work/all-in-one.out" | sed '1d;$d' >"$work/banner-flow.sh"
+[ -s "$work/banner-flow.sh" ] || { echo "the banner printed no flow"; cat "$work/all-in-one.out"; exit 1; }
+banner_out=$(bash -euo pipefail "$work/banner-flow.sh" 2>&1) || { echo "$banner_out"; echo "the banner's flow failed"; exit 1; }
+echo "$banner_out"
+for expected in nickName phoneNumber INVALID_AUTH_RELATIONS "refused, as it should be"; do
+  grep -q "$expected" <<<"$banner_out" || { echo "the banner's flow did not show $expected"; exit 1; }
+done
+
 kill -TERM $pid
 wait $pid
-echo "walkthrough: all blocks behaved as the README says; all-in-one exited 0 on SIGTERM"
+echo "walkthrough: all blocks behaved as the README says, so did the banner's flow; all-in-one exited 0 on SIGTERM"

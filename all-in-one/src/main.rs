@@ -8,7 +8,7 @@ mod dev_state;
 mod seed;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -32,9 +32,19 @@ struct Cli {
     /// Database of userinfo-service.
     #[arg(long = "userinfo-database-url", env = userinfo_service::config::ENV_DATABASE_URL, default_value = userinfo_service::config::DEFAULT_DATABASE_URL)]
     userinfo_database_url: String,
-    /// Where generated credentials, the dev master key and (by default) the databases live.
+    /// Where generated credentials, the dev master key and (unless their URLs are given) the
+    /// two SQLite databases live.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+    /// userinfo-service: refuse tokens once the revocation stream has been silent this long.
+    #[arg(long, env = "REVOCATION_STALE_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
+    revocation_stale_after: Duration,
+    /// userinfo-service: at most one key refetch per interval for unknown key ids.
+    #[arg(long, env = "KEY_REFETCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    key_refetch_interval: Duration,
+    /// userinfo-service: reuse a public-profile read this long (0 turns the cache off).
+    #[arg(long, env = "PROFILE_CACHE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    profile_cache_ttl: Duration,
     #[command(flatten)]
     process: service_runtime::ProcessArgs,
 }
@@ -71,6 +81,19 @@ enum RunError {
     Seed(#[from] tonic::Status),
     #[error("a service task panicked")]
     Join(#[from] tokio::task::JoinError),
+    #[error(
+        "all-in-one serves plaintext on loopback; TLS_CERT_FILE / TLS_KEY_FILE are for the separate auth-service and userinfo-service binaries"
+    )]
+    TlsNotSupported,
+}
+
+/// The default SQLite URL of a service moved under `data_dir`; any other URL as given.
+fn under_data_dir(url: String, default: &str, data_dir: &Path, file: &str) -> String {
+    if url == default {
+        format!("sqlite://{}", data_dir.join(file).display())
+    } else {
+        url
+    }
 }
 
 async fn run(mut cli: Cli) -> Result<(), RunError> {
@@ -83,11 +106,26 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
         .auth
         .verifier_token
         .or(Some(state.verifier_token.clone()));
-    if cli.auth.master_key_file.is_none() {
+    if cli.auth.master_key_file.is_none() && cli.auth.master_key.is_none() {
         let path = cli.data_dir.join("master.key");
         auth_service::config::dev_master_key(&path)?;
         cli.auth.master_key_file = Some(path);
     }
+    if cli.auth.tls.tls_cert_file.is_some() || cli.auth.tls.tls_key_file.is_some() {
+        return Err(RunError::TlsNotSupported);
+    }
+    cli.auth.database_url = under_data_dir(
+        cli.auth.database_url,
+        auth_service::config::DEFAULT_DATABASE_URL,
+        &cli.data_dir,
+        "auth.db",
+    );
+    let userinfo_database_url = under_data_dir(
+        cli.userinfo_database_url,
+        userinfo_service::config::DEFAULT_DATABASE_URL,
+        &cli.data_dir,
+        "userinfo.db",
+    );
     let auth_config = cli.auth.into_config(true)?;
     state.admin_token = auth_config.callers.admin.clone();
     state.wallet_token = auth_config.callers.wallet.clone();
@@ -99,14 +137,14 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
     let userinfo_addr = userinfo_listener.local_addr()?;
     let userinfo_config = UserInfoConfig {
         addr: userinfo_addr,
-        database_url: cli.userinfo_database_url,
+        database_url: userinfo_database_url,
         auth_url: format!("http://{auth_addr}"),
         admin_token: auth_config.callers.admin.clone(),
         verifier_token: auth_config.callers.verifier.clone(),
-        revocation_stale_after: Duration::from_secs(10),
-        key_refetch_interval: Duration::from_secs(1),
+        revocation_stale_after: cli.revocation_stale_after,
+        key_refetch_interval: cli.key_refetch_interval,
         drain_timeout: auth_config.drain_timeout,
-        profile_cache_ttl: Duration::from_secs(1),
+        profile_cache_ttl: cli.profile_cache_ttl,
         limits: auth_config.limits,
         tls: None,
         auth_tls_ca_pem: None,

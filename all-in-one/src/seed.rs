@@ -126,7 +126,13 @@ pub async fn seed(
     Ok(())
 }
 
-/// What the runner prints once both services are up: credentials and the commands to try.
+/// Marks the start of the ready-to-run flow in the banner (CI runs what lies between).
+pub const FLOW_START: &str = "---8<--- whole flow, ready to paste into a shell in this directory";
+/// Marks its end.
+pub const FLOW_END: &str = "---8<--- end of flow";
+
+/// What the runner prints once both services are up: credentials, then the whole flow as
+/// grpcurl commands that pass each step's result on in shell variables.
 pub fn banner(
     auth_addr: SocketAddr,
     userinfo_addr: SocketAddr,
@@ -148,15 +154,30 @@ credentials       {env_file}
   DEMO_APP_ID={app_id}
   DEMO_APP_SECRET={app_secret}
 
-Try the flow with grpcurl from another shell (README.md has the full walkthrough):
-  set -a; . {env_file}; set +a
-  grpcurl -plaintext {auth_addr} list
-  # 1. the user taps the button -> a prompt (copy promptId)
-  grpcurl -plaintext -H "authorization: Bearer $WALLET_TOKEN" -d '{{"user_id":"{user1}","app_id":"'"$DEMO_APP_ID"'","scopes":["SCOPE_USER_INFO"],"trigger":"TRIGGER_USER_TAP"}}' {auth_addr} miniprogram.auth.v1.AuthorizationService/RequestAuthorization
-  # 2. the user allows -> a consent token (copy consentToken)
-  grpcurl -plaintext -H "authorization: Bearer $WALLET_TOKEN" -d '{{"prompt_id":"PROMPT_ID","user_id":"{user1}","decision":"DECISION_ALLOW"}}' {auth_addr} miniprogram.auth.v1.AuthorizationService/ResolvePrompt
-  # 3. the mini program reads the public profile
-  grpcurl -plaintext -d '{{"consent_token":"CONSENT_TOKEN"}}' {userinfo_addr} miniprogram.userinfo.v1.UserInfoService/GetOpenUserInfo
+Try the whole flow with grpcurl (and python3, to pick fields out of its JSON) from another
+shell; README.md explains each step.
+{FLOW_START}
+set -a; . {env_file}; set +a
+AUTH={auth_addr}; USERINFO={userinfo_addr}; WALLET="authorization: Bearer $WALLET_TOKEN"
+jget() {{ python3 -c 'import json,sys
+d=json.load(sys.stdin)
+for k in sys.argv[1:]: d=d[k]
+print(d)' "$@"; }}
+# 1. Basic info: the user taps, the wallet shows the modal, the user allows, the mini program reads.
+PROMPT_ID=$(grpcurl -plaintext -H "$WALLET" -d '{{"user_id":"{user1}","app_id":"'"$DEMO_APP_ID"'","scopes":["SCOPE_USER_INFO"],"trigger":"TRIGGER_USER_TAP"}}' $AUTH miniprogram.auth.v1.AuthorizationService/RequestAuthorization | jget prompt promptId)
+CONSENT_TOKEN=$(grpcurl -plaintext -H "$WALLET" -d '{{"prompt_id":"'"$PROMPT_ID"'","user_id":"{user1}","decision":"DECISION_ALLOW"}}' $AUTH miniprogram.auth.v1.AuthorizationService/ResolvePrompt | jget grant consentToken)
+grpcurl -plaintext -d '{{"consent_token":"'"$CONSENT_TOKEN"'"}}' $USERINFO miniprogram.userinfo.v1.UserInfoService/GetOpenUserInfo
+# 2. Phone number: its own modal, an auth code, the backend's exchange with the app secret.
+PROMPT_ID=$(grpcurl -plaintext -H "$WALLET" -d '{{"user_id":"{user1}","app_id":"'"$DEMO_APP_ID"'","scopes":["SCOPE_AUTH_BASE","SCOPE_PHONE_NUMBER"],"trigger":"TRIGGER_USER_TAP"}}' $AUTH miniprogram.auth.v1.AuthorizationService/RequestAuthorization | jget prompt promptId)
+AUTH_CODE=$(grpcurl -plaintext -H "$WALLET" -d '{{"prompt_id":"'"$PROMPT_ID"'","user_id":"{user1}","decision":"DECISION_ALLOW"}}' $AUTH miniprogram.auth.v1.AuthorizationService/ResolvePrompt | jget grant authCode)
+APP_BASIC="authorization: Basic $(printf '%s:%s' "$DEMO_APP_ID" "$DEMO_APP_SECRET" | base64 | tr -d '\n')"
+ACCESS_TOKEN=$(grpcurl -plaintext -H "$APP_BASIC" -d '{{"auth_code":"'"$AUTH_CODE"'"}}' $AUTH miniprogram.auth.v1.TokenService/ExchangeAuthCode | jget accessToken)
+grpcurl -plaintext -H "$APP_BASIC" -d '{{"access_token":"'"$ACCESS_TOKEN"'"}}' $USERINFO miniprogram.userinfo.v1.UserInfoService/GetPhoneNumber
+# 3. Withdrawal in the wallet's settings: the consent token stops working (40003), and the next tap prompts again.
+grpcurl -plaintext -H "$WALLET" -d '{{"user_id":"{user1}","app_id":"'"$DEMO_APP_ID"'"}}' $AUTH miniprogram.auth.v1.AuthorizationService/RevokeAuthorization
+sleep 1
+grpcurl -plaintext -d '{{"consent_token":"'"$CONSENT_TOKEN"'"}}' $USERINFO miniprogram.userinfo.v1.UserInfoService/GetOpenUserInfo || echo "refused, as it should be"
+{FLOW_END}
 Ctrl-C stops both services.
 "#,
         user1 = DEMO_USERS[0],

@@ -1,19 +1,24 @@
-//! The all-in-one binary itself: starts on the embedded default, prints credentials, stops
-//! cleanly on SIGTERM, and a second start reuses the data (same credentials and demo app).
+//! The all-in-one binary itself: starts on the embedded default, prints credentials and the
+//! whole flow, stops cleanly on SIGTERM and on Ctrl-C (SIGINT), and a second start reuses the
+//! data (same credentials, demo app and profiles).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Starts the binary in `dir` on free ports, reads its banner, sends SIGTERM; returns the
-/// banner and the exit status.
-fn run_once(dir: &std::path::Path) -> (String, std::process::ExitStatus) {
+/// Starts the binary in `dir` on free ports, reads its banner, sends `signal` (TERM or INT,
+/// what Ctrl-C sends); returns the banner, the exit status and the log.
+fn run_once(dir: &std::path::Path, signal: &str) -> (String, std::process::ExitStatus, String) {
+    let log_path = dir.join(format!("all-in-one-{signal}.log"));
+    let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_all-in-one"))
         .current_dir(dir)
         .env("AUTH_ADDR", "127.0.0.1:0")
         .env("USERINFO_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "text")
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start all-in-one");
     let stdout = child.stdout.take().expect("stdout");
@@ -29,12 +34,14 @@ fn run_once(dir: &std::path::Path) -> (String, std::process::ExitStatus) {
         assert!(started.elapsed() < Duration::from_secs(60), "no banner");
     }
     let killed = Command::new("kill")
-        .arg("-TERM")
+        .arg(format!("-{signal}"))
         .arg(child.id().to_string())
         .status()
         .expect("kill");
     assert!(killed.success());
-    (banner, child.wait().expect("wait"))
+    let status = child.wait().expect("wait");
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    (banner, status, log)
 }
 
 fn value(banner: &str, key: &str) -> String {
@@ -48,9 +55,28 @@ fn value(banner: &str, key: &str) -> String {
 #[test]
 fn the_runner_stops_cleanly_and_a_second_start_reuses_the_data() {
     let dir = tempfile::tempdir().unwrap();
-    let (first, status) = run_once(dir.path());
+    let (first, status, first_log) = run_once(dir.path(), "TERM");
     assert!(status.success(), "exit status {status:?}");
-    assert!(first.contains("grpcurl -plaintext"), "{first}");
+    for step in [
+        "AuthorizationService/RequestAuthorization",
+        "AuthorizationService/ResolvePrompt",
+        "UserInfoService/GetOpenUserInfo",
+        "TokenService/ExchangeAuthCode",
+        "UserInfoService/GetPhoneNumber",
+        "AuthorizationService/RevokeAuthorization",
+    ] {
+        assert!(
+            first.contains(step),
+            "the banner's flow lacks {step}:\n{first}"
+        );
+    }
+    assert!(first_log.contains("seeded the demo users"), "{first_log}");
+    for db in ["auth.db", "userinfo.db"] {
+        assert!(
+            dir.path().join("data").join(db).exists(),
+            "{db} is not under ./data"
+        );
+    }
     let env_file = std::fs::read_to_string(dir.path().join("data/dev-credentials.env")).unwrap();
     assert!(env_file.contains(&value(&first, "ADMIN_TOKEN")));
     #[cfg(unix)]
@@ -67,8 +93,13 @@ fn the_runner_stops_cleanly_and_a_second_start_reuses_the_data() {
             .mode();
         assert_eq!(mode & 0o077, 0, "master key readable by others");
     }
-    let (second, status) = run_once(dir.path());
-    assert!(status.success());
+    // Ctrl-C this time.
+    let (second, status, second_log) = run_once(dir.path(), "INT");
+    assert!(status.success(), "exit status {status:?} on SIGINT");
+    assert!(
+        !second_log.contains("seeded the demo users"),
+        "the second start found the profile store empty:\n{second_log}"
+    );
     for key in [
         "ADMIN_TOKEN",
         "WALLET_TOKEN",

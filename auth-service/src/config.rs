@@ -16,6 +16,7 @@ pub const ENV_ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const ENV_WALLET_TOKEN: &str = "WALLET_TOKEN";
 pub const ENV_VERIFIER_TOKEN: &str = "VERIFIER_TOKEN";
 pub const ENV_MASTER_KEY_FILE: &str = "MASTER_KEY_FILE";
+pub const ENV_MASTER_KEY: &str = "MASTER_KEY";
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/auth.db";
@@ -41,8 +42,12 @@ pub struct AuthArgs {
     #[arg(long, env = ENV_VERIFIER_TOKEN, hide_env_values = true)]
     pub verifier_token: Option<String>,
     /// File holding the 32-byte master key that token keys are sealed under.
-    #[arg(long, env = ENV_MASTER_KEY_FILE)]
+    #[arg(long, env = ENV_MASTER_KEY_FILE, conflicts_with = "master_key")]
     pub master_key_file: Option<PathBuf>,
+    /// The master key itself, as 64 hex digits, for platforms that hand secrets over in the
+    /// environment (instead of MASTER_KEY_FILE).
+    #[arg(long, env = ENV_MASTER_KEY, hide_env_values = true)]
+    pub master_key: Option<String>,
     /// Lifetime of a consent token (userInfo).
     #[arg(long, env = "CONSENT_TOKEN_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
     pub consent_token_ttl: Duration,
@@ -138,10 +143,11 @@ impl AuthArgs {
         let admin = credential(self.admin_token, ENV_ADMIN_TOKEN);
         let wallet = credential(self.wallet_token, ENV_WALLET_TOKEN);
         let verifier = credential(self.verifier_token, ENV_VERIFIER_TOKEN);
-        let master_key = match (self.master_key_file, dev) {
-            (Some(path), _) => Some(read_master_key(&path)?),
-            (None, true) => Some(dev_master_key(&PathBuf::from(DEV_MASTER_KEY_FILE))?),
-            (None, false) => {
+        let master_key = match (self.master_key_file, self.master_key, dev) {
+            (Some(path), _, _) => Some(read_master_key(&path)?),
+            (None, Some(hex_key), _) => Some(parse_master_key(&hex_key)?),
+            (None, None, true) => Some(dev_master_key(&PathBuf::from(DEV_MASTER_KEY_FILE))?),
+            (None, None, false) => {
                 missing.push(ENV_MASTER_KEY_FILE);
                 None
             }
@@ -150,6 +156,13 @@ impl AuthArgs {
             Some(k) if missing.is_empty() => k,
             _ => return Err(ConfigError::Missing(missing)),
         };
+        if admin == wallet || admin == verifier || wallet == verifier {
+            return Err(ConfigError::Invalid {
+                variable: "ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN",
+                problem: "each role needs a token of its own, or one caller could act as another"
+                    .into(),
+            });
+        }
         for (variable, ttl) in [
             ("CONSENT_TOKEN_TTL", self.consent_token_ttl),
             ("ACCESS_TOKEN_TTL", self.access_token_ttl),
@@ -217,6 +230,17 @@ pub fn read_master_key(path: &std::path::Path) -> Result<MasterKey, ConfigError>
         variable: ENV_MASTER_KEY_FILE,
         problem: format!("{}: {e}", path.display()),
     })
+}
+
+/// Parses MASTER_KEY: 64 hex digits (`head -c32 /dev/urandom | xxd -p -c32`). The error never
+/// echoes the value.
+pub fn parse_master_key(hex_key: &str) -> Result<MasterKey, ConfigError> {
+    let invalid = || ConfigError::Invalid {
+        variable: ENV_MASTER_KEY,
+        problem: "must be 64 hex digits (32 bytes)".into(),
+    };
+    let bytes = hex::decode(hex_key.trim()).map_err(|_| invalid())?;
+    MasterKey::from_bytes(&bytes).map_err(|_| invalid())
 }
 
 /// Reads the dev master key, generating it (mode 0600) on first use, with a loud warning.
@@ -310,5 +334,51 @@ mod tests {
         std::fs::write(&key, [7u8; 16]).unwrap();
         let err = read_master_key(&key).unwrap_err();
         assert!(err.to_string().contains(ENV_MASTER_KEY_FILE));
+    }
+
+    #[test]
+    fn the_master_key_can_come_from_the_environment_as_hex_and_is_never_echoed() {
+        let hex_key = "0f".repeat(32);
+        let cli = Cli::try_parse_from([
+            "auth",
+            "--admin-token",
+            "a",
+            "--wallet-token",
+            "w",
+            "--verifier-token",
+            "v",
+            "--master-key",
+            &hex_key,
+        ])
+        .unwrap();
+        let config = cli.args.into_config(false).unwrap();
+        assert_eq!(config.master_key.as_bytes(), &[0x0f; 32]);
+        let bad = "zz".repeat(31) + "secretish";
+        let err = parse_master_key(&bad).unwrap_err().to_string();
+        assert!(err.contains(ENV_MASTER_KEY), "{err}");
+        assert!(!err.contains("secretish"), "{err}");
+        assert!(
+            parse_master_key(&"0f".repeat(16)).is_err(),
+            "16 bytes is too short"
+        );
+    }
+
+    #[test]
+    fn one_token_for_two_roles_is_refused() {
+        let cli = Cli::try_parse_from([
+            "auth",
+            "--admin-token",
+            "same",
+            "--wallet-token",
+            "same",
+            "--verifier-token",
+            "v",
+            "--master-key",
+            &"0f".repeat(32),
+        ])
+        .unwrap();
+        let err = cli.args.into_config(false).unwrap_err().to_string();
+        assert!(err.contains("ADMIN_TOKEN") && err.contains("own"), "{err}");
+        assert!(!err.contains("same"), "the value is not echoed: {err}");
     }
 }

@@ -119,6 +119,12 @@ impl AppAuthenticator {
 
     /// Checks `authorization: Basic ...` from `peer`; the secret is compared in constant time
     /// against its stored hash.
+    ///
+    /// A caller over its failure budget is refused outright, right secret or not. An app over
+    /// its budget (failures from any callers) refuses further *wrong* secrets with
+    /// REQUEST_TRAFFIC_EXCEED_LIMIT but still accepts the right one: app ids are public, so
+    /// letting strangers' failures lock out the app's own backend would hand anyone a switch
+    /// to turn a mini program's sign-in off.
     pub async fn authenticate(
         &self,
         header: Option<&str>,
@@ -137,9 +143,6 @@ impl AppAuthenticator {
             }
         };
         let app_key = format!("app:{}", app_id.chars().take(128).collect::<String>());
-        if self.limiter.is_blocked(&app_key, now) {
-            return Err(AuthError::RequestTrafficExceedLimit);
-        }
         let app = if app_id.is_empty() || app_id.len() > 128 {
             None
         } else {
@@ -153,6 +156,9 @@ impl AppAuthenticator {
             Some(app) if secrets::matches_hash(&secret, &app.secret_hash) => Ok(app),
             _ => {
                 self.limiter.record_failure(&peer_key, now);
+                if self.limiter.is_blocked(&app_key, now) {
+                    return Err(AuthError::RequestTrafficExceedLimit);
+                }
                 self.limiter.record_failure(&app_key, now);
                 Err(AuthError::InvalidAuthClient)
             }

@@ -46,7 +46,7 @@ async fn a_valid_credential_of_the_wrong_role_is_permission_denied() {
 }
 
 #[tokio::test]
-async fn failed_app_secret_attempts_are_rate_limited_even_for_the_right_secret() {
+async fn a_caller_over_its_failure_budget_is_refused_even_with_the_right_secret() {
     let server = TestAuthServer::start_with(|c| c.failed_credential_budget = 3).await;
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let probe = pb::IntrospectTokenRequest { token: "x".into() };
@@ -196,4 +196,43 @@ async fn failed_attempts_forwarded_by_the_verifier_count_against_the_original_ca
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::RequestTrafficExceedLimit);
+}
+
+#[tokio::test]
+async fn strangers_failures_limit_wrong_secrets_for_an_app_but_never_lock_out_the_right_one() {
+    let server = TestAuthServer::start_with(|c| c.failed_credential_budget = 2).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let verifier = server.config.callers.verifier.clone();
+    let mut tokens = pb::token_service_client::TokenServiceClient::new(server.channel.clone());
+    // Wrong secrets for one app from many addresses, each within its own caller budget.
+    let strangers = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"];
+    let mut reasons = Vec::new();
+    for peer in strangers {
+        let err = tokens
+            .introspect_token(introspect_as(&app_id, "wrong", Some((&verifier, peer))))
+            .await
+            .unwrap_err();
+        reasons.push(reason(&err));
+    }
+    assert_eq!(
+        reasons,
+        [
+            ErrorReason::InvalidAuthClient,
+            ErrorReason::InvalidAuthClient,
+            ErrorReason::RequestTrafficExceedLimit,
+            ErrorReason::RequestTrafficExceedLimit,
+        ],
+        "the app's failure budget is shared by every caller"
+    );
+    assert!(
+        tokens
+            .introspect_token(introspect_as(
+                &app_id,
+                &secret,
+                Some((&verifier, "198.51.100.9"))
+            ))
+            .await
+            .is_ok(),
+        "the app's own backend still gets in with the right secret"
+    );
 }
