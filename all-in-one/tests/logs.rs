@@ -259,15 +259,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
     assert_eq!(reason(&err), ErrorReason::InvalidAuthRelations);
 
     // The console rotates the secret: the old one stops working, the new one works.
-    let new_secret = auth
-        .admin()
-        .rotate_app_secret(pb::RotateAppSecretRequest {
-            app_id: app_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .app_secret;
+    let new_secret = auth.rotate_secret(&app_id).await;
     assert_ne!(new_secret, secret);
     secrets.push(new_secret.clone());
     let Some(pb::request_authorization_response::Result::Grant(silent)) = wallet

@@ -292,6 +292,21 @@ mod tests {
         args: AuthArgs,
     }
 
+    /// Flags with the three role tokens `roles` and then `rest`.
+    fn args(roles: [&str; 3], rest: &[&str]) -> AuthArgs {
+        let mut argv = vec![
+            "auth",
+            "--admin-token",
+            roles[0],
+            "--wallet-token",
+            roles[1],
+            "--verifier-token",
+            roles[2],
+        ];
+        argv.extend_from_slice(rest);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
     #[test]
     fn missing_credentials_are_all_named() {
         let cli = Cli::try_parse_from(["auth", "--admin-token", "x"]).unwrap();
@@ -308,21 +323,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("master.key");
         std::fs::write(&key, [7u8; 32]).unwrap();
-        let cli = Cli::try_parse_from([
-            "auth",
-            "--admin-token",
-            "a",
-            "--wallet-token",
-            "w",
-            "--verifier-token",
-            "v",
-            "--master-key-file",
-            key.to_str().unwrap(),
-            "--access-token-ttl",
-            "15m",
-        ])
+        let config = args(
+            ["a", "w", "v"],
+            &[
+                "--master-key-file",
+                key.to_str().unwrap(),
+                "--access-token-ttl",
+                "15m",
+            ],
+        )
+        .into_config(false)
         .unwrap();
-        let config = cli.args.into_config(false).unwrap();
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
     }
@@ -339,19 +350,9 @@ mod tests {
     #[test]
     fn the_master_key_can_come_from_the_environment_as_hex_and_is_never_echoed() {
         let hex_key = "0f".repeat(32);
-        let cli = Cli::try_parse_from([
-            "auth",
-            "--admin-token",
-            "a",
-            "--wallet-token",
-            "w",
-            "--verifier-token",
-            "v",
-            "--master-key",
-            &hex_key,
-        ])
-        .unwrap();
-        let config = cli.args.into_config(false).unwrap();
+        let config = args(["a", "w", "v"], &["--master-key", &hex_key])
+            .into_config(false)
+            .unwrap();
         assert_eq!(config.master_key.as_bytes(), &[0x0f; 32]);
         let bad = "zz".repeat(31) + "secretish";
         let err = parse_master_key(&bad).unwrap_err().to_string();
@@ -365,19 +366,10 @@ mod tests {
 
     #[test]
     fn one_token_for_two_roles_is_refused() {
-        let cli = Cli::try_parse_from([
-            "auth",
-            "--admin-token",
-            "same",
-            "--wallet-token",
-            "same",
-            "--verifier-token",
-            "v",
-            "--master-key",
-            &"0f".repeat(32),
-        ])
-        .unwrap();
-        let err = cli.args.into_config(false).unwrap_err().to_string();
+        let err = args(["same", "same", "v"], &["--master-key", &"0f".repeat(32)])
+            .into_config(false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ADMIN_TOKEN") && err.contains("own"), "{err}");
         assert!(!err.contains("same"), "the value is not echoed: {err}");
     }

@@ -325,6 +325,18 @@ impl TestAuthServer {
             .authorizations
     }
 
+    /// RotateAppSecret as the console: the new secret.
+    pub async fn rotate_secret(&self, app_id: &str) -> String {
+        self.admin()
+            .rotate_app_secret(pb::RotateAppSecretRequest {
+                app_id: app_id.into(),
+            })
+            .await
+            .expect("rotate secret")
+            .into_inner()
+            .app_secret
+    }
+
     /// Tap, prompt (if any), allow: the grant for `scopes`.
     pub async fn consent(&self, user: &str, app_id: &str, scopes: &[pb::Scope]) -> pb::Grant {
         match self

@@ -14,6 +14,13 @@ pub use limits::{
 pub use metrics_endpoint::{install_metrics_recorder, serve_metrics, spawn_metrics_endpoint};
 pub use rpc_observer::{REQUEST_ID, RpcObserver, RpcObserverLayer};
 
+/// Takes the service that `poll_ready` readied, leaving a fresh clone in its place (the tower
+/// idiom for moving a ready service into a boxed future).
+fn take_ready<S: Clone>(slot: &mut S) -> S {
+    let clone = slot.clone();
+    std::mem::replace(slot, clone)
+}
+
 /// The layer stack every server runs: the RPC observer outside, then in-flight shedding,
 /// then the request deadline.
 pub type ServerLayers = tower::layer::util::Stack<

@@ -114,8 +114,7 @@ where
                 .status("the server is at its in-flight limit; retry later");
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::take_ready(&mut self.inner);
         Box::pin(async move {
             let response = inner.call(req).await;
             drop(permit);
@@ -172,8 +171,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::take_ready(&mut self.inner);
         let timeout = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, inner.call(req)).await {

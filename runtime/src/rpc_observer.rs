@@ -121,8 +121,7 @@ where
             method = %method,
             request_id = %id,
         );
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::take_ready(&mut self.inner);
         Box::pin(
             async move {
                 let mut result = inner.call(req).await;

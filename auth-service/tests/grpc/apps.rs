@@ -93,15 +93,7 @@ async fn features_are_enabled_and_disabled() {
 async fn rotating_the_secret_stops_the_old_one_at_once() {
     let server = TestAuthServer::start().await;
     let (app_id, old) = app_with(&server, &ALL_FEATURES).await;
-    let new = server
-        .admin()
-        .rotate_app_secret(pb::RotateAppSecretRequest {
-            app_id: app_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .app_secret;
+    let new = server.rotate_secret(&app_id).await;
     assert_ne!(old, new);
     let probe = pb::IntrospectTokenRequest { token: "x".into() };
     let err = server
