@@ -212,8 +212,9 @@ pub async fn set_health(
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains: health goes
-/// NOT_SERVING, `draining` is cancelled (so server streams end), and in-flight calls get
-/// `deadline` to finish.
+/// NOT_SERVING (health watchers receive it, and then their streams end so they do not hold
+/// the connection open), `draining` is cancelled (so our server streams end), and in-flight
+/// calls get `deadline` to finish.
 pub async fn serve_until_drained(
     router: tonic::transport::server::Router<ServerLayers>,
     listener: tokio::net::TcpListener,
@@ -225,9 +226,14 @@ pub async fn serve_until_drained(
 ) -> Result<(), tonic::transport::Error> {
     let signal = {
         let draining = draining.clone();
+        let mut health = health;
         async move {
             shutdown.await;
             set_health(&health, services, tonic_health::ServingStatus::NotServing).await;
+            // Dropping each status ends its Watch streams once they have sent NOT_SERVING.
+            for name in services.iter().copied().chain([""]) {
+                health.clear_service_status(name).await;
+            }
             tracing::info!("draining");
             draining.cancel();
         }

@@ -274,3 +274,35 @@ async fn errors_the_framework_answers_on_its_own_still_carry_a_reason() {
         (Code::Unimplemented, ErrorReason::UnknownMethod)
     );
 }
+
+#[tokio::test]
+async fn draining_tells_health_watchers_not_serving_and_does_not_wait_for_them() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let drain_deadline = std::time::Duration::from_secs(120);
+    let auth =
+        auth_service::testing::TestAuthServer::start_with(|c| c.drain_timeout = drain_deadline)
+            .await;
+    let mut watch = HealthClient::new(auth.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let stopping = tokio::spawn(auth.stop());
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    assert!(
+        matches!(watch.message().await, Ok(None) | Err(_)),
+        "the watch ends while draining"
+    );
+    // Stopping must not sit out the whole drain deadline for an open Watch.
+    let stopped = tokio::time::timeout(drain_deadline / 4, stopping)
+        .await
+        .expect("the server waited for the health watcher until the drain deadline")
+        .unwrap();
+    assert!(stopped.is_ok());
+}
