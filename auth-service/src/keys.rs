@@ -112,3 +112,75 @@ impl KeyRotation {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use miniprogram_token::{ScopeSet, TokenClaims, TokenKind};
+
+    use super::*;
+    use crate::store::sqlite::SqliteAuthStore;
+
+    /// With a 100 s period and 50 s tokens: a key mints for its period, its successor is
+    /// published before it retires, and it keeps verifying until the last token it minted has
+    /// expired (retire + 50 s), then leaves the ring.
+    #[tokio::test]
+    async fn a_key_mints_for_its_period_and_verifies_until_its_last_token_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+        let store: Arc<dyn AuthStore> = Arc::new(SqliteAuthStore::open(&url).await.unwrap());
+        let (period, ttl) = (Duration::from_secs(100), Duration::from_secs(50));
+        let keys = SigningKeys::default();
+        let rotation = KeyRotation::new(
+            store,
+            MasterKey::from_bytes(&[9; 32]).unwrap(),
+            period,
+            ttl,
+            keys.clone(),
+        );
+        let t0 = Timestamp::now();
+        let at = |secs: u64| t0.saturating_add(Duration::from_secs(secs));
+        let current = |now| keys.ring().signing_key(now).map(|k| k.key_id.clone());
+
+        rotation.ensure_current(at(0)).await.unwrap();
+        let first = current(at(0)).unwrap();
+        rotation.ensure_current(at(50)).await.unwrap();
+        assert_eq!(current(at(50)).unwrap(), first, "no rotation mid-period");
+
+        // A token minted at the end of the first key's period.
+        let claims = TokenClaims {
+            app_id: "app".into(),
+            user_id: "u".into(),
+            scopes: ScopeSet::EMPTY,
+            issued_at: at(89).unix_nanos(),
+            expires_at: at(89 + 50).unix_nanos(),
+            token_id: "t".into(),
+            grant_id: "g".into(),
+        };
+        let token = keys
+            .ring()
+            .mint(TokenKind::Access, &claims, at(89))
+            .unwrap();
+        assert_eq!(KeyRing::key_id_of(&token).unwrap(), first);
+
+        rotation.ensure_current(at(95)).await.unwrap();
+        let ring = keys.ring();
+        assert!(ring.contains(&first));
+        assert_eq!(
+            ring.keys().count(),
+            2,
+            "the successor is published a tenth of a period early"
+        );
+        rotation.ensure_current(at(101)).await.unwrap();
+        assert_ne!(current(at(101)).unwrap(), first, "the first key retired");
+        rotation.ensure_current(at(138)).await.unwrap();
+        assert!(
+            keys.ring().open(TokenKind::Access, &token, at(138)).is_ok(),
+            "the retired key still verifies its live tokens"
+        );
+        rotation.ensure_current(at(151)).await.unwrap();
+        assert!(
+            !keys.ring().contains(&first),
+            "gone once every token it minted has expired"
+        );
+    }
+}
