@@ -97,6 +97,7 @@ fn under_data_dir(url: String, default: &str, data_dir: &Path, file: &str) -> St
 }
 
 async fn run(mut cli: Cli) -> Result<(), RunError> {
+    let stop_signal = service_runtime::shutdown_signal();
     std::fs::create_dir_all(&cli.data_dir)?;
     let mut state = DevState::load_or_create(&cli.data_dir.join(dev_state::FILE_NAME))?;
     // Explicit flags and environment win over the remembered credentials.
@@ -194,7 +195,7 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
     tracing::info!(%auth_addr, %userinfo_addr, "all-in-one ready");
 
     tokio::select! {
-        () = service_runtime::shutdown_signal() => tracing::info!("stopping"),
+        () = stop_signal => tracing::info!("stopping"),
         Some(joined) = services.join_next() => {
             let _ = stop_tx.send(true);
             joined??;

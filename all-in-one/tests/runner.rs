@@ -9,13 +9,22 @@ use std::time::{Duration, Instant};
 /// Starts the binary in `dir` on free ports, reads its banner, sends `signal` (TERM or INT,
 /// what Ctrl-C sends); returns the banner, the exit status and the log.
 fn run_once(dir: &std::path::Path, signal: &str) -> (String, std::process::ExitStatus, String) {
+    run_with(dir, signal, "text")
+}
+
+/// [`run_once`] with `LOG_FORMAT` set to `log_format`.
+fn run_with(
+    dir: &std::path::Path,
+    signal: &str,
+    log_format: &str,
+) -> (String, std::process::ExitStatus, String) {
     let log_path = dir.join(format!("all-in-one-{signal}.log"));
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_all-in-one"))
         .current_dir(dir)
         .env("AUTH_ADDR", "127.0.0.1:0")
         .env("USERINFO_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "text")
+        .env("LOG_FORMAT", log_format)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(log)
@@ -111,6 +120,31 @@ fn the_runner_stops_cleanly_and_a_second_start_reuses_the_data() {
             value(&first, key),
             value(&second, key),
             "{key} changed across restarts"
+        );
+    }
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line_with_the_rpc_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, status, log) = run_with(dir.path(), "TERM", "json");
+    assert!(status.success());
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["message"] == "rpc finished")
+        .unwrap_or_else(|| panic!("no rpc line in {log}"));
+    for field in ["code", "latency_ms", "level", "timestamp"] {
+        assert!(finished.get(field).is_some(), "{field} missing: {finished}");
+    }
+    let span = &finished["span"];
+    for field in ["service", "method", "request_id"] {
+        assert!(
+            span.get(field).is_some(),
+            "span {field} missing: {finished}"
         );
     }
 }
