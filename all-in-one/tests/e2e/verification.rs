@@ -81,6 +81,14 @@ async fn tokens_under_a_rotated_key_are_accepted_after_a_key_refetch() {
     let first_kid = KeyRing::key_id_of(&first).unwrap();
     let started = Instant::now();
     let rotated = loop {
+        // auth-service rotates on a background tick at least 1 s apart, or when keys are
+        // listed. With a 1 s period the tick can land just after the old key retired, so list
+        // the keys first, as a verifier would; the next consent then finds a current key.
+        p.auth
+            .verifier()
+            .list_token_keys(pb::ListTokenKeysRequest {})
+            .await
+            .unwrap();
         let token = consent_token(&p.consent("u1", &app_id, &[UserInfo]).await);
         if KeyRing::key_id_of(&token).unwrap() != first_kid {
             break token;

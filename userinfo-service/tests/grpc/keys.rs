@@ -23,6 +23,13 @@ async fn token_under_a_new_key(auth: &TestAuthServer, app_id: &str, old_token: &
     let old_kid = KeyRing::key_id_of(old_token).expect("key id");
     let started = Instant::now();
     loop {
+        // auth-service rotates on a background tick at least 1 s apart, or when keys are
+        // listed. With a 1 s period the tick can land just after the old key retired, so list
+        // the keys first, as a verifier would; the next consent then finds a current key.
+        auth.verifier()
+            .list_token_keys(miniprogram_proto::auth::v1::ListTokenKeysRequest {})
+            .await
+            .expect("list keys");
         let token = consent_token(&auth.consent("u1", app_id, &[UserInfo]).await);
         if KeyRing::key_id_of(&token).expect("key id") != old_kid {
             return token;

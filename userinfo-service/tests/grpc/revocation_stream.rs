@@ -17,7 +17,7 @@ use userinfo_service::grpc::auth_client::{self, AuthServiceLink, CALL_TIMEOUT};
 use userinfo_service::userinfo::KeySource;
 use userinfo_service::verifier::TokenVerifier;
 
-use super::eventually;
+use super::{TestUserInfoServer, eventually};
 
 type Sent = Result<pb::WatchRevocationsResponse, Status>;
 
@@ -175,6 +175,27 @@ async fn an_open_stream_and_its_backlog_do_not_count_as_fresh_until_a_heartbeat(
             .is_stale(Timestamp::now()))
         .await
     );
+}
+
+#[tokio::test]
+async fn health_stays_not_serving_until_the_revocation_backlog_is_complete() {
+    let (addr, mut opened) = scripted_key_service(false).await;
+    let userinfo =
+        TestUserInfoServer::launch_with(addr, "test-admin-token", "test-verifier-token", |_| {})
+            .await;
+    // The stream opens only after the keys have loaded.
+    let stream = next_stream(&mut opened).await;
+    stream.send(event(rule(1, "u1"))).await;
+    // Many health-watch intervals, with keys and a backlog in flight but no heartbeat.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !service_runtime::is_serving(userinfo.channel.clone(), "")
+            .await
+            .expect("health answers"),
+        "SERVING before the revocation backlog was complete"
+    );
+    stream.send(heartbeat()).await;
+    userinfo.wait_serving().await;
 }
 
 #[tokio::test]
