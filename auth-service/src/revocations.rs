@@ -53,17 +53,20 @@ impl RevocationFeed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevocationItem {
     Rule(miniprogram_token::RevocationRule),
-    /// Nothing new; sent on an idle stream so the verifier knows it is still connected.
+    /// "You now have every rule in the log": sent each time the stream has caught up with the
+    /// log, and again whenever it has been idle for the heartbeat interval. Verifiers count
+    /// themselves fresh only on a heartbeat, so a backlog still in flight never looks fresh.
     Heartbeat,
 }
 
 /// Rules read from the log per query.
 const PAGE: u32 = 500;
 
-/// Streams every rule after `after_sequence`, then new ones as they are appended, with a
-/// heartbeat whenever the stream has been idle for `heartbeat`. Ends when the receiver is
-/// dropped or the server drains; a storage error is sent and ends the stream (the verifier
-/// resumes either way).
+/// Streams every rule after `after_sequence`, then new ones as they are appended. Each time
+/// everything in the log has been sent (after every page that was not full) it sends a
+/// [`RevocationItem::Heartbeat`]; an idle stream re-reads the log and so sends one every
+/// `heartbeat`. Ends when the receiver is dropped or the server drains; a storage error is
+/// sent and ends the stream (the verifier resumes either way).
 pub fn watch(
     store: std::sync::Arc<dyn crate::store::AuthStore>,
     feed: &RevocationFeed,
@@ -76,6 +79,8 @@ pub fn watch(
     tokio::spawn(async move {
         let mut last = after_sequence;
         loop {
+            // Marked seen before the read, so an append during the read wakes the next wait.
+            appended.borrow_and_update();
             let rules = match store.revocations_after(last, PAGE).await {
                 Ok(rules) => rules,
                 Err(e) => {
@@ -93,17 +98,16 @@ pub fn watch(
             if full_page {
                 continue;
             }
+            if tx.send(Ok(RevocationItem::Heartbeat)).await.is_err() {
+                return;
+            }
             tokio::select! {
                 changed = appended.changed() => {
                     if changed.is_err() {
                         return;
                     }
                 }
-                () = tokio::time::sleep(heartbeat) => {
-                    if tx.send(Ok(RevocationItem::Heartbeat)).await.is_err() {
-                        return;
-                    }
-                }
+                () = tokio::time::sleep(heartbeat) => {}
                 () = tx.closed() => return,
                 () = draining.cancelled() => return,
             }

@@ -32,7 +32,8 @@ pub struct UserInfoArgs {
     /// The verifier credential this service presents to auth-service's KeyService.
     #[arg(long, env = ENV_VERIFIER_TOKEN, hide_env_values = true)]
     pub verifier_token: Option<String>,
-    /// Refuse tokens (REVOCATION_STATE_STALE) once the revocation stream has been silent this long.
+    /// Refuse tokens (REVOCATION_STATE_STALE), and report health NOT_SERVING, once the
+    /// revocation stream has not been caught up (no heartbeat) for this long.
     #[arg(long, env = "REVOCATION_STALE_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     pub revocation_stale_after: Duration,
     /// On SIGTERM / Ctrl-C, how long in-flight calls get to finish.

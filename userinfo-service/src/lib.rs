@@ -8,6 +8,7 @@ pub mod error;
 pub mod grpc;
 pub mod profile_cache;
 pub mod profiles;
+pub mod readiness;
 pub mod store;
 pub mod userinfo;
 pub mod verifier;
@@ -29,6 +30,7 @@ use crate::config::UserInfoConfig;
 use crate::error::UserInfoError;
 use crate::grpc::auth_client::{self, AuthServiceLink, LinkError};
 use crate::profile_cache::PublicProfileCache;
+use crate::readiness::HealthGate;
 use crate::store::postgres::PostgresProfileStore;
 use crate::store::sqlite::SqliteProfileStore;
 use crate::store::{ProfileStore, StoreError};
@@ -132,16 +134,18 @@ pub async fn serve_with_listener(
         config.key_refetch_interval,
     ));
 
+    let draining = tokio_util::sync::CancellationToken::new();
+    let health_gate = HealthGate::new(health.clone(), draining.clone());
     let mut background = tokio::task::JoinSet::new();
     {
-        let (link, verifier, health) = (link.clone(), verifier.clone(), health.clone());
+        let (link, verifier) = (link.clone(), verifier.clone());
         background.spawn(async move {
             auth_client::load_keys(&link, &verifier).await;
-            service_runtime::set_health(&health, &SERVICE_NAMES, ServingStatus::Serving).await;
-            tracing::info!("token keys loaded; serving");
+            tracing::info!("token keys loaded; following revocations");
             auth_client::follow_revocations(link, verifier).await;
         });
     }
+    background.spawn(health_gate.clone().follow(verifier.clone()));
     {
         let verifier = verifier.clone();
         background.spawn(async move {
@@ -184,13 +188,17 @@ pub async fn serve_with_listener(
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, auth_url = %config.auth_url, "userinfo-service listening");
+    let shutdown = async move {
+        shutdown.await;
+        health_gate.begin_drain().await;
+    };
     let result = service_runtime::serve_until_drained(
         router,
         listener,
         shutdown,
         health,
         &SERVICE_NAMES,
-        tokio_util::sync::CancellationToken::new(),
+        draining,
         config.drain_timeout,
     )
     .await;

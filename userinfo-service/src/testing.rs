@@ -53,12 +53,27 @@ pub struct TestUserInfoServer {
 }
 
 impl TestUserInfoServer {
-    /// Starts against auth-service at `auth_addr` and waits until it is SERVING (keys loaded).
+    /// Starts against auth-service at `auth_addr` and waits until it is SERVING (keys loaded
+    /// and the revocation stream caught up).
     pub async fn start(auth_addr: SocketAddr, admin_token: &str, verifier_token: &str) -> Self {
         Self::start_with(auth_addr, admin_token, verifier_token, |_| {}).await
     }
 
+    /// [`start`](Self::start), after `adjust` edits the configuration.
     pub async fn start_with(
+        auth_addr: SocketAddr,
+        admin_token: &str,
+        verifier_token: &str,
+        adjust: impl FnOnce(&mut UserInfoConfig),
+    ) -> Self {
+        let server = Self::launch_with(auth_addr, admin_token, verifier_token, adjust).await;
+        server.wait_serving().await;
+        server
+    }
+
+    /// Starts like [`start_with`](Self::start_with) but returns at once, without waiting for
+    /// SERVING (for tests of what happens before it).
+    pub async fn launch_with(
         auth_addr: SocketAddr,
         admin_token: &str,
         verifier_token: &str,
@@ -81,19 +96,20 @@ impl TestUserInfoServer {
         // In TLS tests one CA signs every certificate: trust the one configured for auth.
         let ca = config.tls.as_ref().and(config.auth_tls_ca_pem.clone());
         let channel = service_runtime::client_channel(addr, ca.as_deref());
-        let server = TestUserInfoServer {
+        TestUserInfoServer {
             addr,
             config,
             channel,
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,
-        };
-        server.wait_serving().await;
-        server
+        }
     }
 
     /// Waits until health says SERVING.
+    ///
+    /// # Panics
+    /// If it does not within 10 s (a test failure).
     pub async fn wait_serving(&self) {
         let ready =
             service_runtime::wait_until_serving(self.channel.clone(), Duration::from_secs(10))

@@ -24,7 +24,9 @@ pub trait KeySource: Send + Sync + 'static {
 /// auth-service (its TokenService.IntrospectToken, with the caller's own credential).
 #[async_trait]
 pub trait AppCredentialCheck: Send + Sync + 'static {
-    /// `Ok(true)`: credential good and token active; `Ok(false)`: credential good, token not.
+    /// `Ok(true)`: credential good and token active for that app; `Ok(false)`: credential
+    /// good, token not (revoked, another app's, not a token at all). A bad credential is
+    /// `Err(InvalidAuthClient)` whatever the token.
     /// `peer` is the original caller's address, for auth-service's failed-attempt limits.
     async fn confirm(
         &self,
@@ -66,6 +68,8 @@ fn profile_missing(e: StoreError) -> UserInfoError {
 }
 
 impl UserInfoReader {
+    /// A reader over the store (behind the cache), checking tokens with `verifier`, which is
+    /// refreshed from `keys` at most once per `refetch_interval` on an unknown key id.
     pub fn new(
         store: Arc<dyn ProfileStore>,
         profiles: Arc<PublicProfileCache>,
@@ -104,17 +108,25 @@ impl UserInfoReader {
         if let Some(cached) = self.profiles.get(&claims.user_id, now) {
             return Ok(cached);
         }
+        // Taken before the read: if a write or delete forgets this user meanwhile, the row
+        // read may be the old one and is not cached.
+        let generation = self.profiles.generation(&claims.user_id);
         let profile = self
             .store
             .get_public_profile(&claims.user_id)
             .await
             .map_err(profile_missing)?;
-        self.profiles.put(&claims.user_id, profile.clone(), now);
+        self.profiles
+            .put_if_unchanged(&claims.user_id, profile.clone(), generation, now);
         Ok(profile)
     }
 
     /// The phone number, for an app's backend holding an access token with the phone scope
     /// that was issued to that same app.
+    ///
+    /// The app credential is confirmed at auth-service before the token is looked at, so a
+    /// caller without the right secret learns nothing about a token (every such call is
+    /// INVALID_AUTH_CLIENT, or a limit / availability error that doesn't depend on the token).
     pub async fn phone_number(
         &self,
         authorization: Option<&str>,
@@ -124,6 +136,11 @@ impl UserInfoReader {
         now: Timestamp,
     ) -> Result<String, UserInfoError> {
         let authorization = authorization.ok_or(UserInfoError::InvalidAuthClient)?;
+        let active_for_app = self
+            .credentials
+            .confirm(authorization, access_token, peer)
+            .await?;
+        // The caller is now known to be `app_id`: the token's own failure reason may be told.
         if access_token.is_empty() {
             return Err(UserInfoError::InvalidAuthRelations);
         }
@@ -138,13 +155,7 @@ impl UserInfoReader {
             }
             Err(e) => return Err(token_error(e)),
         };
-        if claims.app_id != app_id || !claims.scopes.contains(Scope::PhoneNumber) {
-            return Err(UserInfoError::InvalidAuthRelations);
-        }
-        if !self
-            .credentials
-            .confirm(authorization, access_token, peer)
-            .await?
+        if claims.app_id != app_id || !claims.scopes.contains(Scope::PhoneNumber) || !active_for_app
         {
             return Err(UserInfoError::InvalidAuthRelations);
         }
@@ -154,6 +165,9 @@ impl UserInfoReader {
             .map_err(profile_missing)
     }
 
+    /// Checks a token locally; on an unknown key id, refetches keys (rate limited) and checks
+    /// again, whether or not this call did the refetch: one queued behind another's refetch
+    /// finds the new key in the ring.
     async fn check(
         &self,
         kind: TokenKind,
@@ -161,29 +175,29 @@ impl UserInfoReader {
         now: Timestamp,
     ) -> Result<TokenClaims, TokenCheckError> {
         match self.verifier.check(kind, token, now) {
-            Err(TokenCheckError::UnknownKey) if self.refetch_keys(now).await => {
+            Err(TokenCheckError::UnknownKey) => {
+                self.refetch_keys(now).await;
                 self.verifier.check(kind, token, now)
             }
             other => other,
         }
     }
 
-    /// Refetches keys unless that happened within the refetch interval; `true` if it did.
-    async fn refetch_keys(&self, now: Timestamp) -> bool {
+    /// Refetches keys unless that was tried within the refetch interval. Callers wait on
+    /// each other here, so a burst of tokens under a new key costs one ListTokenKeys.
+    async fn refetch_keys(&self, now: Timestamp) {
         let mut last = self.last_refetch.lock().await;
         if last.is_some_and(|t| now.since(t) < self.refetch_interval) {
-            return false;
+            return;
         }
         *last = Some(now);
         match self.keys.fetch_keys().await {
             Ok(keys) => {
-                self.verifier.replace_keys(keys);
-                true
+                if !self.verifier.replace_keys(keys) {
+                    tracing::warn!("auth-service listed no token keys; keeping the current ones");
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "refetching token keys failed");
-                false
-            }
+            Err(e) => tracing::warn!(error = %e, "refetching token keys failed"),
         }
     }
 }

@@ -40,31 +40,42 @@ impl From<TokenError> for TokenCheckError {
     }
 }
 
-/// Keys, revocation rules and the time of the last word from the revocation stream.
+/// Keys, revocation rules and the time the revocation stream last said "you have everything"
+/// (a heartbeat, see [`TokenVerifier::mark_caught_up`]).
 #[derive(Debug)]
 pub struct TokenVerifier {
     keys: RwLock<KeyRing>,
     revocations: RwLock<RevocationList>,
-    /// Nanoseconds since the epoch of the last stream message; 0 before the first.
-    last_contact: AtomicI64,
+    /// Nanoseconds since the epoch of the last heartbeat (the stream had caught up); 0 before
+    /// the first and after [`TokenVerifier::mark_stale`].
+    last_caught_up: AtomicI64,
     stale_after: Duration,
 }
 
 impl TokenVerifier {
+    /// A verifier with no keys and no rules, stale until its first heartbeat; it fails
+    /// closed once `stale_after` passes without one.
     pub fn new(stale_after: Duration) -> Self {
         TokenVerifier {
             keys: RwLock::new(KeyRing::default()),
             revocations: RwLock::new(RevocationList::new()),
-            last_contact: AtomicI64::new(0),
+            last_caught_up: AtomicI64::new(0),
             stale_after,
         }
     }
 
     /// Replaces the key ring with what auth-service lists (every key a live token may use).
-    pub fn replace_keys(&self, keys: Vec<TokenKey>) {
+    /// An empty list is ignored (`false`): auth-service always has a signing key, so an empty
+    /// answer is a fault, and taking it would refuse every token.
+    pub fn replace_keys(&self, keys: Vec<TokenKey>) -> bool {
+        if keys.is_empty() {
+            return false;
+        }
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = KeyRing::new(keys);
+        true
     }
 
+    /// Whether any key is loaded (a verifier without keys can open no token).
     pub fn has_keys(&self) -> bool {
         !self
             .keys
@@ -73,6 +84,7 @@ impl TokenVerifier {
             .is_empty()
     }
 
+    /// Adds a rule from the stream (replays by sequence are ignored).
     pub fn apply(&self, rule: RevocationRule) {
         self.revocations
             .write()
@@ -88,6 +100,7 @@ impl TokenVerifier {
             .last_sequence()
     }
 
+    /// Rules held, for the metrics gauge.
     pub fn rule_count(&self) -> usize {
         self.revocations
             .read()
@@ -95,23 +108,40 @@ impl TokenVerifier {
             .len()
     }
 
-    pub fn mark_contact(&self, now: Timestamp) {
-        self.last_contact
-            .fetch_max(now.unix_nanos(), Ordering::Relaxed);
+    /// Records a heartbeat: at `now` this verifier held every rule in auth-service's log.
+    /// Only heartbeats count; an open stream or a rule alone says nothing about a backlog.
+    pub fn mark_caught_up(&self, now: Timestamp) {
+        self.last_caught_up
+            .fetch_max(now.unix_nanos(), Ordering::Release);
     }
 
-    /// Time since the stream last spoke (`None` before it ever did).
+    /// Forgets the last heartbeat, so every check fails closed until the next one (after
+    /// the stream delivered something this verifier cannot apply).
+    pub fn mark_stale(&self) {
+        self.last_caught_up.store(0, Ordering::Release);
+    }
+
+    /// How long without a heartbeat before checks fail closed.
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after
+    }
+
+    /// Time since the last heartbeat (`None` before the first).
     pub fn silence(&self, now: Timestamp) -> Option<Duration> {
-        match self.last_contact.load(Ordering::Relaxed) {
+        // Acquire pairs with the Release in `mark_caught_up`: a check that sees the heartbeat
+        // also sees every rule applied before it.
+        match self.last_caught_up.load(Ordering::Acquire) {
             0 => None,
             last => Some(now.since(Timestamp::from_unix_nanos(last))),
         }
     }
 
+    /// Whether checks fail closed at `now`: no heartbeat yet, or none within `stale_after`.
     pub fn is_stale(&self, now: Timestamp) -> bool {
         self.silence(now).is_none_or(|s| s > self.stale_after)
     }
 
+    /// Drops rules whose every possible match has expired, so the list stays bounded.
     pub fn prune(&self, now: Timestamp) {
         self.revocations
             .write()

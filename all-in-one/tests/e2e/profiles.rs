@@ -138,6 +138,8 @@ async fn a_deleted_profile_is_profile_not_found_for_a_live_token() {
         )
         .await,
     );
+    // A read first, so the profile sits in userinfo-service's read cache (1 s TTL in tests).
+    assert_eq!(p.open_user_info(&token).await.unwrap().nick_name, "Wei");
     p.userinfo
         .profiles()
         .delete_profile(upb::DeleteProfileRequest {

@@ -172,12 +172,55 @@ async fn idle_streams_carry_heartbeats() {
         .await
         .unwrap()
         .into_inner();
-    let msg = tokio::time::timeout(Duration::from_secs(2), stream.message())
+    // The first heartbeat says the (empty) log has been sent; the next ones come from idling.
+    for _ in 0..3 {
+        let msg = tokio::time::timeout(Duration::from_secs(2), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(msg.heartbeat && msg.event.is_none() && msg.server_time.is_some());
+    }
+}
+
+/// The next message, which must come without waiting for an idle heartbeat (those are an
+/// hour apart in the tests that use this).
+async fn next_message(
+    stream: &mut tonic::Streaming<pb::WatchRevocationsResponse>,
+) -> pb::WatchRevocationsResponse {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("no message within 5 s")
+        .unwrap()
+        .expect("stream ended")
+}
+
+#[tokio::test]
+async fn a_heartbeat_follows_the_backlog_once_the_stream_has_caught_up() {
+    let server =
+        TestAuthServer::start_with(|c| c.revocation_heartbeat = Duration::from_secs(3600)).await;
+    let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
+    for user in ["u1", "u2", "u3"] {
+        revoke_all(&server, user, &app_id).await;
+    }
+    let mut stream = server
+        .verifier()
+        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
         .await
         .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(msg.heartbeat && msg.event.is_none() && msg.server_time.is_some());
+        .into_inner();
+    for user in ["u1", "u2", "u3"] {
+        let msg = next_message(&mut stream).await;
+        assert!(!msg.heartbeat, "a heartbeat before the backlog was sent");
+        assert_eq!(msg.event.unwrap().user_id, user);
+    }
+    assert!(next_message(&mut stream).await.heartbeat);
+
+    // A live rule is followed by a heartbeat too: the stream has caught up again.
+    revoke_all(&server, "u4", &app_id).await;
+    let live = next_message(&mut stream).await;
+    assert_eq!(live.event.unwrap().user_id, "u4");
+    assert!(next_message(&mut stream).await.heartbeat);
 }
 
 #[tokio::test]

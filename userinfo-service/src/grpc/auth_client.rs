@@ -1,6 +1,7 @@
 //! userinfo-service as a client of auth-service: token keys, the revocation stream (followed
 //! for as long as the process runs, resumed after every disconnect) and app credential checks.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,20 @@ use tonic::{Request, Status};
 use crate::error::UserInfoError;
 use crate::userinfo::{AppCredentialCheck, KeySource};
 use crate::verifier::TokenVerifier;
+
+/// How long connecting to auth-service may take before the attempt fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a unary call (ListTokenKeys, IntrospectToken) or opening the revocation stream
+/// may take, connecting included; past it the call fails as auth-service unavailable.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on the connection, also while idle, so a half-open connection (peer gone
+/// without a FIN or RST) is noticed and dropped instead of holding calls forever.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnect delays for the revocation stream: doubling from the first to the last.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+const LONGEST_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// A lazily connected channel to auth-service and the verifier credential to present.
 #[derive(Clone)]
@@ -44,7 +59,10 @@ impl AuthServiceLink {
     ) -> Result<Self, LinkError> {
         let mut endpoint = Endpoint::from_shared(auth_url.to_owned())
             .map_err(|e| LinkError::Url(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if let Some(ca) = ca_pem {
             let host = endpoint.uri().host().unwrap_or("localhost").to_owned();
@@ -59,6 +77,7 @@ impl AuthServiceLink {
         Self::with_endpoint(endpoint, verifier_token)
     }
 
+    /// A link over `endpoint` exactly as given (its timeouts and keepalive included).
     pub fn with_endpoint(endpoint: Endpoint, verifier_token: &str) -> Result<Self, LinkError> {
         Ok(AuthServiceLink {
             channel: endpoint.connect_lazy(),
@@ -68,15 +87,18 @@ impl AuthServiceLink {
         })
     }
 
-    /// A request carrying the verifier credential beside the caller's own `authorization`.
+    /// A request carrying the verifier credential beside the caller's own `authorization`,
+    /// with a deadline auth-service sees too.
     fn authed_as_verifier<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
+        request.set_timeout(CALL_TIMEOUT);
         request
             .metadata_mut()
             .insert(VERIFIER_AUTHORIZATION, self.verifier_auth.clone());
         request
     }
 
+    /// A request with the verifier credential as its `authorization`.
     fn authed<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
@@ -94,6 +116,20 @@ fn unavailable(status: &Status) -> UserInfoError {
     UserInfoError::AuthServiceUnavailable(format!("{:?}", status.code()))
 }
 
+/// Runs a call to auth-service with [`CALL_TIMEOUT`] over all of it (connect, headers, body):
+/// tonic's own deadline covers only the wait for the response headers.
+async fn within_call_timeout<T>(
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(
+                "auth-service did not answer in time",
+            ))
+        })
+}
+
 fn key_from_proto(k: pb::TokenKey) -> Option<TokenKey> {
     Some(TokenKey {
         material: k.key_material.try_into().ok()?,
@@ -104,8 +140,12 @@ fn key_from_proto(k: pb::TokenKey) -> Option<TokenKey> {
     })
 }
 
-/// A revocation event as a rule; `None` if auth-service sent something unusable.
+/// A revocation event as a rule; `None` if auth-service sent something this verifier cannot
+/// apply faithfully (an unknown scope, a missing time, no app or no sequence).
 pub fn rule_from_event(e: pb::RevocationEvent) -> Option<RevocationRule> {
+    if e.sequence == 0 || e.app_id.is_empty() {
+        return None;
+    }
     let scopes = e
         .scopes
         .iter()
@@ -129,14 +169,59 @@ pub fn rule_from_event(e: pb::RevocationEvent) -> Option<RevocationRule> {
     })
 }
 
+/// A revocation event the verifier could not turn into a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed revocation event at sequence {sequence}")]
+pub struct MalformedEvent {
+    pub sequence: u64,
+}
+
+/// Applies one message of the revocation stream received at `now`. A heartbeat means the
+/// stream has sent everything in the log, so only a heartbeat marks the verifier caught up
+/// (and prunes expired rules); a rule is applied and says nothing about freshness.
+///
+/// A malformed event fails closed: it is not applied, the sequence does not move past it, and
+/// the verifier is marked stale, so every token is refused (REVOCATION_STATE_STALE) until a
+/// stream delivers it in a form this verifier understands. Skipping it could let a revoked
+/// token pass; guessing a wider rule can't be done safely without its times. A malformed
+/// event means auth-service and userinfo-service disagree on the format (e.g. a scope added
+/// in a newer auth-service), which an operator must fix; the refusal makes that loud.
+pub fn apply_stream_message(
+    verifier: &TokenVerifier,
+    message: pb::WatchRevocationsResponse,
+    now: Timestamp,
+) -> Result<(), MalformedEvent> {
+    match message.event {
+        Some(event) => {
+            let sequence = event.sequence;
+            match rule_from_event(event) {
+                Some(rule) => verifier.apply(rule),
+                None => {
+                    verifier.mark_stale();
+                    return Err(MalformedEvent { sequence });
+                }
+            }
+        }
+        None if message.heartbeat => {
+            verifier.mark_caught_up(now);
+            verifier.prune(now);
+        }
+        None => {}
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl KeySource for AuthServiceLink {
     async fn fetch_keys(&self) -> Result<Vec<TokenKey>, UserInfoError> {
-        let listed = KeyServiceClient::new(self.channel.clone())
-            .list_token_keys(self.authed(pb::ListTokenKeysRequest {}))
-            .await
-            .map_err(|s| unavailable(&s))?
-            .into_inner();
+        let mut request = self.authed(pb::ListTokenKeysRequest {});
+        request.set_timeout(CALL_TIMEOUT);
+        let listed = within_call_timeout(
+            KeyServiceClient::new(self.channel.clone()).list_token_keys(request),
+        )
+        .await
+        .map_err(|s| unavailable(&s))?
+        .into_inner();
         Ok(listed.keys.into_iter().filter_map(key_from_proto).collect())
     }
 }
@@ -159,20 +244,25 @@ impl AppCredentialCheck for AuthServiceLink {
         if let Ok(peer) = peer.parse() {
             request.metadata_mut().insert(FORWARDED_PEER, peer);
         }
-        match TokenServiceClient::new(self.channel.clone())
-            .introspect_token(request)
-            .await
+        match within_call_timeout(
+            TokenServiceClient::new(self.channel.clone()).introspect_token(request),
+        )
+        .await
         {
             Ok(r) => {
                 let r = r.into_inner();
                 Ok(r.active && r.token_type == pb::TokenType::Access as i32)
+            }
+            // auth-service checks the credential before the token, so a bad token field
+            // (empty, too long) means the credential was good and the token is not active.
+            Err(status) if ErrorReason::of(&status) == Some(ErrorReason::InvalidArgument) => {
+                Ok(false)
             }
             Err(status) => Err(match ErrorReason::of(&status) {
                 Some(ErrorReason::InvalidAuthClient) => UserInfoError::InvalidAuthClient,
                 Some(ErrorReason::RequestTrafficExceedLimit) => {
                     UserInfoError::RequestTrafficExceedLimit
                 }
-                Some(ErrorReason::InvalidArgument) => UserInfoError::InvalidAccessToken,
                 _ => unavailable(&status),
             }),
         }
@@ -181,68 +271,163 @@ impl AppCredentialCheck for AuthServiceLink {
 
 /// Loads keys until it succeeds (auth-service may start after us), backing off.
 pub async fn load_keys(link: &AuthServiceLink, verifier: &TokenVerifier) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_RETRY_DELAY;
     loop {
         match link.fetch_keys().await {
-            Ok(keys) if !keys.is_empty() => {
-                verifier.replace_keys(keys);
-                return;
+            Ok(keys) => {
+                if verifier.replace_keys(keys) {
+                    return;
+                }
+                tracing::warn!("auth-service listed no token keys; retrying");
             }
-            Ok(_) => tracing::warn!("auth-service listed no token keys; retrying"),
             Err(e) => tracing::warn!(error = %e, "cannot load token keys yet; retrying"),
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(LONGEST_RETRY_DELAY);
     }
 }
 
 /// Follows WatchRevocations forever, resuming after the last applied sequence on every
-/// reconnect, refetching keys on reconnect (they may have rotated meanwhile) and pruning
-/// expired rules.
+/// reconnect and refetching keys on reconnect (they may have rotated meanwhile). A stream
+/// silent for longer than the verifier's stale bound is abandoned and reopened (the
+/// connection may be half-open). The retry delay starts over only once a stream has caught
+/// up, so a stream that keeps failing is not reopened in a tight loop.
 pub async fn follow_revocations(link: AuthServiceLink, verifier: Arc<TokenVerifier>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_RETRY_DELAY;
     loop {
-        let after_sequence = verifier.last_sequence();
-        let call = KeyServiceClient::new(link.channel.clone())
-            .watch_revocations(link.authed(pb::WatchRevocationsRequest { after_sequence }))
-            .await;
-        match call {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                verifier.mark_contact(Timestamp::now());
-                if let Ok(keys) = link.fetch_keys().await
-                    && !keys.is_empty()
-                {
-                    verifier.replace_keys(keys);
-                }
-                backoff = Duration::from_millis(100);
-                loop {
-                    match stream.message().await {
-                        Ok(Some(message)) => {
-                            let now = Timestamp::now();
-                            verifier.mark_contact(now);
-                            if let Some(event) = message.event {
-                                match rule_from_event(event) {
-                                    Some(rule) => verifier.apply(rule),
-                                    None => tracing::warn!("ignoring a malformed revocation event"),
-                                }
-                            } else {
-                                verifier.prune(now);
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(status) => {
-                            tracing::warn!(code = ?status.code(), "revocation stream broke; resuming");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(status) => {
-                tracing::warn!(code = ?status.code(), "cannot open the revocation stream; retrying")
-            }
+        if follow_one_stream(&link, &verifier).await {
+            backoff = FIRST_RETRY_DELAY;
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(LONGEST_RETRY_DELAY);
+    }
+}
+
+/// Opens one revocation stream and applies it until it ends, breaks, falls silent or
+/// delivers a malformed event; `true` if it caught up at least once.
+async fn follow_one_stream(link: &AuthServiceLink, verifier: &TokenVerifier) -> bool {
+    let after_sequence = verifier.last_sequence();
+    let opened = within_call_timeout(
+        KeyServiceClient::new(link.channel.clone())
+            .watch_revocations(link.authed(pb::WatchRevocationsRequest { after_sequence })),
+    )
+    .await;
+    let mut stream = match opened {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), "cannot open the revocation stream; retrying");
+            return false;
+        }
+    };
+    if let Ok(keys) = link.fetch_keys().await {
+        verifier.replace_keys(keys);
+    }
+    let mut caught_up = false;
+    loop {
+        let message = match tokio::time::timeout(verifier.stale_after(), stream.message()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => return caught_up,
+            Ok(Err(status)) => {
+                tracing::warn!(code = ?status.code(), "revocation stream broke; resuming");
+                return caught_up;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    silent_for = ?verifier.stale_after(),
+                    "revocation stream fell silent; reconnecting"
+                );
+                return caught_up;
+            }
+        };
+        let heartbeat = message.heartbeat && message.event.is_none();
+        if let Err(e) = apply_stream_message(verifier, message, Timestamp::now()) {
+            tracing::error!(
+                sequence = e.sequence,
+                "auth-service sent a revocation event this verifier cannot apply; refusing \
+                 every token until it can (check that both services run matching versions)"
+            );
+            return caught_up;
+        }
+        caught_up |= heartbeat;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp { seconds, nanos: 0 })
+    }
+
+    fn event(sequence: u64) -> pb::RevocationEvent {
+        let now = Timestamp::now().seconds_and_nanos().0;
+        pb::RevocationEvent {
+            sequence,
+            app_id: "app-1".into(),
+            user_id: "u1".into(),
+            scopes: vec![pb::Scope::UserInfo as i32],
+            token_id: String::new(),
+            issued_before: ts(now),
+            expire_time: ts(now + 3600),
+            grant_id: String::new(),
+        }
+    }
+
+    fn message(
+        event: Option<pb::RevocationEvent>,
+        heartbeat: bool,
+    ) -> pb::WatchRevocationsResponse {
+        pb::WatchRevocationsResponse {
+            event,
+            server_time: None,
+            heartbeat,
+        }
+    }
+
+    #[test]
+    fn events_that_cannot_be_applied_faithfully_are_malformed() {
+        assert!(rule_from_event(event(1)).is_some());
+        let broken: [fn(&mut pb::RevocationEvent); 5] = [
+            |e| e.scopes.push(99),
+            |e| e.issued_before = None,
+            |e| e.expire_time = None,
+            |e| e.app_id.clear(),
+            |e| e.sequence = 0,
+        ];
+        for (i, break_it) in broken.into_iter().enumerate() {
+            let mut e = event(1);
+            break_it(&mut e);
+            assert!(rule_from_event(e).is_none(), "case {i}");
+        }
+    }
+
+    #[test]
+    fn only_heartbeats_make_the_verifier_fresh_and_a_malformed_event_makes_it_stale() {
+        let verifier = TokenVerifier::new(Duration::from_secs(3600));
+        let now = Timestamp::now();
+        assert_eq!(
+            apply_stream_message(&verifier, message(Some(event(1)), false), now),
+            Ok(())
+        );
+        assert_eq!(verifier.last_sequence(), 1);
+        assert!(
+            verifier.is_stale(now),
+            "a rule alone says nothing of a backlog"
+        );
+        assert_eq!(
+            apply_stream_message(&verifier, message(None, true), now),
+            Ok(())
+        );
+        assert!(!verifier.is_stale(now));
+
+        let mut malformed = event(2);
+        malformed.scopes.push(99);
+        assert_eq!(
+            apply_stream_message(&verifier, message(Some(malformed), false), now),
+            Err(MalformedEvent { sequence: 2 })
+        );
+        assert_eq!(verifier.last_sequence(), 1, "the sequence moved past it");
+        assert!(verifier.is_stale(now));
     }
 }
