@@ -181,8 +181,10 @@ pub async fn serve_with_listener(
     {
         let rotation = rotation.clone();
         let clock = clock.clone();
+        // Under the tenth of a period by which a successor is created early, so no tick can
+        // skip the window and leave a moment with no key to mint with.
         let every = (config.key_rotation_period / 20).clamp(
-            std::time::Duration::from_secs(1),
+            std::time::Duration::from_millis(10),
             // Reload often: with several replicas, a key another replica created shows up here
             // within seconds.
             std::time::Duration::from_secs(5),
