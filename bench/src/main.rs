@@ -1,7 +1,8 @@
 //! `cargo run --release -p bench`: measures GetOpenUserInfo (consent token checked locally,
-//! profile read from SQLite or the 1 s read cache, full server stack with observer and limits) against an echo
-//! baseline (tonic's health Check on a bare server, no layers), with the same load generator:
-//! C concurrent callers over a few HTTP/2 connections for a fixed time. Prints a Markdown table.
+//! profile read from SQLite or the 1 s read cache, full server stack with observer and limits)
+//! against an echo baseline (tonic's health Check on a bare server, no layers) and the same
+//! Check through our layers, with one load generator: C concurrent callers over a few HTTP/2
+//! connections, warm-up, then interleaved rounds. Prints a Markdown table of median rounds.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -28,6 +29,53 @@ struct Args {
     /// HTTP/2 connections the callers share.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Load before each scenario that is not measured (connections, caches, CPU clocks warm).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Rounds; each runs every scenario once, in turn, and the table shows each scenario's
+    /// median round, so a noisy moment on a shared machine moves no row on its own.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// One call of a scenario: `true` if it succeeded.
+type Call =
+    Arc<dyn Fn(Channel) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// A named load: the channels it runs over and the call it makes.
+struct Scenario {
+    name: &'static str,
+    channels: Vec<Channel>,
+    call: Call,
+}
+
+fn health_check() -> Call {
+    Arc::new(|channel| {
+        Box::pin(async move {
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok()
+        })
+    })
+}
+
+fn open_user_info(tokens: Arc<Vec<String>>) -> Call {
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Arc::new(move |channel| {
+        let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = tokens[i % tokens.len()].clone();
+        Box::pin(async move {
+            upb::user_info_service_client::UserInfoServiceClient::new(channel)
+                .get_open_user_info(upb::GetOpenUserInfoRequest {
+                    consent_token: token,
+                })
+                .await
+                .is_ok()
+        })
+    })
 }
 
 /// What one scenario measured.
@@ -39,6 +87,10 @@ struct Measured {
 }
 
 impl Measured {
+    fn calls_per_second(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
     fn percentile(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
@@ -48,12 +100,21 @@ impl Measured {
     }
 }
 
-async fn run_load<F, Fut>(args: &Args, channels: &[Channel], call: F) -> Measured
-where
-    F: Fn(Channel) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send,
-{
-    let call = Arc::new(call);
+/// Runs `call` from `args.concurrency` callers: `args.warmup` unmeasured, then
+/// `args.duration` measured.
+async fn run_load(args: &Args, channels: &[Channel], call: Call) -> Measured {
+    let warm_until = Instant::now() + args.warmup;
+    let mut warming = tokio::task::JoinSet::new();
+    for i in 0..args.concurrency {
+        let channel = channels[i % channels.len()].clone();
+        let call = call.clone();
+        warming.spawn(async move {
+            while Instant::now() < warm_until {
+                call(channel.clone()).await;
+            }
+        });
+    }
+    while warming.join_next().await.is_some() {}
     let deadline = Instant::now() + args.duration;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -122,13 +183,15 @@ async fn echo_baseline() -> SocketAddr {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
     );
     addr
 }
 
 fn row(name: &str, m: &Measured) -> String {
-    let rps = m.calls as f64 / m.elapsed.as_secs_f64();
+    let rps = m.calls_per_second();
     format!(
         "| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {} |",
         m.percentile(0.50).as_secs_f64() * 1000.0,
@@ -144,17 +207,6 @@ async fn main() {
     let baseline_rss = rss_mib();
 
     let echo = echo_baseline().await;
-    let echo_channels = channels(echo, args.connections);
-    let echo_result = run_load(&args, &echo_channels, |channel| async move {
-        tonic_health::pb::health_client::HealthClient::new(channel)
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .is_ok()
-    })
-    .await;
-
     let auth = TestAuthServer::start().await;
     let userinfo = TestUserInfoServer::start(
         auth.addr,
@@ -236,57 +288,60 @@ async fn main() {
         tokens.push(t);
     }
     let tokens = Arc::new(tokens);
-    let open_user_info = |tokens: Arc<Vec<String>>| {
-        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        move |channel: Channel| {
-            let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let token = tokens[i % tokens.len()].clone();
-            async move {
-                upb::user_info_service_client::UserInfoServiceClient::new(channel)
-                    .get_open_user_info(upb::GetOpenUserInfoRequest {
-                        consent_token: token,
-                    })
-                    .await
-                    .is_ok()
-            }
+    let scenarios = [
+        Scenario {
+            name: "echo baseline (bare tonic, health Check)",
+            channels: channels(echo, args.connections),
+            call: health_check(),
+        },
+        Scenario {
+            name: "health Check through userinfo-service's layers (observer, shedding, deadline)",
+            channels: channels(userinfo.addr, args.connections),
+            call: health_check(),
+        },
+        Scenario {
+            name: "GetOpenUserInfo, full stack, profile cache on (default 1 s)",
+            channels: channels(userinfo.addr, args.connections),
+            call: open_user_info(tokens.clone()),
+        },
+        Scenario {
+            name: "GetOpenUserInfo, full stack, profile cache off (SQLite every call)",
+            channels: channels(uncached.addr, args.connections),
+            call: open_user_info(tokens),
+        },
+    ];
+    let mut rounds: Vec<Vec<Measured>> = scenarios.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.rounds.max(1) {
+        for (scenario, results) in scenarios.iter().zip(&mut rounds) {
+            results.push(run_load(&args, &scenario.channels, scenario.call.clone()).await);
         }
-    };
-    let cached_channels = channels(userinfo.addr, args.connections);
-    let userinfo_result = run_load(&args, &cached_channels, open_user_info(tokens.clone())).await;
-    let uncached_channels = channels(uncached.addr, args.connections);
-    let uncached_result = run_load(&args, &uncached_channels, open_user_info(tokens.clone())).await;
+    }
+    let medians: Vec<Measured> = rounds
+        .into_iter()
+        .map(|mut results| {
+            results.sort_by(|a, b| a.calls_per_second().total_cmp(&b.calls_per_second()));
+            results.swap_remove(results.len() / 2)
+        })
+        .collect();
     let peak_rss = rss_mib();
 
     println!(
-        "\n{} s per scenario, {} concurrent callers over {} connections, {} cores\n",
+        "\n{} s per scenario after {} ms warm-up, median of {} rounds, {} concurrent callers over {} connections, {} cores\n",
         args.duration.as_secs(),
+        args.warmup.as_millis(),
+        args.rounds.max(1),
         args.concurrency,
         args.connections,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("| scenario | calls/s | p50 ms | p99 ms | p99.9 ms | errors |");
     println!("|---|---|---|---|---|---|");
-    println!(
-        "{}",
-        row("echo baseline (bare tonic, health Check)", &echo_result)
-    );
-    for (name, measured) in [
-        (
-            "GetOpenUserInfo, full stack, profile cache on (default 1 s)",
-            &userinfo_result,
-        ),
-        (
-            "GetOpenUserInfo, full stack, profile cache off (SQLite every call)",
-            &uncached_result,
-        ),
-    ] {
-        println!("{}", row(name, measured));
+    for (scenario, measured) in scenarios.iter().zip(&medians) {
+        println!("{}", row(scenario.name, measured));
     }
-    let ratio = (userinfo_result.calls as f64 / userinfo_result.elapsed.as_secs_f64())
-        / (echo_result.calls as f64 / echo_result.elapsed.as_secs_f64());
     println!(
-        "\nGetOpenUserInfo runs at {:.0}% of the echo baseline's throughput.",
-        ratio * 100.0
+        "\nGetOpenUserInfo (cached) runs at {:.0}% of the echo baseline's throughput.",
+        medians[2].calls_per_second() / medians[0].calls_per_second() * 100.0
     );
     println!(
         "Process RSS (both services, load generator and baseline in one process): {baseline_rss:.1} MiB at start, {peak_rss:.1} MiB after the runs."

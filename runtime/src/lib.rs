@@ -251,7 +251,9 @@ pub async fn serve_until_drained(
         }
     };
     let serve = router.serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(listener),
+        // tonic ignores its builder's TCP_NODELAY for an incoming stream: without this, Nagle's
+        // algorithm holds some responses back for a delayed ACK (~40 ms tails).
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         signal,
     );
     with_drain_deadline(serve, draining, deadline).await
