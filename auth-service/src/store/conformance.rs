@@ -348,6 +348,37 @@ pub async fn auth_code_outcomes(store: Arc<dyn AuthStore>) {
     );
 }
 
+pub async fn a_spent_code_is_kept_while_its_refresh_family_can_live(store: Arc<dyn AuthStore>) {
+    // The code's own purge time is t(200); its first refresh token lives until t(5000), and a
+    // rotation at t(30) extends the family to t(6000).
+    store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
+    store
+        .redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(20))
+        .await
+        .unwrap();
+    store
+        .rotate_refresh_token(&h(3), "a1", &h(4), t(6000), t(30))
+        .await
+        .unwrap();
+    let swept = store.sweep_expired(t(5500), 100).await.unwrap();
+    assert_eq!(swept.auth_codes, 0, "the code outlives its own purge time");
+    assert!(
+        matches!(
+            store
+                .redeem_auth_code(&h(2), "a1", &h(9), t(7000), t(5500))
+                .await
+                .unwrap(),
+            CodeRedemption::AlreadyUsed(_)
+        ),
+        "a late replay is still recognised, so it can void the family"
+    );
+    let swept = store.sweep_expired(t(6000), 100).await.unwrap();
+    assert_eq!(
+        swept.auth_codes, 1,
+        "gone with the family's last refresh token"
+    );
+}
+
 pub async fn refresh_rotation_and_family_revocation(store: Arc<dyn AuthStore>) {
     store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
     store
@@ -472,6 +503,7 @@ macro_rules! auth_store_conformance {
             auth_code_is_single_use_under_concurrency,
             auth_code_outcomes,
             refresh_rotation_and_family_revocation,
+            a_spent_code_is_kept_while_its_refresh_family_can_live,
             refresh_token_expiry,
             token_keys_round_trip,
             sweep_removes_only_expired_rows_in_batches,

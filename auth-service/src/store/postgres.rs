@@ -93,6 +93,21 @@ async fn append_revocation_in(
     rows::revocation(&row)
 }
 
+/// Keeps a grant's auth code until `until` (when that is later than its purge time): a code
+/// must outlive every refresh token of its family, so a replay however late still voids it.
+async fn keep_code_until_in(
+    conn: &mut PgConnection,
+    grant_id: &str,
+    until: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE auth_codes SET purge_at = GREATEST(purge_at, $1) WHERE grant_id = $2")
+        .bind(until.unix_nanos())
+        .bind(grant_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 async fn void_refresh_tokens_in(
     conn: &mut PgConnection,
     r: &NewRevocation,
@@ -409,6 +424,9 @@ impl AuthStore for PostgresAuthStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(classify)?;
+                keep_code_until_in(&mut tx, &code.grant_id, refresh_expires_at)
+                    .await
+                    .map_err(classify)?;
                 CodeRedemption::Redeemed(code)
             }
             None => {
@@ -506,6 +524,9 @@ impl AuthStore for PostgresAuthStore {
                     .bind(now.unix_nanos())
                     .bind(successor_expires_at.unix_nanos())
                     .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                keep_code_until_in(&mut tx, &old.family_id, successor_expires_at)
                     .await
                     .map_err(classify)?;
                 RefreshRotation::Rotated(old)

@@ -101,6 +101,21 @@ async fn append_revocation_in(
     rows::revocation(&row)
 }
 
+/// Keeps a grant's auth code until `until` (when that is later than its purge time): a code
+/// must outlive every refresh token of its family, so a replay however late still voids it.
+async fn keep_code_until_in(
+    conn: &mut sqlx::SqliteConnection,
+    grant_id: &str,
+    until: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE auth_codes SET purge_at = MAX(purge_at, ?) WHERE grant_id = ?")
+        .bind(until.unix_nanos())
+        .bind(grant_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Voids the refresh tokens of (app, user?) that carry any of `scopes` (all when empty).
 async fn void_refresh_tokens_in(
     conn: &mut sqlx::SqliteConnection,
@@ -411,6 +426,9 @@ impl AuthStore for SqliteAuthStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
+                keep_code_until_in(&mut tx, &code.grant_id, refresh_expires_at)
+                    .await
+                    .map_err(classify)?;
                 CodeRedemption::Redeemed(code)
             }
             None => {
@@ -520,6 +538,9 @@ impl AuthStore for SqliteAuthStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
+                keep_code_until_in(&mut tx, &old.family_id, successor_expires_at)
+                    .await
+                    .map_err(classify)?;
                 RefreshRotation::Rotated(old)
             }
             None => {
