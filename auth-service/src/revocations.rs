@@ -57,6 +57,12 @@ pub enum RevocationItem {
     /// log, and again whenever it has been idle for the heartbeat interval. Verifiers count
     /// themselves fresh only on a heartbeat, so a backlog still in flight never looks fresh.
     Heartbeat,
+    /// First on a stream that cannot resume where the verifier asked, because the log no
+    /// longer holds the verifier's last rule there (restored from a backup, or swept): the
+    /// stream starts after `after` instead, and the verifier must accept those sequences again.
+    ResumedAfter {
+        after: u64,
+    },
 }
 
 /// Rules read from the log per query.
@@ -71,13 +77,29 @@ pub fn watch(
     store: std::sync::Arc<dyn crate::store::AuthStore>,
     feed: &RevocationFeed,
     after_sequence: u64,
+    after_issued_before: Option<Timestamp>,
     heartbeat: Duration,
     draining: tokio_util::sync::CancellationToken,
 ) -> tokio::sync::mpsc::Receiver<Result<RevocationItem, crate::error::AuthError>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut appended = feed.subscribe();
     tokio::spawn(async move {
-        let mut last = after_sequence;
+        let mut last = match resume_point(store.as_ref(), after_sequence, after_issued_before).await
+        {
+            Ok(last) => last,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        if last != after_sequence
+            && tx
+                .send(Ok(RevocationItem::ResumedAfter { after: last }))
+                .await
+                .is_err()
+        {
+            return;
+        }
         loop {
             // Marked seen before the read, so an append during the read wakes the next wait.
             appended.borrow_and_update();
@@ -114,4 +136,24 @@ pub fn watch(
         }
     });
     rx
+}
+
+/// Where a stream asked to resume after `after_sequence` really resumes: there, if the log
+/// still holds the verifier's last rule at that place (same `issued_before`, when the verifier
+/// says); otherwise from the start of the log. Sequences are handed out again after a restore
+/// from a backup, so a sequence alone could point into another timeline and skip its rules;
+/// starting over only re-sends rules the verifier then holds once anyway.
+async fn resume_point(
+    store: &dyn crate::store::AuthStore,
+    after_sequence: u64,
+    after_issued_before: Option<Timestamp>,
+) -> Result<u64, crate::store::StoreError> {
+    if after_sequence == 0 {
+        return Ok(0);
+    }
+    let same_rule = store
+        .revocation_at(after_sequence)
+        .await?
+        .is_some_and(|rule| after_issued_before.is_none_or(|t| t == rule.issued_before));
+    Ok(if same_rule { after_sequence } else { 0 })
 }

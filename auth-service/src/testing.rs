@@ -196,6 +196,11 @@ pub struct StoppedAuthServer {
 }
 
 impl StoppedAuthServer {
+    /// The database it will restart on, for tests that tamper with it while it is down.
+    pub fn database_url(&self) -> &str {
+        &self.config.database_url
+    }
+
     /// Starts again on the same address and database.
     pub async fn restart(mut self) -> TestAuthServer {
         let listener = TcpListener::bind(self.addr)

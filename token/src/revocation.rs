@@ -47,6 +47,9 @@ struct AppRules {
 pub struct RevocationList {
     apps: HashMap<String, AppRules>,
     last_sequence: u64,
+    /// `issued_before` of the rule at `last_sequence`: with it, the log can tell whether it
+    /// still holds the same rule there.
+    last_issued_before: Option<Timestamp>,
     len: usize,
 }
 
@@ -68,18 +71,41 @@ impl RevocationList {
         self.len == 0
     }
 
-    /// Adds a rule; a rule already seen (by sequence) is ignored, so replays are harmless.
+    /// Where a resumed stream should continue: after this sequence, whose rule was issued
+    /// before this time (`None` before the first rule).
+    pub fn resume_point(&self) -> (u64, Option<Timestamp>) {
+        (self.last_sequence, self.last_issued_before)
+    }
+
+    /// The log went back below what this list has seen (auth-service's database was restored
+    /// from a backup): sequences after `sequence` are accepted again. The rules held stay
+    /// until they expire; they can only over-revoke.
+    pub fn rewind_to(&mut self, sequence: u64) {
+        if sequence < self.last_sequence {
+            self.last_sequence = sequence;
+            self.last_issued_before = None;
+        }
+    }
+
+    /// Adds a rule; a rule already seen (by sequence, or the very same rule again after a
+    /// rewind) is ignored, so replays are harmless.
     pub fn apply(&mut self, rule: RevocationRule) {
         if rule.sequence != 0 && rule.sequence <= self.last_sequence {
             return;
         }
-        self.last_sequence = self.last_sequence.max(rule.sequence);
-        let app = self.apps.entry(rule.app_id.clone()).or_default();
-        match rule.user_id.clone() {
-            Some(user) => app.by_user.entry(user).or_default().push(rule),
-            None => app.any_user.push(rule),
+        if rule.sequence > self.last_sequence {
+            self.last_sequence = rule.sequence;
+            self.last_issued_before = Some(rule.issued_before);
         }
-        self.len += 1;
+        let app = self.apps.entry(rule.app_id.clone()).or_default();
+        let rules = match rule.user_id.clone() {
+            Some(user) => app.by_user.entry(user).or_default(),
+            None => &mut app.any_user,
+        };
+        if !rules.contains(&rule) {
+            rules.push(rule);
+            self.len += 1;
+        }
     }
 
     pub fn is_revoked(&self, claims: &TokenClaims) -> bool {
@@ -179,6 +205,33 @@ mod tests {
         list.prune(Timestamp::from_unix_nanos(1100));
         assert!(list.is_empty());
         assert_eq!(list.last_sequence(), 5);
+    }
+
+    #[test]
+    fn after_a_rewind_a_restored_log_sequences_are_applied_again() {
+        let mut list = RevocationList::new();
+        list.apply(rule(5, Some("u1"), &[], 100));
+        assert_eq!(
+            list.resume_point(),
+            (5, Some(Timestamp::from_unix_nanos(100)))
+        );
+        list.rewind_to(7);
+        assert_eq!(
+            list.last_sequence(),
+            5,
+            "a point above what we hold changes nothing"
+        );
+        list.rewind_to(2);
+        assert_eq!(list.resume_point(), (2, None));
+        list.apply(rule(3, Some("u2"), &[], 100));
+        assert_eq!(
+            (list.len(), list.last_sequence()),
+            (2, 3),
+            "the restored log's rule 3 is new, and rule 5 is kept"
+        );
+        list.rewind_to(0);
+        list.apply(rule(3, Some("u2"), &[], 100));
+        assert_eq!(list.len(), 2, "the same rule streamed again is held once");
     }
 
     proptest! {

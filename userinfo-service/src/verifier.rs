@@ -92,6 +92,30 @@ impl TokenVerifier {
             .apply(rule);
     }
 
+    /// auth-service could not resume the stream where asked (its log no longer holds our
+    /// last rule there: restored from a backup, or swept) and resumes after `sequence`:
+    /// sequences after it must be accepted again.
+    pub fn rewind_to(&self, sequence: u64) {
+        let mut revocations = self.revocations.write().unwrap_or_else(|e| e.into_inner());
+        if sequence < revocations.last_sequence() {
+            tracing::warn!(
+                resumed_after = sequence,
+                applied = revocations.last_sequence(),
+                "auth-service's revocation log does not hold our last rule (restored from a backup, or swept); following it from where it resumes"
+            );
+            revocations.rewind_to(sequence);
+        }
+    }
+
+    /// Where to resume the revocation stream: after this sequence, whose rule was issued
+    /// before this time.
+    pub fn resume_point(&self) -> (u64, Option<Timestamp>) {
+        self.revocations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .resume_point()
+    }
+
     /// The sequence to resume the revocation stream after.
     pub fn last_sequence(&self) -> u64 {
         self.revocations

@@ -72,12 +72,16 @@ impl KeyService for KeyGrpc {
         &self,
         request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let after = request.into_inner().after_sequence;
+        let request = request.into_inner();
+        let after_issued_before = request
+            .after_issued_before
+            .and_then(|t| miniprogram_token::Timestamp::from_seconds_and_nanos(t.seconds, t.nanos));
         let clock = self.clock.clone();
         let rx = revocations::watch(
             self.store.clone(),
             &self.feed,
-            after,
+            request.after_sequence,
+            after_issued_before,
             self.heartbeat,
             self.draining.clone(),
         );
@@ -97,11 +101,19 @@ impl KeyService for KeyGrpc {
                     }),
                     server_time,
                     heartbeat: false,
+                    resumed_after: None,
                 }),
                 Ok(RevocationItem::Heartbeat) => Ok(pb::WatchRevocationsResponse {
                     event: None,
                     server_time,
                     heartbeat: true,
+                    resumed_after: None,
+                }),
+                Ok(RevocationItem::ResumedAfter { after }) => Ok(pb::WatchRevocationsResponse {
+                    event: None,
+                    server_time,
+                    heartbeat: false,
+                    resumed_after: Some(after),
                 }),
                 Err(e) => Err(e.into()),
             }

@@ -258,6 +258,26 @@ pub async fn withdrawal_removes_scopes_and_appends_rule(store: Arc<dyn AuthStore
     assert_eq!(store.revocations_after(seqs[0], 10).await.unwrap().len(), 1);
 }
 
+pub async fn a_rule_is_found_by_its_sequence_until_swept(store: Arc<dyn AuthStore>) {
+    assert_eq!(store.revocation_at(1).await.unwrap(), None, "an empty log");
+    let appended = store
+        .append_revocation(&revocation("a1", Some("u1"), ScopeSet::EMPTY, 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.revocation_at(appended.sequence).await.unwrap(),
+        Some(appended.clone())
+    );
+    assert_eq!(store.revocation_at(u64::MAX).await.unwrap(), None);
+    store.sweep_expired(t(10_000), 100).await.unwrap();
+    assert_eq!(store.revocation_at(appended.sequence).await.unwrap(), None);
+    let next = store
+        .append_revocation(&revocation("a1", None, ScopeSet::EMPTY, 20_000))
+        .await
+        .unwrap();
+    assert!(next.sequence > appended.sequence, "sequences never restart");
+}
+
 pub async fn prompts_resolve_once(store: Arc<dyn AuthStore>) {
     let p = PromptRecord {
         prompt_hash: h(4),
@@ -499,6 +519,7 @@ macro_rules! auth_store_conformance {
             feature_changes_are_relative_and_never_lose_each_other,
             decisions_grant_and_deny_atomically,
             withdrawal_removes_scopes_and_appends_rule,
+            a_rule_is_found_by_its_sequence_until_swept,
             prompts_resolve_once,
             auth_code_is_single_use_under_concurrency,
             auth_code_outcomes,

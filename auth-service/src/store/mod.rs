@@ -289,6 +289,8 @@ pub trait AuthStore: Send + Sync + 'static {
         sequence: u64,
         limit: u32,
     ) -> Result<Vec<RevocationRule>, StoreError>;
+    /// The rule at `sequence`, if the log still holds it.
+    async fn revocation_at(&self, sequence: u64) -> Result<Option<RevocationRule>, StoreError>;
 
     /// Rules that could void a token of (app, user) issued at `issued_at`.
     async fn revocations_for_subject(

@@ -602,6 +602,20 @@ impl AuthStore for SqliteAuthStore {
             .map_err(classify)
     }
 
+    async fn revocation_at(&self, sequence: u64) -> Result<Option<RevocationRule>, StoreError> {
+        let Ok(sequence) = i64::try_from(sequence) else {
+            return Ok(None);
+        };
+        let row = sqlx::query("SELECT * FROM revocations WHERE sequence = ?")
+            .bind(sequence)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(classify)?;
+        row.map(|r| rows::revocation(&r))
+            .transpose()
+            .map_err(classify)
+    }
+
     async fn revocations_for_subject(
         &self,
         app_id: &str,

@@ -100,8 +100,9 @@ async fn keys_rotate_and_the_old_key_keeps_verifying() {
 async fn next_event(
     stream: &mut tonic::Streaming<pb::WatchRevocationsResponse>,
 ) -> pb::RevocationEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        let msg = tokio::time::timeout_at(deadline, stream.message())
             .await
             .expect("no event within 5 s")
             .unwrap()
@@ -131,7 +132,7 @@ async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_miss
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
     let mut verifier = server.verifier();
     let mut stream = verifier
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -148,6 +149,7 @@ async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_miss
     let mut resumed = verifier
         .watch_revocations(pb::WatchRevocationsRequest {
             after_sequence: first.sequence,
+            after_issued_before: first.issued_before,
         })
         .await
         .unwrap()
@@ -168,7 +170,7 @@ async fn idle_streams_carry_heartbeats() {
     let server = TestAuthServer::start().await;
     let mut stream = server
         .verifier()
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -205,7 +207,7 @@ async fn a_heartbeat_follows_the_backlog_once_the_stream_has_caught_up() {
     }
     let mut stream = server
         .verifier()
-        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -249,4 +251,79 @@ async fn the_sweeper_deletes_expired_prompts_in_the_background() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(remaining, 0);
+}
+
+/// The first message of a stream, within 5 s.
+async fn first_message(
+    server: &TestAuthServer,
+    request: pb::WatchRevocationsRequest,
+) -> (
+    pb::WatchRevocationsResponse,
+    tonic::Streaming<pb::WatchRevocationsResponse>,
+) {
+    let mut stream = server
+        .verifier()
+        .watch_revocations(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("nothing within 5 s")
+        .unwrap()
+        .expect("stream ended");
+    (first, stream)
+}
+
+#[tokio::test]
+async fn a_stream_resumes_only_where_the_log_still_holds_the_verifiers_last_rule() {
+    let server = TestAuthServer::start().await;
+    let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
+    revoke_all(&server, "u1", &app_id).await;
+    let mut stream = server
+        .verifier()
+        .watch_revocations(pb::WatchRevocationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let held = next_event(&mut stream).await;
+
+    // The same rule at the same place: resume there, straight to "caught up".
+    let (first, _) = first_message(
+        &server,
+        pb::WatchRevocationsRequest {
+            after_sequence: held.sequence,
+            after_issued_before: held.issued_before,
+        },
+    )
+    .await;
+    assert!(
+        first.heartbeat && first.resumed_after.is_none(),
+        "{first:?}"
+    );
+
+    // A rule this log never had at that place (as after a restore from a backup), or a
+    // sequence it never reached: start over, say so first, and send the log again.
+    let other_timeline = prost_types::Timestamp {
+        seconds: 1,
+        nanos: 0,
+    };
+    for request in [
+        pb::WatchRevocationsRequest {
+            after_sequence: held.sequence,
+            after_issued_before: Some(other_timeline),
+        },
+        pb::WatchRevocationsRequest {
+            after_sequence: held.sequence + 1_000,
+            after_issued_before: None,
+        },
+    ] {
+        let (first, mut stream) = first_message(&server, request).await;
+        assert_eq!(first.resumed_after, Some(0), "{first:?}");
+        assert!(!first.heartbeat && first.event.is_none());
+        assert_eq!(next_event(&mut stream).await, held, "the log is sent again");
+        revoke_all(&server, "u2", &app_id).await;
+        let next = next_event(&mut stream).await;
+        assert!(next.sequence > held.sequence);
+    }
 }

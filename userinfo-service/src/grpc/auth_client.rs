@@ -206,7 +206,11 @@ pub fn apply_stream_message(
             verifier.mark_caught_up(now);
             verifier.prune(now);
         }
-        None => {}
+        None => {
+            if let Some(after) = message.resumed_after {
+                verifier.rewind_to(after);
+            }
+        }
     }
     Ok(())
 }
@@ -306,10 +310,17 @@ pub async fn follow_revocations(link: AuthServiceLink, verifier: Arc<TokenVerifi
 /// Opens one revocation stream and applies it until it ends, breaks, falls silent or
 /// delivers a malformed event; `true` if it caught up at least once.
 async fn follow_one_stream(link: &AuthServiceLink, verifier: &TokenVerifier) -> bool {
-    let after_sequence = verifier.last_sequence();
+    let (after_sequence, after_issued_before) = verifier.resume_point();
     let opened = within_call_timeout(
-        KeyServiceClient::new(link.channel.clone())
-            .watch_revocations(link.authed(pb::WatchRevocationsRequest { after_sequence })),
+        KeyServiceClient::new(link.channel.clone()).watch_revocations(link.authed(
+            pb::WatchRevocationsRequest {
+                after_sequence,
+                after_issued_before: after_issued_before.map(|t| {
+                    let (seconds, nanos) = t.seconds_and_nanos();
+                    prost_types::Timestamp { seconds, nanos }
+                }),
+            },
+        )),
     )
     .await;
     let mut stream = match opened {
@@ -380,8 +391,8 @@ mod tests {
     ) -> pb::WatchRevocationsResponse {
         pb::WatchRevocationsResponse {
             event,
-            server_time: None,
             heartbeat,
+            ..Default::default()
         }
     }
 
@@ -400,6 +411,31 @@ mod tests {
             break_it(&mut e);
             assert!(rule_from_event(e).is_none(), "case {i}");
         }
+    }
+
+    #[test]
+    fn a_stream_resumed_elsewhere_rewinds_so_its_sequences_are_applied_again() {
+        let verifier = TokenVerifier::new(Duration::from_secs(3600));
+        let now = Timestamp::now();
+        for sequence in [1, 2] {
+            apply_stream_message(&verifier, message(Some(event(sequence)), false), now).unwrap();
+        }
+        assert_eq!(verifier.resume_point().0, 2);
+        let resumed = pb::WatchRevocationsResponse {
+            resumed_after: Some(0),
+            ..Default::default()
+        };
+        apply_stream_message(&verifier, resumed, now).unwrap();
+        assert_eq!(verifier.resume_point(), (0, None));
+        assert!(verifier.is_stale(now), "a rewind is not a heartbeat");
+        let mut other = event(2);
+        other.user_id = "u9".into();
+        apply_stream_message(&verifier, message(Some(other), false), now).unwrap();
+        assert_eq!(
+            verifier.rule_count(),
+            3,
+            "sequence 2 of the restored log is a new rule"
+        );
     }
 
     #[test]

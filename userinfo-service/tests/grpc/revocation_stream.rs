@@ -143,6 +143,7 @@ fn event(event: pb::RevocationEvent) -> pb::WatchRevocationsResponse {
         event: Some(event),
         server_time: Some(timestamp(Timestamp::now())),
         heartbeat: false,
+        resumed_after: None,
     }
 }
 
@@ -151,6 +152,7 @@ fn heartbeat() -> pb::WatchRevocationsResponse {
         event: None,
         server_time: Some(timestamp(Timestamp::now())),
         heartbeat: true,
+        resumed_after: None,
     }
 }
 
