@@ -23,6 +23,17 @@ text = subprocess.run(
 ).stdout
 spec = yaml.safe_load(text)
 
+# What the issue asks of the file itself, beyond what running it shows.
+services = spec["services"]
+assert services["userinfo"]["depends_on"]["auth"]["condition"] == "service_healthy", "userinfo must wait for a healthy auth"
+for name, svc in services.items():
+    assert svc["healthcheck"]["test"][1] == "health-probe", f"{name}: health check is not health-probe"
+    # docker-compose 1.x prints short syntax ("auth-data:/data:rw"); newer ones print mappings.
+    mounts = [v.split(":")[:2] if isinstance(v, str) else [v.get("source"), v.get("target")] for v in svc.get("volumes", [])]
+    assert any(src in spec.get("volumes", {}) and dst == "/data" for src, dst in mounts), f"{name}: /data is not a named volume"
+assert "master_key" in spec.get("secrets", {}), "the master key is not a compose secret"
+print("ok: userinfo waits for a healthy auth; each service has a named /data volume and a health-probe check")
+
 master_key = os.path.join(work, "master.key")
 with open(master_key, "wb") as f:
     f.write(os.urandom(32))
