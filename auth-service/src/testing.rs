@@ -363,3 +363,25 @@ impl TestAuthServer {
         }
     }
 }
+
+/// A CA generated for a test, and a `localhost` / `127.0.0.1` server certificate it signed:
+/// (the CA's PEM, the server's TLS identity).
+pub fn test_pki() -> (Vec<u8>, service_runtime::ServerTls) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let leaf_key = KeyPair::generate().expect("server key");
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("server params")
+        .signed_by(&leaf_key, &ca)
+        .expect("server certificate");
+    (
+        ca.pem().into_bytes(),
+        service_runtime::ServerTls {
+            cert_pem: leaf.pem().into_bytes(),
+            key_pem: leaf_key.serialize_pem().into_bytes(),
+        },
+    )
+}

@@ -1,30 +1,10 @@
-use auth_service::testing::TestAuthServer;
+use auth_service::testing::{TestAuthServer, test_pki};
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_proto::userinfo::v1 as upb;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use service_runtime::ServerTls;
 use userinfo_service::testing::TestUserInfoServer;
 
 use super::{ALL_FEATURES, demo_profile};
-
-/// A CA generated for this test, and a `localhost` server certificate it signed.
-fn test_pki() -> (Vec<u8>, ServerTls) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    (
-        ca.pem().into_bytes(),
-        ServerTls {
-            cert_pem: leaf.pem().into_bytes(),
-            key_pem: leaf_key.serialize_pem().into_bytes(),
-        },
-    )
-}
 
 #[tokio::test]
 async fn both_servers_and_the_verifier_channel_speak_tls() {
