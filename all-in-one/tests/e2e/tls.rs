@@ -1,7 +1,6 @@
 use auth_service::testing::{TestAuthServer, test_pki};
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_proto::userinfo::v1 as upb;
-use service_runtime::ServerTls;
 use userinfo_service::testing::TestUserInfoServer;
 
 use super::{ALL_FEATURES, demo_profile};
