@@ -327,7 +327,7 @@ impl ConsentFlow {
         app_id: &str,
         scopes: ScopeSet,
     ) -> Result<AppRecord, AuthError> {
-        let app = match self.store.get_app(app_id).await {
+        let app = match self.store.get_app_for_grant(app_id).await {
             Ok(app) => app,
             Err(StoreError::NotFound) => return Err(AuthError::AppNotFound),
             Err(e) => return Err(e.into()),

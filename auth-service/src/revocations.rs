@@ -21,6 +21,14 @@ impl RevocationPolicy {
     pub fn rule_expiry(&self, issued_before: Timestamp) -> Timestamp {
         issued_before.saturating_add(self.longest_token_ttl)
     }
+
+    /// Cut-off and expiry of a rule that voids a whole family or one token id, revoked by a
+    /// call that read its clock at `now`. Such a rule needs no time bound (nothing legitimate
+    /// is minted in a dead family), and a token minted by a call racing it may be issued, and
+    /// so expire, somewhat after `now`: twice the longest lifetime covers any such race.
+    pub fn unbounded_rule_until(&self, now: Timestamp) -> Timestamp {
+        now.saturating_add(self.longest_token_ttl.saturating_mul(2))
+    }
 }
 
 /// Wakes revocation streams when this process appends to the log. Streams also poll, so

@@ -222,8 +222,8 @@ impl TokenIssuer {
             scopes: ScopeSet::EMPTY,
             token_id: Some(claims.token_id),
             grant_id: None,
-            issued_before: self.revocation_policy.rule_expiry(now),
-            expire_at: self.revocation_policy.rule_expiry(now),
+            issued_before: self.revocation_policy.unbounded_rule_until(now),
+            expire_at: self.revocation_policy.unbounded_rule_until(now),
         };
         self.store.append_revocation(&revocation).await?;
         self.feed.notify();
@@ -307,10 +307,13 @@ impl TokenIssuer {
         user_id: &str,
         scopes: ScopeSet,
     ) -> Result<(), AuthError> {
+        // Read again, in order with feature switches: the caller's copy was read to check its
+        // credential and may predate a switch that is committing now.
+        let features = self.store.get_app_for_grant(&app.app_id).await?.features;
         if let Some(missing) = scopes
             .iter()
             .map(Feature::for_scope)
-            .find(|f| !app.features.contains(*f))
+            .find(|f| !features.contains(*f))
         {
             return Err(AuthError::InsufficientIsvPermissions(missing));
         }
@@ -340,8 +343,8 @@ impl TokenIssuer {
             grant_id: Some(grant_id.to_owned()),
             // Not bounded by `now`: a family is dead for good, and a token minted by a call
             // that raced this one (read its time earlier, wrote later) must be caught too.
-            issued_before: self.revocation_policy.rule_expiry(now),
-            expire_at: self.revocation_policy.rule_expiry(now),
+            issued_before: self.revocation_policy.unbounded_rule_until(now),
+            expire_at: self.revocation_policy.unbounded_rule_until(now),
         };
         if self.store.revoke_family(grant_id, &revocation, now).await? {
             self.feed.notify();
@@ -468,6 +471,11 @@ mod tests {
                 .unwrap(),
             None,
             "the winner's access token survived the replay"
+        );
+        let rule = store.revocations_after(0, 10).await.unwrap().pop().unwrap();
+        assert!(
+            rule.expire_at >= won.access_token_expires_at,
+            "the rule is pruned before the token it catches expires"
         );
     }
 }

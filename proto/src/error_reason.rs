@@ -223,11 +223,14 @@ impl ErrorReason {
         Status::with_error_details(self.code(), message, details)
     }
 
-    /// The reason to attach to an error the gRPC framework produced on its own (no details):
-    /// an unknown method, an oversized or undecodable message, a timeout. With a fixed
-    /// message, so nothing of the request is echoed. `None` for codes whose meaning clients
-    /// rely on as they are (health's NOT_FOUND for an unknown service, say).
-    pub fn for_framework_error(code: Code) -> Option<(ErrorReason, &'static str)> {
+    /// The reason to attach to an error the gRPC framework produced on its own (no details),
+    /// from its code and message: an unknown method, an oversized or undecodable request
+    /// message, a timeout. Returns the reason and a fixed message, so nothing of the request
+    /// is echoed. The code changes only where the framework's is wrong for the caller (an
+    /// undecodable request is the caller's INVALID_ARGUMENT, not our INTERNAL); `None` for
+    /// codes whose meaning clients rely on as they are (health's NOT_FOUND for an unknown
+    /// service, say).
+    pub fn for_framework_error(code: Code, message: &str) -> Option<(ErrorReason, &'static str)> {
         Some(match code {
             Code::Unimplemented => (
                 ErrorReason::UnknownMethod,
@@ -237,11 +240,15 @@ impl ErrorReason {
                 ErrorReason::MessageTooLarge,
                 "the request message is larger than this server accepts (MAX_MESSAGE_BYTES)",
             ),
-            Code::Internal | Code::Unknown => (
+            Code::Internal if message.contains("decode") => (
                 ErrorReason::InvalidArgument,
                 "the request could not be decoded as the method's request message",
             ),
-            Code::DeadlineExceeded | Code::Cancelled => (
+            Code::Internal | Code::Unknown => (
+                ErrorReason::Internal,
+                "the server could not handle this call; see its logs",
+            ),
+            Code::DeadlineExceeded => (
                 ErrorReason::RequestTimeout,
                 "the call ran out of time; retry, or raise the deadline",
             ),

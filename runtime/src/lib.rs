@@ -242,10 +242,12 @@ pub async fn serve_until_drained(
         async move {
             shutdown.await;
             set_health(&health, services, tonic_health::ServingStatus::NotServing).await;
-            // Dropping each status ends its Watch streams once they have sent NOT_SERVING.
+            // Dropping each status ends its Watch streams once they have sent NOT_SERVING; set
+            // again, Check keeps answering NOT_SERVING (not NOT_FOUND) while the drain lasts.
             for name in services.iter().copied().chain([""]) {
                 health.clear_service_status(name).await;
             }
+            set_health(&health, services, tonic_health::ServingStatus::NotServing).await;
             tracing::info!("draining");
             draining.cancel();
         }

@@ -86,7 +86,11 @@ fn with_reason_if_missing(headers: &http::HeaderMap) -> Option<tonic::Status> {
     if code == tonic::Code::Ok || headers.contains_key("grpc-status-details-bin") {
         return None;
     }
-    miniprogram_proto::ErrorReason::for_framework_error(code)
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    miniprogram_proto::ErrorReason::for_framework_error(code, message)
         .map(|(reason, message)| reason.status(message))
 }
 

@@ -273,6 +273,24 @@ async fn errors_the_framework_answers_on_its_own_still_carry_a_reason() {
         (err.code(), reason(&err)),
         (Code::Unimplemented, ErrorReason::UnknownMethod)
     );
+
+    // Bytes that are not the method's request message: field 1 claims 127 bytes, none follow.
+    let mut grpc = tonic::client::Grpc::new(p.userinfo.channel.clone());
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .unary(
+            tonic::Request::new(vec![0x0a, 0x7f]),
+            http::uri::PathAndQuery::from_static(
+                "/miniprogram.userinfo.v1.UserInfoService/GetOpenUserInfo",
+            ),
+            super::RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::InvalidArgument, ErrorReason::InvalidArgument)
+    );
 }
 
 #[tokio::test]

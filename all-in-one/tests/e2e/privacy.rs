@@ -12,9 +12,8 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use prost::Message;
-use prost::bytes::{Buf, BufMut};
+
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::KeyAndValueRef;
 use tonic_types::StatusExt;
 
@@ -180,41 +179,6 @@ fn profile_strategy() -> impl Strategy<Value = upb::Profile> {
         )
 }
 
-/// Passes message bytes through untouched, to see the response exactly as it was sent
-/// (a generated client would drop fields it doesn't know).
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
-
 /// GetOpenUserInfo, answered with the response's bytes as they came over the wire.
 async fn open_user_info_wire(p: &Platform, consent_token: &str) -> Result<Vec<u8>, Status> {
     let mut grpc = tonic::client::Grpc::new(p.userinfo.channel.clone());
@@ -229,7 +193,7 @@ async fn open_user_info_wire(p: &Platform, consent_token: &str) -> Result<Vec<u8
         tonic::codegen::http::uri::PathAndQuery::from_static(
             "/miniprogram.userinfo.v1.UserInfoService/GetOpenUserInfo",
         ),
-        RawCodec,
+        super::RawCodec,
     )
     .await
     .map(tonic::Response::into_inner)

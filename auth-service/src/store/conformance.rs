@@ -59,6 +59,11 @@ pub async fn apps_round_trip(store: Arc<dyn AuthStore>) {
         Err(StoreError::AlreadyExists)
     ));
     assert_eq!(store.get_app("a1").await.unwrap(), app("a1"));
+    assert_eq!(store.get_app_for_grant("a1").await.unwrap(), app("a1"));
+    assert!(matches!(
+        store.get_app_for_grant("nope").await,
+        Err(StoreError::NotFound)
+    ));
     assert!(matches!(
         store.get_app("nope").await,
         Err(StoreError::NotFound)

@@ -186,6 +186,9 @@ pub trait AuthStore: Send + Sync + 'static {
     // === apps ===
     async fn insert_app(&self, app: &AppRecord) -> Result<(), StoreError>;
     async fn get_app(&self, app_id: &str) -> Result<AppRecord, StoreError>;
+    /// [`AuthStore::get_app`], read in order with feature switches (never from a snapshot a
+    /// running switch has not yet replaced), for paths that mint from the features it shows.
+    async fn get_app_for_grant(&self, app_id: &str) -> Result<AppRecord, StoreError>;
     async fn count_apps(&self) -> Result<u64, StoreError>;
     async fn set_app_secret(
         &self,

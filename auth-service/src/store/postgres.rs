@@ -154,6 +154,16 @@ impl AuthStore for PostgresAuthStore {
         rows::app(&row).map_err(classify)
     }
 
+    async fn get_app_for_grant(&self, app_id: &str) -> Result<AppRecord, StoreError> {
+        // FOR SHARE waits for a running feature switch (which holds the row) to commit.
+        let row = sqlx::query("SELECT * FROM apps WHERE app_id = $1 FOR SHARE")
+            .bind(app_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows::app(&row).map_err(classify)
+    }
+
     async fn count_apps(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apps")
             .fetch_one(&self.pool)
@@ -501,6 +511,17 @@ impl AuthStore for PostgresAuthStore {
         now: Timestamp,
     ) -> Result<RefreshRotation, StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
+        // The family's code row first, as revoke_family takes it: one lock order, so a
+        // rotation racing a family revocation waits instead of deadlocking, and the
+        // revocation (running after) sees the successor this rotation inserts.
+        sqlx::query(
+            "SELECT 1 FROM auth_codes a JOIN refresh_tokens r ON r.family_id = a.grant_id
+             WHERE r.token_hash = $1 FOR UPDATE OF a",
+        )
+        .bind(token_hash.as_slice())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
         let spent = sqlx::query(
             "UPDATE refresh_tokens SET used_at = $1
              WHERE token_hash = $2 AND app_id = $3 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1

@@ -165,6 +165,16 @@ impl AuthStore for SqliteAuthStore {
         rows::app(&row).map_err(classify)
     }
 
+    async fn get_app_for_grant(&self, app_id: &str) -> Result<AppRecord, StoreError> {
+        // Through the one writer connection: never between a feature switch and its commit.
+        let row = sqlx::query("SELECT * FROM apps WHERE app_id = ?")
+            .bind(app_id)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(classify)?;
+        rows::app(&row).map_err(classify)
+    }
+
     async fn count_apps(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apps")
             .fetch_one(&self.reader)
