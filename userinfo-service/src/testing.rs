@@ -155,3 +155,19 @@ impl Drop for TestUserInfoServer {
         }
     }
 }
+
+/// A complete profile with every field set, for `user_id`.
+pub fn demo_profile(user_id: &str) -> miniprogram_proto::userinfo::v1::Profile {
+    miniprogram_proto::userinfo::v1::Profile {
+        user_id: user_id.into(),
+        real_name: "Zhang Wei".into(),
+        phone_number: "+86 138 0013 8000".into(),
+        avatar: "https://cdn.example.com/avatars/zw.png".into(),
+        nick_name: "Wei".into(),
+        gender: "m".into(),
+        country_code: "CN".into(),
+        province: "Zhejiang".into(),
+        city: "Hangzhou".into(),
+        update_time: None,
+    }
+}

@@ -96,21 +96,7 @@ impl Platform {
 }
 
 pub use auth_service::testing::{ALL_FEATURES, auth_code, consent_token, reason};
-
-pub fn demo_profile(user_id: &str) -> upb::Profile {
-    upb::Profile {
-        user_id: user_id.into(),
-        real_name: "Zhang Wei".into(),
-        phone_number: "+86 138 0013 8000".into(),
-        avatar: "https://cdn.example.com/avatars/zw.png".into(),
-        nick_name: "Wei".into(),
-        gender: "m".into(),
-        country_code: "CN".into(),
-        province: "Zhejiang".into(),
-        city: "Hangzhou".into(),
-        update_time: None,
-    }
-}
+pub use userinfo_service::testing::demo_profile;
 
 /// Passes message bytes through untouched, to see the response exactly as it was sent
 /// (a generated client would drop fields it doesn't know).

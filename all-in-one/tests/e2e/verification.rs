@@ -120,18 +120,6 @@ async fn refused_within_a_second(p: &Platform, token: &str) -> Result<(), String
     }
 }
 
-async fn withdraw(p: &Platform, user: &str, app_id: &str) {
-    p.auth
-        .wallet()
-        .revoke_authorization(pb::RevokeAuthorizationRequest {
-            user_id: user.into(),
-            app_id: app_id.into(),
-            scopes: vec![],
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn revocations_made_before_and_after_an_auth_service_restart_both_reach_userinfo() {
     let p = Platform::start().await;
@@ -143,13 +131,13 @@ async fn revocations_made_before_and_after_an_auth_service_restart_both_reach_us
     p.open_user_info(&token_a).await.unwrap();
     p.open_user_info(&token_b).await.unwrap();
 
-    withdraw(&p, "u1", &app_id).await;
+    p.auth.withdraw("u1", &app_id, &[]).await;
     refused_within_a_second(&p, &token_a).await.unwrap();
 
     let Platform { auth, userinfo } = p;
     let auth = auth.pause().await.restart().await;
     let p = Platform { auth, userinfo };
-    withdraw(&p, "u2", &app_id).await;
+    p.auth.withdraw("u2", &app_id, &[]).await;
     // The stream resumed after rule A's sequence: B arrives, and A is still held.
     refused_within_a_second(&p, &token_b).await.unwrap();
     refused_within_a_second(&p, &token_a).await.unwrap();
@@ -182,7 +170,7 @@ async fn after_auth_service_is_restored_from_a_backup_new_revocations_still_reac
         p.profile(demo_profile(user)).await;
         tokens.push(consent_token(&p.consent(user, &app_id, &[UserInfo]).await));
     }
-    withdraw(&p, "u1", &app_id).await;
+    p.auth.withdraw("u1", &app_id, &[]).await;
     refused_within_a_second(&p, &tokens[0]).await.unwrap();
 
     let backup = tempfile::tempdir().unwrap();
@@ -193,7 +181,7 @@ async fn after_auth_service_is_restored_from_a_backup_new_revocations_still_reac
         auth: stopped.restart().await,
         userinfo,
     };
-    withdraw(&p, "u2", &app_id).await;
+    p.auth.withdraw("u2", &app_id, &[]).await;
     refused_within_a_second(&p, &tokens[1]).await.unwrap();
 
     // The operator restores the backup: the log goes back to before u2's withdrawal, and the
@@ -205,7 +193,7 @@ async fn after_auth_service_is_restored_from_a_backup_new_revocations_still_reac
         auth: stopped.restart().await,
         userinfo,
     };
-    withdraw(&p, "u3", &app_id).await;
+    p.auth.withdraw("u3", &app_id, &[]).await;
     refused_within_a_second(&p, &tokens[2])
         .await
         .expect("a revocation in the restored log was ignored");

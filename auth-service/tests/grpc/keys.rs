@@ -114,18 +114,6 @@ async fn next_event(
     }
 }
 
-async fn revoke_all(server: &TestAuthServer, user: &str, app_id: &str) {
-    server
-        .wallet()
-        .revoke_authorization(pb::RevokeAuthorizationRequest {
-            user_id: user.into(),
-            app_id: app_id.into(),
-            scopes: vec![],
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_missed() {
     let server = TestAuthServer::start().await;
@@ -136,7 +124,7 @@ async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_miss
         .await
         .unwrap()
         .into_inner();
-    revoke_all(&server, "u1", &app_id).await;
+    server.withdraw("u1", &app_id, &[]).await;
     let first = next_event(&mut stream).await;
     assert_eq!(
         (first.app_id.as_str(), first.user_id.as_str()),
@@ -144,8 +132,8 @@ async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_miss
     );
     drop(stream);
 
-    revoke_all(&server, "u2", &app_id).await;
-    revoke_all(&server, "u3", &app_id).await;
+    server.withdraw("u2", &app_id, &[]).await;
+    server.withdraw("u3", &app_id, &[]).await;
     let mut resumed = verifier
         .watch_revocations(pb::WatchRevocationsRequest {
             after_sequence: first.sequence,
@@ -161,7 +149,7 @@ async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_miss
         ("u2", "u3")
     );
     assert!(first.sequence < second.sequence && second.sequence < third.sequence);
-    revoke_all(&server, "u4", &app_id).await;
+    server.withdraw("u4", &app_id, &[]).await;
     assert_eq!(next_event(&mut resumed).await.user_id, "u4");
 }
 
@@ -203,7 +191,7 @@ async fn a_heartbeat_follows_the_backlog_once_the_stream_has_caught_up() {
         TestAuthServer::start_with(|c| c.revocation_heartbeat = Duration::from_secs(3600)).await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
     for user in ["u1", "u2", "u3"] {
-        revoke_all(&server, user, &app_id).await;
+        server.withdraw(user, &app_id, &[]).await;
     }
     let mut stream = server
         .verifier()
@@ -219,7 +207,7 @@ async fn a_heartbeat_follows_the_backlog_once_the_stream_has_caught_up() {
     assert!(next_message(&mut stream).await.heartbeat);
 
     // A live rule is followed by a heartbeat too: the stream has caught up again.
-    revoke_all(&server, "u4", &app_id).await;
+    server.withdraw("u4", &app_id, &[]).await;
     let live = next_message(&mut stream).await;
     assert_eq!(live.event.unwrap().user_id, "u4");
     assert!(next_message(&mut stream).await.heartbeat);
@@ -279,7 +267,7 @@ async fn first_message(
 async fn a_stream_resumes_only_where_the_log_still_holds_the_verifiers_last_rule() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    revoke_all(&server, "u1", &app_id).await;
+    server.withdraw("u1", &app_id, &[]).await;
     let mut stream = server
         .verifier()
         .watch_revocations(pb::WatchRevocationsRequest::default())
@@ -322,7 +310,7 @@ async fn a_stream_resumes_only_where_the_log_still_holds_the_verifiers_last_rule
         assert_eq!(first.resumed_after, Some(0), "{first:?}");
         assert!(!first.heartbeat && first.event.is_none());
         assert_eq!(next_event(&mut stream).await, held, "the log is sent again");
-        revoke_all(&server, "u2", &app_id).await;
+        server.withdraw("u2", &app_id, &[]).await;
         let next = next_event(&mut stream).await;
         assert!(next.sequence > held.sequence);
     }

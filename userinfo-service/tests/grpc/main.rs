@@ -44,20 +44,7 @@ pub async fn open_user_info(
         .map(tonic::Response::into_inner)
 }
 
-pub fn demo_profile(user_id: &str) -> upb::Profile {
-    upb::Profile {
-        user_id: user_id.into(),
-        real_name: "Zhang Wei".into(),
-        phone_number: "+86 138 0013 8000".into(),
-        avatar: "https://cdn.example.com/avatars/zw.png".into(),
-        nick_name: "Wei".into(),
-        gender: "m".into(),
-        country_code: "CN".into(),
-        province: "Zhejiang".into(),
-        city: "Hangzhou".into(),
-        update_time: None,
-    }
-}
+pub use userinfo_service::testing::demo_profile;
 
 pub async fn upsert_profile(userinfo: &TestUserInfoServer, user_id: &str) {
     userinfo
