@@ -5,6 +5,7 @@
 
 pub mod caller_credentials;
 mod error_reason;
+pub mod wire_time;
 
 pub use error_reason::{ERROR_DOMAIN, ErrorReason};
 

@@ -73,9 +73,8 @@ impl KeyService for KeyGrpc {
         request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         let request = request.into_inner();
-        let after_issued_before = request
-            .after_issued_before
-            .and_then(|t| miniprogram_token::Timestamp::from_seconds_and_nanos(t.seconds, t.nanos));
+        let after_issued_before =
+            miniprogram_proto::wire_time::from_proto(request.after_issued_before);
         let clock = self.clock.clone();
         let rx = revocations::watch(
             self.store.clone(),

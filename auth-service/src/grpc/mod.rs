@@ -8,7 +8,7 @@ pub mod status;
 pub mod tokens;
 
 use miniprogram_proto::auth::v1 as pb;
-use miniprogram_token::{Scope, ScopeSet, Timestamp};
+use miniprogram_token::{Scope, ScopeSet};
 use tonic::metadata::MetadataMap;
 
 use crate::apps::Feature;
@@ -17,10 +17,7 @@ use crate::error::AuthError;
 /// Most scopes a request may list (there are three).
 const MAX_SCOPES: usize = 3;
 
-pub(crate) fn timestamp(t: Timestamp) -> prost_types::Timestamp {
-    let (seconds, nanos) = t.seconds_and_nanos();
-    prost_types::Timestamp { seconds, nanos }
-}
+pub(crate) use miniprogram_proto::wire_time::to_proto as timestamp;
 
 pub(crate) fn scope_from_proto(value: i32) -> Result<Scope, AuthError> {
     match pb::Scope::try_from(value) {

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use miniprogram_proto::ErrorReason;
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_proto::caller_credentials::{FORWARDED_PEER, VERIFIER_AUTHORIZATION};
+use miniprogram_proto::wire_time::from_proto as timestamp;
 use miniprogram_token::{RevocationRule, ScopeSet, Timestamp, TokenKey};
 use pb::key_service_client::KeyServiceClient;
 use pb::token_service_client::TokenServiceClient;
@@ -106,10 +107,6 @@ impl AuthServiceLink {
             .insert("authorization", self.verifier_auth.clone());
         request
     }
-}
-
-fn timestamp(t: Option<prost_types::Timestamp>) -> Option<Timestamp> {
-    t.and_then(|t| Timestamp::from_seconds_and_nanos(t.seconds, t.nanos))
 }
 
 fn unavailable(status: &Status) -> UserInfoError {
@@ -315,10 +312,8 @@ async fn follow_one_stream(link: &AuthServiceLink, verifier: &TokenVerifier) -> 
         KeyServiceClient::new(link.channel.clone()).watch_revocations(link.authed(
             pb::WatchRevocationsRequest {
                 after_sequence,
-                after_issued_before: after_issued_before.map(|t| {
-                    let (seconds, nanos) = t.seconds_and_nanos();
-                    prost_types::Timestamp { seconds, nanos }
-                }),
+                after_issued_before:
+                    after_issued_before.map(miniprogram_proto::wire_time::to_proto),
             },
         )),
     )

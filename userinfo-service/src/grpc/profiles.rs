@@ -20,7 +20,6 @@ pub struct ProfileGrpc {
 }
 
 fn to_proto(p: Profile) -> pb::Profile {
-    let (seconds, nanos) = p.updated_at.seconds_and_nanos();
     pb::Profile {
         user_id: p.user_id,
         real_name: p.real_name,
@@ -31,7 +30,7 @@ fn to_proto(p: Profile) -> pb::Profile {
         country_code: p.public.country_code,
         province: p.public.province,
         city: p.public.city,
-        update_time: Some(prost_types::Timestamp { seconds, nanos }),
+        update_time: Some(miniprogram_proto::wire_time::to_proto(p.updated_at)),
     }
 }
 
