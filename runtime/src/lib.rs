@@ -7,10 +7,7 @@ mod limits;
 mod metrics_endpoint;
 mod rpc_observer;
 
-pub use limits::{
-    InFlightLimit, InFlightLimitLayer, LimitArgs, RequestDeadline, RequestDeadlineLayer,
-    ServerLimits,
-};
+pub use limits::{LimitArgs, RequestLimit, RequestLimitLayer, ServerLimits};
 pub use metrics_endpoint::{install_metrics_recorder, serve_metrics, spawn_metrics_endpoint};
 pub use rpc_observer::{REQUEST_ID, RpcObserver, RpcObserverLayer};
 
@@ -21,20 +18,17 @@ fn take_ready<S: Clone>(slot: &mut S) -> S {
     std::mem::replace(slot, clone)
 }
 
-/// The layer stack every server runs: the RPC observer outside, then in-flight shedding,
-/// then the request deadline.
+/// The layer stack every server runs: the RPC observer outside, the request limits (in-flight
+/// shedding, deadline) inside.
 pub type ServerLayers = tower::layer::util::Stack<
-    RequestDeadlineLayer,
-    tower::layer::util::Stack<
-        InFlightLimitLayer,
-        tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
-    >,
+    RequestLimitLayer,
+    tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
 >;
 
 /// A tonic server builder with the shared limits and layers: per-connection stream limit
-/// (advertised to clients as HTTP/2 MAX_CONCURRENT_STREAMS, so excess calls wait on the
-/// client, not in an unbounded server queue), global in-flight shedding, request deadline
-/// and the RPC observer.
+/// (advertised to clients as HTTP/2 MAX_CONCURRENT_STREAMS, which h2 enforces, so excess
+/// calls wait on the client, not in a server queue), global in-flight shedding, request
+/// deadline and the RPC observer.
 pub fn server_builder(
     limits: &ServerLimits,
     known_services: &[&'static str],
@@ -42,10 +36,11 @@ pub fn server_builder(
     let per_connection = u32::try_from(limits.max_concurrent_per_connection).unwrap_or(u32::MAX);
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(per_connection))
-        .concurrency_limit_per_connection(limits.max_concurrent_per_connection)
         .layer(RpcObserverLayer::new(known_services))
-        .layer(InFlightLimitLayer::new(limits.max_in_flight))
-        .layer(RequestDeadlineLayer::new(limits.request_timeout))
+        .layer(RequestLimitLayer::new(
+            limits.max_in_flight,
+            limits.request_timeout,
+        ))
 }
 
 use tracing_subscriber::EnvFilter;

@@ -1,4 +1,4 @@
-//! Server limits shared by both services: message size, per-connection concurrency, request
+//! Server limits shared by both services: message size, per-connection streams, request
 //! timeout, and a global in-flight limit that sheds load with RESOURCE_EXHAUSTED instead of
 //! queueing without bound.
 
@@ -61,39 +61,48 @@ impl From<LimitArgs> for ServerLimits {
     }
 }
 
-/// Sheds requests beyond a global in-flight count.
+/// The limits every admitted call runs under: beyond a global in-flight count it is shed at
+/// once (RESOURCE_EXHAUSTED, `REQUEST_TRAFFIC_EXCEED_LIMIT`) rather than queued, and once
+/// admitted it has the request timeout to answer (DEADLINE_EXCEEDED, `REQUEST_TIMEOUT`). It
+/// sits inside the RPC observer, so shed and timed-out calls are logged, counted and answered
+/// with their request id like any other. Only the wait for the response head is bounded: a
+/// server stream, once started, runs on.
 #[derive(Debug, Clone)]
-pub struct InFlightLimitLayer {
+pub struct RequestLimitLayer {
     permits: Arc<Semaphore>,
+    timeout: Duration,
 }
 
-impl InFlightLimitLayer {
-    pub fn new(max_in_flight: usize) -> Self {
-        InFlightLimitLayer {
+impl RequestLimitLayer {
+    pub fn new(max_in_flight: usize, timeout: Duration) -> Self {
+        RequestLimitLayer {
             permits: Arc::new(Semaphore::new(max_in_flight)),
+            timeout,
         }
     }
 }
 
-impl<S> Layer<S> for InFlightLimitLayer {
-    type Service = InFlightLimit<S>;
+impl<S> Layer<S> for RequestLimitLayer {
+    type Service = RequestLimit<S>;
 
-    fn layer(&self, inner: S) -> InFlightLimit<S> {
-        InFlightLimit {
+    fn layer(&self, inner: S) -> RequestLimit<S> {
+        RequestLimit {
             inner,
             permits: self.permits.clone(),
+            timeout: self.timeout,
         }
     }
 }
 
-/// See [`InFlightLimitLayer`].
+/// See [`RequestLimitLayer`].
 #[derive(Debug, Clone)]
-pub struct InFlightLimit<S> {
+pub struct RequestLimit<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    timeout: Duration,
 }
 
-impl<S, B> Service<Request<B>> for InFlightLimit<S>
+impl<S, B> Service<Request<B>> for RequestLimit<S>
 where
     S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -115,71 +124,16 @@ where
             return Box::pin(async move { Ok(status.into_http()) });
         };
         let mut inner = crate::take_ready(&mut self.inner);
-        Box::pin(async move {
-            let response = inner.call(req).await;
-            drop(permit);
-            response
-        })
-    }
-}
-
-/// Ends a call that runs longer than the request timeout with DEADLINE_EXCEEDED
-/// (`REQUEST_TIMEOUT`). It sits inside the RPC observer, so a timed-out call is logged,
-/// counted and answered with its request id like any other. Only the wait for the response
-/// head is bounded: a server stream, once started, runs on.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestDeadlineLayer {
-    timeout: Duration,
-}
-
-impl RequestDeadlineLayer {
-    pub fn new(timeout: Duration) -> Self {
-        RequestDeadlineLayer { timeout }
-    }
-}
-
-impl<S> Layer<S> for RequestDeadlineLayer {
-    type Service = RequestDeadline<S>;
-
-    fn layer(&self, inner: S) -> RequestDeadline<S> {
-        RequestDeadline {
-            inner,
-            timeout: self.timeout,
-        }
-    }
-}
-
-/// See [`RequestDeadlineLayer`].
-#[derive(Debug, Clone)]
-pub struct RequestDeadline<S> {
-    inner: S,
-    timeout: Duration,
-}
-
-impl<S, B> Service<Request<B>> for RequestDeadline<S>
-where
-    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mut inner = crate::take_ready(&mut self.inner);
         let timeout = self.timeout;
         Box::pin(async move {
-            match tokio::time::timeout(timeout, inner.call(req)).await {
+            let response = match tokio::time::timeout(timeout, inner.call(req)).await {
                 Ok(response) => response,
                 Err(_) => Ok(ErrorReason::RequestTimeout
                     .status("the call took longer than the server's REQUEST_TIMEOUT")
                     .into_http()),
-            }
+            };
+            drop(permit);
+            response
         })
     }
 }
@@ -218,7 +172,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_past_the_timeout_is_deadline_exceeded_with_a_reason() {
         use tower::ServiceExt;
-        let service = RequestDeadlineLayer::new(Duration::from_millis(20))
+        let service = RequestLimitLayer::new(1, Duration::from_millis(20))
             .layer(slow_service(Duration::from_secs(5)));
         let response = service.oneshot(Request::new(())).await.unwrap();
         let status = tonic::Status::from_header_map(response.headers()).unwrap();
@@ -229,7 +183,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_within_the_timeout_is_untouched() {
         use tower::ServiceExt;
-        let service = RequestDeadlineLayer::new(Duration::from_secs(5))
+        let service = RequestLimitLayer::new(1, Duration::from_secs(5))
             .layer(slow_service(Duration::from_millis(1)));
         let response = service.oneshot(Request::new(())).await.unwrap();
         assert_eq!(reason_of(&response), ("0".to_owned(), false));

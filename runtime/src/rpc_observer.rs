@@ -81,8 +81,7 @@ fn grpc_code(headers: &http::HeaderMap) -> tonic::Code {
 /// An error the gRPC framework answered on its own (unknown method, oversized or undecodable
 /// message), which carries no details: the same code family with an `ErrorInfo`, so every
 /// error a client sees has a reason.
-fn with_reason_if_missing(headers: &http::HeaderMap) -> Option<tonic::Status> {
-    let code = grpc_code(headers);
+fn with_reason_if_missing(code: tonic::Code, headers: &http::HeaderMap) -> Option<tonic::Status> {
     if code == tonic::Code::Ok || headers.contains_key("grpc-status-details-bin") {
         return None;
     }
@@ -132,13 +131,15 @@ where
                 let latency = started.elapsed();
                 let code = match &mut result {
                     Ok(response) => {
-                        if let Some(status) = with_reason_if_missing(response.headers()) {
+                        let mut code = grpc_code(response.headers());
+                        if let Some(status) = with_reason_if_missing(code, response.headers()) {
+                            code = status.code();
                             *response = status.into_http();
                         }
                         if let Some(h) = header {
                             response.headers_mut().insert(REQUEST_ID, h);
                         }
-                        grpc_code(response.headers())
+                        code
                     }
                     Err(_) => tonic::Code::Internal,
                 };
