@@ -216,15 +216,13 @@ impl TokenIssuer {
         if claims.app_id != app.app_id {
             return Ok(());
         }
-        let revocation = NewRevocation {
-            app_id: claims.app_id,
-            user_id: Some(claims.user_id),
-            scopes: ScopeSet::EMPTY,
-            token_id: Some(claims.token_id),
-            grant_id: None,
-            issued_before: self.revocation_policy.unbounded_rule_until(now),
-            expire_at: self.revocation_policy.unbounded_rule_until(now),
-        };
+        let revocation = self.unbounded_rule(
+            claims.app_id,
+            claims.user_id,
+            Some(claims.token_id),
+            None,
+            now,
+        );
         self.store.append_revocation(&revocation).await?;
         self.feed.notify();
         Ok(())
@@ -335,21 +333,41 @@ impl TokenIssuer {
         grant_id: &str,
         now: Timestamp,
     ) -> Result<(), AuthError> {
-        let revocation = NewRevocation {
-            app_id: app_id.to_owned(),
-            user_id: Some(user_id.to_owned()),
-            scopes: ScopeSet::EMPTY,
-            token_id: None,
-            grant_id: Some(grant_id.to_owned()),
-            // Not bounded by `now`: a family is dead for good, and a token minted by a call
-            // that raced this one (read its time earlier, wrote later) must be caught too.
-            issued_before: self.revocation_policy.unbounded_rule_until(now),
-            expire_at: self.revocation_policy.unbounded_rule_until(now),
-        };
+        let revocation = self.unbounded_rule(
+            app_id.to_owned(),
+            user_id.to_owned(),
+            None,
+            Some(grant_id.to_owned()),
+            now,
+        );
         if self.store.revoke_family(grant_id, &revocation, now).await? {
             self.feed.notify();
         }
         Ok(())
+    }
+
+    /// The rule voiding one token id or one grant family of (app, user), revoked by a call
+    /// that read its clock at `now`. Not bounded by `now`: the family or token is dead for
+    /// good, and a token minted by a call that raced this one (read its time earlier, wrote
+    /// later) must be caught too.
+    fn unbounded_rule(
+        &self,
+        app_id: String,
+        user_id: String,
+        token_id: Option<String>,
+        grant_id: Option<String>,
+        now: Timestamp,
+    ) -> NewRevocation {
+        let until = self.revocation_policy.unbounded_rule_until(now);
+        NewRevocation {
+            app_id,
+            user_id: Some(user_id),
+            scopes: ScopeSet::EMPTY,
+            token_id,
+            grant_id,
+            issued_before: until,
+            expire_at: until,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -85,10 +85,13 @@ impl KeyService for KeyGrpc {
             self.draining.clone(),
         );
         let stream = ReceiverStream::new(rx).map(move |item| {
-            let server_time = Some(timestamp(clock.now()));
-            match item {
-                Ok(RevocationItem::Rule(r)) => Ok(pb::WatchRevocationsResponse {
-                    event: Some(pb::RevocationEvent {
+            let mut response = pb::WatchRevocationsResponse {
+                server_time: Some(timestamp(clock.now())),
+                ..Default::default()
+            };
+            match item? {
+                RevocationItem::Rule(r) => {
+                    response.event = Some(pb::RevocationEvent {
                         sequence: r.sequence,
                         app_id: r.app_id,
                         user_id: r.user_id.unwrap_or_default(),
@@ -97,25 +100,12 @@ impl KeyService for KeyGrpc {
                         issued_before: Some(timestamp(r.issued_before)),
                         expire_time: Some(timestamp(r.expire_at)),
                         grant_id: r.grant_id.unwrap_or_default(),
-                    }),
-                    server_time,
-                    heartbeat: false,
-                    resumed_after: None,
-                }),
-                Ok(RevocationItem::Heartbeat) => Ok(pb::WatchRevocationsResponse {
-                    event: None,
-                    server_time,
-                    heartbeat: true,
-                    resumed_after: None,
-                }),
-                Ok(RevocationItem::ResumedAfter { after }) => Ok(pb::WatchRevocationsResponse {
-                    event: None,
-                    server_time,
-                    heartbeat: false,
-                    resumed_after: Some(after),
-                }),
-                Err(e) => Err(e.into()),
+                    });
+                }
+                RevocationItem::Heartbeat => response.heartbeat = true,
+                RevocationItem::ResumedAfter { after } => response.resumed_after = Some(after),
             }
+            Ok(response)
         });
         Ok(Response::new(Box::pin(stream)))
     }

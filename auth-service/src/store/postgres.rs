@@ -130,6 +130,18 @@ async fn void_refresh_tokens_in(
 const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (token_hash, family_id, app_id, user_id, scopes, created_at, expires_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
+impl PostgresAuthStore {
+    /// One app by id, read with `sql` (a plain or a locking SELECT).
+    async fn app(&self, sql: &'static str, app_id: &str) -> Result<AppRecord, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(app_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows::app(&row).map_err(classify)
+    }
+}
+
 #[async_trait]
 impl AuthStore for PostgresAuthStore {
     async fn insert_app(&self, app: &AppRecord) -> Result<(), StoreError> {
@@ -146,22 +158,14 @@ impl AuthStore for PostgresAuthStore {
     }
 
     async fn get_app(&self, app_id: &str) -> Result<AppRecord, StoreError> {
-        let row = sqlx::query("SELECT * FROM apps WHERE app_id = $1")
-            .bind(app_id)
-            .fetch_one(&self.pool)
+        self.app("SELECT * FROM apps WHERE app_id = $1", app_id)
             .await
-            .map_err(classify)?;
-        rows::app(&row).map_err(classify)
     }
 
     async fn get_app_for_grant(&self, app_id: &str) -> Result<AppRecord, StoreError> {
         // FOR SHARE waits for a running feature switch (which holds the row) to commit.
-        let row = sqlx::query("SELECT * FROM apps WHERE app_id = $1 FOR SHARE")
-            .bind(app_id)
-            .fetch_one(&self.pool)
+        self.app("SELECT * FROM apps WHERE app_id = $1 FOR SHARE", app_id)
             .await
-            .map_err(classify)?;
-        rows::app(&row).map_err(classify)
     }
 
     async fn count_apps(&self) -> Result<u64, StoreError> {

@@ -101,6 +101,16 @@ async fn append_revocation_in(
     rows::revocation(&row)
 }
 
+/// One app by id, read through `pool` (the reader pool, or the writer to read in order).
+async fn app_from(pool: &SqlitePool, app_id: &str) -> Result<AppRecord, StoreError> {
+    let row = sqlx::query("SELECT * FROM apps WHERE app_id = ?")
+        .bind(app_id)
+        .fetch_one(pool)
+        .await
+        .map_err(classify)?;
+    rows::app(&row).map_err(classify)
+}
+
 /// Keeps a grant's auth code until `until` (when that is later than its purge time): a code
 /// must outlive every refresh token of its family, so a replay however late still voids it.
 async fn keep_code_until_in(
@@ -157,22 +167,12 @@ impl AuthStore for SqliteAuthStore {
     }
 
     async fn get_app(&self, app_id: &str) -> Result<AppRecord, StoreError> {
-        let row = sqlx::query("SELECT * FROM apps WHERE app_id = ?")
-            .bind(app_id)
-            .fetch_one(&self.reader)
-            .await
-            .map_err(classify)?;
-        rows::app(&row).map_err(classify)
+        app_from(&self.reader, app_id).await
     }
 
     async fn get_app_for_grant(&self, app_id: &str) -> Result<AppRecord, StoreError> {
         // Through the one writer connection: never between a feature switch and its commit.
-        let row = sqlx::query("SELECT * FROM apps WHERE app_id = ?")
-            .bind(app_id)
-            .fetch_one(&self.writer)
-            .await
-            .map_err(classify)?;
-        rows::app(&row).map_err(classify)
+        app_from(&self.writer, app_id).await
     }
 
     async fn count_apps(&self) -> Result<u64, StoreError> {
