@@ -17,6 +17,8 @@ pub const ENV_WALLET_TOKEN: &str = "WALLET_TOKEN";
 pub const ENV_VERIFIER_TOKEN: &str = "VERIFIER_TOKEN";
 pub const ENV_MASTER_KEY_FILE: &str = "MASTER_KEY_FILE";
 pub const ENV_MASTER_KEY: &str = "MASTER_KEY";
+pub const ENV_PREVIOUS_MASTER_KEY_FILE: &str = "PREVIOUS_MASTER_KEY_FILE";
+pub const ENV_PREVIOUS_MASTER_KEY: &str = "PREVIOUS_MASTER_KEY";
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/auth.db";
@@ -48,6 +50,13 @@ pub struct AuthArgs {
     /// environment (instead of MASTER_KEY_FILE).
     #[arg(long, env = ENV_MASTER_KEY, hide_env_values = true)]
     pub master_key: Option<String>,
+    /// While rotating the master key: the old key, whose sealed secrets are re-sealed under
+    /// the new one at start-up; afterwards it is no longer needed.
+    #[arg(long, env = ENV_PREVIOUS_MASTER_KEY_FILE, conflicts_with = "previous_master_key")]
+    pub previous_master_key_file: Option<PathBuf>,
+    /// The previous master key as 64 hex digits (instead of PREVIOUS_MASTER_KEY_FILE).
+    #[arg(long, env = ENV_PREVIOUS_MASTER_KEY, hide_env_values = true)]
+    pub previous_master_key: Option<String>,
     /// Lifetime of a consent token (userInfo).
     #[arg(long, env = "CONSENT_TOKEN_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
     pub consent_token_ttl: Duration,
@@ -109,6 +118,8 @@ pub struct AuthConfig {
     pub database_url: String,
     pub callers: CallerTokens,
     pub master_key: MasterKey,
+    /// The master key being rotated away from, if any.
+    pub previous_master_key: Option<MasterKey>,
     pub consent_token_ttl: Duration,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
@@ -144,8 +155,8 @@ impl AuthArgs {
         let wallet = credential(self.wallet_token, ENV_WALLET_TOKEN);
         let verifier = credential(self.verifier_token, ENV_VERIFIER_TOKEN);
         let master_key = match (self.master_key_file, self.master_key, dev) {
-            (Some(path), _, _) => Some(read_master_key(&path)?),
-            (None, Some(hex_key), _) => Some(parse_master_key(&hex_key)?),
+            (Some(path), _, _) => Some(read_master_key(&path, ENV_MASTER_KEY_FILE)?),
+            (None, Some(hex_key), _) => Some(parse_master_key(&hex_key, ENV_MASTER_KEY)?),
             (None, None, true) => Some(dev_master_key(&PathBuf::from(DEV_MASTER_KEY_FILE))?),
             (None, None, false) => {
                 missing.push(ENV_MASTER_KEY_FILE);
@@ -155,6 +166,11 @@ impl AuthArgs {
         let master_key = match master_key {
             Some(k) if missing.is_empty() => k,
             _ => return Err(ConfigError::Missing(missing)),
+        };
+        let previous_master_key = match (self.previous_master_key_file, self.previous_master_key) {
+            (Some(path), _) => Some(read_master_key(&path, ENV_PREVIOUS_MASTER_KEY_FILE)?),
+            (None, Some(hex_key)) => Some(parse_master_key(&hex_key, ENV_PREVIOUS_MASTER_KEY)?),
+            (None, None) => None,
         };
         if admin == wallet || admin == verifier || wallet == verifier {
             return Err(ConfigError::Invalid {
@@ -189,6 +205,7 @@ impl AuthArgs {
                 verifier,
             },
             master_key,
+            previous_master_key,
             consent_token_ttl: self.consent_token_ttl,
             access_token_ttl: self.access_token_ttl,
             refresh_token_ttl: self.refresh_token_ttl,
@@ -221,22 +238,25 @@ pub fn random_token() -> String {
 }
 
 /// Reads a master key file: exactly 32 raw bytes (`head -c32 /dev/urandom`).
-pub fn read_master_key(path: &std::path::Path) -> Result<MasterKey, ConfigError> {
+pub fn read_master_key(
+    path: &std::path::Path,
+    variable: &'static str,
+) -> Result<MasterKey, ConfigError> {
     let bytes = std::fs::read(path).map_err(|e| ConfigError::Invalid {
-        variable: ENV_MASTER_KEY_FILE,
+        variable,
         problem: format!("cannot read {}: {e}", path.display()),
     })?;
     MasterKey::from_bytes(&bytes).map_err(|e| ConfigError::Invalid {
-        variable: ENV_MASTER_KEY_FILE,
+        variable,
         problem: format!("{}: {e}", path.display()),
     })
 }
 
 /// Parses MASTER_KEY: 64 hex digits (`head -c32 /dev/urandom | xxd -p -c32`). The error never
 /// echoes the value.
-pub fn parse_master_key(hex_key: &str) -> Result<MasterKey, ConfigError> {
+pub fn parse_master_key(hex_key: &str, variable: &'static str) -> Result<MasterKey, ConfigError> {
     let invalid = || ConfigError::Invalid {
-        variable: ENV_MASTER_KEY,
+        variable,
         problem: "must be 64 hex digits (32 bytes)".into(),
     };
     let bytes = hex::decode(hex_key.trim()).map_err(|_| invalid())?;
@@ -246,7 +266,7 @@ pub fn parse_master_key(hex_key: &str) -> Result<MasterKey, ConfigError> {
 /// Reads the dev master key, generating it (mode 0600) on first use, with a loud warning.
 pub fn dev_master_key(path: &std::path::Path) -> Result<MasterKey, ConfigError> {
     if path.exists() {
-        return read_master_key(path);
+        return read_master_key(path, ENV_MASTER_KEY_FILE);
     }
     let invalid = |problem: String| ConfigError::Invalid {
         variable: ENV_MASTER_KEY_FILE,
@@ -261,7 +281,7 @@ pub fn dev_master_key(path: &std::path::Path) -> Result<MasterKey, ConfigError> 
         .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
     tracing::warn!(
         path = %path.display(),
-        "DEV MODE: generated a new master key; token keys are sealed under it. Do not use this in production: set MASTER_KEY_FILE"
+        "DEV MODE: generated a new master key; token keys and the pairwise-id secret are sealed under it. Do not use this in production: set MASTER_KEY_FILE"
     );
     MasterKey::from_bytes(&bytes).map_err(|e| invalid(e.to_string()))
 }
@@ -343,7 +363,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("master.key");
         std::fs::write(&key, [7u8; 16]).unwrap();
-        let err = read_master_key(&key).unwrap_err();
+        let err = read_master_key(&key, ENV_MASTER_KEY_FILE).unwrap_err();
         assert!(err.to_string().contains(ENV_MASTER_KEY_FILE));
     }
 
@@ -355,11 +375,13 @@ mod tests {
             .unwrap();
         assert_eq!(config.master_key.as_bytes(), &[0x0f; 32]);
         let bad = "zz".repeat(31) + "secretish";
-        let err = parse_master_key(&bad).unwrap_err().to_string();
+        let err = parse_master_key(&bad, ENV_MASTER_KEY)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(ENV_MASTER_KEY), "{err}");
         assert!(!err.contains("secretish"), "{err}");
         assert!(
-            parse_master_key(&"0f".repeat(16)).is_err(),
+            parse_master_key(&"0f".repeat(16), ENV_MASTER_KEY).is_err(),
             "16 bytes is too short"
         );
     }

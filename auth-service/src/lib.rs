@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use miniprogram_proto::auth::v1::{
     app_service_server::AppServiceServer, authorization_service_server::AuthorizationServiceServer,
-    key_service_server::KeyServiceServer, token_service_server::TokenServiceServer,
+    key_admin_service_server::KeyAdminServiceServer, key_service_server::KeyServiceServer,
+    token_service_server::TokenServiceServer,
 };
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -36,28 +37,29 @@ use crate::clock::Clock;
 use crate::config::AuthConfig;
 use crate::consent::{ConsentFlow, ConsentLifetimes};
 use crate::credentials::{AppAuthenticator, CallerRole, CallerTokens, FailedAttemptLimiter};
-use crate::keys::{KeyRotation, SigningKeys};
+use crate::keys::{KeyRotation, MasterKeyMismatch, SigningKeys};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
-use crate::secrets::AppUserIdKey;
 use crate::store::postgres::PostgresAuthStore;
 use crate::store::sqlite::SqliteAuthStore;
 use crate::store::{AuthStore, StoreError};
 use crate::tokens::{TokenIssuer, TokenLifetimes};
 
 /// The gRPC service names this server answers for (besides health and reflection).
-pub const SERVICE_NAMES: [&str; 4] = [
+pub const SERVICE_NAMES: [&str; 5] = [
     "miniprogram.auth.v1.AppService",
     "miniprogram.auth.v1.AuthorizationService",
     "miniprogram.auth.v1.TokenService",
     "miniprogram.auth.v1.KeyService",
+    "miniprogram.auth.v1.KeyAdminService",
 ];
 
 /// Services named in metrics and logs: ours, health and reflection.
-const OBSERVED_SERVICES: [&str; 7] = [
+const OBSERVED_SERVICES: [&str; 8] = [
     SERVICE_NAMES[0],
     SERVICE_NAMES[1],
     SERVICE_NAMES[2],
     SERVICE_NAMES[3],
+    SERVICE_NAMES[4],
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -74,6 +76,8 @@ pub enum ServeError {
     UnsupportedDatabase,
     #[error("token keys: {0}")]
     Keys(#[from] error::AuthError),
+    #[error("master key: {0}")]
+    MasterKey(#[from] MasterKeyMismatch),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport: {0}")]
@@ -122,8 +126,15 @@ pub async fn serve_with_listener(
         .await;
 
     let store = open_store(&config.database_url).await?;
+    keys::adopt_master_key(
+        store.as_ref(),
+        &config.master_key,
+        config.previous_master_key.as_ref(),
+    )
+    .await?;
     let clock = Arc::new(Clock::default());
     let keys = SigningKeys::default();
+    let feed = RevocationFeed::default();
     let longest_token_ttl = config.consent_token_ttl.max(config.access_token_ttl);
     let rotation = KeyRotation::new(
         store.clone(),
@@ -131,10 +142,11 @@ pub async fn serve_with_listener(
         config.key_rotation_period,
         longest_token_ttl,
         keys.clone(),
+        feed.clone(),
     );
     rotation.ensure_current(clock.now()).await?;
+    let pairwise = keys::pairwise_secret(store.as_ref(), &config.master_key, clock.now()).await?;
 
-    let feed = RevocationFeed::default();
     let policy = RevocationPolicy::new(config.consent_token_ttl, config.access_token_ttl);
     let callers = Arc::new(config.callers.clone());
     let registry = AppRegistry::new(store.clone(), policy, feed.clone());
@@ -157,7 +169,7 @@ pub async fn serve_with_listener(
             access_token: config.access_token_ttl,
             refresh_token: config.refresh_token_ttl,
         },
-        AppUserIdKey::derive(config.master_key.as_bytes()),
+        pairwise,
         policy,
         feed.clone(),
     );
@@ -182,13 +194,15 @@ pub async fn serve_with_listener(
         let rotation = rotation.clone();
         let clock = clock.clone();
         // Under the tenth of a period by which a successor is created early, so no tick can
-        // skip the window and leave a moment with no key to mint with.
-        let every = (config.key_rotation_period / 20).clamp(
-            std::time::Duration::from_millis(10),
-            // Reload often: with several replicas, a key another replica created shows up here
-            // within seconds.
-            std::time::Duration::from_secs(5),
-        );
+        // skip the window and leave a moment with no key to mint with; and under half a
+        // heartbeat, so a key another replica created or retired is picked up here (and sent
+        // to this replica's verifiers) within a second.
+        let every = (config.key_rotation_period / 20)
+            .min(config.revocation_heartbeat / 2)
+            .clamp(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_millis(500),
+            );
         background.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -234,6 +248,15 @@ pub async fn serve_with_listener(
         })
         .max_decoding_message_size(max),
     )
+    .add_service(InterceptedService::new(
+        KeyAdminServiceServer::new(grpc::keys::KeyAdminGrpc {
+            keys: keys.clone(),
+            rotation: rotation.clone(),
+            clock: clock.clone(),
+        })
+        .max_decoding_message_size(max),
+        role_check(callers.clone(), CallerRole::Admin),
+    ))
     .add_service(InterceptedService::new(
         KeyServiceServer::new(grpc::keys::KeyGrpc {
             keys,

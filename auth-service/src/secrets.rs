@@ -87,8 +87,19 @@ impl fmt::Debug for AppUserIdKey {
 }
 
 impl AppUserIdKey {
-    /// Derived from the master key, so it survives restarts and is the same on every replica.
-    pub fn derive(master: &[u8; 32]) -> Self {
+    /// The pairwise-id secret, generated once and stored sealed (see `keys::pairwise_secret`).
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        AppUserIdKey(secret)
+    }
+
+    /// The secret's bytes, to be sealed at rest.
+    pub fn secret(&self) -> [u8; 32] {
+        self.0
+    }
+
+    /// How the secret was made before the key hierarchy: derived from the master key. Kept
+    /// only so a database from then keeps its app user ids.
+    pub fn derive_legacy(master: &[u8; 32]) -> Self {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(b"miniprogram.app-user-id.v1");
@@ -123,7 +134,7 @@ mod tests {
 
     #[test]
     fn app_user_ids_differ_between_apps_and_are_stable() {
-        let key = AppUserIdKey::derive(&[1; 32]);
+        let key = AppUserIdKey::from_secret([1; 32]);
         let one = key.app_user_id("mp1", "user-1");
         assert_eq!(one, key.app_user_id("mp1", "user-1"));
         assert_ne!(one, key.app_user_id("mp2", "user-1"));

@@ -33,6 +33,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
             verifier: "test-verifier-token".into(),
         },
         master_key: MasterKey::from_bytes(&[42; 32]).unwrap_or_else(|_| unreachable!("32 bytes")),
+        previous_master_key: None,
         consent_token_ttl: Duration::from_secs(1800),
         access_token_ttl: Duration::from_secs(3600),
         refresh_token_ttl: Duration::from_secs(30 * 86400),

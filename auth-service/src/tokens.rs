@@ -430,10 +430,17 @@ mod tests {
         let ttl = Duration::from_secs(3600);
         let keys = SigningKeys::default();
         let t0 = Timestamp::now();
-        KeyRotation::new(store.clone(), master.clone(), ttl, ttl, keys.clone())
-            .ensure_current(t0)
-            .await
-            .unwrap();
+        KeyRotation::new(
+            store.clone(),
+            master.clone(),
+            ttl,
+            ttl,
+            keys.clone(),
+            RevocationFeed::default(),
+        )
+        .ensure_current(t0)
+        .await
+        .unwrap();
         let issuer = TokenIssuer::new(
             store.clone(),
             keys,
@@ -441,7 +448,7 @@ mod tests {
                 access_token: ttl,
                 refresh_token: ttl,
             },
-            AppUserIdKey::derive(master.as_bytes()),
+            AppUserIdKey::from_secret([8; 32]),
             RevocationPolicy::new(ttl, ttl),
             RevocationFeed::default(),
         );

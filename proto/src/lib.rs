@@ -78,6 +78,7 @@ mod tests {
             "miniprogram.auth.v1.AuthorizationService",
             "miniprogram.auth.v1.TokenService",
             "miniprogram.auth.v1.KeyService",
+            "miniprogram.auth.v1.KeyAdminService",
             "miniprogram.userinfo.v1.UserInfoService",
             "miniprogram.userinfo.v1.ProfileService",
         ] {

@@ -1,41 +1,125 @@
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
-use pasetors::Local;
-use pasetors::keys::SymmetricKey;
+use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
 use pasetors::token::UntrustedToken;
-use pasetors::version4::{LocalToken, V4};
+use pasetors::version4::{PublicToken, V4};
+use pasetors::{Local, Public};
 use serde::{Deserialize, Serialize};
 
+use crate::claims::WireClaims;
 use crate::{Timestamp, TokenClaims, TokenKind};
 
-/// Length of a v4.local key in bytes.
+/// Length of a subject key (a PASETO v4.local key) and of an Ed25519 public key, in bytes.
 pub const KEY_LEN: usize = 32;
 
-/// Longest token string we try to open; anything longer is not one of ours, and refusing it
-/// early keeps a 1 MiB "token" from costing a base64 decode.
-pub const MAX_TOKEN_LEN: usize = 1024;
+/// Length of an Ed25519 secret key as pasetors holds it: seed then public key.
+const SECRET_LEN: usize = 64;
 
-/// One symmetric token key with its life cycle: it mints until `retire_at` and verifies until
+/// Longest token string we try to open; anything longer is not one of ours, and refusing it
+/// early keeps a 1 MiB "token" from costing a base64 decode. A token with the longest user id
+/// (128 bytes) and app id is under 1,100 characters.
+pub const MAX_TOKEN_LEN: usize = 2048;
+
+/// The public half of one token key with its life cycle: what a verifier needs to check a
+/// token (the Ed25519 public key) and to read its subject (the subject key, which opens the
+/// sealed user id but signs nothing). It mints until `retire_at` and verifies until
 /// `expire_at` (its last token's expiry), so rotation never breaks a live token.
 #[derive(Clone, PartialEq, Eq)]
-pub struct TokenKey {
+pub struct VerifyingKey {
     pub key_id: String,
-    pub material: [u8; KEY_LEN],
+    pub public_key: [u8; KEY_LEN],
+    pub subject_key: [u8; KEY_LEN],
     pub created_at: Timestamp,
     pub retire_at: Timestamp,
     pub expire_at: Timestamp,
 }
 
-impl fmt::Debug for TokenKey {
+impl fmt::Debug for VerifyingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenKey")
+        f.debug_struct("VerifyingKey")
             .field("key_id", &self.key_id)
-            .field("material", &"<redacted>")
+            .field("public_key", &hex::encode(self.public_key))
+            .field("subject_key", &"<redacted>")
             .field("created_at", &self.created_at)
             .field("retire_at", &self.retire_at)
             .field("expire_at", &self.expire_at)
             .finish()
+    }
+}
+
+/// A token key that can mint: the verifying half plus the Ed25519 secret key, which never
+/// leaves auth-service (it is stored only sealed under the master key).
+#[derive(Clone)]
+pub struct SigningKey {
+    pub verifying: VerifyingKey,
+    secret: Arc<AsymmetricSecretKey<V4>>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("verifying", &self.verifying)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// A fresh Ed25519 key pair and subject key from the OS CSPRNG.
+    pub fn generate(
+        key_id: String,
+        created_at: Timestamp,
+        retire_at: Timestamp,
+        expire_at: Timestamp,
+    ) -> Result<Self, TokenError> {
+        let pair = AsymmetricKeyPair::<V4>::generate().map_err(|_| TokenError::KeyMaterial)?;
+        let subject_key = crate::random_bytes().map_err(|_| TokenError::KeyMaterial)?;
+        let mut secret = [0u8; SECRET_LEN + KEY_LEN];
+        secret[..SECRET_LEN].copy_from_slice(pair.secret.as_bytes());
+        secret[SECRET_LEN..].copy_from_slice(&subject_key);
+        Self::from_secret_bytes(key_id, &secret, created_at, retire_at, expire_at)
+    }
+
+    /// Everything secret about the key, to be sealed at rest: the Ed25519 secret key (seed
+    /// and public key) followed by the subject key.
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(SECRET_LEN + KEY_LEN);
+        bytes.extend_from_slice(self.secret.as_bytes());
+        bytes.extend_from_slice(&self.verifying.subject_key);
+        bytes
+    }
+
+    /// The key again from [`SigningKey::secret_bytes`]; the public key is checked against
+    /// the seed, so a corrupted or swapped blob is refused.
+    pub fn from_secret_bytes(
+        key_id: String,
+        bytes: &[u8],
+        created_at: Timestamp,
+        retire_at: Timestamp,
+        expire_at: Timestamp,
+    ) -> Result<Self, TokenError> {
+        if bytes.len() != SECRET_LEN + KEY_LEN {
+            return Err(TokenError::KeyMaterial);
+        }
+        let secret = AsymmetricSecretKey::<V4>::from(&bytes[..SECRET_LEN])
+            .map_err(|_| TokenError::KeyMaterial)?;
+        let mut public_key = [0u8; KEY_LEN];
+        public_key.copy_from_slice(&bytes[KEY_LEN..SECRET_LEN]);
+        let mut subject_key = [0u8; KEY_LEN];
+        subject_key.copy_from_slice(&bytes[SECRET_LEN..]);
+        Ok(SigningKey {
+            verifying: VerifyingKey {
+                key_id,
+                public_key,
+                subject_key,
+                created_at,
+                retire_at,
+                expire_at,
+            },
+            secret: Arc::new(secret),
+        })
     }
 }
 
@@ -46,14 +130,16 @@ pub enum TokenError {
     Malformed,
     #[error("the token names a key this verifier does not know")]
     UnknownKey { key_id: String },
-    #[error("the token failed authentication (tampered, or of another kind)")]
+    #[error("the token failed authentication (forged, tampered, or of another kind)")]
     Invalid,
     #[error("the token has expired")]
     Expired,
     #[error("no token key is current; rotate keys")]
     NoSigningKey,
-    #[error("token encryption failed")]
-    Encryption,
+    #[error("token signing failed")]
+    Signing,
+    #[error("the token key material is not a valid key")]
+    KeyMaterial,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -61,21 +147,69 @@ struct Footer<'a> {
     kid: &'a str,
 }
 
-/// The token keys a service knows, by key id.
+/// One key of a ring, with its parsed public key (and secret key, where this process mints).
+#[derive(Clone)]
+struct RingKey {
+    verifying: VerifyingKey,
+    public: Arc<AsymmetricPublicKey<V4>>,
+    secret: Option<Arc<AsymmetricSecretKey<V4>>>,
+}
+
+impl fmt::Debug for RingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.verifying.fmt(f)
+    }
+}
+
+/// The token keys a service knows, by key id. auth-service's ring holds signing keys and
+/// mints; a verifier's ring holds only verifying keys and can open tokens but never make one.
 #[derive(Debug, Clone, Default)]
 pub struct KeyRing {
-    keys: HashMap<String, TokenKey>,
+    keys: HashMap<String, RingKey>,
 }
 
 impl KeyRing {
-    pub fn new(keys: impl IntoIterator<Item = TokenKey>) -> Self {
-        KeyRing {
-            keys: keys.into_iter().map(|k| (k.key_id.clone(), k)).collect(),
-        }
+    /// A ring that mints (auth-service).
+    pub fn signing(keys: impl IntoIterator<Item = SigningKey>) -> Self {
+        let keys = keys
+            .into_iter()
+            .filter_map(|k| {
+                let public = AsymmetricPublicKey::<V4>::from(&k.verifying.public_key).ok()?;
+                Some((
+                    k.verifying.key_id.clone(),
+                    RingKey {
+                        verifying: k.verifying,
+                        public: Arc::new(public),
+                        secret: Some(k.secret),
+                    },
+                ))
+            })
+            .collect();
+        KeyRing { keys }
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &TokenKey> {
-        self.keys.values()
+    /// A ring that only verifies (userinfo-service, from `ListTokenKeys`).
+    pub fn verifying(keys: impl IntoIterator<Item = VerifyingKey>) -> Self {
+        let keys = keys
+            .into_iter()
+            .filter_map(|k| {
+                let public = AsymmetricPublicKey::<V4>::from(&k.public_key).ok()?;
+                Some((
+                    k.key_id.clone(),
+                    RingKey {
+                        verifying: k,
+                        public: Arc::new(public),
+                        secret: None,
+                    },
+                ))
+            })
+            .collect();
+        KeyRing { keys }
+    }
+
+    /// The verifying half of every key, as published to verifiers.
+    pub fn keys(&self) -> impl Iterator<Item = &VerifyingKey> {
+        self.keys.values().map(|k| &k.verifying)
     }
 
     pub fn contains(&self, key_id: &str) -> bool {
@@ -86,36 +220,46 @@ impl KeyRing {
         self.keys.is_empty()
     }
 
-    /// The newest key that may mint at `now`.
-    pub fn signing_key(&self, now: Timestamp) -> Option<&TokenKey> {
-        self.keys
-            .values()
-            .filter(|k| k.created_at <= now && now < k.retire_at)
-            .max_by_key(|k| (k.created_at, k.key_id.as_str()))
+    /// The newest key this ring can mint with at `now`.
+    pub fn signing_key(&self, now: Timestamp) -> Option<&VerifyingKey> {
+        self.current(now).map(|k| &k.verifying)
     }
 
-    /// Encrypts `claims` under the current key, with its key id in the footer.
+    fn current(&self, now: Timestamp) -> Option<&RingKey> {
+        self.keys
+            .values()
+            .filter(|k| {
+                k.secret.is_some() && k.verifying.created_at <= now && now < k.verifying.retire_at
+            })
+            .max_by_key(|k| (k.verifying.created_at, k.verifying.key_id.as_str()))
+    }
+
+    /// Signs `claims` with the current key, the user id sealed under its subject key and its
+    /// key id in the footer.
     pub fn mint(
         &self,
         kind: TokenKind,
         claims: &TokenClaims,
         now: Timestamp,
     ) -> Result<String, TokenError> {
-        let key = self.signing_key(now).ok_or(TokenError::NoSigningKey)?;
-        let sk = SymmetricKey::<V4>::from(&key.material).map_err(|_| TokenError::Encryption)?;
-        let payload = serde_json::to_vec(claims).map_err(|_| TokenError::Encryption)?;
-        let footer =
-            serde_json::to_vec(&Footer { kid: &key.key_id }).map_err(|_| TokenError::Encryption)?;
-        LocalToken::encrypt(
-            &sk,
+        let key = self.current(now).ok_or(TokenError::NoSigningKey)?;
+        let secret = key.secret.as_deref().ok_or(TokenError::NoSigningKey)?;
+        let wire = WireClaims::seal(claims, kind, &key.verifying.subject_key)?;
+        let payload = serde_json::to_vec(&wire).map_err(|_| TokenError::Signing)?;
+        let footer = serde_json::to_vec(&Footer {
+            kid: &key.verifying.key_id,
+        })
+        .map_err(|_| TokenError::Signing)?;
+        PublicToken::sign(
+            secret,
             &payload,
             Some(&footer),
             Some(kind.implicit_assertion()),
         )
-        .map_err(|_| TokenError::Encryption)
+        .map_err(|_| TokenError::Signing)
     }
 
-    /// The key id a token names, read from its (authenticated, unencrypted) footer.
+    /// The key id a token names, read from its (signed, unencrypted) footer.
     pub fn key_id_of(token: &str) -> Result<String, TokenError> {
         let untrusted = parse(token)?;
         let footer: Footer<'_> = serde_json::from_slice(untrusted.untrusted_footer())
@@ -123,7 +267,8 @@ impl KeyRing {
         Ok(footer.kid.to_owned())
     }
 
-    /// Decrypts and authenticates a token of `kind` and checks its expiry against `now`.
+    /// Checks a token of `kind` against its key's signature, opens its subject and checks
+    /// its expiry against `now`.
     pub fn open(
         &self,
         kind: TokenKind,
@@ -139,11 +284,16 @@ impl KeyRing {
             .ok_or_else(|| TokenError::UnknownKey {
                 key_id: footer.kid.chars().take(64).collect(),
             })?;
-        let sk = SymmetricKey::<V4>::from(&key.material).map_err(|_| TokenError::Invalid)?;
-        let trusted = LocalToken::decrypt(&sk, &untrusted, None, Some(kind.implicit_assertion()))
-            .map_err(|_| TokenError::Invalid)?;
-        let claims: TokenClaims =
+        let trusted = PublicToken::verify(
+            &key.public,
+            &untrusted,
+            None,
+            Some(kind.implicit_assertion()),
+        )
+        .map_err(|_| TokenError::Invalid)?;
+        let wire: WireClaims =
             serde_json::from_str(trusted.payload()).map_err(|_| TokenError::Invalid)?;
+        let claims = wire.open(kind, &key.verifying.subject_key)?;
         if claims.expires_at() <= now {
             return Err(TokenError::Expired);
         }
@@ -151,11 +301,19 @@ impl KeyRing {
     }
 }
 
-fn parse(token: &str) -> Result<UntrustedToken<Local, V4>, TokenError> {
+fn parse(token: &str) -> Result<UntrustedToken<Public, V4>, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
-    UntrustedToken::<Local, V4>::try_from(token).map_err(|_| TokenError::Malformed)
+    UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)
+}
+
+/// Parses a sealed value (a v4.local token) no longer than `max`.
+pub(crate) fn parse_local(sealed: &str, max: usize) -> Option<UntrustedToken<Local, V4>> {
+    if sealed.len() > max {
+        return None;
+    }
+    UntrustedToken::<Local, V4>::try_from(sealed).ok()
 }
 
 #[cfg(test)]
@@ -165,14 +323,14 @@ mod tests {
     use super::*;
     use crate::{Scope, ScopeSet};
 
-    fn key(id: &str, byte: u8, created: i64, retire: i64, expire: i64) -> TokenKey {
-        TokenKey {
-            key_id: id.into(),
-            material: [byte; KEY_LEN],
-            created_at: Timestamp::from_unix_nanos(created),
-            retire_at: Timestamp::from_unix_nanos(retire),
-            expire_at: Timestamp::from_unix_nanos(expire),
-        }
+    fn key(id: &str, created: i64, retire: i64, expire: i64) -> SigningKey {
+        SigningKey::generate(
+            id.into(),
+            Timestamp::from_unix_nanos(created),
+            Timestamp::from_unix_nanos(retire),
+            Timestamp::from_unix_nanos(expire),
+        )
+        .unwrap()
     }
 
     fn claims(expires_at: i64) -> TokenClaims {
@@ -187,22 +345,57 @@ mod tests {
         }
     }
 
+    fn verifier_of(ring: &KeyRing) -> KeyRing {
+        KeyRing::verifying(ring.keys().cloned())
+    }
+
     #[test]
-    fn minted_token_opens_with_same_ring_and_hides_user_id() {
-        let ring = KeyRing::new([key("k1", 7, 0, 100, 200)]);
+    fn minted_token_opens_with_the_public_ring_and_hides_user_id() {
+        let ring = KeyRing::signing([key("k1", 0, 100, 200)]);
         let now = Timestamp::from_unix_nanos(50);
         let token = ring.mint(TokenKind::Consent, &claims(150), now).unwrap();
+        assert!(token.starts_with("v4.public."));
         assert!(!token.contains("wallet-user-42"));
         assert_eq!(KeyRing::key_id_of(&token).unwrap(), "k1");
+        let verifier = verifier_of(&ring);
         assert_eq!(
-            ring.open(TokenKind::Consent, &token, now).unwrap(),
+            verifier.open(TokenKind::Consent, &token, now).unwrap(),
             claims(150)
+        );
+        assert_eq!(
+            verifier.mint(TokenKind::Consent, &claims(150), now),
+            Err(TokenError::NoSigningKey),
+            "a ring of verifying keys cannot mint"
+        );
+    }
+
+    /// Guards `PublicToken::verify` in [`KeyRing::open`]: a token built from everything a
+    /// verifier holds (public key, subject key), signed with any other key, is refused.
+    #[test]
+    fn a_token_forged_from_the_published_keys_is_refused() {
+        let ring = KeyRing::signing([key("k1", 0, 100, 200)]);
+        let published = ring.keys().next().unwrap().clone();
+        let now = Timestamp::from_unix_nanos(50);
+        // The forger makes its own key pair, with the published key id and subject key.
+        let mut forger = key("k1", 0, 100, 200);
+        forger.verifying.subject_key = published.subject_key;
+        let forged = KeyRing::signing([forger])
+            .mint(TokenKind::Access, &claims(150), now)
+            .unwrap();
+        assert_eq!(KeyRing::key_id_of(&forged).unwrap(), "k1");
+        assert_eq!(
+            verifier_of(&ring).open(TokenKind::Access, &forged, now),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            ring.open(TokenKind::Access, &forged, now),
+            Err(TokenError::Invalid)
         );
     }
 
     #[test]
     fn consent_token_does_not_open_as_access_token() {
-        let ring = KeyRing::new([key("k1", 7, 0, 100, 200)]);
+        let ring = KeyRing::signing([key("k1", 0, 100, 200)]);
         let now = Timestamp::from_unix_nanos(50);
         let token = ring.mint(TokenKind::Consent, &claims(150), now).unwrap();
         assert_eq!(
@@ -213,7 +406,7 @@ mod tests {
 
     #[test]
     fn expired_token_is_refused() {
-        let ring = KeyRing::new([key("k1", 7, 0, 100, 200)]);
+        let ring = KeyRing::signing([key("k1", 0, 100, 200)]);
         let token = ring
             .mint(
                 TokenKind::Access,
@@ -230,9 +423,9 @@ mod tests {
 
     #[test]
     fn rotation_mints_with_newest_key_and_old_key_still_verifies() {
-        let old = key("old", 1, 0, 100, 300);
-        let new = key("new", 2, 100, 200, 400);
-        let ring = KeyRing::new([old.clone(), new]);
+        let old = key("old", 0, 100, 300);
+        let new = key("new", 100, 200, 400);
+        let ring = KeyRing::signing([old, new.clone()]);
         let t_old = ring
             .mint(
                 TokenKind::Access,
@@ -252,20 +445,44 @@ mod tests {
         let at = Timestamp::from_unix_nanos(160);
         assert!(ring.open(TokenKind::Access, &t_old, at).is_ok());
         assert!(ring.open(TokenKind::Access, &t_new, at).is_ok());
-        let other_ring = KeyRing::new([new_key_only()]);
+        let other_ring = KeyRing::verifying([new.verifying]);
         assert!(matches!(
             other_ring.open(TokenKind::Access, &t_old, at),
             Err(TokenError::UnknownKey { .. })
         ));
     }
 
-    fn new_key_only() -> TokenKey {
-        key("new", 2, 100, 200, 400)
+    #[test]
+    fn a_key_survives_its_sealed_form_and_a_swapped_public_half_is_refused() {
+        let k = key("k1", 0, 100, 200);
+        let bytes = k.secret_bytes();
+        let again = SigningKey::from_secret_bytes(
+            "k1".into(),
+            &bytes,
+            k.verifying.created_at,
+            k.verifying.retire_at,
+            k.verifying.expire_at,
+        )
+        .unwrap();
+        assert_eq!(again.verifying, k.verifying);
+        let mut swapped = bytes.clone();
+        swapped[40] ^= 1;
+        assert!(
+            SigningKey::from_secret_bytes(
+                "k1".into(),
+                &swapped,
+                again.verifying.created_at,
+                again.verifying.retire_at,
+                again.verifying.expire_at
+            )
+            .is_err()
+        );
+        assert!(!format!("{k:?}").contains(&hex::encode(&bytes[..32])));
     }
 
     #[test]
     fn tampered_or_garbage_tokens_are_refused() {
-        let ring = KeyRing::new([key("k1", 7, 0, 100, 200)]);
+        let ring = KeyRing::signing([key("k1", 0, 100, 200)]);
         let now = Timestamp::from_unix_nanos(50);
         let token = ring.mint(TokenKind::Consent, &claims(150), now).unwrap();
         let mut bytes = token.into_bytes();
@@ -277,9 +494,9 @@ mod tests {
         );
         for garbage in [
             "",
-            "v4.local.",
+            "v4.public.",
             "hello",
-            "v4.public.abc.def",
+            "v4.local.abc.def",
             &"x".repeat(1 << 20),
         ] {
             assert_eq!(
@@ -291,11 +508,29 @@ mod tests {
 
     #[test]
     fn no_signing_key_after_retirement() {
-        let ring = KeyRing::new([key("k1", 7, 0, 100, 200)]);
+        let ring = KeyRing::signing([key("k1", 0, 100, 200)]);
         let after = Timestamp::from_unix_nanos(0).saturating_add(Duration::from_nanos(100));
         assert_eq!(
             ring.mint(TokenKind::Consent, &claims(150), after),
             Err(TokenError::NoSigningKey)
+        );
+    }
+
+    #[test]
+    fn the_longest_ids_fit_under_the_length_limit() {
+        let ring = KeyRing::signing([key("k0123456789ab", 0, 100, 200)]);
+        let mut long = claims(150);
+        long.user_id = "u".repeat(128);
+        long.app_id = "a".repeat(64);
+        long.token_id = "t".repeat(32);
+        long.grant_id = "g".repeat(32);
+        let token = ring
+            .mint(TokenKind::Access, &long, Timestamp::from_unix_nanos(50))
+            .unwrap();
+        assert!(token.len() < MAX_TOKEN_LEN, "{}", token.len());
+        assert!(
+            ring.open(TokenKind::Access, &token, Timestamp::from_unix_nanos(50))
+                .is_ok()
         );
     }
 }

@@ -1,9 +1,11 @@
 //! The token format shared by both services.
 //!
-//! auth-service mints consent and access tokens with the current key of a [`KeyRing`];
-//! userinfo-service opens them with the same ring (fetched over gRPC) and checks them against
-//! a [`RevocationList`] fed by auth-service's revocation stream. Tokens are PASETO v4.local:
-//! encrypted and authenticated, so their holder learns nothing from them, not even the user id.
+//! auth-service mints consent and access tokens with the current [`SigningKey`] of its
+//! [`KeyRing`]; userinfo-service opens them with a ring of [`VerifyingKey`]s (fetched over
+//! gRPC) and checks them against a [`RevocationList`] fed by auth-service's revocation stream.
+//! Tokens are PASETO v4.public (Ed25519): only the holder of the secret key, which never
+//! leaves auth-service, can make one. The user id inside is sealed (v4.local) under the key's
+//! subject key, which verifiers hold, so a token's holder learns nothing from it.
 #![forbid(unsafe_code)]
 
 mod claims;
@@ -14,7 +16,7 @@ mod scope;
 mod time;
 
 pub use claims::{TokenClaims, TokenKind};
-pub use keyring::{KEY_LEN, KeyRing, MAX_TOKEN_LEN, TokenError, TokenKey};
+pub use keyring::{KEY_LEN, KeyRing, MAX_TOKEN_LEN, SigningKey, TokenError, VerifyingKey};
 pub use master_key::{MasterKey, MasterKeyError};
 pub use revocation::{RevocationList, RevocationRule};
 pub use scope::{Scope, ScopeSet};

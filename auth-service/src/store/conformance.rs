@@ -484,7 +484,83 @@ pub async fn token_keys_round_trip(store: Arc<dyn AuthStore>) {
         store.insert_token_key(&k).await,
         Err(StoreError::AlreadyExists)
     ));
-    assert_eq!(store.list_token_keys().await.unwrap(), vec![k]);
+    assert_eq!(store.list_token_keys().await.unwrap(), vec![k.clone()]);
+
+    assert!(!store.reseal_token_key("k1", "other", "new").await.unwrap());
+    assert!(
+        store
+            .reseal_token_key("k1", "sealed", "resealed")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .reseal_token_key("k1", "sealed", "again")
+            .await
+            .unwrap()
+    );
+    let resealed = StoredTokenKey {
+        sealed_key: "resealed".into(),
+        ..k.clone()
+    };
+    assert_eq!(
+        store.list_token_keys().await.unwrap(),
+        vec![resealed.clone()]
+    );
+
+    // Retired at t(1)+1: it neither mints nor verifies from then on; once dead, it stays so.
+    let at = Timestamp::from_unix_nanos(t(1).unix_nanos() + 1);
+    assert!(store.retire_token_key("k1", at).await.unwrap());
+    assert_eq!(
+        store.list_token_keys().await.unwrap(),
+        vec![StoredTokenKey {
+            retire_at: at,
+            expire_at: at,
+            ..resealed
+        }]
+    );
+    assert!(!store.retire_token_key("k1", t(2)).await.unwrap());
+    assert!(!store.retire_token_key("nope", t(0)).await.unwrap());
+}
+
+pub async fn sealed_secrets_are_stored_once_and_resealed_in_place(store: Arc<dyn AuthStore>) {
+    assert_eq!(store.get_sealed_secret("pairwise").await.unwrap(), None);
+    store
+        .insert_sealed_secret("pairwise", "first", t(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.insert_sealed_secret("pairwise", "second", t(2)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(
+        store
+            .get_sealed_secret("pairwise")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("first")
+    );
+    assert!(
+        !store
+            .reseal_secret("pairwise", "second", "x")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .reseal_secret("pairwise", "first", "third")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_sealed_secret("pairwise")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("third")
+    );
 }
 
 pub async fn sweep_removes_only_expired_rows_in_batches(store: Arc<dyn AuthStore>) {
@@ -532,6 +608,7 @@ macro_rules! auth_store_conformance {
             a_spent_code_is_kept_while_its_refresh_family_can_live,
             refresh_token_expiry,
             token_keys_round_trip,
+            sealed_secrets_are_stored_once_and_resealed_in_place,
             sweep_removes_only_expired_rows_in_batches,
         );
     };

@@ -128,7 +128,8 @@ fn withdrawn_bits(scopes: ScopeSet) -> i64 {
     }
 }
 
-/// A token key as stored: its material sealed under the master key.
+/// A token key as stored: its secret half (Ed25519 secret key and subject key) sealed under
+/// the master key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredTokenKey {
     pub key_id: String,
@@ -306,6 +307,30 @@ pub trait AuthStore: Send + Sync + 'static {
     // === token keys ===
     async fn insert_token_key(&self, key: &StoredTokenKey) -> Result<(), StoreError>;
     async fn list_token_keys(&self) -> Result<Vec<StoredTokenKey>, StoreError>;
+    /// Ends a key's life at `now` (it neither mints nor verifies from then on); `false` if no
+    /// such key is alive.
+    async fn retire_token_key(&self, key_id: &str, now: Timestamp) -> Result<bool, StoreError>;
+    /// Replaces a key's sealed form if it is still `old` (re-sealing under a new master key;
+    /// another replica may have done it first: `false`).
+    async fn reseal_token_key(
+        &self,
+        key_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError>;
+
+    // === sealed secrets ===
+    async fn get_sealed_secret(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Stores a secret under `name` once: [`StoreError::AlreadyExists`] if another replica
+    /// stored one first.
+    async fn insert_sealed_secret(
+        &self,
+        name: &str,
+        sealed: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Replaces a secret's sealed form if it is still `old`.
+    async fn reseal_secret(&self, name: &str, old: &str, new: &str) -> Result<bool, StoreError>;
 
     // === upkeep ===
     /// Deletes up to `batch` expired rows from each table.

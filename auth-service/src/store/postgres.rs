@@ -680,6 +680,75 @@ impl AuthStore for PostgresAuthStore {
             .map_err(classify)
     }
 
+    async fn retire_token_key(&self, key_id: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE token_keys SET retire_at = LEAST(retire_at, $2), expire_at = LEAST(expire_at, $2) WHERE key_id = $1 AND expire_at > $2",
+        )
+        .bind(key_id)
+        .bind(now.unix_nanos())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn reseal_token_key(
+        &self,
+        key_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE token_keys SET sealed_key = $3 WHERE key_id = $1 AND sealed_key = $2",
+        )
+        .bind(key_id)
+        .bind(old)
+        .bind(new)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn get_sealed_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT sealed_value FROM sealed_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
+    async fn insert_sealed_secret(
+        &self,
+        name: &str,
+        sealed: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sealed_secrets (name, sealed_value, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(name)
+        .bind(sealed)
+        .bind(now.unix_nanos())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn reseal_secret(&self, name: &str, old: &str, new: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sealed_secrets SET sealed_value = $3 WHERE name = $1 AND sealed_value = $2",
+        )
+        .bind(name)
+        .bind(old)
+        .bind(new)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn sweep_expired(&self, now: Timestamp, batch: u32) -> Result<SweepCounts, StoreError> {
         let now = now.unix_nanos();
         let batch = i64::from(batch);

@@ -134,7 +134,7 @@ async fn tap_prompts_then_allow_grants_a_consent_token_and_the_next_request_gran
         other => panic!("expected grant, got {other:?}"),
     };
     let token = consent_token(&grant);
-    assert!(token.starts_with("v4.local."));
+    assert!(token.starts_with("v4.public."));
     match request(&server, "u1", &app_id, &[UserInfo], AppLaunch)
         .await
         .unwrap()

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use auth_service::testing::TestAuthServer;
 use miniprogram_proto::auth::v1 as pb;
-use miniprogram_token::{KeyRing, Timestamp, TokenKey, TokenKind};
+use miniprogram_token::{KeyRing, Timestamp, TokenKind, VerifyingKey};
 use sqlx::Row;
 
 use super::{ALL_FEATURES, app_with, consent, consent_token};
@@ -14,9 +14,10 @@ fn ring_of(keys: &[pb::TokenKey]) -> KeyRing {
         let t = t.unwrap();
         Timestamp::from_seconds_and_nanos(t.seconds, t.nanos).unwrap()
     };
-    KeyRing::new(keys.iter().map(|k| TokenKey {
+    KeyRing::verifying(keys.iter().map(|k| VerifyingKey {
         key_id: k.key_id.clone(),
-        material: k.key_material.clone().try_into().unwrap(),
+        public_key: k.public_key.clone().try_into().unwrap(),
+        subject_key: k.subject_key.clone().try_into().unwrap(),
         created_at: ts(&k.create_time),
         retire_at: ts(&k.retire_time),
         expire_at: ts(&k.expire_time),
@@ -50,13 +51,15 @@ async fn listed_keys_open_issued_tokens_and_are_sealed_at_rest() {
         .await
         .unwrap();
     let sealed: String = row.try_get("sealed_key").unwrap();
-    assert!(!sealed.contains(&hex::encode(&listed.keys[0].key_material)));
-    assert!(
-        !sealed
-            .as_bytes()
-            .windows(32)
-            .any(|w| w == listed.keys[0].key_material.as_slice())
-    );
+    for published in [&listed.keys[0].public_key, &listed.keys[0].subject_key] {
+        assert!(!sealed.contains(&hex::encode(published)));
+        assert!(
+            !sealed
+                .as_bytes()
+                .windows(32)
+                .any(|w| w == published.as_slice())
+        );
+    }
 }
 
 #[tokio::test]

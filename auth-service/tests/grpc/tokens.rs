@@ -32,7 +32,7 @@ async fn exchange_returns_tokens_and_an_app_scoped_user_id() {
         .await
         .unwrap()
         .into_inner();
-    assert!(a.access_token.starts_with("v4.local."));
+    assert!(a.access_token.starts_with("v4.public."));
     assert_eq!(a.refresh_token.len(), 43);
     assert_eq!(a.scopes, vec![AuthBase as i32, PhoneNumber as i32]);
     assert!(
