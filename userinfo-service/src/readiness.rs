@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use miniprogram_token::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -65,7 +64,7 @@ impl HealthGate {
                 _ = tick.tick() => {}
                 () = self.draining.cancelled() => return,
             }
-            let ready = verifier.has_keys() && !verifier.is_stale(Timestamp::now());
+            let ready = verifier.has_keys() && !verifier.is_stale(std::time::Instant::now());
             if ready == serving {
                 continue;
             }
@@ -91,6 +90,7 @@ impl HealthGate {
 
 #[cfg(test)]
 mod tests {
+    use miniprogram_token::Timestamp;
     use tonic_health::pb::health_server::Health;
     use tonic_health::pb::{HealthCheckRequest, health_check_response};
     use tonic_health::server::HealthService;
@@ -123,15 +123,16 @@ mod tests {
         seen
     }
 
-    fn key() -> miniprogram_token::TokenKey {
+    fn key() -> miniprogram_token::VerifyingKey {
         let now = Timestamp::now();
-        miniprogram_token::TokenKey {
-            key_id: "k1".into(),
-            material: [7; miniprogram_token::KEY_LEN],
-            created_at: now,
-            retire_at: now.saturating_add(Duration::from_secs(60)),
-            expire_at: now.saturating_add(Duration::from_secs(120)),
-        }
+        miniprogram_token::SigningKey::generate(
+            "k1".into(),
+            now,
+            now.saturating_add(Duration::from_secs(60)),
+            now.saturating_add(Duration::from_secs(120)),
+        )
+        .expect("a key")
+        .verifying
     }
 
     #[tokio::test]
@@ -147,13 +148,13 @@ mod tests {
         tokio::time::sleep(WATCH_INTERVAL * 4).await;
         assert_eq!(status(&health).await, NOT_SERVING);
 
-        verifier.mark_caught_up(Timestamp::now());
+        verifier.mark_caught_up(std::time::Instant::now());
         assert_eq!(wait_for(&health, SERVING).await, SERVING);
 
         verifier.mark_stale();
         assert_eq!(wait_for(&health, NOT_SERVING).await, NOT_SERVING);
 
-        verifier.mark_caught_up(Timestamp::now());
+        verifier.mark_caught_up(std::time::Instant::now());
         assert_eq!(wait_for(&health, SERVING).await, SERVING);
         watcher.abort();
     }
@@ -169,7 +170,7 @@ mod tests {
 
         // Ready after the drain began: the watcher ends without reporting SERVING.
         assert!(verifier.replace_keys(vec![key()]));
-        verifier.mark_caught_up(Timestamp::now());
+        verifier.mark_caught_up(std::time::Instant::now());
         tokio::time::timeout(Duration::from_secs(5), gate.follow(verifier))
             .await
             .expect("the watcher ends once draining began");

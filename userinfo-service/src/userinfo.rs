@@ -2,10 +2,10 @@
 //! number under an access token with the phone scope. Tokens are checked locally.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use miniprogram_token::{Scope, Timestamp, TokenClaims, TokenKey, TokenKind};
+use miniprogram_token::{Scope, Timestamp, TokenClaims, TokenKind, VerifyingKey};
 use tokio::sync::Mutex;
 
 use crate::error::UserInfoError;
@@ -17,7 +17,7 @@ use crate::verifier::{TokenCheckError, TokenVerifier};
 /// Where token keys come from (auth-service's KeyService).
 #[async_trait]
 pub trait KeySource: Send + Sync + 'static {
-    async fn fetch_keys(&self) -> Result<Vec<TokenKey>, UserInfoError>;
+    async fn fetch_keys(&self) -> Result<Vec<VerifyingKey>, UserInfoError>;
 }
 
 /// Confirms an app credential and that the access token is still active for that app, at
@@ -89,17 +89,19 @@ impl UserInfoReader {
         }
     }
 
-    /// `my.getOpenUserInfo`: the six public fields, for a live consent token.
+    /// `my.getOpenUserInfo`: the six public fields, for a live consent token. `now` is the
+    /// wall clock (token expiry), `at` the monotonic one (revocation freshness).
     pub async fn open_user_info(
         &self,
         consent_token: &str,
         now: Timestamp,
+        at: Instant,
     ) -> Result<PublicProfile, UserInfoError> {
         if consent_token.is_empty() {
             return Err(UserInfoError::InvalidAuthRelations);
         }
         let claims = self
-            .check(TokenKind::Consent, consent_token, now)
+            .check(TokenKind::Consent, consent_token, now, at)
             .await
             .map_err(token_error)?;
         if !claims.scopes.contains(Scope::UserInfo) {
@@ -134,6 +136,7 @@ impl UserInfoReader {
         access_token: &str,
         peer: &str,
         now: Timestamp,
+        at: Instant,
     ) -> Result<String, UserInfoError> {
         let authorization = authorization.ok_or(UserInfoError::InvalidAuthClient)?;
         let active_for_app = self
@@ -144,11 +147,11 @@ impl UserInfoReader {
         if access_token.is_empty() {
             return Err(UserInfoError::InvalidAuthRelations);
         }
-        let claims = match self.check(TokenKind::Access, access_token, now).await {
+        let claims = match self.check(TokenKind::Access, access_token, now, at).await {
             Ok(claims) => claims,
             Err(TokenCheckError::Invalid) => {
                 // A consent token is a valid credential of the wrong kind: no phone relation.
-                return match self.check(TokenKind::Consent, access_token, now).await {
+                return match self.check(TokenKind::Consent, access_token, now, at).await {
                     Ok(_) => Err(UserInfoError::InvalidAuthRelations),
                     Err(e) => Err(token_error(e)),
                 };
@@ -173,11 +176,12 @@ impl UserInfoReader {
         kind: TokenKind,
         token: &str,
         now: Timestamp,
-    ) -> Result<TokenClaims, TokenCheckError> {
-        match self.verifier.check(kind, token, now) {
+        at: Instant,
+    ) -> Result<Arc<TokenClaims>, TokenCheckError> {
+        match self.verifier.check(kind, token, now, at) {
             Err(TokenCheckError::UnknownKey) => {
                 self.refetch_keys(now).await;
-                self.verifier.check(kind, token, now)
+                self.verifier.check(kind, token, now, at)
             }
             other => other,
         }

@@ -1,13 +1,14 @@
 //! Local token checking: the token keys and revocation rules this replica holds, and how
 //! fresh its view of auth-service's revocation log is. No round trip per request.
 
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use miniprogram_token::{
-    KeyRing, RevocationList, RevocationRule, Timestamp, TokenClaims, TokenError, TokenKey,
-    TokenKind,
+    KeyRing, RevocationList, RevocationRule, Timestamp, TokenClaims, TokenError, TokenKind,
+    VerifyingKey,
 };
 
 /// Why a token was refused locally.
@@ -33,23 +34,47 @@ impl From<TokenError> for TokenCheckError {
             TokenError::Malformed => TokenCheckError::Malformed,
             TokenError::UnknownKey { .. } => TokenCheckError::UnknownKey,
             TokenError::Expired => TokenCheckError::Expired,
-            TokenError::Invalid | TokenError::NoSigningKey | TokenError::Encryption => {
-                TokenCheckError::Invalid
-            }
+            TokenError::Invalid
+            | TokenError::NoSigningKey
+            | TokenError::Signing
+            | TokenError::KeyMaterial => TokenCheckError::Invalid,
         }
     }
 }
+
+/// Tokens whose signature was checked, kept so a token presented again costs a hash lookup
+/// instead of an Ed25519 verification. Expiry, staleness and revocation are still checked on
+/// every call; entries are tagged with the ring's generation, so a key change (a retirement)
+/// makes every older entry a miss.
+const VERIFIED_TOKENS: usize = 8_192;
 
 /// Keys, revocation rules and the time the revocation stream last said "you have everything"
 /// (a heartbeat, see [`TokenVerifier::mark_caught_up`]).
 #[derive(Debug)]
 pub struct TokenVerifier {
-    keys: RwLock<KeyRing>,
+    keys: RwLock<Keys>,
     revocations: RwLock<RevocationList>,
-    /// Nanoseconds since the epoch of the last heartbeat (the stream had caught up); 0 before
-    /// the first and after [`TokenVerifier::mark_stale`].
-    last_caught_up: AtomicI64,
+    /// When the last heartbeat arrived (the stream had caught up), on the monotonic clock: in
+    /// nanoseconds after `epoch`, plus one; 0 before the first and after
+    /// [`TokenVerifier::mark_stale`]. A wall-clock step can neither extend nor cut the bound.
+    last_caught_up: AtomicU64,
+    epoch: Instant,
     stale_after: Duration,
+    /// Consent tokens and access tokens checked, apart, so a token never hits an entry
+    /// verified as the other kind.
+    verified: [VerifiedTokens; 2],
+}
+
+type VerifiedTokens = quick_cache::sync::Cache<Box<str>, (u64, Arc<TokenClaims>)>;
+
+/// The ring, its generation (bumped on every change) and the keys auth-service retired.
+#[derive(Debug, Default)]
+struct Keys {
+    ring: KeyRing,
+    generation: u64,
+    /// Keys a heartbeat left out: never taken back from a listing (a replica that has not yet
+    /// seen a retirement may still list the key for a moment).
+    dropped: HashSet<String>,
 }
 
 impl TokenVerifier {
@@ -57,22 +82,61 @@ impl TokenVerifier {
     /// closed once `stale_after` passes without one.
     pub fn new(stale_after: Duration) -> Self {
         TokenVerifier {
-            keys: RwLock::new(KeyRing::default()),
+            keys: RwLock::new(Keys::default()),
             revocations: RwLock::new(RevocationList::new()),
-            last_caught_up: AtomicI64::new(0),
+            last_caught_up: AtomicU64::new(0),
+            epoch: Instant::now(),
             stale_after,
+            verified: [
+                VerifiedTokens::new(VERIFIED_TOKENS),
+                VerifiedTokens::new(VERIFIED_TOKENS),
+            ],
         }
     }
 
     /// Replaces the key ring with what auth-service lists (every key a live token may use).
     /// An empty list is ignored (`false`): auth-service always has a signing key, so an empty
     /// answer is a fault, and taking it would refuse every token.
-    pub fn replace_keys(&self, keys: Vec<TokenKey>) -> bool {
+    pub fn replace_keys(&self, keys: Vec<VerifyingKey>) -> bool {
+        let mut held = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<_> = keys
+            .into_iter()
+            .filter(|k| !held.dropped.contains(&k.key_id))
+            .collect();
         if keys.is_empty() {
             return false;
         }
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = KeyRing::new(keys);
+        held.ring = KeyRing::verifying(keys);
+        held.generation += 1;
         true
+    }
+
+    /// Keeps only the keys auth-service says are alive (a heartbeat's list): a key it retired
+    /// verifies nothing here from now on. Listed keys this verifier lacks are fetched when a
+    /// token names them.
+    pub fn retain_keys(&self, live: &[String]) {
+        let mut held = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = held
+            .ring
+            .keys()
+            .filter(|k| !live.contains(&k.key_id))
+            .map(|k| k.key_id.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for key_id in &gone {
+            tracing::warn!(%key_id, "auth-service no longer lists this token key; its tokens are refused");
+        }
+        let kept: Vec<VerifyingKey> = held
+            .ring
+            .keys()
+            .filter(|k| live.contains(&k.key_id))
+            .cloned()
+            .collect();
+        held.ring = KeyRing::verifying(kept);
+        held.generation += 1;
+        held.dropped.extend(gone);
     }
 
     /// Whether any key is loaded (a verifier without keys can open no token).
@@ -81,6 +145,7 @@ impl TokenVerifier {
             .keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .ring
             .is_empty()
     }
 
@@ -132,11 +197,12 @@ impl TokenVerifier {
             .len()
     }
 
-    /// Records a heartbeat: at `now` this verifier held every rule in auth-service's log.
+    /// Records a heartbeat: at `at` this verifier held every rule in auth-service's log.
     /// Only heartbeats count; an open stream or a rule alone says nothing about a backlog.
-    pub fn mark_caught_up(&self, now: Timestamp) {
-        self.last_caught_up
-            .fetch_max(now.unix_nanos(), Ordering::Release);
+    pub fn mark_caught_up(&self, at: Instant) {
+        let since_epoch = at.saturating_duration_since(self.epoch).as_nanos();
+        let mark = u64::try_from(since_epoch).unwrap_or(u64::MAX - 1) + 1;
+        self.last_caught_up.fetch_max(mark, Ordering::Release);
     }
 
     /// Forgets the last heartbeat, so every check fails closed until the next one (after
@@ -150,19 +216,23 @@ impl TokenVerifier {
         self.stale_after
     }
 
-    /// Time since the last heartbeat (`None` before the first).
-    pub fn silence(&self, now: Timestamp) -> Option<Duration> {
+    /// Time since the last heartbeat at the monotonic instant `at` (`None` before the first).
+    pub fn silence(&self, at: Instant) -> Option<Duration> {
         // Acquire pairs with the Release in `mark_caught_up`: a check that sees the heartbeat
         // also sees every rule applied before it.
         match self.last_caught_up.load(Ordering::Acquire) {
             0 => None,
-            last => Some(now.since(Timestamp::from_unix_nanos(last))),
+            mark => {
+                let last = self.epoch + Duration::from_nanos(mark - 1);
+                Some(at.saturating_duration_since(last))
+            }
         }
     }
 
-    /// Whether checks fail closed at `now`: no heartbeat yet, or none within `stale_after`.
-    pub fn is_stale(&self, now: Timestamp) -> bool {
-        self.silence(now).is_none_or(|s| s > self.stale_after)
+    /// Whether checks fail closed at the monotonic instant `at`: no heartbeat yet, or none
+    /// within `stale_after`.
+    pub fn is_stale(&self, at: Instant) -> bool {
+        self.silence(at).is_none_or(|s| s > self.stale_after)
     }
 
     /// Drops rules whose every possible match has expired, so the list stays bounded.
@@ -173,20 +243,18 @@ impl TokenVerifier {
             .prune(now);
     }
 
-    /// Opens a token of `kind`, then fails closed if the revocation view is stale, then
-    /// checks the revocation rules.
+    /// Opens a token of `kind` (expiry against the wall clock `now`), then fails closed if
+    /// the revocation view is stale at the monotonic instant `at`, then checks the
+    /// revocation rules.
     pub fn check(
         &self,
         kind: TokenKind,
         token: &str,
         now: Timestamp,
-    ) -> Result<TokenClaims, TokenCheckError> {
-        let claims = self
-            .keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .open(kind, token, now)?;
-        if self.is_stale(now) {
+        at: Instant,
+    ) -> Result<Arc<TokenClaims>, TokenCheckError> {
+        let claims = self.open(kind, token, now)?;
+        if self.is_stale(at) {
             return Err(TokenCheckError::Stale);
         }
         if self
@@ -197,6 +265,34 @@ impl TokenVerifier {
         {
             return Err(TokenCheckError::Revoked);
         }
+        Ok(claims)
+    }
+
+    /// The token's claims: from the verified-token cache when this ring already checked its
+    /// signature, else verified now (and remembered).
+    fn open(
+        &self,
+        kind: TokenKind,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Arc<TokenClaims>, TokenCheckError> {
+        let verified = &self.verified[match kind {
+            TokenKind::Consent => 0,
+            TokenKind::Access => 1,
+        }];
+        let (generation, claims) = {
+            let held = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((generation, claims)) = verified.get(token)
+                && generation == held.generation
+            {
+                if claims.expires_at() <= now {
+                    return Err(TokenCheckError::Expired);
+                }
+                return Ok(claims);
+            }
+            (held.generation, Arc::new(held.ring.open(kind, token, now)?))
+        };
+        verified.insert(token.into(), (generation, claims.clone()));
         Ok(claims)
     }
 }

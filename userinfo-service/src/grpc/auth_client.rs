@@ -3,14 +3,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use miniprogram_proto::ErrorReason;
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_proto::caller_credentials::{FORWARDED_PEER, VERIFIER_AUTHORIZATION};
 use miniprogram_proto::wire_time::from_proto as timestamp;
-use miniprogram_token::{RevocationRule, ScopeSet, Timestamp, TokenKey};
+use miniprogram_token::{RevocationRule, ScopeSet, Timestamp, VerifyingKey};
 use pb::key_service_client::KeyServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -127,9 +127,11 @@ async fn within_call_timeout<T>(
         })
 }
 
-fn key_from_proto(k: pb::TokenKey) -> Option<TokenKey> {
-    Some(TokenKey {
-        material: k.key_material.try_into().ok()?,
+/// A listed key as a verifying key; `None` if its key material is not 32 bytes each.
+pub fn key_from_proto(k: pb::TokenKey) -> Option<VerifyingKey> {
+    Some(VerifyingKey {
+        public_key: k.public_key.try_into().ok()?,
+        subject_key: k.subject_key.try_into().ok()?,
         key_id: k.key_id,
         created_at: timestamp(k.create_time)?,
         retire_at: timestamp(k.retire_time)?,
@@ -173,9 +175,10 @@ pub struct MalformedEvent {
     pub sequence: u64,
 }
 
-/// Applies one message of the revocation stream received at `now`. A heartbeat means the
-/// stream has sent everything in the log, so only a heartbeat marks the verifier caught up
-/// (and prunes expired rules); a rule is applied and says nothing about freshness.
+/// Applies one message of the revocation stream received at wall time `now` and monotonic
+/// instant `at`. A heartbeat means the stream has sent everything in the log, so only a
+/// heartbeat marks the verifier caught up (and prunes expired rules, and drops keys it no
+/// longer lists); a rule is applied and says nothing about freshness.
 ///
 /// A malformed event fails closed: it is not applied, the sequence does not move past it, and
 /// the verifier is marked stale, so every token is refused (REVOCATION_STATE_STALE) until a
@@ -187,6 +190,7 @@ pub fn apply_stream_message(
     verifier: &TokenVerifier,
     message: pb::WatchRevocationsResponse,
     now: Timestamp,
+    at: Instant,
 ) -> Result<(), MalformedEvent> {
     match message.event {
         Some(event) => {
@@ -200,7 +204,10 @@ pub fn apply_stream_message(
             }
         }
         None if message.heartbeat => {
-            verifier.mark_caught_up(now);
+            if !message.live_key_ids.is_empty() {
+                verifier.retain_keys(&message.live_key_ids);
+            }
+            verifier.mark_caught_up(at);
             verifier.prune(now);
         }
         None => {
@@ -214,7 +221,7 @@ pub fn apply_stream_message(
 
 #[async_trait]
 impl KeySource for AuthServiceLink {
-    async fn fetch_keys(&self) -> Result<Vec<TokenKey>, UserInfoError> {
+    async fn fetch_keys(&self) -> Result<Vec<VerifyingKey>, UserInfoError> {
         let mut request = self.authed(pb::ListTokenKeysRequest {});
         request.set_timeout(CALL_TIMEOUT);
         let listed = within_call_timeout(
@@ -346,7 +353,7 @@ async fn follow_one_stream(link: &AuthServiceLink, verifier: &TokenVerifier) -> 
             }
         };
         let heartbeat = message.heartbeat && message.event.is_none();
-        if let Err(e) = apply_stream_message(verifier, message, Timestamp::now()) {
+        if let Err(e) = apply_stream_message(verifier, message, Timestamp::now(), Instant::now()) {
             tracing::error!(
                 sequence = e.sequence,
                 "auth-service sent a revocation event this verifier cannot apply; refusing \
@@ -411,21 +418,22 @@ mod tests {
     #[test]
     fn a_stream_resumed_elsewhere_rewinds_so_its_sequences_are_applied_again() {
         let verifier = TokenVerifier::new(Duration::from_secs(3600));
-        let now = Timestamp::now();
+        let (now, at) = (Timestamp::now(), Instant::now());
         for sequence in [1, 2] {
-            apply_stream_message(&verifier, message(Some(event(sequence)), false), now).unwrap();
+            apply_stream_message(&verifier, message(Some(event(sequence)), false), now, at)
+                .unwrap();
         }
         assert_eq!(verifier.resume_point().0, 2);
         let resumed = pb::WatchRevocationsResponse {
             resumed_after: Some(0),
             ..Default::default()
         };
-        apply_stream_message(&verifier, resumed, now).unwrap();
+        apply_stream_message(&verifier, resumed, now, at).unwrap();
         assert_eq!(verifier.resume_point(), (0, None));
-        assert!(verifier.is_stale(now), "a rewind is not a heartbeat");
+        assert!(verifier.is_stale(at), "a rewind is not a heartbeat");
         let mut other = event(2);
         other.user_id = "u9".into();
-        apply_stream_message(&verifier, message(Some(other), false), now).unwrap();
+        apply_stream_message(&verifier, message(Some(other), false), now, at).unwrap();
         assert_eq!(
             verifier.rule_count(),
             3,
@@ -436,29 +444,29 @@ mod tests {
     #[test]
     fn only_heartbeats_make_the_verifier_fresh_and_a_malformed_event_makes_it_stale() {
         let verifier = TokenVerifier::new(Duration::from_secs(3600));
-        let now = Timestamp::now();
+        let (now, at) = (Timestamp::now(), Instant::now());
         assert_eq!(
-            apply_stream_message(&verifier, message(Some(event(1)), false), now),
+            apply_stream_message(&verifier, message(Some(event(1)), false), now, at),
             Ok(())
         );
         assert_eq!(verifier.last_sequence(), 1);
         assert!(
-            verifier.is_stale(now),
+            verifier.is_stale(at),
             "a rule alone says nothing of a backlog"
         );
         assert_eq!(
-            apply_stream_message(&verifier, message(None, true), now),
+            apply_stream_message(&verifier, message(None, true), now, at),
             Ok(())
         );
-        assert!(!verifier.is_stale(now));
+        assert!(!verifier.is_stale(at));
 
         let mut malformed = event(2);
         malformed.scopes.push(99);
         assert_eq!(
-            apply_stream_message(&verifier, message(Some(malformed), false), now),
+            apply_stream_message(&verifier, message(Some(malformed), false), now, at),
             Err(MalformedEvent { sequence: 2 })
         );
         assert_eq!(verifier.last_sequence(), 1, "the sequence moved past it");
-        assert!(verifier.is_stale(now));
+        assert!(verifier.is_stale(at));
     }
 }

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use miniprogram_proto::caller_credentials::basic_credential;
 use miniprogram_proto::userinfo::v1 as pb;
+use std::time::Instant;
+
 use miniprogram_token::{MAX_TOKEN_LEN, Timestamp};
 use pb::user_info_service_server::UserInfoService;
 use tonic::{Request, Response, Status};
@@ -42,7 +44,7 @@ impl UserInfoService for UserInfoGrpc {
         check_token_len("consent_token", &req.consent_token)?;
         let public = self
             .reader
-            .open_user_info(&req.consent_token, Timestamp::now())
+            .open_user_info(&req.consent_token, Timestamp::now(), Instant::now())
             .await
             .inspect_err(|e| count_failure("GetOpenUserInfo", e))?;
         Ok(Response::new(pb::GetOpenUserInfoResponse {
@@ -76,6 +78,7 @@ impl UserInfoService for UserInfoGrpc {
                 &req.access_token,
                 &peer,
                 Timestamp::now(),
+                Instant::now(),
             )
             .await
             .inspect_err(|e| count_failure("GetPhoneNumber", e))?;

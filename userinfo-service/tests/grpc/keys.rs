@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use miniprogram_proto::auth::v1::Scope::UserInfo;
-use miniprogram_token::{KeyRing, Scope, Timestamp, TokenClaims, TokenKey, TokenKind};
+use miniprogram_token::{KeyRing, Scope, SigningKey, Timestamp, TokenClaims, TokenKind};
 use tokio::sync::watch;
 use userinfo_service::error::UserInfoError;
 use userinfo_service::grpc::auth_client::AuthServiceLink;
@@ -86,7 +86,7 @@ struct CountedKeys {
 
 #[async_trait]
 impl KeySource for CountedKeys {
-    async fn fetch_keys(&self) -> Result<Vec<TokenKey>, UserInfoError> {
+    async fn fetch_keys(&self) -> Result<Vec<miniprogram_token::VerifyingKey>, UserInfoError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let mut release = self.release.clone();
         let _ = release.wait_for(|open| *open).await;
@@ -133,7 +133,7 @@ async fn reader_for(auth: &TestAuthServer) -> ReaderUnderTest {
     .expect("link");
     let verifier = Arc::new(TokenVerifier::new(Duration::from_secs(3600)));
     assert!(verifier.replace_keys(link.fetch_keys().await.expect("keys")));
-    verifier.mark_caught_up(Timestamp::now());
+    verifier.mark_caught_up(Instant::now());
     let (release, released) = watch::channel(false);
     let keys = Arc::new(CountedKeys {
         link: link.clone(),
@@ -167,7 +167,11 @@ async fn concurrent_reads(
     let mut reads = tokio::task::JoinSet::new();
     for _ in 0..count {
         let (reader, token) = (r.reader.clone(), token.to_owned());
-        reads.spawn(async move { reader.open_user_info(&token, Timestamp::now()).await });
+        reads.spawn(async move {
+            reader
+                .open_user_info(&token, Timestamp::now(), Instant::now())
+                .await
+        });
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = r.release.send(true);
@@ -187,7 +191,12 @@ async fn callers_queued_behind_a_refetch_find_the_new_key_and_it_is_fetched_once
     let rotated = token_under_a_new_key(&auth, &app_id, &first).await;
     assert_eq!(
         r.verifier
-            .check(TokenKind::Consent, &rotated, Timestamp::now())
+            .check(
+                TokenKind::Consent,
+                &rotated,
+                Timestamp::now(),
+                Instant::now()
+            )
             .err(),
         Some(TokenCheckError::UnknownKey)
     );
@@ -201,13 +210,13 @@ async fn callers_queued_behind_a_refetch_find_the_new_key_and_it_is_fetched_once
 /// A well-formed token under a key auth-service never listed.
 fn token_under_an_unlisted_key() -> String {
     let now = Timestamp::now();
-    let ring = KeyRing::new([TokenKey {
-        key_id: "never-listed".into(),
-        material: [9; miniprogram_token::KEY_LEN],
-        created_at: now,
-        retire_at: now.saturating_add(Duration::from_secs(3600)),
-        expire_at: now.saturating_add(Duration::from_secs(7200)),
-    }]);
+    let ring = KeyRing::signing([SigningKey::generate(
+        "never-listed".into(),
+        now,
+        now.saturating_add(Duration::from_secs(3600)),
+        now.saturating_add(Duration::from_secs(7200)),
+    )
+    .expect("key")]);
     let claims = TokenClaims {
         app_id: "app".into(),
         user_id: "u1".into(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use miniprogram_proto::auth::v1 as pb;
-use miniprogram_token::Timestamp;
+use miniprogram_token::{SigningKey, Timestamp};
 use pb::key_service_server::{KeyService, KeyServiceServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -55,10 +55,18 @@ impl KeyService for ScriptedKeyService {
             std::future::pending::<()>().await;
         }
         let now = Timestamp::now();
+        let key = SigningKey::generate(
+            "k1".into(),
+            now,
+            now.saturating_add(Duration::from_secs(3600)),
+            now.saturating_add(Duration::from_secs(7200)),
+        )
+        .map_err(|_| Status::internal("key"))?;
         Ok(Response::new(pb::ListTokenKeysResponse {
             keys: vec![pb::TokenKey {
                 key_id: "k1".into(),
-                key_material: vec![7; 32],
+                public_key: key.verifying.public_key.to_vec(),
+                subject_key: key.verifying.subject_key.to_vec(),
                 create_time: Some(timestamp(now)),
                 retire_time: Some(timestamp(now.saturating_add(Duration::from_secs(3600)))),
                 expire_time: Some(timestamp(now.saturating_add(Duration::from_secs(7200)))),
@@ -144,6 +152,7 @@ fn event(event: pb::RevocationEvent) -> pb::WatchRevocationsResponse {
         server_time: Some(timestamp(Timestamp::now())),
         heartbeat: false,
         resumed_after: None,
+        live_key_ids: Vec::new(),
     }
 }
 
@@ -153,6 +162,7 @@ fn heartbeat() -> pb::WatchRevocationsResponse {
         server_time: Some(timestamp(Timestamp::now())),
         heartbeat: true,
         resumed_after: None,
+        live_key_ids: Vec::new(),
     }
 }
 
@@ -168,13 +178,13 @@ async fn an_open_stream_and_its_backlog_do_not_count_as_fresh_until_a_heartbeat(
     stream.send(event(rule(2, "u2"))).await;
     assert!(eventually(Duration::from_secs(5), || verifier.last_sequence() == 2).await);
     assert!(
-        verifier.is_stale(Timestamp::now()),
+        verifier.is_stale(std::time::Instant::now()),
         "fresh before auth-service said the backlog was complete"
     );
     stream.send(heartbeat()).await;
     assert!(
         eventually(Duration::from_secs(5), || !verifier
-            .is_stale(Timestamp::now()))
+            .is_stale(std::time::Instant::now()))
         .await
     );
 }
@@ -209,7 +219,7 @@ async fn a_malformed_event_fails_closed_and_the_stream_resumes_from_before_it() 
     first.send(heartbeat()).await;
     assert!(
         eventually(Duration::from_secs(5), || !verifier
-            .is_stale(Timestamp::now()))
+            .is_stale(std::time::Instant::now()))
         .await
     );
 
@@ -221,7 +231,7 @@ async fn a_malformed_event_fails_closed_and_the_stream_resumes_from_before_it() 
     assert_eq!(second.after_sequence, 1, "resumed past the malformed event");
     assert_eq!(verifier.last_sequence(), 1);
     assert!(
-        verifier.is_stale(Timestamp::now()),
+        verifier.is_stale(std::time::Instant::now()),
         "fresh despite a lost rule"
     );
 
@@ -230,13 +240,13 @@ async fn a_malformed_event_fails_closed_and_the_stream_resumes_from_before_it() 
     second.send(event(no_issue_time)).await;
     let third = next_stream(&mut opened).await;
     assert_eq!(third.after_sequence, 1);
-    assert!(verifier.is_stale(Timestamp::now()));
+    assert!(verifier.is_stale(std::time::Instant::now()));
 
     third.send(event(rule(2, "u2"))).await;
     third.send(heartbeat()).await;
     assert!(
         eventually(Duration::from_secs(5), || !verifier
-            .is_stale(Timestamp::now()))
+            .is_stale(std::time::Instant::now()))
         .await
     );
     assert_eq!(verifier.last_sequence(), 2);
@@ -254,7 +264,7 @@ async fn a_silent_stream_is_abandoned_and_reopened() {
     second.send(heartbeat()).await;
     assert!(
         eventually(Duration::from_secs(5), || !verifier
-            .is_stale(Timestamp::now()))
+            .is_stale(std::time::Instant::now()))
         .await
     );
     drop(first);
