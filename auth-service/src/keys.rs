@@ -155,6 +155,9 @@ pub struct KeyRotation {
     /// Keys already unsealed, by id: a reload only unseals keys it has not seen.
     opened: Arc<Mutex<HashMap<String, SigningKey>>>,
     feed: RevocationFeed,
+    /// One check-and-create at a time in this process, so a retirement racing the periodic
+    /// tick makes one successor, not two.
+    creating: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl KeyRotation {
@@ -176,12 +179,14 @@ impl KeyRotation {
             keys,
             opened: Arc::default(),
             feed,
+            creating: Arc::default(),
         }
     }
 
     /// Makes sure a key can mint at `now` (and for the next tenth of a period, so a fresh key
     /// is in place and published before the current one retires); reloads the ring.
     pub async fn ensure_current(&self, now: Timestamp) -> Result<(), AuthError> {
+        let _creating = self.creating.lock().await;
         let mut stored = self.store.list_token_keys().await?;
         let lead = now.saturating_add(self.period / 10);
         let has_current = stored

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use miniprogram_proto::auth::v1::{
     app_service_client::AppServiceClient, authorization_service_client::AuthorizationServiceClient,
-    key_service_client::KeyServiceClient, token_service_client::TokenServiceClient,
+    key_admin_service_client::KeyAdminServiceClient, key_service_client::KeyServiceClient,
+    token_service_client::TokenServiceClient,
 };
 pub use miniprogram_proto::caller_credentials::CallerCredential as Credential;
 use miniprogram_token::MasterKey;
@@ -149,6 +150,13 @@ impl TestAuthServer {
         )
     }
 
+    pub fn key_admin(&self) -> KeyAdminServiceClient<Authed> {
+        KeyAdminServiceClient::with_interceptor(
+            self.channel.clone(),
+            Credential::bearer(&self.config.callers.admin),
+        )
+    }
+
     pub fn verifier(&self) -> KeyServiceClient<Authed> {
         KeyServiceClient::with_interceptor(
             self.channel.clone(),
@@ -203,11 +211,19 @@ impl StoppedAuthServer {
     }
 
     /// Starts again on the same address and database.
-    pub async fn restart(mut self) -> TestAuthServer {
+    pub async fn restart(self) -> TestAuthServer {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Starts again on the same address and database, after `adjust` edits the config
+    /// (a new master key, say).
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut AuthConfig)) -> TestAuthServer {
         let listener = TcpListener::bind(self.addr)
             .await
             .expect("rebind the same port");
-        let mut server = TestAuthServer::start_config(self.config.clone(), Some(listener)).await;
+        let mut config = self.config.clone();
+        adjust(&mut config);
+        let mut server = TestAuthServer::start_config(config, Some(listener)).await;
         server._dir = self.dir.take();
         server
     }

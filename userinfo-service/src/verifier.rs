@@ -296,3 +296,137 @@ impl TokenVerifier {
         Ok(claims)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use miniprogram_token::{Scope, ScopeSet, SigningKey};
+
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn verifier_and_token(stale_after: Duration, wall: Timestamp) -> (TokenVerifier, String) {
+        let key = SigningKey::generate(
+            "k1".into(),
+            wall,
+            wall.saturating_add(HOUR),
+            wall.saturating_add(HOUR * 2),
+        )
+        .expect("key");
+        let claims = TokenClaims {
+            app_id: "app".into(),
+            user_id: "u1".into(),
+            scopes: ScopeSet::of(&[Scope::UserInfo]),
+            issued_at: wall.unix_nanos(),
+            expires_at: wall.saturating_add(HOUR).unix_nanos(),
+            token_id: "t1".into(),
+            grant_id: "g1".into(),
+        };
+        let token = KeyRing::signing([key.clone()])
+            .mint(TokenKind::Consent, &claims, wall)
+            .expect("mint");
+        let verifier = TokenVerifier::new(stale_after);
+        assert!(verifier.replace_keys(vec![key.verifying]));
+        (verifier, token)
+    }
+
+    /// Guards the monotonic heartbeat time (`mark_caught_up` / `silence` on `Instant`s): the
+    /// wall clock stepping back 20 minutes does not keep a silent stream fresh, and stepping
+    /// forward 20 minutes does not make a live one stale. Only the monotonic time since the
+    /// last heartbeat counts.
+    #[test]
+    fn staleness_follows_the_monotonic_clock_whatever_the_wall_clock_does() {
+        let wall = Timestamp::now();
+        let (verifier, token) = verifier_and_token(Duration::from_secs(30), wall);
+        let t0 = Instant::now();
+        verifier.mark_caught_up(t0);
+        let stepped_back = Timestamp::from_unix_nanos(wall.unix_nanos() - 1_200_000_000_000);
+        let stepped_forward = wall.saturating_add(Duration::from_secs(1200));
+
+        assert!(
+            verifier
+                .check(
+                    TokenKind::Consent,
+                    &token,
+                    stepped_forward,
+                    t0 + Duration::from_secs(1)
+                )
+                .is_ok(),
+            "one monotonic second after a heartbeat is fresh, whatever the wall clock says"
+        );
+        assert_eq!(
+            verifier
+                .check(
+                    TokenKind::Consent,
+                    &token,
+                    stepped_back,
+                    t0 + Duration::from_secs(31)
+                )
+                .err(),
+            Some(TokenCheckError::Stale),
+            "31 monotonic seconds of silence are stale, even with the wall clock set back"
+        );
+        assert_eq!(
+            verifier.silence(t0 + Duration::from_secs(31)),
+            Some(Duration::from_secs(31))
+        );
+        verifier.mark_caught_up(t0 + Duration::from_secs(40));
+        verifier.mark_caught_up(t0 + Duration::from_secs(35));
+        assert_eq!(
+            verifier.silence(t0 + Duration::from_secs(41)),
+            Some(Duration::from_secs(1)),
+            "a late-arriving older heartbeat does not move the mark back"
+        );
+        verifier.mark_stale();
+        assert!(verifier.is_stale(t0 + Duration::from_secs(41)));
+    }
+
+    /// Guards the ring generation on cache hits in `TokenVerifier::open`: a token verified
+    /// (and cached) under a key is refused once a heartbeat drops that key, and a later
+    /// listing that still names it does not bring it back.
+    #[test]
+    fn a_dropped_key_is_refused_even_for_cached_tokens_and_not_relisted() {
+        let wall = Timestamp::now();
+        let (verifier, token) = verifier_and_token(HOUR, wall);
+        let at = Instant::now();
+        verifier.mark_caught_up(at);
+        assert!(verifier.check(TokenKind::Consent, &token, wall, at).is_ok());
+        assert!(verifier.check(TokenKind::Consent, &token, wall, at).is_ok());
+        let listed: Vec<_> = verifier
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ring
+            .keys()
+            .cloned()
+            .collect();
+
+        verifier.retain_keys(&["k2".to_owned()]);
+        assert_eq!(
+            verifier.check(TokenKind::Consent, &token, wall, at).err(),
+            Some(TokenCheckError::UnknownKey)
+        );
+        assert!(
+            !verifier.replace_keys(listed),
+            "a dropped key is not taken back"
+        );
+        assert_eq!(
+            verifier.check(TokenKind::Consent, &token, wall, at).err(),
+            Some(TokenCheckError::UnknownKey)
+        );
+    }
+
+    /// A cached consent token never passes as an access token.
+    #[test]
+    fn a_cached_token_of_one_kind_is_not_the_other_kind() {
+        let wall = Timestamp::now();
+        let (verifier, token) = verifier_and_token(HOUR, wall);
+        let at = Instant::now();
+        verifier.mark_caught_up(at);
+        assert!(verifier.check(TokenKind::Consent, &token, wall, at).is_ok());
+        assert_eq!(
+            verifier.check(TokenKind::Access, &token, wall, at).err(),
+            Some(TokenCheckError::Invalid)
+        );
+    }
+}

@@ -2,6 +2,8 @@
 //! SQLite files, talking over real gRPC, driven through the generated clients.
 
 mod flows;
+mod key_hierarchy;
+mod link_proxy;
 mod operability;
 mod postgres;
 mod privacy;

@@ -6,6 +6,7 @@ use miniprogram_proto::userinfo::v1 as upb;
 use miniprogram_token::KeyRing;
 use tonic::Code;
 
+use super::link_proxy::LinkProxy;
 use super::{ALL_FEATURES, Platform, consent_token, demo_profile, reason};
 
 use pb::Scope::UserInfo;
@@ -200,4 +201,81 @@ async fn after_auth_service_is_restored_from_a_backup_new_revocations_still_reac
     refused_within_a_second(&p, &tokens[1])
         .await
         .expect("rules already held stay, even from the timeline the backup lost");
+}
+
+/// A half-open cut between the services (a proxy that goes silent, no FIN, no RST): tokens
+/// are accepted until the stale bound, measured on the monotonic clock from the last
+/// heartbeat, then refused with REVOCATION_STATE_STALE and health NOT_SERVING. A withdrawal
+/// made during the cut is honoured before anything is accepted again once the link heals.
+/// Guards `TokenVerifier::is_stale` in `TokenVerifier::check`.
+#[tokio::test]
+async fn a_cut_link_fails_closed_at_the_stale_bound_and_a_withdrawal_made_during_it_holds() {
+    let stale_after = Duration::from_secs(1);
+    let auth = auth_service::testing::TestAuthServer::start().await;
+    let heartbeat = auth.config.revocation_heartbeat;
+    let proxy = LinkProxy::start(auth.addr).await;
+    let userinfo = userinfo_service::testing::TestUserInfoServer::start_with(
+        proxy.addr,
+        &auth.config.callers.admin,
+        &auth.config.callers.verifier,
+        |u| u.revocation_stale_after = stale_after,
+    )
+    .await;
+    let p = Platform { auth, userinfo };
+    let (app_id, _) = p.app(&ALL_FEATURES).await;
+    p.profile(demo_profile("u1")).await;
+    p.profile(demo_profile("u2")).await;
+    let withdrawn = consent_token(&p.consent("u1", &app_id, &[UserInfo]).await);
+    let live = consent_token(&p.consent("u2", &app_id, &[UserInfo]).await);
+    p.open_user_info(&withdrawn).await.unwrap();
+    p.open_user_info(&live).await.unwrap();
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let refused_at = loop {
+        match p.open_user_info(&live).await {
+            Ok(_) => {}
+            Err(e) if reason(&e) == ErrorReason::RevocationStateStale => break cut_at.elapsed(),
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+        assert!(
+            cut_at.elapsed() < stale_after * 3,
+            "still accepting tokens {:?} into the cut",
+            cut_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refused_at + heartbeat >= stale_after,
+        "refused after {refused_at:?}: before the bound"
+    );
+    assert!(
+        refused_at <= stale_after + Duration::from_millis(500),
+        "refused only after {refused_at:?}"
+    );
+    assert!(
+        !service_runtime::is_serving(p.userinfo.channel.clone(), "")
+            .await
+            .unwrap_or(false),
+        "health still SERVING while refusing every token"
+    );
+
+    p.auth.withdraw("u1", &app_id, &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.heal();
+    let healed_at = Instant::now();
+    loop {
+        match p.open_user_info(&withdrawn).await {
+            Ok(_) => panic!("the token withdrawn during the cut was accepted after it"),
+            Err(e) if reason(&e) == ErrorReason::InvalidAuthRelations => break,
+            Err(e) if reason(&e) == ErrorReason::RevocationStateStale => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+        assert!(
+            healed_at.elapsed() < Duration::from_secs(10),
+            "no recovery after the link healed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.open_user_info(&live).await.expect("the live token again");
 }
