@@ -17,6 +17,10 @@ use miniprogram_proto::userinfo::v1 as upb;
 use tonic::transport::Channel;
 use userinfo_service::testing::TestUserInfoServer;
 
+/// Distinct consent tokens for the cold-verification scenario: more than the verifier's
+/// cache of verified tokens holds, cycled, so every call misses it.
+const COLD_TOKENS: usize = 20_000;
+
 /// Load generator settings.
 #[derive(Debug, Parser)]
 struct Args {
@@ -287,6 +291,33 @@ async fn main() {
         };
         tokens.push(t);
     }
+    // Tokens never presented before, more than the verified-token cache holds, so every call
+    // pays the Ed25519 verification: silent re-grants of the users above.
+    let mut cold_tokens = Vec::new();
+    let mut wallet = auth.wallet();
+    for round in 0..COLD_TOKENS / 100 {
+        for i in 0..100 {
+            let request = pb::RequestAuthorizationRequest {
+                user_id: format!("bench-user-{i}"),
+                app_id: app.app_id.clone(),
+                scopes: vec![pb::Scope::UserInfo as i32],
+                trigger: pb::Trigger::UserTap as i32,
+            };
+            let Some(pb::request_authorization_response::Result::Grant(g)) = wallet
+                .request_authorization(request)
+                .await
+                .expect("re-grant")
+                .into_inner()
+                .result
+            else {
+                panic!("expected a silent grant (round {round})")
+            };
+            let Some(pb::grant::Credential::ConsentToken(t)) = g.credential else {
+                panic!("expected a token")
+            };
+            cold_tokens.push(t);
+        }
+    }
     let tokens = Arc::new(tokens);
     let scenarios = [
         Scenario {
@@ -308,6 +339,11 @@ async fn main() {
             name: "GetOpenUserInfo, full stack, profile cache off (SQLite every call)",
             channels: channels(uncached.addr, args.connections),
             call: open_user_info(tokens),
+        },
+        Scenario {
+            name: "GetOpenUserInfo, profile cache on, every token new to the verifier (Ed25519 check per call)",
+            channels: channels(userinfo.addr, args.connections),
+            call: open_user_info(Arc::new(cold_tokens)),
         },
     ];
     let mut rounds: Vec<Vec<Measured>> = scenarios.iter().map(|_| Vec::new()).collect();
@@ -342,6 +378,10 @@ async fn main() {
     println!(
         "\nGetOpenUserInfo (cached) runs at {:.0}% of the echo baseline's throughput.",
         medians[2].calls_per_second() / medians[0].calls_per_second() * 100.0
+    );
+    println!(
+        "With a new token on every call (an Ed25519 verification each), it runs at {:.0}%.",
+        medians[4].calls_per_second() / medians[0].calls_per_second() * 100.0
     );
     println!(
         "Process RSS (both services, load generator and baseline in one process): {baseline_rss:.1} MiB at start, {peak_rss:.1} MiB after the runs."
