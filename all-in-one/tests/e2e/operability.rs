@@ -205,6 +205,7 @@ async fn reflection_v1_and_v1alpha_list_and_describe_every_service_with_health()
         "grpc.reflection.v1alpha.ServerReflection",
         "miniprogram.auth.v1.AppService",
         "miniprogram.auth.v1.AuthorizationService",
+        "miniprogram.auth.v1.KeyAdminService",
         "miniprogram.auth.v1.KeyService",
         "miniprogram.auth.v1.TokenService",
     ];
