@@ -22,15 +22,20 @@ use crate::credentials::CallerTokens;
 /// A client channel with a credential.
 pub type Authed = InterceptedService<Channel, Credential>;
 
+/// The role tokens of [`test_config`], as long as the services require (32 characters).
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
+pub const TEST_WALLET_TOKEN: &str = "test-wallet-token-0123456789abcdef012";
+pub const TEST_VERIFIER_TOKEN: &str = "test-verifier-token-0123456789abcdef0";
+
 /// A configuration for tests: fixed credentials, short lifetimes where a test needs them.
 pub fn test_config(database_url: String) -> AuthConfig {
     AuthConfig {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url,
         callers: CallerTokens {
-            admin: "test-admin-token".into(),
-            wallet: "test-wallet-token".into(),
-            verifier: "test-verifier-token".into(),
+            admin: TEST_ADMIN_TOKEN.into(),
+            wallet: TEST_WALLET_TOKEN.into(),
+            verifier: TEST_VERIFIER_TOKEN.into(),
         },
         master_key: MasterKey::from_bytes(&[42; 32]).unwrap_or_else(|_| unreachable!("32 bytes")),
         consent_token_ttl: Duration::from_secs(1800),
@@ -43,6 +48,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
         sweep_batch: 1000,
         failed_credential_budget: 10,
         failed_credential_window: Duration::from_secs(60),
+        trusted_proxies: Default::default(),
         revocation_heartbeat: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),
         limits: service_runtime::ServerLimits::default(),
