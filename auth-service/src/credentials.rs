@@ -431,9 +431,11 @@ mod tests {
     /// eviction: a million distinct callers failing within one window leave at most
     /// `MAX_TRACKED_KEYS` entries, the newest callers still counted. The time bound catches
     /// a return to scanning the whole table on each failure (quadratic: hours for 10^6).
-    #[tokio::test]
-    async fn a_million_distinct_callers_keep_the_limiter_bounded() {
-        let flood = tokio::task::spawn_blocking(|| {
+    #[test]
+    fn a_million_distinct_callers_keep_the_limiter_bounded() {
+        let (done, outcome) = std::sync::mpsc::channel();
+        // A thread of its own, so a hang fails at the time bound instead of holding the test.
+        std::thread::spawn(move || {
             let l = FailedAttemptLimiter::new(1, Duration::from_secs(60));
             let t0 = Timestamp::from_unix_nanos(1_000_000_000);
             let caller = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
@@ -442,17 +444,15 @@ mod tests {
                 l.record_caller_failure(caller(i), Some("app-1"), now);
             }
             let now = t0.saturating_add(Duration::from_secs(2));
-            (
+            let _ = done.send((
                 l.tracked_keys(),
                 l.caller_blocked(caller(999_999), Some("app-1"), now),
                 l.caller_blocked(caller(0), Some("app-1"), now),
-            )
+            ));
         });
-        let (tracked, newest_blocked, oldest_blocked) =
-            tokio::time::timeout(Duration::from_secs(120), flood)
-                .await
-                .expect("a million failures took over two minutes: is the table scanned per failure?")
-                .unwrap();
+        let (tracked, newest_blocked, oldest_blocked) = outcome
+            .recv_timeout(Duration::from_secs(120))
+            .expect("a million failures took over two minutes: is the table scanned per failure?");
         assert!(tracked <= MAX_TRACKED_KEYS, "{tracked} keys tracked");
         assert!(newest_blocked, "the newest caller's failure was dropped");
         assert!(!oldest_blocked, "the oldest window is the one evicted");
