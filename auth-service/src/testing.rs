@@ -391,3 +391,81 @@ pub fn test_pki() -> (Vec<u8>, service_runtime::ServerTls) {
         },
     )
 }
+
+/// A service binary started by a test; killed when dropped.
+pub struct RunningBinary(std::process::Child);
+
+impl Drop for RunningBinary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `binary` in `dir` with exactly `envs`, under umask 000 (the most permissive there
+/// is), and returns once a line of its log (stderr) contains `ready`.
+///
+/// # Panics
+/// If it exits, or does not log `ready` within 30 s (a test failure).
+pub fn start_with_open_umask(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    envs: &[(&str, &str)],
+    ready: &str,
+) -> RunningBinary {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\"")
+        .arg(binary)
+        .current_dir(dir)
+        .env_clear()
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let running = RunningBinary(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_owned();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            log.push_str(&line);
+            log.push('\n');
+            // Reading on after `ready` keeps the child from blocking on a full pipe.
+            if line.contains(&ready) {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        let _ = tx.send(Err(log));
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(())) => running,
+        Ok(Err(log)) => panic!("the binary exited before it was ready:\n{log}"),
+        Err(_) => panic!("the binary was not ready within 30 s"),
+    }
+}
+
+/// Asserts that `dir` is mode 0700 and each of `files` in it exists with mode 0600.
+///
+/// # Panics
+/// When one is missing or has another mode (a test failure).
+#[cfg(unix)]
+pub fn assert_private(dir: &std::path::Path, files: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(dir), 0o700, "{} is not 0700", dir.display());
+    for file in files {
+        let path = dir.join(file);
+        assert_eq!(mode(&path), 0o600, "{} is not 0600", path.display());
+    }
+}

@@ -4,6 +4,7 @@ mod apps;
 mod authorization;
 mod bad_input;
 mod credentials;
+mod files;
 mod keys;
 mod tokens;
 
