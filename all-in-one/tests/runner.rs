@@ -159,7 +159,10 @@ fn every_file_under_data_is_private_whatever_the_umask() {
     let _running = auth_service::testing::start_with_open_umask(
         env!("CARGO_BIN_EXE_all-in-one").as_ref(),
         dir.path(),
-        &[("AUTH_ADDR", "127.0.0.1:0"), ("USERINFO_ADDR", "127.0.0.1:0")],
+        &[
+            ("AUTH_ADDR", "127.0.0.1:0"),
+            ("USERINFO_ADDR", "127.0.0.1:0"),
+        ],
         "all-in-one ready",
     );
     let data = dir.path().join("data");

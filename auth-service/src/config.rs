@@ -434,7 +434,12 @@ mod tests {
     fn trusted_proxies_parse_and_a_bad_block_is_refused() {
         let config = args(
             [ADMIN, WALLET, VERIFIER],
-            &["--master-key", &"0f".repeat(32), "--trusted-proxies", "10.0.0.0/8, ::1"],
+            &[
+                "--master-key",
+                &"0f".repeat(32),
+                "--trusted-proxies",
+                "10.0.0.0/8, ::1",
+            ],
         )
         .into_config(false)
         .unwrap();

@@ -30,7 +30,9 @@ impl IpBlock {
     fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(ip) & mask == u32::from(net)
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -152,7 +154,13 @@ mod tests {
         let trusted: TrustedProxies = "10.0.0.0/8, 192.168.1.7 fd00::/8,127.0.0.1/32"
             .parse()
             .unwrap();
-        for inside in ["10.1.2.3", "192.168.1.7", "fd12::1", "::ffff:10.9.9.9", "127.0.0.1"] {
+        for inside in [
+            "10.1.2.3",
+            "192.168.1.7",
+            "fd12::1",
+            "::ffff:10.9.9.9",
+            "127.0.0.1",
+        ] {
             assert!(trusted.contains(ip(inside)), "{inside}");
         }
         for outside in ["11.0.0.1", "192.168.1.8", "fe80::1", "127.0.0.2"] {
@@ -165,7 +173,13 @@ mod tests {
                 .unwrap()
                 .contains(ip("8.8.8.8"))
         );
-        for bad in ["10.0.0.0/33", "::/129", "example.com", "10.0.0.0/x", "10.0.0"] {
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "example.com",
+            "10.0.0.0/x",
+            "10.0.0",
+        ] {
             assert!(bad.parse::<TrustedProxies>().is_err(), "{bad}");
         }
     }

@@ -316,8 +316,14 @@ mod tests {
         let short = "short-but-distinct-token-012345";
         assert_eq!(short.len(), 31);
         for (variable, argv) in [
-            (ENV_ADMIN_TOKEN, ["--admin-token", short, "--verifier-token", VERIFIER]),
-            (ENV_VERIFIER_TOKEN, ["--admin-token", ADMIN, "--verifier-token", short]),
+            (
+                ENV_ADMIN_TOKEN,
+                ["--admin-token", short, "--verifier-token", VERIFIER],
+            ),
+            (
+                ENV_VERIFIER_TOKEN,
+                ["--admin-token", ADMIN, "--verifier-token", short],
+            ),
         ] {
             let err = Cli::try_parse_from(std::iter::once("userinfo").chain(argv))
                 .unwrap()
@@ -367,7 +373,11 @@ mod tests {
             "http://[2001:db8::1]:50051",
             "http://0.0.0.0:50051",
         ] {
-            assert_eq!(plaintext_link(remote), Some(PlaintextLink::Remote), "{remote}");
+            assert_eq!(
+                plaintext_link(remote),
+                Some(PlaintextLink::Remote),
+                "{remote}"
+            );
         }
         assert_eq!(
             plaintext_link("https://auth.example.com"),
@@ -385,7 +395,13 @@ mod tests {
         let remote = "http://auth.example.com:50051";
         let err = parse(&["--auth-url", remote]).unwrap_err();
         assert!(
-            matches!(err, ConfigError::Invalid { variable: ENV_AUTH_URL, .. }),
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    variable: ENV_AUTH_URL,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains(ENV_AUTH_ALLOW_PLAINTEXT), "{err}");

@@ -17,10 +17,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use miniprogram_proto::caller_credentials::TokenDigest;
 use miniprogram_proto::userinfo::v1::profile_service_server::ProfileServiceServer;
 use miniprogram_proto::userinfo::v1::user_info_service_server::UserInfoServiceServer;
 use miniprogram_token::Timestamp;
-use miniprogram_proto::caller_credentials::TokenDigest;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
@@ -182,7 +182,7 @@ pub async fn serve_with_listener(
             reader,
             trusted_proxies: config.trusted_proxies.clone(),
         })
-            .max_decoding_message_size(max),
+        .max_decoding_message_size(max),
     )
     .add_service(InterceptedService::new(
         ProfileServiceServer::new(grpc::profiles::ProfileGrpc {

@@ -256,21 +256,24 @@ async fn x_forwarded_for_is_honoured_only_from_trusted_proxies() {
         for client in ["203.0.113.7", "203.0.113.8"] {
             let _ = introspect_reason(&server, &app_id, "wrong", Forwarded::ByProxy(client)).await;
         }
-        let other_client =
-            introspect_reason(&server, &app_id, &secret, Forwarded::ByProxy("198.51.100.1"))
-                .await;
+        let other_client = introspect_reason(
+            &server,
+            &app_id,
+            &secret,
+            Forwarded::ByProxy("198.51.100.1"),
+        )
+        .await;
         let direct = introspect_reason(&server, &app_id, &secret, Forwarded::Direct).await;
         if trusted {
-            assert_eq!(other_client, None, "each forwarded client has its own budget");
+            assert_eq!(
+                other_client, None,
+                "each forwarded client has its own budget"
+            );
             assert_eq!(direct, None, "the proxy itself has failed nothing");
             for _ in 0..2 {
-                let _ = introspect_reason(
-                    &server,
-                    &app_id,
-                    "wrong",
-                    Forwarded::ByProxy("203.0.113.7"),
-                )
-                .await;
+                let _ =
+                    introspect_reason(&server, &app_id, "wrong", Forwarded::ByProxy("203.0.113.7"))
+                        .await;
             }
             assert_eq!(
                 introspect_reason(&server, &app_id, &secret, Forwarded::ByProxy("203.0.113.7"))

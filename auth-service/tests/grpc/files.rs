@@ -1,8 +1,7 @@
 //! What the auth-service binary leaves on disk.
 
 use auth_service::testing::{
-    TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN, TEST_WALLET_TOKEN, assert_private,
-    start_with_open_umask,
+    TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN, TEST_WALLET_TOKEN, assert_private, start_with_open_umask,
 };
 
 /// Guards `service_runtime::private_files::prepare_sqlite_database` in the SQLite store's

@@ -5,9 +5,7 @@ use miniprogram_proto::ErrorReason;
 use miniprogram_proto::auth::v1 as pb;
 use tonic::Code;
 
-use super::{
-    ALL_FEATURES, app_with, auth_code, consent, consent_token, reason, revocation_log,
-};
+use super::{ALL_FEATURES, app_with, auth_code, consent, consent_token, reason, revocation_log};
 
 use pb::Scope::{AuthBase, PhoneNumber, UserInfo};
 
@@ -397,7 +395,8 @@ async fn disabling_a_feature_voids_the_tokens_that_rely_on_it() {
     assert!(!rules.is_empty());
     for rule in rules {
         assert!(
-            rule.scopes.contains(&(PhoneNumber as i32)) && !rule.scopes.contains(&(UserInfo as i32)),
+            rule.scopes.contains(&(PhoneNumber as i32))
+                && !rule.scopes.contains(&(UserInfo as i32)),
             "userInfo does not rely on the phone feature, so {rule:?} must not void its consent token"
         );
     }
