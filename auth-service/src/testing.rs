@@ -469,3 +469,40 @@ pub fn assert_private(dir: &std::path::Path, files: &[&str]) {
         assert_eq!(mode(&path), 0o600, "{} is not 0600", path.display());
     }
 }
+
+/// Runs `binary` in a fresh directory with exactly `envs`, expecting it to refuse to start;
+/// returns its log (stderr).
+///
+/// # Panics
+/// If it is still running after 20 s (it started instead: it is killed) or exits with
+/// success (a test failure).
+pub fn refused_start(binary: &std::path::Path, envs: &[(&str, &str)]) -> String {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = std::process::Command::new(binary)
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait().expect("wait") {
+            Some(status) => break status,
+            None if started.elapsed() > Duration::from_secs(20) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("still running after 20 s: it started instead of refusing");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut log = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut log);
+    }
+    assert!(!status.success(), "it started and exited cleanly:\n{log}");
+    log
+}

@@ -1,7 +1,8 @@
-//! What the auth-service binary leaves on disk.
+//! What the auth-service binary leaves on disk, and what it refuses to start with.
 
 use auth_service::testing::{
-    TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN, TEST_WALLET_TOKEN, assert_private, start_with_open_umask,
+    TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN, TEST_WALLET_TOKEN, assert_private, refused_start,
+    start_with_open_umask,
 };
 
 /// Guards `service_runtime::private_files::prepare_sqlite_database` in the SQLite store's
@@ -35,17 +36,17 @@ fn the_database_and_its_directory_are_private_whatever_the_umask() {
 /// Guards `check_role_tokens`: the binary refuses a short role token and names it.
 #[test]
 fn a_short_role_token_refuses_start_and_is_named() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_auth-service"))
-        .env_clear()
-        .env("ADMIN_TOKEN", TEST_ADMIN_TOKEN)
-        .env("WALLET_TOKEN", "wallet-token-under-32")
-        .env("VERIFIER_TOKEN", TEST_VERIFIER_TOKEN)
-        .env("MASTER_KEY", "0f".repeat(32))
-        .env("AUTH_ADDR", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let master_key = "0f".repeat(32);
+    let stderr = refused_start(
+        env!("CARGO_BIN_EXE_auth-service").as_ref(),
+        &[
+            ("ADMIN_TOKEN", TEST_ADMIN_TOKEN),
+            ("WALLET_TOKEN", "wallet-token-under-32"),
+            ("VERIFIER_TOKEN", TEST_VERIFIER_TOKEN),
+            ("MASTER_KEY", &master_key),
+            ("AUTH_ADDR", "127.0.0.1:0"),
+        ],
+    );
     assert!(stderr.contains("WALLET_TOKEN"), "{stderr}");
     assert!(!stderr.contains("wallet-token-under-32"), "{stderr}");
 }

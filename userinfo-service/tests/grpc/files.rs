@@ -32,14 +32,9 @@ fn the_database_and_its_directory_are_private_whatever_the_umask() {
 }
 
 fn refused_start(envs: &[(&str, &str)]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_userinfo-service"))
-        .env_clear()
-        .envs(envs.iter().copied())
-        .env("USERINFO_ADDR", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "it started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let mut envs = envs.to_vec();
+    envs.push(("USERINFO_ADDR", "127.0.0.1:0"));
+    auth_service::testing::refused_start(env!("CARGO_BIN_EXE_userinfo-service").as_ref(), &envs)
 }
 
 /// Guards `check_auth_url`: plaintext to a remote auth-service refuses start, naming the
