@@ -12,7 +12,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /data --shell /usr/sbin/nologin app \
- && mkdir -p /data && chown app /data
+ && install -d -m 0700 -o app /data
 COPY --from=build /out/ /usr/local/bin/
 USER app
 WORKDIR /data

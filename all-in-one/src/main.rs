@@ -98,7 +98,7 @@ fn under_data_dir(url: String, default: &str, data_dir: &Path, file: &str) -> St
 
 async fn run(mut cli: Cli) -> Result<(), RunError> {
     let stop_signal = service_runtime::shutdown_signal();
-    std::fs::create_dir_all(&cli.data_dir)?;
+    service_runtime::private_files::create_private_dir(&cli.data_dir)?;
     let mut state = DevState::load_or_create(&cli.data_dir.join(dev_state::FILE_NAME))?;
     // Explicit flags and environment win over the remembered credentials.
     cli.auth.admin_token = cli.auth.admin_token.or(Some(state.admin_token.clone()));
@@ -149,6 +149,7 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
         limits: auth_config.limits,
         tls: None,
         auth_tls_ca_pem: None,
+        trusted_proxies: auth_config.trusted_proxies.clone(),
     };
     let callers = auth_config.callers.clone();
 

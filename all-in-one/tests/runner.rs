@@ -148,3 +148,43 @@ fn log_format_json_writes_one_object_per_line_with_the_rpc_fields() {
         );
     }
 }
+
+/// Guards `create_private_dir` for the data directory and `prepare_sqlite_database` in both
+/// stores, as the all-in-one runs them: under umask 000, `data/` is 0700 and every file in it
+/// (both databases with their -wal and -shm, the credentials, the master key) 0600.
+#[cfg(unix)]
+#[test]
+fn every_file_under_data_is_private_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let _running = auth_service::testing::start_with_open_umask(
+        env!("CARGO_BIN_EXE_all-in-one").as_ref(),
+        dir.path(),
+        &[
+            ("AUTH_ADDR", "127.0.0.1:0"),
+            ("USERINFO_ADDR", "127.0.0.1:0"),
+        ],
+        "all-in-one ready",
+    );
+    let data = dir.path().join("data");
+    let expected = [
+        "auth.db",
+        "auth.db-wal",
+        "auth.db-shm",
+        "userinfo.db",
+        "userinfo.db-wal",
+        "userinfo.db-shm",
+        "dev-credentials.env",
+        "master.key",
+    ];
+    auth_service::testing::assert_private(&data, &expected);
+    let present: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in &present {
+        assert!(
+            expected.contains(&name.as_str()),
+            "{name} under data/ is not checked"
+        );
+    }
+}

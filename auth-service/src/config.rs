@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use miniprogram_proto::client_address::TrustedProxies;
 use miniprogram_token::MasterKey;
 
 use crate::credentials::CallerTokens;
@@ -19,6 +20,7 @@ pub const ENV_MASTER_KEY_FILE: &str = "MASTER_KEY_FILE";
 pub const ENV_MASTER_KEY: &str = "MASTER_KEY";
 pub const ENV_PREVIOUS_MASTER_KEY_FILE: &str = "PREVIOUS_MASTER_KEY_FILE";
 pub const ENV_PREVIOUS_MASTER_KEY: &str = "PREVIOUS_MASTER_KEY";
+pub const ENV_TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/auth.db";
@@ -87,6 +89,10 @@ pub struct AuthArgs {
     /// The window those attempts are counted in.
     #[arg(long, env = "FAILED_CREDENTIAL_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
     pub failed_credential_window: Duration,
+    /// Proxies (CIDR blocks or addresses, comma-separated) whose `x-forwarded-for` names the
+    /// caller that failed-credential limits count against; empty trusts none.
+    #[arg(long, env = ENV_TRUSTED_PROXIES, default_value = "")]
+    pub trusted_proxies: TrustedProxies,
     /// On SIGTERM / Ctrl-C, how long in-flight calls get to finish.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -130,6 +136,7 @@ pub struct AuthConfig {
     pub sweep_batch: u32,
     pub failed_credential_budget: u32,
     pub failed_credential_window: Duration,
+    pub trusted_proxies: TrustedProxies,
     pub revocation_heartbeat: Duration,
     pub drain_timeout: Duration,
     pub limits: service_runtime::ServerLimits,
@@ -172,13 +179,7 @@ impl AuthArgs {
             (None, Some(hex_key)) => Some(parse_master_key(&hex_key, ENV_PREVIOUS_MASTER_KEY)?),
             (None, None) => None,
         };
-        if admin == wallet || admin == verifier || wallet == verifier {
-            return Err(ConfigError::Invalid {
-                variable: "ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN",
-                problem: "each role needs a token of its own, or one caller could act as another"
-                    .into(),
-            });
-        }
+        check_role_tokens(&admin, &wallet, &verifier)?;
         for (variable, ttl) in [
             ("CONSENT_TOKEN_TTL", self.consent_token_ttl),
             ("ACCESS_TOKEN_TTL", self.access_token_ttl),
@@ -216,6 +217,7 @@ impl AuthArgs {
             sweep_batch: self.sweep_batch.max(1),
             failed_credential_budget: self.failed_credential_budget,
             failed_credential_window: self.failed_credential_window,
+            trusted_proxies: self.trusted_proxies,
             revocation_heartbeat: self.revocation_heartbeat,
             drain_timeout: self.drain_timeout,
             limits: self.limits.into(),
@@ -228,6 +230,28 @@ impl AuthArgs {
                 })?,
         })
     }
+}
+
+/// Refuses role tokens that are too short to be secret (naming the variable) or shared by
+/// two roles.
+fn check_role_tokens(admin: &str, wallet: &str, verifier: &str) -> Result<(), ConfigError> {
+    for (variable, token) in [
+        (ENV_ADMIN_TOKEN, admin),
+        (ENV_WALLET_TOKEN, wallet),
+        (ENV_VERIFIER_TOKEN, verifier),
+    ] {
+        if let Some(problem) = miniprogram_proto::caller_credentials::role_token_problem(token) {
+            return Err(ConfigError::Invalid { variable, problem });
+        }
+    }
+    if admin == wallet || admin == verifier || wallet == verifier {
+        return Err(ConfigError::Invalid {
+            variable: "ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN",
+            problem: "each role needs a token of its own, or one caller could act as another"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// A random bearer token for dev mode.
@@ -274,7 +298,7 @@ pub fn dev_master_key(path: &std::path::Path) -> Result<MasterKey, ConfigError> 
     };
     let bytes = miniprogram_token::random_bytes().map_err(|e| invalid(e.to_string()))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        service_runtime::private_files::create_private_dir(dir)
             .map_err(|e| invalid(format!("cannot create {}: {e}", dir.display())))?;
     }
     write_private_file(path, &bytes)
@@ -312,6 +336,10 @@ mod tests {
         args: AuthArgs,
     }
 
+    const ADMIN: &str = "admin-token-0123456789abcdef0123456789";
+    const WALLET: &str = "wallet-token-0123456789abcdef0123456789";
+    const VERIFIER: &str = "verifier-token-0123456789abcdef01234567";
+
     /// Flags with the three role tokens `roles` and then `rest`.
     fn args(roles: [&str; 3], rest: &[&str]) -> AuthArgs {
         let mut argv = vec![
@@ -344,7 +372,7 @@ mod tests {
         let key = dir.path().join("master.key");
         std::fs::write(&key, [7u8; 32]).unwrap();
         let config = args(
-            ["a", "w", "v"],
+            [ADMIN, WALLET, VERIFIER],
             &[
                 "--master-key-file",
                 key.to_str().unwrap(),
@@ -370,7 +398,7 @@ mod tests {
     #[test]
     fn the_master_key_can_come_from_the_environment_as_hex_and_is_never_echoed() {
         let hex_key = "0f".repeat(32);
-        let config = args(["a", "w", "v"], &["--master-key", &hex_key])
+        let config = args([ADMIN, WALLET, VERIFIER], &["--master-key", &hex_key])
             .into_config(false)
             .unwrap();
         assert_eq!(config.master_key.as_bytes(), &[0x0f; 32]);
@@ -388,11 +416,57 @@ mod tests {
 
     #[test]
     fn one_token_for_two_roles_is_refused() {
-        let err = args(["same", "same", "v"], &["--master-key", &"0f".repeat(32)])
+        let same = "the-same-token-for-two-roles-0123456789";
+        let err = args([same, same, VERIFIER], &["--master-key", &"0f".repeat(32)])
             .into_config(false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("ADMIN_TOKEN") && err.contains("own"), "{err}");
-        assert!(!err.contains("same"), "the value is not echoed: {err}");
+        assert!(!err.contains(same), "the value is not echoed: {err}");
+    }
+
+    /// Guards `check_role_tokens`' length floor, for each of the three variables.
+    #[test]
+    fn a_role_token_under_32_characters_is_refused_by_name() {
+        let short = "short-but-distinct-token-012345";
+        assert_eq!(short.len(), 31);
+        for (i, variable) in [ENV_ADMIN_TOKEN, ENV_WALLET_TOKEN, ENV_VERIFIER_TOKEN]
+            .into_iter()
+            .enumerate()
+        {
+            let mut roles = [ADMIN, WALLET, VERIFIER];
+            roles[i] = short;
+            let err = args(roles, &["--master-key", &"0f".repeat(32)])
+                .into_config(false)
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, ConfigError::Invalid { variable: v, .. } if v == variable),
+                "{text}"
+            );
+            assert!(!text.contains(short), "the value is not echoed: {text}");
+        }
+        assert!(
+            random_token().len() >= miniprogram_proto::caller_credentials::MIN_ROLE_TOKEN_LEN,
+            "dev mode generates long enough tokens"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_parse_and_a_bad_block_is_refused() {
+        let config = args(
+            [ADMIN, WALLET, VERIFIER],
+            &[
+                "--master-key",
+                &"0f".repeat(32),
+                "--trusted-proxies",
+                "10.0.0.0/8, ::1",
+            ],
+        )
+        .into_config(false)
+        .unwrap();
+        assert!(config.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+        assert!(!config.trusted_proxies.contains("11.2.3.4".parse().unwrap()));
+        assert!(Cli::try_parse_from(["auth", "--trusted-proxies", "10.0.0.0/33"]).is_err());
     }
 }

@@ -1,12 +1,14 @@
 //! Who is calling: the three bearer roles (console, wallet gateway, verifier) and mini program
 //! backends with their app credential, with failed app-credential attempts rate limited.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use miniprogram_proto::caller_credentials::TokenDigest;
 use miniprogram_token::Timestamp;
-use subtle::ConstantTimeEq;
+use sha2::{Digest, Sha256};
 
 use crate::error::AuthError;
 use crate::secrets;
@@ -23,7 +25,8 @@ pub enum CallerRole {
     Verifier,
 }
 
-/// The bearer tokens of the three roles.
+/// The bearer tokens of the three roles, as configured (dev mode prints them, tests present
+/// them); requests are checked against [`CallerRoles`], their digests.
 #[derive(Clone)]
 pub struct CallerTokens {
     pub admin: String,
@@ -37,18 +40,35 @@ impl std::fmt::Debug for CallerTokens {
     }
 }
 
-impl CallerTokens {
+/// The role tokens as SHA-256 digests: a presented token is hashed once and compared with
+/// each in constant time, so neither a prefix nor a token's length leaks through timing.
+#[derive(Debug, Clone)]
+pub struct CallerRoles {
+    admin: TokenDigest,
+    wallet: TokenDigest,
+    verifier: TokenDigest,
+}
+
+impl CallerRoles {
+    pub fn new(tokens: &CallerTokens) -> Self {
+        CallerRoles {
+            admin: TokenDigest::of(&tokens.admin),
+            wallet: TokenDigest::of(&tokens.wallet),
+            verifier: TokenDigest::of(&tokens.verifier),
+        }
+    }
+
     /// Checks an `authorization` header for `required`: a missing or unknown credential is
     /// unauthenticated; another role's valid credential is not permitted.
     pub fn authorize(&self, header: Option<&str>, required: CallerRole) -> Result<(), AuthError> {
-        let presented = miniprogram_proto::caller_credentials::bearer_token(header)
-            .ok_or(AuthError::UnauthenticatedCaller)?
-            .as_bytes();
-        let role_of = |token: &str| -> bool { token.as_bytes().ct_eq(presented).into() };
+        let presented = TokenDigest::of(
+            miniprogram_proto::caller_credentials::bearer_token(header)
+                .ok_or(AuthError::UnauthenticatedCaller)?,
+        );
         let matched = [
-            (CallerRole::Admin, role_of(&self.admin)),
-            (CallerRole::Wallet, role_of(&self.wallet)),
-            (CallerRole::Verifier, role_of(&self.verifier)),
+            (CallerRole::Admin, self.admin.matches(&presented)),
+            (CallerRole::Wallet, self.wallet.matches(&presented)),
+            (CallerRole::Verifier, self.verifier.matches(&presented)),
         ];
         match matched.iter().find(|(_, ok)| *ok) {
             Some((role, _)) if *role == required => Ok(()),
@@ -64,46 +84,179 @@ pub fn parse_basic(header: Option<&str>) -> Result<(String, String), AuthError> 
         .ok_or(AuthError::InvalidAuthClient)
 }
 
-/// Counts failed credential attempts per key (app id, caller address) in fixed windows; a key
-/// over its budget is refused, right or wrong, until its window ends.
+/// Longest app id looked up; anything longer is not an app.
+const MAX_APP_ID_LEN: usize = 128;
+
+/// Most keys each failure table holds (about 60 bytes each): past it, the key whose window
+/// started first is dropped early, so a flood of distinct callers costs bounded memory and
+/// no failure ever scans the table.
+pub const MAX_TRACKED_KEYS: usize = 100_000;
+
+/// What a failure table counts by: 128 bits of SHA-256 over the caller and app, so an entry
+/// has a fixed size whatever the app id, and no two keys collide in practice.
+type FailureKey = [u8; 16];
+
+/// Failed attempts per key in fixed windows, in a table of at most `capacity` keys. Windows
+/// are kept in the order they started, so expiry and eviction take the oldest first in O(1).
 #[derive(Debug)]
-pub struct FailedAttemptLimiter {
+struct FailureWindows {
     budget: u32,
     window: Duration,
-    windows: Mutex<HashMap<String, (Timestamp, u32)>>,
+    capacity: usize,
+    /// When each key's window started and how many failures it has seen.
+    counts: HashMap<FailureKey, (Timestamp, u32)>,
+    /// Each key of `counts` once, with its window start, oldest first.
+    starts: VecDeque<(FailureKey, Timestamp)>,
 }
 
-impl FailedAttemptLimiter {
-    pub fn new(budget: u32, window: Duration) -> Self {
-        FailedAttemptLimiter {
+impl FailureWindows {
+    fn new(budget: u32, window: Duration, capacity: usize) -> Self {
+        FailureWindows {
             budget,
             window,
-            windows: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            counts: HashMap::new(),
+            starts: VecDeque::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Timestamp, u32)>> {
-        self.windows.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn is_blocked(&self, key: &str, now: Timestamp) -> bool {
-        self.lock()
+    fn is_blocked(&self, key: &FailureKey, now: Timestamp) -> bool {
+        self.counts
             .get(key)
             .is_some_and(|(start, n)| now.since(*start) < self.window && *n >= self.budget)
     }
 
-    pub fn record_failure(&self, key: &str, now: Timestamp) {
-        let mut windows = self.lock();
-        if windows.len() > 100_000 {
-            let window = self.window;
-            windows.retain(|_, (start, _)| now.since(*start) < window);
+    /// Counts a failure; the failures of the key's window so far.
+    fn record(&mut self, key: FailureKey, now: Timestamp) -> u32 {
+        self.expire(now);
+        if let Some((_, n)) = self.counts.get_mut(&key) {
+            *n = n.saturating_add(1);
+            return *n;
         }
-        let entry = windows.entry(key.to_owned()).or_insert((now, 0));
-        if now.since(entry.0) >= self.window {
-            *entry = (now, 0);
+        if self.counts.len() >= self.capacity
+            && let Some((oldest, _)) = self.starts.pop_front()
+        {
+            self.counts.remove(&oldest);
         }
-        entry.1 = entry.1.saturating_add(1);
+        self.counts.insert(key, (now, 1));
+        self.starts.push_back((key, now));
+        1
     }
+
+    /// Drops the windows that have ended, oldest first, stopping at the first still open.
+    fn expire(&mut self, now: Timestamp) {
+        while let Some(&(key, start)) = self.starts.front() {
+            if now.since(start) < self.window {
+                break;
+            }
+            self.starts.pop_front();
+            self.counts.remove(&key);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+/// Counts failed app-credential attempts per (caller, app) and per app, in fixed windows.
+///
+/// A caller is an IPv4 address or an IPv6 /64 (one host commonly holds a whole /64). Attempts
+/// with no usable app id (malformed credential, unknown app) count for the caller under "no
+/// app", so they never touch a real app's budget. Only apps that exist get a per-app count, so
+/// made-up app ids can't crowd real apps out of their table.
+#[derive(Debug)]
+pub struct FailedAttemptLimiter {
+    per_caller: Mutex<FailureWindows>,
+    per_app: Mutex<FailureWindows>,
+}
+
+impl FailedAttemptLimiter {
+    /// `budget` failures per key in each `window`, in tables of [`MAX_TRACKED_KEYS`].
+    pub fn new(budget: u32, window: Duration) -> Self {
+        Self::with_capacity(budget, window, MAX_TRACKED_KEYS)
+    }
+
+    /// As [`new`](Self::new), with tables of at most `capacity` keys each.
+    pub fn with_capacity(budget: u32, window: Duration, capacity: usize) -> Self {
+        FailedAttemptLimiter {
+            per_caller: Mutex::new(FailureWindows::new(budget, window, capacity)),
+            per_app: Mutex::new(FailureWindows::new(budget, window, capacity)),
+        }
+    }
+
+    fn table(table: &Mutex<FailureWindows>) -> std::sync::MutexGuard<'_, FailureWindows> {
+        table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `caller` has used up its failures for `app_id` (`None`: no usable app).
+    pub fn caller_blocked(&self, caller: IpAddr, app_id: Option<&str>, now: Timestamp) -> bool {
+        let key = caller_key(caller, app_id);
+        Self::table(&self.per_caller).is_blocked(&key, now)
+    }
+
+    pub fn record_caller_failure(&self, caller: IpAddr, app_id: Option<&str>, now: Timestamp) {
+        let key = caller_key(caller, app_id);
+        Self::table(&self.per_caller).record(key, now);
+    }
+
+    /// Whether the app has had its budget of failures, from any callers, in this window.
+    pub fn app_blocked(&self, app_id: &str, now: Timestamp) -> bool {
+        let key = app_key(app_id);
+        Self::table(&self.per_app).is_blocked(&key, now)
+    }
+
+    /// Counts a failure against an existing app; `true` when this one used up its budget.
+    pub fn record_app_failure(&self, app_id: &str, now: Timestamp) -> bool {
+        let key = app_key(app_id);
+        let mut table = Self::table(&self.per_app);
+        table.record(key, now) == table.budget
+    }
+
+    /// How many keys the two tables hold, to show their memory stays bounded.
+    pub fn tracked_keys(&self) -> usize {
+        Self::table(&self.per_caller).len() + Self::table(&self.per_app).len()
+    }
+}
+
+/// An IPv4 caller as itself (IPv4-mapped), an IPv6 caller as its /64.
+fn caller_network(caller: IpAddr) -> [u8; 16] {
+    match caller.to_canonical() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            octets
+        }
+    }
+}
+
+fn truncated_digest(hasher: Sha256) -> FailureKey {
+    let digest = hasher.finalize();
+    let mut key = [0; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+fn caller_key(caller: IpAddr, app_id: Option<&str>) -> FailureKey {
+    let mut hasher = Sha256::new();
+    hasher.update(b"caller\0");
+    hasher.update(caller_network(caller));
+    match app_id {
+        Some(app_id) => {
+            hasher.update([1]);
+            hasher.update(app_id.as_bytes());
+        }
+        None => hasher.update([0]),
+    }
+    truncated_digest(hasher)
+}
+
+fn app_key(app_id: &str) -> FailureKey {
+    let mut hasher = Sha256::new();
+    hasher.update(b"app\0");
+    hasher.update(app_id.as_bytes());
+    truncated_digest(hasher)
 }
 
 /// Authenticates mini program backends by app id and secret.
@@ -117,52 +270,62 @@ impl AppAuthenticator {
         AppAuthenticator { store, limiter }
     }
 
-    /// Checks `authorization: Basic ...` from `peer`; the secret is compared in constant time
-    /// against its stored hash.
+    /// Checks `authorization: Basic ...` from `caller`; the secret is compared in constant
+    /// time against its stored hash.
     ///
-    /// A caller over its failure budget is refused outright, right secret or not. An app over
-    /// its budget (failures from any callers) refuses further *wrong* secrets with
-    /// REQUEST_TRAFFIC_EXCEED_LIMIT but still accepts the right one: app ids are public, so
-    /// letting strangers' failures lock out the app's own backend would hand anyone a switch
-    /// to turn a mini program's sign-in off.
+    /// A caller over its failure budget *for this app* is refused outright, right secret or
+    /// not: that is what stops one source guessing one app's secret. Its failures with other
+    /// app ids never count here, so a stranger behind the same NAT or proxy can't lock an
+    /// app's backend out by failing with other apps. An app over its budget (failures from
+    /// any callers) refuses further *wrong* secrets with REQUEST_TRAFFIC_EXCEED_LIMIT, but the
+    /// right secret is checked first and still accepted: app ids are public, so a budget that
+    /// refused the right secret would hand anyone a switch to turn a mini program's sign-in
+    /// off.
     pub async fn authenticate(
         &self,
         header: Option<&str>,
-        peer: &str,
+        caller: IpAddr,
         now: Timestamp,
     ) -> Result<AppRecord, AuthError> {
-        let peer_key = format!("peer:{peer}");
-        if self.limiter.is_blocked(&peer_key, now) {
+        let (app_id, secret) = match parse_basic(header) {
+            Ok((app_id, secret)) if !app_id.is_empty() && app_id.len() <= MAX_APP_ID_LEN => {
+                (app_id, secret)
+            }
+            _ => return Err(self.refuse_without_app(caller, now)),
+        };
+        if self.limiter.caller_blocked(caller, Some(&app_id), now) {
             return Err(AuthError::RequestTrafficExceedLimit);
         }
-        let (app_id, secret) = match parse_basic(header) {
-            Ok(parts) => parts,
-            Err(e) => {
-                self.limiter.record_failure(&peer_key, now);
-                return Err(e);
-            }
+        let app = match self.store.get_app(&app_id).await {
+            Ok(app) => app,
+            Err(StoreError::NotFound) => return Err(self.refuse_without_app(caller, now)),
+            Err(e) => return Err(e.into()),
         };
-        let app_key = format!("app:{}", app_id.chars().take(128).collect::<String>());
-        let app = if app_id.is_empty() || app_id.len() > 128 {
-            None
-        } else {
-            match self.store.get_app(&app_id).await {
-                Ok(app) => Some(app),
-                Err(StoreError::NotFound) => None,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        match app {
-            Some(app) if secrets::matches_hash(&secret, &app.secret_hash) => Ok(app),
-            _ => {
-                self.limiter.record_failure(&peer_key, now);
-                if self.limiter.is_blocked(&app_key, now) {
-                    return Err(AuthError::RequestTrafficExceedLimit);
-                }
-                self.limiter.record_failure(&app_key, now);
-                Err(AuthError::InvalidAuthClient)
-            }
+        if secrets::matches_hash(&secret, &app.secret_hash) {
+            return Ok(app);
         }
+        self.limiter
+            .record_caller_failure(caller, Some(&app_id), now);
+        if self.limiter.app_blocked(&app_id, now) {
+            return Err(AuthError::RequestTrafficExceedLimit);
+        }
+        if self.limiter.record_app_failure(&app_id, now) {
+            tracing::warn!(
+                app_id = %app_id,
+                "failed app-credential attempts used up the app's budget; wrong secrets are \
+                 refused until the window ends (the right one still works)"
+            );
+        }
+        Err(AuthError::InvalidAuthClient)
+    }
+
+    /// A credential naming no app we have: counted for the caller alone.
+    fn refuse_without_app(&self, caller: IpAddr, now: Timestamp) -> AuthError {
+        if self.limiter.caller_blocked(caller, None, now) {
+            return AuthError::RequestTrafficExceedLimit;
+        }
+        self.limiter.record_caller_failure(caller, None, now);
+        AuthError::InvalidAuthClient
     }
 }
 
@@ -170,17 +333,17 @@ impl AppAuthenticator {
 mod tests {
     use super::*;
 
-    fn tokens() -> CallerTokens {
-        CallerTokens {
+    fn roles() -> CallerRoles {
+        CallerRoles::new(&CallerTokens {
             admin: "a-token".into(),
             wallet: "w-token".into(),
             verifier: "v-token".into(),
-        }
+        })
     }
 
     #[test]
     fn roles_are_told_apart() {
-        let t = tokens();
+        let t = roles();
         assert!(
             t.authorize(Some("Bearer a-token"), CallerRole::Admin)
                 .is_ok()
@@ -189,29 +352,124 @@ mod tests {
             t.authorize(Some("Bearer w-token"), CallerRole::Admin),
             Err(AuthError::CallerNotPermitted)
         ));
-        assert!(matches!(
-            t.authorize(Some("Bearer nope"), CallerRole::Admin),
-            Err(AuthError::UnauthenticatedCaller)
-        ));
+        for unknown in ["Bearer nope", "Bearer a-toke", "Bearer a-token2", "a-token"] {
+            assert!(
+                matches!(
+                    t.authorize(Some(unknown), CallerRole::Admin),
+                    Err(AuthError::UnauthenticatedCaller)
+                ),
+                "{unknown}"
+            );
+        }
         assert!(matches!(
             t.authorize(None, CallerRole::Wallet),
             Err(AuthError::UnauthenticatedCaller)
         ));
-        assert!(matches!(
-            t.authorize(Some("a-token"), CallerRole::Admin),
-            Err(AuthError::UnauthenticatedCaller)
-        ));
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
     }
 
     #[test]
     fn limiter_blocks_after_budget_until_window_ends() {
         let l = FailedAttemptLimiter::new(2, Duration::from_secs(60));
         let t0 = Timestamp::from_unix_nanos(1);
-        l.record_failure("k", t0);
-        assert!(!l.is_blocked("k", t0));
-        l.record_failure("k", t0);
-        assert!(l.is_blocked("k", t0));
-        assert!(!l.is_blocked("other", t0));
-        assert!(!l.is_blocked("k", t0.saturating_add(Duration::from_secs(61))));
+        let caller = ip("192.0.2.1");
+        l.record_caller_failure(caller, Some("app-1"), t0);
+        assert!(!l.caller_blocked(caller, Some("app-1"), t0));
+        l.record_caller_failure(caller, Some("app-1"), t0);
+        assert!(l.caller_blocked(caller, Some("app-1"), t0));
+        assert!(!l.caller_blocked(ip("192.0.2.2"), Some("app-1"), t0));
+        assert!(!l.caller_blocked(
+            caller,
+            Some("app-1"),
+            t0.saturating_add(Duration::from_secs(61))
+        ));
+        assert!(!l.record_app_failure("app-1", t0));
+        assert!(l.record_app_failure("app-1", t0), "the second uses it up");
+        assert!(l.app_blocked("app-1", t0));
+    }
+
+    /// Guards `caller_key` taking the app: a caller's failures with other app ids (or with no
+    /// usable app id) leave its budget for an app untouched.
+    #[test]
+    fn a_callers_failures_with_other_apps_never_block_it_for_this_one() {
+        let l = FailedAttemptLimiter::new(2, Duration::from_secs(60));
+        let t0 = Timestamp::from_unix_nanos(1);
+        let caller = ip("192.0.2.1");
+        for other in ["app-2", "app-3"] {
+            for _ in 0..5 {
+                l.record_caller_failure(caller, Some(other), t0);
+            }
+        }
+        for _ in 0..5 {
+            l.record_caller_failure(caller, None, t0);
+        }
+        assert!(l.caller_blocked(caller, Some("app-2"), t0));
+        assert!(l.caller_blocked(caller, None, t0));
+        assert!(!l.caller_blocked(caller, Some("app-1"), t0));
+    }
+
+    /// Guards `caller_network`: one IPv6 host holds a /64, so its addresses count as one
+    /// caller; IPv4 addresses, and other /64s, count apart.
+    #[test]
+    fn an_ipv6_caller_is_its_slash_64() {
+        let l = FailedAttemptLimiter::new(2, Duration::from_secs(60));
+        let t0 = Timestamp::from_unix_nanos(1);
+        l.record_caller_failure(ip("2001:db8:0:1::1"), Some("app-1"), t0);
+        l.record_caller_failure(ip("2001:db8:0:1:ffff::2"), Some("app-1"), t0);
+        assert!(l.caller_blocked(ip("2001:db8:0:1::3"), Some("app-1"), t0));
+        assert!(!l.caller_blocked(ip("2001:db8:0:2::1"), Some("app-1"), t0));
+        l.record_caller_failure(ip("192.0.2.1"), Some("app-1"), t0);
+        l.record_caller_failure(ip("::ffff:192.0.2.1"), Some("app-1"), t0);
+        assert!(l.caller_blocked(ip("192.0.2.1"), Some("app-1"), t0));
+        assert!(!l.caller_blocked(ip("192.0.2.2"), Some("app-1"), t0));
+    }
+
+    /// Guards the capacity bound in `FailureWindows::record` and its O(1) oldest-first
+    /// eviction: a million distinct callers failing within one window leave at most
+    /// `MAX_TRACKED_KEYS` entries, the newest callers still counted. The time bound catches
+    /// a return to scanning the whole table on each failure (quadratic: hours for 10^6).
+    #[test]
+    fn a_million_distinct_callers_keep_the_limiter_bounded() {
+        let (done, outcome) = std::sync::mpsc::channel();
+        // A thread of its own, so a hang fails at the time bound instead of holding the test.
+        std::thread::spawn(move || {
+            let l = FailedAttemptLimiter::new(1, Duration::from_secs(60));
+            let t0 = Timestamp::from_unix_nanos(1_000_000_000);
+            let caller = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            for i in 0..1_000_000u32 {
+                let now = t0.saturating_add(Duration::from_micros(u64::from(i)));
+                l.record_caller_failure(caller(i), Some("app-1"), now);
+            }
+            let now = t0.saturating_add(Duration::from_secs(2));
+            let _ = done.send((
+                l.tracked_keys(),
+                l.caller_blocked(caller(999_999), Some("app-1"), now),
+                l.caller_blocked(caller(0), Some("app-1"), now),
+            ));
+        });
+        let (tracked, newest_blocked, oldest_blocked) = outcome
+            .recv_timeout(Duration::from_secs(120))
+            .expect("a million failures took over two minutes: is the table scanned per failure?");
+        assert!(tracked <= MAX_TRACKED_KEYS, "{tracked} keys tracked");
+        assert!(newest_blocked, "the newest caller's failure was dropped");
+        assert!(!oldest_blocked, "the oldest window is the one evicted");
+    }
+
+    /// Guards `FailureWindows::expire`: windows that have ended leave the table as soon as
+    /// the next failure is counted.
+    #[test]
+    fn ended_windows_leave_the_table() {
+        let l = FailedAttemptLimiter::new(3, Duration::from_secs(60));
+        let t0 = Timestamp::from_unix_nanos(1);
+        for i in 0..1000u32 {
+            l.record_caller_failure(IpAddr::from(std::net::Ipv4Addr::from(i)), None, t0);
+        }
+        assert_eq!(l.tracked_keys(), 1000);
+        let later = t0.saturating_add(Duration::from_secs(60));
+        l.record_caller_failure(ip("192.0.2.1"), None, later);
+        assert_eq!(l.tracked_keys(), 1);
     }
 }

@@ -36,7 +36,7 @@ use crate::apps::AppRegistry;
 use crate::clock::Clock;
 use crate::config::AuthConfig;
 use crate::consent::{ConsentFlow, ConsentLifetimes};
-use crate::credentials::{AppAuthenticator, CallerRole, CallerTokens, FailedAttemptLimiter};
+use crate::credentials::{AppAuthenticator, CallerRole, CallerRoles, FailedAttemptLimiter};
 use crate::keys::{KeyRotation, MasterKeyMismatch, SigningKeys};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::store::postgres::PostgresAuthStore;
@@ -105,7 +105,7 @@ pub async fn serve(
 }
 
 fn role_check(
-    callers: Arc<CallerTokens>,
+    callers: Arc<CallerRoles>,
     role: CallerRole,
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
@@ -148,7 +148,7 @@ pub async fn serve_with_listener(
     let pairwise = keys::pairwise_secret(store.as_ref(), &config.master_key, clock.now()).await?;
 
     let policy = RevocationPolicy::new(config.consent_token_ttl, config.access_token_ttl);
-    let callers = Arc::new(config.callers.clone());
+    let callers = Arc::new(CallerRoles::new(&config.callers));
     let registry = AppRegistry::new(store.clone(), policy, feed.clone());
     let flow = ConsentFlow::new(
         store.clone(),
@@ -245,6 +245,7 @@ pub async fn serve_with_listener(
             apps: authenticator,
             clock: clock.clone(),
             callers: callers.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
         })
         .max_decoding_message_size(max),
     )

@@ -23,15 +23,20 @@ use crate::credentials::CallerTokens;
 /// A client channel with a credential.
 pub type Authed = InterceptedService<Channel, Credential>;
 
+/// The role tokens of [`test_config`], as long as the services require (32 characters).
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
+pub const TEST_WALLET_TOKEN: &str = "test-wallet-token-0123456789abcdef012";
+pub const TEST_VERIFIER_TOKEN: &str = "test-verifier-token-0123456789abcdef0";
+
 /// A configuration for tests: fixed credentials, short lifetimes where a test needs them.
 pub fn test_config(database_url: String) -> AuthConfig {
     AuthConfig {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url,
         callers: CallerTokens {
-            admin: "test-admin-token".into(),
-            wallet: "test-wallet-token".into(),
-            verifier: "test-verifier-token".into(),
+            admin: TEST_ADMIN_TOKEN.into(),
+            wallet: TEST_WALLET_TOKEN.into(),
+            verifier: TEST_VERIFIER_TOKEN.into(),
         },
         master_key: MasterKey::from_bytes(&[42; 32]).unwrap_or_else(|_| unreachable!("32 bytes")),
         previous_master_key: None,
@@ -45,6 +50,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
         sweep_batch: 1000,
         failed_credential_budget: 10,
         failed_credential_window: Duration::from_secs(60),
+        trusted_proxies: Default::default(),
         revocation_heartbeat: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),
         limits: service_runtime::ServerLimits::default(),
@@ -401,4 +407,119 @@ pub fn test_pki() -> (Vec<u8>, service_runtime::ServerTls) {
             key_pem: leaf_key.serialize_pem().into_bytes(),
         },
     )
+}
+
+/// A service binary started by a test; killed when dropped.
+pub struct RunningBinary(std::process::Child);
+
+impl Drop for RunningBinary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `binary` in `dir` with exactly `envs`, under umask 000 (the most permissive there
+/// is), and returns once a line of its log (stderr) contains `ready`.
+///
+/// # Panics
+/// If it exits, or does not log `ready` within 30 s (a test failure).
+pub fn start_with_open_umask(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    envs: &[(&str, &str)],
+    ready: &str,
+) -> RunningBinary {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\"")
+        .arg(binary)
+        .current_dir(dir)
+        .env_clear()
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let running = RunningBinary(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_owned();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            log.push_str(&line);
+            log.push('\n');
+            // Reading on after `ready` keeps the child from blocking on a full pipe.
+            if line.contains(&ready) {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        let _ = tx.send(Err(log));
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(())) => running,
+        Ok(Err(log)) => panic!("the binary exited before it was ready:\n{log}"),
+        Err(_) => panic!("the binary was not ready within 30 s"),
+    }
+}
+
+/// Asserts that `dir` is mode 0700 and each of `files` in it exists with mode 0600.
+///
+/// # Panics
+/// When one is missing or has another mode (a test failure).
+#[cfg(unix)]
+pub fn assert_private(dir: &std::path::Path, files: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(dir), 0o700, "{} is not 0700", dir.display());
+    for file in files {
+        let path = dir.join(file);
+        assert_eq!(mode(&path), 0o600, "{} is not 0600", path.display());
+    }
+}
+
+/// Runs `binary` in a fresh directory with exactly `envs`, expecting it to refuse to start;
+/// returns its log (stderr).
+///
+/// # Panics
+/// If it is still running after 20 s (it started instead: it is killed) or exits with
+/// success (a test failure).
+pub fn refused_start(binary: &std::path::Path, envs: &[(&str, &str)]) -> String {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = std::process::Command::new(binary)
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait().expect("wait") {
+            Some(status) => break status,
+            None if started.elapsed() > Duration::from_secs(20) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("still running after 20 s: it started instead of refusing");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut log = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut log);
+    }
+    assert!(!status.success(), "it started and exited cleanly:\n{log}");
+    log
 }

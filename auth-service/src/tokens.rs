@@ -34,12 +34,12 @@ pub struct TokenPair {
     pub scopes: ScopeSet,
 }
 
-/// Which kind of token an introspection found.
+/// Which kind of token an introspection found. Never a consent token: that one is for
+/// userinfo-service's GetOpenUserInfo, not for a backend (see [`TokenIssuer::introspect`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntrospectedKind {
     Access,
     Refresh,
-    Consent,
 }
 
 /// RFC 7662's answer: `active` and, only when active, what the token is.
@@ -210,7 +210,7 @@ impl TokenIssuer {
                 Err(e) => Err(e.into()),
             };
         }
-        let Some((_, claims)) = self.open_any(token, now) else {
+        let Some(claims) = self.open_any(token, now) else {
             return Ok(());
         };
         if claims.app_id != app.app_id {
@@ -229,6 +229,12 @@ impl TokenIssuer {
     }
 
     /// RFC 7662: `None` means inactive (unknown, expired, revoked, or another app's).
+    ///
+    /// A consent token is inactive here too, whatever its state: RFC 7662 §2.2 answers
+    /// `active: false` for a token the caller may not introspect, and a backend has no use
+    /// for one (userinfo-service checks it locally). Describing it would hand an app that
+    /// has only the basic-info feature its users' app-scoped ids, which come only with an
+    /// auth code from `my.getAuthCode`, and a token id and issue time to link a user's calls.
     pub async fn introspect(
         &self,
         app: &AppRecord,
@@ -255,7 +261,10 @@ impl TokenIssuer {
                 token_id: String::new(),
             }));
         }
-        let Some((kind, claims)) = self.open_any(token, now) else {
+        let Some(claims) = self
+            .keys
+            .with_ring(|ring| ring.open(TokenKind::Access, token, now).ok())
+        else {
             return Ok(None);
         };
         if claims.app_id != app.app_id {
@@ -276,7 +285,7 @@ impl TokenIssuer {
             return Ok(None);
         }
         Ok(Some(Introspection {
-            kind,
+            kind: IntrospectedKind::Access,
             app_user_id: self.user_ids.app_user_id(&claims.app_id, &claims.user_id),
             scopes: claims.scopes,
             issued_at: claims.issued_at(),
@@ -286,14 +295,11 @@ impl TokenIssuer {
         }))
     }
 
-    fn open_any(&self, token: &str, now: Timestamp) -> Option<(IntrospectedKind, TokenClaims)> {
+    /// An access or consent token's claims, for RevokeToken (an app may revoke either).
+    fn open_any(&self, token: &str, now: Timestamp) -> Option<TokenClaims> {
         self.keys.with_ring(|ring| {
             ring.open(TokenKind::Access, token, now)
-                .map(|c| (IntrospectedKind::Access, c))
-                .or_else(|_| {
-                    ring.open(TokenKind::Consent, token, now)
-                        .map(|c| (IntrospectedKind::Consent, c))
-                })
+                .or_else(|_| ring.open(TokenKind::Consent, token, now))
                 .ok()
         })
     }

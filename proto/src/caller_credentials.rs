@@ -2,6 +2,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Metadata a trusted verifier (userinfo-service) adds when it forwards a mini program
 /// backend's app credential to auth-service: the verifier's own bearer credential ...
@@ -27,6 +29,45 @@ pub fn basic_credential(header: Option<&str>) -> Option<(String, String)> {
     let text = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
     let (app_id, secret) = text.split_once(':')?;
     Some((app_id.to_owned(), secret.to_owned()))
+}
+
+/// Shortest role token (ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN) a service starts with, in
+/// characters: a token is the whole credential of its role, so it must not be guessable
+/// (`openssl rand -hex 32` gives 64).
+pub const MIN_ROLE_TOKEN_LEN: usize = 32;
+
+/// Why a configured role token can't be used; `None` when it can. Never quotes the token.
+pub fn role_token_problem(token: &str) -> Option<String> {
+    let len = token.chars().count();
+    (len < MIN_ROLE_TOKEN_LEN).then(|| {
+        format!(
+            "is {len} characters long; a role token needs at least {MIN_ROLE_TOKEN_LEN} \
+             (e.g. `openssl rand -hex 32`)"
+        )
+    })
+}
+
+/// A bearer token held as its SHA-256 digest. Comparing digests in constant time takes the
+/// same time whatever the presented token is, so a caller learns neither a prefix nor the
+/// configured token's length (comparing the tokens themselves stops at a length mismatch).
+#[derive(Clone)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        TokenDigest(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Whether both digests are of the same token, in constant time.
+    pub fn matches(&self, other: &TokenDigest) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(<redacted>)")
+    }
 }
 
 /// Client side: adds a fixed `authorization` header to every call of a generated client
@@ -85,5 +126,26 @@ mod tests {
         assert_eq!(basic_credential(Some("Bearer x")), None);
         assert_eq!(bearer_token(Some("Bearer x")), Some("x"));
         assert_eq!(bearer_token(Some("bearer x")), None);
+    }
+
+    #[test]
+    fn token_digests_match_only_the_same_token() {
+        let configured = TokenDigest::of("a-role-token");
+        assert!(configured.matches(&TokenDigest::of("a-role-token")));
+        for other in ["", "a-role-toke", "a-role-token ", "a-role-tokem"] {
+            assert!(!configured.matches(&TokenDigest::of(other)), "{other:?}");
+        }
+    }
+
+    /// Guards `role_token_problem`'s length floor.
+    #[test]
+    fn role_tokens_under_32_characters_are_refused_without_being_quoted() {
+        let short = "s3cr3t-but-short-0123456789abcd";
+        assert_eq!(short.len(), 31);
+        let problem = role_token_problem(short).expect("31 characters is too short");
+        assert!(!problem.contains(short), "{problem}");
+        assert!(problem.contains("32"), "{problem}");
+        assert_eq!(role_token_problem(&"x".repeat(32)), None);
+        assert!(role_token_problem("").is_some());
     }
 }

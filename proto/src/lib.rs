@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod caller_credentials;
+pub mod client_address;
 mod error_reason;
 pub mod wire_time;
 

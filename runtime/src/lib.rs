@@ -5,6 +5,7 @@
 
 mod limits;
 mod metrics_endpoint;
+pub mod private_files;
 mod rpc_observer;
 
 pub use limits::{LimitArgs, RequestLimit, RequestLimitLayer, ServerLimits};

@@ -4,11 +4,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use miniprogram_proto::client_address::TrustedProxies;
+
 pub const ENV_ADDR: &str = "USERINFO_ADDR";
 pub const ENV_DATABASE_URL: &str = "USERINFO_DATABASE_URL";
 pub const ENV_AUTH_URL: &str = "AUTH_URL";
 pub const ENV_ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const ENV_VERIFIER_TOKEN: &str = "VERIFIER_TOKEN";
+pub const ENV_TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+pub const ENV_AUTH_ALLOW_PLAINTEXT: &str = "AUTH_ALLOW_PLAINTEXT";
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/userinfo.db";
@@ -53,6 +57,14 @@ pub struct UserInfoArgs {
     /// At most one key refetch per this interval when a token names an unknown key.
     #[arg(long, env = "KEY_REFETCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub key_refetch_interval: Duration,
+    /// Proxies (CIDR blocks or addresses, comma-separated) whose `x-forwarded-for` names the
+    /// GetPhoneNumber caller passed on to auth-service's failed-credential limits.
+    #[arg(long, env = ENV_TRUSTED_PROXIES, default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+    /// Accept a plaintext http:// AUTH_URL to a host that is neither loopback nor a
+    /// single-label service name (the verifier token and backends' app secrets cross it).
+    #[arg(long, env = ENV_AUTH_ALLOW_PLAINTEXT)]
+    pub auth_allow_plaintext: bool,
 }
 
 /// Why the configuration can't be used. Never contains a secret value.
@@ -83,6 +95,8 @@ pub struct UserInfoConfig {
     pub tls: Option<service_runtime::ServerTls>,
     /// CA for the channel to auth-service; set when `auth_url` is https.
     pub auth_tls_ca_pem: Option<Vec<u8>>,
+    /// Proxies whose `x-forwarded-for` names a GetPhoneNumber caller.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl std::fmt::Debug for UserInfoConfig {
@@ -112,12 +126,8 @@ impl UserInfoArgs {
         let (Some(admin_token), Some(verifier_token)) = (admin_token, verifier_token) else {
             return Err(ConfigError::Missing(missing));
         };
-        if !(self.auth_url.starts_with("http://") || self.auth_url.starts_with("https://")) {
-            return Err(ConfigError::Invalid {
-                variable: ENV_AUTH_URL,
-                problem: "must start with http:// or https://".into(),
-            });
-        }
+        check_role_tokens(&admin_token, &verifier_token)?;
+        check_auth_url(&self.auth_url, self.auth_allow_plaintext)?;
         let auth_tls_ca_pem = match (
             &self.auth_tls_ca_file,
             self.auth_url.starts_with("https://"),
@@ -159,7 +169,94 @@ impl UserInfoArgs {
                     problem: e.to_string(),
                 })?,
             auth_tls_ca_pem,
+            trusted_proxies: self.trusted_proxies,
         })
+    }
+}
+
+/// Refuses role tokens too short to be secret (naming the variable), and one token for both
+/// roles: the verifier credential goes to auth-service with every GetPhoneNumber check, so
+/// if it were also the admin token, whoever can read that link could rewrite profiles.
+fn check_role_tokens(admin: &str, verifier: &str) -> Result<(), ConfigError> {
+    for (variable, token) in [(ENV_ADMIN_TOKEN, admin), (ENV_VERIFIER_TOKEN, verifier)] {
+        if let Some(problem) = miniprogram_proto::caller_credentials::role_token_problem(token) {
+            return Err(ConfigError::Invalid { variable, problem });
+        }
+    }
+    if admin == verifier {
+        return Err(ConfigError::Invalid {
+            variable: "ADMIN_TOKEN, VERIFIER_TOKEN",
+            problem: "each role needs a token of its own, or one caller could act as another"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// How a plaintext `http://` AUTH_URL is judged. The link carries the verifier token and,
+/// for every GetPhoneNumber, the backend's app secret, so plaintext is accepted by itself
+/// only where it can't cross a shared network: a loopback address, `localhost`, or a
+/// single-label name (a compose or cluster service name, which resolves on the private
+/// network of its deployment). Anything else needs `AUTH_ALLOW_PLAINTEXT`, and then warns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaintextLink {
+    /// `https://`: nothing to say.
+    Tls,
+    /// Plaintext to a host that stays on this machine or the deployment's private network.
+    Local,
+    /// Plaintext to any other host, accepted with `AUTH_ALLOW_PLAINTEXT` only.
+    Remote,
+}
+
+/// Classifies an AUTH_URL (see [`PlaintextLink`]); `None` when it is not an http(s) URL.
+pub fn plaintext_link(auth_url: &str) -> Option<PlaintextLink> {
+    let url = url::Url::parse(auth_url).ok()?;
+    match url.scheme() {
+        "https" => return Some(PlaintextLink::Tls),
+        "http" => {}
+        _ => return None,
+    }
+    let local = match url.host()? {
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.');
+            name.eq_ignore_ascii_case("localhost") || !name.contains('.')
+        }
+    };
+    Some(if local {
+        PlaintextLink::Local
+    } else {
+        PlaintextLink::Remote
+    })
+}
+
+/// Refuses an AUTH_URL that is not http(s), or plaintext to a remote host without the opt-in
+/// (with it, warns loudly).
+fn check_auth_url(auth_url: &str, allow_plaintext: bool) -> Result<(), ConfigError> {
+    match plaintext_link(auth_url) {
+        None => Err(ConfigError::Invalid {
+            variable: ENV_AUTH_URL,
+            problem: "must be an http:// or https:// URL with a host".into(),
+        }),
+        Some(PlaintextLink::Tls | PlaintextLink::Local) => Ok(()),
+        Some(PlaintextLink::Remote) if allow_plaintext => {
+            tracing::warn!(
+                auth_url,
+                "AUTH_URL is plaintext http:// to a remote host (AUTH_ALLOW_PLAINTEXT is set): \
+                 the verifier token and every GetPhoneNumber caller's app secret cross the \
+                 network unencrypted; use https:// with AUTH_TLS_CA_FILE"
+            );
+            Ok(())
+        }
+        Some(PlaintextLink::Remote) => Err(ConfigError::Invalid {
+            variable: ENV_AUTH_URL,
+            problem: "is plaintext http:// to a host that is neither loopback nor a \
+                      single-label service name; the verifier token and backends' app secrets \
+                      would cross the network unencrypted. Use https:// with AUTH_TLS_CA_FILE, \
+                      or set AUTH_ALLOW_PLAINTEXT=true to accept the risk"
+                .into(),
+        }),
     }
 }
 
@@ -189,16 +286,127 @@ mod tests {
         );
     }
 
+    const ADMIN: &str = "admin-token-0123456789abcdef0123456789";
+    const VERIFIER: &str = "verifier-token-0123456789abcdef01234567";
+
+    fn parse(extra: &[&str]) -> Result<UserInfoConfig, ConfigError> {
+        let mut argv = vec![
+            "userinfo",
+            "--admin-token",
+            ADMIN,
+            "--verifier-token",
+            VERIFIER,
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args.into_config()
+    }
+
     #[test]
     fn defaults_match_the_design() {
-        let config =
-            Cli::try_parse_from(["userinfo", "--admin-token", "a", "--verifier-token", "v"])
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
+        assert_eq!(config.auth_url, DEFAULT_AUTH_URL);
+        assert!(!format!("{config:?}").contains(ADMIN));
+    }
+
+    /// Guards `check_role_tokens`: the length floor for both variables, and one token for
+    /// both roles.
+    #[test]
+    fn short_or_shared_role_tokens_are_refused_by_name() {
+        let short = "short-but-distinct-token-012345";
+        assert_eq!(short.len(), 31);
+        for (variable, argv) in [
+            (
+                ENV_ADMIN_TOKEN,
+                ["--admin-token", short, "--verifier-token", VERIFIER],
+            ),
+            (
+                ENV_VERIFIER_TOKEN,
+                ["--admin-token", ADMIN, "--verifier-token", short],
+            ),
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("userinfo").chain(argv))
                 .unwrap()
                 .args
                 .into_config()
-                .unwrap();
-        assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
-        assert_eq!(config.auth_url, DEFAULT_AUTH_URL);
-        assert!(!format!("{config:?}").contains("\"a\""));
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, ConfigError::Invalid { variable: v, .. } if v == variable),
+                "{text}"
+            );
+            assert!(!text.contains(short), "the value is not echoed: {text}");
+        }
+        let err = Cli::try_parse_from([
+            "userinfo",
+            "--admin-token",
+            ADMIN,
+            "--verifier-token",
+            ADMIN,
+        ])
+        .unwrap()
+        .args
+        .into_config()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ADMIN_TOKEN, VERIFIER_TOKEN"), "{err}");
+        assert!(!err.contains(ADMIN), "the value is not echoed: {err}");
+    }
+
+    #[test]
+    fn auth_urls_are_classified_by_where_plaintext_can_go() {
+        for local in [
+            "http://127.0.0.1:50051",
+            "http://127.8.9.1:50051",
+            "http://[::1]:50051",
+            "http://localhost:50051",
+            "http://auth:50051",
+            "http://auth-service.:50051",
+        ] {
+            assert_eq!(plaintext_link(local), Some(PlaintextLink::Local), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.5:50051",
+            "http://192.168.1.2:50051",
+            "http://auth.example.com:50051",
+            "http://auth-service.prod.svc.cluster.local:50051",
+            "http://[2001:db8::1]:50051",
+            "http://0.0.0.0:50051",
+        ] {
+            assert_eq!(
+                plaintext_link(remote),
+                Some(PlaintextLink::Remote),
+                "{remote}"
+            );
+        }
+        assert_eq!(
+            plaintext_link("https://auth.example.com"),
+            Some(PlaintextLink::Tls)
+        );
+        for bad in ["auth:50051", "ftp://auth", "http://"] {
+            assert_eq!(plaintext_link(bad), None, "{bad}");
+        }
+    }
+
+    /// Guards `check_auth_url`: plaintext to a remote host is refused, naming AUTH_URL, unless
+    /// AUTH_ALLOW_PLAINTEXT opts in; local plaintext and https need no opt-in.
+    #[test]
+    fn plaintext_to_a_remote_auth_service_needs_an_explicit_opt_in() {
+        let remote = "http://auth.example.com:50051";
+        let err = parse(&["--auth-url", remote]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    variable: ENV_AUTH_URL,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(ENV_AUTH_ALLOW_PLAINTEXT), "{err}");
+        let config = parse(&["--auth-url", remote, "--auth-allow-plaintext"]).unwrap();
+        assert_eq!(config.auth_url, remote);
+        assert!(parse(&["--auth-url", "http://auth:50051"]).is_ok());
     }
 }

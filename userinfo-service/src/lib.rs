@@ -17,9 +17,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use miniprogram_proto::caller_credentials::TokenDigest;
 use miniprogram_proto::userinfo::v1::profile_service_server::ProfileServiceServer;
 use miniprogram_proto::userinfo::v1::user_info_service_server::UserInfoServiceServer;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
@@ -88,18 +88,22 @@ pub async fn serve(
     serve_with_listener(config, listener, shutdown).await
 }
 
+/// ProfileService's check: the admin token passes; the verifier token is a known caller
+/// without permission. Tokens are compared as SHA-256 digests in constant time, so timing
+/// reveals neither a prefix nor a token's length.
 fn admin_check(
-    admin: Arc<String>,
-    verifier: Arc<String>,
+    admin: Arc<TokenDigest>,
+    verifier: Arc<TokenDigest>,
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
         let header = grpc::authorization_header(request.metadata());
-        let presented = miniprogram_proto::caller_credentials::bearer_token(header)
-            .ok_or(UserInfoError::UnauthenticatedCaller)?
-            .as_bytes();
-        if bool::from(admin.as_bytes().ct_eq(presented)) {
+        let presented = TokenDigest::of(
+            miniprogram_proto::caller_credentials::bearer_token(header)
+                .ok_or(UserInfoError::UnauthenticatedCaller)?,
+        );
+        if admin.matches(&presented) {
             Ok(request)
-        } else if bool::from(verifier.as_bytes().ct_eq(presented)) {
+        } else if verifier.matches(&presented) {
             Err(UserInfoError::CallerNotPermitted.into())
         } else {
             Err(UserInfoError::UnauthenticatedCaller.into())
@@ -160,8 +164,8 @@ pub async fn serve_with_listener(
         });
     }
 
-    let admin = Arc::new(config.admin_token.clone());
-    let verifier_token = Arc::new(config.verifier_token.clone());
+    let admin = Arc::new(TokenDigest::of(&config.admin_token));
+    let verifier_token = Arc::new(TokenDigest::of(&config.verifier_token));
     let max = config.limits.max_message_bytes;
     let router = service_runtime::server_builder_with_tls(
         &config.limits,
@@ -172,8 +176,11 @@ pub async fn serve_with_listener(
     .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?)
     .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?)
     .add_service(
-        UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc { reader })
-            .max_decoding_message_size(max),
+        UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc {
+            reader,
+            trusted_proxies: config.trusted_proxies.clone(),
+        })
+        .max_decoding_message_size(max),
     )
     .add_service(InterceptedService::new(
         ProfileServiceServer::new(grpc::profiles::ProfileGrpc {

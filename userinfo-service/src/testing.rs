@@ -39,6 +39,7 @@ pub fn test_config(
         limits: service_runtime::ServerLimits::default(),
         tls: None,
         auth_tls_ca_pem: None,
+        trusted_proxies: Default::default(),
     }
 }
 

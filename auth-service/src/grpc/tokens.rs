@@ -1,5 +1,6 @@
 //! TokenService: what mini program backends call with their app credential.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use miniprogram_proto::auth::v1 as pb;
@@ -8,11 +9,12 @@ use tonic::{Request, Response, Status};
 
 use super::{authorization_header, scopes_to_proto, timestamp};
 use crate::clock::Clock;
-use crate::credentials::{AppAuthenticator, CallerRole, CallerTokens};
+use crate::credentials::{AppAuthenticator, CallerRole, CallerRoles};
 use crate::error::AuthError;
 use crate::store::AppRecord;
 use crate::tokens::{IntrospectedKind, TokenIssuer, TokenPair};
 use miniprogram_proto::caller_credentials::{FORWARDED_PEER, VERIFIER_AUTHORIZATION};
+use miniprogram_proto::client_address::TrustedProxies;
 
 /// Longest token string accepted in a request.
 const MAX_TOKEN_FIELD_LEN: usize = 4096;
@@ -23,37 +25,42 @@ pub struct TokenGrpc {
     pub apps: Arc<AppAuthenticator>,
     pub clock: Arc<Clock>,
     /// To recognise a verifier forwarding a backend's credential (see `FORWARDED_PEER`).
-    pub callers: Arc<CallerTokens>,
+    pub callers: Arc<CallerRoles>,
+    /// Proxies whose `x-forwarded-for` names the caller.
+    pub trusted_proxies: TrustedProxies,
 }
-
-/// Longest forwarded peer address accepted.
-const MAX_PEER_LEN: usize = 64;
 
 impl TokenGrpc {
     async fn app<T>(&self, request: &Request<T>) -> Result<AppRecord, AuthError> {
+        let caller = self.caller(request);
+        self.apps
+            .authenticate(
+                authorization_header(request.metadata()),
+                caller,
+                self.clock.now(),
+            )
+            .await
+    }
+
+    /// The address failed attempts count against: the backend a verifier forwards the
+    /// credential of (only with the verifier's own credential), else the client a trusted
+    /// proxy names, else the TCP peer.
+    fn caller<T>(&self, request: &Request<T>) -> IpAddr {
         let metadata = request.metadata();
         let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
         let forwarded = text(FORWARDED_PEER)
-            .filter(|p| p.len() <= MAX_PEER_LEN)
+            .and_then(|p| p.parse::<IpAddr>().ok())
             .filter(|_| {
                 self.callers
                     .authorize(text(VERIFIER_AUTHORIZATION), CallerRole::Verifier)
                     .is_ok()
             });
-        let peer = match forwarded {
-            Some(original) => original.to_owned(),
-            None => request
-                .remote_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default(),
-        };
-        self.apps
-            .authenticate(
-                authorization_header(request.metadata()),
-                &peer,
-                self.clock.now(),
-            )
-            .await
+        forwarded
+            .or_else(|| {
+                self.trusted_proxies
+                    .client_address(request.remote_addr().map(|a| a.ip()), metadata)
+            })
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 }
 
@@ -174,7 +181,6 @@ impl TokenService for TokenGrpc {
                 token_type: match i.kind {
                     IntrospectedKind::Access => pb::TokenType::Access,
                     IntrospectedKind::Refresh => pb::TokenType::Refresh,
-                    IntrospectedKind::Consent => pb::TokenType::Consent,
                 } as i32,
                 issue_time: Some(timestamp(i.issued_at)),
                 expire_time: Some(timestamp(i.expires_at)),

@@ -63,6 +63,8 @@ impl SqliteAuthStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        service_runtime::private_files::prepare_sqlite_database(url, options.get_filename())
+            .map_err(|e| classify(sqlx::Error::Io(e)))?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())

@@ -8,7 +8,10 @@ use pb::resolve_prompt_response::Result as Answer;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use super::{ALL_FEATURES, app_with, auth_code, consent, consent_token, reason, request, resolve};
+use super::{
+    ALL_FEATURES, app_with, auth_code, consent, consent_token, reason, request, resolve,
+    revocation_log,
+};
 
 use pb::Scope::{AuthBase, PhoneNumber, UserInfo};
 use pb::Trigger::{AppLaunch, UserTap};
@@ -295,7 +298,10 @@ async fn revoking_prompts_again_voids_the_tokens_and_logs_a_revocation() {
                 .active
         }
     };
-    assert!(introspect(token.clone()).await);
+    assert!(
+        !introspect(token.clone()).await,
+        "a consent token is never active to a backend"
+    );
     assert!(introspect(pair.access_token.clone()).await);
 
     let listed = server.authorizations("u1").await;
@@ -317,9 +323,16 @@ async fn revoking_prompts_again_voids_the_tokens_and_logs_a_revocation() {
         revoked.remaining_scopes,
         vec![AuthBase as i32, PhoneNumber as i32]
     );
-    assert!(
-        !introspect(token).await,
-        "revoked consent token still active"
+    let rules = revocation_log(&server).await;
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(
+        (
+            rules[0].app_id.as_str(),
+            rules[0].user_id.as_str(),
+            rules[0].scopes.as_slice()
+        ),
+        (app_id.as_str(), "u1", [UserInfo as i32].as_slice()),
+        "the withdrawal is logged for verifiers: it voids the consent token there"
     );
     assert!(
         introspect(pair.access_token.clone()).await,

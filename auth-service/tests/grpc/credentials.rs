@@ -110,10 +110,13 @@ fn outside_dev_mode_missing_credentials_refuse_start_and_are_named() {
     }
 }
 
+/// IntrospectToken with a `Basic` credential and, optionally, a forwarded caller: either the
+/// verifier's `x-forwarded-peer` (with the given verifier credential) or a proxy's
+/// `x-forwarded-for`.
 fn introspect_as(
     app_id: &str,
     secret: &str,
-    forwarded: Option<(&str, &str)>,
+    forwarded: Forwarded<'_>,
 ) -> tonic::Request<pb::IntrospectTokenRequest> {
     use base64::Engine;
     let mut request = tonic::Request::new(pb::IntrospectTokenRequest { token: "x".into() });
@@ -121,81 +124,172 @@ fn introspect_as(
     request
         .metadata_mut()
         .insert("authorization", format!("Basic {basic}").parse().unwrap());
-    if let Some((verifier, peer)) = forwarded {
-        request.metadata_mut().insert(
-            "x-verifier-authorization",
-            format!("Bearer {verifier}").parse().unwrap(),
-        );
-        request
-            .metadata_mut()
-            .insert("x-forwarded-peer", peer.parse().unwrap());
+    match forwarded {
+        Forwarded::Direct => {}
+        Forwarded::ByVerifier(verifier, peer) => {
+            request.metadata_mut().insert(
+                "x-verifier-authorization",
+                format!("Bearer {verifier}").parse().unwrap(),
+            );
+            request
+                .metadata_mut()
+                .insert("x-forwarded-peer", peer.parse().unwrap());
+        }
+        Forwarded::ByProxy(client) => {
+            request
+                .metadata_mut()
+                .insert("x-forwarded-for", client.parse().unwrap());
+        }
     }
     request
+}
+
+/// Who a test call claims to come from.
+#[derive(Clone, Copy)]
+enum Forwarded<'a> {
+    /// Nothing forwarded: the TCP peer (127.0.0.1).
+    Direct,
+    /// userinfo-service's forwarding: (verifier token, original caller).
+    ByVerifier(&'a str, &'a str),
+    /// A proxy's `x-forwarded-for`.
+    ByProxy(&'a str),
+}
+
+async fn introspect_reason(
+    server: &TestAuthServer,
+    app_id: &str,
+    secret: &str,
+    forwarded: Forwarded<'_>,
+) -> Option<ErrorReason> {
+    pb::token_service_client::TokenServiceClient::new(server.channel.clone())
+        .introspect_token(introspect_as(app_id, secret, forwarded))
+        .await
+        .err()
+        .map(|e| reason(&e))
+}
+
+/// Guards `caller_key` counting per (caller, app): ten wrong attempts from one address with
+/// other app ids (another app's, made-up ones, a malformed credential) never refuse a
+/// correct secret from that address, which is all a stranger behind the same NAT, proxy or
+/// ingress can make.
+#[tokio::test]
+async fn other_apps_failures_from_one_address_never_refuse_a_correct_secret() {
+    let server = TestAuthServer::start_with(|c| c.failed_credential_budget = 3).await;
+    let (app_a, secret_a) = app_with(&server, &ALL_FEATURES).await;
+    let (app_b, _) = app_with(&server, &ALL_FEATURES).await;
+    let mut tokens = pb::token_service_client::TokenServiceClient::new(server.channel.clone());
+    for i in 0..10 {
+        let (app, secret) = match i % 3 {
+            0 => (app_b.clone(), "wrong".to_owned()),
+            1 => (format!("mp-made-up-{i}"), "wrong".to_owned()),
+            _ => (String::new(), String::new()),
+        };
+        let _ = tokens
+            .introspect_token(introspect_as(&app, &secret, Forwarded::Direct))
+            .await;
+    }
+    assert_eq!(
+        introspect_reason(&server, &app_b, "wrong", Forwarded::Direct).await,
+        Some(ErrorReason::RequestTrafficExceedLimit),
+        "the failing address is limited for the app it failed with"
+    );
+    assert_eq!(
+        introspect_reason(&server, &app_a, &secret_a, Forwarded::Direct).await,
+        None,
+        "a correct secret for another app from the same address is accepted"
+    );
 }
 
 #[tokio::test]
 async fn failed_attempts_forwarded_by_the_verifier_count_against_the_original_caller() {
     let server = TestAuthServer::start_with(|c| c.failed_credential_budget = 2).await;
-    let (app_a, _) = app_with(&server, &ALL_FEATURES).await;
-    let (app_b, secret_b) = app_with(&server, &ALL_FEATURES).await;
+    let (app_a, secret_a) = app_with(&server, &ALL_FEATURES).await;
     let verifier = server.config.callers.verifier.clone();
-    let mut tokens = pb::token_service_client::TokenServiceClient::new(server.channel.clone());
+    let attacker = Forwarded::ByVerifier(&verifier, "203.0.113.7");
     for _ in 0..2 {
-        let err = tokens
-            .introspect_token(introspect_as(
-                &app_a,
-                "wrong",
-                Some((&verifier, "203.0.113.7")),
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(reason(&err), ErrorReason::InvalidAuthClient);
+        assert_eq!(
+            introspect_reason(&server, &app_a, "wrong", attacker).await,
+            Some(ErrorReason::InvalidAuthClient)
+        );
     }
-    let err = tokens
-        .introspect_token(introspect_as(
-            &app_b,
-            &secret_b,
-            Some((&verifier, "203.0.113.7")),
-        ))
-        .await
-        .unwrap_err();
     assert_eq!(
-        reason(&err),
-        ErrorReason::RequestTrafficExceedLimit,
-        "the attacker's own address is limited"
+        introspect_reason(&server, &app_a, &secret_a, attacker).await,
+        Some(ErrorReason::RequestTrafficExceedLimit),
+        "the attacker's own address is limited for that app"
     );
-    assert!(
-        tokens
-            .introspect_token(introspect_as(
-                &app_b,
-                &secret_b,
-                Some((&verifier, "198.51.100.1"))
-            ))
-            .await
-            .is_ok(),
-        "other callers behind the same verifier are not"
-    );
-    assert!(
-        tokens
-            .introspect_token(introspect_as(&app_b, &secret_b, None))
-            .await
-            .is_ok()
-    );
-    // Without the verifier credential the forwarded address is ignored: no spoofing a fresh budget.
-    for _ in 0..2 {
-        let _ = tokens
-            .introspect_token(introspect_as(
-                &app_b,
-                "wrong",
-                Some(("not-the-verifier", "192.0.2.1")),
-            ))
-            .await;
+    for other in [
+        Forwarded::ByVerifier(&verifier, "198.51.100.1"),
+        Forwarded::Direct,
+    ] {
+        assert_eq!(
+            introspect_reason(&server, &app_a, &secret_a, other).await,
+            None,
+            "other callers behind the same verifier are not"
+        );
     }
-    let err = tokens
-        .introspect_token(introspect_as(&app_b, &secret_b, None))
-        .await
-        .unwrap_err();
-    assert_eq!(reason(&err), ErrorReason::RequestTrafficExceedLimit);
+    // Without the verifier credential the forwarded address is ignored: the failures count
+    // against the TCP peer, so no one can claim a fresh budget per attempt.
+    let (app_b, secret_b) = app_with(&server, &ALL_FEATURES).await;
+    for _ in 0..2 {
+        let spoofed = Forwarded::ByVerifier("not-the-verifier-token-0123456789abcdef", "192.0.2.1");
+        let _ = introspect_reason(&server, &app_b, "wrong", spoofed).await;
+    }
+    assert_eq!(
+        introspect_reason(&server, &app_b, &secret_b, Forwarded::Direct).await,
+        Some(ErrorReason::RequestTrafficExceedLimit)
+    );
+}
+
+/// Guards `TrustedProxies::client_address` in TokenService: `x-forwarded-for` names the caller
+/// only when the TCP peer is a trusted proxy; from anyone else it is ignored.
+#[tokio::test]
+async fn x_forwarded_for_is_honoured_only_from_trusted_proxies() {
+    for trusted in [false, true] {
+        let server = TestAuthServer::start_with(|c| {
+            c.failed_credential_budget = 2;
+            if trusted {
+                c.trusted_proxies = "127.0.0.0/8".parse().unwrap();
+            }
+        })
+        .await;
+        let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+        for client in ["203.0.113.7", "203.0.113.8"] {
+            let _ = introspect_reason(&server, &app_id, "wrong", Forwarded::ByProxy(client)).await;
+        }
+        let other_client = introspect_reason(
+            &server,
+            &app_id,
+            &secret,
+            Forwarded::ByProxy("198.51.100.1"),
+        )
+        .await;
+        let direct = introspect_reason(&server, &app_id, &secret, Forwarded::Direct).await;
+        if trusted {
+            assert_eq!(
+                other_client, None,
+                "each forwarded client has its own budget"
+            );
+            assert_eq!(direct, None, "the proxy itself has failed nothing");
+            for _ in 0..2 {
+                let _ =
+                    introspect_reason(&server, &app_id, "wrong", Forwarded::ByProxy("203.0.113.7"))
+                        .await;
+            }
+            assert_eq!(
+                introspect_reason(&server, &app_id, &secret, Forwarded::ByProxy("203.0.113.7"))
+                    .await,
+                Some(ErrorReason::RequestTrafficExceedLimit),
+                "the forwarded client that failed is limited"
+            );
+        } else {
+            let limited = Some(ErrorReason::RequestTrafficExceedLimit);
+            assert_eq!(
+                (other_client, direct),
+                (limited, limited),
+                "an untrusted peer's header is ignored: all failures are the peer's"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -203,16 +297,12 @@ async fn strangers_failures_limit_wrong_secrets_for_an_app_but_never_lock_out_th
     let server = TestAuthServer::start_with(|c| c.failed_credential_budget = 2).await;
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let verifier = server.config.callers.verifier.clone();
-    let mut tokens = pb::token_service_client::TokenServiceClient::new(server.channel.clone());
     // Wrong secrets for one app from many addresses, each within its own caller budget.
     let strangers = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"];
     let mut reasons = Vec::new();
     for peer in strangers {
-        let err = tokens
-            .introspect_token(introspect_as(&app_id, "wrong", Some((&verifier, peer))))
-            .await
-            .unwrap_err();
-        reasons.push(reason(&err));
+        let forwarded = Forwarded::ByVerifier(&verifier, peer);
+        reasons.extend(introspect_reason(&server, &app_id, "wrong", forwarded).await);
     }
     assert_eq!(
         reasons,
@@ -224,15 +314,15 @@ async fn strangers_failures_limit_wrong_secrets_for_an_app_but_never_lock_out_th
         ],
         "the app's failure budget is shared by every caller"
     );
-    assert!(
-        tokens
-            .introspect_token(introspect_as(
-                &app_id,
-                &secret,
-                Some((&verifier, "198.51.100.9"))
-            ))
-            .await
-            .is_ok(),
+    assert_eq!(
+        introspect_reason(
+            &server,
+            &app_id,
+            &secret,
+            Forwarded::ByVerifier(&verifier, "198.51.100.9")
+        )
+        .await,
+        None,
         "the app's own backend still gets in with the right secret"
     );
 }

@@ -4,6 +4,7 @@ mod apps;
 mod authorization;
 mod bad_input;
 mod credentials;
+mod files;
 mod keys;
 mod tokens;
 
@@ -42,4 +43,29 @@ pub async fn consent(
     scopes: &[pb::Scope],
 ) -> pb::Grant {
     server.consent(user, app_id, scopes).await
+}
+
+/// The revocation log as a verifier receives it: every event up to the first heartbeat (sent
+/// once the stream has caught up with the log).
+pub async fn revocation_log(server: &TestAuthServer) -> Vec<pb::RevocationEvent> {
+    let mut stream = server
+        .verifier()
+        .watch_revocations(pb::WatchRevocationsRequest::default())
+        .await
+        .expect("watch revocations")
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut events = Vec::new();
+    loop {
+        let message = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("no heartbeat within 5 s")
+            .expect("stream broke")
+            .expect("stream ended");
+        match message.event {
+            Some(event) => events.push(event),
+            None if message.heartbeat => return events,
+            None => {}
+        }
+    }
 }

@@ -5,7 +5,7 @@ use miniprogram_proto::ErrorReason;
 use miniprogram_proto::auth::v1 as pb;
 use tonic::Code;
 
-use super::{ALL_FEATURES, app_with, auth_code, consent, consent_token, reason};
+use super::{ALL_FEATURES, app_with, auth_code, consent, consent_token, reason, revocation_log};
 
 use pb::Scope::{AuthBase, PhoneNumber, UserInfo};
 
@@ -363,7 +363,7 @@ async fn disabling_a_feature_voids_the_tokens_that_rely_on_it() {
     let server = TestAuthServer::start().await;
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let mut backend = server.backend(&app_id, &secret);
-    let consent_token = consent_token(&consent(&server, "u1", &app_id, &[UserInfo]).await);
+    consent(&server, "u1", &app_id, &[UserInfo]).await;
     let pair = backend
         .exchange_auth_code(pb::ExchangeAuthCodeRequest {
             auth_code: code_for(&server, "u1", &app_id).await,
@@ -391,10 +391,15 @@ async fn disabling_a_feature_voids_the_tokens_that_rely_on_it() {
         }
     };
     assert!(!active(pair.access_token).await);
-    assert!(
-        active(consent_token).await,
-        "userInfo does not rely on the phone feature"
-    );
+    let rules = revocation_log(&server).await;
+    assert!(!rules.is_empty());
+    for rule in rules {
+        assert!(
+            rule.scopes.contains(&(PhoneNumber as i32))
+                && !rule.scopes.contains(&(UserInfo as i32)),
+            "userInfo does not rely on the phone feature, so {rule:?} must not void its consent token"
+        );
+    }
     let err = backend
         .refresh_access_token(pb::RefreshAccessTokenRequest {
             refresh_token: pair.refresh_token,
@@ -425,4 +430,27 @@ async fn a_code_issued_before_a_withdrawal_is_void_even_after_consent_is_given_a
         })
         .await
         .expect("the code of the new consent works");
+}
+
+/// Guards `TokenIssuer::introspect` opening access tokens only: an app with just the
+/// basic-info feature must not get a stable user id (nor a token id or issue time to link
+/// calls) by introspecting its consent tokens. The app-scoped id comes only with a code.
+#[tokio::test]
+async fn a_consent_token_introspects_as_inactive_and_reveals_no_user_id() {
+    let server = TestAuthServer::start().await;
+    for features in [&[pb::Feature::BasicUserInfo][..], &ALL_FEATURES[..]] {
+        let (app_id, secret) = app_with(&server, features).await;
+        let token = consent_token(&consent(&server, "u1", &app_id, &[UserInfo]).await);
+        let described = server
+            .backend(&app_id, &secret)
+            .introspect_token(pb::IntrospectTokenRequest { token })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            described,
+            pb::IntrospectTokenResponse::default(),
+            "features {features:?}"
+        );
+    }
 }

@@ -249,7 +249,9 @@ impl AppCredentialCheck for AuthServiceLink {
             .parse()
             .map_err(|_| UserInfoError::InvalidAuthClient)?;
         request.metadata_mut().insert("authorization", header);
-        if let Ok(peer) = peer.parse() {
+        if !peer.is_empty()
+            && let Ok(peer) = peer.parse()
+        {
             request.metadata_mut().insert(FORWARDED_PEER, peer);
         }
         match within_call_timeout(

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use miniprogram_proto::caller_credentials::basic_credential;
+use miniprogram_proto::client_address::TrustedProxies;
 use miniprogram_proto::userinfo::v1 as pb;
 use std::time::Instant;
 
@@ -17,6 +18,8 @@ use crate::userinfo::UserInfoReader;
 /// Serves UserInfoService over the reader.
 pub struct UserInfoGrpc {
     pub reader: Arc<UserInfoReader>,
+    /// Proxies whose `x-forwarded-for` names a GetPhoneNumber caller.
+    pub trusted_proxies: TrustedProxies,
 }
 
 fn check_token_len(field: &'static str, token: &str) -> Result<(), UserInfoError> {
@@ -64,9 +67,11 @@ impl UserInfoService for UserInfoGrpc {
         let header = authorization_header(request.metadata()).map(str::to_owned);
         let (app_id, _) =
             basic_credential(header.as_deref()).ok_or(UserInfoError::InvalidAuthClient)?;
-        let peer = request
-            .remote_addr()
-            .map(|a| a.ip().to_string())
+        // Passed on to auth-service, whose failed-credential limits count per caller.
+        let peer = self
+            .trusted_proxies
+            .client_address(request.remote_addr().map(|a| a.ip()), request.metadata())
+            .map(|ip| ip.to_string())
             .unwrap_or_default();
         let req = request.into_inner();
         check_token_len("access_token", &req.access_token)?;

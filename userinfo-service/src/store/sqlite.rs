@@ -30,6 +30,8 @@ impl SqliteProfileStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
+        service_runtime::private_files::prepare_sqlite_database(url, options.get_filename())
+            .map_err(|e| classify(sqlx::Error::Io(e)))?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())

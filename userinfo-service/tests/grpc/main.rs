@@ -2,6 +2,7 @@
 //! real auth-service, or (where auth-service can't be made to misbehave) a scripted
 //! KeyService that is itself a real gRPC server.
 
+mod files;
 mod keys;
 mod phone;
 mod readiness;

@@ -83,3 +83,92 @@ async fn a_wrong_app_secret_is_invalid_auth_client_whatever_the_token() {
         );
     }
 }
+
+/// GetPhoneNumber for `app_id` with `secret`, optionally through a proxy naming `client` in
+/// `x-forwarded-for`; the failure reason, if any.
+async fn phone_reason(
+    userinfo: &super::TestUserInfoServer,
+    app_id: &str,
+    secret: &str,
+    access_token: &str,
+    client: Option<&str>,
+) -> Option<ErrorReason> {
+    let mut request = tonic::Request::new(upb::GetPhoneNumberRequest {
+        access_token: access_token.to_owned(),
+    });
+    if let Some(client) = client {
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
+    }
+    userinfo
+        .backend(app_id, secret)
+        .get_phone_number(request)
+        .await
+        .err()
+        .map(|e| reason(&e))
+}
+
+/// Guards the per-(caller, app) count at auth-service, as GetPhoneNumber reaches it: ten
+/// wrong credentials with other app ids from one address leave a correct secret from that
+/// address working.
+#[tokio::test]
+async fn other_apps_failures_never_lock_a_correct_secret_out_of_get_phone_number() {
+    let auth = TestAuthServer::start_with(|c| c.failed_credential_budget = 3).await;
+    let userinfo = userinfo_for(&auth, |_| {}).await;
+    upsert_profile(&userinfo, "u1").await;
+    let (app_a, secret_a) = auth.create_app(&ALL_FEATURES).await;
+    let (app_b, _) = auth.create_app(&ALL_FEATURES).await;
+    let token = phone_access_token(&auth, &app_a, &secret_a).await;
+    for i in 0..10 {
+        let app = if i % 2 == 0 {
+            app_b.clone()
+        } else {
+            format!("mp-made-up-{i}")
+        };
+        let got = phone_reason(&userinfo, &app, "wrong", &token, None).await;
+        assert!(got.is_some(), "a wrong secret passed");
+    }
+    assert_eq!(
+        phone_reason(&userinfo, &app_b, "wrong", &token, None).await,
+        Some(ErrorReason::RequestTrafficExceedLimit),
+        "the failing address is limited for the app it failed with"
+    );
+    assert_eq!(
+        phone_reason(&userinfo, &app_a, &secret_a, &token, None).await,
+        None,
+        "the correct secret of another app from the same address still reads the phone number"
+    );
+}
+
+/// Guards `TrustedProxies::client_address` in GetPhoneNumber: behind a trusted proxy each
+/// forwarded client has its own budget at auth-service; from an untrusted peer the header is
+/// ignored and every failure is that peer's.
+#[tokio::test]
+async fn x_forwarded_for_names_the_phone_caller_only_behind_a_trusted_proxy() {
+    for trusted in [false, true] {
+        let auth = TestAuthServer::start_with(|c| c.failed_credential_budget = 2).await;
+        let userinfo = userinfo_for(&auth, |c| {
+            if trusted {
+                c.trusted_proxies = "127.0.0.1/32".parse().unwrap();
+            }
+        })
+        .await;
+        upsert_profile(&userinfo, "u1").await;
+        let (app_id, secret) = auth.create_app(&ALL_FEATURES).await;
+        let token = phone_access_token(&auth, &app_id, &secret).await;
+        for _ in 0..2 {
+            let got = phone_reason(&userinfo, &app_id, "wrong", &token, Some("203.0.113.7")).await;
+            assert_eq!(got, Some(ErrorReason::InvalidAuthClient));
+        }
+        let attacker = phone_reason(&userinfo, &app_id, &secret, &token, Some("203.0.113.7")).await;
+        let bystander =
+            phone_reason(&userinfo, &app_id, &secret, &token, Some("198.51.100.1")).await;
+        let limited = Some(ErrorReason::RequestTrafficExceedLimit);
+        if trusted {
+            assert_eq!((attacker, bystander), (limited, None));
+        } else {
+            assert_eq!((attacker, bystander), (limited, limited));
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use auth_service::testing::{TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN};
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_token::{SigningKey, Timestamp};
 use pb::key_service_server::{KeyService, KeyServiceServer};
@@ -112,7 +113,7 @@ async fn scripted_key_service(
 }
 
 fn link_to(addr: SocketAddr) -> AuthServiceLink {
-    AuthServiceLink::new(&format!("http://{addr}"), "test-verifier-token", None).expect("link")
+    AuthServiceLink::new(&format!("http://{addr}"), TEST_VERIFIER_TOKEN, None).expect("link")
 }
 
 /// A verifier following the scripted server's revocation stream.
@@ -193,8 +194,7 @@ async fn an_open_stream_and_its_backlog_do_not_count_as_fresh_until_a_heartbeat(
 async fn health_stays_not_serving_until_the_revocation_backlog_is_complete() {
     let (addr, mut opened) = scripted_key_service(false).await;
     let userinfo =
-        TestUserInfoServer::launch_with(addr, "test-admin-token", "test-verifier-token", |_| {})
-            .await;
+        TestUserInfoServer::launch_with(addr, TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN, |_| {}).await;
     // The stream opens only after the keys have loaded.
     let stream = next_stream(&mut opened).await;
     stream.send(event(rule(1, "u1"))).await;
