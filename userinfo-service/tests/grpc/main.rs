@@ -3,6 +3,7 @@
 //! KeyService that is itself a real gRPC server.
 
 mod keys;
+mod limits;
 mod phone;
 mod readiness;
 mod revocation_stream;
