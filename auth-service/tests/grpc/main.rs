@@ -5,6 +5,7 @@ mod authorization;
 mod bad_input;
 mod credentials;
 mod keys;
+mod limits;
 mod tokens;
 
 use auth_service::testing::TestAuthServer;
