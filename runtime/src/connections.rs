@@ -30,6 +30,7 @@ pub struct LimitedIncoming {
 }
 
 impl LimitedIncoming {
+    /// Accepts from `listener` within `limits.max_connections` and the per-peer share.
     pub fn new(listener: TcpListener, limits: &ServerLimits) -> Self {
         LimitedIncoming {
             listener,

@@ -21,16 +21,17 @@ use tower::{Layer, Service};
 use crate::methods::{CallKind, Method, ServedMethods};
 use crate::peers::{Peer, PeerPool, PoolGuard, Refusal};
 
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
-pub const DEFAULT_MAX_CONCURRENT_PER_CONNECTION: usize = 256;
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-pub const DEFAULT_MAX_BUFFERED_REQUEST_BYTES: usize = 128 * 1024 * 1024;
-pub const DEFAULT_MAX_CONTROL_STREAMS: usize = 256;
-pub const DEFAULT_CONTROL_STREAM_LIFETIME: Duration = Duration::from_secs(300);
-pub const DEFAULT_PEER_SHARE_PERCENT: u8 = 25;
+// Defaults, and why, in README.md's "Limits" paragraph.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+const DEFAULT_MAX_CONCURRENT_PER_CONNECTION: usize = 256;
+const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const DEFAULT_MAX_BUFFERED_REQUEST_BYTES: usize = 128 * 1024 * 1024;
+const DEFAULT_MAX_CONTROL_STREAMS: usize = 256;
+const DEFAULT_CONTROL_STREAM_LIFETIME: Duration = Duration::from_secs(300);
+const DEFAULT_PEER_SHARE_PERCENT: u8 = 25;
 
 /// What a call is charged against MAX_BUFFERED_REQUEST_BYTES besides its headers and body:
 /// the stream's and the call's own state in h2, hyper, tonic and this layer. Measured with
@@ -167,7 +168,9 @@ impl Pool {
             (Pool::ControlStreams, Refusal::Peer) => {
                 "this address holds its share of health Watch and reflection streams (PEER_SHARE_PERCENT of MAX_CONTROL_STREAMS); retry later"
             }
-            (Pool::Connections, _) => "connection limit",
+            (Pool::Connections, _) => {
+                "the server has as many connections as it allows (MAX_CONNECTIONS)"
+            }
         }
     }
 
@@ -544,6 +547,17 @@ mod tests {
             .await
             .expect("the call answered within 5 s")
             .unwrap()
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_limits_defaults() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            limits: LimitArgs,
+        }
+        let flags = <Flags as clap::Parser>::try_parse_from(["server"]).unwrap();
+        assert_eq!(ServerLimits::from(flags.limits), ServerLimits::default());
     }
 
     #[tokio::test]
