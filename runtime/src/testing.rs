@@ -9,7 +9,8 @@ use tokio::net::TcpStream;
 
 /// Calls whose request HEADERS were sent and whose body never comes, held open until dropped.
 pub struct HalfSentCalls {
-    responses: Vec<h2::client::ResponseFuture>,
+    responses: Vec<Option<h2::client::ResponseFuture>>,
+    answered: usize,
     _bodies: Vec<h2::SendStream<Bytes>>,
     _connections: tokio::task::JoinSet<()>,
 }
@@ -28,6 +29,7 @@ impl HalfSentCalls {
     ) -> HalfSentCalls {
         let mut calls = HalfSentCalls {
             responses: Vec::new(),
+            answered: 0,
             _bodies: Vec::new(),
             _connections: tokio::task::JoinSet::new(),
         };
@@ -47,7 +49,7 @@ impl HalfSentCalls {
                     .body(())
                     .expect("a valid request");
                 let (response, body) = sender.send_request(request, false).expect("HEADERS sent");
-                calls.responses.push(response);
+                calls.responses.push(Some(response));
                 calls._bodies.push(body);
             }
             // The server answers a PING after every frame before it: once it does, it has
@@ -60,16 +62,30 @@ impl HalfSentCalls {
         calls
     }
 
-    /// How many calls the server has answered so far (polls each response; call it once).
+    /// How many calls the server has answered so far.
     pub fn answered(&mut self) -> usize {
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
-        let mut answered = 0;
-        for response in &mut self.responses {
-            if std::pin::Pin::new(response).poll(&mut cx).is_ready() {
-                answered += 1;
+        for slot in &mut self.responses {
+            if let Some(response) = slot
+                && std::pin::Pin::new(response).poll(&mut cx).is_ready()
+            {
+                *slot = None;
+                self.answered += 1;
             }
         }
-        answered
+        self.answered
+    }
+
+    /// Whether the server answers every call within `within` (checked every 10 ms).
+    pub async fn all_answered_within(&mut self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.answered() < self.responses.len() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
     }
 }

@@ -47,3 +47,75 @@ async fn half_sent_calls_do_not_starve_health_or_the_console() {
     assert!(created.expect("CreateApp").into_inner().app.is_some());
     assert_eq!(held.answered(), 0, "every half-sent call is still held");
 }
+
+/// Guards READ_TIMEOUT over real HTTP/2: calls whose body never comes are answered (and let
+/// go) once it has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_calls_are_answered_after_the_read_timeout() {
+    let server =
+        TestAuthServer::start_with(|c| c.limits.read_timeout = Duration::from_millis(200)).await;
+    let mut held = HalfSentCalls::open(server.addr, EXCHANGE_AUTH_CODE, 2, 16).await;
+    assert!(
+        held.all_answered_within(Duration::from_secs(10)).await,
+        "{} of 32 answered",
+        held.answered()
+    );
+}
+
+/// Guards the control-stream pool and lifetime over real gRPC: with one slot, a second health
+/// Watch is refused while the first is open; the first ends with UNAVAILABLE
+/// (`SERVICE_UNAVAILABLE`) after CONTROL_STREAM_LIFETIME, and then a new one is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watch_streams_are_capped_and_end_after_their_lifetime() {
+    use miniprogram_proto::ErrorReason;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let server = TestAuthServer::start_with(|c| {
+        c.limits.max_control_streams = 1;
+        c.limits.control_stream_lifetime = Duration::from_millis(500);
+    })
+    .await;
+    let mut health = HealthClient::new(server.channel.clone());
+    let watch = || HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut first = health.watch(watch()).await.expect("a watch").into_inner();
+    assert!(first.message().await.expect("a status").is_some());
+    let refused = health.watch(watch()).await.expect_err("no second slot");
+    assert_eq!(
+        (refused.code(), ErrorReason::of(&refused)),
+        (
+            tonic::Code::ResourceExhausted,
+            Some(ErrorReason::RequestTrafficExceedLimit)
+        )
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match first.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended within 10 s")
+    .expect_err("it ends with a status");
+    assert_eq!(
+        (ended.code(), ErrorReason::of(&ended)),
+        (
+            tonic::Code::Unavailable,
+            Some(ErrorReason::ServiceUnavailable)
+        )
+    );
+    drop(first);
+    let mut again = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(stream) = health.watch(watch()).await {
+                return stream.into_inner();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slot came back within 5 s");
+    assert!(again.message().await.expect("a status").is_some());
+}
