@@ -46,23 +46,11 @@ use crate::tokens::{TokenIssuer, TokenLifetimes};
 
 /// The gRPC service names this server answers for (besides health and reflection).
 pub const SERVICE_NAMES: [&str; 5] = [
-    "miniprogram.auth.v1.AppService",
-    "miniprogram.auth.v1.AuthorizationService",
-    "miniprogram.auth.v1.TokenService",
-    "miniprogram.auth.v1.KeyService",
-    "miniprogram.auth.v1.KeyAdminService",
-];
-
-/// Services named in metrics and logs: ours, health and reflection.
-const OBSERVED_SERVICES: [&str; 8] = [
-    SERVICE_NAMES[0],
-    SERVICE_NAMES[1],
-    SERVICE_NAMES[2],
-    SERVICE_NAMES[3],
-    SERVICE_NAMES[4],
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
+    miniprogram_proto::auth::v1::app_service_server::SERVICE_NAME,
+    miniprogram_proto::auth::v1::authorization_service_server::SERVICE_NAME,
+    miniprogram_proto::auth::v1::token_service_server::SERVICE_NAME,
+    miniprogram_proto::auth::v1::key_service_server::SERVICE_NAME,
+    miniprogram_proto::auth::v1::key_admin_service_server::SERVICE_NAME,
 ];
 
 /// Why the server could not start or stopped with an error.
@@ -181,8 +169,13 @@ pub async fn serve_with_listener(
         ),
     ));
 
-    let reflection_v1 = miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?;
-    let reflection_v1alpha = miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?;
+    let max = config.limits.max_message_bytes;
+    let reflection_v1 = miniprogram_proto::reflection(&SERVICE_NAMES)
+        .build_v1()?
+        .max_decoding_message_size(max);
+    let reflection_v1alpha = miniprogram_proto::reflection(&SERVICE_NAMES)
+        .build_v1alpha()?
+        .max_decoding_message_size(max);
 
     let mut background = tokio::task::JoinSet::new();
     background.spawn(sweeper::run(
@@ -214,13 +207,12 @@ pub async fn serve_with_listener(
     }
 
     let draining = tokio_util::sync::CancellationToken::new();
-    let max = config.limits.max_message_bytes;
     let router = service_runtime::server_builder_with_tls(
         &config.limits,
-        &OBSERVED_SERVICES,
+        &SERVICE_NAMES,
         config.tls.as_ref(),
     )?
-    .add_service(health_service)
+    .add_service(health_service.max_decoding_message_size(max))
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha)
     .add_service(InterceptedService::new(
@@ -278,6 +270,7 @@ pub async fn serve_with_listener(
     let result = service_runtime::serve_until_drained(
         router,
         listener,
+        &config.limits,
         shutdown,
         health,
         &SERVICE_NAMES,

@@ -3,12 +3,19 @@
 //! endpoint, and the shutdown signal every binary drains on.
 #![forbid(unsafe_code)]
 
+mod connections;
 mod limits;
+mod methods;
 mod metrics_endpoint;
+mod peers;
 pub mod private_files;
 mod rpc_observer;
+#[cfg(feature = "testing")]
+pub mod testing;
 
+pub use connections::{AdmittedConnection, LimitedIncoming};
 pub use limits::{LimitArgs, RequestLimit, RequestLimitLayer, ServerLimits};
+pub use methods::{CallKind, Method, ServedMethods};
 pub use metrics_endpoint::{install_metrics_recorder, serve_metrics, spawn_metrics_endpoint};
 pub use rpc_observer::{REQUEST_ID, RpcObserver, RpcObserverLayer};
 
@@ -26,22 +33,34 @@ pub type ServerLayers = tower::layer::util::Stack<
     tower::layer::util::Stack<RpcObserverLayer, tower::layer::util::Identity>,
 >;
 
-/// A tonic server builder with the shared limits and layers: per-connection stream limit
-/// (advertised to clients as HTTP/2 MAX_CONCURRENT_STREAMS, which h2 enforces, so excess
-/// calls wait on the client, not in a server queue), global in-flight shedding, request
-/// deadline and the RPC observer.
+/// Initial HTTP/2 flow-control window of each request stream: room for a request of the
+/// default MAX_MESSAGE_BYTES, and the most a stream whose reader is busy leaves buffered.
+const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+/// Initial window of a whole connection: our requests are small, so this bounds what one
+/// connection can have in flight towards the server without slowing real callers.
+const CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
+/// Largest header block accepted: callers send well under 1 KiB of metadata.
+const MAX_HEADER_LIST_BYTES: u32 = 8 * 1024;
+
+/// A tonic server builder with the shared limits and layers for a server mounting `services`
+/// (fully qualified names, from the generated servers' `SERVICE_NAME`s) besides health and
+/// reflection: per-connection stream limit (advertised to clients as HTTP/2
+/// MAX_CONCURRENT_STREAMS, which h2 enforces, so excess calls wait on the client, not in a
+/// server queue), small flow-control windows and header blocks, the request limits
+/// ([`RequestLimitLayer`]) and the RPC observer.
 pub fn server_builder(
     limits: &ServerLimits,
-    known_services: &[&'static str],
+    services: &[&str],
 ) -> tonic::transport::Server<ServerLayers> {
     let per_connection = u32::try_from(limits.max_concurrent_per_connection).unwrap_or(u32::MAX);
+    let methods = ServedMethods::new(services);
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(per_connection))
-        .layer(RpcObserverLayer::new(known_services))
-        .layer(RequestLimitLayer::new(
-            limits.max_in_flight,
-            limits.request_timeout,
-        ))
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .layer(RpcObserverLayer::new(methods.clone()))
+        .layer(RequestLimitLayer::new(limits, methods))
 }
 
 use tracing_subscriber::EnvFilter;
@@ -163,18 +182,23 @@ impl TlsArgs {
     }
 }
 
-/// [`server_builder`] plus TLS when configured.
+/// [`server_builder`] plus TLS when configured; a handshake gets READ_TIMEOUT.
 pub fn server_builder_with_tls(
     limits: &ServerLimits,
-    known_services: &[&'static str],
+    services: &[&str],
     tls: Option<&ServerTls>,
 ) -> Result<tonic::transport::Server<ServerLayers>, tonic::transport::Error> {
-    let builder = server_builder(limits, known_services);
+    let builder = server_builder(limits, services);
     match tls {
         None => Ok(builder),
-        Some(tls) => builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
-        )),
+        Some(tls) => builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(
+                    &tls.cert_pem,
+                    &tls.key_pem,
+                ))
+                .timeout(limits.read_timeout),
+        ),
     }
 }
 
@@ -219,13 +243,15 @@ pub async fn set_health(
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains: health goes
-/// NOT_SERVING (health watchers receive it, and then their streams end so they do not hold
-/// the connection open), `draining` is cancelled (so our server streams end), and in-flight
-/// calls get `deadline` to finish.
+/// Serves `router` on `listener`, within the connection limits, until `shutdown` resolves,
+/// then drains: health goes NOT_SERVING (health watchers receive it, and then their streams
+/// end so they do not hold the connection open), `draining` is cancelled (so our server
+/// streams end), and in-flight calls get `deadline` to finish.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_until_drained(
     router: tonic::transport::server::Router<ServerLayers>,
     listener: tokio::net::TcpListener,
+    limits: &ServerLimits,
     shutdown: impl std::future::Future<Output = ()>,
     health: tonic_health::server::HealthReporter,
     services: &'static [&'static str],
@@ -248,12 +274,7 @@ pub async fn serve_until_drained(
             draining.cancel();
         }
     };
-    let serve = router.serve_with_incoming_shutdown(
-        // tonic ignores its builder's TCP_NODELAY for an incoming stream: without this, Nagle's
-        // algorithm holds some responses back for a delayed ACK (~40 ms tails).
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        signal,
-    );
+    let serve = router.serve_with_incoming_shutdown(LimitedIncoming::new(listener, limits), signal);
     with_drain_deadline(serve, draining, deadline).await
 }
 

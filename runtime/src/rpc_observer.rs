@@ -1,10 +1,10 @@
 //! One span per RPC (service, method, request id), its gRPC code and latency logged when it
 //! ends, the request id returned in `x-request-id`, and per-RPC metrics. Nothing from the
-//! request body or credentials is recorded.
+//! request body or credentials is recorded, and a method takes a label or log value only if
+//! the server serves it: a caller cannot grow the metrics or the log lines by inventing names.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -12,24 +12,28 @@ use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::methods::ServedMethods;
+
 /// The metadata key carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
 /// Longest caller-supplied request id kept; longer or non-printable ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
+/// The label and log value of a method the server does not serve.
+const UNKNOWN: &str = "unknown";
+/// Longest part of an unserved request path logged (for finding a misconfigured client).
+const MAX_LOGGED_PATH_LEN: usize = 64;
 
 /// Wraps a gRPC server in [`RpcObserver`]s.
 #[derive(Debug, Clone)]
 pub struct RpcObserverLayer {
-    known_services: Arc<[&'static str]>,
+    methods: ServedMethods,
 }
 
 impl RpcObserverLayer {
-    /// `known_services`: fully qualified names used as metric labels; others are "unknown",
-    /// so arbitrary request paths can't grow the label set.
-    pub fn new(known_services: &[&'static str]) -> Self {
-        RpcObserverLayer {
-            known_services: known_services.into(),
-        }
+    /// `methods`: the only (service, method) pairs used as metric labels and log values;
+    /// every other path is "unknown".
+    pub fn new(methods: ServedMethods) -> Self {
+        RpcObserverLayer { methods }
     }
 }
 
@@ -39,7 +43,7 @@ impl<S> Layer<S> for RpcObserverLayer {
     fn layer(&self, inner: S) -> RpcObserver<S> {
         RpcObserver {
             inner,
-            known_services: self.known_services.clone(),
+            methods: self.methods.clone(),
         }
     }
 }
@@ -48,7 +52,39 @@ impl<S> Layer<S> for RpcObserverLayer {
 #[derive(Debug, Clone)]
 pub struct RpcObserver<S> {
     inner: S,
-    known_services: Arc<[&'static str]>,
+    methods: ServedMethods,
+}
+
+/// The start of an unserved request path, printable ASCII only, for the log.
+fn loggable_path(path: &str) -> String {
+    path.chars()
+        .take(MAX_LOGGED_PATH_LEN)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+/// The label value of a gRPC code (static, so recording allocates nothing).
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
 }
 
 fn request_id(req: &Request<impl Sized>) -> String {
@@ -114,16 +150,20 @@ where
         if let Some(h) = &header {
             req.headers_mut().insert(REQUEST_ID, h.clone());
         }
-        let path = req.uri().path().trim_start_matches('/');
-        let (service, method) = path.split_once('/').unwrap_or((path, ""));
-        let service = self.known_services.iter().find(|s| **s == service).copied();
-        let method = method.to_owned();
+        let method = self.methods.lookup(req.uri().path());
+        let (service_label, method_label) = method.map_or((UNKNOWN, UNKNOWN), |m| {
+            (m.service.as_str(), m.name.as_str())
+        });
         let span = tracing::info_span!(
             "rpc",
-            service = service.unwrap_or("unknown"),
-            method = %method,
+            service = service_label,
+            method = method_label,
             request_id = %id,
+            path = tracing::field::Empty,
         );
+        if method.is_none() {
+            span.record("path", loggable_path(req.uri().path()).as_str());
+        }
         let mut inner = crate::take_ready(&mut self.inner);
         Box::pin(
             async move {
@@ -145,16 +185,11 @@ where
                 };
                 let latency_ms = latency.as_secs_f64() * 1000.0;
                 tracing::info!(code = ?code, latency_ms, "rpc finished");
-                let known = service.filter(|_| code != tonic::Code::Unimplemented);
-                let (service_label, method_label) = match known {
-                    Some(s) => (s, method),
-                    None => ("unknown", String::from("unknown")),
-                };
                 metrics::counter!(
                     "grpc_server_handled_total",
                     "service" => service_label,
-                    "method" => method_label.clone(),
-                    "code" => format!("{code:?}")
+                    "method" => method_label,
+                    "code" => code_label(code)
                 )
                 .increment(1);
                 metrics::histogram!(
@@ -167,5 +202,28 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_path_is_bounded_and_printable() {
+        let path = format!("/svc/{}\n\u{7f}é", "x".repeat(500));
+        let logged = loggable_path(&path);
+        assert_eq!(logged.chars().count(), MAX_LOGGED_PATH_LEN);
+        assert!(logged.bytes().all(|b| b.is_ascii_graphic()));
+        assert_eq!(loggable_path("/a/b\nc"), "/a/b?c");
+    }
+
+    #[test]
+    fn every_code_has_its_own_label() {
+        let labels: std::collections::HashSet<_> = (0..=16)
+            .map(|i| code_label(tonic::Code::from_i32(i)))
+            .collect();
+        assert_eq!(labels.len(), 17);
+        assert_eq!(code_label(tonic::Code::Unauthenticated), "Unauthenticated");
     }
 }

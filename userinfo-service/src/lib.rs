@@ -38,17 +38,8 @@ use crate::verifier::TokenVerifier;
 
 /// The gRPC service names this server answers for (besides health and reflection).
 pub const SERVICE_NAMES: [&str; 2] = [
-    "miniprogram.userinfo.v1.UserInfoService",
-    "miniprogram.userinfo.v1.ProfileService",
-];
-
-/// Services named in metrics and logs: ours, health and reflection.
-const OBSERVED_SERVICES: [&str; 5] = [
-    SERVICE_NAMES[0],
-    SERVICE_NAMES[1],
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
+    miniprogram_proto::userinfo::v1::user_info_service_server::SERVICE_NAME,
+    miniprogram_proto::userinfo::v1::profile_service_server::SERVICE_NAME,
 ];
 
 /// Why the server could not start or stopped with an error.
@@ -169,12 +160,20 @@ pub async fn serve_with_listener(
     let max = config.limits.max_message_bytes;
     let router = service_runtime::server_builder_with_tls(
         &config.limits,
-        &OBSERVED_SERVICES,
+        &SERVICE_NAMES,
         config.tls.as_ref(),
     )?
-    .add_service(health_service)
-    .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1()?)
-    .add_service(miniprogram_proto::reflection(&SERVICE_NAMES).build_v1alpha()?)
+    .add_service(health_service.max_decoding_message_size(max))
+    .add_service(
+        miniprogram_proto::reflection(&SERVICE_NAMES)
+            .build_v1()?
+            .max_decoding_message_size(max),
+    )
+    .add_service(
+        miniprogram_proto::reflection(&SERVICE_NAMES)
+            .build_v1alpha()?
+            .max_decoding_message_size(max),
+    )
     .add_service(
         UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc {
             reader,
@@ -200,6 +199,7 @@ pub async fn serve_with_listener(
     let result = service_runtime::serve_until_drained(
         router,
         listener,
+        &config.limits,
         shutdown,
         health,
         &SERVICE_NAMES,

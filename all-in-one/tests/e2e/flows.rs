@@ -338,7 +338,7 @@ async fn tokens_fail_with_their_reasons_at_userinfo() {
             "{garbage}"
         );
     }
-    let err = p.open_user_info(&"x".repeat(1 << 20)).await.unwrap_err();
+    let err = p.open_user_info(&"x".repeat(1 << 15)).await.unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidArgument);
     let token = consent_token(
         &p.consent("nobody-with-a-profile", &app_id, &[UserInfo])

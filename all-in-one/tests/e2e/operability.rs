@@ -244,7 +244,7 @@ async fn reflection_v1_and_v1alpha_list_and_describe_every_service_with_health()
 #[tokio::test]
 async fn errors_the_framework_answers_on_its_own_still_carry_a_reason() {
     let p = Platform::start().await;
-    // An oversized request: larger than the 4 MiB MAX_MESSAGE_BYTES default.
+    // An oversized request: larger than MAX_MESSAGE_BYTES (64 KiB by default).
     let err = p
         .auth
         .admin()

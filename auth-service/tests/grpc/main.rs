@@ -6,6 +6,7 @@ mod bad_input;
 mod credentials;
 mod files;
 mod keys;
+mod limits;
 mod tokens;
 
 use auth_service::testing::TestAuthServer;

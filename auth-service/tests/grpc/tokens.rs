@@ -178,7 +178,7 @@ async fn garbage_codes_and_tokens_get_their_reasons() {
     }
     let err = backend
         .exchange_auth_code(pb::ExchangeAuthCodeRequest {
-            auth_code: "x".repeat(1 << 20),
+            auth_code: "x".repeat(1 << 15),
         })
         .await
         .unwrap_err();

@@ -4,6 +4,7 @@
 
 mod files;
 mod keys;
+mod limits;
 mod phone;
 mod readiness;
 mod revocation_stream;

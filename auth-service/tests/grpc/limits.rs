@@ -1,0 +1,121 @@
+//! One caller's half-sent calls (HEADERS, never a body) starve no one: not health, not the
+//! console on a fresh connection from the same address.
+
+use std::time::Duration;
+
+use auth_service::testing::{Credential, TestAuthServer};
+use miniprogram_proto::auth::v1 as pb;
+use service_runtime::testing::HalfSentCalls;
+
+use super::ALL_FEATURES;
+
+const EXCHANGE_AUTH_CODE: &str = "/miniprogram.auth.v1.TokenService/ExchangeAuthCode";
+
+/// 17 connections x 256 half-sent calls (more than MAX_IN_FLIGHT) are held open; a fresh
+/// connection still gets SERVING and creates an app within a second. Guards the order in
+/// service-runtime's `Admission::run`: the in-flight permit is taken once the request body is
+/// whole, not at HEADERS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_calls_do_not_starve_health_or_the_console() {
+    let server =
+        TestAuthServer::start_with(|c| c.limits.read_timeout = Duration::from_secs(300)).await;
+    let mut held = tokio::time::timeout(
+        Duration::from_secs(120),
+        HalfSentCalls::open(server.addr, EXCHANGE_AUTH_CODE, 17, 256),
+    )
+    .await
+    .expect("the half-sent calls were opened within 120 s");
+
+    let channel = service_runtime::client_channel(server.addr, None);
+    let mut admin = pb::app_service_client::AppServiceClient::with_interceptor(
+        channel.clone(),
+        Credential::bearer(&server.config.callers.admin),
+    );
+    let (serving, created) = tokio::time::timeout(Duration::from_secs(1), async {
+        let serving = service_runtime::is_serving(channel, "").await;
+        let created = admin
+            .create_app(pb::CreateAppRequest {
+                display_name: "Fresh".into(),
+                features: ALL_FEATURES.iter().map(|f| *f as i32).collect(),
+            })
+            .await;
+        (serving, created)
+    })
+    .await
+    .expect("health and CreateApp answered within a second");
+    assert_eq!(serving.map_err(|s| s.code()), Ok(true));
+    assert!(created.expect("CreateApp").into_inner().app.is_some());
+    assert_eq!(held.answered(), 0, "every half-sent call is still held");
+}
+
+/// Guards READ_TIMEOUT over real HTTP/2: calls whose body never comes are answered (and let
+/// go) once it has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_calls_are_answered_after_the_read_timeout() {
+    let server =
+        TestAuthServer::start_with(|c| c.limits.read_timeout = Duration::from_millis(200)).await;
+    let mut held = HalfSentCalls::open(server.addr, EXCHANGE_AUTH_CODE, 2, 16).await;
+    assert!(
+        held.all_answered_within(Duration::from_secs(10)).await,
+        "{} of 32 answered",
+        held.answered()
+    );
+}
+
+/// Guards the control-stream pool and lifetime over real gRPC: with one slot, a second health
+/// Watch is refused while the first is open; the first ends with UNAVAILABLE
+/// (`SERVICE_UNAVAILABLE`) after CONTROL_STREAM_LIFETIME, and then a new one is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watch_streams_are_capped_and_end_after_their_lifetime() {
+    use miniprogram_proto::ErrorReason;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let server = TestAuthServer::start_with(|c| {
+        c.limits.max_control_streams = 1;
+        c.limits.control_stream_lifetime = Duration::from_millis(500);
+    })
+    .await;
+    let mut health = HealthClient::new(server.channel.clone());
+    let watch = || HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut first = health.watch(watch()).await.expect("a watch").into_inner();
+    assert!(first.message().await.expect("a status").is_some());
+    let refused = health.watch(watch()).await.expect_err("no second slot");
+    assert_eq!(
+        (refused.code(), ErrorReason::of(&refused)),
+        (
+            tonic::Code::ResourceExhausted,
+            Some(ErrorReason::RequestTrafficExceedLimit)
+        )
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match first.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended within 10 s")
+    .expect_err("it ends with a status");
+    assert_eq!(
+        (ended.code(), ErrorReason::of(&ended)),
+        (
+            tonic::Code::Unavailable,
+            Some(ErrorReason::ServiceUnavailable)
+        )
+    );
+    drop(first);
+    let mut again = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(stream) = health.watch(watch()).await {
+                return stream.into_inner();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slot came back within 5 s");
+    assert!(again.message().await.expect("a status").is_some());
+}
