@@ -164,6 +164,17 @@ pub enum RefreshRotation {
     NotFound,
 }
 
+/// What became of an attempt to log the revocation of one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRevocation {
+    /// Appended now.
+    Appended(RevocationRule),
+    /// The log already holds a rule for this token: nothing was written.
+    AlreadyRevoked,
+    /// The app already holds its quota of live token rules: nothing was written.
+    QuotaReached,
+}
+
 /// Removed by one sweep, per table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepCounts {
@@ -232,7 +243,9 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<Vec<(AuthorizationRecord, String)>, StoreError>;
     /// Withdraws `revocation.scopes` from the user's grant, deletes the user's unspent auth
     /// codes carrying them, voids matching refresh tokens and appends the revocation, stamped
-    /// by `clock` once the authorization is locked; returns the scopes still granted.
+    /// by `clock` once the authorization is locked; returns the scopes still granted. When
+    /// none of those scopes is granted it changes nothing and appends no rule: every token
+    /// that carries them was caught by the withdrawal that took them back.
     async fn withdraw_authorization(
         &self,
         revocation: &NewRevocation,
@@ -262,7 +275,7 @@ pub trait AuthStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<CodeRedemption, StoreError>;
     /// Voids a grant's refresh tokens and appends the revocation of its access tokens, once:
-    /// `false` if the family was already revoked.
+    /// `false` if the family was already revoked (or the log already holds its rule).
     async fn revoke_family(
         &self,
         family_id: &str,
@@ -283,10 +296,21 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<RefreshTokenRecord, StoreError>;
 
     // === revocation log ===
+    /// Appends a rule. A rule voiding a token or a grant family the log already holds a rule
+    /// for (same app, user, scopes and token or grant id) is not appended: `AlreadyExists`.
     async fn append_revocation(
         &self,
         revocation: &NewRevocation,
     ) -> Result<RevocationRule, StoreError>;
+    /// Appends the revocation of one token (`revocation.token_id` set), in one transaction:
+    /// nothing if the log already holds a rule for that token, nothing if the app already
+    /// holds `quota` token rules that expire after `now`.
+    async fn revoke_token(
+        &self,
+        revocation: &NewRevocation,
+        quota: u32,
+        now: Timestamp,
+    ) -> Result<TokenRevocation, StoreError>;
     async fn revocations_after(
         &self,
         sequence: u64,
