@@ -375,14 +375,45 @@ pub async fn token_revocations_stop_at_the_app_quota(store: Arc<dyn AuthStore>) 
         TokenRevocation::Appended(_)
     ));
     assert_eq!(store.revocations_after(0, 100).await.unwrap().len(), 3);
-    // The rules of t1 and t2 expire at t(1100): then they no longer count.
+    // The rules of t1 and t2 expire at t(1100), in the quota window that ends at
+    // QUOTA_WINDOW_NANOS: they count until then, and no longer after.
+    let window_end = t(QUOTA_WINDOW_NANOS);
+    assert_eq!(
+        store
+            .revoke_token(&token_rule("a1", "t3", 2000), 2, t(QUOTA_WINDOW_NANOS - 1))
+            .await
+            .unwrap(),
+        TokenRevocation::QuotaReached
+    );
+    let later = |token: &'static str| token_rule("a1", token, QUOTA_WINDOW_NANOS);
     assert!(matches!(
         store
-            .revoke_token(&token_rule("a1", "t3", 2000), 2, t(1100))
+            .revoke_token(&later("t3"), 2, window_end)
             .await
             .unwrap(),
         TokenRevocation::Appended(_)
     ));
+    let swept = store.sweep_expired(window_end, 100).await.unwrap();
+    assert_eq!(
+        (swept.revocations, swept.revocation_quota),
+        (3, 2),
+        "the rules and the ended windows of both apps"
+    );
+    assert!(matches!(
+        store
+            .revoke_token(&later("t4"), 2, window_end)
+            .await
+            .unwrap(),
+        TokenRevocation::Appended(_)
+    ));
+    assert_eq!(
+        store
+            .revoke_token(&later("t5"), 2, window_end)
+            .await
+            .unwrap(),
+        TokenRevocation::QuotaReached,
+        "the windows still open count after the sweep"
+    );
 }
 
 /// Guards the granted-scopes check in `withdraw_authorization`: withdrawing what is not
@@ -434,7 +465,7 @@ pub fn older_log() -> Vec<NewRevocation> {
 }
 
 /// After migration 0002 ran on [`older_log`]: the latest rule of the token and of the family
-/// is left, and every withdrawal (each has a cut-off of its own).
+/// is left, and every withdrawal (each has a cut-off of its own); the token rule is counted.
 pub async fn older_log_migrated(store: &dyn AuthStore) {
     let rules = store.revocations_after(0, 100).await.unwrap();
     let count = |f: fn(&RevocationRule) -> bool| rules.iter().filter(|r| f(r)).count();
@@ -447,6 +478,14 @@ pub async fn older_log_migrated(store: &dyn AuthStore) {
             .filter(|r| r.token_id.is_some() || r.grant_id.is_some())
             .all(|r| r.issued_before == t(200)),
         "the latest (widest) rule of each target is kept"
+    );
+    assert_eq!(
+        store
+            .revoke_token(&token_rule("a1", "t9", 0), 1, t(0))
+            .await
+            .unwrap(),
+        TokenRevocation::QuotaReached,
+        "the token rule kept counts against its app's quota"
     );
 }
 

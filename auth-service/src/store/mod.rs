@@ -175,6 +175,21 @@ pub enum TokenRevocation {
     QuotaReached,
 }
 
+/// Width in nanoseconds of the windows token rules are counted in for the per-app quota: a
+/// rule counts until the end of the five-minute window it expires in.
+pub const QUOTA_WINDOW_NANOS: i64 = 300_000_000_000;
+
+/// The end of the quota window a rule expiring at `expire_at` is counted in (migration 0002
+/// computes the same in SQL for the rules it found).
+fn quota_window_end(expire_at: Timestamp) -> i64 {
+    expire_at
+        .unix_nanos()
+        .checked_add(QUOTA_WINDOW_NANOS - 1)
+        .map_or(i64::MAX, |n| {
+            n.div_euclid(QUOTA_WINDOW_NANOS) * QUOTA_WINDOW_NANOS
+        })
+}
+
 /// Removed by one sweep, per table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepCounts {
@@ -182,12 +197,19 @@ pub struct SweepCounts {
     pub auth_codes: u64,
     pub refresh_tokens: u64,
     pub revocations: u64,
+    /// Ended windows of the per-app count of token rules.
+    pub revocation_quota: u64,
     pub token_keys: u64,
 }
 
 impl SweepCounts {
     pub fn total(&self) -> u64 {
-        self.prompts + self.auth_codes + self.refresh_tokens + self.revocations + self.token_keys
+        self.prompts
+            + self.auth_codes
+            + self.refresh_tokens
+            + self.revocations
+            + self.revocation_quota
+            + self.token_keys
     }
 }
 
@@ -302,9 +324,10 @@ pub trait AuthStore: Send + Sync + 'static {
         &self,
         revocation: &NewRevocation,
     ) -> Result<RevocationRule, StoreError>;
-    /// Appends the revocation of one token (`revocation.token_id` set), in one transaction:
-    /// nothing if the log already holds a rule for that token, nothing if the app already
-    /// holds `quota` token rules that expire after `now`.
+    /// Appends the revocation of one token (`revocation.token_id` set) and counts it against
+    /// its app, in one transaction: nothing if the log already holds a rule for that token,
+    /// nothing if the app already holds `quota` token rules counted at `now` (a rule counts
+    /// until the end of the [`QUOTA_WINDOW_NANOS`] window it expires in).
     async fn revoke_token(
         &self,
         revocation: &NewRevocation,

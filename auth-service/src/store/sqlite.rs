@@ -12,12 +12,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::withdrawn_bits;
 use super::{
     AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, CodeRedemption, NewRevocation,
     PromptRecord, RefreshRotation, RefreshTokenRecord, SecretHash, StoreError, StoredTokenKey,
     SweepCounts, TokenRevocation, rows,
 };
+use super::{quota_window_end, withdrawn_bits};
 use crate::apps::FeatureSet;
 use crate::clock::Clock;
 
@@ -635,22 +635,32 @@ impl AuthStore for SqliteAuthStore {
             TokenRevocation::AlreadyRevoked
         } else {
             let live: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM revocations
-                   WHERE app_id = ? AND token_id IS NOT NULL AND expire_at > ? LIMIT ?)",
+                "SELECT COALESCE(SUM(rules), 0) FROM revocation_quota
+                 WHERE app_id = ? AND expire_by > ?",
             )
             .bind(&r.app_id)
             .bind(now.unix_nanos())
-            .bind(i64::from(quota))
             .fetch_one(&mut *tx)
             .await
             .map_err(classify)?;
             if live >= i64::from(quota) {
                 TokenRevocation::QuotaReached
             } else {
-                append_revocation_in(&mut tx, r)
-                    .await
-                    .map_err(classify)?
-                    .map_or(TokenRevocation::AlreadyRevoked, TokenRevocation::Appended)
+                match append_revocation_in(&mut tx, r).await.map_err(classify)? {
+                    Some(rule) => {
+                        sqlx::query(
+                            "INSERT INTO revocation_quota (app_id, expire_by, rules) VALUES (?, ?, 1)
+                             ON CONFLICT (app_id, expire_by) DO UPDATE SET rules = rules + 1",
+                        )
+                        .bind(&rule.app_id)
+                        .bind(quota_window_end(rule.expire_at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                        TokenRevocation::Appended(rule)
+                    }
+                    None => TokenRevocation::AlreadyRevoked,
+                }
             }
         };
         tx.commit().await.map_err(classify)?;
@@ -747,6 +757,11 @@ impl AuthStore for SqliteAuthStore {
             ("auth_codes", "purge_at", &mut counts.auth_codes),
             ("refresh_tokens", "expires_at", &mut counts.refresh_tokens),
             ("revocations", "expire_at", &mut counts.revocations),
+            (
+                "revocation_quota",
+                "expire_by",
+                &mut counts.revocation_quota,
+            ),
             ("token_keys", "expire_at", &mut counts.token_keys),
         ] {
             let sql = format!(
