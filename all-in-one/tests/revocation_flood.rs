@@ -162,7 +162,7 @@ async fn three_thousand_revocations_of_one_token_leave_one_rule() {
 
 /// Rules in the replay benchmark's log.
 const REPLAYED_RULES: i64 = 1_000_000;
-/// The stated bound on replaying them (README, "Revocation rules"); measured ~?? s.
+/// The stated bound on replaying them (README, "Revocation rules"); measured 9.8-11.4 s.
 const REPLAY_BOUND: Duration = Duration::from_secs(60);
 
 /// `cargo test --release -p all-in-one --test revocation_flood -- --ignored --nocapture`:
@@ -204,9 +204,17 @@ async fn replay_of_a_million_rules_at_start_up_stays_within_its_bound() {
         TestUserInfoServer::launch_with(auth.addr, &callers.admin, &callers.verifier, |_| {}).await;
     let serving = service_runtime::wait_until_serving(userinfo.channel.clone(), REPLAY_BOUND).await;
     let replayed = started.elapsed();
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
     println!(
         "{REPLAYED_RULES} rules written in {filled:?}; userinfo-service SERVING after {replayed:?} \
-         (bound {REPLAY_BOUND:?})"
+         (bound {REPLAY_BOUND:?}); process peak {peak}"
     );
     assert!(serving, "not SERVING within {REPLAY_BOUND:?}");
 }
