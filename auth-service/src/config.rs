@@ -103,6 +103,10 @@ pub struct AuthArgs {
     /// Interval between heartbeats on an idle revocation stream.
     #[arg(long, env = "REVOCATION_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub revocation_heartbeat: Duration,
+    /// Live rules revoking single tokens (RevokeToken) one app may hold; beyond it RevokeToken
+    /// is refused with REQUEST_TRAFFIC_EXCEED_LIMIT until some expire.
+    #[arg(long, env = "REVOCATION_QUOTA_PER_APP", default_value_t = crate::revocations::DEFAULT_TOKEN_RULES_PER_APP)]
+    pub revocation_quota_per_app: u32,
 }
 
 /// Why the configuration can't be used. Never contains a secret value.
@@ -138,6 +142,7 @@ pub struct AuthConfig {
     pub failed_credential_window: Duration,
     pub trusted_proxies: TrustedProxies,
     pub revocation_heartbeat: Duration,
+    pub revocation_quota_per_app: u32,
     pub drain_timeout: Duration,
     pub limits: service_runtime::ServerLimits,
     pub tls: Option<service_runtime::ServerTls>,
@@ -197,6 +202,12 @@ impl AuthArgs {
                 });
             }
         }
+        if self.revocation_quota_per_app == 0 {
+            return Err(ConfigError::Invalid {
+                variable: "REVOCATION_QUOTA_PER_APP",
+                problem: "must be at least 1, or no app could revoke a token".into(),
+            });
+        }
         Ok(AuthConfig {
             addr: self.addr,
             database_url: self.database_url,
@@ -219,6 +230,7 @@ impl AuthArgs {
             failed_credential_window: self.failed_credential_window,
             trusted_proxies: self.trusted_proxies,
             revocation_heartbeat: self.revocation_heartbeat,
+            revocation_quota_per_app: self.revocation_quota_per_app,
             drain_timeout: self.drain_timeout,
             limits: self.limits.into(),
             tls: self
@@ -412,6 +424,26 @@ mod tests {
             parse_master_key(&"0f".repeat(16), ENV_MASTER_KEY).is_err(),
             "16 bytes is too short"
         );
+    }
+
+    #[test]
+    fn a_revocation_quota_of_zero_is_refused_by_name() {
+        let key = "0f".repeat(32);
+        let config = args([ADMIN, WALLET, VERIFIER], &["--master-key", &key])
+            .into_config(false)
+            .unwrap();
+        assert_eq!(
+            config.revocation_quota_per_app,
+            crate::revocations::DEFAULT_TOKEN_RULES_PER_APP
+        );
+        let err = args(
+            [ADMIN, WALLET, VERIFIER],
+            &["--master-key", &key, "--revocation-quota-per-app", "0"],
+        )
+        .into_config(false)
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("REVOCATION_QUOTA_PER_APP"), "{err}");
     }
 
     #[test]

@@ -135,7 +135,8 @@ pub async fn serve_with_listener(
     rotation.ensure_current(clock.now()).await?;
     let pairwise = keys::pairwise_secret(store.as_ref(), &config.master_key, clock.now()).await?;
 
-    let policy = RevocationPolicy::new(config.consent_token_ttl, config.access_token_ttl);
+    let policy = RevocationPolicy::new(config.consent_token_ttl, config.access_token_ttl)
+        .with_token_rules_per_app(config.revocation_quota_per_app);
     let callers = Arc::new(CallerRoles::new(&config.callers));
     let registry = AppRegistry::new(store.clone(), policy, feed.clone());
     let flow = ConsentFlow::new(

@@ -5,17 +5,37 @@ use std::time::Duration;
 use miniprogram_token::Timestamp;
 use tokio::sync::watch;
 
-/// Keeps a rule until every token it could match has expired on its own.
+/// Live token rules one app may hold unless configured otherwise (`REVOCATION_QUOTA_PER_APP`).
+pub const DEFAULT_TOKEN_RULES_PER_APP: u32 = 100_000;
+
+/// Keeps a rule until every token it could match has expired on its own, and bounds how many
+/// token rules one app can make the log (and every verifier) hold.
 #[derive(Debug, Clone, Copy)]
 pub struct RevocationPolicy {
     longest_token_ttl: Duration,
+    token_rules_per_app: u32,
 }
 
 impl RevocationPolicy {
     pub fn new(consent_token_ttl: Duration, access_token_ttl: Duration) -> Self {
         RevocationPolicy {
             longest_token_ttl: consent_token_ttl.max(access_token_ttl),
+            token_rules_per_app: DEFAULT_TOKEN_RULES_PER_APP,
         }
+    }
+
+    /// The same policy with another quota of live token rules per app.
+    pub fn with_token_rules_per_app(self, quota: u32) -> Self {
+        RevocationPolicy {
+            token_rules_per_app: quota,
+            ..self
+        }
+    }
+
+    /// How many live rules voiding single tokens (RevokeToken) one app may hold; beyond it
+    /// RevokeToken is refused rather than a rule written or silently dropped.
+    pub fn token_rules_per_app(&self) -> u32 {
+        self.token_rules_per_app
     }
 
     pub fn rule_expiry(&self, issued_before: Timestamp) -> Timestamp {

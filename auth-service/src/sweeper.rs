@@ -22,12 +22,14 @@ pub async fn sweep_once(
         total.auth_codes += round.auth_codes;
         total.refresh_tokens += round.refresh_tokens;
         total.revocations += round.revocations;
+        total.revocation_quota += round.revocation_quota;
         total.token_keys += round.token_keys;
         let most = [
             round.prompts,
             round.auth_codes,
             round.refresh_tokens,
             round.revocations,
+            round.revocation_quota,
             round.token_keys,
         ]
         .into_iter()

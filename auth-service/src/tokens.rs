@@ -13,6 +13,7 @@ use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, AppUserIdKey, OpaqueSecret};
 use crate::store::{
     AppRecord, AuthStore, CodeRedemption, NewRevocation, RefreshRotation, StoreError,
+    TokenRevocation,
 };
 
 /// Lifetimes of the tokens a backend gets.
@@ -194,6 +195,8 @@ impl TokenIssuer {
 
     /// RFC 7009: revokes one of the app's own tokens; an unknown token, or another app's, is
     /// not an error and changes nothing. Revoking a refresh token revokes its whole grant.
+    /// Revoking a token again writes nothing; an app holding its quota of live token rules is
+    /// refused (`RequestTrafficExceedLimit`) and nothing is written, so it can retry later.
     pub async fn revoke(
         &self,
         app: &AppRecord,
@@ -223,9 +226,22 @@ impl TokenIssuer {
             None,
             now,
         );
-        self.store.append_revocation(&revocation).await?;
-        self.feed.notify();
-        Ok(())
+        let quota = self.revocation_policy.token_rules_per_app();
+        match self.store.revoke_token(&revocation, quota, now).await? {
+            TokenRevocation::Appended(_) => {
+                self.feed.notify();
+                Ok(())
+            }
+            TokenRevocation::AlreadyRevoked => Ok(()),
+            TokenRevocation::QuotaReached => {
+                tracing::warn!(
+                    app_id = %app.app_id,
+                    quota,
+                    "app holds its quota of revoked tokens; RevokeToken refused"
+                );
+                Err(AuthError::RequestTrafficExceedLimit)
+            }
+        }
     }
 
     /// RFC 7662: `None` means inactive (unknown, expired, revoked, or another app's).

@@ -1,4 +1,8 @@
-use std::collections::HashMap;
+//! Revocation rules and the indexed set a verifier holds.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 use crate::{ScopeSet, Timestamp, TokenClaims};
 
@@ -33,24 +37,83 @@ impl RevocationRule {
                 .as_deref()
                 .is_none_or(|g| g == claims.grant_id)
     }
+
+    /// Whether both rules void the same tokens but for their cut-off: then the one with the
+    /// later cut-off voids everything the other does.
+    fn same_target(&self, other: &RevocationRule) -> bool {
+        self.app_id == other.app_id
+            && self.user_id == other.user_id
+            && self.scopes == other.scopes
+            && self.token_id == other.token_id
+            && self.grant_id == other.grant_id
+    }
+
+    /// The index a rule is filed under: the most selective thing it names.
+    fn index_key(&self) -> (Index, &str) {
+        match (&self.token_id, &self.grant_id, &self.user_id) {
+            (Some(token), _, _) => (Index::Token, token),
+            (None, Some(grant), _) => (Index::Grant, grant),
+            (None, None, Some(user)) => (Index::User, user),
+            (None, None, None) => (Index::App, ""),
+        }
+    }
 }
 
-#[derive(Debug, Default, Clone)]
-struct AppRules {
-    any_user: Vec<RevocationRule>,
-    by_user: HashMap<String, Vec<RevocationRule>>,
+/// The four ways a rule can single out tokens, most selective first.
+#[derive(Debug, Clone, Copy, Hash)]
+enum Index {
+    Token,
+    Grant,
+    User,
+    App,
 }
 
-/// The revocation rules a verifier holds, indexed by app and user so a check only looks at
-/// the rules that could match.
+/// Hashes a `u64` that already is a keyed hash, as itself (no second SipHash per lookup).
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Index of a held rule in [`RevocationList::slots`].
+type Slot = u32;
+
+/// The revocation rules a verifier holds, one per target (rules that differ only in their
+/// cut-off are merged into the later one), filed under the token id, grant id, user or app
+/// they name. Applying a rule is a hash lookup; a check looks at four buckets (its token id,
+/// grant id, user and app), each holding only rules of distinct targets under that key: one
+/// for a token or a grant (each belongs to one user), at most one per scope set (8) for a user
+/// or an app. Pruning pops expired rules off an expiry heap, touching nothing else.
 #[derive(Debug, Default, Clone)]
 pub struct RevocationList {
-    apps: HashMap<String, AppRules>,
+    /// Held rules; a freed slot is reused by the next new target.
+    slots: Vec<Option<RevocationRule>>,
+    free: Vec<Slot>,
+    /// Slots by a keyed hash of (index, app, key). The key is random per list, so nobody can
+    /// pick ids that share a bucket; a collision would only put two keys' rules in one bucket.
+    buckets: HashMap<u64, Vec<Slot>, BuildHasherDefault<PassThrough>>,
+    hasher: RandomState,
+    /// Each held slot exactly once, by the expiry it had when pushed (a merge may have moved
+    /// it later; prune then pushes it again).
+    expiry: BinaryHeap<Reverse<(Timestamp, Slot)>>,
+    len: usize,
     last_sequence: u64,
     /// `issued_before` of the rule at `last_sequence`: with it, the log can tell whether it
     /// still holds the same rule there.
     last_issued_before: Option<Timestamp>,
-    len: usize,
 }
 
 impl RevocationList {
@@ -63,6 +126,7 @@ impl RevocationList {
         self.last_sequence
     }
 
+    /// Rules held: one per distinct target.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -87,8 +151,13 @@ impl RevocationList {
         }
     }
 
-    /// Adds a rule; a rule already seen (by sequence, or the very same rule again after a
-    /// rewind) is ignored, so replays are harmless.
+    fn bucket_key(&self, index: Index, app_id: &str, key: &str) -> u64 {
+        self.hasher.hash_one((index, app_id, key))
+    }
+
+    /// Adds a rule. A sequence already seen is ignored, so replays are harmless; a rule for a
+    /// target already held only moves that rule's cut-off and expiry later (never earlier),
+    /// so repeating a revocation adds nothing.
     pub fn apply(&mut self, rule: RevocationRule) {
         if rule.sequence != 0 && rule.sequence <= self.last_sequence {
             return;
@@ -97,41 +166,82 @@ impl RevocationList {
             self.last_sequence = rule.sequence;
             self.last_issued_before = Some(rule.issued_before);
         }
-        let app = self.apps.entry(rule.app_id.clone()).or_default();
-        let rules = match rule.user_id.clone() {
-            Some(user) => app.by_user.entry(user).or_default(),
-            None => &mut app.any_user,
-        };
-        if !rules.contains(&rule) {
-            rules.push(rule);
-            self.len += 1;
+        let (index, key) = rule.index_key();
+        let bucket_key = self.bucket_key(index, &rule.app_id, key);
+        let bucket = self.buckets.entry(bucket_key).or_default();
+        let same = bucket.iter().copied().find(|&slot| {
+            self.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|held| held.same_target(&rule))
+        });
+        if let Some(held) = same.and_then(|slot| self.slots[slot as usize].as_mut()) {
+            held.issued_before = held.issued_before.max(rule.issued_before);
+            held.expire_at = held.expire_at.max(rule.expire_at);
+            return;
         }
+        let expire_at = rule.expire_at;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(rule);
+                slot
+            }
+            None => {
+                // More than u32::MAX rules can't be held in memory anyway.
+                let slot = Slot::try_from(self.slots.len()).unwrap_or(Slot::MAX);
+                self.slots.push(Some(rule));
+                slot
+            }
+        };
+        bucket.push(slot);
+        self.expiry.push(Reverse((expire_at, slot)));
+        self.len += 1;
     }
 
     pub fn is_revoked(&self, claims: &TokenClaims) -> bool {
-        let Some(app) = self.apps.get(&claims.app_id) else {
+        if self.len == 0 {
             return false;
-        };
-        app.any_user.iter().any(|r| r.matches(claims))
-            || app
-                .by_user
-                .get(&claims.user_id)
-                .is_some_and(|rules| rules.iter().any(|r| r.matches(claims)))
+        }
+        let app = claims.app_id.as_str();
+        [
+            (Index::Token, claims.token_id.as_str()),
+            (Index::Grant, claims.grant_id.as_str()),
+            (Index::User, claims.user_id.as_str()),
+            (Index::App, ""),
+        ]
+        .into_iter()
+        .filter_map(|(index, key)| self.buckets.get(&self.bucket_key(index, app, key)))
+        .flatten()
+        .filter_map(|&slot| self.slots[slot as usize].as_ref())
+        .any(|rule| rule.matches(claims))
     }
 
-    /// Drops rules whose every possible match has expired.
+    /// Drops rules whose every possible match has expired. Only expired rules are visited
+    /// (each at most once more for every merge that moved its expiry), never the whole set.
     pub fn prune(&mut self, now: Timestamp) {
-        let mut len = 0;
-        self.apps.retain(|_, app| {
-            app.any_user.retain(|r| r.expire_at > now);
-            app.by_user.retain(|_, rules| {
-                rules.retain(|r| r.expire_at > now);
-                !rules.is_empty()
-            });
-            len += app.any_user.len() + app.by_user.values().map(Vec::len).sum::<usize>();
-            !(app.any_user.is_empty() && app.by_user.is_empty())
-        });
-        self.len = len;
+        while let Some(&Reverse((at, slot))) = self.expiry.peek() {
+            if at > now {
+                return;
+            }
+            self.expiry.pop();
+            let Some(held) = self.slots[slot as usize].as_ref() else {
+                continue;
+            };
+            if held.expire_at > now {
+                self.expiry.push(Reverse((held.expire_at, slot)));
+                continue;
+            }
+            let (index, key) = held.index_key();
+            let bucket_key = self.bucket_key(index, &held.app_id, key);
+            if let Some(bucket) = self.buckets.get_mut(&bucket_key) {
+                bucket.retain(|&s| s != slot);
+                if bucket.is_empty() {
+                    self.buckets.remove(&bucket_key);
+                }
+            }
+            self.slots[slot as usize] = None;
+            self.free.push(slot);
+            self.len -= 1;
+        }
     }
 }
 
@@ -167,6 +277,13 @@ mod tests {
         }
     }
 
+    fn token_rule(seq: u64, token_id: &str, before: i64) -> RevocationRule {
+        RevocationRule {
+            token_id: Some(token_id.into()),
+            ..rule(seq, Some("u1"), &[], before)
+        }
+    }
+
     #[test]
     fn rule_voids_earlier_tokens_but_not_later_ones() {
         let mut list = RevocationList::new();
@@ -178,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn app_wide_and_family_rules_match() {
+    fn app_wide_family_and_token_rules_match() {
         let mut list = RevocationList::new();
         list.apply(rule(1, None, &[Scope::PhoneNumber], 100));
         assert!(list.is_revoked(&claims(
@@ -193,6 +310,17 @@ mod tests {
         let mut other_family = claims("u1", &[Scope::AuthBase], 400);
         other_family.grant_id = "g2".into();
         assert!(!list.is_revoked(&other_family));
+        list.apply(token_rule(3, "t-u2-50", 500));
+        assert!(
+            !list.is_revoked(&claims("u2", &[Scope::AuthBase], 50)),
+            "a token rule names its user too"
+        );
+        list.apply(RevocationRule {
+            user_id: Some("u2".into()),
+            ..token_rule(4, "t-u2-50", 500)
+        });
+        assert!(list.is_revoked(&claims("u2", &[Scope::AuthBase], 50)));
+        assert!(!list.is_revoked(&claims("u2", &[Scope::AuthBase], 51)));
     }
 
     #[test]
@@ -202,9 +330,50 @@ mod tests {
         list.apply(rule(5, Some("u1"), &[], 100));
         list.apply(rule(3, Some("u1"), &[], 100));
         assert_eq!((list.len(), list.last_sequence()), (1, 5));
+        list.prune(Timestamp::from_unix_nanos(1099));
+        assert_eq!(list.len(), 1);
         list.prune(Timestamp::from_unix_nanos(1100));
         assert!(list.is_empty());
+        assert!(!list.is_revoked(&claims("u1", &[], 50)));
         assert_eq!(list.last_sequence(), 5);
+    }
+
+    /// Guards the merge in [`RevocationList::apply`]: the same token revoked again and again
+    /// (each time with a new sequence and a later cut-off) is held once, with the latest
+    /// cut-off and expiry, instead of once per revocation.
+    #[test]
+    fn revoking_the_same_target_again_holds_one_rule_with_the_latest_cut_off() {
+        let mut list = RevocationList::new();
+        for i in 0..3_000 {
+            list.apply(token_rule(2 * i + 1, "t1", 100 + i as i64));
+            list.apply(rule(
+                2 * i + 2,
+                Some("u1"),
+                &[Scope::UserInfo],
+                100 + i as i64,
+            ));
+        }
+        assert_eq!(list.len(), 2);
+        assert_eq!(list.last_sequence(), 6_000);
+        let mut late = claims("u1", &[Scope::AuthBase], 3_000);
+        late.token_id = "t1".into();
+        assert!(list.is_revoked(&late), "the latest cut-off is kept");
+        list.prune(Timestamp::from_unix_nanos(1100 + 2_998));
+        assert_eq!(list.len(), 2, "and the latest expiry");
+        list.prune(Timestamp::from_unix_nanos(1100 + 2_999));
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn a_merge_never_moves_a_cut_off_or_an_expiry_earlier() {
+        let mut list = RevocationList::new();
+        list.apply(token_rule(1, "t1", 500));
+        list.apply(token_rule(2, "t1", 100));
+        let mut c = claims("u1", &[], 400);
+        c.token_id = "t1".into();
+        assert!(list.is_revoked(&c));
+        list.prune(Timestamp::from_unix_nanos(1499));
+        assert!(list.is_revoked(&c));
     }
 
     #[test]
@@ -234,25 +403,174 @@ mod tests {
         assert_eq!(list.len(), 2, "the same rule streamed again is held once");
     }
 
+    /// A freed slot is reused, and a reused slot's old heap entry can't drop its new rule.
+    #[test]
+    fn slots_freed_by_prune_are_reused_safely() {
+        let mut list = RevocationList::new();
+        list.apply(token_rule(1, "t1", 0));
+        list.prune(Timestamp::from_unix_nanos(1000));
+        list.apply(token_rule(2, "t2", 5_000));
+        assert_eq!(list.slots.len(), 1, "the freed slot was reused");
+        list.prune(Timestamp::from_unix_nanos(1000));
+        let mut c = claims("u1", &[], 10);
+        c.token_id = "t2".into();
+        assert!(list.is_revoked(&c));
+    }
+
+    /// A rule as the proptests draw it: (user, scopes, token, grant, cut-off, lifetime).
+    type Drawn = (u8, u8, u8, u8, i64, i64);
+
+    fn drawn_rule(i: usize, (u, s, t, g, before, life): Drawn) -> RevocationRule {
+        let pick = |n: u8, names: [&str; 2]| names.get(n as usize).map(|s| s.to_string());
+        RevocationRule {
+            sequence: i as u64 + 1,
+            app_id: "app".into(),
+            user_id: pick(u, ["u0", "u1"]),
+            scopes: ScopeSet::from_bits(s),
+            token_id: pick(t, ["t0", "t1"]),
+            grant_id: pick(g, ["g0", "g1"]),
+            issued_before: Timestamp::from_unix_nanos(before),
+            expire_at: Timestamp::from_unix_nanos(before + life),
+        }
+    }
+
+    fn drawn_claims((u, s, t, g, at): (u8, u8, u8, u8, i64)) -> TokenClaims {
+        TokenClaims {
+            app_id: "app".into(),
+            user_id: ["u0", "u1", "u2"][u as usize].into(),
+            scopes: ScopeSet::from_bits(s),
+            issued_at: at,
+            expires_at: at + 1,
+            token_id: ["t0", "t1", "t2"][t as usize].into(),
+            grant_id: ["g0", "g1", "g2"][g as usize].into(),
+        }
+    }
+
+    fn drawn() -> impl Strategy<Value = Drawn> {
+        (0u8..3, 0u8..8, 0u8..3, 0u8..3, 0i64..100, 0i64..100)
+    }
+
+    fn token() -> impl Strategy<Value = (u8, u8, u8, u8, i64)> {
+        (0u8..3, 1u8..8, 0u8..3, 0u8..3, 0i64..100)
+    }
+
     proptest! {
         #[test]
         fn indexed_lookup_agrees_with_scanning_every_rule(
-            rules in proptest::collection::vec((0u8..3, 0u8..8, 0i64..100), 0..20),
-            token in (0u8..3, 1u8..8, 0i64..100),
+            rules in proptest::collection::vec(drawn(), 0..40),
+            token in token(),
         ) {
-            let users = ["u0", "u1", "u2"];
+            let all: Vec<_> = rules.into_iter().enumerate().map(|(i, r)| drawn_rule(i, r)).collect();
             let mut list = RevocationList::new();
-            let mut all = Vec::new();
-            for (i, (u, s, before)) in rules.into_iter().enumerate() {
-                let mut r = rule(i as u64 + 1, None, &[], before);
-                r.user_id = (u < 2).then(|| users[u as usize].to_string());
-                r.scopes = ScopeSet::from_bits(s);
-                all.push(r.clone());
-                list.apply(r);
+            for r in &all {
+                list.apply(r.clone());
             }
-            let mut c = claims(users[token.0 as usize], &[], token.2);
-            c.scopes = ScopeSet::from_bits(token.1);
+            let c = drawn_claims(token);
             prop_assert_eq!(list.is_revoked(&c), all.iter().any(|r| r.matches(&c)));
         }
+
+        /// After a prune, a target is held (with its latest cut-off) while its latest expiry
+        /// is in the future, as a scan of the merged rules says.
+        #[test]
+        fn pruning_agrees_with_scanning_the_merged_rules(
+            rules in proptest::collection::vec(drawn(), 0..40),
+            token in token(),
+            now in 0i64..200,
+        ) {
+            let mut list = RevocationList::new();
+            let mut merged: Vec<RevocationRule> = Vec::new();
+            for (i, r) in rules.into_iter().enumerate() {
+                let r = drawn_rule(i, r);
+                list.apply(r.clone());
+                match merged.iter_mut().find(|m| m.same_target(&r)) {
+                    Some(m) => {
+                        m.issued_before = m.issued_before.max(r.issued_before);
+                        m.expire_at = m.expire_at.max(r.expire_at);
+                    }
+                    None => merged.push(r),
+                }
+            }
+            let now = Timestamp::from_unix_nanos(now);
+            list.prune(now);
+            merged.retain(|m| m.expire_at > now);
+            let c = drawn_claims(token);
+            prop_assert_eq!(list.len(), merged.len());
+            prop_assert_eq!(list.is_revoked(&c), merged.iter().any(|r| r.matches(&c)));
+        }
+    }
+
+    /// `cargo test --release -p miniprogram-token -- --ignored --nocapture`: applies, checks
+    /// and prunes a million rules and prints how long each step took (README, "Revocation
+    /// rules"). A benchmark, so it asserts results, never times.
+    #[test]
+    #[ignore = "benchmark: run in release with --ignored --nocapture"]
+    fn bench_a_million_rules() {
+        const N: usize = 1_000_000;
+        let rule_for = |i: usize, sequence: u64| {
+            let mut r = RevocationRule {
+                sequence,
+                app_id: format!("app-{}", i % 1_000),
+                user_id: Some(format!("user-{}", i % 100_000)),
+                scopes: ScopeSet::EMPTY,
+                token_id: None,
+                grant_id: None,
+                issued_before: Timestamp::from_unix_nanos(1_000 + (i % 1_000) as i64),
+                expire_at: Timestamp::from_unix_nanos(1_000_000 + i as i64),
+            };
+            match i % 10 {
+                0 => r.grant_id = Some(format!("grant-{i}")),
+                1 => r.scopes = ScopeSet::from_bits((i % 7 + 1) as u8),
+                _ => r.token_id = Some(format!("token-{i}")),
+            }
+            r
+        };
+        let claims_for = |i: usize| TokenClaims {
+            app_id: format!("app-{}", i % 1_000),
+            user_id: format!("user-{}", i % 100_000),
+            scopes: ScopeSet::of(&[Scope::AuthBase]),
+            issued_at: 500,
+            expires_at: 5_000,
+            token_id: format!("token-{i}"),
+            grant_id: format!("grant-{i}"),
+        };
+        let mut list = RevocationList::new();
+        let rules: Vec<_> = (0..N).map(|i| rule_for(i, i as u64 + 1)).collect();
+        let started = std::time::Instant::now();
+        for r in rules {
+            list.apply(r);
+        }
+        let applied = started.elapsed();
+        let distinct = list.len();
+
+        let again: Vec<_> = (0..N).map(|i| rule_for(i, (N + i) as u64 + 1)).collect();
+        let started = std::time::Instant::now();
+        for r in again {
+            list.apply(r);
+        }
+        let reapplied = started.elapsed();
+        assert_eq!(list.len(), distinct, "a repeated target adds nothing");
+
+        let probes: Vec<_> = (0..N).map(|i| claims_for(i * 2)).collect();
+        let started = std::time::Instant::now();
+        let revoked = probes.iter().filter(|c| list.is_revoked(c)).count();
+        let checked = started.elapsed();
+        assert!(revoked > 0 && revoked < N, "{revoked} of {N} revoked");
+
+        let started = std::time::Instant::now();
+        list.prune(Timestamp::from_unix_nanos(1_000_000 + N as i64 / 2));
+        let half_pruned = started.elapsed();
+        let after_half = list.len();
+        assert!(after_half > 0 && after_half < distinct);
+        let started = std::time::Instant::now();
+        list.prune(Timestamp::from_unix_nanos(1_000_000 + N as i64 / 2));
+        let nothing_pruned = started.elapsed();
+        assert_eq!(list.len(), after_half);
+        list.prune(Timestamp::from_unix_nanos(i64::MAX));
+        assert!(list.is_empty());
+        println!(
+            "{N} rules ({distinct} targets): apply {applied:?}, apply again {reapplied:?}, \
+             {N} checks {checked:?} ({revoked} revoked), prune half {half_pruned:?}, \
+             prune with nothing expired {nothing_pruned:?}"
+        );
     }
 }

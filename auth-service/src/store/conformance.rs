@@ -283,6 +283,212 @@ pub async fn a_rule_is_found_by_its_sequence_until_swept(store: Arc<dyn AuthStor
     assert!(next.sequence > appended.sequence, "sequences never restart");
 }
 
+fn token_rule(app_id: &str, token_id: &str, at: i64) -> NewRevocation {
+    NewRevocation {
+        token_id: Some(token_id.into()),
+        ..revocation(app_id, Some("u1"), ScopeSet::EMPTY, at)
+    }
+}
+
+/// Guards the unique indexes of migration 0002 (without them the plain appends below write
+/// copies) beside `revoke_token`'s check for a held rule: revoking one token again, even by
+/// 50 calls at once, appends one rule.
+pub async fn revoking_a_token_again_writes_nothing_even_at_once(store: Arc<dyn AuthStore>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .revoke_token(&token_rule("a1", "t1", 100 + i), 10, t(0))
+                .await
+                .unwrap()
+        });
+    }
+    let mut appended = 0;
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.unwrap() {
+            TokenRevocation::Appended(_) => appended += 1,
+            TokenRevocation::AlreadyRevoked => {}
+            TokenRevocation::QuotaReached => panic!("one token is one rule"),
+        }
+    }
+    assert_eq!(appended, 1);
+    assert_eq!(store.revocations_after(0, 100).await.unwrap().len(), 1);
+    assert!(
+        matches!(
+            store.append_revocation(&token_rule("a1", "t1", 500)).await,
+            Err(StoreError::AlreadyExists)
+        ),
+        "a plain append of a held token rule writes nothing either"
+    );
+    let mut family = revocation("a1", Some("u1"), ScopeSet::EMPTY, 5);
+    family.grant_id = Some("g1".into());
+    store.append_revocation(&family).await.unwrap();
+    family.issued_before = t(6);
+    assert!(matches!(
+        store.append_revocation(&family).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        store
+            .revoke_token(&token_rule("a1", "t2", 100), 10, t(0))
+            .await
+            .unwrap(),
+        TokenRevocation::Appended(_)
+    ));
+    assert_eq!(store.revocations_after(0, 100).await.unwrap().len(), 3);
+}
+
+/// Guards the quota count in `revoke_token` and its check for a held rule (which comes first,
+/// so revoking a token again is never refused): an app holding `quota` live token rules gets
+/// no more; other apps, repeats and rules past their expiry don't count against it.
+pub async fn token_revocations_stop_at_the_app_quota(store: Arc<dyn AuthStore>) {
+    for token in ["t1", "t2"] {
+        assert!(matches!(
+            store
+                .revoke_token(&token_rule("a1", token, 100), 2, t(0))
+                .await
+                .unwrap(),
+            TokenRevocation::Appended(_)
+        ));
+    }
+    assert_eq!(
+        store
+            .revoke_token(&token_rule("a1", "t3", 100), 2, t(0))
+            .await
+            .unwrap(),
+        TokenRevocation::QuotaReached
+    );
+    assert_eq!(
+        store
+            .revoke_token(&token_rule("a1", "t1", 200), 2, t(0))
+            .await
+            .unwrap(),
+        TokenRevocation::AlreadyRevoked,
+        "a token already revoked is not refused"
+    );
+    assert!(matches!(
+        store
+            .revoke_token(&token_rule("a2", "t3", 100), 2, t(0))
+            .await
+            .unwrap(),
+        TokenRevocation::Appended(_)
+    ));
+    assert_eq!(store.revocations_after(0, 100).await.unwrap().len(), 3);
+    // The rules of t1 and t2 expire at t(1100), in the quota window that ends at
+    // QUOTA_WINDOW_NANOS: they count until then, and no longer after.
+    let window_end = t(QUOTA_WINDOW_NANOS);
+    assert_eq!(
+        store
+            .revoke_token(&token_rule("a1", "t3", 2000), 2, t(QUOTA_WINDOW_NANOS - 1))
+            .await
+            .unwrap(),
+        TokenRevocation::QuotaReached
+    );
+    let later = |token: &'static str| token_rule("a1", token, QUOTA_WINDOW_NANOS);
+    assert!(matches!(
+        store
+            .revoke_token(&later("t3"), 2, window_end)
+            .await
+            .unwrap(),
+        TokenRevocation::Appended(_)
+    ));
+    let swept = store.sweep_expired(window_end, 100).await.unwrap();
+    assert_eq!(
+        (swept.revocations, swept.revocation_quota),
+        (3, 2),
+        "the rules and the ended windows of both apps"
+    );
+    assert!(matches!(
+        store
+            .revoke_token(&later("t4"), 2, window_end)
+            .await
+            .unwrap(),
+        TokenRevocation::Appended(_)
+    ));
+    assert_eq!(
+        store
+            .revoke_token(&later("t5"), 2, window_end)
+            .await
+            .unwrap(),
+        TokenRevocation::QuotaReached,
+        "the windows still open count after the sweep"
+    );
+}
+
+/// Guards the granted-scopes check in `withdraw_authorization`: withdrawing what is not
+/// granted (again, or never) appends no rule.
+pub async fn withdrawing_what_is_not_granted_appends_no_rule(store: Arc<dyn AuthStore>) {
+    store.insert_app(&app("a1")).await.unwrap();
+    let phone = ScopeSet::of(&[Scope::PhoneNumber]);
+    store
+        .record_decision("u1", "a1", phone, ScopeSet::EMPTY, t(1))
+        .await
+        .unwrap();
+    let clock = Clock::default();
+    let ui = revocation("a1", Some("u1"), ScopeSet::of(&[Scope::UserInfo]), 5);
+    assert_eq!(
+        store.withdraw_authorization(&ui, &clock).await.unwrap(),
+        phone
+    );
+    assert!(store.revocations_after(0, 10).await.unwrap().is_empty());
+    let all = revocation("a1", Some("u1"), ScopeSet::EMPTY, 6);
+    for _ in 0..3 {
+        store.withdraw_authorization(&all, &clock).await.unwrap();
+    }
+    let never = revocation("a1", Some("u2"), ScopeSet::EMPTY, 7);
+    assert_eq!(
+        store.withdraw_authorization(&never, &clock).await.unwrap(),
+        ScopeSet::EMPTY
+    );
+    let rules = store.revocations_after(0, 10).await.unwrap();
+    assert_eq!(rules.len(), 1, "only the withdrawal that took something");
+    assert_eq!(rules[0].user_id.as_deref(), Some("u1"));
+}
+
+/// A log as an older version left it: a rule per repeated revocation of one token, of one
+/// family and of one authorization.
+pub fn older_log() -> Vec<NewRevocation> {
+    let mut family = revocation("a1", Some("u1"), ScopeSet::EMPTY, 0);
+    family.grant_id = Some("g1".into());
+    let withdrawal = revocation("a1", Some("u1"), ScopeSet::of(&[Scope::UserInfo]), 0);
+    (0..3)
+        .flat_map(|i| {
+            let at = |r: &NewRevocation| NewRevocation {
+                issued_before: t(100 * i),
+                expire_at: t(100 * i + 1000),
+                ..r.clone()
+            };
+            [at(&token_rule("a1", "t1", 0)), at(&family), at(&withdrawal)]
+        })
+        .collect()
+}
+
+/// After migration 0002 ran on [`older_log`]: the latest rule of the token and of the family
+/// is left, and every withdrawal (each has a cut-off of its own); the token rule is counted.
+pub async fn older_log_migrated(store: &dyn AuthStore) {
+    let rules = store.revocations_after(0, 100).await.unwrap();
+    let count = |f: fn(&RevocationRule) -> bool| rules.iter().filter(|r| f(r)).count();
+    assert_eq!(count(|r| r.token_id.is_some()), 1);
+    assert_eq!(count(|r| r.grant_id.is_some()), 1);
+    assert_eq!(count(|r| r.token_id.is_none() && r.grant_id.is_none()), 3);
+    assert!(
+        rules
+            .iter()
+            .filter(|r| r.token_id.is_some() || r.grant_id.is_some())
+            .all(|r| r.issued_before == t(200)),
+        "the latest (widest) rule of each target is kept"
+    );
+    assert_eq!(
+        store
+            .revoke_token(&token_rule("a1", "t9", 0), 1, t(0))
+            .await
+            .unwrap(),
+        TokenRevocation::QuotaReached,
+        "the token rule kept counts against its app's quota"
+    );
+}
+
 pub async fn prompts_resolve_once(store: Arc<dyn AuthStore>) {
     let p = PromptRecord {
         prompt_hash: h(4),
@@ -601,6 +807,9 @@ macro_rules! auth_store_conformance {
             decisions_grant_and_deny_atomically,
             withdrawal_removes_scopes_and_appends_rule,
             a_rule_is_found_by_its_sequence_until_swept,
+            revoking_a_token_again_writes_nothing_even_at_once,
+            token_revocations_stop_at_the_app_quota,
+            withdrawing_what_is_not_granted_appends_no_rule,
             prompts_resolve_once,
             auth_code_is_single_use_under_concurrency,
             auth_code_outcomes,

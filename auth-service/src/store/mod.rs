@@ -165,6 +165,32 @@ pub enum RefreshRotation {
     NotFound,
 }
 
+/// What became of an attempt to log the revocation of one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRevocation {
+    /// Appended now.
+    Appended(RevocationRule),
+    /// The log already holds a rule for this token: nothing was written.
+    AlreadyRevoked,
+    /// The app already holds its quota of live token rules: nothing was written.
+    QuotaReached,
+}
+
+/// Width in nanoseconds of the windows token rules are counted in for the per-app quota: a
+/// rule counts until the end of the five-minute window it expires in.
+pub const QUOTA_WINDOW_NANOS: i64 = 300_000_000_000;
+
+/// The end of the quota window a rule expiring at `expire_at` is counted in (migration 0002
+/// computes the same in SQL for the rules it found).
+fn quota_window_end(expire_at: Timestamp) -> i64 {
+    expire_at
+        .unix_nanos()
+        .checked_add(QUOTA_WINDOW_NANOS - 1)
+        .map_or(i64::MAX, |n| {
+            n.div_euclid(QUOTA_WINDOW_NANOS) * QUOTA_WINDOW_NANOS
+        })
+}
+
 /// Removed by one sweep, per table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepCounts {
@@ -172,12 +198,19 @@ pub struct SweepCounts {
     pub auth_codes: u64,
     pub refresh_tokens: u64,
     pub revocations: u64,
+    /// Ended windows of the per-app count of token rules.
+    pub revocation_quota: u64,
     pub token_keys: u64,
 }
 
 impl SweepCounts {
     pub fn total(&self) -> u64 {
-        self.prompts + self.auth_codes + self.refresh_tokens + self.revocations + self.token_keys
+        self.prompts
+            + self.auth_codes
+            + self.refresh_tokens
+            + self.revocations
+            + self.revocation_quota
+            + self.token_keys
     }
 }
 
@@ -233,7 +266,9 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<Vec<(AuthorizationRecord, String)>, StoreError>;
     /// Withdraws `revocation.scopes` from the user's grant, deletes the user's unspent auth
     /// codes carrying them, voids matching refresh tokens and appends the revocation, stamped
-    /// by `clock` once the authorization is locked; returns the scopes still granted.
+    /// by `clock` once the authorization is locked; returns the scopes still granted. When
+    /// none of those scopes is granted it changes nothing and appends no rule: every token
+    /// that carries them was caught by the withdrawal that took them back.
     async fn withdraw_authorization(
         &self,
         revocation: &NewRevocation,
@@ -263,7 +298,7 @@ pub trait AuthStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<CodeRedemption, StoreError>;
     /// Voids a grant's refresh tokens and appends the revocation of its access tokens, once:
-    /// `false` if the family was already revoked.
+    /// `false` if the family was already revoked (or the log already holds its rule).
     async fn revoke_family(
         &self,
         family_id: &str,
@@ -284,10 +319,22 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<RefreshTokenRecord, StoreError>;
 
     // === revocation log ===
+    /// Appends a rule. A rule voiding a token or a grant family the log already holds a rule
+    /// for (same app, user, scopes and token or grant id) is not appended: `AlreadyExists`.
     async fn append_revocation(
         &self,
         revocation: &NewRevocation,
     ) -> Result<RevocationRule, StoreError>;
+    /// Appends the revocation of one token (`revocation.token_id` set) and counts it against
+    /// its app, in one transaction: nothing if the log already holds a rule for that token,
+    /// nothing if the app already holds `quota` token rules counted at `now` (a rule counts
+    /// until the end of the [`QUOTA_WINDOW_NANOS`] window it expires in).
+    async fn revoke_token(
+        &self,
+        revocation: &NewRevocation,
+        quota: u32,
+        now: Timestamp,
+    ) -> Result<TokenRevocation, StoreError>;
     async fn revocations_after(
         &self,
         sequence: u64,

@@ -11,12 +11,12 @@ use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
 use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::withdrawn_bits;
 use super::{
     AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, CodeRedemption, NewRevocation,
     PromptRecord, RefreshRotation, RefreshTokenRecord, SecretHash, StoreError, StoredTokenKey,
-    SweepCounts, rows,
+    SweepCounts, TokenRevocation, rows,
 };
+use super::{quota_window_end, withdrawn_bits};
 use crate::apps::FeatureSet;
 use crate::clock::Clock;
 
@@ -24,6 +24,9 @@ use crate::clock::Clock;
 const PG_UNIQUE_VIOLATION: &str = "23505";
 /// Advisory lock key serialising revocation appends ("revo" in ASCII).
 const REVOCATION_APPEND_LOCK: i64 = 0x7265_766f;
+/// First key of the per-app advisory lock serialising token revocations ("quot"); the second
+/// is `hashtext(app_id)`. Two-key locks never collide with the one-key lock above.
+const TOKEN_QUOTA_LOCK: i32 = 0x7175_6f74;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/auth/postgres");
 
@@ -69,17 +72,19 @@ impl PostgresAuthStore {
     }
 }
 
+/// Appends `r`; `None` (nothing written) when it voids a token or a grant family the log
+/// already holds a rule for (the unique indexes of migration 0002).
 async fn append_revocation_in(
     conn: &mut PgConnection,
     r: &NewRevocation,
-) -> Result<RevocationRule, sqlx::Error> {
+) -> Result<Option<RevocationRule>, sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(REVOCATION_APPEND_LOCK)
         .execute(&mut *conn)
         .await?;
     let row = sqlx::query(
         "INSERT INTO revocations (app_id, user_id, scopes, token_id, grant_id, issued_before, expire_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING *",
     )
     .bind(&r.app_id)
     .bind(&r.user_id)
@@ -88,9 +93,9 @@ async fn append_revocation_in(
     .bind(&r.grant_id)
     .bind(r.issued_before.unix_nanos())
     .bind(r.expire_at.unix_nanos())
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    rows::revocation(&row)
+    row.as_ref().map(rows::revocation).transpose()
 }
 
 /// Keeps a grant's auth code until `until` (when that is later than its purge time): a code
@@ -302,6 +307,19 @@ impl AuthStore for PostgresAuthStore {
         let user_id = revocation.user_id.as_deref().ok_or(StoreError::NotFound)?;
         let withdrawn = withdrawn_bits(revocation.scopes);
         let mut tx = self.pool.begin().await.map_err(classify)?;
+        let granted: i64 = sqlx::query_scalar(
+            "SELECT granted FROM authorizations WHERE user_id = $1 AND app_id = $2 FOR UPDATE",
+        )
+        .bind(user_id)
+        .bind(&revocation.app_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?
+        .unwrap_or(0);
+        if granted & withdrawn == 0 {
+            tx.commit().await.map_err(classify)?;
+            return Ok(ScopeSet::from_bits(granted as u8));
+        }
         let remaining: Option<i64> = sqlx::query_scalar(
             "UPDATE authorizations SET granted = granted & ~$1::bigint
              WHERE user_id = $2 AND app_id = $3 RETURNING granted",
@@ -499,11 +517,12 @@ impl AuthStore for PostgresAuthStore {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        append_revocation_in(&mut tx, revocation)
+        let appended = append_revocation_in(&mut tx, revocation)
             .await
-            .map_err(classify)?;
+            .map_err(classify)?
+            .is_some();
         tx.commit().await.map_err(classify)?;
-        Ok(true)
+        Ok(appended)
     }
 
     async fn rotate_refresh_token(
@@ -597,7 +616,69 @@ impl AuthStore for PostgresAuthStore {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let rule = append_revocation_in(&mut tx, r).await.map_err(classify)?;
         tx.commit().await.map_err(classify)?;
-        Ok(rule)
+        rule.ok_or(StoreError::AlreadyExists)
+    }
+
+    async fn revoke_token(
+        &self,
+        r: &NewRevocation,
+        quota: u32,
+        now: Timestamp,
+    ) -> Result<TokenRevocation, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        // One token revocation per app at a time, so replicas can't overshoot the quota together.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(TOKEN_QUOTA_LOCK)
+            .bind(&r.app_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let held: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM revocations WHERE app_id = $1 AND token_id = $2
+               AND user_id IS NOT DISTINCT FROM $3 AND scopes = $4)",
+        )
+        .bind(&r.app_id)
+        .bind(&r.token_id)
+        .bind(&r.user_id)
+        .bind(i64::from(r.scopes.bits()))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let outcome = if held {
+            TokenRevocation::AlreadyRevoked
+        } else {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(SUM(rules), 0)::bigint FROM revocation_quota
+                 WHERE app_id = $1 AND expire_by > $2",
+            )
+            .bind(&r.app_id)
+            .bind(now.unix_nanos())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+            if live >= i64::from(quota) {
+                TokenRevocation::QuotaReached
+            } else {
+                match append_revocation_in(&mut tx, r).await.map_err(classify)? {
+                    Some(rule) => {
+                        sqlx::query(
+                            "INSERT INTO revocation_quota (app_id, expire_by, rules) VALUES ($1, $2, 1)
+                             ON CONFLICT (app_id, expire_by)
+                             DO UPDATE SET rules = revocation_quota.rules + 1",
+                        )
+                        .bind(&rule.app_id)
+                        .bind(quota_window_end(rule.expire_at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                        TokenRevocation::Appended(rule)
+                    }
+                    None => TokenRevocation::AlreadyRevoked,
+                }
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
     }
 
     async fn revocations_after(
@@ -758,6 +839,11 @@ impl AuthStore for PostgresAuthStore {
             ("auth_codes", "purge_at", &mut counts.auth_codes),
             ("refresh_tokens", "expires_at", &mut counts.refresh_tokens),
             ("revocations", "expire_at", &mut counts.revocations),
+            (
+                "revocation_quota",
+                "expire_by",
+                &mut counts.revocation_quota,
+            ),
             ("token_keys", "expire_at", &mut counts.token_keys),
         ] {
             let sql = format!(
@@ -846,4 +932,42 @@ mod tests {
     }
 
     crate::auth_store_conformance!(fresh);
+
+    /// Migration 0002 on a log an older version wrote (a rule per repeated revocation) leaves
+    /// one rule per revoked token and family, so its unique indexes can be built.
+    #[tokio::test]
+    async fn migration_0002_leaves_one_rule_per_revoked_token_or_family() {
+        let Some(options) = test_schema::fresh_schema("auth_migration").await else {
+            return;
+        };
+        let first = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            first.path().join("0001_init.sql"),
+            include_str!("../../../migrations/auth/postgres/0001_init.sql"),
+        )
+        .expect("write migration");
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .expect("connect");
+        sqlx::migrate::Migrator::new(first.path())
+            .await
+            .expect("migrations")
+            .run(&pool)
+            .await
+            .expect("0001");
+        let mut conn = pool.acquire().await.expect("connection");
+        for rule in crate::store::conformance::older_log() {
+            append_revocation_in(&mut conn, &rule)
+                .await
+                .expect("append");
+        }
+        drop(conn);
+        pool.close().await;
+        let store = PostgresAuthStore::open_with(options)
+            .await
+            .expect("0002 runs");
+        crate::store::conformance::older_log_migrated(&store).await;
+    }
 }

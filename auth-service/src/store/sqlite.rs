@@ -12,12 +12,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::withdrawn_bits;
 use super::{
     AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, CodeRedemption, NewRevocation,
     PromptRecord, RefreshRotation, RefreshTokenRecord, SecretHash, StoreError, StoredTokenKey,
-    SweepCounts, rows,
+    SweepCounts, TokenRevocation, rows,
 };
+use super::{quota_window_end, withdrawn_bits};
 use crate::apps::FeatureSet;
 use crate::clock::Clock;
 
@@ -83,13 +83,15 @@ impl SqliteAuthStore {
     }
 }
 
+/// Appends `r`; `None` (nothing written) when it voids a token or a grant family the log
+/// already holds a rule for (the unique indexes of migration 0002).
 async fn append_revocation_in(
     conn: &mut sqlx::SqliteConnection,
     r: &NewRevocation,
-) -> Result<RevocationRule, sqlx::Error> {
+) -> Result<Option<RevocationRule>, sqlx::Error> {
     let row = sqlx::query(
         "INSERT INTO revocations (app_id, user_id, scopes, token_id, grant_id, issued_before, expire_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING *",
     )
     .bind(&r.app_id)
     .bind(&r.user_id)
@@ -98,9 +100,9 @@ async fn append_revocation_in(
     .bind(&r.grant_id)
     .bind(r.issued_before.unix_nanos())
     .bind(r.expire_at.unix_nanos())
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    rows::revocation(&row)
+    row.as_ref().map(rows::revocation).transpose()
 }
 
 /// One app by id, read through `pool` (the reader pool, or the writer to read in order).
@@ -305,6 +307,19 @@ impl AuthStore for SqliteAuthStore {
         let withdrawn = withdrawn_bits(revocation.scopes);
         let mut tx = self.writer.begin().await.map_err(classify)?;
         // The one writer connection is ours: no grant can read the authorization until commit.
+        let granted: i64 = sqlx::query_scalar(
+            "SELECT granted FROM authorizations WHERE user_id = ? AND app_id = ?",
+        )
+        .bind(user_id)
+        .bind(&revocation.app_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?
+        .unwrap_or(0);
+        if granted & withdrawn == 0 {
+            tx.commit().await.map_err(classify)?;
+            return Ok(ScopeSet::from_bits(granted as u8));
+        }
         let revocation = revocation.restamped(clock.now());
         let now = revocation.issued_before;
         let remaining: Option<i64> = sqlx::query_scalar(
@@ -505,11 +520,12 @@ impl AuthStore for SqliteAuthStore {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        append_revocation_in(&mut tx, revocation)
+        let appended = append_revocation_in(&mut tx, revocation)
             .await
-            .map_err(classify)?;
+            .map_err(classify)?
+            .is_some();
         tx.commit().await.map_err(classify)?;
-        Ok(true)
+        Ok(appended)
     }
 
     async fn rotate_refresh_token(
@@ -593,7 +609,64 @@ impl AuthStore for SqliteAuthStore {
 
     async fn append_revocation(&self, r: &NewRevocation) -> Result<RevocationRule, StoreError> {
         let mut conn = self.writer.acquire().await.map_err(classify)?;
-        append_revocation_in(&mut conn, r).await.map_err(classify)
+        append_revocation_in(&mut conn, r)
+            .await
+            .map_err(classify)?
+            .ok_or(StoreError::AlreadyExists)
+    }
+
+    async fn revoke_token(
+        &self,
+        r: &NewRevocation,
+        quota: u32,
+        now: Timestamp,
+    ) -> Result<TokenRevocation, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(classify)?;
+        let held: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM revocations
+               WHERE app_id = ? AND token_id = ? AND user_id IS ? AND scopes = ?)",
+        )
+        .bind(&r.app_id)
+        .bind(&r.token_id)
+        .bind(&r.user_id)
+        .bind(i64::from(r.scopes.bits()))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let outcome = if held {
+            TokenRevocation::AlreadyRevoked
+        } else {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(SUM(rules), 0) FROM revocation_quota
+                 WHERE app_id = ? AND expire_by > ?",
+            )
+            .bind(&r.app_id)
+            .bind(now.unix_nanos())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+            if live >= i64::from(quota) {
+                TokenRevocation::QuotaReached
+            } else {
+                match append_revocation_in(&mut tx, r).await.map_err(classify)? {
+                    Some(rule) => {
+                        sqlx::query(
+                            "INSERT INTO revocation_quota (app_id, expire_by, rules) VALUES (?, ?, 1)
+                             ON CONFLICT (app_id, expire_by) DO UPDATE SET rules = rules + 1",
+                        )
+                        .bind(&rule.app_id)
+                        .bind(quota_window_end(rule.expire_at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                        TokenRevocation::Appended(rule)
+                    }
+                    None => TokenRevocation::AlreadyRevoked,
+                }
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
     }
 
     async fn revocations_after(
@@ -755,6 +828,11 @@ impl AuthStore for SqliteAuthStore {
             ("auth_codes", "purge_at", &mut counts.auth_codes),
             ("refresh_tokens", "expires_at", &mut counts.refresh_tokens),
             ("revocations", "expire_at", &mut counts.revocations),
+            (
+                "revocation_quota",
+                "expire_by",
+                &mut counts.revocation_quota,
+            ),
             ("token_keys", "expire_at", &mut counts.token_keys),
         ] {
             let sql = format!(
@@ -794,4 +872,38 @@ mod tests {
     }
 
     crate::auth_store_conformance!(fresh);
+
+    /// Migration 0002 on a log an older version wrote (a rule per repeated revocation) leaves
+    /// one rule per revoked token and family, so its unique indexes can be built.
+    #[tokio::test]
+    async fn migration_0002_leaves_one_rule_per_revoked_token_or_family() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+        let first = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            first.path().join("0001_init.sql"),
+            include_str!("../../../migrations/auth/sqlite/0001_init.sql"),
+        )
+        .expect("write migration");
+        let options = SqliteConnectOptions::from_str(&url)
+            .expect("url")
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.expect("open");
+        sqlx::migrate::Migrator::new(first.path())
+            .await
+            .expect("migrations")
+            .run(&pool)
+            .await
+            .expect("0001");
+        let mut conn = pool.acquire().await.expect("connection");
+        for rule in crate::store::conformance::older_log() {
+            append_revocation_in(&mut conn, &rule)
+                .await
+                .expect("append");
+        }
+        drop(conn);
+        pool.close().await;
+        let store = SqliteAuthStore::open(&url).await.expect("0002 runs");
+        crate::store::conformance::older_log_migrated(&store).await;
+    }
 }

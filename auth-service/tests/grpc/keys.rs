@@ -100,6 +100,13 @@ async fn keys_rotate_and_the_old_key_keeps_verifying() {
     );
 }
 
+/// The user consents to `app_id`, then withdraws it: one rule in the log (withdrawing what
+/// was never granted writes none).
+async fn grant_and_withdraw(server: &TestAuthServer, user: &str, app_id: &str) {
+    consent(server, user, app_id, &[UserInfo]).await;
+    server.withdraw(user, app_id, &[]).await;
+}
+
 async fn next_event(
     stream: &mut tonic::Streaming<pb::WatchRevocationsResponse>,
 ) -> pb::RevocationEvent {
@@ -127,7 +134,7 @@ async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_miss
         .await
         .unwrap()
         .into_inner();
-    server.withdraw("u1", &app_id, &[]).await;
+    grant_and_withdraw(&server, "u1", &app_id).await;
     let first = next_event(&mut stream).await;
     assert_eq!(
         (first.app_id.as_str(), first.user_id.as_str()),
@@ -135,8 +142,8 @@ async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_miss
     );
     drop(stream);
 
-    server.withdraw("u2", &app_id, &[]).await;
-    server.withdraw("u3", &app_id, &[]).await;
+    grant_and_withdraw(&server, "u2", &app_id).await;
+    grant_and_withdraw(&server, "u3", &app_id).await;
     let mut resumed = verifier
         .watch_revocations(pb::WatchRevocationsRequest {
             after_sequence: first.sequence,
@@ -152,7 +159,7 @@ async fn revocations_stream_live_and_resume_after_a_disconnect_with_nothing_miss
         ("u2", "u3")
     );
     assert!(first.sequence < second.sequence && second.sequence < third.sequence);
-    server.withdraw("u4", &app_id, &[]).await;
+    grant_and_withdraw(&server, "u4", &app_id).await;
     assert_eq!(next_event(&mut resumed).await.user_id, "u4");
 }
 
@@ -194,7 +201,7 @@ async fn a_heartbeat_follows_the_backlog_once_the_stream_has_caught_up() {
         TestAuthServer::start_with(|c| c.revocation_heartbeat = Duration::from_secs(3600)).await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
     for user in ["u1", "u2", "u3"] {
-        server.withdraw(user, &app_id, &[]).await;
+        grant_and_withdraw(&server, user, &app_id).await;
     }
     let mut stream = server
         .verifier()
@@ -210,7 +217,7 @@ async fn a_heartbeat_follows_the_backlog_once_the_stream_has_caught_up() {
     assert!(next_message(&mut stream).await.heartbeat);
 
     // A live rule is followed by a heartbeat too: the stream has caught up again.
-    server.withdraw("u4", &app_id, &[]).await;
+    grant_and_withdraw(&server, "u4", &app_id).await;
     let live = next_message(&mut stream).await;
     assert_eq!(live.event.unwrap().user_id, "u4");
     assert!(next_message(&mut stream).await.heartbeat);
@@ -270,7 +277,7 @@ async fn first_message(
 async fn a_stream_resumes_only_where_the_log_still_holds_the_verifiers_last_rule() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    server.withdraw("u1", &app_id, &[]).await;
+    grant_and_withdraw(&server, "u1", &app_id).await;
     let mut stream = server
         .verifier()
         .watch_revocations(pb::WatchRevocationsRequest::default())
@@ -313,7 +320,7 @@ async fn a_stream_resumes_only_where_the_log_still_holds_the_verifiers_last_rule
         assert_eq!(first.resumed_after, Some(0), "{first:?}");
         assert!(!first.heartbeat && first.event.is_none());
         assert_eq!(next_event(&mut stream).await, held, "the log is sent again");
-        server.withdraw("u2", &app_id, &[]).await;
+        grant_and_withdraw(&server, "u2", &app_id).await;
         let next = next_event(&mut stream).await;
         assert!(next.sequence > held.sequence);
     }

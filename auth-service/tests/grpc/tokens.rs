@@ -454,3 +454,82 @@ async fn a_consent_token_introspects_as_inactive_and_reveals_no_user_id() {
         );
     }
 }
+
+/// Guards the per-app quota of token rules (`REVOCATION_QUOTA_PER_APP`, checked in
+/// `revoke_token`): beyond it RevokeToken is refused with REQUEST_TRAFFIC_EXCEED_LIMIT and the
+/// token stays active (the caller knows; nothing is dropped silently). Revoking a token again
+/// is still answered, a refresh token's family is still revoked, other apps are unaffected.
+#[tokio::test]
+async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active() {
+    let server = TestAuthServer::start_with(|c| c.revocation_quota_per_app = 2).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let mut backend = server.backend(&app_id, &secret);
+    let mut pairs = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        pairs.push(
+            backend
+                .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+                    auth_code: code_for(&server, user, &app_id).await,
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let revoke = |token: &str| {
+        let mut backend = backend.clone();
+        let token = token.to_owned();
+        async move {
+            backend
+                .revoke_token(pb::RevokeTokenRequest { token })
+                .await
+                .map(|_| ())
+        }
+    };
+    let active = |token: &str| {
+        let mut backend = backend.clone();
+        let token = token.to_owned();
+        async move {
+            backend
+                .introspect_token(pb::IntrospectTokenRequest { token })
+                .await
+                .unwrap()
+                .into_inner()
+                .active
+        }
+    };
+    revoke(&pairs[0].access_token).await.unwrap();
+    revoke(&pairs[1].access_token).await.unwrap();
+    let refused = revoke(&pairs[2].access_token).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused)),
+        (
+            Code::ResourceExhausted,
+            ErrorReason::RequestTrafficExceedLimit
+        )
+    );
+    assert!(active(&pairs[2].access_token).await, "nothing was written");
+    revoke(&pairs[0].access_token)
+        .await
+        .expect("a token already revoked is not refused");
+    revoke(&pairs[2].refresh_token)
+        .await
+        .expect("a family revocation is no token rule");
+    assert!(!active(&pairs[2].access_token).await);
+
+    let (other_app, other_secret) = app_with(&server, &ALL_FEATURES).await;
+    let mut other = server.backend(&other_app, &other_secret);
+    let pair = other
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: code_for(&server, "u1", &other_app).await,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    other
+        .revoke_token(pb::RevokeTokenRequest {
+            token: pair.access_token,
+        })
+        .await
+        .expect("the quota is per app");
+}

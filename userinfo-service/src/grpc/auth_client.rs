@@ -422,8 +422,9 @@ mod tests {
         let verifier = TokenVerifier::new(Duration::from_secs(3600));
         let (now, at) = (Timestamp::now(), Instant::now());
         for sequence in [1, 2] {
-            apply_stream_message(&verifier, message(Some(event(sequence)), false), now, at)
-                .unwrap();
+            let mut e = event(sequence);
+            e.user_id = format!("u{sequence}");
+            apply_stream_message(&verifier, message(Some(e), false), now, at).unwrap();
         }
         assert_eq!(verifier.resume_point().0, 2);
         let resumed = pb::WatchRevocationsResponse {
