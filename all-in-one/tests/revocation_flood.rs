@@ -80,7 +80,7 @@ async fn open_user_info(
         .map(tonic::Response::into_inner)
 }
 
-/// Guards the idempotent token rule (`revoke_token`'s check for a held rule and the unique
+/// Guards the idempotent token rule (`TokenIssuer::revoke`'s check for a held rule and the unique
 /// index of migration 0002; with both removed the log grows by 3,000): 3,000 RevokeToken
 /// calls on one token, 20 at a time, leave one rule in auth-service's log, move userinfo's
 /// `revocation_rules` gauge by one, and the token is refused while another user's works.
@@ -175,10 +175,8 @@ const REPLAY_BOUND: Duration = Duration::from_secs(60);
 async fn replay_of_a_million_rules_at_start_up_stays_within_its_bound() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("auth.db").display());
-    let store = auth_service::store::sqlite::SqliteAuthStore::open(&url)
-        .await
-        .unwrap();
-    auth_service::store::AuthStore::close(&store).await;
+    let store = auth_service::store::open(&url).await.unwrap();
+    store.close().await;
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     let now = miniprogram_token::Timestamp::now();
     let until = now.saturating_add(Duration::from_secs(7200));

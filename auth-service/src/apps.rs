@@ -2,102 +2,13 @@
 
 use std::sync::Arc;
 
-use miniprogram_token::{Scope, ScopeSet, Timestamp};
+use miniprogram_token::{Clock, ScopeSet, Timestamp};
 
-use crate::clock::Clock;
 use crate::error::AuthError;
+use crate::model::{AppRecord, Feature, FeatureSet};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
-use crate::store::{AppRecord, AuthStore, NewRevocation, StoreError};
-
-/// A capability a mini program must have activated on the platform before it may ask for the
-/// matching scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Feature {
-    /// "Obtain basic member information": `userInfo`.
-    BasicUserInfo,
-    /// The phone number: `phoneNumber`.
-    PhoneNumber,
-    /// Auth codes and the app-scoped user id: `auth_base`.
-    UserAuthorization,
-}
-
-impl Feature {
-    pub const ALL: [Feature; 3] = [
-        Feature::BasicUserInfo,
-        Feature::PhoneNumber,
-        Feature::UserAuthorization,
-    ];
-
-    const fn bit(self) -> u8 {
-        match self {
-            Feature::BasicUserInfo => 1,
-            Feature::PhoneNumber => 2,
-            Feature::UserAuthorization => 4,
-        }
-    }
-
-    /// The scope this feature unlocks.
-    pub const fn scope(self) -> Scope {
-        match self {
-            Feature::BasicUserInfo => Scope::UserInfo,
-            Feature::PhoneNumber => Scope::PhoneNumber,
-            Feature::UserAuthorization => Scope::AuthBase,
-        }
-    }
-
-    /// The feature a scope needs.
-    pub const fn for_scope(scope: Scope) -> Feature {
-        match scope {
-            Scope::UserInfo => Feature::BasicUserInfo,
-            Scope::PhoneNumber => Feature::PhoneNumber,
-            Scope::AuthBase => Feature::UserAuthorization,
-        }
-    }
-}
-
-/// The features a mini program has activated, stored as a bit set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FeatureSet(u8);
-
-impl FeatureSet {
-    pub const EMPTY: FeatureSet = FeatureSet(0);
-
-    pub const fn from_bits(bits: u8) -> Self {
-        FeatureSet(bits & 0b111)
-    }
-
-    pub const fn bits(self) -> u8 {
-        self.0
-    }
-
-    pub const fn contains(self, f: Feature) -> bool {
-        self.0 & f.bit() != 0
-    }
-
-    pub const fn with(self, f: Feature) -> Self {
-        FeatureSet(self.0 | f.bit())
-    }
-
-    pub const fn without(self, f: Feature) -> Self {
-        FeatureSet(self.0 & !f.bit())
-    }
-
-    pub fn iter(self) -> impl Iterator<Item = Feature> {
-        Feature::ALL.into_iter().filter(move |f| self.contains(*f))
-    }
-
-    /// The scopes these features unlock.
-    pub fn scopes(self) -> ScopeSet {
-        self.iter().map(Feature::scope).collect()
-    }
-}
-
-impl FromIterator<Feature> for FeatureSet {
-    fn from_iter<I: IntoIterator<Item = Feature>>(iter: I) -> Self {
-        iter.into_iter().fold(FeatureSet::EMPTY, FeatureSet::with)
-    }
-}
+use crate::store::AuthStore;
 
 /// Longest display name accepted, in bytes.
 pub const MAX_DISPLAY_NAME_LEN: usize = 128;
@@ -151,60 +62,47 @@ impl AppRegistry {
             features,
             created_at: now,
         };
-        self.store.insert_app(&app).await?;
+        self.store.repositories().apps().insert(&app).await?;
         Ok(CreatedApp { app, app_secret })
     }
 
     pub async fn get(&self, app_id: &str) -> Result<AppRecord, AuthError> {
-        self.store.get_app(app_id).await.map_err(app_not_found)
+        let app = self.store.repositories().apps().get(app_id).await?;
+        app.ok_or(AuthError::AppNotFound)
     }
 
     pub async fn enable_feature(
         &self,
         app_id: &str,
         feature: Feature,
-        clock: &Clock,
     ) -> Result<AppRecord, AuthError> {
-        self.store
-            .set_features(
-                app_id,
-                FeatureSet::EMPTY.with(feature),
-                FeatureSet::EMPTY,
-                None,
-                clock,
-            )
-            .await
-            .map_err(app_not_found)
+        let on = FeatureSet::EMPTY.with(feature);
+        let mut repos = self.store.repositories();
+        let app = repos.apps().switch_features(app_id, on, FeatureSet::EMPTY);
+        app.await?.ok_or(AuthError::AppNotFound)
     }
 
-    /// Switches a feature off and voids every token that relies on it.
+    /// Switches a feature off and voids every token that relies on it: refresh tokens at once,
+    /// access and consent tokens by a rule stamped once the app row is held, so a grant that
+    /// read the features before the switch is stamped before the rule and caught by it.
     pub async fn disable_feature(
         &self,
         app_id: &str,
         feature: Feature,
-        clock: &Clock,
+        clock: &dyn Clock,
     ) -> Result<AppRecord, AuthError> {
+        let off = FeatureSet::EMPTY.with(feature);
+        let mut tx = self.store.begin().await?;
+        let switched = tx.apps().switch_features(app_id, FeatureSet::EMPTY, off);
+        let app = switched.await?.ok_or(AuthError::AppNotFound)?;
         let now = clock.now();
-        let revocation = NewRevocation {
-            app_id: app_id.to_owned(),
-            user_id: None,
-            scopes: ScopeSet::of(&[feature.scope()]),
-            token_id: None,
-            grant_id: None,
-            issued_before: now,
-            expire_at: self.revocation_policy.rule_expiry(now),
-        };
-        let app = self
-            .store
-            .set_features(
-                app_id,
-                FeatureSet::EMPTY,
-                FeatureSet::EMPTY.with(feature),
-                Some(&revocation),
-                clock,
-            )
-            .await
-            .map_err(app_not_found)?;
+        let scopes = ScopeSet::of(&[feature.scope()]);
+        tx.grants()
+            .revoke_tokens_carrying(app_id, None, scopes, now)
+            .await?;
+        let rule = self.revocation_policy.rule(app_id, None, scopes, now);
+        tx.revocations().append(&rule).await?;
+        tx.commit().await?;
         self.feed.notify();
         Ok(app)
     }
@@ -212,17 +110,58 @@ impl AppRegistry {
     /// Issues a new secret; the old one stops working at once.
     pub async fn rotate_secret(&self, app_id: &str) -> Result<OpaqueSecret, AuthError> {
         let secret = OpaqueSecret::generate()?;
-        self.store
-            .set_app_secret(app_id, &secret.hash())
-            .await
-            .map_err(app_not_found)?;
+        let mut repos = self.store.repositories();
+        if !repos.apps().set_secret(app_id, &secret.hash()).await? {
+            return Err(AuthError::AppNotFound);
+        }
         Ok(secret)
     }
 }
 
-fn app_not_found(e: StoreError) -> AuthError {
-    match e {
-        StoreError::NotFound => AuthError::AppNotFound,
-        other => AuthError::Store(other),
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::probe_clock::ProbeClock;
+
+    /// Guards `disable_feature` stamping its rule once the app row is held: a grant's read of
+    /// the features in order (`AppRepo::get_in_order`), started when the clock is read, must
+    /// wait for the switch to commit and then see the feature off. Were the clock read before
+    /// the row is held, that read would finish at once and see the feature still on, and a
+    /// token minted from it would be stamped after the rule and escape it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_feature_switch_is_stamped_while_grants_wait_for_it() {
+        let (urls, _dir) = sql_backend::testing::urls().await;
+        for (engine, url) in urls {
+            let store = crate::store::open(&url).await.unwrap();
+            let phone = FeatureSet::EMPTY.with(Feature::PhoneNumber);
+            let app = crate::testing::app_record("mp1", phone);
+            store.repositories().apps().insert(&app).await.unwrap();
+            let probed = store.clone();
+            let (clock, mut seen) = ProbeClock::new(Duration::from_millis(300), move || {
+                let store = probed.clone();
+                async move {
+                    let app = store.repositories().apps().get_in_order("mp1").await;
+                    app.unwrap().unwrap().features
+                }
+            });
+            let policy = RevocationPolicy::new(Duration::from_secs(60), Duration::from_secs(60));
+            let registry = AppRegistry::new(store, policy, RevocationFeed::default());
+            let step = registry.disable_feature("mp1", Feature::PhoneNumber, &clock);
+            let done = tokio::time::timeout(Duration::from_secs(10), step).await;
+            done.expect("the switch finishes").unwrap();
+            assert_eq!(
+                clock.finished(),
+                [false],
+                "{engine:?}: the grant's read waited"
+            );
+            let features = seen.recv().await;
+            assert_eq!(
+                features,
+                Some(FeatureSet::EMPTY),
+                "{engine:?}: and saw the switch"
+            );
+        }
     }
 }

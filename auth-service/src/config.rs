@@ -149,9 +149,39 @@ pub struct AuthConfig {
 }
 
 impl AuthArgs {
+    /// Every lifetime and interval must be longer than zero, and the revocation quota at
+    /// least one.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        for (variable, ttl) in [
+            ("CONSENT_TOKEN_TTL", self.consent_token_ttl),
+            ("ACCESS_TOKEN_TTL", self.access_token_ttl),
+            ("REFRESH_TOKEN_TTL", self.refresh_token_ttl),
+            ("AUTH_CODE_TTL", self.auth_code_ttl),
+            ("PROMPT_TTL", self.prompt_ttl),
+            ("KEY_ROTATION_PERIOD", self.key_rotation_period),
+            ("SWEEP_INTERVAL", self.sweep_interval),
+            ("REVOCATION_HEARTBEAT", self.revocation_heartbeat),
+        ] {
+            if ttl.is_zero() {
+                return Err(ConfigError::Invalid {
+                    variable,
+                    problem: "must be longer than zero".into(),
+                });
+            }
+        }
+        if self.revocation_quota_per_app == 0 {
+            return Err(ConfigError::Invalid {
+                variable: "REVOCATION_QUOTA_PER_APP",
+                problem: "must be at least 1, or no app could revoke a token".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks the flags; every missing credential is named at once. `dev` fills in what is
     /// missing (random bearer tokens, a master key generated once under `data/`).
     pub fn into_config(self, dev: bool) -> Result<AuthConfig, ConfigError> {
+        self.check_bounds()?;
         let mut missing = Vec::new();
         let mut credential = |value: Option<String>, name: &'static str| -> String {
             match value.filter(|v| !v.is_empty()) {
@@ -185,29 +215,6 @@ impl AuthArgs {
             (None, None) => None,
         };
         check_role_tokens(&admin, &wallet, &verifier)?;
-        for (variable, ttl) in [
-            ("CONSENT_TOKEN_TTL", self.consent_token_ttl),
-            ("ACCESS_TOKEN_TTL", self.access_token_ttl),
-            ("REFRESH_TOKEN_TTL", self.refresh_token_ttl),
-            ("AUTH_CODE_TTL", self.auth_code_ttl),
-            ("PROMPT_TTL", self.prompt_ttl),
-            ("KEY_ROTATION_PERIOD", self.key_rotation_period),
-            ("SWEEP_INTERVAL", self.sweep_interval),
-            ("REVOCATION_HEARTBEAT", self.revocation_heartbeat),
-        ] {
-            if ttl.is_zero() {
-                return Err(ConfigError::Invalid {
-                    variable,
-                    problem: "must be longer than zero".into(),
-                });
-            }
-        }
-        if self.revocation_quota_per_app == 0 {
-            return Err(ConfigError::Invalid {
-                variable: "REVOCATION_QUOTA_PER_APP",
-                problem: "must be at least 1, or no app could revoke a token".into(),
-            });
-        }
         Ok(AuthConfig {
             addr: self.addr,
             database_url: self.database_url,

@@ -4,18 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use miniprogram_token::{Scope, ScopeSet, Timestamp, TokenClaims, TokenKind};
+use miniprogram_token::{Clock, Scope, ScopeSet, Timestamp, TokenClaims, TokenKind};
 
-use crate::apps::Feature;
-use crate::clock::Clock;
 use crate::error::AuthError;
 use crate::keys::SigningKeys;
+use crate::model::{AppRecord, AuthCodeRecord, AuthorizationRecord, PromptRecord};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
-use crate::store::{
-    AppRecord, AuthCodeRecord, AuthStore, AuthorizationRecord, NewRevocation, PromptRecord,
-    StoreError,
-};
+use crate::store::AuthStore;
 
 /// Longest wallet user id or app id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -94,7 +90,7 @@ pub struct ConsentLifetimes {
     pub consent_token: Duration,
     pub auth_code: Duration,
     /// Codes are kept this long past expiry so that a late replay still revokes its tokens.
-    pub access_token: Duration,
+    pub code_retention: Duration,
 }
 
 /// Checks the shape of a scope request: `[userInfo]` alone, or a non-empty subset of
@@ -173,13 +169,15 @@ impl ConsentFlow {
         check_id("app_id", app_id)?;
         let scopes = check_scope_combination(scopes)?;
         let app = self.app_with_features(app_id, scopes).await?;
-        let standing = self.store.get_authorization(user_id, app_id).await?;
+        let mut repos = self.store.repositories();
+        let standing = repos.consents().authorization(user_id, app_id).await?;
         let granted = standing.as_ref().map_or(ScopeSet::EMPTY, |a| a.granted);
         let needs_consent: ScopeSet = scopes.iter().filter(|s| s.needs_consent()).collect();
         let to_ask = needs_consent.difference(granted);
         if to_ask.is_empty() {
             if !scopes.is_subset_of(granted) {
-                self.store
+                repos
+                    .consents()
                     .record_decision(user_id, app_id, scopes, ScopeSet::EMPTY, now)
                     .await?;
             }
@@ -195,7 +193,8 @@ impl ConsentFlow {
             .is_some_and(|a: &AuthorizationRecord| !a.denied.intersection(to_ask).is_empty());
         let prompt_id = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.prompt);
-        self.store
+        repos
+            .consents()
             .insert_prompt(&PromptRecord {
                 prompt_hash: prompt_id.hash(),
                 user_id: user_id.to_owned(),
@@ -229,18 +228,18 @@ impl ConsentFlow {
             return Err(AuthError::PromptNotFound);
         }
         let hash = secrets::hash(prompt_id);
-        let prompt = match self.store.get_prompt(&hash).await {
-            Ok(p) if p.user_id == user_id => p,
-            Ok(_) | Err(StoreError::NotFound) => return Err(AuthError::PromptNotFound),
-            Err(e) => return Err(e.into()),
-        };
+        let mut repos = self.store.repositories();
+        let prompt = repos.consents().prompt(&hash).await?;
+        let prompt = prompt
+            .filter(|p| p.user_id == user_id)
+            .ok_or(AuthError::PromptNotFound)?;
         if prompt.resolved_at.is_some() {
             return Err(AuthError::PromptAlreadyResolved);
         }
         if prompt.expires_at <= now {
             return Err(AuthError::PromptExpired);
         }
-        if !self.store.resolve_prompt(&hash, now).await? {
+        if !repos.consents().resolve_prompt(&hash, now).await? {
             return Err(AuthError::PromptAlreadyResolved);
         }
         match decision {
@@ -248,7 +247,8 @@ impl ConsentFlow {
                 let app = self
                     .app_with_features(&prompt.app_id, prompt.scopes)
                     .await?;
-                self.store
+                repos
+                    .consents()
                     .record_decision(user_id, &prompt.app_id, prompt.scopes, ScopeSet::EMPTY, now)
                     .await?;
                 let grant = self.grant(&app, user_id, prompt.scopes, now).await?;
@@ -256,7 +256,8 @@ impl ConsentFlow {
             }
             Decision::Deny => {
                 let denied: ScopeSet = prompt.scopes.iter().filter(|s| s.needs_consent()).collect();
-                self.store
+                repos
+                    .consents()
                     .record_decision(user_id, &prompt.app_id, ScopeSet::EMPTY, denied, now)
                     .await?;
                 Ok(PromptOutcome::Denial {
@@ -271,7 +272,9 @@ impl ConsentFlow {
         check_id("user_id", user_id)?;
         Ok(self
             .store
-            .list_authorizations(user_id)
+            .repositories()
+            .consents()
+            .list(user_id)
             .await?
             .into_iter()
             .map(|(a, name)| AuthorizationSummary {
@@ -284,42 +287,58 @@ impl ConsentFlow {
     }
 
     /// Withdraws `scopes` (all when empty); tokens carrying them stop working at once and the
-    /// next request prompts again. Returns (withdrawn, still granted).
+    /// next request prompts again. Returns (withdrawn, still granted). Withdrawing what is not
+    /// granted writes nothing: every token carrying it was caught by the withdrawal that took
+    /// it back.
     pub async fn withdraw(
         &self,
         user_id: &str,
         app_id: &str,
         scopes: ScopeSet,
-        clock: &Clock,
+        clock: &dyn Clock,
     ) -> Result<(ScopeSet, ScopeSet), AuthError> {
         check_id("user_id", user_id)?;
         check_id("app_id", app_id)?;
-        match self.store.get_app(app_id).await {
-            Ok(_) => {}
-            Err(StoreError::NotFound) => return Err(AuthError::AppNotFound),
-            Err(e) => return Err(e.into()),
-        }
-        let before = self
+        if self
             .store
-            .get_authorization(user_id, app_id)
+            .repositories()
+            .apps()
+            .get(app_id)
             .await?
-            .map_or(ScopeSet::EMPTY, |a| a.granted);
-        let now = clock.now();
-        let revocation = NewRevocation {
-            app_id: app_id.to_owned(),
-            user_id: Some(user_id.to_owned()),
-            scopes,
-            token_id: None,
-            grant_id: None,
-            issued_before: now,
-            expire_at: self.revocation_policy.rule_expiry(now),
+            .is_none()
+        {
+            return Err(AuthError::AppNotFound);
+        }
+        let taken = if scopes.is_empty() {
+            ScopeSet::of(&Scope::ALL)
+        } else {
+            scopes
         };
-        let remaining = self
-            .store
-            .withdraw_authorization(&revocation, clock)
+        let mut tx = self.store.begin().await?;
+        let held = tx.consents().hold_authorization(user_id, app_id).await?;
+        let granted = held.map_or(ScopeSet::EMPTY, |a| a.granted);
+        if granted.intersection(taken).is_empty() {
+            return Ok((ScopeSet::EMPTY, granted));
+        }
+        let remaining = tx.consents().withdraw(user_id, app_id, taken).await?;
+        let remaining = remaining.unwrap_or(ScopeSet::EMPTY);
+        // The authorization is held now and grants read it in order: stamp from here, so a
+        // grant that read it before is stamped before the rule and caught by it.
+        let now = clock.now();
+        tx.consents().stamp(user_id, app_id, now).await?;
+        tx.grants()
+            .delete_unspent_codes(app_id, user_id, taken)
             .await?;
+        tx.grants()
+            .revoke_tokens_carrying(app_id, Some(user_id), taken, now)
+            .await?;
+        let rule = self
+            .revocation_policy
+            .rule(app_id, Some(user_id), scopes, now);
+        tx.revocations().append(&rule).await?;
+        tx.commit().await?;
         self.feed.notify();
-        Ok((before.difference(remaining), remaining))
+        Ok((granted.difference(remaining), remaining))
     }
 
     async fn app_with_features(
@@ -327,16 +346,14 @@ impl ConsentFlow {
         app_id: &str,
         scopes: ScopeSet,
     ) -> Result<AppRecord, AuthError> {
-        let app = match self.store.get_app_for_grant(app_id).await {
-            Ok(app) => app,
-            Err(StoreError::NotFound) => return Err(AuthError::AppNotFound),
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(missing) = scopes
-            .iter()
-            .map(Feature::for_scope)
-            .find(|f| !app.features.contains(*f))
-        {
+        let app = self
+            .store
+            .repositories()
+            .apps()
+            .get_in_order(app_id)
+            .await?;
+        let app = app.ok_or(AuthError::AppNotFound)?;
+        if let Some(missing) = app.features.missing_for(scopes) {
             return Err(AuthError::InsufficientIsvPermissions(missing));
         }
         Ok(app)
@@ -373,7 +390,9 @@ impl ConsentFlow {
         let code = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.auth_code);
         self.store
-            .insert_auth_code(&AuthCodeRecord {
+            .repositories()
+            .grants()
+            .insert_code(&AuthCodeRecord {
                 code_hash: code.hash(),
                 grant_id: secrets::new_id()?,
                 app_id: app.app_id.clone(),
@@ -381,7 +400,8 @@ impl ConsentFlow {
                 scopes,
                 created_at: now,
                 expires_at,
-                purge_at: expires_at.saturating_add(self.lifetimes.access_token),
+                used_at: None,
+                purge_at: expires_at.saturating_add(self.lifetimes.code_retention),
             })
             .await?;
         Ok(Grant {
@@ -389,5 +409,120 @@ impl ConsentFlow {
             expires_at,
             credential: GrantCredential::AuthCode(code),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FeatureSet;
+    use crate::testing::probe_clock::ProbeClock;
+
+    /// Guards `withdraw` stamping its rule once the authorization is held: a grant's read of
+    /// the authorization in order (`ConsentRepo::authorization`), started when the clock is
+    /// read, must wait for the withdrawal to commit and then see nothing granted. Were the
+    /// clock read before the row is held, that read would finish at once and see the grant,
+    /// and a token minted from it would be stamped after the rule and escape it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_withdrawal_is_stamped_while_grants_wait_for_it() {
+        let (urls, _dir) = sql_backend::testing::urls().await;
+        for (engine, url) in urls {
+            let store = crate::store::open(&url).await.unwrap();
+            let mut repos = store.repositories();
+            let app = crate::testing::app_record("mp1", FeatureSet::EMPTY);
+            repos.apps().insert(&app).await.unwrap();
+            let base = ScopeSet::of(&[Scope::AuthBase]);
+            let decided =
+                repos
+                    .consents()
+                    .record_decision("u1", "mp1", base, ScopeSet::EMPTY, now());
+            decided.await.unwrap();
+            let probed = store.clone();
+            let (clock, mut seen) = ProbeClock::new(Duration::from_millis(300), move || {
+                let store = probed.clone();
+                async move {
+                    let mut repos = store.repositories();
+                    let standing = repos.consents().authorization("u1", "mp1").await;
+                    standing.unwrap().unwrap().granted
+                }
+            });
+            let flow = flow(store);
+            let step = flow.withdraw("u1", "mp1", ScopeSet::EMPTY, &clock);
+            let done = tokio::time::timeout(Duration::from_secs(10), step).await;
+            let (withdrawn, _) = done.expect("the withdrawal finishes").unwrap();
+            assert_eq!(withdrawn, base);
+            assert_eq!(
+                clock.finished(),
+                [false],
+                "{engine:?}: the grant's read waited"
+            );
+            let granted = seen.recv().await;
+            assert_eq!(
+                granted,
+                Some(ScopeSet::EMPTY),
+                "{engine:?}: and saw the withdrawal"
+            );
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_unix_nanos(1)
+    }
+
+    fn flow(store: Arc<dyn AuthStore>) -> ConsentFlow {
+        let ttl = Duration::from_secs(60);
+        let lifetimes = ConsentLifetimes {
+            prompt: ttl,
+            consent_token: ttl,
+            auth_code: ttl,
+            code_retention: ttl,
+        };
+        let (policy, feed) = (RevocationPolicy::new(ttl, ttl), RevocationFeed::default());
+        ConsentFlow::new(store, SigningKeys::default(), lifetimes, policy, feed)
+    }
+
+    /// Guards the granted-scopes check in `withdraw`: withdrawing what is not granted (again,
+    /// or never) writes nothing and appends no rule.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn withdrawing_what_is_not_granted_appends_no_rule() {
+        let (urls, _dir) = sql_backend::testing::urls().await;
+        for (engine, url) in urls {
+            let store = crate::store::open(&url).await.unwrap();
+            let mut repos = store.repositories();
+            let app = crate::testing::app_record("a1", FeatureSet::EMPTY);
+            repos.apps().insert(&app).await.unwrap();
+            let phone = ScopeSet::of(&[Scope::PhoneNumber]);
+            let decided =
+                repos
+                    .consents()
+                    .record_decision("u1", "a1", phone, ScopeSet::EMPTY, now());
+            decided.await.unwrap();
+            let (flow, clock) = (
+                flow(store.clone()),
+                miniprogram_token::SystemClock::default(),
+            );
+            let user_info = ScopeSet::of(&[Scope::UserInfo]);
+            let outcome = flow.withdraw("u1", "a1", user_info, &clock).await.unwrap();
+            assert_eq!(outcome, (ScopeSet::EMPTY, phone), "{engine:?}");
+            let log = repos.revocations().after(0, 10).await.unwrap();
+            assert!(log.is_empty(), "{engine:?}: nothing granted, no rule");
+            for _ in 0..3 {
+                flow.withdraw("u1", "a1", ScopeSet::EMPTY, &clock)
+                    .await
+                    .unwrap();
+            }
+            let never = flow
+                .withdraw("u2", "a1", ScopeSet::EMPTY, &clock)
+                .await
+                .unwrap();
+            assert_eq!(never, (ScopeSet::EMPTY, ScopeSet::EMPTY), "{engine:?}");
+            let rules = repos.revocations().after(0, 10).await.unwrap();
+            assert_eq!(
+                rules.len(),
+                1,
+                "{engine:?}: only the withdrawal that took something"
+            );
+            assert_eq!(rules[0].user_id.as_deref(), Some("u1"), "{engine:?}");
+        }
     }
 }

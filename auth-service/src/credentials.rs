@@ -11,8 +11,9 @@ use miniprogram_token::Timestamp;
 use sha2::{Digest, Sha256};
 
 use crate::error::AuthError;
+use crate::model::AppRecord;
 use crate::secrets;
-use crate::store::{AppRecord, AuthStore, StoreError};
+use crate::store::AuthStore;
 
 /// The platform roles that call with a bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,10 +297,8 @@ impl AppAuthenticator {
         if self.limiter.caller_blocked(caller, Some(&app_id), now) {
             return Err(AuthError::RequestTrafficExceedLimit);
         }
-        let app = match self.store.get_app(&app_id).await {
-            Ok(app) => app,
-            Err(StoreError::NotFound) => return Err(self.refuse_without_app(caller, now)),
-            Err(e) => return Err(e.into()),
+        let Some(app) = self.store.repositories().apps().get(&app_id).await? else {
+            return Err(self.refuse_without_app(caller, now));
         };
         if secrets::matches_hash(&secret, &app.secret_hash) {
             return Ok(app);

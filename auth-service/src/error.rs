@@ -1,7 +1,7 @@
 //! What can go wrong in auth-service, in domain terms. `grpc::status` is the one table that
 //! turns each variant into a gRPC status with the design's `ErrorInfo` reason.
 
-use crate::apps::Feature;
+use crate::model::Feature;
 use crate::store::StoreError;
 
 /// A failed request. Messages name what was wrong and never contain a secret.

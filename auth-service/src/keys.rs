@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use miniprogram_token::{KeyRing, MasterKey, SigningKey, Timestamp};
+use miniprogram_token::{Clock, KeyRing, MasterKey, SigningKey, Timestamp};
 
 use crate::error::AuthError;
+use crate::model::StoredTokenKey;
 use crate::revocations::RevocationFeed;
 use crate::secrets::{self, AppUserIdKey};
-use crate::store::{AuthStore, StoreError, StoredTokenKey};
+use crate::store::{AuthStore, StoreError};
 
 /// The keys in use, shared by everything that mints or lists tokens.
 #[derive(Debug, Clone, Default)]
@@ -70,7 +71,8 @@ pub async fn adopt_master_key(
     previous: Option<&MasterKey>,
 ) -> Result<(), MasterKeyMismatch> {
     let unknown = |what: String| MasterKeyMismatch::Unknown { what };
-    for key in store.list_token_keys().await? {
+    let mut repos = store.repositories();
+    for key in repos.keys().list().await? {
         let label = token_key_label(&key.key_id);
         if master.unseal(&label, &key.sealed_key).is_ok() {
             continue;
@@ -81,12 +83,13 @@ pub async fn adopt_master_key(
         let resealed = master
             .seal(&label, &secret)
             .map_err(|_| MasterKeyMismatch::Seal)?;
-        store
-            .reseal_token_key(&key.key_id, &key.sealed_key, &resealed)
+        repos
+            .keys()
+            .reseal(&key.key_id, &key.sealed_key, &resealed)
             .await?;
         tracing::info!(key_id = %key.key_id, "token key re-sealed under the new master key");
     }
-    if let Some(sealed) = store.get_sealed_secret(PAIRWISE_ID_SECRET).await? {
+    if let Some(sealed) = repos.keys().secret(PAIRWISE_ID_SECRET).await? {
         let label = secret_label(PAIRWISE_ID_SECRET);
         if master.unseal(&label, &sealed).is_err() {
             let secret = previous
@@ -95,7 +98,8 @@ pub async fn adopt_master_key(
             let resealed = master
                 .seal(&label, &secret)
                 .map_err(|_| MasterKeyMismatch::Seal)?;
-            store
+            repos
+                .keys()
                 .reseal_secret(PAIRWISE_ID_SECRET, &sealed, &resealed)
                 .await?;
             tracing::info!("pairwise-id secret re-sealed under the new master key");
@@ -114,8 +118,9 @@ pub async fn pairwise_secret(
     now: Timestamp,
 ) -> Result<AppUserIdKey, AuthError> {
     let label = secret_label(PAIRWISE_ID_SECRET);
-    if store.get_sealed_secret(PAIRWISE_ID_SECRET).await?.is_none() {
-        let secret = if store.count_apps().await? > 0 {
+    let mut repos = store.repositories();
+    if repos.keys().secret(PAIRWISE_ID_SECRET).await?.is_none() {
+        let secret = if repos.apps().count().await? > 0 {
             AppUserIdKey::derive_legacy(master.as_bytes()).secret()
         } else {
             miniprogram_token::random_bytes().map_err(|_| AuthError::RandomUnavailable)?
@@ -123,8 +128,9 @@ pub async fn pairwise_secret(
         let sealed = master
             .seal(&label, &secret)
             .map_err(|_| AuthError::NoTokenKey)?;
-        match store
-            .insert_sealed_secret(PAIRWISE_ID_SECRET, &sealed, now)
+        match repos
+            .keys()
+            .insert_secret(PAIRWISE_ID_SECRET, &sealed, now)
             .await
         {
             Ok(()) | Err(StoreError::AlreadyExists) => {}
@@ -132,10 +138,8 @@ pub async fn pairwise_secret(
         }
     }
     // Read back: with several replicas starting at once, the first one stored wins.
-    let sealed = store
-        .get_sealed_secret(PAIRWISE_ID_SECRET)
-        .await?
-        .ok_or(AuthError::Store(StoreError::NotFound))?;
+    let sealed = repos.keys().secret(PAIRWISE_ID_SECRET).await?;
+    let sealed = sealed.ok_or(AuthError::NoTokenKey)?;
     let secret = master.unseal(&label, &sealed).map_err(|_| {
         tracing::error!("the pairwise-id secret does not open under the master key");
         AuthError::NoTokenKey
@@ -187,14 +191,15 @@ impl KeyRotation {
     /// is in place and published before the current one retires); reloads the ring.
     pub async fn ensure_current(&self, now: Timestamp) -> Result<(), AuthError> {
         let _creating = self.creating.lock().await;
-        let mut stored = self.store.list_token_keys().await?;
+        let mut repos = self.store.repositories();
+        let mut stored = repos.keys().list().await?;
         let lead = now.saturating_add(self.period / 10);
         let has_current = stored
             .iter()
             .any(|k| k.created_at <= now && lead < k.retire_at);
         if !has_current {
             let key = self.new_key(now)?;
-            match self.store.insert_token_key(&key).await {
+            match repos.keys().insert(&key).await {
                 Ok(()) | Err(StoreError::AlreadyExists) => stored.push(key),
                 Err(e) => return Err(e.into()),
             }
@@ -207,7 +212,7 @@ impl KeyRotation {
     /// verifies here, a successor takes over, and verifiers drop it on the next message of
     /// their revocation stream. `false` if no such key is alive.
     pub async fn retire(&self, key_id: &str, now: Timestamp) -> Result<bool, AuthError> {
-        let retired = self.store.retire_token_key(key_id, now).await?;
+        let retired = self.store.repositories().keys().retire(key_id, now).await?;
         self.ensure_current(now).await?;
         if retired {
             tracing::warn!(%key_id, "token key retired by an admin; its tokens are refused from now on");
@@ -264,6 +269,16 @@ impl KeyRotation {
         }
     }
 
+    /// How often [`run`] checks: under the tenth of a period by which a successor is created
+    /// early, so no tick skips that window and leaves a moment with no key to mint with; and
+    /// under half a `heartbeat`, so a key another replica created or retired is picked up here
+    /// (and sent to this replica's verifiers) within a second.
+    pub fn check_interval(&self, heartbeat: Duration) -> Duration {
+        (self.period / 20)
+            .min(heartbeat / 2)
+            .clamp(Duration::from_millis(10), Duration::from_millis(500))
+    }
+
     fn new_key(&self, now: Timestamp) -> Result<StoredTokenKey, AuthError> {
         let key_id = format!("k{}", &secrets::new_id()?[..12]);
         let retire_at = now.saturating_add(self.period);
@@ -308,16 +323,26 @@ impl KeyRotation {
     }
 }
 
+/// Keeps a key able to mint, checking every `every`, forever: spawn it beside
+/// [`crate::sweeper::run`] and abort it on shutdown.
+pub async fn run(rotation: KeyRotation, clock: Arc<dyn Clock>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = rotation.ensure_current(clock.now()).await {
+            tracing::error!(error = %e, "key rotation failed; will retry");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use miniprogram_token::{ScopeSet, TokenClaims, TokenKind};
 
     use super::*;
-    use crate::store::sqlite::SqliteAuthStore;
 
     async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<dyn AuthStore> {
         let url = format!("sqlite://{}", dir.path().join("auth.db").display());
-        Arc::new(SqliteAuthStore::open(&url).await.unwrap())
+        crate::store::open(&url).await.unwrap()
     }
 
     fn rotation(store: Arc<dyn AuthStore>, master: u8, keys: SigningKeys) -> KeyRotation {
@@ -481,11 +506,13 @@ mod tests {
         let store = sqlite_store(&dir).await;
         let master = MasterKey::from_bytes(&[5; 32]).unwrap();
         store
-            .insert_app(&crate::store::AppRecord {
+            .repositories()
+            .apps()
+            .insert(&crate::model::AppRecord {
                 app_id: "mp1".into(),
                 display_name: "One".into(),
                 secret_hash: [0; 32],
-                features: crate::apps::FeatureSet::EMPTY,
+                features: crate::model::FeatureSet::EMPTY,
                 created_at: Timestamp::now(),
             })
             .await

@@ -6,13 +6,13 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
-pub mod clock;
 pub mod config;
 pub mod consent;
 pub mod credentials;
 pub mod error;
 pub mod grpc;
 pub mod keys;
+pub mod model;
 pub mod revocations;
 pub mod secrets;
 pub mod store;
@@ -27,20 +27,23 @@ use miniprogram_proto::auth::v1::{
     key_admin_service_server::KeyAdminServiceServer, key_service_server::KeyServiceServer,
     token_service_server::TokenServiceServer,
 };
+use miniprogram_token::{Clock, SystemClock};
+use service_runtime::ServerLayers;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::Router;
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::apps::AppRegistry;
-use crate::clock::Clock;
 use crate::config::AuthConfig;
 use crate::consent::{ConsentFlow, ConsentLifetimes};
 use crate::credentials::{AppAuthenticator, CallerRole, CallerRoles, FailedAttemptLimiter};
 use crate::keys::{KeyRotation, MasterKeyMismatch, SigningKeys};
-use crate::revocations::{RevocationFeed, RevocationPolicy};
-use crate::store::postgres::PostgresAuthStore;
-use crate::store::sqlite::SqliteAuthStore;
+use crate::revocations::{RevocationFeed, RevocationLog, RevocationPolicy};
+use crate::secrets::AppUserIdKey;
 use crate::store::{AuthStore, StoreError};
 use crate::tokens::{TokenIssuer, TokenLifetimes};
 
@@ -60,8 +63,6 @@ pub enum ServeError {
     Bind(#[from] std::io::Error),
     #[error("database: {0}")]
     Store(#[from] StoreError),
-    #[error("unsupported database URL (expected sqlite://... or postgres://...)")]
-    UnsupportedDatabase,
     #[error("token keys: {0}")]
     Keys(#[from] error::AuthError),
     #[error("master key: {0}")]
@@ -70,17 +71,6 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Opens the store the URL names and applies its migrations.
-pub async fn open_store(url: &str) -> Result<Arc<dyn AuthStore>, ServeError> {
-    if url.starts_with("sqlite:") {
-        return Ok(Arc::new(SqliteAuthStore::open(url).await?));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(PostgresAuthStore::open(url).await?));
-    }
-    Err(ServeError::UnsupportedDatabase)
 }
 
 /// Binds `config.addr` and serves until `shutdown` resolves.
@@ -113,157 +103,39 @@ pub async fn serve_with_listener(
         .set_service_status("", ServingStatus::NotServing)
         .await;
 
-    let store = open_store(&config.database_url).await?;
-    keys::adopt_master_key(
-        store.as_ref(),
-        &config.master_key,
-        config.previous_master_key.as_ref(),
-    )
-    .await?;
-    let clock = Arc::new(Clock::default());
-    let keys = SigningKeys::default();
+    let store = store::open(&config.database_url).await?;
+    let master = &config.master_key;
+    keys::adopt_master_key(store.as_ref(), master, config.previous_master_key.as_ref()).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     let feed = RevocationFeed::default();
-    let longest_token_ttl = config.consent_token_ttl.max(config.access_token_ttl);
-    let rotation = KeyRotation::new(
-        store.clone(),
-        config.master_key.clone(),
-        config.key_rotation_period,
-        longest_token_ttl,
-        keys.clone(),
-        feed.clone(),
-    );
-    rotation.ensure_current(clock.now()).await?;
-    let pairwise = keys::pairwise_secret(store.as_ref(), &config.master_key, clock.now()).await?;
-
-    let policy = RevocationPolicy::new(config.consent_token_ttl, config.access_token_ttl)
-        .with_token_rules_per_app(config.revocation_quota_per_app);
-    let callers = Arc::new(CallerRoles::new(&config.callers));
-    let registry = AppRegistry::new(store.clone(), policy, feed.clone());
-    let flow = ConsentFlow::new(
-        store.clone(),
-        keys.clone(),
-        ConsentLifetimes {
-            prompt: config.prompt_ttl,
-            consent_token: config.consent_token_ttl,
-            auth_code: config.auth_code_ttl,
-            access_token: config.access_token_ttl,
-        },
-        policy,
-        feed.clone(),
-    );
-    let issuer = TokenIssuer::new(
-        store.clone(),
-        keys.clone(),
-        TokenLifetimes {
-            access_token: config.access_token_ttl,
-            refresh_token: config.refresh_token_ttl,
-        },
-        pairwise,
-        policy,
-        feed.clone(),
-    );
-    let authenticator = Arc::new(AppAuthenticator::new(
-        store.clone(),
-        FailedAttemptLimiter::new(
-            config.failed_credential_budget,
-            config.failed_credential_window,
+    let ring = SigningKeys::default();
+    let keys = Keys {
+        ring: ring.clone(),
+        rotation: KeyRotation::new(
+            store.clone(),
+            master.clone(),
+            config.key_rotation_period,
+            config.consent_token_ttl.max(config.access_token_ttl),
+            ring,
+            feed.clone(),
         ),
-    ));
-
-    let max = config.limits.max_message_bytes;
-    let reflection_v1 = miniprogram_proto::reflection(&SERVICE_NAMES)
-        .build_v1()?
-        .max_decoding_message_size(max);
-    let reflection_v1alpha = miniprogram_proto::reflection(&SERVICE_NAMES)
-        .build_v1alpha()?
-        .max_decoding_message_size(max);
+        pairwise: keys::pairwise_secret(store.as_ref(), master, clock.now()).await?,
+    };
+    keys.rotation.ensure_current(clock.now()).await?;
 
     let mut background = tokio::task::JoinSet::new();
     background.spawn(sweeper::run(
         store.clone(),
+        clock.clone(),
         config.sweep_interval,
         config.sweep_batch,
     ));
-    {
-        let rotation = rotation.clone();
-        let clock = clock.clone();
-        // Under the tenth of a period by which a successor is created early, so no tick can
-        // skip the window and leave a moment with no key to mint with; and under half a
-        // heartbeat, so a key another replica created or retired is picked up here (and sent
-        // to this replica's verifiers) within a second.
-        let every = (config.key_rotation_period / 20)
-            .min(config.revocation_heartbeat / 2)
-            .clamp(
-                std::time::Duration::from_millis(10),
-                std::time::Duration::from_millis(500),
-            );
-        background.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = rotation.ensure_current(clock.now()).await {
-                    tracing::error!(error = %e, "key rotation failed; will retry");
-                }
-            }
-        });
-    }
+    let every = keys.rotation.check_interval(config.revocation_heartbeat);
+    background.spawn(keys::run(keys.rotation.clone(), clock.clone(), every));
 
-    let draining = tokio_util::sync::CancellationToken::new();
-    let router = service_runtime::server_builder_with_tls(
-        &config.limits,
-        &SERVICE_NAMES,
-        config.tls.as_ref(),
-    )?
-    .add_service(health_service.max_decoding_message_size(max))
-    .add_service(reflection_v1)
-    .add_service(reflection_v1alpha)
-    .add_service(InterceptedService::new(
-        AppServiceServer::new(grpc::apps::AppGrpc {
-            registry,
-            clock: clock.clone(),
-        })
-        .max_decoding_message_size(max),
-        role_check(callers.clone(), CallerRole::Admin),
-    ))
-    .add_service(InterceptedService::new(
-        AuthorizationServiceServer::new(grpc::authorization::AuthorizationGrpc {
-            flow,
-            clock: clock.clone(),
-        })
-        .max_decoding_message_size(max),
-        role_check(callers.clone(), CallerRole::Wallet),
-    ))
-    .add_service(
-        TokenServiceServer::new(grpc::tokens::TokenGrpc {
-            issuer,
-            apps: authenticator,
-            clock: clock.clone(),
-            callers: callers.clone(),
-            trusted_proxies: config.trusted_proxies.clone(),
-        })
-        .max_decoding_message_size(max),
-    )
-    .add_service(InterceptedService::new(
-        KeyAdminServiceServer::new(grpc::keys::KeyAdminGrpc {
-            keys: keys.clone(),
-            rotation: rotation.clone(),
-            clock: clock.clone(),
-        })
-        .max_decoding_message_size(max),
-        role_check(callers.clone(), CallerRole::Admin),
-    ))
-    .add_service(InterceptedService::new(
-        KeyServiceServer::new(grpc::keys::KeyGrpc {
-            keys,
-            rotation: rotation.clone(),
-            store: store.clone(),
-            feed,
-            heartbeat: config.revocation_heartbeat,
-            clock,
-            draining: draining.clone(),
-        })
-        .max_decoding_message_size(max),
-        role_check(callers, CallerRole::Verifier),
-    ));
+    let draining = CancellationToken::new();
+    let services = Services::new(&config, store.clone(), clock, keys, feed, &draining);
+    let router = services.router(&config, health_service)?;
 
     service_runtime::set_health(&health, &SERVICE_NAMES, ServingStatus::Serving).await;
     let addr = listener.local_addr()?;
@@ -285,5 +157,151 @@ pub async fn serve_with_listener(
     Ok(result?)
 }
 
+/// The key hierarchy as loaded at start-up.
+struct Keys {
+    ring: SigningKeys,
+    rotation: KeyRotation,
+    pairwise: AppUserIdKey,
+}
+
+/// The gRPC services over the domain, wired to one store, clock, key ring and revocation feed.
+struct Services {
+    apps: grpc::apps::AppGrpc,
+    authorization: grpc::authorization::AuthorizationGrpc,
+    tokens: grpc::tokens::TokenGrpc,
+    key_admin: grpc::keys::KeyAdminGrpc,
+    keys: grpc::keys::KeyGrpc,
+    callers: Arc<CallerRoles>,
+}
+
+impl Services {
+    fn new(
+        config: &AuthConfig,
+        store: Arc<dyn AuthStore>,
+        clock: Arc<dyn Clock>,
+        keys: Keys,
+        feed: RevocationFeed,
+        draining: &CancellationToken,
+    ) -> Self {
+        let policy = RevocationPolicy::new(config.consent_token_ttl, config.access_token_ttl)
+            .with_token_rules_per_app(config.revocation_quota_per_app);
+        let lifetimes = ConsentLifetimes {
+            prompt: config.prompt_ttl,
+            consent_token: config.consent_token_ttl,
+            auth_code: config.auth_code_ttl,
+            code_retention: config.access_token_ttl,
+        };
+        let ring = keys.ring;
+        let flow = ConsentFlow::new(store.clone(), ring.clone(), lifetimes, policy, feed.clone());
+        let token_lifetimes = TokenLifetimes {
+            access_token: config.access_token_ttl,
+            refresh_token: config.refresh_token_ttl,
+        };
+        let issuer = TokenIssuer::new(
+            store.clone(),
+            ring.clone(),
+            token_lifetimes,
+            keys.pairwise,
+            policy,
+            feed.clone(),
+        );
+        let limiter = FailedAttemptLimiter::new(
+            config.failed_credential_budget,
+            config.failed_credential_window,
+        );
+        let callers = Arc::new(CallerRoles::new(&config.callers));
+        Services {
+            apps: grpc::apps::AppGrpc {
+                registry: AppRegistry::new(store.clone(), policy, feed.clone()),
+                clock: clock.clone(),
+            },
+            authorization: grpc::authorization::AuthorizationGrpc {
+                flow,
+                clock: clock.clone(),
+            },
+            tokens: grpc::tokens::TokenGrpc {
+                issuer,
+                authenticator: Arc::new(AppAuthenticator::new(store.clone(), limiter)),
+                clock: clock.clone(),
+                callers: callers.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
+            },
+            key_admin: grpc::keys::KeyAdminGrpc {
+                keys: ring.clone(),
+                rotation: keys.rotation.clone(),
+                clock: clock.clone(),
+            },
+            keys: grpc::keys::KeyGrpc {
+                keys: ring,
+                rotation: keys.rotation,
+                log: RevocationLog::new(store, feed),
+                heartbeat: config.revocation_heartbeat,
+                clock,
+                draining: draining.clone(),
+            },
+            callers,
+        }
+    }
+
+    /// The server: health, reflection and our services behind their caller checks.
+    fn router(
+        self,
+        config: &AuthConfig,
+        health_service: HealthServer<impl Health>,
+    ) -> Result<Router<ServerLayers>, ServeError> {
+        let max = config.limits.max_message_bytes;
+        let callers = self.callers;
+        let tls = config.tls.as_ref();
+        let builder = service_runtime::server_builder_with_tls(&config.limits, &SERVICE_NAMES, tls);
+        let reflection = || miniprogram_proto::reflection(&SERVICE_NAMES);
+        Ok(builder?
+            .add_service(health_service.max_decoding_message_size(max))
+            .add_service(reflection().build_v1()?.max_decoding_message_size(max))
+            .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max))
+            .add_service(InterceptedService::new(
+                AppServiceServer::new(self.apps).max_decoding_message_size(max),
+                role_check(callers.clone(), CallerRole::Admin),
+            ))
+            .add_service(InterceptedService::new(
+                AuthorizationServiceServer::new(self.authorization).max_decoding_message_size(max),
+                role_check(callers.clone(), CallerRole::Wallet),
+            ))
+            .add_service(TokenServiceServer::new(self.tokens).max_decoding_message_size(max))
+            .add_service(InterceptedService::new(
+                KeyAdminServiceServer::new(self.key_admin).max_decoding_message_size(max),
+                role_check(callers.clone(), CallerRole::Admin),
+            ))
+            .add_service(InterceptedService::new(
+                KeyServiceServer::new(self.keys).max_decoding_message_size(max),
+                role_check(callers, CallerRole::Verifier),
+            )))
+    }
+}
+
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+#[cfg(test)]
+mod tests {
+    /// Arrows point down, gRPC -> services -> store -> model, never around a cycle: guards
+    /// that no store file imports a service (the store once took `FeatureSet` from `apps`,
+    /// which imported the store back) and that the model imports nothing of ours.
+    #[test]
+    fn arrows_point_down() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let services: &[&str] = &[
+            "error",
+            "secrets",
+            "revocations",
+            "keys",
+            "apps",
+            "consent",
+            "credentials",
+            "tokens",
+            "sweeper",
+            "config",
+        ];
+        let layers = [&["model"][..], &["store"], services, &["grpc"]];
+        crate::testing::layers::assert_arrows_point_down(&src, &layers);
+    }
+}

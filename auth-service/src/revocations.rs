@@ -1,9 +1,15 @@
 //! How long revocation rules live, and the live feed of new ones for `WatchRevocations`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use miniprogram_token::Timestamp;
+use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::AuthError;
+use crate::model::NewRevocation;
+use crate::store::{AuthStore, StoreResult};
 
 /// Live token rules one app may hold unless configured otherwise (`REVOCATION_QUOTA_PER_APP`).
 pub const DEFAULT_TOKEN_RULES_PER_APP: u32 = 100_000;
@@ -38,16 +44,49 @@ impl RevocationPolicy {
         self.token_rules_per_app
     }
 
-    pub fn rule_expiry(&self, issued_before: Timestamp) -> Timestamp {
-        issued_before.saturating_add(self.longest_token_ttl)
+    /// The rule voiding the tokens of (app, user, or every user) carrying any of `scopes`
+    /// (all when empty) issued up to `now`, kept until every token it can match has expired.
+    pub fn rule(
+        &self,
+        app_id: &str,
+        user_id: Option<&str>,
+        scopes: ScopeSet,
+        now: Timestamp,
+    ) -> NewRevocation {
+        NewRevocation {
+            app_id: app_id.to_owned(),
+            user_id: user_id.map(str::to_owned),
+            scopes,
+            token_id: None,
+            grant_id: None,
+            issued_before: now,
+            expire_at: now.saturating_add(self.longest_token_ttl),
+        }
     }
 
-    /// Cut-off and expiry of a rule that voids a whole family or one token id, revoked by a
-    /// call that read its clock at `now`. Such a rule needs no time bound (nothing legitimate
-    /// is minted in a dead family), and a token minted by a call racing it may be issued, and
-    /// so expire, somewhat after `now`: twice the longest lifetime covers any such race.
-    pub fn unbounded_rule_until(&self, now: Timestamp) -> Timestamp {
-        now.saturating_add(self.longest_token_ttl.saturating_mul(2))
+    /// The rule voiding one token id or one grant family of (app, user) outright, revoked by a
+    /// call that read its clock at `now`. Nothing legitimate is minted for a dead family or
+    /// token id, so its cut-off is not `now` but as late as its life: a token minted by a call
+    /// racing this one (clock read earlier, write later) may be issued, and so expire, somewhat
+    /// after `now`, and twice the longest token lifetime covers any such race.
+    pub fn outright_rule(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        token_id: Option<&str>,
+        grant_id: Option<&str>,
+        now: Timestamp,
+    ) -> NewRevocation {
+        let until = now.saturating_add(self.longest_token_ttl.saturating_mul(2));
+        NewRevocation {
+            app_id: app_id.to_owned(),
+            user_id: Some(user_id.to_owned()),
+            scopes: ScopeSet::EMPTY,
+            token_id: token_id.map(str::to_owned),
+            grant_id: grant_id.map(str::to_owned),
+            issued_before: until,
+            expire_at: until,
+        }
     }
 }
 
@@ -80,7 +119,7 @@ impl RevocationFeed {
 /// One message of a revocation stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevocationItem {
-    Rule(miniprogram_token::RevocationRule),
+    Rule(RevocationRule),
     /// "You now have every rule in the log": sent each time the stream has caught up with the
     /// log, and again whenever it has been idle for the heartbeat interval. Verifiers count
     /// themselves fresh only on a heartbeat, so a backlog still in flight never looks fresh.
@@ -96,74 +135,87 @@ pub enum RevocationItem {
 /// Rules read from the log per query.
 const PAGE: u32 = 500;
 
-/// Streams every rule after `after_sequence`, then new ones as they are appended. Each time
-/// everything in the log has been sent (after every page that was not full) it sends a
-/// [`RevocationItem::Heartbeat`]; an idle stream re-reads the log and so sends one every
-/// `heartbeat`. Ends when the receiver is dropped or the server drains; a storage error is
-/// sent and ends the stream (the verifier resumes either way).
-pub fn watch(
-    store: std::sync::Arc<dyn crate::store::AuthStore>,
-    feed: &RevocationFeed,
-    after_sequence: u64,
-    after_issued_before: Option<Timestamp>,
-    heartbeat: Duration,
-    draining: tokio_util::sync::CancellationToken,
-) -> tokio::sync::mpsc::Receiver<Result<RevocationItem, crate::error::AuthError>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut appended = feed.subscribe();
-    tokio::spawn(async move {
-        let mut last = match resume_point(store.as_ref(), after_sequence, after_issued_before).await
-        {
-            Ok(last) => last,
-            Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
+/// The revocation log as verifiers follow it.
+#[derive(Clone)]
+pub struct RevocationLog {
+    store: Arc<dyn AuthStore>,
+    feed: RevocationFeed,
+}
+
+impl RevocationLog {
+    pub fn new(store: Arc<dyn AuthStore>, feed: RevocationFeed) -> Self {
+        RevocationLog { store, feed }
+    }
+
+    /// Streams every rule after `after_sequence`, then new ones as they are appended. Each
+    /// time everything in the log has been sent (after every page that was not full) it sends
+    /// a [`RevocationItem::Heartbeat`]; an idle stream re-reads the log and so sends one every
+    /// `heartbeat`. Ends when the receiver is dropped or the server drains; a storage error is
+    /// sent and ends the stream (the verifier resumes either way).
+    pub fn watch(
+        &self,
+        after_sequence: u64,
+        after_issued_before: Option<Timestamp>,
+        heartbeat: Duration,
+        draining: CancellationToken,
+    ) -> tokio::sync::mpsc::Receiver<Result<RevocationItem, AuthError>> {
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut appended = self.feed.subscribe();
+        tokio::spawn(async move {
+            let mut last =
+                match resume_point(store.as_ref(), after_sequence, after_issued_before).await {
+                    Ok(last) => last,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            if last != after_sequence
+                && tx
+                    .send(Ok(RevocationItem::ResumedAfter { after: last }))
+                    .await
+                    .is_err()
+            {
                 return;
             }
-        };
-        if last != after_sequence
-            && tx
-                .send(Ok(RevocationItem::ResumedAfter { after: last }))
-                .await
-                .is_err()
-        {
-            return;
-        }
-        loop {
-            // Marked seen before the read, so an append during the read wakes the next wait.
-            appended.borrow_and_update();
-            let rules = match store.revocations_after(last, PAGE).await {
-                Ok(rules) => rules,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-            let full_page = rules.len() == PAGE as usize;
-            for rule in rules {
-                last = rule.sequence;
-                if tx.send(Ok(RevocationItem::Rule(rule))).await.is_err() {
-                    return;
-                }
-            }
-            if full_page {
-                continue;
-            }
-            if tx.send(Ok(RevocationItem::Heartbeat)).await.is_err() {
-                return;
-            }
-            tokio::select! {
-                changed = appended.changed() => {
-                    if changed.is_err() {
+            loop {
+                // Marked seen before the read, so an append during the read wakes the next wait.
+                appended.borrow_and_update();
+                let rules = match store.repositories().revocations().after(last, PAGE).await {
+                    Ok(rules) => rules,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let full_page = rules.len() == PAGE as usize;
+                for rule in rules {
+                    last = rule.sequence;
+                    if tx.send(Ok(RevocationItem::Rule(rule))).await.is_err() {
                         return;
                     }
                 }
-                () = tokio::time::sleep(heartbeat) => {}
-                () = tx.closed() => return,
-                () = draining.cancelled() => return,
+                if full_page {
+                    continue;
+                }
+                if tx.send(Ok(RevocationItem::Heartbeat)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = appended.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    () = tokio::time::sleep(heartbeat) => {}
+                    () = tx.closed() => return,
+                    () = draining.cancelled() => return,
+                }
             }
-        }
-    });
-    rx
+        });
+        rx
+    }
 }
 
 /// Where a stream asked to resume after `after_sequence` really resumes: there, if the log
@@ -172,15 +224,17 @@ pub fn watch(
 /// from a backup, so a sequence alone could point into another timeline and skip its rules;
 /// starting over only re-sends rules the verifier then holds once anyway.
 async fn resume_point(
-    store: &dyn crate::store::AuthStore,
+    store: &dyn AuthStore,
     after_sequence: u64,
     after_issued_before: Option<Timestamp>,
-) -> Result<u64, crate::store::StoreError> {
+) -> StoreResult<u64> {
     if after_sequence == 0 {
         return Ok(0);
     }
     let same_rule = store
-        .revocation_at(after_sequence)
+        .repositories()
+        .revocations()
+        .at(after_sequence)
         .await?
         .is_some_and(|rule| after_issued_before.is_none_or(|t| t == rule.issued_before));
     Ok(if same_rule { after_sequence } else { 0 })

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::AuthError;
-use crate::store::SecretHash;
+use crate::model::SecretHash;
 
 /// Length of an encoded secret: 32 bytes in unpadded base64url.
 pub const ENCODED_LEN: usize = 43;

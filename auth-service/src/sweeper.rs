@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use miniprogram_token::Timestamp;
+use miniprogram_token::{Clock, Timestamp};
 
-use crate::store::{AuthStore, StoreError, SweepCounts};
+use crate::store::{AuthStore, StoreResult, SweepCounts};
 
 /// Sweeps until every table is clean or `max_rounds` batches ran; returns what was removed.
 pub async fn sweep_once(
@@ -14,7 +14,7 @@ pub async fn sweep_once(
     now: Timestamp,
     batch: u32,
     max_rounds: u32,
-) -> Result<SweepCounts, StoreError> {
+) -> StoreResult<SweepCounts> {
     let mut total = SweepCounts::default();
     for _ in 0..max_rounds {
         let round = store.sweep_expired(now, batch).await?;
@@ -44,12 +44,12 @@ pub async fn sweep_once(
 }
 
 /// Runs [`sweep_once`] every `interval`, forever; spawn it and abort it on shutdown.
-pub async fn run(store: Arc<dyn AuthStore>, interval: Duration, batch: u32) {
+pub async fn run(store: Arc<dyn AuthStore>, clock: Arc<dyn Clock>, interval: Duration, batch: u32) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        match sweep_once(store.as_ref(), Timestamp::now(), batch, 100).await {
+        match sweep_once(store.as_ref(), clock.now(), batch, 100).await {
             Ok(counts) if counts.total() > 0 => tracing::debug!(?counts, "swept expired rows"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep failed; will retry"),

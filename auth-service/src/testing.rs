@@ -20,6 +20,20 @@ use tonic::transport::Channel;
 use crate::config::AuthConfig;
 use crate::credentials::CallerTokens;
 
+pub mod layers;
+pub mod probe_clock;
+
+/// An app as stored, for tests that start from the store.
+pub fn app_record(app_id: &str, features: crate::model::FeatureSet) -> crate::model::AppRecord {
+    crate::model::AppRecord {
+        app_id: app_id.into(),
+        display_name: format!("App {app_id}"),
+        secret_hash: [0; 32],
+        features,
+        created_at: miniprogram_token::Timestamp::from_unix_nanos(1),
+    }
+}
+
 /// A client channel with a credential.
 pub type Authed = InterceptedService<Channel, Credential>;
 

@@ -6,15 +6,12 @@ use std::time::Duration;
 
 use miniprogram_token::{ScopeSet, Timestamp, TokenClaims, TokenKind};
 
-use crate::apps::Feature;
 use crate::error::AuthError;
 use crate::keys::SigningKeys;
+use crate::model::{AppRecord, AuthCodeRecord, RefreshTokenRecord};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, AppUserIdKey, OpaqueSecret};
-use crate::store::{
-    AppRecord, AuthStore, CodeRedemption, NewRevocation, RefreshRotation, StoreError,
-    TokenRevocation,
-};
+use crate::store::{AuthStore, Transaction};
 
 /// Lifetimes of the tokens a backend gets.
 #[derive(Debug, Clone, Copy)]
@@ -96,46 +93,21 @@ impl TokenIssuer {
         if !secrets::looks_like_secret(auth_code) {
             return Err(AuthError::InvalidCode);
         }
-        let refresh = OpaqueSecret::generate()?;
-        let refresh_expires_at = now.saturating_add(self.lifetimes.refresh_token);
-        let redemption = self
-            .store
-            .redeem_auth_code(
-                &secrets::hash(auth_code),
-                &app.app_id,
-                &refresh.hash(),
-                refresh_expires_at,
-                now,
-            )
-            .await?;
-        match redemption {
-            CodeRedemption::Redeemed(code) => {
-                if let Err(e) = self
-                    .check_still_authorized(app, &code.user_id, code.scopes)
-                    .await
-                {
-                    self.revoke_grant(&code.app_id, &code.user_id, &code.grant_id, now)
-                        .await?;
-                    return Err(e);
+        let hash = secrets::hash(auth_code);
+        let mut tx = self.store.begin().await?;
+        let Some(code) = tx.grants().spend_code(&hash, &app.app_id, now).await? else {
+            let found = tx.grants().code(&hash).await?;
+            drop(tx);
+            return match found.filter(|c| c.app_id == app.app_id) {
+                None => Err(AuthError::InvalidCode),
+                Some(c) if c.used_at.is_some() => {
+                    self.revoke_grant(&Spent::from(c), now).await?;
+                    Err(AuthError::UsedCode)
                 }
-                self.pair(
-                    app,
-                    &code.user_id,
-                    code.scopes,
-                    &code.grant_id,
-                    refresh,
-                    refresh_expires_at,
-                    now,
-                )
-            }
-            CodeRedemption::AlreadyUsed(code) => {
-                self.revoke_grant(&code.app_id, &code.user_id, &code.grant_id, now)
-                    .await?;
-                Err(AuthError::UsedCode)
-            }
-            CodeRedemption::Expired => Err(AuthError::ExpiredCode),
-            CodeRedemption::NotFound => Err(AuthError::InvalidCode),
-        }
+                Some(_) => Err(AuthError::ExpiredCode),
+            };
+        };
+        self.issue(app, tx, Spent::from(code), now).await
     }
 
     /// Rotates a refresh token. Reusing a spent one revokes its whole family.
@@ -148,49 +120,25 @@ impl TokenIssuer {
         if !secrets::looks_like_secret(refresh_token) {
             return Err(AuthError::InvalidRefreshToken);
         }
-        let successor = OpaqueSecret::generate()?;
-        let successor_expires_at = now.saturating_add(self.lifetimes.refresh_token);
-        let rotation = self
-            .store
-            .rotate_refresh_token(
-                &secrets::hash(refresh_token),
-                &app.app_id,
-                &successor.hash(),
-                successor_expires_at,
-                now,
-            )
-            .await?;
-        match rotation {
-            RefreshRotation::Rotated(old) => {
-                if let Err(e) = self
-                    .check_still_authorized(app, &old.user_id, old.scopes)
-                    .await
-                {
-                    self.revoke_grant(&old.app_id, &old.user_id, &old.family_id, now)
-                        .await?;
-                    return Err(e);
+        let hash = secrets::hash(refresh_token);
+        let mut tx = self.store.begin().await?;
+        let spent = tx.grants().spend_refresh_token(&hash, &app.app_id, now);
+        let Some(old) = spent.await? else {
+            let found = tx.grants().refresh_token(&hash).await?;
+            drop(tx);
+            return match found.filter(|t| t.app_id == app.app_id) {
+                None => Err(AuthError::InvalidRefreshToken),
+                Some(t) if t.used_at.is_some() => {
+                    self.revoke_grant(&Spent::from(t), now).await?;
+                    Err(AuthError::UsedRefreshToken)
                 }
-                self.pair(
-                    app,
-                    &old.user_id,
-                    old.scopes,
-                    &old.family_id,
-                    successor,
-                    successor_expires_at,
-                    now,
-                )
-            }
-            RefreshRotation::AlreadyUsed(old) => {
-                self.revoke_grant(&old.app_id, &old.user_id, &old.family_id, now)
-                    .await?;
-                Err(AuthError::UsedRefreshToken)
-            }
-            RefreshRotation::Expired => Err(AuthError::ExpiredRefreshToken),
-            // The design's table: a revoked token (by the user, a disabled feature or the
-            // app) means the authorization relation is gone.
-            RefreshRotation::Revoked => Err(AuthError::InvalidAuthRelations),
-            RefreshRotation::NotFound => Err(AuthError::InvalidRefreshToken),
-        }
+                // The design's table: a revoked token (by the user, a disabled feature or the
+                // app) means the authorization relation is gone.
+                Some(t) if t.revoked_at.is_some() => Err(AuthError::InvalidAuthRelations),
+                Some(_) => Err(AuthError::ExpiredRefreshToken),
+            };
+        };
+        self.issue(app, tx, Spent::from(old), now).await
     }
 
     /// RFC 7009: revokes one of the app's own tokens; an unknown token, or another app's, is
@@ -204,13 +152,11 @@ impl TokenIssuer {
         now: Timestamp,
     ) -> Result<(), AuthError> {
         if secrets::looks_like_secret(token) {
-            return match self.store.get_refresh_token(&secrets::hash(token)).await {
-                Ok(rec) if rec.app_id == app.app_id => {
-                    self.revoke_grant(&rec.app_id, &rec.user_id, &rec.family_id, now)
-                        .await
-                }
-                Ok(_) | Err(StoreError::NotFound) => Ok(()),
-                Err(e) => Err(e.into()),
+            let mut repos = self.store.repositories();
+            let found = repos.grants().refresh_token(&secrets::hash(token)).await?;
+            return match found.filter(|t| t.app_id == app.app_id) {
+                Some(t) => self.revoke_grant(&Spent::from(t), now).await,
+                None => Ok(()),
             };
         }
         let Some(claims) = self.open_any(token, now) else {
@@ -219,29 +165,35 @@ impl TokenIssuer {
         if claims.app_id != app.app_id {
             return Ok(());
         }
-        let revocation = self.unbounded_rule(
-            claims.app_id,
-            claims.user_id,
-            Some(claims.token_id),
+        let rule = self.revocation_policy.outright_rule(
+            &claims.app_id,
+            &claims.user_id,
+            Some(&claims.token_id),
             None,
             now,
         );
         let quota = self.revocation_policy.token_rules_per_app();
-        match self.store.revoke_token(&revocation, quota, now).await? {
-            TokenRevocation::Appended(_) => {
-                self.feed.notify();
-                Ok(())
-            }
-            TokenRevocation::AlreadyRevoked => Ok(()),
-            TokenRevocation::QuotaReached => {
-                tracing::warn!(
-                    app_id = %app.app_id,
-                    quota,
-                    "app holds its quota of revoked tokens; RevokeToken refused"
-                );
-                Err(AuthError::RequestTrafficExceedLimit)
-            }
+        let mut tx = self.store.begin().await?;
+        let log = tx.revocations();
+        log.hold_token_rules(&claims.app_id).await?;
+        // Revoking a token again writes nothing, and is never refused.
+        if log.holds_token_rule(&rule).await? {
+            return Ok(());
         }
+        if log.live_token_rules(&claims.app_id, now).await? >= u64::from(quota) {
+            tracing::warn!(
+                app_id = %app.app_id,
+                quota,
+                "app holds its quota of revoked tokens; RevokeToken refused"
+            );
+            return Err(AuthError::RequestTrafficExceedLimit);
+        }
+        let appended = log.append(&rule).await?;
+        tx.commit().await?;
+        if appended.is_some() {
+            self.feed.notify();
+        }
+        Ok(())
     }
 
     /// RFC 7662: `None` means inactive (unknown, expired, revoked, or another app's).
@@ -257,23 +209,22 @@ impl TokenIssuer {
         token: &str,
         now: Timestamp,
     ) -> Result<Option<Introspection>, AuthError> {
+        let mut repos = self.store.repositories();
         if secrets::looks_like_secret(token) {
-            let rec = match self.store.get_refresh_token(&secrets::hash(token)).await {
-                Ok(rec) => rec,
-                Err(StoreError::NotFound) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let active = rec.app_id == app.app_id
-                && rec.used_at.is_none()
-                && rec.revoked_at.is_none()
-                && rec.expires_at > now;
-            return Ok(active.then(|| Introspection {
+            let found = repos.grants().refresh_token(&secrets::hash(token)).await?;
+            let active = found.filter(|t| {
+                t.app_id == app.app_id
+                    && t.used_at.is_none()
+                    && t.revoked_at.is_none()
+                    && t.expires_at > now
+            });
+            return Ok(active.map(|t| Introspection {
                 kind: IntrospectedKind::Refresh,
-                app_user_id: self.user_ids.app_user_id(&rec.app_id, &rec.user_id),
-                app_id: rec.app_id,
-                scopes: rec.scopes,
-                issued_at: rec.created_at,
-                expires_at: rec.expires_at,
+                app_user_id: self.user_ids.app_user_id(&t.app_id, &t.user_id),
+                app_id: t.app_id,
+                scopes: t.scopes,
+                issued_at: t.created_at,
+                expires_at: t.expires_at,
                 token_id: String::new(),
             }));
         }
@@ -283,21 +234,14 @@ impl TokenIssuer {
         else {
             return Ok(None);
         };
-        if claims.app_id != app.app_id {
+        if claims.app_id != app.app_id || app.features.missing_for(claims.scopes).is_some() {
             return Ok(None);
         }
-        let rules = self
-            .store
-            .revocations_for_subject(&claims.app_id, &claims.user_id, claims.issued_at())
+        let rules = repos
+            .revocations()
+            .for_subject(&claims.app_id, &claims.user_id, claims.issued_at())
             .await?;
         if rules.iter().any(|r| r.matches(&claims)) {
-            return Ok(None);
-        }
-        let features_cover = claims
-            .scopes
-            .iter()
-            .all(|s| app.features.contains(Feature::for_scope(s)));
-        if !features_cover {
             return Ok(None);
         }
         Ok(Some(Introspection {
@@ -320,98 +264,47 @@ impl TokenIssuer {
         })
     }
 
-    /// A code or refresh token outlived the consent or feature it stood on.
-    async fn check_still_authorized(
+    /// Finishes a spend in `tx`: stores the grant's next refresh token (and keeps its code as
+    /// long), then, after the commit, mints the access token, unless the consent or feature the
+    /// grant stood on is gone meanwhile: then the whole grant is revoked.
+    async fn issue(
         &self,
         app: &AppRecord,
-        user_id: &str,
-        scopes: ScopeSet,
-    ) -> Result<(), AuthError> {
-        // Read again, in order with feature switches: the caller's copy was read to check its
-        // credential and may predate a switch that is committing now.
-        let features = self.store.get_app_for_grant(&app.app_id).await?.features;
-        if let Some(missing) = scopes
-            .iter()
-            .map(Feature::for_scope)
-            .find(|f| !features.contains(*f))
-        {
-            return Err(AuthError::InsufficientIsvPermissions(missing));
-        }
-        let granted = self
-            .store
-            .get_authorization(user_id, &app.app_id)
-            .await?
-            .map_or(ScopeSet::EMPTY, |a| a.granted);
-        if !scopes.is_subset_of(granted) {
-            return Err(AuthError::InvalidAuthRelations);
-        }
-        Ok(())
-    }
-
-    async fn revoke_grant(
-        &self,
-        app_id: &str,
-        user_id: &str,
-        grant_id: &str,
-        now: Timestamp,
-    ) -> Result<(), AuthError> {
-        let revocation = self.unbounded_rule(
-            app_id.to_owned(),
-            user_id.to_owned(),
-            None,
-            Some(grant_id.to_owned()),
-            now,
-        );
-        if self.store.revoke_family(grant_id, &revocation, now).await? {
-            self.feed.notify();
-        }
-        Ok(())
-    }
-
-    /// The rule voiding one token id or one grant family of (app, user), revoked by a call
-    /// that read its clock at `now`. Not bounded by `now`: the family or token is dead for
-    /// good, and a token minted by a call that raced this one (read its time earlier, wrote
-    /// later) must be caught too.
-    fn unbounded_rule(
-        &self,
-        app_id: String,
-        user_id: String,
-        token_id: Option<String>,
-        grant_id: Option<String>,
-        now: Timestamp,
-    ) -> NewRevocation {
-        let until = self.revocation_policy.unbounded_rule_until(now);
-        NewRevocation {
-            app_id,
-            user_id: Some(user_id),
-            scopes: ScopeSet::EMPTY,
-            token_id,
-            grant_id,
-            issued_before: until,
-            expire_at: until,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn pair(
-        &self,
-        app: &AppRecord,
-        user_id: &str,
-        scopes: ScopeSet,
-        grant_id: &str,
-        refresh_token: OpaqueSecret,
-        refresh_token_expires_at: Timestamp,
+        mut tx: Box<dyn Transaction>,
+        spent: Spent,
         now: Timestamp,
     ) -> Result<TokenPair, AuthError> {
+        let refresh_token = OpaqueSecret::generate()?;
+        let refresh_token_expires_at = now.saturating_add(self.lifetimes.refresh_token);
+        let successor = RefreshTokenRecord {
+            token_hash: refresh_token.hash(),
+            family_id: spent.grant_id.clone(),
+            app_id: spent.app_id.clone(),
+            user_id: spent.user_id.clone(),
+            scopes: spent.scopes,
+            created_at: now,
+            expires_at: refresh_token_expires_at,
+            used_at: None,
+            revoked_at: None,
+        };
+        tx.grants().insert_refresh_token(&successor).await?;
+        tx.grants()
+            .keep_code_until(&spent.grant_id, refresh_token_expires_at)
+            .await?;
+        tx.commit().await?;
+        if let Err(e) = self.check_still_authorized(&spent).await {
+            self.revoke_grant(&spent, now).await?;
+            return Err(e);
+        }
         let access_token_expires_at = now.saturating_add(self.lifetimes.access_token);
         let claims = TokenClaims {
             app_id: app.app_id.clone(),
-            user_id: user_id.to_owned(),
-            scopes,
+            user_id: spent.user_id.clone(),
+            scopes: spent.scopes,
             issued_at: now.unix_nanos(),
             expires_at: access_token_expires_at.unix_nanos(),
             token_id: secrets::new_id()?,
-            grant_id: grant_id.to_owned(),
+            grant_id: spent.grant_id,
         };
         let access_token = self
             .keys
@@ -422,24 +315,97 @@ impl TokenIssuer {
             access_token_expires_at,
             refresh_token,
             refresh_token_expires_at,
-            app_user_id: self.user_ids.app_user_id(&app.app_id, user_id),
-            scopes,
+            app_user_id: self.user_ids.app_user_id(&app.app_id, &spent.user_id),
+            scopes: spent.scopes,
         })
+    }
+
+    /// A code or refresh token outlived the consent or feature it stood on.
+    async fn check_still_authorized(&self, spent: &Spent) -> Result<(), AuthError> {
+        let mut repos = self.store.repositories();
+        // Read again, in order with feature switches: the caller's copy was read to check its
+        // credential and may predate a switch that is committing now.
+        let app = repos.apps().get_in_order(&spent.app_id).await?;
+        let features = app.ok_or(AuthError::AppNotFound)?.features;
+        if let Some(missing) = features.missing_for(spent.scopes) {
+            return Err(AuthError::InsufficientIsvPermissions(missing));
+        }
+        let granted = repos
+            .consents()
+            .authorization(&spent.user_id, &spent.app_id)
+            .await?
+            .map_or(ScopeSet::EMPTY, |a| a.granted);
+        if !spent.scopes.is_subset_of(granted) {
+            return Err(AuthError::InvalidAuthRelations);
+        }
+        Ok(())
+    }
+
+    /// Revokes a grant family once: its refresh tokens, and its access tokens by a rule.
+    async fn revoke_grant(&self, grant: &Spent, now: Timestamp) -> Result<(), AuthError> {
+        let family = grant.grant_id.as_str();
+        let mut tx = self.store.begin().await?;
+        if !tx.grants().mark_family_revoked(family, now).await?
+            && tx.grants().family_revoked(family).await?
+        {
+            return Ok(());
+        }
+        tx.grants().revoke_family_tokens(family, now).await?;
+        let rule = self.revocation_policy.outright_rule(
+            &grant.app_id,
+            &grant.user_id,
+            None,
+            Some(family),
+            now,
+        );
+        let appended = tx.revocations().append(&rule).await?;
+        tx.commit().await?;
+        if appended.is_some() {
+            self.feed.notify();
+        }
+        Ok(())
+    }
+}
+
+/// What a spent code or refresh token stood for: a grant, named by the family its tokens share.
+struct Spent {
+    app_id: String,
+    user_id: String,
+    grant_id: String,
+    scopes: ScopeSet,
+}
+
+impl From<AuthCodeRecord> for Spent {
+    fn from(c: AuthCodeRecord) -> Self {
+        Spent {
+            app_id: c.app_id,
+            user_id: c.user_id,
+            grant_id: c.grant_id,
+            scopes: c.scopes,
+        }
+    }
+}
+
+impl From<RefreshTokenRecord> for Spent {
+    fn from(t: RefreshTokenRecord) -> Self {
+        Spent {
+            app_id: t.app_id,
+            user_id: t.user_id,
+            grant_id: t.family_id,
+            scopes: t.scopes,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use miniprogram_token::{MasterKey, Scope, ScopeSet, Timestamp};
 
     use super::*;
-    use crate::apps::FeatureSet;
     use crate::keys::KeyRotation;
-    use crate::store::AuthCodeRecord;
-    use crate::store::sqlite::SqliteAuthStore;
+    use crate::model::{Feature, FeatureSet};
 
     /// Two exchanges of one code race: the loser read its clock first but reached the store
     /// second. Its replay must still void the winner's access token.
@@ -447,7 +413,7 @@ mod tests {
     async fn a_replay_that_read_the_clock_before_the_winner_still_voids_its_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("auth.db").display());
-        let store: Arc<dyn AuthStore> = Arc::new(SqliteAuthStore::open(&url).await.unwrap());
+        let store = crate::store::open(&url).await.unwrap();
         let master = MasterKey::from_bytes(&[7; 32]).unwrap();
         let ttl = Duration::from_secs(3600);
         let keys = SigningKeys::default();
@@ -481,15 +447,18 @@ mod tests {
             features: FeatureSet::EMPTY.with(Feature::UserAuthorization),
             created_at: t0,
         };
-        store.insert_app(&app).await.unwrap();
+        let mut repos = store.repositories();
+        repos.apps().insert(&app).await.unwrap();
         let scopes = ScopeSet::of(&[Scope::AuthBase]);
-        store
+        repos
+            .consents()
             .record_decision("u1", "app-1", scopes, ScopeSet::EMPTY, t0)
             .await
             .unwrap();
         let code = OpaqueSecret::generate().unwrap();
-        store
-            .insert_auth_code(&AuthCodeRecord {
+        repos
+            .grants()
+            .insert_code(&AuthCodeRecord {
                 code_hash: code.hash(),
                 grant_id: "grant-1".into(),
                 app_id: "app-1".into(),
@@ -497,6 +466,7 @@ mod tests {
                 scopes,
                 created_at: t0,
                 expires_at: t0.saturating_add(ttl),
+                used_at: None,
                 purge_at: t0.saturating_add(ttl * 2),
             })
             .await
@@ -519,7 +489,13 @@ mod tests {
             None,
             "the winner's access token survived the replay"
         );
-        let rule = store.revocations_after(0, 10).await.unwrap().pop().unwrap();
+        let rule = repos
+            .revocations()
+            .after(0, 10)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
         assert!(
             rule.expire_at >= won.access_token_expires_at,
             "the rule is pruned before the token it catches expires"

@@ -20,7 +20,7 @@ pub use keyring::{KEY_LEN, KeyRing, MAX_TOKEN_LEN, SigningKey, TokenError, Verif
 pub use master_key::{MasterKey, MasterKeyError};
 pub use revocation::{RevocationList, RevocationRule};
 pub use scope::{Scope, ScopeSet};
-pub use time::Timestamp;
+pub use time::{Clock, SystemClock, Timestamp};
 
 /// Fills a fresh 32-byte array from the operating system's CSPRNG.
 ///

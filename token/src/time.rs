@@ -1,4 +1,42 @@
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Where the domain reads the current time: handed in from the top (the gRPC layer and the
+/// background tasks it starts), never read from the system below it, so a test can set it.
+pub trait Clock: Send + Sync {
+    /// The wall clock: stamps and expiry.
+    fn now(&self) -> Timestamp;
+    /// The monotonic clock: durations a step of the wall clock must not bend (staleness).
+    fn monotonic(&self) -> Instant;
+}
+
+/// The system's wall clock with strictly increasing readings, so within a process a grant
+/// issued right after a revocation is always stamped later than the revocation.
+#[derive(Debug, Default)]
+pub struct SystemClock {
+    last: AtomicI64,
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let wall = Timestamp::now().unix_nanos();
+        let mut prev = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = wall.max(prev + 1);
+            match self
+                .last
+                .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Timestamp(next),
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+
+    fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
+}
 
 /// A wall-clock instant in nanoseconds since the Unix epoch.
 ///

@@ -1,6 +1,6 @@
 //! What can go wrong in userinfo-service, in domain terms; `grpc::status` maps each variant.
 
-use crate::profiles::FieldViolation;
+use crate::model::FieldViolation;
 use crate::store::StoreError;
 
 /// A failed request. Messages never contain a token, a secret or a phone number.

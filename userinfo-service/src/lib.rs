@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod model;
 pub mod profile_cache;
 pub mod profiles;
 pub mod readiness;
@@ -20,19 +21,22 @@ use std::time::Duration;
 use miniprogram_proto::caller_credentials::TokenDigest;
 use miniprogram_proto::userinfo::v1::profile_service_server::ProfileServiceServer;
 use miniprogram_proto::userinfo::v1::user_info_service_server::UserInfoServiceServer;
+use miniprogram_token::{Clock, SystemClock};
+use service_runtime::ServerLayers;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::Router;
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::config::UserInfoConfig;
 use crate::error::UserInfoError;
 use crate::grpc::auth_client::{self, AuthServiceLink, LinkError};
 use crate::profile_cache::PublicProfileCache;
+use crate::profiles::ProfileRegistry;
 use crate::readiness::HealthGate;
-use crate::store::postgres::PostgresProfileStore;
-use crate::store::sqlite::SqliteProfileStore;
-use crate::store::{ProfileStore, StoreError};
+use crate::store::StoreError;
 use crate::userinfo::UserInfoReader;
 use crate::verifier::TokenVerifier;
 
@@ -49,25 +53,12 @@ pub enum ServeError {
     Bind(#[from] std::io::Error),
     #[error("database: {0}")]
     Store(#[from] StoreError),
-    #[error("unsupported database URL (expected sqlite://... or postgres://...)")]
-    UnsupportedDatabase,
     #[error("auth-service link: {0}")]
     Link(#[from] LinkError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Opens the store the URL names and applies its migrations.
-pub async fn open_store(url: &str) -> Result<Arc<dyn ProfileStore>, ServeError> {
-    if url.starts_with("sqlite:") {
-        return Ok(Arc::new(SqliteProfileStore::open(url).await?));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(PostgresProfileStore::open(url).await?));
-    }
-    Err(ServeError::UnsupportedDatabase)
 }
 
 /// Binds `config.addr` and serves until `shutdown` resolves.
@@ -111,7 +102,8 @@ pub async fn serve_with_listener(
     let (health, health_service) = tonic_health::server::health_reporter();
     service_runtime::set_health(&health, &SERVICE_NAMES, ServingStatus::NotServing).await;
 
-    let store = open_store(&config.database_url).await?;
+    let store = store::open(&config.database_url).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     let link = AuthServiceLink::new(
         &config.auth_url,
         &config.verifier_token,
@@ -129,7 +121,7 @@ pub async fn serve_with_listener(
     ));
 
     let draining = tokio_util::sync::CancellationToken::new();
-    let health_gate = HealthGate::new(health.clone(), draining.clone());
+    let health_gate = HealthGate::new(health.clone(), &SERVICE_NAMES, draining.clone());
     let mut background = tokio::task::JoinSet::new();
     {
         let (link, verifier) = (link.clone(), verifier.clone());
@@ -139,56 +131,11 @@ pub async fn serve_with_listener(
             auth_client::follow_revocations(link, verifier).await;
         });
     }
-    background.spawn(health_gate.clone().follow(verifier.clone()));
-    {
-        let verifier = verifier.clone();
-        background.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let lag = verifier
-                    .silence(std::time::Instant::now())
-                    .map_or(f64::INFINITY, |d| d.as_secs_f64());
-                metrics::gauge!("revocation_stream_lag_seconds").set(lag);
-                metrics::gauge!("revocation_rules").set(verifier.rule_count() as f64);
-            }
-        });
-    }
+    background.spawn(health_gate.clone().follow(verifier.clone(), clock.clone()));
+    background.spawn(report_revocation_state(verifier.clone(), clock));
 
-    let admin = Arc::new(TokenDigest::of(&config.admin_token));
-    let verifier_token = Arc::new(TokenDigest::of(&config.verifier_token));
-    let max = config.limits.max_message_bytes;
-    let router = service_runtime::server_builder_with_tls(
-        &config.limits,
-        &SERVICE_NAMES,
-        config.tls.as_ref(),
-    )?
-    .add_service(health_service.max_decoding_message_size(max))
-    .add_service(
-        miniprogram_proto::reflection(&SERVICE_NAMES)
-            .build_v1()?
-            .max_decoding_message_size(max),
-    )
-    .add_service(
-        miniprogram_proto::reflection(&SERVICE_NAMES)
-            .build_v1alpha()?
-            .max_decoding_message_size(max),
-    )
-    .add_service(
-        UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc {
-            reader,
-            trusted_proxies: config.trusted_proxies.clone(),
-        })
-        .max_decoding_message_size(max),
-    )
-    .add_service(InterceptedService::new(
-        ProfileServiceServer::new(grpc::profiles::ProfileGrpc {
-            store: store.clone(),
-            cache,
-        })
-        .max_decoding_message_size(max),
-        admin_check(admin, verifier_token),
-    ));
+    let profiles = ProfileRegistry::new(store.clone(), cache);
+    let router = router(&config, reader, profiles, health_service)?;
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, auth_url = %config.auth_url, "userinfo-service listening");
@@ -213,5 +160,70 @@ pub async fn serve_with_listener(
     Ok(result?)
 }
 
+/// The server: health, reflection, and our two services (profiles behind the admin check).
+fn router(
+    config: &UserInfoConfig,
+    reader: Arc<UserInfoReader>,
+    profiles: ProfileRegistry,
+    health_service: HealthServer<impl Health>,
+) -> Result<Router<ServerLayers>, ServeError> {
+    let admin = Arc::new(TokenDigest::of(&config.admin_token));
+    let verifier_token = Arc::new(TokenDigest::of(&config.verifier_token));
+    let max = config.limits.max_message_bytes;
+    let tls = config.tls.as_ref();
+    let builder = service_runtime::server_builder_with_tls(&config.limits, &SERVICE_NAMES, tls);
+    let reflection = || miniprogram_proto::reflection(&SERVICE_NAMES);
+    Ok(builder?
+        .add_service(health_service.max_decoding_message_size(max))
+        .add_service(reflection().build_v1()?.max_decoding_message_size(max))
+        .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max))
+        .add_service(
+            UserInfoServiceServer::new(grpc::userinfo::UserInfoGrpc {
+                reader,
+                trusted_proxies: config.trusted_proxies.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(InterceptedService::new(
+            ProfileServiceServer::new(grpc::profiles::ProfileGrpc { profiles })
+                .max_decoding_message_size(max),
+            admin_check(admin, verifier_token),
+        )))
+}
+
+/// Sets the revocation gauges every second, forever: stream lag and rules held.
+async fn report_revocation_state(verifier: Arc<TokenVerifier>, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let lag = verifier
+            .silence(clock.monotonic())
+            .map_or(f64::INFINITY, |d| d.as_secs_f64());
+        metrics::gauge!("revocation_stream_lag_seconds").set(lag);
+        metrics::gauge!("revocation_rules").set(verifier.rule_count() as f64);
+    }
+}
+
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+#[cfg(test)]
+mod tests {
+    /// Arrows point down, gRPC -> services -> store -> model, never around a cycle: guards
+    /// that no store file imports a service and that the model imports nothing of ours.
+    #[test]
+    fn arrows_point_down() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let services: &[&str] = &[
+            "error",
+            "profiles",
+            "profile_cache",
+            "userinfo",
+            "verifier",
+            "readiness",
+            "config",
+        ];
+        let layers = [&["model"][..], &["store"], services, &["grpc"]];
+        auth_service::testing::layers::assert_arrows_point_down(&src, &layers);
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use miniprogram_token::Timestamp;
 
-use crate::profiles::PublicProfile;
+use crate::model::PublicProfile;
 
 /// Entries kept before the cache starts over (bounds memory under a scan of many users).
 const MAX_ENTRIES: usize = 100_000;

@@ -1,7 +1,12 @@
-//! The wallet's user records and the rules every stored field obeys. The public part a mini
-//! program may read is a separate type, so the private fields can't leak into that path.
+//! The wallet's user records: the rules every stored field obeys, and the registry that reads
+//! and writes them for the console.
 
-use miniprogram_token::Timestamp;
+use std::sync::Arc;
+
+use crate::error::UserInfoError;
+use crate::model::{FieldViolation, Profile};
+use crate::profile_cache::PublicProfileCache;
+use crate::store::ProfileStore;
 
 /// Longest nickname, province, city or real name, in bytes.
 pub const MAX_TEXT_LEN: usize = 128;
@@ -11,34 +16,6 @@ pub const MAX_AVATAR_LEN: usize = 2048;
 pub const MAX_USER_ID_LEN: usize = 128;
 /// Longest phone number, in bytes.
 pub const MAX_PHONE_LEN: usize = 32;
-
-/// A wallet user, with the fields that never reach a mini program's `getOpenUserInfo`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Profile {
-    pub user_id: String,
-    pub real_name: String,
-    pub phone_number: String,
-    pub public: PublicProfile,
-    pub updated_at: Timestamp,
-}
-
-/// Exactly what `my.getOpenUserInfo` returns: the public fields, `""` when unknown.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PublicProfile {
-    pub avatar: String,
-    pub nick_name: String,
-    pub gender: String,
-    pub country_code: String,
-    pub province: String,
-    pub city: String,
-}
-
-/// One field that failed validation, by its proto field path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: &'static str,
-    pub description: &'static str,
-}
 
 /// Every ISO 3166-1 alpha-2 code officially assigned.
 const ISO_3166_ALPHA2: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM \
@@ -163,9 +140,63 @@ impl Profile {
     }
 }
 
+/// Reads and writes profiles; every change is forgotten at once by this replica's read cache,
+/// so it never serves a replaced or deleted profile.
+#[derive(Clone)]
+pub struct ProfileRegistry {
+    store: Arc<dyn ProfileStore>,
+    cache: Arc<PublicProfileCache>,
+}
+
+impl ProfileRegistry {
+    pub fn new(store: Arc<dyn ProfileStore>, cache: Arc<PublicProfileCache>) -> Self {
+        ProfileRegistry { store, cache }
+    }
+
+    /// Creates or replaces a profile whose every field is valid; otherwise names each bad one.
+    pub async fn upsert(&self, profile: Profile) -> Result<Profile, UserInfoError> {
+        let violations = profile.violations();
+        if !violations.is_empty() {
+            return Err(UserInfoError::InvalidProfileField(violations));
+        }
+        self.store.upsert(&profile).await?;
+        self.cache.forget(&profile.user_id);
+        Ok(profile)
+    }
+
+    pub async fn get(&self, user_id: &str) -> Result<Profile, UserInfoError> {
+        checked_user_id(user_id)?;
+        let profile = self.store.get(user_id).await?;
+        profile.ok_or(UserInfoError::ProfileNotFound)
+    }
+
+    pub async fn delete(&self, user_id: &str) -> Result<(), UserInfoError> {
+        checked_user_id(user_id)?;
+        if !self.store.delete(user_id).await? {
+            return Err(UserInfoError::ProfileNotFound);
+        }
+        self.cache.forget(user_id);
+        Ok(())
+    }
+}
+
+/// A user id given for a lookup: its violation, if any, as a request argument error.
+fn checked_user_id(user_id: &str) -> Result<(), UserInfoError> {
+    match check_user_id(user_id) {
+        None => Ok(()),
+        Some(v) => Err(UserInfoError::InvalidArgument {
+            field: "user_id",
+            problem: v.description,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use miniprogram_token::Timestamp;
+
     use super::*;
+    use crate::model::PublicProfile;
 
     fn valid() -> Profile {
         Profile {

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use miniprogram_token::Clock;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::SERVICE_NAMES;
 use crate::verifier::TokenVerifier;
 
 /// How often the watcher looks at the verifier.
@@ -21,6 +21,7 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 #[derive(Clone)]
 pub struct HealthGate {
     health: HealthReporter,
+    services: &'static [&'static str],
     draining: CancellationToken,
     /// Held across "not draining yet? then set" and across "begin draining", so a SERVING
     /// can't slip in after the drain set NOT_SERVING.
@@ -28,10 +29,16 @@ pub struct HealthGate {
 }
 
 impl HealthGate {
-    /// A gate over `health`; `draining` is cancelled by [`HealthGate::begin_drain`].
-    pub fn new(health: HealthReporter, draining: CancellationToken) -> Self {
+    /// A gate over the health of `services`; `draining` is cancelled by
+    /// [`HealthGate::begin_drain`].
+    pub fn new(
+        health: HealthReporter,
+        services: &'static [&'static str],
+        draining: CancellationToken,
+    ) -> Self {
         HealthGate {
             health,
+            services,
             draining,
             switching: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -43,7 +50,7 @@ impl HealthGate {
         if self.draining.is_cancelled() {
             return false;
         }
-        service_runtime::set_health(&self.health, &SERVICE_NAMES, status).await;
+        service_runtime::set_health(&self.health, self.services, status).await;
         true
     }
 
@@ -55,7 +62,7 @@ impl HealthGate {
 
     /// Follows the verifier until draining begins: SERVING while it has keys and a fresh
     /// revocation view, NOT_SERVING otherwise. Starts from NOT_SERVING.
-    pub async fn follow(self, verifier: Arc<TokenVerifier>) {
+    pub async fn follow(self, verifier: Arc<TokenVerifier>, clock: Arc<dyn Clock>) {
         let mut serving = false;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -64,7 +71,7 @@ impl HealthGate {
                 _ = tick.tick() => {}
                 () = self.draining.cancelled() => return,
             }
-            let ready = verifier.has_keys() && !verifier.is_stale(std::time::Instant::now());
+            let ready = verifier.has_keys() && !verifier.is_stale(clock.monotonic());
             if ready == serving {
                 continue;
             }
@@ -90,12 +97,14 @@ impl HealthGate {
 
 #[cfg(test)]
 mod tests {
-    use miniprogram_token::Timestamp;
     use tonic_health::pb::health_server::Health;
     use tonic_health::pb::{HealthCheckRequest, health_check_response};
     use tonic_health::server::HealthService;
 
+    use miniprogram_token::{SystemClock, Timestamp};
+
     use super::*;
+    use crate::SERVICE_NAMES;
 
     async fn status(health: &HealthReporter) -> i32 {
         HealthService::from_health_reporter(health.clone())
@@ -140,8 +149,11 @@ mod tests {
         let health = HealthReporter::new();
         service_runtime::set_health(&health, &SERVICE_NAMES, ServingStatus::NotServing).await;
         let verifier = Arc::new(TokenVerifier::new(Duration::from_secs(3600)));
-        let gate = HealthGate::new(health.clone(), CancellationToken::new());
-        let watcher = tokio::spawn(gate.clone().follow(verifier.clone()));
+        let gate = HealthGate::new(health.clone(), &SERVICE_NAMES, CancellationToken::new());
+        let watcher = tokio::spawn(
+            gate.clone()
+                .follow(verifier.clone(), Arc::new(SystemClock::default())),
+        );
 
         assert!(verifier.replace_keys(vec![key()]));
         // Keys alone are not enough: with no heartbeat the verifier refuses every token.
@@ -164,16 +176,19 @@ mod tests {
         let health = HealthReporter::new();
         service_runtime::set_health(&health, &SERVICE_NAMES, ServingStatus::NotServing).await;
         let verifier = Arc::new(TokenVerifier::new(Duration::from_secs(3600)));
-        let gate = HealthGate::new(health.clone(), CancellationToken::new());
+        let gate = HealthGate::new(health.clone(), &SERVICE_NAMES, CancellationToken::new());
         gate.begin_drain().await;
         assert!(!gate.set(ServingStatus::Serving).await);
 
         // Ready after the drain began: the watcher ends without reporting SERVING.
         assert!(verifier.replace_keys(vec![key()]));
         verifier.mark_caught_up(std::time::Instant::now());
-        tokio::time::timeout(Duration::from_secs(5), gate.follow(verifier))
-            .await
-            .expect("the watcher ends once draining began");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            gate.follow(verifier, Arc::new(SystemClock::default())),
+        )
+        .await
+        .expect("the watcher ends once draining began");
         assert_eq!(status(&health).await, NOT_SERVING);
     }
 }

@@ -9,9 +9,9 @@ use miniprogram_token::{Scope, Timestamp, TokenClaims, TokenKind, VerifyingKey};
 use tokio::sync::Mutex;
 
 use crate::error::UserInfoError;
+use crate::model::PublicProfile;
 use crate::profile_cache::PublicProfileCache;
-use crate::profiles::PublicProfile;
-use crate::store::{ProfileStore, StoreError};
+use crate::store::ProfileStore;
 use crate::verifier::{TokenCheckError, TokenVerifier};
 
 /// Where token keys come from (auth-service's KeyService).
@@ -57,13 +57,6 @@ fn token_error(e: TokenCheckError) -> UserInfoError {
         TokenCheckError::Expired => UserInfoError::ExpiredAccessToken,
         TokenCheckError::Revoked => UserInfoError::InvalidAuthRelations,
         TokenCheckError::Stale => UserInfoError::RevocationStateStale,
-    }
-}
-
-fn profile_missing(e: StoreError) -> UserInfoError {
-    match e {
-        StoreError::NotFound => UserInfoError::ProfileNotFound,
-        other => UserInfoError::Store(other),
     }
 }
 
@@ -113,11 +106,8 @@ impl UserInfoReader {
         // Taken before the read: if a write or delete forgets this user meanwhile, the row
         // read may be the old one and is not cached.
         let generation = self.profiles.generation(&claims.user_id);
-        let profile = self
-            .store
-            .get_public_profile(&claims.user_id)
-            .await
-            .map_err(profile_missing)?;
+        let profile = self.store.get_public(&claims.user_id).await?;
+        let profile = profile.ok_or(UserInfoError::ProfileNotFound)?;
         self.profiles
             .put_if_unchanged(&claims.user_id, profile.clone(), generation, now);
         Ok(profile)
@@ -162,10 +152,8 @@ impl UserInfoReader {
         {
             return Err(UserInfoError::InvalidAuthRelations);
         }
-        self.store
-            .get_phone_number(&claims.user_id)
-            .await
-            .map_err(profile_missing)
+        let phone_number = self.store.phone_number(&claims.user_id).await?;
+        phone_number.ok_or(UserInfoError::ProfileNotFound)
     }
 
     /// Checks a token locally; on an unknown key id, refetches keys (rate limited) and checks

@@ -1,6 +1,6 @@
-use auth_service::store::postgres::test_schema::fresh_schema_url;
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_proto::userinfo::v1 as upb;
+use sql_backend::testing::fresh_schema_url;
 
 use super::{ALL_FEATURES, Platform, auth_code, consent_token, demo_profile, reason};
 

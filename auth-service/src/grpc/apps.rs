@@ -7,16 +7,17 @@ use pb::app_service_server::AppService;
 use tonic::{Request, Response, Status};
 
 use super::{feature_from_proto, feature_to_proto, timestamp};
-use crate::apps::{AppRegistry, FeatureSet};
-use crate::clock::Clock;
+use miniprogram_token::Clock;
+
+use crate::apps::AppRegistry;
 use crate::consent::check_id;
 use crate::error::AuthError;
-use crate::store::AppRecord;
+use crate::model::{AppRecord, FeatureSet};
 
 /// Serves AppService over the registry.
 pub struct AppGrpc {
     pub registry: AppRegistry,
-    pub clock: Arc<Clock>,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub(crate) fn app_to_proto(app: AppRecord) -> pb::App {
@@ -81,10 +82,7 @@ impl AppService for AppGrpc {
         let req = request.into_inner();
         check_id("app_id", &req.app_id)?;
         let feature = feature_from_proto(req.feature)?;
-        let app = self
-            .registry
-            .enable_feature(&req.app_id, feature, &self.clock)
-            .await?;
+        let app = self.registry.enable_feature(&req.app_id, feature).await?;
         tracing::info!(app_id = %app.app_id, ?feature, "feature enabled");
         Ok(Response::new(pb::EnableFeatureResponse {
             app: Some(app_to_proto(app)),
@@ -100,7 +98,7 @@ impl AppService for AppGrpc {
         let feature = feature_from_proto(req.feature)?;
         let app = self
             .registry
-            .disable_feature(&req.app_id, feature, &self.clock)
+            .disable_feature(&req.app_id, feature, self.clock.as_ref())
             .await?;
         tracing::info!(app_id = %app.app_id, ?feature, "feature disabled; its tokens are revoked");
         Ok(Response::new(pb::DisableFeatureResponse {

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use miniprogram_proto::auth::v1 as pb;
+use miniprogram_token::Clock;
 use pb::authorization_service_server::AuthorizationService;
 use tonic::{Request, Response, Status};
 
 use super::{scopes_from_proto, scopes_to_proto, timestamp};
-use crate::clock::Clock;
 use crate::consent::{
     AuthorizationOutcome, ConsentFlow, Decision, Grant, GrantCredential, PromptOutcome, Trigger,
 };
@@ -16,7 +16,7 @@ use crate::error::AuthError;
 /// Serves AuthorizationService over the consent flow.
 pub struct AuthorizationGrpc {
     pub flow: ConsentFlow,
-    pub clock: Arc<Clock>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The grant on the wire, counted in `tokens_issued_total` by what it carries.
@@ -147,7 +147,7 @@ impl AuthorizationService for AuthorizationGrpc {
         let scopes = scopes_from_proto(&req.scopes)?;
         let (revoked, remaining) = self
             .flow
-            .withdraw(&req.user_id, &req.app_id, scopes, &self.clock)
+            .withdraw(&req.user_id, &req.app_id, scopes, self.clock.as_ref())
             .await?;
         Ok(Response::new(pb::RevokeAuthorizationResponse {
             revoked_scopes: scopes_to_proto(revoked),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use miniprogram_proto::auth::v1 as pb;
-use miniprogram_token::{KeyRing, Timestamp};
+use miniprogram_token::{Clock, KeyRing, Timestamp};
 use pb::key_admin_service_server::KeyAdminService;
 use pb::key_service_server::KeyService;
 use tokio_stream::StreamExt;
@@ -15,21 +15,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{scopes_to_proto, timestamp};
-use crate::clock::Clock;
 use crate::error::AuthError;
 use crate::keys::{KeyRotation, SigningKeys};
-use crate::revocations::{self, RevocationFeed, RevocationItem};
-use crate::store::AuthStore;
+use crate::revocations::{RevocationItem, RevocationLog};
 
 /// Serves KeyService from the live key ring and the revocation log.
 pub struct KeyGrpc {
     pub keys: SigningKeys,
     /// Reloaded before listing, so a key another replica just created is included.
     pub rotation: KeyRotation,
-    pub store: Arc<dyn AuthStore>,
-    pub feed: RevocationFeed,
+    pub log: RevocationLog,
     pub heartbeat: Duration,
-    pub clock: Arc<Clock>,
+    pub clock: Arc<dyn Clock>,
     /// Cancelled when the server drains, so open streams end instead of holding it up.
     pub draining: tokio_util::sync::CancellationToken,
 }
@@ -77,9 +74,7 @@ impl KeyService for KeyGrpc {
             miniprogram_proto::wire_time::from_proto(request.after_issued_before);
         let clock = self.clock.clone();
         let keys = self.keys.clone();
-        let rx = revocations::watch(
-            self.store.clone(),
-            &self.feed,
+        let rx = self.log.watch(
             request.after_sequence,
             after_issued_before,
             self.heartbeat,
@@ -131,7 +126,7 @@ fn current_key_id(ring: &KeyRing, now: Timestamp) -> String {
 pub struct KeyAdminGrpc {
     pub keys: SigningKeys,
     pub rotation: KeyRotation,
-    pub clock: Arc<Clock>,
+    pub clock: Arc<dyn Clock>,
 }
 
 impl KeyAdminGrpc {

@@ -11,8 +11,8 @@ use miniprogram_proto::auth::v1 as pb;
 use miniprogram_token::{Scope, ScopeSet};
 use tonic::metadata::MetadataMap;
 
-use crate::apps::Feature;
 use crate::error::AuthError;
+use crate::model::Feature;
 
 /// Most scopes a request may list (there are three).
 const MAX_SCOPES: usize = 3;

@@ -34,7 +34,7 @@ pub fn reason(e: &AuthError) -> ErrorReason {
         AuthError::NoTokenKey
         | AuthError::RandomUnavailable
         | AuthError::Store(
-            StoreError::NotFound | StoreError::AlreadyExists | StoreError::Internal(_),
+            StoreError::AlreadyExists | StoreError::UnsupportedUrl | StoreError::Internal(_),
         ) => ErrorReason::Internal,
     }
 }
@@ -68,7 +68,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::apps::Feature;
+    use crate::model::Feature;
 
     fn every_variant() -> Vec<AuthError> {
         vec![

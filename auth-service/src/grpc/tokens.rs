@@ -4,14 +4,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use miniprogram_proto::auth::v1 as pb;
+use miniprogram_token::Clock;
 use pb::token_service_server::TokenService;
 use tonic::{Request, Response, Status};
 
 use super::{authorization_header, scopes_to_proto, timestamp};
-use crate::clock::Clock;
 use crate::credentials::{AppAuthenticator, CallerRole, CallerRoles};
 use crate::error::AuthError;
-use crate::store::AppRecord;
+use crate::model::AppRecord;
 use crate::tokens::{IntrospectedKind, TokenIssuer, TokenPair};
 use miniprogram_proto::caller_credentials::{FORWARDED_PEER, VERIFIER_AUTHORIZATION};
 use miniprogram_proto::client_address::TrustedProxies;
@@ -22,8 +22,8 @@ const MAX_TOKEN_FIELD_LEN: usize = 4096;
 /// Serves TokenService; every call first authenticates the app.
 pub struct TokenGrpc {
     pub issuer: TokenIssuer,
-    pub apps: Arc<AppAuthenticator>,
-    pub clock: Arc<Clock>,
+    pub authenticator: Arc<AppAuthenticator>,
+    pub clock: Arc<dyn Clock>,
     /// To recognise a verifier forwarding a backend's credential (see `FORWARDED_PEER`).
     pub callers: Arc<CallerRoles>,
     /// Proxies whose `x-forwarded-for` names the caller.
@@ -33,7 +33,7 @@ pub struct TokenGrpc {
 impl TokenGrpc {
     async fn app<T>(&self, request: &Request<T>) -> Result<AppRecord, AuthError> {
         let caller = self.caller(request);
-        self.apps
+        self.authenticator
             .authenticate(
                 authorization_header(request.metadata()),
                 caller,

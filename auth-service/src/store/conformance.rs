@@ -1,13 +1,18 @@
-//! Cases every [`AuthStore`] implementation must pass, and a macro that makes one
-//! `#[tokio::test]` per case for a backend.
+//! Cases every [`AuthStore`] must pass, each run as a test on SQLite and on PostgreSQL.
 
 use std::sync::Arc;
 
 use miniprogram_token::{Scope, ScopeSet, Timestamp};
 
+use sql_backend::Engine;
+use sqlx::migrate::Migrator;
+
 use super::*;
-use crate::apps::{Feature, FeatureSet};
-use crate::clock::Clock;
+use crate::model::{
+    AppRecord, AuthCodeRecord, Feature, FeatureSet, NewRevocation, PromptRecord,
+    RefreshTokenRecord, SecretHash, StoredTokenKey,
+};
+use miniprogram_token::RevocationRule;
 
 fn t(n: i64) -> Timestamp {
     Timestamp::from_unix_nanos(n)
@@ -36,7 +41,22 @@ fn code(b: u8, app_id: &str, grant: &str) -> AuthCodeRecord {
         scopes: ScopeSet::of(&[Scope::AuthBase, Scope::PhoneNumber]),
         created_at: t(10),
         expires_at: t(100),
+        used_at: None,
         purge_at: t(200),
+    }
+}
+
+fn refresh(b: u8, family: &str, expires_at: i64) -> RefreshTokenRecord {
+    RefreshTokenRecord {
+        token_hash: h(b),
+        family_id: family.into(),
+        app_id: "a1".into(),
+        user_id: "user-1".into(),
+        scopes: ScopeSet::of(&[Scope::AuthBase, Scope::PhoneNumber]),
+        created_at: t(20),
+        expires_at: t(expires_at),
+        used_at: None,
+        revoked_at: None,
     }
 }
 
@@ -52,234 +72,256 @@ fn revocation(app_id: &str, user: Option<&str>, scopes: ScopeSet, at: i64) -> Ne
     }
 }
 
-pub async fn apps_round_trip(store: Arc<dyn AuthStore>) {
-    store.insert_app(&app("a1")).await.unwrap();
-    assert!(matches!(
-        store.insert_app(&app("a1")).await,
-        Err(StoreError::AlreadyExists)
-    ));
-    assert_eq!(store.get_app("a1").await.unwrap(), app("a1"));
-    assert_eq!(store.get_app_for_grant("a1").await.unwrap(), app("a1"));
-    assert!(matches!(
-        store.get_app_for_grant("nope").await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        store.get_app("nope").await,
-        Err(StoreError::NotFound)
-    ));
-    store.set_app_secret("a1", &h(9)).await.unwrap();
-    assert_eq!(store.get_app("a1").await.unwrap().secret_hash, h(9));
-    assert!(matches!(
-        store.set_app_secret("nope", &h(9)).await,
-        Err(StoreError::NotFound)
-    ));
-    assert_eq!(store.count_apps().await.unwrap(), 1);
+/// Spends code `b` of app a1 in a transaction of its own, as an exchange does.
+async fn spend(store: &dyn AuthStore, b: u8, now: i64) -> Option<AuthCodeRecord> {
+    let mut tx = store.begin().await.unwrap();
+    let spent = tx.grants().spend_code(&h(b), "a1", t(now)).await.unwrap();
+    tx.commit().await.unwrap();
+    spent
 }
 
-pub async fn disabling_a_feature_voids_refresh_tokens_and_logs_a_rule(store: Arc<dyn AuthStore>) {
-    store.insert_app(&app("a1")).await.unwrap();
-    store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
-    let redeemed = store
-        .redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(20))
-        .await
-        .unwrap();
-    assert!(matches!(redeemed, CodeRedemption::Redeemed(_)));
-    let clock = Clock::default();
-    let r = revocation("a1", None, ScopeSet::of(&[Scope::PhoneNumber]), 30);
-    let basic = FeatureSet::EMPTY.with(Feature::BasicUserInfo);
-    let before = clock.now();
-    let updated = store
-        .set_features("a1", FeatureSet::EMPTY, basic, Some(&r), &clock)
-        .await
-        .unwrap();
-    assert_eq!(updated.features, FeatureSet::EMPTY);
-    assert!(
-        store
-            .get_refresh_token(&h(3))
-            .await
-            .unwrap()
-            .revoked_at
-            .is_some()
-    );
-    let rules = store.revocations_after(0, 10).await.unwrap();
-    assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].scopes, ScopeSet::of(&[Scope::PhoneNumber]));
-    assert!(
-        rules[0].issued_before > before,
-        "the rule is stamped inside the transaction, not with the caller's time"
-    );
-    assert_eq!(
-        rules[0].expire_at.since(rules[0].issued_before),
-        r.expire_at.since(r.issued_before),
-        "restamping keeps the rule's lifetime"
-    );
+pub async fn apps_round_trip(store: Arc<dyn AuthStore>) {
+    let mut repos = store.repositories();
+    let apps = repos.apps();
+    apps.insert(&app("a1")).await.unwrap();
     assert!(matches!(
-        store
-            .set_features("nope", FeatureSet::EMPTY, basic, Some(&r), &clock)
-            .await,
-        Err(StoreError::NotFound)
+        apps.insert(&app("a1")).await,
+        Err(StoreError::AlreadyExists)
     ));
+    assert_eq!(apps.get("a1").await.unwrap(), Some(app("a1")));
+    assert_eq!(apps.get_in_order("a1").await.unwrap(), Some(app("a1")));
+    assert_eq!(apps.get_in_order("nope").await.unwrap(), None);
+    assert_eq!(apps.get("nope").await.unwrap(), None);
+    assert!(apps.set_secret("a1", &h(9)).await.unwrap());
+    assert_eq!(apps.get("a1").await.unwrap().unwrap().secret_hash, h(9));
+    assert!(!apps.set_secret("nope", &h(9)).await.unwrap());
+    assert_eq!(apps.count().await.unwrap(), 1);
+}
+
+/// A feature switch with its revocation in one transaction; a dropped transaction keeps
+/// nothing it wrote.
+pub async fn disabling_a_feature_voids_refresh_tokens_and_logs_a_rule(store: Arc<dyn AuthStore>) {
+    store
+        .repositories()
+        .apps()
+        .insert(&app("a1"))
+        .await
+        .unwrap();
+    let mut repos = store.repositories();
+    repos
+        .grants()
+        .insert_code(&code(2, "a1", "g1"))
+        .await
+        .unwrap();
+    let token = refresh(3, "g1", 5000);
+    repos.grants().insert_refresh_token(&token).await.unwrap();
+    let phone = ScopeSet::of(&[Scope::PhoneNumber]);
+    let basic = FeatureSet::EMPTY.with(Feature::BasicUserInfo);
+    let mut tx = store.begin().await.unwrap();
+    let updated = tx.apps().switch_features("a1", FeatureSet::EMPTY, basic);
+    assert_eq!(updated.await.unwrap().unwrap().features, FeatureSet::EMPTY);
+    let grants = tx.grants();
+    grants
+        .revoke_tokens_carrying("a1", None, phone, t(30))
+        .await
+        .unwrap();
+    let r = revocation("a1", None, phone, 30);
+    tx.revocations().append(&r).await.unwrap();
+    tx.commit().await.unwrap();
+    let revoked = repos.grants().refresh_token(&h(3)).await.unwrap();
+    assert_eq!(revoked.unwrap().revoked_at, Some(t(30)));
+    let rules = repos.revocations().after(0, 10).await.unwrap();
+    assert_eq!((rules.len(), rules[0].scopes), (1, phone));
+
+    let mut tx = store.begin().await.unwrap();
+    tx.revocations().append(&r).await.unwrap();
+    let missing = tx.apps().switch_features("nope", FeatureSet::EMPTY, basic);
+    assert_eq!(missing.await.unwrap(), None);
+    drop(tx);
     assert_eq!(
-        store.revocations_after(0, 10).await.unwrap().len(),
+        repos.revocations().after(0, 10).await.unwrap().len(),
         1,
-        "failed call wrote nothing"
+        "a transaction dropped uncommitted wrote nothing"
     );
 }
 
 pub async fn feature_changes_are_relative_and_never_lose_each_other(store: Arc<dyn AuthStore>) {
-    store.insert_app(&app("a1")).await.unwrap();
-    let clock = Clock::default();
-    let (phone, codes) = tokio::join!(
-        store.set_features(
-            "a1",
-            FeatureSet::EMPTY.with(Feature::PhoneNumber),
-            FeatureSet::EMPTY,
-            None,
-            &clock
-        ),
-        store.set_features(
-            "a1",
-            FeatureSet::EMPTY.with(Feature::UserAuthorization),
-            FeatureSet::EMPTY,
-            None,
-            &clock
-        ),
+    store
+        .repositories()
+        .apps()
+        .insert(&app("a1"))
+        .await
+        .unwrap();
+    let switch = |on: Feature| {
+        let store = store.clone();
+        async move {
+            let on = FeatureSet::EMPTY.with(on);
+            let mut repos = store.repositories();
+            let switched = repos.apps().switch_features("a1", on, FeatureSet::EMPTY);
+            switched.await.unwrap().unwrap()
+        }
+    };
+    tokio::join!(
+        switch(Feature::PhoneNumber),
+        switch(Feature::UserAuthorization)
     );
-    phone.unwrap();
-    codes.unwrap();
     let all = FeatureSet::EMPTY
         .with(Feature::BasicUserInfo)
         .with(Feature::PhoneNumber)
         .with(Feature::UserAuthorization);
-    assert_eq!(store.get_app("a1").await.unwrap().features, all);
-    let updated = store
-        .set_features(
-            "a1",
-            FeatureSet::EMPTY,
-            FeatureSet::EMPTY.with(Feature::PhoneNumber),
-            None,
-            &clock,
-        )
-        .await
-        .unwrap();
+    let mut repos = store.repositories();
+    assert_eq!(repos.apps().get("a1").await.unwrap().unwrap().features, all);
+    let off = FeatureSet::EMPTY.with(Feature::PhoneNumber);
+    let updated = repos.apps().switch_features("a1", FeatureSet::EMPTY, off);
+    let updated = updated.await.unwrap().unwrap();
     assert_eq!(updated.features, all.without(Feature::PhoneNumber));
-    assert!(
-        store.revocations_after(0, 10).await.unwrap().is_empty(),
-        "no rule without a revocation"
-    );
 }
 
 pub async fn decisions_grant_and_deny_atomically(store: Arc<dyn AuthStore>) {
-    store.insert_app(&app("a1")).await.unwrap();
+    store
+        .repositories()
+        .apps()
+        .insert(&app("a1"))
+        .await
+        .unwrap();
+    let mut repos = store.repositories();
+    let consents = repos.consents();
     let ui = ScopeSet::of(&[Scope::UserInfo]);
-    store
-        .record_decision("u1", "a1", ScopeSet::EMPTY, ui, t(1))
+    let none = ScopeSet::EMPTY;
+    consents
+        .record_decision("u1", "a1", none, ui, t(1))
         .await
         .unwrap();
-    let a = store.get_authorization("u1", "a1").await.unwrap().unwrap();
-    assert_eq!((a.granted, a.denied), (ScopeSet::EMPTY, ui));
-    store
-        .record_decision("u1", "a1", ui, ScopeSet::EMPTY, t(2))
+    let a = consents.authorization("u1", "a1").await.unwrap().unwrap();
+    assert_eq!((a.granted, a.denied), (none, ui));
+    consents
+        .record_decision("u1", "a1", ui, none, t(2))
         .await
         .unwrap();
-    let a = store.get_authorization("u1", "a1").await.unwrap().unwrap();
-    assert_eq!((a.granted, a.denied), (ui, ScopeSet::EMPTY));
-    let listed = store.list_authorizations("u1").await.unwrap();
+    let a = consents.authorization("u1", "a1").await.unwrap().unwrap();
+    assert_eq!((a.granted, a.denied), (ui, none));
+    let listed = consents.list("u1").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].1, "App a1");
-    assert!(store.get_authorization("u2", "a1").await.unwrap().is_none());
+    assert!(consents.authorization("u2", "a1").await.unwrap().is_none());
     // A late "deny" (say, of a second modal from a double tap) takes nothing back.
-    store
-        .record_decision("u1", "a1", ScopeSet::EMPTY, ui, t(3))
+    consents
+        .record_decision("u1", "a1", none, ui, t(3))
         .await
         .unwrap();
-    let a = store.get_authorization("u1", "a1").await.unwrap().unwrap();
-    assert_eq!((a.granted, a.denied), (ui, ScopeSet::EMPTY));
+    let a = consents.authorization("u1", "a1").await.unwrap().unwrap();
+    assert_eq!((a.granted, a.denied), (ui, none));
 }
 
+/// A withdrawal as the consent flow runs it: scopes taken back, unspent codes carrying them
+/// deleted, the user's refresh tokens carrying them revoked (no other user's), a rule appended.
 pub async fn withdrawal_removes_scopes_and_appends_rule(store: Arc<dyn AuthStore>) {
-    store.insert_app(&app("a1")).await.unwrap();
-    let both = ScopeSet::of(&[Scope::AuthBase, Scope::PhoneNumber]);
     store
+        .repositories()
+        .apps()
+        .insert(&app("a1"))
+        .await
+        .unwrap();
+    let both = ScopeSet::of(&[Scope::AuthBase, Scope::PhoneNumber]);
+    let (phone, base) = (
+        ScopeSet::of(&[Scope::PhoneNumber]),
+        ScopeSet::of(&[Scope::AuthBase]),
+    );
+    let mut repos = store.repositories();
+    let consents = repos.consents();
+    consents
         .record_decision("u1", "a1", both, ScopeSet::EMPTY, t(1))
         .await
         .unwrap();
-    let unspent = |b: u8, scopes: ScopeSet| AuthCodeRecord {
-        user_id: "u1".into(),
-        scopes,
-        expires_at: Timestamp::now().saturating_add(std::time::Duration::from_secs(60)),
-        purge_at: Timestamp::now().saturating_add(std::time::Duration::from_secs(120)),
-        ..code(b, "a1", &format!("g{b}"))
+    let grants = repos.grants();
+    for (b, scopes) in [(7, both), (8, base)] {
+        let c = AuthCodeRecord {
+            user_id: "u1".into(),
+            scopes,
+            ..code(b, "a1", &format!("g{b}"))
+        };
+        grants.insert_code(&c).await.unwrap();
+    }
+    let theirs = RefreshTokenRecord {
+        user_id: "u2".into(),
+        ..refresh(9, "g9", 5000)
     };
-    store
-        .insert_auth_code(&unspent(
-            7,
-            ScopeSet::of(&[Scope::AuthBase, Scope::PhoneNumber]),
-        ))
-        .await
-        .unwrap();
-    store
-        .insert_auth_code(&unspent(8, ScopeSet::of(&[Scope::AuthBase])))
-        .await
-        .unwrap();
-    let clock = Clock::default();
-    let r = revocation("a1", Some("u1"), ScopeSet::of(&[Scope::PhoneNumber]), 5);
-    let remaining = store.withdraw_authorization(&r, &clock).await.unwrap();
-    assert_eq!(remaining, ScopeSet::of(&[Scope::AuthBase]));
-    let redeem = |b: u8| {
+    grants.insert_refresh_token(&theirs).await.unwrap();
+    let withdraw = |scopes: ScopeSet, at: i64| {
         let store = store.clone();
         async move {
-            store
-                .redeem_auth_code(&h(b), "a1", &h(b + 100), t(i64::MAX), Timestamp::now())
+            let mut tx = store.begin().await.unwrap();
+            let remaining = tx.consents().withdraw("u1", "a1", scopes).await.unwrap();
+            tx.consents().stamp("u1", "a1", t(at)).await.unwrap();
+            let grants = tx.grants();
+            grants
+                .delete_unspent_codes("a1", "u1", scopes)
                 .await
-                .unwrap()
+                .unwrap();
+            let revoke = grants.revoke_tokens_carrying("a1", Some("u1"), scopes, t(at));
+            revoke.await.unwrap();
+            let rule = revocation("a1", Some("u1"), scopes, at);
+            tx.revocations().append(&rule).await.unwrap();
+            tx.commit().await.unwrap();
+            remaining
         }
     };
+    assert_eq!(withdraw(phone, 5).await, Some(base));
+    let grants = repos.grants();
     assert_eq!(
-        redeem(7).await,
-        CodeRedemption::NotFound,
-        "an unspent code carrying a withdrawn scope is gone"
+        grants.code(&h(7)).await.unwrap(),
+        None,
+        "a code carrying a withdrawn scope is gone"
     );
     assert!(
-        matches!(redeem(8).await, CodeRedemption::Redeemed(_)),
-        "a code of the scopes still granted survives"
+        grants.code(&h(8)).await.unwrap().is_some(),
+        "a code of the scopes still granted stays"
     );
-    let all = revocation("a1", Some("u1"), ScopeSet::EMPTY, 6);
+    let theirs = grants.refresh_token(&h(9)).await.unwrap().unwrap();
     assert_eq!(
-        store.withdraw_authorization(&all, &clock).await.unwrap(),
-        ScopeSet::EMPTY
+        theirs.revoked_at, None,
+        "another user's token is not touched"
     );
-    assert!(store.list_authorizations("u1").await.unwrap().is_empty());
-    let seqs: Vec<u64> = store
-        .revocations_after(0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.sequence)
-        .collect();
+    let all = ScopeSet::of(&Scope::ALL);
+    assert_eq!(withdraw(all, 6).await, Some(ScopeSet::EMPTY));
+    let consents = repos.consents();
+    assert!(consents.list("u1").await.unwrap().is_empty());
+    assert_eq!(
+        consents
+            .authorization("u1", "a1")
+            .await
+            .unwrap()
+            .unwrap()
+            .updated_at,
+        t(6)
+    );
+    assert_eq!(consents.withdraw("u2", "a1", all).await.unwrap(), None);
+    let rules = repos.revocations().after(0, 10).await.unwrap();
+    let seqs: Vec<u64> = rules.iter().map(|r| r.sequence).collect();
     assert_eq!(seqs.len(), 2);
     assert!(seqs[0] < seqs[1]);
-    assert_eq!(store.revocations_after(seqs[0], 10).await.unwrap().len(), 1);
+    assert_eq!(
+        repos.revocations().after(seqs[0], 10).await.unwrap().len(),
+        1
+    );
 }
 
 pub async fn a_rule_is_found_by_its_sequence_until_swept(store: Arc<dyn AuthStore>) {
-    assert_eq!(store.revocation_at(1).await.unwrap(), None, "an empty log");
-    let appended = store
-        .append_revocation(&revocation("a1", Some("u1"), ScopeSet::EMPTY, 5))
-        .await
-        .unwrap();
+    let mut repos = store.repositories();
+    let log = repos.revocations();
+    assert_eq!(log.at(1).await.unwrap(), None, "an empty log");
+    let rule = revocation("a1", Some("u1"), ScopeSet::EMPTY, 5);
+    let appended = log.append(&rule).await.unwrap().expect("appended");
     assert_eq!(
-        store.revocation_at(appended.sequence).await.unwrap(),
+        log.at(appended.sequence).await.unwrap(),
         Some(appended.clone())
     );
-    assert_eq!(store.revocation_at(u64::MAX).await.unwrap(), None);
+    assert_eq!(log.at(u64::MAX).await.unwrap(), None);
     store.sweep_expired(t(10_000), 100).await.unwrap();
-    assert_eq!(store.revocation_at(appended.sequence).await.unwrap(), None);
-    let next = store
-        .append_revocation(&revocation("a1", None, ScopeSet::EMPTY, 20_000))
-        .await
-        .unwrap();
+    let log = repos.revocations();
+    assert_eq!(log.at(appended.sequence).await.unwrap(), None);
+    let next = revocation("a1", None, ScopeSet::EMPTY, 20_000);
+    let next = log.append(&next).await.unwrap().expect("appended");
     assert!(next.sequence > appended.sequence, "sequences never restart");
 }
 
@@ -290,165 +332,126 @@ fn token_rule(app_id: &str, token_id: &str, at: i64) -> NewRevocation {
     }
 }
 
-/// Guards the unique indexes of migration 0002 (without them the plain appends below write
-/// copies) beside `revoke_token`'s check for a held rule: revoking one token again, even by
-/// 50 calls at once, appends one rule.
+/// Guards the unique indexes of migration 0002 (without them the appends below write copies):
+/// a rule for a token or a grant family the log already holds is not appended, even by 50
+/// transactions at once.
 pub async fn revoking_a_token_again_writes_nothing_even_at_once(store: Arc<dyn AuthStore>) {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..50 {
         let store = store.clone();
         tasks.spawn(async move {
-            store
-                .revoke_token(&token_rule("a1", "t1", 100 + i), 10, t(0))
-                .await
-                .unwrap()
+            let mut tx = store.begin().await.unwrap();
+            let rule = token_rule("a1", "t1", 100 + i);
+            let appended = tx.revocations().append(&rule).await.unwrap();
+            tx.commit().await.unwrap();
+            appended.is_some()
         });
     }
     let mut appended = 0;
     while let Some(outcome) = tasks.join_next().await {
-        match outcome.unwrap() {
-            TokenRevocation::Appended(_) => appended += 1,
-            TokenRevocation::AlreadyRevoked => {}
-            TokenRevocation::QuotaReached => panic!("one token is one rule"),
-        }
+        appended += usize::from(outcome.unwrap());
     }
     assert_eq!(appended, 1);
-    assert_eq!(store.revocations_after(0, 100).await.unwrap().len(), 1);
+    let mut repos = store.repositories();
+    let log = repos.revocations();
     assert!(
-        matches!(
-            store.append_revocation(&token_rule("a1", "t1", 500)).await,
-            Err(StoreError::AlreadyExists)
-        ),
-        "a plain append of a held token rule writes nothing either"
+        log.holds_token_rule(&token_rule("a1", "t1", 500))
+            .await
+            .unwrap()
     );
+    let again = log.append(&token_rule("a1", "t1", 500)).await.unwrap();
+    assert_eq!(again, None, "nor outside a transaction");
     let mut family = revocation("a1", Some("u1"), ScopeSet::EMPTY, 5);
     family.grant_id = Some("g1".into());
-    store.append_revocation(&family).await.unwrap();
+    assert!(log.append(&family).await.unwrap().is_some());
     family.issued_before = t(6);
-    assert!(matches!(
-        store.append_revocation(&family).await,
-        Err(StoreError::AlreadyExists)
-    ));
-    assert!(matches!(
-        store
-            .revoke_token(&token_rule("a1", "t2", 100), 10, t(0))
+    assert_eq!(log.append(&family).await.unwrap(), None);
+    assert!(
+        !log.holds_token_rule(&token_rule("a1", "t2", 100))
             .await
-            .unwrap(),
-        TokenRevocation::Appended(_)
-    ));
-    assert_eq!(store.revocations_after(0, 100).await.unwrap().len(), 3);
+            .unwrap()
+    );
+    assert!(
+        log.append(&token_rule("a1", "t2", 100))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(log.after(0, 100).await.unwrap().len(), 3);
 }
 
-/// Guards the quota count in `revoke_token` and its check for a held rule (which comes first,
-/// so revoking a token again is never refused): an app holding `quota` live token rules gets
-/// no more; other apps, repeats and rules past their expiry don't count against it.
-pub async fn token_revocations_stop_at_the_app_quota(store: Arc<dyn AuthStore>) {
-    for token in ["t1", "t2"] {
-        assert!(matches!(
-            store
-                .revoke_token(&token_rule("a1", token, 100), 2, t(0))
-                .await
-                .unwrap(),
-            TokenRevocation::Appended(_)
-        ));
+/// Guards the per-app count of token rules: each token rule appended counts for its app until
+/// the end of the window it expires in; other rules and other apps don't count; a sweep drops
+/// the ended windows only.
+pub async fn token_rules_are_counted_per_app_until_their_window_ends(store: Arc<dyn AuthStore>) {
+    let mut repos = store.repositories();
+    let log = repos.revocations();
+    for (app, token) in [("a1", "t1"), ("a1", "t2"), ("a2", "t3")] {
+        log.append(&token_rule(app, token, 100)).await.unwrap();
     }
-    assert_eq!(
-        store
-            .revoke_token(&token_rule("a1", "t3", 100), 2, t(0))
-            .await
-            .unwrap(),
-        TokenRevocation::QuotaReached
-    );
-    assert_eq!(
-        store
-            .revoke_token(&token_rule("a1", "t1", 200), 2, t(0))
-            .await
-            .unwrap(),
-        TokenRevocation::AlreadyRevoked,
-        "a token already revoked is not refused"
-    );
-    assert!(matches!(
-        store
-            .revoke_token(&token_rule("a2", "t3", 100), 2, t(0))
-            .await
-            .unwrap(),
-        TokenRevocation::Appended(_)
-    ));
-    assert_eq!(store.revocations_after(0, 100).await.unwrap().len(), 3);
-    // The rules of t1 and t2 expire at t(1100), in the quota window that ends at
-    // QUOTA_WINDOW_NANOS: they count until then, and no longer after.
+    log.append(&revocation("a1", Some("u1"), ScopeSet::EMPTY, 100))
+        .await
+        .unwrap();
+    assert_eq!(log.live_token_rules("a1", t(0)).await.unwrap(), 2);
+    assert_eq!(log.live_token_rules("a2", t(0)).await.unwrap(), 1);
+    // The rules expire at t(1100), in the window that ends at QUOTA_WINDOW_NANOS.
     let window_end = t(QUOTA_WINDOW_NANOS);
-    assert_eq!(
-        store
-            .revoke_token(&token_rule("a1", "t3", 2000), 2, t(QUOTA_WINDOW_NANOS - 1))
-            .await
-            .unwrap(),
-        TokenRevocation::QuotaReached
-    );
-    let later = |token: &'static str| token_rule("a1", token, QUOTA_WINDOW_NANOS);
-    assert!(matches!(
-        store
-            .revoke_token(&later("t3"), 2, window_end)
-            .await
-            .unwrap(),
-        TokenRevocation::Appended(_)
-    ));
+    let last = t(QUOTA_WINDOW_NANOS - 1);
+    assert_eq!(log.live_token_rules("a1", last).await.unwrap(), 2);
+    assert_eq!(log.live_token_rules("a1", window_end).await.unwrap(), 0);
+    let later = token_rule("a1", "t4", QUOTA_WINDOW_NANOS);
+    log.append(&later).await.unwrap();
     let swept = store.sweep_expired(window_end, 100).await.unwrap();
     assert_eq!(
         (swept.revocations, swept.revocation_quota),
-        (3, 2),
+        (4, 2),
         "the rules and the ended windows of both apps"
     );
-    assert!(matches!(
-        store
-            .revoke_token(&later("t4"), 2, window_end)
-            .await
-            .unwrap(),
-        TokenRevocation::Appended(_)
-    ));
+    let log = repos.revocations();
     assert_eq!(
-        store
-            .revoke_token(&later("t5"), 2, window_end)
-            .await
-            .unwrap(),
-        TokenRevocation::QuotaReached,
-        "the windows still open count after the sweep"
+        log.live_token_rules("a1", window_end).await.unwrap(),
+        1,
+        "open windows stay"
     );
 }
 
-/// Guards the granted-scopes check in `withdraw_authorization`: withdrawing what is not
-/// granted (again, or never) appends no rule.
-pub async fn withdrawing_what_is_not_granted_appends_no_rule(store: Arc<dyn AuthStore>) {
-    store.insert_app(&app("a1")).await.unwrap();
-    let phone = ScopeSet::of(&[Scope::PhoneNumber]);
-    store
-        .record_decision("u1", "a1", phone, ScopeSet::EMPTY, t(1))
+/// Guards `hold_token_rules`: while one transaction holds an app's token rules, another that
+/// asks for them waits until it ends (PostgreSQL's advisory lock; SQLite's one writer), so a
+/// count and the append after it never interleave with another's.
+pub async fn an_apps_token_rules_are_held_by_one_transaction_at_a_time(store: Arc<dyn AuthStore>) {
+    let mut first = store.begin().await.unwrap();
+    first.revocations().hold_token_rules("a1").await.unwrap();
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.revocations().hold_token_rules("a1").await.unwrap();
+            let live = tx.revocations().live_token_rules("a1", t(0)).await.unwrap();
+            tx.commit().await.unwrap();
+            live
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second waits for the first");
+    first
+        .revocations()
+        .append(&token_rule("a1", "t1", 100))
         .await
         .unwrap();
-    let clock = Clock::default();
-    let ui = revocation("a1", Some("u1"), ScopeSet::of(&[Scope::UserInfo]), 5);
+    first.commit().await.unwrap();
     assert_eq!(
-        store.withdraw_authorization(&ui, &clock).await.unwrap(),
-        phone
+        second.await.unwrap(),
+        1,
+        "and then counts what the first appended"
     );
-    assert!(store.revocations_after(0, 10).await.unwrap().is_empty());
-    let all = revocation("a1", Some("u1"), ScopeSet::EMPTY, 6);
-    for _ in 0..3 {
-        store.withdraw_authorization(&all, &clock).await.unwrap();
-    }
-    let never = revocation("a1", Some("u2"), ScopeSet::EMPTY, 7);
-    assert_eq!(
-        store.withdraw_authorization(&never, &clock).await.unwrap(),
-        ScopeSet::EMPTY
-    );
-    let rules = store.revocations_after(0, 10).await.unwrap();
-    assert_eq!(rules.len(), 1, "only the withdrawal that took something");
-    assert_eq!(rules[0].user_id.as_deref(), Some("u1"));
+    let mut repos = store.repositories();
+    let outside = repos.revocations().hold_token_rules("a1").await;
+    assert!(outside.is_err(), "only a transaction holds them");
 }
 
 /// A log as an older version left it: a rule per repeated revocation of one token, of one
 /// family and of one authorization.
-pub fn older_log() -> Vec<NewRevocation> {
+fn older_log() -> Vec<NewRevocation> {
     let mut family = revocation("a1", Some("u1"), ScopeSet::EMPTY, 0);
     family.grant_id = Some("g1".into());
     let withdrawal = revocation("a1", Some("u1"), ScopeSet::of(&[Scope::UserInfo]), 0);
@@ -464,29 +467,76 @@ pub fn older_log() -> Vec<NewRevocation> {
         .collect()
 }
 
-/// After migration 0002 ran on [`older_log`]: the latest rule of the token and of the family
-/// is left, and every withdrawal (each has a cut-off of its own); the token rule is counted.
-pub async fn older_log_migrated(store: &dyn AuthStore) {
-    let rules = store.revocations_after(0, 100).await.unwrap();
-    let count = |f: fn(&RevocationRule) -> bool| rules.iter().filter(|r| f(r)).count();
-    assert_eq!(count(|r| r.token_id.is_some()), 1);
-    assert_eq!(count(|r| r.grant_id.is_some()), 1);
-    assert_eq!(count(|r| r.token_id.is_none() && r.grant_id.is_none()), 3);
-    assert!(
-        rules
-            .iter()
-            .filter(|r| r.token_id.is_some() || r.grant_id.is_some())
-            .all(|r| r.issued_before == t(200)),
-        "the latest (widest) rule of each target is kept"
-    );
-    assert_eq!(
-        store
-            .revoke_token(&token_rule("a1", "t9", 0), 1, t(0))
+/// Writes [`older_log`] into a database migrated as far as `migrator` goes.
+async fn write_older_log<B: sql_backend::Backend>(url: &str, migrator: &'static Migrator) {
+    let pools = B::open(url, migrator, 1).await.unwrap();
+    let mut session = pools.session();
+    let insert = "INSERT INTO revocations
+                    (app_id, user_id, scopes, token_id, grant_id, issued_before, expire_at)
+                  VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    for r in older_log() {
+        let args = sql_backend::args! {
+            &r.app_id, &r.user_id, r.scopes, &r.token_id, &r.grant_id, r.issued_before,
+            r.expire_at
+        };
+        session.execute(insert, args).await.unwrap();
+    }
+    pools.close().await;
+}
+
+/// Migration 0002 on a log an older version wrote (a rule per repeated revocation) leaves the
+/// latest rule of the token and of the family, and every withdrawal (each has a cut-off of
+/// its own), so its unique indexes can be built; the token rule kept is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0002_leaves_one_rule_per_revoked_token_or_family() {
+    let (urls, dir) = sql_backend::testing::urls().await;
+    for (engine, url) in urls {
+        let (name, text) = match engine {
+            Engine::Sqlite => (
+                "sqlite",
+                include_str!("../../../migrations/auth/sqlite/0001_init.sql"),
+            ),
+            Engine::Postgres => (
+                "postgres",
+                include_str!("../../../migrations/auth/postgres/0001_init.sql"),
+            ),
+        };
+        let first = dir.path().join(name);
+        std::fs::create_dir_all(&first).unwrap();
+        std::fs::write(first.join("0001_init.sql"), text).unwrap();
+        let migrator = Box::leak(Box::new(sqlx::migrate::Migrator::new(first).await.unwrap()));
+        match engine {
+            Engine::Sqlite => write_older_log::<sql_backend::Sqlite>(&url, migrator).await,
+            Engine::Postgres => write_older_log::<sql_backend::Postgres>(&url, migrator).await,
+        }
+        let store = super::open(&url).await.expect("0002 runs");
+        let mut repos = store.repositories();
+        let rules = repos.revocations().after(0, 100).await.unwrap();
+        let count = |f: fn(&RevocationRule) -> bool| rules.iter().filter(|r| f(r)).count();
+        assert_eq!(count(|r| r.token_id.is_some()), 1, "{engine:?}");
+        assert_eq!(count(|r| r.grant_id.is_some()), 1, "{engine:?}");
+        assert_eq!(
+            count(|r| r.token_id.is_none() && r.grant_id.is_none()),
+            3,
+            "{engine:?}"
+        );
+        assert!(
+            rules
+                .iter()
+                .filter(|r| r.token_id.is_some() || r.grant_id.is_some())
+                .all(|r| r.issued_before == t(200)),
+            "{engine:?}: the latest (widest) rule of each target is kept"
+        );
+        let live = repos
+            .revocations()
+            .live_token_rules("a1", t(0))
             .await
-            .unwrap(),
-        TokenRevocation::QuotaReached,
-        "the token rule kept counts against its app's quota"
-    );
+            .unwrap();
+        assert_eq!(
+            live, 1,
+            "{engine:?}: the token rule kept counts against its app"
+        );
+    }
 }
 
 pub async fn prompts_resolve_once(store: Arc<dyn AuthStore>) {
@@ -500,108 +550,106 @@ pub async fn prompts_resolve_once(store: Arc<dyn AuthStore>) {
         expires_at: t(100),
         resolved_at: None,
     };
-    store.insert_prompt(&p).await.unwrap();
-    assert_eq!(store.get_prompt(&h(4)).await.unwrap(), p);
+    let mut repos = store.repositories();
+    repos.consents().insert_prompt(&p).await.unwrap();
+    assert_eq!(repos.consents().prompt(&h(4)).await.unwrap(), Some(p));
     let mut wins = 0;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let store = store.clone();
-        tasks.spawn(async move { store.resolve_prompt(&h(4), t(2)).await.unwrap() });
+        tasks.spawn(async move {
+            let mut repos = store.repositories();
+            repos.consents().resolve_prompt(&h(4), t(2)).await.unwrap()
+        });
     }
     while let Some(won) = tasks.join_next().await {
         wins += u32::from(won.unwrap());
     }
     assert_eq!(wins, 1);
-    assert_eq!(
-        store.get_prompt(&h(4)).await.unwrap().resolved_at,
-        Some(t(2))
-    );
-    assert!(matches!(
-        store.get_prompt(&h(5)).await,
-        Err(StoreError::NotFound)
-    ));
+    let resolved = repos.consents().prompt(&h(4)).await.unwrap().unwrap();
+    assert_eq!(resolved.resolved_at, Some(t(2)));
+    assert_eq!(repos.consents().prompt(&h(5)).await.unwrap(), None);
 }
 
 pub async fn auth_code_is_single_use_under_concurrency(store: Arc<dyn AuthStore>) {
-    store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
+    let mut repos = store.repositories();
+    repos
+        .grants()
+        .insert_code(&code(2, "a1", "g1"))
+        .await
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..50u8 {
+    for _ in 0..50 {
         let store = store.clone();
-        tasks.spawn(async move {
-            store
-                .redeem_auth_code(&h(2), "a1", &[100 + i; 32], t(5000), t(20))
-                .await
-                .unwrap()
-        });
+        tasks.spawn(async move { spend(store.as_ref(), 2, 20).await });
     }
-    let mut redeemed = 0;
-    let mut replays = 0;
+    let mut spent = 0;
     while let Some(outcome) = tasks.join_next().await {
-        match outcome.unwrap() {
-            CodeRedemption::Redeemed(c) => {
-                assert_eq!(c.grant_id, "g1");
-                redeemed += 1;
-            }
-            CodeRedemption::AlreadyUsed(_) => replays += 1,
-            other => panic!("unexpected {other:?}"),
+        if let Some(c) = outcome.unwrap() {
+            assert_eq!((c.grant_id.as_str(), c.used_at), ("g1", Some(t(20))));
+            spent += 1;
         }
     }
-    assert_eq!((redeemed, replays), (1, 49));
+    assert_eq!(spent, 1);
+    let used = repos.grants().code(&h(2)).await.unwrap().unwrap();
+    assert_eq!(used.used_at, Some(t(20)), "a replay finds the code used");
 }
 
+/// The facts an exchange decides from: no spend for another app's code, an expired one or an
+/// unknown one, and an unspent code stays unspent.
 pub async fn auth_code_outcomes(store: Arc<dyn AuthStore>) {
-    store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
+    let mut repos = store.repositories();
+    repos
+        .grants()
+        .insert_code(&code(2, "a1", "g1"))
+        .await
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
     assert_eq!(
-        store
-            .redeem_auth_code(&h(2), "other", &h(3), t(5000), t(20))
-            .await
-            .unwrap(),
-        CodeRedemption::NotFound
+        tx.grants().spend_code(&h(2), "other", t(20)).await.unwrap(),
+        None
     );
     assert_eq!(
-        store
-            .redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(100))
-            .await
-            .unwrap(),
-        CodeRedemption::Expired
+        tx.grants().spend_code(&h(2), "a1", t(100)).await.unwrap(),
+        None
     );
     assert_eq!(
-        store
-            .redeem_auth_code(&h(9), "a1", &h(3), t(5000), t(20))
-            .await
-            .unwrap(),
-        CodeRedemption::NotFound
+        tx.grants().spend_code(&h(9), "a1", t(20)).await.unwrap(),
+        None
     );
-    let rec = store.get_refresh_token(&h(3)).await;
-    assert!(
-        matches!(rec, Err(StoreError::NotFound)),
-        "no refresh token for a failed redemption"
+    tx.commit().await.unwrap();
+    assert_eq!(repos.grants().code(&h(9)).await.unwrap(), None);
+    let unspent = repos.grants().code(&h(2)).await.unwrap();
+    assert_eq!(
+        unspent,
+        Some(code(2, "a1", "g1")),
+        "not spent by a failed redemption"
     );
 }
 
 pub async fn a_spent_code_is_kept_while_its_refresh_family_can_live(store: Arc<dyn AuthStore>) {
-    // The code's own purge time is t(200); its first refresh token lives until t(5000), and a
-    // rotation at t(30) extends the family to t(6000).
-    store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
-    store
-        .redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(20))
+    // The code's own purge time is t(200); its family lives until t(5000), then t(6000).
+    let mut repos = store.repositories();
+    repos
+        .grants()
+        .insert_code(&code(2, "a1", "g1"))
         .await
         .unwrap();
-    store
-        .rotate_refresh_token(&h(3), "a1", &h(4), t(6000), t(30))
-        .await
-        .unwrap();
+    assert!(spend(store.as_ref(), 2, 20).await.is_some());
+    for until in [5000, 6000, 300] {
+        repos
+            .grants()
+            .keep_code_until("g1", t(until))
+            .await
+            .unwrap();
+    }
     let swept = store.sweep_expired(t(5500), 100).await.unwrap();
     assert_eq!(swept.auth_codes, 0, "the code outlives its own purge time");
-    assert!(
-        matches!(
-            store
-                .redeem_auth_code(&h(2), "a1", &h(9), t(7000), t(5500))
-                .await
-                .unwrap(),
-            CodeRedemption::AlreadyUsed(_)
-        ),
-        "a late replay is still recognised, so it can void the family"
+    let late = repos.grants().code(&h(2)).await.unwrap().unwrap();
+    assert_eq!(
+        late.used_at,
+        Some(t(20)),
+        "a late replay is still recognised"
     );
     let swept = store.sweep_expired(t(6000), 100).await.unwrap();
     assert_eq!(
@@ -611,51 +659,82 @@ pub async fn a_spent_code_is_kept_while_its_refresh_family_can_live(store: Arc<d
 }
 
 pub async fn refresh_rotation_and_family_revocation(store: Arc<dyn AuthStore>) {
-    store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
-    store
-        .redeem_auth_code(&h(2), "a1", &h(3), t(5000), t(20))
+    let mut repos = store.repositories();
+    repos
+        .grants()
+        .insert_code(&code(2, "a1", "g1"))
         .await
         .unwrap();
-    let first = store
-        .rotate_refresh_token(&h(3), "a1", &h(4), t(6000), t(30))
+    for token in [refresh(3, "g1", 5000), refresh(4, "g1", 6000)] {
+        repos.grants().insert_refresh_token(&token).await.unwrap();
+    }
+    let mut tx = store.begin().await.unwrap();
+    let first = tx
+        .grants()
+        .spend_refresh_token(&h(3), "a1", t(30))
         .await
         .unwrap();
-    assert!(matches!(first, RefreshRotation::Rotated(ref r) if r.family_id == "g1"));
-    let reuse = store
-        .rotate_refresh_token(&h(3), "a1", &h(5), t(6000), t(40))
-        .await
-        .unwrap();
-    assert!(matches!(reuse, RefreshRotation::AlreadyUsed(_)));
     assert_eq!(
-        store
-            .rotate_refresh_token(&h(4), "other", &h(5), t(6000), t(40))
+        first.map(|r| (r.family_id, r.used_at)),
+        Some(("g1".into(), Some(t(30))))
+    );
+    assert_eq!(
+        tx.grants()
+            .spend_refresh_token(&h(3), "a1", t(40))
             .await
             .unwrap(),
-        RefreshRotation::NotFound
+        None
     );
+    assert_eq!(
+        tx.grants()
+            .spend_refresh_token(&h(4), "other", t(40))
+            .await
+            .unwrap(),
+        None
+    );
+    tx.commit().await.unwrap();
+    let reused = repos.grants().refresh_token(&h(3)).await.unwrap().unwrap();
+    assert_eq!(reused.used_at, Some(t(30)), "a reuse finds the token used");
+
+    let grants = repos.grants();
+    assert!(!grants.family_revoked("g1").await.unwrap());
+    assert!(grants.mark_family_revoked("g1", t(50)).await.unwrap());
+    assert!(
+        !grants.mark_family_revoked("g1", t(51)).await.unwrap(),
+        "marked once"
+    );
+    assert!(grants.family_revoked("g1").await.unwrap());
+    assert!(!grants.mark_family_revoked("no-code", t(51)).await.unwrap());
+    assert!(!grants.family_revoked("no-code").await.unwrap());
+    grants.revoke_family_tokens("g1", t(50)).await.unwrap();
+    let revoked = grants.refresh_token(&h(4)).await.unwrap().unwrap();
+    assert_eq!((revoked.used_at, revoked.revoked_at), (None, Some(t(50))));
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.grants()
+            .spend_refresh_token(&h(4), "a1", t(60))
+            .await
+            .unwrap(),
+        None
+    );
+    drop(tx);
+
     let mut r = revocation("a1", Some("user-1"), ScopeSet::EMPTY, 50);
     r.grant_id = Some("g1".into());
-    assert!(store.revoke_family("g1", &r, t(50)).await.unwrap());
-    assert!(
-        !store.revoke_family("g1", &r, t(51)).await.unwrap(),
-        "second revocation is a no-op"
-    );
+    let log = repos.revocations();
+    log.append(&r).await.unwrap();
     assert_eq!(
-        store
-            .rotate_refresh_token(&h(4), "a1", &h(5), t(6000), t(60))
-            .await
-            .unwrap(),
-        RefreshRotation::Revoked
+        log.for_subject("a1", "user-1", t(40)).await.unwrap().len(),
+        1
     );
-    assert_eq!(store.revocations_after(0, 10).await.unwrap().len(), 1);
-    let rules = store
-        .revocations_for_subject("a1", "user-1", t(40))
-        .await
-        .unwrap();
-    assert_eq!(rules.len(), 1);
     assert!(
-        store
-            .revocations_for_subject("a1", "user-1", t(51))
+        log.for_subject("a1", "user-1", t(51))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        log.for_subject("a1", "user-2", t(40))
             .await
             .unwrap()
             .is_empty()
@@ -663,18 +742,23 @@ pub async fn refresh_rotation_and_family_revocation(store: Arc<dyn AuthStore>) {
 }
 
 pub async fn refresh_token_expiry(store: Arc<dyn AuthStore>) {
-    store.insert_auth_code(&code(2, "a1", "g1")).await.unwrap();
-    store
-        .redeem_auth_code(&h(2), "a1", &h(3), t(50), t(20))
+    let mut repos = store.repositories();
+    repos
+        .grants()
+        .insert_refresh_token(&refresh(3, "g1", 50))
         .await
         .unwrap();
+    let mut tx = store.begin().await.unwrap();
     assert_eq!(
-        store
-            .rotate_refresh_token(&h(3), "a1", &h(4), t(6000), t(50))
+        tx.grants()
+            .spend_refresh_token(&h(3), "a1", t(50))
             .await
             .unwrap(),
-        RefreshRotation::Expired
+        None
     );
+    tx.commit().await.unwrap();
+    let expired = repos.grants().refresh_token(&h(3)).await.unwrap().unwrap();
+    assert_eq!((expired.used_at, expired.revoked_at), (None, None));
 }
 
 pub async fn token_keys_round_trip(store: Arc<dyn AuthStore>) {
@@ -685,149 +769,100 @@ pub async fn token_keys_round_trip(store: Arc<dyn AuthStore>) {
         retire_at: t(2),
         expire_at: t(3),
     };
-    store.insert_token_key(&k).await.unwrap();
+    let mut repos = store.repositories();
+    repos.keys().insert(&k).await.unwrap();
     assert!(matches!(
-        store.insert_token_key(&k).await,
+        repos.keys().insert(&k).await,
         Err(StoreError::AlreadyExists)
     ));
-    assert_eq!(store.list_token_keys().await.unwrap(), vec![k.clone()]);
+    assert_eq!(repos.keys().list().await.unwrap(), vec![k.clone()]);
 
-    assert!(!store.reseal_token_key("k1", "other", "new").await.unwrap());
-    assert!(
-        store
-            .reseal_token_key("k1", "sealed", "resealed")
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .reseal_token_key("k1", "sealed", "again")
-            .await
-            .unwrap()
-    );
+    let keys = repos.keys();
+    assert!(!keys.reseal("k1", "other", "new").await.unwrap());
+    assert!(keys.reseal("k1", "sealed", "resealed").await.unwrap());
+    assert!(!keys.reseal("k1", "sealed", "again").await.unwrap());
     let resealed = StoredTokenKey {
         sealed_key: "resealed".into(),
         ..k.clone()
     };
-    assert_eq!(
-        store.list_token_keys().await.unwrap(),
-        vec![resealed.clone()]
-    );
+    assert_eq!(keys.list().await.unwrap(), vec![resealed.clone()]);
 
-    // Retired at t(1)+1: it neither mints nor verifies from then on; once dead, it stays so.
-    let at = Timestamp::from_unix_nanos(t(1).unix_nanos() + 1);
-    assert!(store.retire_token_key("k1", at).await.unwrap());
-    assert_eq!(
-        store.list_token_keys().await.unwrap(),
-        vec![StoredTokenKey {
-            retire_at: at,
-            expire_at: at,
-            ..resealed
-        }]
-    );
-    assert!(!store.retire_token_key("k1", t(2)).await.unwrap());
-    assert!(!store.retire_token_key("nope", t(0)).await.unwrap());
+    // Retired at t(2): it neither mints nor verifies from then on; once dead, it stays so.
+    let at = t(2);
+    assert!(keys.retire("k1", at).await.unwrap());
+    let retired = StoredTokenKey {
+        retire_at: at,
+        expire_at: at,
+        ..resealed
+    };
+    assert_eq!(keys.list().await.unwrap(), vec![retired]);
+    assert!(!keys.retire("k1", t(2)).await.unwrap());
+    assert!(!keys.retire("nope", t(0)).await.unwrap());
 }
 
 pub async fn sealed_secrets_are_stored_once_and_resealed_in_place(store: Arc<dyn AuthStore>) {
-    assert_eq!(store.get_sealed_secret("pairwise").await.unwrap(), None);
-    store
-        .insert_sealed_secret("pairwise", "first", t(1))
-        .await
-        .unwrap();
+    let mut repos = store.repositories();
+    let keys = repos.keys();
+    assert_eq!(keys.secret("pairwise").await.unwrap(), None);
+    keys.insert_secret("pairwise", "first", t(1)).await.unwrap();
     assert!(matches!(
-        store.insert_sealed_secret("pairwise", "second", t(2)).await,
+        keys.insert_secret("pairwise", "second", t(2)).await,
         Err(StoreError::AlreadyExists)
     ));
     assert_eq!(
-        store
-            .get_sealed_secret("pairwise")
-            .await
-            .unwrap()
-            .as_deref(),
+        keys.secret("pairwise").await.unwrap().as_deref(),
         Some("first")
     );
+    assert!(!keys.reseal_secret("pairwise", "second", "x").await.unwrap());
     assert!(
-        !store
-            .reseal_secret("pairwise", "second", "x")
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .reseal_secret("pairwise", "first", "third")
+        keys.reseal_secret("pairwise", "first", "third")
             .await
             .unwrap()
     );
     assert_eq!(
-        store
-            .get_sealed_secret("pairwise")
-            .await
-            .unwrap()
-            .as_deref(),
+        keys.secret("pairwise").await.unwrap().as_deref(),
         Some("third")
     );
 }
 
 pub async fn sweep_removes_only_expired_rows_in_batches(store: Arc<dyn AuthStore>) {
+    let mut repos = store.repositories();
     for i in 0..5u8 {
         let mut c = code(i, "a1", &format!("g{i}"));
         c.purge_at = t(if i < 3 { 100 } else { 10_000 });
-        store.insert_auth_code(&c).await.unwrap();
+        repos.grants().insert_code(&c).await.unwrap();
     }
     // Rules expire 1000ns after their instant: two of these are gone by t=1000.
     for at in [-500, -100, 500, 900] {
-        store
-            .append_revocation(&revocation("a1", None, ScopeSet::EMPTY, at))
-            .await
-            .unwrap();
+        let rule = revocation("a1", None, ScopeSet::EMPTY, at);
+        repos.revocations().append(&rule).await.unwrap();
     }
     let first = store.sweep_expired(t(1000), 2).await.unwrap();
     assert_eq!((first.auth_codes, first.revocations), (2, 2));
     let second = store.sweep_expired(t(1000), 2).await.unwrap();
     assert_eq!((second.auth_codes, second.revocations), (1, 0));
-    assert!(matches!(
-        store
-            .redeem_auth_code(&h(4), "a1", &h(50), t(5000), t(20))
-            .await
-            .unwrap(),
-        CodeRedemption::Redeemed(_)
-    ));
-    assert_eq!(store.revocations_after(0, 10).await.unwrap().len(), 2);
+    assert!(spend(store.as_ref(), 4, 20).await.is_some());
+    assert_eq!(repos.revocations().after(0, 10).await.unwrap().len(), 2);
 }
 
-/// Makes one `#[tokio::test]` per conformance case, each on a fresh store from `$factory`.
-#[macro_export]
-macro_rules! auth_store_conformance {
-    ($factory:path) => {
-        $crate::auth_store_conformance!(@cases $factory,
-            apps_round_trip,
-            disabling_a_feature_voids_refresh_tokens_and_logs_a_rule,
-            feature_changes_are_relative_and_never_lose_each_other,
-            decisions_grant_and_deny_atomically,
-            withdrawal_removes_scopes_and_appends_rule,
-            a_rule_is_found_by_its_sequence_until_swept,
-            revoking_a_token_again_writes_nothing_even_at_once,
-            token_revocations_stop_at_the_app_quota,
-            withdrawing_what_is_not_granted_appends_no_rule,
-            prompts_resolve_once,
-            auth_code_is_single_use_under_concurrency,
-            auth_code_outcomes,
-            refresh_rotation_and_family_revocation,
-            a_spent_code_is_kept_while_its_refresh_family_can_live,
-            refresh_token_expiry,
-            token_keys_round_trip,
-            sealed_secrets_are_stored_once_and_resealed_in_place,
-            sweep_removes_only_expired_rows_in_batches,
-        );
-    };
-    (@cases $factory:path, $($case:ident),+ $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let Some((store, _guard)) = $factory().await else { return };
-                $crate::store::conformance::$case(store).await;
-            }
-        )+
-    };
-}
+sql_backend::conformance!(
+    crate::store::open;
+    apps_round_trip,
+    disabling_a_feature_voids_refresh_tokens_and_logs_a_rule,
+    feature_changes_are_relative_and_never_lose_each_other,
+    decisions_grant_and_deny_atomically,
+    withdrawal_removes_scopes_and_appends_rule,
+    a_rule_is_found_by_its_sequence_until_swept,
+    revoking_a_token_again_writes_nothing_even_at_once,
+    token_rules_are_counted_per_app_until_their_window_ends,
+    an_apps_token_rules_are_held_by_one_transaction_at_a_time,
+    prompts_resolve_once,
+    auth_code_is_single_use_under_concurrency,
+    auth_code_outcomes,
+    refresh_rotation_and_family_revocation,
+    a_spent_code_is_kept_while_its_refresh_family_can_live,
+    refresh_token_expiry,
+    token_keys_round_trip,
+    sealed_secrets_are_stored_once_and_resealed_in_place,
+    sweep_removes_only_expired_rows_in_batches,
+);

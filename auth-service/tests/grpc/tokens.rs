@@ -456,7 +456,7 @@ async fn a_consent_token_introspects_as_inactive_and_reveals_no_user_id() {
 }
 
 /// Guards the per-app quota of token rules (`REVOCATION_QUOTA_PER_APP`, checked in
-/// `revoke_token`): beyond it RevokeToken is refused with REQUEST_TRAFFIC_EXCEED_LIMIT and the
+/// `TokenIssuer::revoke`, after its check for a held rule): beyond it RevokeToken is refused with REQUEST_TRAFFIC_EXCEED_LIMIT and the
 /// token stays active (the caller knows; nothing is dropped silently). Revoking a token again
 /// is still answered, a refresh token's family is still revoked, other apps are unaffected.
 #[tokio::test]

@@ -1,22 +1,17 @@
 //! ProfileService: the wallet's user records, validated on write.
 
-use std::sync::Arc;
-
 use miniprogram_proto::userinfo::v1 as pb;
 use miniprogram_token::Timestamp;
 use pb::profile_service_server::ProfileService;
 use tonic::{Request, Response, Status};
 
 use crate::error::UserInfoError;
-use crate::profile_cache::PublicProfileCache;
-use crate::profiles::{Profile, PublicProfile, check_user_id};
-use crate::store::{ProfileStore, StoreError};
+use crate::model::{Profile, PublicProfile};
+use crate::profiles::ProfileRegistry;
 
-/// Serves ProfileService over the store.
+/// Serves ProfileService over the registry.
 pub struct ProfileGrpc {
-    pub store: Arc<dyn ProfileStore>,
-    /// Invalidated on every write, so this replica never serves a replaced or deleted profile.
-    pub cache: Arc<PublicProfileCache>,
+    pub profiles: ProfileRegistry,
 }
 
 fn to_proto(p: Profile) -> pb::Profile {
@@ -31,23 +26,6 @@ fn to_proto(p: Profile) -> pb::Profile {
         province: p.public.province,
         city: p.public.city,
         update_time: Some(miniprogram_proto::wire_time::to_proto(p.updated_at)),
-    }
-}
-
-fn checked_user_id(user_id: &str) -> Result<(), UserInfoError> {
-    match check_user_id(user_id) {
-        None => Ok(()),
-        Some(v) => Err(UserInfoError::InvalidArgument {
-            field: "user_id",
-            problem: v.description,
-        }),
-    }
-}
-
-fn not_found(e: StoreError) -> UserInfoError {
-    match e {
-        StoreError::NotFound => UserInfoError::ProfileNotFound,
-        other => UserInfoError::Store(other),
     }
 }
 
@@ -78,15 +56,7 @@ impl ProfileService for ProfileGrpc {
             },
             updated_at: Timestamp::now(),
         };
-        let violations = profile.violations();
-        if !violations.is_empty() {
-            return Err(UserInfoError::InvalidProfileField(violations).into());
-        }
-        self.store
-            .upsert_profile(&profile)
-            .await
-            .map_err(UserInfoError::from)?;
-        self.cache.forget(&profile.user_id);
+        let profile = self.profiles.upsert(profile).await?;
         Ok(Response::new(pb::UpsertProfileResponse {
             profile: Some(to_proto(profile)),
         }))
@@ -96,13 +66,7 @@ impl ProfileService for ProfileGrpc {
         &self,
         request: Request<pb::GetProfileRequest>,
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
-        let req = request.into_inner();
-        checked_user_id(&req.user_id)?;
-        let profile = self
-            .store
-            .get_profile(&req.user_id)
-            .await
-            .map_err(not_found)?;
+        let profile = self.profiles.get(&request.into_inner().user_id).await?;
         Ok(Response::new(pb::GetProfileResponse {
             profile: Some(to_proto(profile)),
         }))
@@ -112,13 +76,7 @@ impl ProfileService for ProfileGrpc {
         &self,
         request: Request<pb::DeleteProfileRequest>,
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
-        let req = request.into_inner();
-        checked_user_id(&req.user_id)?;
-        self.store
-            .delete_profile(&req.user_id)
-            .await
-            .map_err(not_found)?;
-        self.cache.forget(&req.user_id);
+        self.profiles.delete(&request.into_inner().user_id).await?;
         Ok(Response::new(pb::DeleteProfileResponse {}))
     }
 }

@@ -23,9 +23,9 @@ pub fn reason(e: &UserInfoError) -> ErrorReason {
         UserInfoError::CallerNotPermitted => ErrorReason::CallerNotPermitted,
         UserInfoError::AuthServiceUnavailable(_)
         | UserInfoError::Store(StoreError::Unavailable(_)) => ErrorReason::ServiceUnavailable,
-        UserInfoError::Store(StoreError::NotFound | StoreError::Internal(_)) => {
-            ErrorReason::Internal
-        }
+        UserInfoError::Store(
+            StoreError::AlreadyExists | StoreError::UnsupportedUrl | StoreError::Internal(_),
+        ) => ErrorReason::Internal,
     }
 }
 
@@ -68,7 +68,7 @@ mod tests {
     use tonic_types::StatusExt;
 
     use super::*;
-    use crate::profiles::FieldViolation as Violation;
+    use crate::model::FieldViolation as Violation;
 
     #[test]
     fn every_variant_maps_to_its_reason_and_profile_fields_carry_violations() {

@@ -1,11 +1,11 @@
-//! Cases every [`ProfileStore`] passes, and a macro making one test per case per backend.
+//! Cases every [`ProfileStore`] passes, each run as a test on SQLite and on PostgreSQL.
 
 use std::sync::Arc;
 
 use miniprogram_token::Timestamp;
 
 use super::*;
-use crate::profiles::{Profile, PublicProfile};
+use crate::model::{Profile, PublicProfile};
 
 fn profile(id: &str) -> Profile {
     Profile {
@@ -25,47 +25,34 @@ fn profile(id: &str) -> Profile {
 }
 
 pub async fn upsert_get_and_replace(store: Arc<dyn ProfileStore>) {
-    store.upsert_profile(&profile("u1")).await.unwrap();
-    assert_eq!(store.get_profile("u1").await.unwrap(), profile("u1"));
+    store.upsert(&profile("u1")).await.unwrap();
+    assert_eq!(store.get("u1").await.unwrap(), Some(profile("u1")));
     let mut changed = profile("u1");
     changed.public.nick_name = "Other".into();
     changed.phone_number = String::new();
-    store.upsert_profile(&changed).await.unwrap();
-    assert_eq!(store.get_profile("u1").await.unwrap(), changed);
-    assert_eq!(store.count_profiles().await.unwrap(), 1);
+    store.upsert(&changed).await.unwrap();
+    assert_eq!(store.get("u1").await.unwrap(), Some(changed));
 }
 
 pub async fn public_profile_and_phone_are_read_separately(store: Arc<dyn ProfileStore>) {
-    store.upsert_profile(&profile("u1")).await.unwrap();
+    store.upsert(&profile("u1")).await.unwrap();
     assert_eq!(
-        store.get_public_profile("u1").await.unwrap(),
-        profile("u1").public
+        store.get_public("u1").await.unwrap(),
+        Some(profile("u1").public)
     );
     assert_eq!(
-        store.get_phone_number("u1").await.unwrap(),
-        "+86 13800000000"
+        store.phone_number("u1").await.unwrap().as_deref(),
+        Some("+86 13800000000")
     );
-    assert!(matches!(
-        store.get_public_profile("u2").await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        store.get_phone_number("u2").await,
-        Err(StoreError::NotFound)
-    ));
+    assert_eq!(store.get_public("u2").await.unwrap(), None);
+    assert_eq!(store.phone_number("u2").await.unwrap(), None);
 }
 
 pub async fn delete_removes_and_reports_missing(store: Arc<dyn ProfileStore>) {
-    store.upsert_profile(&profile("u1")).await.unwrap();
-    store.delete_profile("u1").await.unwrap();
-    assert!(matches!(
-        store.get_profile("u1").await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        store.delete_profile("u1").await,
-        Err(StoreError::NotFound)
-    ));
+    store.upsert(&profile("u1")).await.unwrap();
+    assert!(store.delete("u1").await.unwrap());
+    assert_eq!(store.get("u1").await.unwrap(), None);
+    assert!(!store.delete("u1").await.unwrap(), "reported missing");
 }
 
 pub async fn unicode_and_empty_fields_round_trip(store: Arc<dyn ProfileStore>) {
@@ -74,28 +61,14 @@ pub async fn unicode_and_empty_fields_round_trip(store: Arc<dyn ProfileStore>) {
         nick_name: "小明 🐼".into(),
         ..PublicProfile::default()
     };
-    store.upsert_profile(&p).await.unwrap();
-    assert_eq!(store.get_profile("用户-🙂").await.unwrap(), p);
+    store.upsert(&p).await.unwrap();
+    assert_eq!(store.get("用户-🙂").await.unwrap(), Some(p));
 }
 
-/// Makes one `#[tokio::test]` per conformance case, each on a fresh store from `$factory`.
-#[macro_export]
-macro_rules! profile_store_conformance {
-    ($factory:path) => {
-        $crate::profile_store_conformance!(@cases $factory,
-            upsert_get_and_replace,
-            public_profile_and_phone_are_read_separately,
-            delete_removes_and_reports_missing,
-            unicode_and_empty_fields_round_trip,
-        );
-    };
-    (@cases $factory:path, $($case:ident),+ $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $case() {
-                let Some((store, _guard)) = $factory().await else { return };
-                $crate::store::conformance::$case(store).await;
-            }
-        )+
-    };
-}
+sql_backend::conformance!(
+    crate::store::open;
+    upsert_get_and_replace,
+    public_profile_and_phone_are_read_separately,
+    delete_removes_and_reports_missing,
+    unicode_and_empty_fields_round_trip,
+);

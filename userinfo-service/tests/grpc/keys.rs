@@ -11,8 +11,8 @@ use miniprogram_token::{KeyRing, Scope, SigningKey, Timestamp, TokenClaims, Toke
 use tokio::sync::watch;
 use userinfo_service::error::UserInfoError;
 use userinfo_service::grpc::auth_client::AuthServiceLink;
+use userinfo_service::model::{Profile, PublicProfile};
 use userinfo_service::profile_cache::PublicProfileCache;
-use userinfo_service::profiles::{Profile, PublicProfile};
 use userinfo_service::userinfo::{KeySource, UserInfoReader};
 use userinfo_service::verifier::{TokenCheckError, TokenVerifier};
 
@@ -106,14 +106,14 @@ struct ReaderUnderTest {
 /// and a fresh revocation view, refetching keys at most once a minute.
 async fn reader_for(auth: &TestAuthServer) -> ReaderUnderTest {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = userinfo_service::open_store(&format!(
+    let store = userinfo_service::store::open(&format!(
         "sqlite://{}",
         dir.path().join("userinfo.db").display()
     ))
     .await
     .expect("store");
     store
-        .upsert_profile(&Profile {
+        .upsert(&Profile {
             user_id: "u1".into(),
             real_name: "Zhang Wei".into(),
             phone_number: "+86 138 0013 8000".into(),

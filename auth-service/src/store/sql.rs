@@ -1,0 +1,562 @@
+//! auth-service's repositories, written once for SQLite and PostgreSQL over
+//! [`sql_backend::Backend`]; the one place the engines differ here is marked `B::ROW_LOCKS`.
+
+use async_trait::async_trait;
+use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
+use sha2::{Digest, Sha256};
+use sql_backend::Access::{Hold, InOrder, Read, Write};
+use sql_backend::{Arg, Backend, Columns, Pools, Session, StoreResult, args};
+use sqlx::migrate::Migrator;
+
+use super::contract::{
+    AppRepo, AuthStore, ConsentRepo, GrantRepo, KeyRepo, QUOTA_WINDOW_NANOS, Repositories,
+    RevocationRepo, SweepCounts, Transaction,
+};
+use crate::model::{
+    AppRecord, AuthCodeRecord, AuthorizationRecord, FeatureSet, NewRevocation, PromptRecord,
+    RefreshTokenRecord, SecretHash, StoredTokenKey,
+};
+
+/// SQLite read-only connections beside the writer.
+const READERS: u32 = 4;
+/// Lock key serialising revocation appends ("revo" in ASCII).
+const REVOCATION_APPEND_LOCK: i64 = 0x7265_766f;
+/// High half of the lock key serialising one app's token revocations ("quot"); the low half
+/// is a hash of the app id.
+const TOKEN_QUOTA_LOCK: i64 = 0x7175_6f74 << 32;
+/// One bounded delete per table, by primary key, oldest expiry first.
+const SWEEPS: [&str; 6] = [
+    "DELETE FROM prompts WHERE prompt_hash IN
+       (SELECT prompt_hash FROM prompts WHERE expires_at <= $1 LIMIT $2)",
+    "DELETE FROM auth_codes WHERE code_hash IN
+       (SELECT code_hash FROM auth_codes WHERE purge_at <= $1 LIMIT $2)",
+    "DELETE FROM refresh_tokens WHERE token_hash IN
+       (SELECT token_hash FROM refresh_tokens WHERE expires_at <= $1 LIMIT $2)",
+    "DELETE FROM revocations WHERE sequence IN
+       (SELECT sequence FROM revocations WHERE expire_at <= $1 LIMIT $2)",
+    "DELETE FROM revocation_quota WHERE (app_id, expire_by) IN
+       (SELECT app_id, expire_by FROM revocation_quota WHERE expire_by <= $1 LIMIT $2)",
+    "DELETE FROM token_keys WHERE key_id IN
+       (SELECT key_id FROM token_keys WHERE expire_at <= $1 LIMIT $2)",
+];
+
+impl From<FeatureSet> for Arg<'_> {
+    fn from(f: FeatureSet) -> Self {
+        Arg::Int(Some(i64::from(f.bits())))
+    }
+}
+
+/// auth-service's tables in one database of engine `B`.
+pub struct SqlAuthStore<B: Backend> {
+    pools: Pools<B>,
+}
+
+impl<B: Backend> SqlAuthStore<B> {
+    /// Opens `url` and applies `migrations` (those of engine `B`).
+    pub async fn open(url: &str, migrations: &'static Migrator) -> StoreResult<Self> {
+        let pools = B::open(url, migrations, READERS).await?;
+        Ok(SqlAuthStore { pools })
+    }
+}
+
+#[async_trait]
+impl<B: Backend> AuthStore for SqlAuthStore<B> {
+    fn repositories(&self) -> Box<dyn Repositories> {
+        Box::new(Repos(self.pools.session()))
+    }
+
+    async fn begin(&self) -> StoreResult<Box<dyn Transaction>> {
+        Ok(Box::new(Repos(self.pools.begin().await?)))
+    }
+
+    async fn sweep_expired(&self, now: Timestamp, batch: u32) -> StoreResult<SweepCounts> {
+        let mut counts = SweepCounts::default();
+        let mut session = self.pools.session();
+        for (sql, slot) in SWEEPS.into_iter().zip([
+            &mut counts.prompts,
+            &mut counts.auth_codes,
+            &mut counts.refresh_tokens,
+            &mut counts.revocations,
+            &mut counts.revocation_quota,
+            &mut counts.token_keys,
+        ]) {
+            *slot = session.execute(sql, args![now, batch]).await?;
+        }
+        Ok(counts)
+    }
+
+    async fn close(&self) {
+        self.pools.close().await;
+    }
+}
+
+/// Every repository, over one session.
+struct Repos<B: Backend>(Session<B>);
+
+impl<B: Backend> Repositories for Repos<B> {
+    fn apps(&mut self) -> &mut dyn AppRepo {
+        self
+    }
+    fn consents(&mut self) -> &mut dyn ConsentRepo {
+        self
+    }
+    fn grants(&mut self) -> &mut dyn GrantRepo {
+        self
+    }
+    fn revocations(&mut self) -> &mut dyn RevocationRepo {
+        self
+    }
+    fn keys(&mut self) -> &mut dyn KeyRepo {
+        self
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Transaction for Repos<B> {
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.0.commit().await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> AppRepo for Repos<B> {
+    async fn insert(&mut self, a: &AppRecord) -> StoreResult<()> {
+        let sql = "INSERT INTO apps (app_id, display_name, secret_hash, features, created_at)
+                   VALUES ($1, $2, $3, $4, $5)";
+        let args = args![
+            &a.app_id,
+            &a.display_name,
+            &a.secret_hash,
+            a.features,
+            a.created_at
+        ];
+        self.0.execute(sql, args).await.map(drop)
+    }
+
+    async fn get(&mut self, app_id: &str) -> StoreResult<Option<AppRecord>> {
+        let sql = "SELECT * FROM apps WHERE app_id = $1";
+        self.0.first(Read, sql, args![app_id], app).await
+    }
+
+    async fn get_in_order(&mut self, app_id: &str) -> StoreResult<Option<AppRecord>> {
+        let sql = "SELECT * FROM apps WHERE app_id = $1";
+        self.0.first(InOrder, sql, args![app_id], app).await
+    }
+
+    async fn count(&mut self) -> StoreResult<u64> {
+        let sql = "SELECT COUNT(*) AS n FROM apps";
+        let decode = |r: &B::Record| r.uint("n");
+        Ok(self.0.first(Read, sql, args![], decode).await?.unwrap_or(0))
+    }
+
+    async fn set_secret(&mut self, app_id: &str, hash: &SecretHash) -> StoreResult<bool> {
+        let sql = "UPDATE apps SET secret_hash = $1 WHERE app_id = $2";
+        Ok(self.0.execute(sql, args![hash, app_id]).await? == 1)
+    }
+
+    async fn switch_features(
+        &mut self,
+        app_id: &str,
+        enable: FeatureSet,
+        disable: FeatureSet,
+    ) -> StoreResult<Option<AppRecord>> {
+        let sql = "UPDATE apps SET features = (features | $1) & ~$2 WHERE app_id = $3 RETURNING *";
+        let args = args![enable, disable, app_id];
+        self.0.first(Write, sql, args, app).await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> ConsentRepo for Repos<B> {
+    async fn authorization(
+        &mut self,
+        user_id: &str,
+        app_id: &str,
+    ) -> StoreResult<Option<AuthorizationRecord>> {
+        let sql = "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2";
+        let args = args![user_id, app_id];
+        self.0.first(InOrder, sql, args, authorization).await
+    }
+
+    async fn record_decision(
+        &mut self,
+        user_id: &str,
+        app_id: &str,
+        grant: ScopeSet,
+        deny: ScopeSet,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let sql = "INSERT INTO authorizations (user_id, app_id, granted, denied, updated_at)
+             VALUES ($1, $2, $3, $4 & ~$3, $5)
+             ON CONFLICT (user_id, app_id) DO UPDATE SET
+               granted = authorizations.granted | $3,
+               denied = (authorizations.denied | $4) & ~(authorizations.granted | $3),
+               updated_at = $5";
+        let args = args![user_id, app_id, grant, deny, now];
+        self.0.execute(sql, args).await.map(drop)
+    }
+
+    async fn list(&mut self, user_id: &str) -> StoreResult<Vec<(AuthorizationRecord, String)>> {
+        let sql = "SELECT a.*, apps.display_name FROM authorizations a
+                   JOIN apps ON apps.app_id = a.app_id
+                   WHERE a.user_id = $1 AND a.granted <> 0 ORDER BY a.app_id";
+        let decode = |r: &B::Record| Ok((authorization(r)?, r.text("display_name")?));
+        self.0.all(Read, sql, args![user_id], decode).await
+    }
+
+    async fn hold_authorization(
+        &mut self,
+        user_id: &str,
+        app_id: &str,
+    ) -> StoreResult<Option<AuthorizationRecord>> {
+        let sql = "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2";
+        let args = args![user_id, app_id];
+        self.0.first(Hold, sql, args, authorization).await
+    }
+
+    async fn withdraw(
+        &mut self,
+        user_id: &str,
+        app_id: &str,
+        scopes: ScopeSet,
+    ) -> StoreResult<Option<ScopeSet>> {
+        let sql = "UPDATE authorizations SET granted = granted & ~$1
+                   WHERE user_id = $2 AND app_id = $3 RETURNING granted";
+        let args = args![scopes, user_id, app_id];
+        let decode = |r: &B::Record| r.scopes("granted");
+        self.0.first(Write, sql, args, decode).await
+    }
+
+    async fn stamp(&mut self, user_id: &str, app_id: &str, at: Timestamp) -> StoreResult<()> {
+        let sql = "UPDATE authorizations SET updated_at = $1 WHERE user_id = $2 AND app_id = $3";
+        self.0
+            .execute(sql, args![at, user_id, app_id])
+            .await
+            .map(drop)
+    }
+
+    async fn insert_prompt(&mut self, p: &PromptRecord) -> StoreResult<()> {
+        let sql = "INSERT INTO prompts (prompt_hash, user_id, app_id, scopes, previously_denied,
+                     created_at, expires_at, resolved_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        let args = args! {
+            &p.prompt_hash, &p.user_id, &p.app_id, p.scopes, p.previously_denied, p.created_at,
+            p.expires_at, p.resolved_at
+        };
+        self.0.execute(sql, args).await.map(drop)
+    }
+
+    async fn prompt(&mut self, hash: &SecretHash) -> StoreResult<Option<PromptRecord>> {
+        let sql = "SELECT * FROM prompts WHERE prompt_hash = $1";
+        self.0.first(Read, sql, args![hash], prompt).await
+    }
+
+    async fn resolve_prompt(&mut self, hash: &SecretHash, now: Timestamp) -> StoreResult<bool> {
+        let sql =
+            "UPDATE prompts SET resolved_at = $1 WHERE prompt_hash = $2 AND resolved_at IS NULL";
+        Ok(self.0.execute(sql, args![now, hash]).await? == 1)
+    }
+}
+
+#[async_trait]
+impl<B: Backend> GrantRepo for Repos<B> {
+    async fn insert_code(&mut self, c: &AuthCodeRecord) -> StoreResult<()> {
+        let sql =
+            "INSERT INTO auth_codes (code_hash, grant_id, app_id, user_id, scopes, created_at,
+                     expires_at, used_at, purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        let args = args! {
+            &c.code_hash, &c.grant_id, &c.app_id, &c.user_id, c.scopes, c.created_at,
+            c.expires_at, c.used_at, c.purge_at
+        };
+        self.0.execute(sql, args).await.map(drop)
+    }
+
+    async fn code(&mut self, hash: &SecretHash) -> StoreResult<Option<AuthCodeRecord>> {
+        let sql = "SELECT * FROM auth_codes WHERE code_hash = $1";
+        self.0.first(Read, sql, args![hash], code).await
+    }
+
+    async fn spend_code(
+        &mut self,
+        hash: &SecretHash,
+        app_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<AuthCodeRecord>> {
+        let sql = "UPDATE auth_codes SET used_at = $1
+                   WHERE code_hash = $2 AND app_id = $3 AND used_at IS NULL AND expires_at > $1
+                   RETURNING *";
+        let args = args![now, hash, app_id];
+        self.0.first(Write, sql, args, code).await
+    }
+
+    async fn keep_code_until(&mut self, grant_id: &str, until: Timestamp) -> StoreResult<()> {
+        let sql =
+            "UPDATE auth_codes SET purge_at = CASE WHEN purge_at < $1 THEN $1 ELSE purge_at END
+                   WHERE grant_id = $2";
+        self.0.execute(sql, args![until, grant_id]).await.map(drop)
+    }
+
+    async fn delete_unspent_codes(
+        &mut self,
+        app_id: &str,
+        user_id: &str,
+        scopes: ScopeSet,
+    ) -> StoreResult<()> {
+        let sql = "DELETE FROM auth_codes
+                   WHERE app_id = $1 AND user_id = $2 AND used_at IS NULL AND (scopes & $3) <> 0";
+        self.0
+            .execute(sql, args![app_id, user_id, scopes])
+            .await
+            .map(drop)
+    }
+
+    async fn mark_family_revoked(&mut self, family_id: &str, now: Timestamp) -> StoreResult<bool> {
+        let sql = "UPDATE auth_codes SET family_revoked_at = $1
+                   WHERE grant_id = $2 AND family_revoked_at IS NULL";
+        Ok(self.0.execute(sql, args![now, family_id]).await? > 0)
+    }
+
+    async fn family_revoked(&mut self, family_id: &str) -> StoreResult<bool> {
+        let sql = "SELECT family_revoked_at FROM auth_codes WHERE grant_id = $1";
+        let decode = |r: &B::Record| r.opt_int("family_revoked_at");
+        let marked = self.0.first(Read, sql, args![family_id], decode).await?;
+        Ok(marked.flatten().is_some())
+    }
+
+    async fn insert_refresh_token(&mut self, t: &RefreshTokenRecord) -> StoreResult<()> {
+        let sql = "INSERT INTO refresh_tokens (token_hash, family_id, app_id, user_id, scopes,
+                     created_at, expires_at, used_at, revoked_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        let args = args! {
+            &t.token_hash, &t.family_id, &t.app_id, &t.user_id, t.scopes, t.created_at,
+            t.expires_at, t.used_at, t.revoked_at
+        };
+        self.0.execute(sql, args).await.map(drop)
+    }
+
+    async fn refresh_token(
+        &mut self,
+        hash: &SecretHash,
+    ) -> StoreResult<Option<RefreshTokenRecord>> {
+        let sql = "SELECT * FROM refresh_tokens WHERE token_hash = $1";
+        self.0.first(Read, sql, args![hash], refresh_token).await
+    }
+
+    async fn spend_refresh_token(
+        &mut self,
+        hash: &SecretHash,
+        app_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<RefreshTokenRecord>> {
+        if B::ROW_LOCKS {
+            let lock =
+                "SELECT 1 FROM auth_codes a JOIN refresh_tokens r ON r.family_id = a.grant_id
+                        WHERE r.token_hash = $1 FOR UPDATE OF a";
+            self.0.execute(lock, args![hash]).await?;
+        }
+        let sql = "UPDATE refresh_tokens SET used_at = $1
+                   WHERE token_hash = $2 AND app_id = $3 AND used_at IS NULL AND revoked_at IS NULL
+                     AND expires_at > $1
+                   RETURNING *";
+        let args = args![now, hash, app_id];
+        self.0.first(Write, sql, args, refresh_token).await
+    }
+
+    async fn revoke_family_tokens(&mut self, family_id: &str, now: Timestamp) -> StoreResult<()> {
+        let sql =
+            "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL";
+        self.0.execute(sql, args![now, family_id]).await.map(drop)
+    }
+
+    async fn revoke_tokens_carrying(
+        &mut self,
+        app_id: &str,
+        user_id: Option<&str>,
+        scopes: ScopeSet,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let sql = "UPDATE refresh_tokens SET revoked_at = $1
+                   WHERE app_id = $2 AND (CAST($3 AS TEXT) IS NULL OR user_id = $3)
+                     AND (scopes & $4) <> 0 AND revoked_at IS NULL";
+        let args = args![now, app_id, user_id, scopes];
+        self.0.execute(sql, args).await.map(drop)
+    }
+}
+
+#[async_trait]
+impl<B: Backend> RevocationRepo for Repos<B> {
+    async fn append(&mut self, r: &NewRevocation) -> StoreResult<Option<RevocationRule>> {
+        if let Session::Pooled(pools) = &self.0 {
+            let mut tx = Repos(pools.begin().await?);
+            let appended = tx.append(r).await?;
+            tx.0.commit().await?;
+            return Ok(appended);
+        }
+        self.0.lock(REVOCATION_APPEND_LOCK).await?;
+        let sql = "INSERT INTO revocations
+                     (app_id, user_id, scopes, token_id, grant_id, issued_before, expire_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING *";
+        let args = args! {
+            &r.app_id, &r.user_id, r.scopes, &r.token_id, &r.grant_id, r.issued_before,
+            r.expire_at
+        };
+        let appended = self.0.first(Write, sql, args, revocation).await?;
+        if let Some(rule) = appended.as_ref().filter(|rule| rule.token_id.is_some()) {
+            let sql = "INSERT INTO revocation_quota (app_id, expire_by, rules) VALUES ($1, $2, 1)
+                       ON CONFLICT (app_id, expire_by)
+                       DO UPDATE SET rules = revocation_quota.rules + 1";
+            let window = quota_window_end(rule.expire_at);
+            self.0.execute(sql, args![&rule.app_id, window]).await?;
+        }
+        Ok(appended)
+    }
+
+    async fn hold_token_rules(&mut self, app_id: &str) -> StoreResult<()> {
+        let hash = Sha256::digest(app_id.as_bytes());
+        let low = u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]);
+        self.0.lock(TOKEN_QUOTA_LOCK | i64::from(low)).await
+    }
+
+    async fn holds_token_rule(&mut self, r: &NewRevocation) -> StoreResult<bool> {
+        let sql = "SELECT sequence FROM revocations
+                   WHERE app_id = $1 AND token_id = $2 AND scopes = $4
+                     AND (user_id = $3 OR (user_id IS NULL AND CAST($3 AS TEXT) IS NULL))";
+        let args = args![&r.app_id, &r.token_id, &r.user_id, r.scopes];
+        let decode = |row: &B::Record| row.int("sequence");
+        Ok(self.0.first(Read, sql, args, decode).await?.is_some())
+    }
+
+    async fn live_token_rules(&mut self, app_id: &str, now: Timestamp) -> StoreResult<u64> {
+        let sql = "SELECT CAST(COALESCE(SUM(rules), 0) AS BIGINT) AS n FROM revocation_quota
+                   WHERE app_id = $1 AND expire_by > $2";
+        let decode = |row: &B::Record| row.uint("n");
+        Ok(self
+            .0
+            .first(Read, sql, args![app_id, now], decode)
+            .await?
+            .unwrap_or(0))
+    }
+
+    async fn after(&mut self, sequence: u64, limit: u32) -> StoreResult<Vec<RevocationRule>> {
+        let sql = "SELECT * FROM revocations WHERE sequence > $1 ORDER BY sequence LIMIT $2";
+        let args = args![i64::try_from(sequence).unwrap_or(i64::MAX), limit];
+        self.0.all(Read, sql, args, revocation).await
+    }
+
+    async fn at(&mut self, sequence: u64) -> StoreResult<Option<RevocationRule>> {
+        let Ok(sequence) = i64::try_from(sequence) else {
+            return Ok(None);
+        };
+        let sql = "SELECT * FROM revocations WHERE sequence = $1";
+        self.0.first(Read, sql, args![sequence], revocation).await
+    }
+
+    async fn for_subject(
+        &mut self,
+        app_id: &str,
+        user_id: &str,
+        issued_at: Timestamp,
+    ) -> StoreResult<Vec<RevocationRule>> {
+        let sql = "SELECT * FROM revocations
+                   WHERE app_id = $1 AND (user_id IS NULL OR user_id = $2) AND issued_before >= $3";
+        let args = args![app_id, user_id, issued_at];
+        self.0.all(Read, sql, args, revocation).await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> KeyRepo for Repos<B> {
+    async fn insert(&mut self, k: &StoredTokenKey) -> StoreResult<()> {
+        let sql = "INSERT INTO token_keys (key_id, sealed_key, created_at, retire_at, expire_at)
+                   VALUES ($1, $2, $3, $4, $5)";
+        let args = args! {
+            &k.key_id, &k.sealed_key, k.created_at, k.retire_at, k.expire_at
+        };
+        self.0.execute(sql, args).await.map(drop)
+    }
+
+    async fn list(&mut self) -> StoreResult<Vec<StoredTokenKey>> {
+        let sql = "SELECT * FROM token_keys ORDER BY created_at";
+        self.0.all(Read, sql, args![], token_key).await
+    }
+
+    async fn retire(&mut self, key_id: &str, now: Timestamp) -> StoreResult<bool> {
+        let sql = "UPDATE token_keys
+                   SET retire_at = CASE WHEN retire_at < $2 THEN retire_at ELSE $2 END,
+                       expire_at = CASE WHEN expire_at < $2 THEN expire_at ELSE $2 END
+                   WHERE key_id = $1 AND expire_at > $2";
+        Ok(self.0.execute(sql, args![key_id, now]).await? > 0)
+    }
+
+    async fn reseal(&mut self, key_id: &str, old: &str, new: &str) -> StoreResult<bool> {
+        let sql = "UPDATE token_keys SET sealed_key = $3 WHERE key_id = $1 AND sealed_key = $2";
+        Ok(self.0.execute(sql, args![key_id, old, new]).await? > 0)
+    }
+
+    async fn secret(&mut self, name: &str) -> StoreResult<Option<String>> {
+        let sql = "SELECT sealed_value FROM sealed_secrets WHERE name = $1";
+        let decode = |r: &B::Record| r.text("sealed_value");
+        self.0.first(Read, sql, args![name], decode).await
+    }
+
+    async fn insert_secret(&mut self, name: &str, sealed: &str, now: Timestamp) -> StoreResult<()> {
+        let sql = "INSERT INTO sealed_secrets (name, sealed_value, created_at) VALUES ($1, $2, $3)";
+        self.0
+            .execute(sql, args![name, sealed, now])
+            .await
+            .map(drop)
+    }
+
+    async fn reseal_secret(&mut self, name: &str, old: &str, new: &str) -> StoreResult<bool> {
+        let sql =
+            "UPDATE sealed_secrets SET sealed_value = $3 WHERE name = $1 AND sealed_value = $2";
+        Ok(self.0.execute(sql, args![name, old, new]).await? > 0)
+    }
+}
+
+sql_backend::decoders! {
+    app -> AppRecord {
+        app_id: text, display_name: text, secret_hash: digest, features: features,
+        created_at: time
+    }
+    authorization -> AuthorizationRecord {
+        user_id: text, app_id: text, granted: scopes, denied: scopes, updated_at: time
+    }
+    prompt -> PromptRecord {
+        prompt_hash: digest, user_id: text, app_id: text, scopes: scopes,
+        previously_denied: flag, created_at: time, expires_at: time, resolved_at: opt_time
+    }
+    code -> AuthCodeRecord {
+        code_hash: digest, grant_id: text, app_id: text, user_id: text, scopes: scopes,
+        created_at: time, expires_at: time, used_at: opt_time, purge_at: time
+    }
+    refresh_token -> RefreshTokenRecord {
+        token_hash: digest, family_id: text, app_id: text, user_id: text, scopes: scopes,
+        created_at: time, expires_at: time, used_at: opt_time, revoked_at: opt_time
+    }
+    revocation -> RevocationRule {
+        sequence: uint, app_id: text, user_id: opt_text, scopes: scopes, token_id: opt_text,
+        grant_id: opt_text, issued_before: time, expire_at: time
+    }
+    token_key -> StoredTokenKey {
+        key_id: text, sealed_key: text, created_at: time, retire_at: time, expire_at: time
+    }
+}
+
+/// The end of the quota window a rule expiring at `expire_at` is counted in.
+fn quota_window_end(expire_at: Timestamp) -> i64 {
+    expire_at
+        .unix_nanos()
+        .checked_add(QUOTA_WINDOW_NANOS - 1)
+        .map_or(i64::MAX, |n| {
+            n.div_euclid(QUOTA_WINDOW_NANOS) * QUOTA_WINDOW_NANOS
+        })
+}
+
+/// The one column kind of auth-service's own.
+trait FeatureColumn: Columns {
+    fn features(&self, col: &str) -> Result<FeatureSet, sqlx::Error> {
+        Ok(FeatureSet::from_bits(self.int(col)? as u8))
+    }
+}
+
+impl<R: Columns> FeatureColumn for R {}
