@@ -24,6 +24,10 @@ const REVOCATION_APPEND_LOCK: i64 = 0x7265_766f;
 /// High half of the lock key serialising one app's token revocations ("quot"); the low half
 /// is a hash of the app id.
 const TOKEN_QUOTA_LOCK: i64 = 0x7175_6f74 << 32;
+/// One app, read plainly or in order.
+const APP: &str = "SELECT * FROM apps WHERE app_id = $1";
+/// One authorization, read in order or held.
+const AUTHORIZATION: &str = "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2";
 /// One bounded delete per table, by primary key, oldest expiry first.
 const SWEEPS: [&str; 6] = [
     "DELETE FROM prompts WHERE prompt_hash IN
@@ -134,13 +138,11 @@ impl<B: Backend> AppRepo for Repos<B> {
     }
 
     async fn get(&mut self, app_id: &str) -> StoreResult<Option<AppRecord>> {
-        let sql = "SELECT * FROM apps WHERE app_id = $1";
-        self.0.first(Read, sql, args![app_id], app).await
+        self.0.first(Read, APP, args![app_id], app).await
     }
 
     async fn get_in_order(&mut self, app_id: &str) -> StoreResult<Option<AppRecord>> {
-        let sql = "SELECT * FROM apps WHERE app_id = $1";
-        self.0.first(InOrder, sql, args![app_id], app).await
+        self.0.first(InOrder, APP, args![app_id], app).await
     }
 
     async fn count(&mut self) -> StoreResult<u64> {
@@ -173,9 +175,10 @@ impl<B: Backend> ConsentRepo for Repos<B> {
         user_id: &str,
         app_id: &str,
     ) -> StoreResult<Option<AuthorizationRecord>> {
-        let sql = "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2";
         let args = args![user_id, app_id];
-        self.0.first(InOrder, sql, args, authorization).await
+        self.0
+            .first(InOrder, AUTHORIZATION, args, authorization)
+            .await
     }
 
     async fn record_decision(
@@ -209,9 +212,8 @@ impl<B: Backend> ConsentRepo for Repos<B> {
         user_id: &str,
         app_id: &str,
     ) -> StoreResult<Option<AuthorizationRecord>> {
-        let sql = "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2";
         let args = args![user_id, app_id];
-        self.0.first(Hold, sql, args, authorization).await
+        self.0.first(Hold, AUTHORIZATION, args, authorization).await
     }
 
     async fn withdraw(
