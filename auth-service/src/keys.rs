@@ -70,34 +70,22 @@ pub async fn adopt_master_key(
     master: &MasterKey,
     previous: Option<&MasterKey>,
 ) -> Result<(), MasterKeyMismatch> {
-    let unknown = |what: String| MasterKeyMismatch::Unknown { what };
     let mut repos = store.repositories();
     for key in repos.keys().list().await? {
+        let what = || format!("token key {}", key.key_id);
         let label = token_key_label(&key.key_id);
-        if master.unseal(&label, &key.sealed_key).is_ok() {
-            continue;
+        if let Some(resealed) = reseal(master, previous, &label, &key.sealed_key, what)? {
+            repos
+                .keys()
+                .reseal(&key.key_id, &key.sealed_key, &resealed)
+                .await?;
+            tracing::info!(key_id = %key.key_id, "token key re-sealed under the new master key");
         }
-        let secret = previous
-            .and_then(|p| p.unseal(&label, &key.sealed_key).ok())
-            .ok_or_else(|| unknown(format!("token key {}", key.key_id)))?;
-        let resealed = master
-            .seal(&label, &secret)
-            .map_err(|_| MasterKeyMismatch::Seal)?;
-        repos
-            .keys()
-            .reseal(&key.key_id, &key.sealed_key, &resealed)
-            .await?;
-        tracing::info!(key_id = %key.key_id, "token key re-sealed under the new master key");
     }
     if let Some(sealed) = repos.keys().secret(PAIRWISE_ID_SECRET).await? {
+        let what = || "the pairwise-id secret".to_owned();
         let label = secret_label(PAIRWISE_ID_SECRET);
-        if master.unseal(&label, &sealed).is_err() {
-            let secret = previous
-                .and_then(|p| p.unseal(&label, &sealed).ok())
-                .ok_or_else(|| unknown("the pairwise-id secret".into()))?;
-            let resealed = master
-                .seal(&label, &secret)
-                .map_err(|_| MasterKeyMismatch::Seal)?;
+        if let Some(resealed) = reseal(master, previous, &label, &sealed, what)? {
             repos
                 .keys()
                 .reseal_secret(PAIRWISE_ID_SECRET, &sealed, &resealed)
@@ -106,6 +94,27 @@ pub async fn adopt_master_key(
         }
     }
     Ok(())
+}
+
+/// `sealed` re-sealed under `master` if it opens only under `previous`; `None` if it already
+/// opens under `master`; an error naming `what` if it opens under neither.
+fn reseal(
+    master: &MasterKey,
+    previous: Option<&MasterKey>,
+    label: &str,
+    sealed: &str,
+    what: impl FnOnce() -> String,
+) -> Result<Option<String>, MasterKeyMismatch> {
+    if master.unseal(label, sealed).is_ok() {
+        return Ok(None);
+    }
+    let secret = previous
+        .and_then(|p| p.unseal(label, sealed).ok())
+        .ok_or_else(|| MasterKeyMismatch::Unknown { what: what() })?;
+    master
+        .seal(label, &secret)
+        .map(Some)
+        .map_err(|_| MasterKeyMismatch::Seal)
 }
 
 /// The secret behind app-scoped user ids: generated once and stored sealed, so it survives

@@ -116,27 +116,20 @@ impl TokenVerifier {
     /// token names them.
     pub fn retain_keys(&self, live: &[String]) {
         let mut held = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        let gone: Vec<String> = held
+        let (kept, gone): (Vec<VerifyingKey>, Vec<VerifyingKey>) = held
             .ring
             .keys()
-            .filter(|k| !live.contains(&k.key_id))
-            .map(|k| k.key_id.clone())
-            .collect();
+            .cloned()
+            .partition(|k| live.contains(&k.key_id));
         if gone.is_empty() {
             return;
         }
-        for key_id in &gone {
-            tracing::warn!(%key_id, "auth-service no longer lists this token key; its tokens are refused");
+        for key in &gone {
+            tracing::warn!(key_id = %key.key_id, "auth-service no longer lists this token key; its tokens are refused");
         }
-        let kept: Vec<VerifyingKey> = held
-            .ring
-            .keys()
-            .filter(|k| live.contains(&k.key_id))
-            .cloned()
-            .collect();
         held.ring = KeyRing::verifying(kept);
         held.generation += 1;
-        held.dropped.extend(gone);
+        held.dropped.extend(gone.into_iter().map(|k| k.key_id));
     }
 
     /// Whether any key is loaded (a verifier without keys can open no token).
