@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use miniprogram_token::{Clock, KeyRing, MasterKey, SigningKey, Timestamp};
+use miniprogram_token::{Clock, KeyRing, MasterKey, SigningKey, Timestamp, VerifyingKey};
 
 use crate::error::AuthError;
 use crate::model::StoredTokenKey;
@@ -237,39 +237,24 @@ impl KeyRotation {
         opened.retain(|id, _| stored.iter().any(|k| &k.key_id == id && k.expire_at > now));
         let mut ring = Vec::new();
         for k in stored.iter().filter(|k| k.expire_at > now) {
-            let key = match opened.get(&k.key_id) {
+            let mut key = match opened.get(&k.key_id) {
                 Some(key) => key.clone(),
-                None => match self.unseal(k) {
-                    Some(key) => {
-                        opened.insert(k.key_id.clone(), key.clone());
-                        key
-                    }
-                    None => continue,
-                },
+                None => {
+                    let Some(key) = self.unseal(k) else { continue };
+                    opened.insert(k.key_id.clone(), key.clone());
+                    key
+                }
             };
-            let mut key = key;
             // A retirement moves the times of a key already open.
             key.verifying.retire_at = k.retire_at;
             key.verifying.expire_at = k.expire_at;
             ring.push(key);
         }
         let changed = self.keys.with_ring(|current| {
-            let mut before: Vec<_> = current
-                .keys()
-                .map(|k| (k.key_id.clone(), k.retire_at, k.expire_at))
-                .collect();
-            let mut after: Vec<_> = ring
-                .iter()
-                .map(|k| {
-                    (
-                        k.verifying.key_id.clone(),
-                        k.verifying.retire_at,
-                        k.verifying.expire_at,
-                    )
-                })
-                .collect();
-            before.sort();
-            after.sort();
+            let mut before: Vec<&VerifyingKey> = current.keys().collect();
+            let mut after: Vec<&VerifyingKey> = ring.iter().map(|k| &k.verifying).collect();
+            before.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+            after.sort_by(|a, b| a.key_id.cmp(&b.key_id));
             before != after
         });
         if changed {
