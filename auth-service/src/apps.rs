@@ -5,7 +5,8 @@ use std::sync::Arc;
 use miniprogram_token::{Clock, ScopeSet, Timestamp};
 
 use crate::error::AuthError;
-use crate::model::{AppRecord, Feature, FeatureSet};
+use crate::model::{AppRecord, ChangeReason, ConsentEvent, Feature, FeatureSet, ScopePurpose};
+use crate::privacy::{PrivacyPolicy, check_declaration};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
 use crate::store::AuthStore;
@@ -26,6 +27,7 @@ pub struct AppRegistry {
     store: Arc<dyn AuthStore>,
     revocation_policy: RevocationPolicy,
     feed: RevocationFeed,
+    privacy: PrivacyPolicy,
 }
 
 impl AppRegistry {
@@ -38,7 +40,14 @@ impl AppRegistry {
             store,
             revocation_policy,
             feed,
+            privacy: PrivacyPolicy::default(),
         }
+    }
+
+    /// Keeps the records a feature switch writes as `privacy` says.
+    pub fn with_privacy(mut self, privacy: PrivacyPolicy) -> Self {
+        self.privacy = privacy;
+        self
     }
 
     pub async fn create(
@@ -61,6 +70,9 @@ impl AppRegistry {
             secret_hash: app_secret.hash(),
             features,
             created_at: now,
+            declaration_version: 0,
+            declared_scopes: ScopeSet::EMPTY,
+            declared_at: now,
         };
         self.store.repositories().apps().insert(&app).await?;
         Ok(CreatedApp { app, app_secret })
@@ -82,9 +94,11 @@ impl AppRegistry {
         app.await?.ok_or(AuthError::AppNotFound)
     }
 
-    /// Switches a feature off and voids every token that relies on it: refresh tokens at once,
-    /// access and consent tokens by a rule stamped once the app row is held, so a grant that
-    /// read the features before the switch is stamped before the rule and caught by it.
+    /// Switches a feature off and voids every token and consent that relies on it: refresh
+    /// tokens at once, access and consent tokens by a rule stamped once the app row is held (so
+    /// a grant that read the features before the switch is stamped before the rule and caught
+    /// by it), and every user's consent to its scope, recorded as voided and sent to the app's
+    /// change feed. Switching it back on asks every user again.
     pub async fn disable_feature(
         &self,
         app_id: &str,
@@ -102,9 +116,48 @@ impl AppRegistry {
             .await?;
         let rule = self.revocation_policy.rule(app_id, None, scopes, now);
         tx.revocations().append(&rule).await?;
+        let (changes_expire, records_expire) = (
+            self.privacy.change_expiry(now),
+            self.privacy.record_expiry(now),
+        );
+        let reason = ChangeReason::FeatureDisabled;
+        let changes =
+            tx.privacy()
+                .append_changes_for_scopes(app_id, scopes, reason, now, changes_expire);
+        changes.await?;
+        let event = ConsentEvent::VoidedByFeatureChange;
+        let records =
+            tx.privacy()
+                .append_records_for_scopes(app_id, scopes, event, now, records_expire);
+        records.await?;
+        tx.consents().withdraw_from_all(app_id, scopes).await?;
         tx.commit().await?;
         self.feed.notify();
         Ok(app)
+    }
+
+    /// Replaces the app's privacy declaration; `version` must rise, and the next request for
+    /// a consent scope prompts again wherever consent was given under an older version.
+    pub async fn set_privacy_declaration(
+        &self,
+        app_id: &str,
+        version: i64,
+        purposes: &[ScopePurpose],
+        now: Timestamp,
+    ) -> Result<(AppRecord, Vec<ScopePurpose>), AuthError> {
+        check_declaration(version, purposes)?;
+        let mut repos = self.store.repositories();
+        let current = repos.apps().get(app_id).await?;
+        let current = current.ok_or(AuthError::AppNotFound)?;
+        let replaced = repos
+            .privacy()
+            .replace_declaration(app_id, version, purposes, now);
+        match replaced.await? {
+            Some(app) => Ok((app, repos.privacy().declaration(app_id).await?)),
+            None => Err(AuthError::DeclarationVersionNotRaised(
+                current.declaration_version,
+            )),
+        }
     }
 
     /// Issues a new secret; the old one stops working at once.

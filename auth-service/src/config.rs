@@ -107,6 +107,15 @@ pub struct AuthArgs {
     /// is refused with REQUEST_TRAFFIC_EXCEED_LIMIT until some expire.
     #[arg(long, env = "REVOCATION_QUOTA_PER_APP", default_value_t = crate::revocations::DEFAULT_TOKEN_RULES_PER_APP)]
     pub revocation_quota_per_app: u32,
+    /// How long consent records are kept (from each record's time).
+    #[arg(long, env = "CONSENT_RECORD_RETENTION", default_value = "1825days", value_parser = humantime::parse_duration)]
+    pub consent_record_retention: Duration,
+    /// How long an app's authorization changes stay in its feed.
+    #[arg(long, env = "AUTHORIZATION_CHANGE_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
+    pub authorization_change_retention: Duration,
+    /// Refuse a scope the mini program has not declared a purpose for.
+    #[arg(long, env = "REQUIRE_PRIVACY_DECLARATION", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_privacy_declaration: bool,
 }
 
 /// Why the configuration can't be used. Never contains a secret value.
@@ -143,6 +152,7 @@ pub struct AuthConfig {
     pub trusted_proxies: TrustedProxies,
     pub revocation_heartbeat: Duration,
     pub revocation_quota_per_app: u32,
+    pub privacy: crate::privacy::PrivacyPolicy,
     pub drain_timeout: Duration,
     pub limits: service_runtime::ServerLimits,
     pub tls: Option<service_runtime::ServerTls>,
@@ -161,6 +171,11 @@ impl AuthArgs {
             ("KEY_ROTATION_PERIOD", self.key_rotation_period),
             ("SWEEP_INTERVAL", self.sweep_interval),
             ("REVOCATION_HEARTBEAT", self.revocation_heartbeat),
+            ("CONSENT_RECORD_RETENTION", self.consent_record_retention),
+            (
+                "AUTHORIZATION_CHANGE_RETENTION",
+                self.authorization_change_retention,
+            ),
         ] {
             if ttl.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -238,6 +253,11 @@ impl AuthArgs {
             trusted_proxies: self.trusted_proxies,
             revocation_heartbeat: self.revocation_heartbeat,
             revocation_quota_per_app: self.revocation_quota_per_app,
+            privacy: crate::privacy::PrivacyPolicy {
+                consent_record_retention: self.consent_record_retention,
+                authorization_change_retention: self.authorization_change_retention,
+                require_declaration: self.require_privacy_declaration,
+            },
             drain_timeout: self.drain_timeout,
             limits: self.limits.into(),
             tls: self

@@ -8,22 +8,17 @@ use miniprogram_token::{Clock, Scope, ScopeSet, Timestamp, TokenClaims, TokenKin
 
 use crate::error::AuthError;
 use crate::keys::SigningKeys;
-use crate::model::{AppRecord, AuthCodeRecord, AuthorizationRecord, PromptRecord};
+use crate::model::{
+    AppRecord, AuthCodeRecord, AuthorizationRecord, ChangeReason, ConsentEvent, PromptRecord,
+    ScopePurpose,
+};
+use crate::privacy::{PrivacyPolicy, consent_scopes, purposes_for};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
-use crate::store::AuthStore;
+use crate::store::{AuthStore, Decision as StoredDecision};
 
-/// Longest wallet user id or app id accepted, in bytes.
-pub const MAX_ID_LEN: usize = 128;
-
-/// What made the mini program ask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The user tapped a `getAuthorize` button: the only thing that may open a modal.
-    UserTap,
-    /// The mini program asked on its own at launch: never a modal.
-    AppLaunch,
-}
+pub use crate::ids::{MAX_ID_LEN, check_id};
+pub use crate::model::{AuthorizationSummary, Trigger};
 
 /// The user's answer to a modal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +52,9 @@ pub struct Prompt {
     pub scopes: ScopeSet,
     pub previously_denied: bool,
     pub expires_at: Timestamp,
+    /// The declared purposes of the scopes asked for.
+    pub purposes: Vec<ScopePurpose>,
+    pub declaration_version: i64,
 }
 
 /// What `RequestAuthorization` leads to.
@@ -72,15 +70,6 @@ pub enum AuthorizationOutcome {
 pub enum PromptOutcome {
     Grant(Grant),
     Denial { scopes: ScopeSet },
-}
-
-/// A user's standing authorization for one mini program, for the settings page.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthorizationSummary {
-    pub app_id: String,
-    pub app_display_name: String,
-    pub scopes: ScopeSet,
-    pub granted_at: Timestamp,
 }
 
 /// Lifetimes of what the consent flow hands out.
@@ -105,29 +94,6 @@ pub fn check_scope_combination(scopes: ScopeSet) -> Result<ScopeSet, AuthError> 
     Ok(scopes)
 }
 
-/// Checks an id field: non-empty, bounded, printable.
-pub fn check_id(field: &'static str, value: &str) -> Result<(), AuthError> {
-    if value.is_empty() {
-        return Err(AuthError::InvalidArgument {
-            field,
-            problem: "is required",
-        });
-    }
-    if value.len() > MAX_ID_LEN {
-        return Err(AuthError::InvalidArgument {
-            field,
-            problem: "is longer than 128 bytes",
-        });
-    }
-    if value.chars().any(char::is_control) {
-        return Err(AuthError::InvalidArgument {
-            field,
-            problem: "contains control characters",
-        });
-    }
-    Ok(())
-}
-
 /// Runs the consent flow against the store, minting with the current token key.
 #[derive(Clone)]
 pub struct ConsentFlow {
@@ -136,6 +102,7 @@ pub struct ConsentFlow {
     lifetimes: ConsentLifetimes,
     revocation_policy: RevocationPolicy,
     feed: RevocationFeed,
+    privacy: PrivacyPolicy,
 }
 
 impl ConsentFlow {
@@ -152,11 +119,19 @@ impl ConsentFlow {
             lifetimes,
             revocation_policy,
             feed,
+            privacy: PrivacyPolicy::default(),
         }
     }
 
+    /// Keeps records and checks declarations as `privacy` says.
+    pub fn with_privacy(mut self, privacy: PrivacyPolicy) -> Self {
+        self.privacy = privacy;
+        self
+    }
+
     /// `my.getOpenUserInfo` / `my.getAuthCode`: grant at once what needs no (new) consent,
-    /// otherwise describe the modal to show.
+    /// otherwise describe the modal to show. Consent given under an older privacy declaration
+    /// than the app's is asked for again.
     pub async fn request(
         &self,
         user_id: &str,
@@ -171,19 +146,33 @@ impl ConsentFlow {
         let app = self.app_with_features(app_id, scopes).await?;
         let mut repos = self.store.repositories();
         let standing = repos.consents().authorization(user_id, app_id).await?;
-        let granted = standing.as_ref().map_or(ScopeSet::EMPTY, |a| a.granted);
-        let needs_consent: ScopeSet = scopes.iter().filter(|s| s.needs_consent()).collect();
-        let to_ask = needs_consent.difference(granted);
-        if to_ask.is_empty() {
-            if !scopes.is_subset_of(granted) {
-                repos
-                    .consents()
-                    .record_decision(user_id, app_id, scopes, ScopeSet::EMPTY, now)
-                    .await?;
+        let granted = standing.as_ref().map_or(ScopeSet::EMPTY, |a| {
+            if a.declaration_version < app.declaration_version {
+                a.granted.difference(consent_scopes(a.granted))
+            } else {
+                a.granted
             }
-            return Ok(AuthorizationOutcome::Grant(
-                self.grant(&app, user_id, scopes, now).await?,
-            ));
+        });
+        let to_ask = consent_scopes(scopes).difference(granted);
+        if to_ask.is_empty() {
+            let mut grant_ref = standing.and_then(|a| a.grant_ref);
+            if !scopes.is_subset_of(granted) {
+                let mut tx = self.store.begin().await?;
+                let decision = StoredDecision::new(user_id, app_id, scopes, ScopeSet::EMPTY, now);
+                grant_ref = tx.consents().record_decision(&decision).await?;
+                let mut record = self.privacy.record(
+                    (user_id, app_id),
+                    ConsentEvent::Granted,
+                    scopes.difference(granted),
+                    app.declaration_version,
+                    now,
+                );
+                record.trigger = Some(trigger);
+                tx.privacy().append_record(&record).await?;
+                tx.commit().await?;
+            }
+            let grant = self.grant(&app, user_id, scopes, grant_ref, now).await?;
+            return Ok(AuthorizationOutcome::Grant(grant));
         }
         if trigger == Trigger::AppLaunch {
             return Err(AuthError::AuthorizationAtLaunch);
@@ -191,10 +180,15 @@ impl ConsentFlow {
         let previously_denied = standing
             .as_ref()
             .is_some_and(|a: &AuthorizationRecord| !a.denied.intersection(to_ask).is_empty());
+        let purposes = if app.declared_scopes.intersection(scopes).is_empty() {
+            Vec::new()
+        } else {
+            purposes_for(repos.privacy().declaration(app_id).await?, scopes)
+        };
         let prompt_id = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.prompt);
-        repos
-            .consents()
+        let mut tx = self.store.begin().await?;
+        tx.consents()
             .insert_prompt(&PromptRecord {
                 prompt_hash: prompt_id.hash(),
                 user_id: user_id.to_owned(),
@@ -204,14 +198,28 @@ impl ConsentFlow {
                 created_at: now,
                 expires_at,
                 resolved_at: None,
+                declaration_version: app.declaration_version,
             })
             .await?;
+        let mut record = self.privacy.record(
+            (user_id, app_id),
+            ConsentEvent::Prompted,
+            scopes,
+            app.declaration_version,
+            now,
+        );
+        record.trigger = Some(trigger);
+        record.purposes = purposes.clone();
+        tx.privacy().append_record(&record).await?;
+        tx.commit().await?;
         Ok(AuthorizationOutcome::Prompt(Prompt {
             prompt_id,
             app_display_name: app.display_name,
             scopes,
             previously_denied,
             expires_at,
+            purposes,
+            declaration_version: app.declaration_version,
         }))
     }
 
@@ -242,28 +250,48 @@ impl ConsentFlow {
         if !repos.consents().resolve_prompt(&hash, now).await? {
             return Err(AuthError::PromptAlreadyResolved);
         }
-        match decision {
-            Decision::Allow => {
-                let app = self
-                    .app_with_features(&prompt.app_id, prompt.scopes)
+        let app_id = prompt.app_id.as_str();
+        let (grant, deny, event) = match decision {
+            Decision::Allow => (prompt.scopes, ScopeSet::EMPTY, ConsentEvent::Granted),
+            Decision::Deny => (
+                ScopeSet::EMPTY,
+                consent_scopes(prompt.scopes),
+                ConsentEvent::Denied,
+            ),
+        };
+        let app = match decision {
+            Decision::Allow => Some(self.app_with_features(app_id, prompt.scopes).await?),
+            Decision::Deny => None,
+        };
+        let new_ref = secrets::new_id()?;
+        let mut tx = self.store.begin().await?;
+        let stored = tx
+            .consents()
+            .record_decision(&StoredDecision {
+                version: prompt.declaration_version,
+                grant_ref: Some(&new_ref),
+                ..StoredDecision::new(user_id, app_id, grant, deny, now)
+            })
+            .await?;
+        let record = self.privacy.record(
+            (user_id, app_id),
+            event,
+            prompt.scopes,
+            prompt.declaration_version,
+            now,
+        );
+        tx.privacy().append_record(&record).await?;
+        tx.commit().await?;
+        match app {
+            Some(app) => {
+                let grant = self
+                    .grant(&app, user_id, prompt.scopes, stored, now)
                     .await?;
-                repos
-                    .consents()
-                    .record_decision(user_id, &prompt.app_id, prompt.scopes, ScopeSet::EMPTY, now)
-                    .await?;
-                let grant = self.grant(&app, user_id, prompt.scopes, now).await?;
                 Ok(PromptOutcome::Grant(grant))
             }
-            Decision::Deny => {
-                let denied: ScopeSet = prompt.scopes.iter().filter(|s| s.needs_consent()).collect();
-                repos
-                    .consents()
-                    .record_decision(user_id, &prompt.app_id, ScopeSet::EMPTY, denied, now)
-                    .await?;
-                Ok(PromptOutcome::Denial {
-                    scopes: prompt.scopes,
-                })
-            }
+            None => Ok(PromptOutcome::Denial {
+                scopes: prompt.scopes,
+            }),
         }
     }
 
@@ -277,6 +305,7 @@ impl ConsentFlow {
             .list(user_id)
             .await?
             .into_iter()
+            .filter(|(a, _)| !a.granted.is_empty())
             .map(|(a, name)| AuthorizationSummary {
                 app_id: a.app_id,
                 app_display_name: name,
@@ -286,10 +315,10 @@ impl ConsentFlow {
             .collect())
     }
 
-    /// Withdraws `scopes` (all when empty); tokens carrying them stop working at once and the
-    /// next request prompts again. Returns (withdrawn, still granted). Withdrawing what is not
-    /// granted writes nothing: every token carrying it was caught by the withdrawal that took
-    /// it back.
+    /// Withdraws `scopes` (all when empty); tokens carrying them stop working at once, the
+    /// app's change feed says so, and the next request prompts again. Returns (withdrawn,
+    /// still granted). Withdrawing what is not granted writes nothing: every token carrying it
+    /// was caught by the withdrawal that took it back.
     pub async fn withdraw(
         &self,
         user_id: &str,
@@ -315,10 +344,12 @@ impl ConsentFlow {
             scopes
         };
         let mut tx = self.store.begin().await?;
-        let held = tx.consents().hold_authorization(user_id, app_id).await?;
-        let granted = held.map_or(ScopeSet::EMPTY, |a| a.granted);
-        if granted.intersection(taken).is_empty() {
-            return Ok((ScopeSet::EMPTY, granted));
+        let Some(held) = tx.consents().hold_authorization(user_id, app_id).await? else {
+            return Ok((ScopeSet::EMPTY, ScopeSet::EMPTY));
+        };
+        let withdrawn = held.granted.intersection(taken);
+        if withdrawn.is_empty() {
+            return Ok((ScopeSet::EMPTY, held.granted));
         }
         let remaining = tx.consents().withdraw(user_id, app_id, taken).await?;
         let remaining = remaining.unwrap_or(ScopeSet::EMPTY);
@@ -336,11 +367,17 @@ impl ConsentFlow {
             .revocation_policy
             .rule(app_id, Some(user_id), scopes, now);
         tx.revocations().append(&rule).await?;
+        let why = (ConsentEvent::Withdrawn, ChangeReason::Withdrawn);
+        self.privacy
+            .record_end(tx.as_mut(), &held, withdrawn, why, now)
+            .await?;
         tx.commit().await?;
         self.feed.notify();
-        Ok((granted.difference(remaining), remaining))
+        Ok((withdrawn, remaining))
     }
 
+    /// The app, if it has activated the features `scopes` need (and, where required, declared
+    /// a purpose for each).
     async fn app_with_features(
         &self,
         app_id: &str,
@@ -356,18 +393,30 @@ impl ConsentFlow {
         if let Some(missing) = app.features.missing_for(scopes) {
             return Err(AuthError::InsufficientIsvPermissions(missing));
         }
+        if self.privacy.require_declaration
+            && let Some(undeclared) = scopes.difference(app.declared_scopes).iter().next()
+        {
+            return Err(AuthError::UndeclaredScope(undeclared));
+        }
         Ok(app)
     }
 
+    /// Mints the grant's credential. A consent token carries the authorization's grant id
+    /// (`grant_ref`), so the app can match it to a change in its feed.
     async fn grant(
         &self,
         app: &AppRecord,
         user_id: &str,
         scopes: ScopeSet,
+        grant_ref: Option<String>,
         now: Timestamp,
     ) -> Result<Grant, AuthError> {
         if scopes.contains(Scope::UserInfo) {
             let expires_at = now.saturating_add(self.lifetimes.consent_token);
+            let grant_id = match grant_ref {
+                Some(grant_ref) => grant_ref,
+                None => secrets::new_id()?,
+            };
             let claims = TokenClaims {
                 app_id: app.app_id.clone(),
                 user_id: user_id.to_owned(),
@@ -375,7 +424,7 @@ impl ConsentFlow {
                 issued_at: now.unix_nanos(),
                 expires_at: expires_at.unix_nanos(),
                 token_id: secrets::new_id()?,
-                grant_id: secrets::new_id()?,
+                grant_id,
             };
             let token = self
                 .keys
@@ -432,11 +481,8 @@ mod tests {
             let app = crate::testing::app_record("mp1", FeatureSet::EMPTY);
             repos.apps().insert(&app).await.unwrap();
             let base = ScopeSet::of(&[Scope::AuthBase]);
-            let decided =
-                repos
-                    .consents()
-                    .record_decision("u1", "mp1", base, ScopeSet::EMPTY, now());
-            decided.await.unwrap();
+            let decision = crate::store::Decision::new("u1", "mp1", base, ScopeSet::EMPTY, now());
+            repos.consents().record_decision(&decision).await.unwrap();
             let probed = store.clone();
             let (clock, mut seen) = ProbeClock::new(Duration::from_millis(300), move || {
                 let store = probed.clone();
@@ -492,11 +538,8 @@ mod tests {
             let app = crate::testing::app_record("a1", FeatureSet::EMPTY);
             repos.apps().insert(&app).await.unwrap();
             let phone = ScopeSet::of(&[Scope::PhoneNumber]);
-            let decided =
-                repos
-                    .consents()
-                    .record_decision("u1", "a1", phone, ScopeSet::EMPTY, now());
-            decided.await.unwrap();
+            let decision = crate::store::Decision::new("u1", "a1", phone, ScopeSet::EMPTY, now());
+            repos.consents().record_decision(&decision).await.unwrap();
             let (flow, clock) = (
                 flow(store.clone()),
                 miniprogram_token::SystemClock::default(),

@@ -1,6 +1,8 @@
 //! What can go wrong in auth-service, in domain terms. `grpc::status` is the one table that
 //! turns each variant into a gRPC status with the design's `ErrorInfo` reason.
 
+use miniprogram_token::Scope;
+
 use crate::model::Feature;
 use crate::store::StoreError;
 
@@ -24,6 +26,12 @@ pub enum AuthError {
     AppNotFound,
     #[error("the mini program has not activated the feature {0:?}")]
     InsufficientIsvPermissions(Feature),
+    #[error(
+        "the mini program has declared no purpose for {0:?} (REQUIRE_PRIVACY_DECLARATION); declare one with SetPrivacyDeclaration"
+    )]
+    UndeclaredScope(Scope),
+    #[error("version must be greater than the declaration version in force ({0})")]
+    DeclarationVersionNotRaised(i64),
     #[error("the user has not authorized this, or has withdrawn the authorization")]
     InvalidAuthRelations,
     #[error("no such prompt for this user")]

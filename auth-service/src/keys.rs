@@ -508,6 +508,9 @@ mod tests {
                 secret_hash: [0; 32],
                 features: crate::model::FeatureSet::EMPTY,
                 created_at: Timestamp::now(),
+                declaration_version: 0,
+                declared_scopes: miniprogram_token::ScopeSet::EMPTY,
+                declared_at: Timestamp::now(),
             })
             .await
             .unwrap();

@@ -11,8 +11,10 @@ pub mod consent;
 pub mod credentials;
 pub mod error;
 pub mod grpc;
+pub mod ids;
 pub mod keys;
 pub mod model;
+pub mod privacy;
 pub mod revocations;
 pub mod secrets;
 pub mod store;
@@ -23,7 +25,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use miniprogram_proto::auth::v1::{
-    app_service_server::AppServiceServer, authorization_service_server::AuthorizationServiceServer,
+    app_service_server::AppServiceServer,
+    authorization_change_service_server::AuthorizationChangeServiceServer,
+    authorization_service_server::AuthorizationServiceServer,
     key_admin_service_server::KeyAdminServiceServer, key_service_server::KeyServiceServer,
     token_service_server::TokenServiceServer,
 };
@@ -42,16 +46,18 @@ use crate::config::AuthConfig;
 use crate::consent::{ConsentFlow, ConsentLifetimes};
 use crate::credentials::{AppAuthenticator, CallerRole, CallerRoles, FailedAttemptLimiter};
 use crate::keys::{KeyRotation, MasterKeyMismatch, SigningKeys};
+use crate::privacy::{AuthorizationChanges, PrivacyRecords};
 use crate::revocations::{RevocationFeed, RevocationLog, RevocationPolicy};
 use crate::secrets::AppUserIdKey;
 use crate::store::{AuthStore, StoreError};
 use crate::tokens::{TokenIssuer, TokenLifetimes};
 
 /// The gRPC service names this server answers for (besides health and reflection).
-pub const SERVICE_NAMES: [&str; 5] = [
+pub const SERVICE_NAMES: [&str; 6] = [
     miniprogram_proto::auth::v1::app_service_server::SERVICE_NAME,
     miniprogram_proto::auth::v1::authorization_service_server::SERVICE_NAME,
     miniprogram_proto::auth::v1::token_service_server::SERVICE_NAME,
+    miniprogram_proto::auth::v1::authorization_change_service_server::SERVICE_NAME,
     miniprogram_proto::auth::v1::key_service_server::SERVICE_NAME,
     miniprogram_proto::auth::v1::key_admin_service_server::SERVICE_NAME,
 ];
@@ -169,6 +175,7 @@ struct Services {
     apps: grpc::apps::AppGrpc,
     authorization: grpc::authorization::AuthorizationGrpc,
     tokens: grpc::tokens::TokenGrpc,
+    changes: grpc::changes::ChangeGrpc,
     key_admin: grpc::keys::KeyAdminGrpc,
     keys: grpc::keys::KeyGrpc,
     callers: Arc<CallerRoles>,
@@ -192,7 +199,16 @@ impl Services {
             code_retention: config.access_token_ttl,
         };
         let ring = keys.ring;
-        let flow = ConsentFlow::new(store.clone(), ring.clone(), lifetimes, policy, feed.clone());
+        let privacy = config.privacy;
+        let flow = ConsentFlow::new(store.clone(), ring.clone(), lifetimes, policy, feed.clone())
+            .with_privacy(privacy);
+        let records = PrivacyRecords::new(
+            store.clone(),
+            privacy,
+            policy,
+            feed.clone(),
+            keys.pairwise.clone(),
+        );
         let token_lifetimes = TokenLifetimes {
             access_token: config.access_token_ttl,
             refresh_token: config.refresh_token_ttl,
@@ -210,21 +226,32 @@ impl Services {
             config.failed_credential_window,
         );
         let callers = Arc::new(CallerRoles::new(&config.callers));
+        let app_callers = grpc::tokens::AppCallers {
+            authenticator: Arc::new(AppAuthenticator::new(store.clone(), limiter)),
+            clock: clock.clone(),
+            callers: callers.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+        };
         Services {
             apps: grpc::apps::AppGrpc {
-                registry: AppRegistry::new(store.clone(), policy, feed.clone()),
+                registry: AppRegistry::new(store.clone(), policy, feed.clone())
+                    .with_privacy(privacy),
                 clock: clock.clone(),
             },
             authorization: grpc::authorization::AuthorizationGrpc {
                 flow,
+                records,
                 clock: clock.clone(),
             },
             tokens: grpc::tokens::TokenGrpc {
                 issuer,
-                authenticator: Arc::new(AppAuthenticator::new(store.clone(), limiter)),
-                clock: clock.clone(),
-                callers: callers.clone(),
-                trusted_proxies: config.trusted_proxies.clone(),
+                apps: app_callers.clone(),
+            },
+            changes: grpc::changes::ChangeGrpc {
+                changes: AuthorizationChanges::new(store.clone(), feed.clone()),
+                apps: app_callers,
+                heartbeat: config.revocation_heartbeat,
+                draining: draining.clone(),
             },
             key_admin: grpc::keys::KeyAdminGrpc {
                 keys: ring.clone(),
@@ -267,6 +294,9 @@ impl Services {
                 role_check(callers.clone(), CallerRole::Wallet),
             ))
             .add_service(TokenServiceServer::new(self.tokens).max_decoding_message_size(max))
+            .add_service(
+                AuthorizationChangeServiceServer::new(self.changes).max_decoding_message_size(max),
+            )
             .add_service(InterceptedService::new(
                 KeyAdminServiceServer::new(self.key_admin).max_decoding_message_size(max),
                 role_check(callers.clone(), CallerRole::Admin),
@@ -291,10 +321,12 @@ mod tests {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let services: &[&str] = &[
             "error",
+            "ids",
             "secrets",
             "revocations",
             "keys",
             "apps",
+            "privacy",
             "consent",
             "credentials",
             "tokens",

@@ -106,6 +106,11 @@ pub struct AppRecord {
     pub secret_hash: SecretHash,
     pub features: FeatureSet,
     pub created_at: Timestamp,
+    /// The privacy declaration in force: its version (0: none), the scopes it covers and when
+    /// it was set. Kept on the app row so the grant path reads nothing more.
+    pub declaration_version: i64,
+    pub declared_scopes: ScopeSet,
+    pub declared_at: Timestamp,
 }
 
 /// What one user has decided for one mini program.
@@ -116,6 +121,94 @@ pub struct AuthorizationRecord {
     pub granted: ScopeSet,
     pub denied: ScopeSet,
     pub updated_at: Timestamp,
+    /// The declaration version the standing consent was given under.
+    pub declaration_version: i64,
+    /// The grant id consent tokens carry while a consent scope stands; new after it ends.
+    pub grant_ref: Option<String>,
+    /// The app-scoped user id, once the app has been given it (by exchanging a code).
+    pub open_user_id: Option<String>,
+}
+
+/// What made a mini program ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The user tapped a `getAuthorize` button: the only thing that may open a modal.
+    UserTap,
+    /// The mini program asked on its own at launch: never a modal.
+    AppLaunch,
+}
+
+/// Why a mini program wants a scope, as its declaration words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopePurpose {
+    pub scope: Scope,
+    pub purpose: String,
+}
+
+/// What happened to a user's consent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentEvent {
+    Prompted,
+    Granted,
+    Denied,
+    Withdrawn,
+    VoidedByFeatureChange,
+    VoidedByErasure,
+}
+
+/// One immutable entry of a user's consent history (no profile fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentRecord {
+    /// Given by the store; increasing.
+    pub record_id: u64,
+    pub user_id: String,
+    pub app_id: String,
+    pub event: ConsentEvent,
+    pub scopes: ScopeSet,
+    pub trigger: Option<Trigger>,
+    pub purposes: Vec<ScopePurpose>,
+    pub declaration_version: i64,
+    pub recorded_at: Timestamp,
+    pub expire_at: Timestamp,
+}
+
+/// Why one of an app's authorizations ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeReason {
+    Withdrawn,
+    FeatureDisabled,
+    Erased,
+}
+
+/// Who an authorization change is about, in terms the app already holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeSubject {
+    /// The app-scoped user id the app was given.
+    AppUserId(String),
+    /// The grant id in the consent tokens the app holds.
+    Grant(String),
+}
+
+/// One entry of an app's change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationChange {
+    /// Given by the store, in commit order.
+    pub sequence: u64,
+    pub app_id: String,
+    pub subject: ChangeSubject,
+    pub scopes: ScopeSet,
+    pub reason: ChangeReason,
+    pub changed_at: Timestamp,
+    pub expire_at: Timestamp,
+}
+
+/// A user's standing authorization for one mini program, for the settings page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationSummary {
+    pub app_id: String,
+    pub app_display_name: String,
+    pub scopes: ScopeSet,
+    pub granted_at: Timestamp,
 }
 
 /// A modal shown to a user, waiting for their answer.
@@ -129,6 +222,8 @@ pub struct PromptRecord {
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     pub resolved_at: Option<Timestamp>,
+    /// The declaration version whose purposes the modal showed.
+    pub declaration_version: i64,
 }
 
 /// A single-use auth code; its `grant_id` names every token that descends from it.

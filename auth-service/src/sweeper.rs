@@ -1,5 +1,6 @@
-//! Deletes expired prompts, codes, refresh tokens, revocation rules and token keys in bounded
-//! batches, so no table grows without bound and no sweep holds the writer for long.
+//! Deletes expired prompts, codes, refresh tokens, revocation rules, token keys, consent records
+//! and authorization changes in bounded batches, so no table grows without bound and no sweep
+//! holds the writer for long.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,24 +19,8 @@ pub async fn sweep_once(
     let mut total = SweepCounts::default();
     for _ in 0..max_rounds {
         let round = store.sweep_expired(now, batch).await?;
-        total.prompts += round.prompts;
-        total.auth_codes += round.auth_codes;
-        total.refresh_tokens += round.refresh_tokens;
-        total.revocations += round.revocations;
-        total.revocation_quota += round.revocation_quota;
-        total.token_keys += round.token_keys;
-        let most = [
-            round.prompts,
-            round.auth_codes,
-            round.refresh_tokens,
-            round.revocations,
-            round.revocation_quota,
-            round.token_keys,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
-        if most < u64::from(batch) {
+        total.add(&round);
+        if round.most() < u64::from(batch) {
             break;
         }
         tokio::task::yield_now().await;

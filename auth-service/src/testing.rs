@@ -31,6 +31,9 @@ pub fn app_record(app_id: &str, features: crate::model::FeatureSet) -> crate::mo
         secret_hash: [0; 32],
         features,
         created_at: miniprogram_token::Timestamp::from_unix_nanos(1),
+        declaration_version: 0,
+        declared_scopes: miniprogram_token::ScopeSet::EMPTY,
+        declared_at: miniprogram_token::Timestamp::from_unix_nanos(1),
     }
 }
 
@@ -67,6 +70,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
         trusted_proxies: Default::default(),
         revocation_heartbeat: Duration::from_millis(200),
         revocation_quota_per_app: crate::revocations::DEFAULT_TOKEN_RULES_PER_APP,
+        privacy: crate::privacy::PrivacyPolicy::default(),
         drain_timeout: Duration::from_secs(2),
         limits: service_runtime::ServerLimits::default(),
         tls: None,

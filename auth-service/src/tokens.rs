@@ -291,6 +291,10 @@ impl TokenIssuer {
         tx.grants()
             .keep_code_until(&spent.grant_id, refresh_token_expires_at)
             .await?;
+        let app_user_id = self.user_ids.app_user_id(&app.app_id, &spent.user_id);
+        tx.consents()
+            .disclose_user_id(&spent.user_id, &spent.app_id, &app_user_id)
+            .await?;
         tx.commit().await?;
         if let Err(e) = self.check_still_authorized(&spent).await {
             self.revoke_grant(&spent, now).await?;
@@ -315,7 +319,7 @@ impl TokenIssuer {
             access_token_expires_at,
             refresh_token,
             refresh_token_expires_at,
-            app_user_id: self.user_ids.app_user_id(&app.app_id, &spent.user_id),
+            app_user_id,
             scopes: spent.scopes,
         })
     }
@@ -446,13 +450,22 @@ mod tests {
             secret_hash: [0; 32],
             features: FeatureSet::EMPTY.with(Feature::UserAuthorization),
             created_at: t0,
+            declaration_version: 0,
+            declared_scopes: ScopeSet::EMPTY,
+            declared_at: t0,
         };
         let mut repos = store.repositories();
         repos.apps().insert(&app).await.unwrap();
         let scopes = ScopeSet::of(&[Scope::AuthBase]);
         repos
             .consents()
-            .record_decision("u1", "app-1", scopes, ScopeSet::EMPTY, t0)
+            .record_decision(&crate::store::Decision::new(
+                "u1",
+                "app-1",
+                scopes,
+                ScopeSet::EMPTY,
+                t0,
+            ))
             .await
             .unwrap();
         let code = OpaqueSecret::generate().unwrap();

@@ -6,7 +6,9 @@ use miniprogram_proto::auth::v1 as pb;
 use pb::app_service_server::AppService;
 use tonic::{Request, Response, Status};
 
-use super::{feature_from_proto, feature_to_proto, timestamp};
+use super::{
+    feature_from_proto, feature_to_proto, purposes_from_proto, purposes_to_proto, timestamp,
+};
 use miniprogram_token::Clock;
 
 use crate::apps::AppRegistry;
@@ -116,6 +118,28 @@ impl AppService for AppGrpc {
         tracing::info!(app_id = %req.app_id, "app secret rotated");
         Ok(Response::new(pb::RotateAppSecretResponse {
             app_secret: secret.into_string(),
+        }))
+    }
+
+    async fn set_privacy_declaration(
+        &self,
+        request: Request<pb::SetPrivacyDeclarationRequest>,
+    ) -> Result<Response<pb::SetPrivacyDeclarationResponse>, Status> {
+        let req = request.into_inner();
+        check_id("app_id", &req.app_id)?;
+        let purposes = purposes_from_proto(&req.purposes)?;
+        let now = self.clock.now();
+        let (app, purposes) = self
+            .registry
+            .set_privacy_declaration(&req.app_id, req.version, &purposes, now)
+            .await?;
+        tracing::info!(app_id = %app.app_id, version = app.declaration_version, "privacy declaration set");
+        Ok(Response::new(pb::SetPrivacyDeclarationResponse {
+            declaration: Some(pb::PrivacyDeclaration {
+                version: app.declaration_version,
+                purposes: purposes_to_proto(purposes),
+                update_time: Some(timestamp(app.declared_at)),
+            }),
         }))
     }
 }

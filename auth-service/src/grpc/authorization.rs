@@ -7,16 +7,88 @@ use miniprogram_token::Clock;
 use pb::authorization_service_server::AuthorizationService;
 use tonic::{Request, Response, Status};
 
-use super::{scopes_from_proto, scopes_to_proto, timestamp};
+use super::{purposes_to_proto, scopes_from_proto, scopes_to_proto, timestamp};
 use crate::consent::{
-    AuthorizationOutcome, ConsentFlow, Decision, Grant, GrantCredential, PromptOutcome, Trigger,
+    AuthorizationOutcome, AuthorizationSummary, ConsentFlow, Decision, Grant, GrantCredential,
+    PromptOutcome, Trigger,
 };
 use crate::error::AuthError;
+use crate::model::{ConsentEvent, ConsentRecord};
+use crate::privacy::PrivacyRecords;
 
-/// Serves AuthorizationService over the consent flow.
+/// Records per ListConsentRecords page when the caller does not say, and at most.
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 500;
+
+/// Serves AuthorizationService over the consent flow and the user's privacy records.
 pub struct AuthorizationGrpc {
     pub flow: ConsentFlow,
+    pub records: PrivacyRecords,
     pub clock: Arc<dyn Clock>,
+}
+
+fn trigger_to_proto(trigger: Option<Trigger>) -> pb::Trigger {
+    match trigger {
+        Some(Trigger::UserTap) => pb::Trigger::UserTap,
+        Some(Trigger::AppLaunch) => pb::Trigger::AppLaunch,
+        None => pb::Trigger::Unspecified,
+    }
+}
+
+fn record_to_proto(r: ConsentRecord) -> pb::ConsentRecord {
+    let event = match r.event {
+        ConsentEvent::Prompted => pb::ConsentEvent::Prompted,
+        ConsentEvent::Granted => pb::ConsentEvent::Granted,
+        ConsentEvent::Denied => pb::ConsentEvent::Denied,
+        ConsentEvent::Withdrawn => pb::ConsentEvent::Withdrawn,
+        ConsentEvent::VoidedByFeatureChange => pb::ConsentEvent::VoidedByFeatureChange,
+        ConsentEvent::VoidedByErasure => pb::ConsentEvent::VoidedByErasure,
+    };
+    pb::ConsentRecord {
+        record_id: r.record_id.to_string(),
+        app_id: r.app_id,
+        event: event as i32,
+        scopes: scopes_to_proto(r.scopes),
+        trigger: trigger_to_proto(r.trigger) as i32,
+        purposes: purposes_to_proto(r.purposes),
+        declaration_version: r.declaration_version,
+        record_time: Some(timestamp(r.recorded_at)),
+    }
+}
+
+fn authorization_to_proto(a: AuthorizationSummary) -> pb::Authorization {
+    pb::Authorization {
+        app_id: a.app_id,
+        app_display_name: a.app_display_name,
+        scopes: scopes_to_proto(a.scopes),
+        grant_time: Some(timestamp(a.granted_at)),
+    }
+}
+
+/// A page token: the record id the next page starts below, as this service wrote it.
+fn page_start(token: &str) -> Result<u64, AuthError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .strip_prefix('r')
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .ok_or(AuthError::InvalidArgument {
+            field: "page_token",
+            problem: "is not a page token from a previous response",
+        })
+}
+
+fn page_size(requested: i32) -> Result<u32, AuthError> {
+    match u32::try_from(requested) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) if n <= MAX_PAGE_SIZE => Ok(n),
+        _ => Err(AuthError::InvalidArgument {
+            field: "page_size",
+            problem: "must be 0 to 500",
+        }),
+    }
 }
 
 /// The grant on the wire, counted in `tokens_issued_total` by what it carries.
@@ -69,6 +141,8 @@ impl AuthorizationService for AuthorizationGrpc {
                     scopes: scopes_to_proto(p.scopes),
                     previously_denied: p.previously_denied,
                     expire_time: Some(timestamp(p.expires_at)),
+                    purposes: purposes_to_proto(p.purposes),
+                    declaration_version: p.declaration_version,
                 })
             }
             AuthorizationOutcome::Grant(g) => pb::request_authorization_response::Result::Grant(
@@ -127,12 +201,7 @@ impl AuthorizationService for AuthorizationGrpc {
             .list(&req.user_id)
             .await?
             .into_iter()
-            .map(|a| pb::Authorization {
-                app_id: a.app_id,
-                app_display_name: a.app_display_name,
-                scopes: scopes_to_proto(a.scopes),
-                grant_time: Some(timestamp(a.granted_at)),
-            })
+            .map(authorization_to_proto)
             .collect();
         Ok(Response::new(pb::ListAuthorizationsResponse {
             authorizations,
@@ -152,6 +221,66 @@ impl AuthorizationService for AuthorizationGrpc {
         Ok(Response::new(pb::RevokeAuthorizationResponse {
             revoked_scopes: scopes_to_proto(revoked),
             remaining_scopes: scopes_to_proto(remaining),
+        }))
+    }
+
+    async fn list_consent_records(
+        &self,
+        request: Request<pb::ListConsentRecordsRequest>,
+    ) -> Result<Response<pb::ListConsentRecordsResponse>, Status> {
+        let req = request.into_inner();
+        let (before, size) = (page_start(&req.page_token)?, page_size(req.page_size)?);
+        let app_id = Some(req.app_id.as_str()).filter(|a| !a.is_empty());
+        let page = self
+            .records
+            .records(&req.user_id, app_id, before, size)
+            .await?;
+        Ok(Response::new(pb::ListConsentRecordsResponse {
+            records: page.records.into_iter().map(record_to_proto).collect(),
+            next_page_token: page
+                .next_before
+                .map(|n| format!("r{n}"))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn export_user_authorizations(
+        &self,
+        request: Request<pb::ExportUserAuthorizationsRequest>,
+    ) -> Result<Response<pb::ExportUserAuthorizationsResponse>, Status> {
+        let req = request.into_inner();
+        let export = self.records.export(&req.user_id).await?;
+        Ok(Response::new(pb::ExportUserAuthorizationsResponse {
+            authorizations: export
+                .authorizations
+                .into_iter()
+                .map(authorization_to_proto)
+                .collect(),
+            consent_records: export.records.into_iter().map(record_to_proto).collect(),
+            app_scoped_user_ids: export
+                .app_user_ids
+                .into_iter()
+                .map(|(app_id, user_id, disclosed)| pb::AppScopedUserId {
+                    app_id,
+                    user_id,
+                    disclosed,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn erase_user_authorizations(
+        &self,
+        request: Request<pb::EraseUserAuthorizationsRequest>,
+    ) -> Result<Response<pb::EraseUserAuthorizationsResponse>, Status> {
+        let req = request.into_inner();
+        let ended = self
+            .records
+            .erase(&req.user_id, self.clock.as_ref())
+            .await?;
+        tracing::info!(authorizations_ended = ended, "user's authorizations erased");
+        Ok(Response::new(pb::EraseUserAuthorizationsResponse {
+            authorizations_ended: i32::try_from(ended).unwrap_or(i32::MAX),
         }))
     }
 }

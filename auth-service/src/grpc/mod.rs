@@ -1,8 +1,9 @@
-//! The gRPC face of auth-service: proto <-> domain conversion and the four services. Nothing
+//! The gRPC face of auth-service: proto <-> domain conversion and the services. Nothing
 //! here decides policy; it maps.
 
 pub mod apps;
 pub mod authorization;
+pub mod changes;
 pub mod keys;
 pub mod status;
 pub mod tokens;
@@ -12,7 +13,7 @@ use miniprogram_token::{Scope, ScopeSet};
 use tonic::metadata::MetadataMap;
 
 use crate::error::AuthError;
-use crate::model::Feature;
+use crate::model::{Feature, ScopePurpose};
 
 /// Most scopes a request may list (there are three).
 const MAX_SCOPES: usize = 3;
@@ -66,6 +67,38 @@ pub(crate) fn feature_to_proto(feature: Feature) -> pb::Feature {
         Feature::PhoneNumber => pb::Feature::PhoneNumber,
         Feature::UserAuthorization => pb::Feature::UserAuthorization,
     }
+}
+
+/// Declared purposes from the wire: known scopes only, at most one per scope (checked by the
+/// registry), at most three.
+pub(crate) fn purposes_from_proto(
+    values: &[pb::ScopePurpose],
+) -> Result<Vec<ScopePurpose>, AuthError> {
+    if values.len() > MAX_SCOPES {
+        return Err(AuthError::InvalidArgument {
+            field: "purposes",
+            problem: "declares at most three scopes",
+        });
+    }
+    values
+        .iter()
+        .map(|p| {
+            Ok(ScopePurpose {
+                scope: scope_from_proto(p.scope)?,
+                purpose: p.purpose.clone(),
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn purposes_to_proto(purposes: Vec<ScopePurpose>) -> Vec<pb::ScopePurpose> {
+    purposes
+        .into_iter()
+        .map(|p| pb::ScopePurpose {
+            scope: scope_to_proto(p.scope) as i32,
+            purpose: p.purpose,
+        })
+        .collect()
 }
 
 /// The `authorization` header, if present and printable.

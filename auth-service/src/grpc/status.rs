@@ -15,7 +15,10 @@ pub fn reason(e: &AuthError) -> ErrorReason {
         AuthError::ScopesNotCombinable => ErrorReason::ScopesNotCombinable,
         AuthError::AuthorizationAtLaunch => ErrorReason::AuthorizationAtLaunch,
         AuthError::AppNotFound => ErrorReason::AppNotFound,
-        AuthError::InsufficientIsvPermissions(_) => ErrorReason::InsufficientIsvPermissions,
+        AuthError::InsufficientIsvPermissions(_) | AuthError::UndeclaredScope(_) => {
+            ErrorReason::InsufficientIsvPermissions
+        }
+        AuthError::DeclarationVersionNotRaised(_) => ErrorReason::InvalidArgument,
         AuthError::InvalidAuthRelations => ErrorReason::InvalidAuthRelations,
         AuthError::PromptNotFound => ErrorReason::PromptNotFound,
         AuthError::PromptExpired => ErrorReason::PromptExpired,

@@ -22,6 +22,13 @@ const MAX_TOKEN_FIELD_LEN: usize = 4096;
 /// Serves TokenService; every call first authenticates the app.
 pub struct TokenGrpc {
     pub issuer: TokenIssuer,
+    pub apps: AppCallers,
+}
+
+/// Authenticates mini program backends by their app credential, counting failures against
+/// the address that really called.
+#[derive(Clone)]
+pub struct AppCallers {
     pub authenticator: Arc<AppAuthenticator>,
     pub clock: Arc<dyn Clock>,
     /// To recognise a verifier forwarding a backend's credential (see `FORWARDED_PEER`).
@@ -32,6 +39,13 @@ pub struct TokenGrpc {
 
 impl TokenGrpc {
     async fn app<T>(&self, request: &Request<T>) -> Result<AppRecord, AuthError> {
+        self.apps.app(request).await
+    }
+}
+
+impl AppCallers {
+    /// The app whose credential the request carries.
+    pub async fn app<T>(&self, request: &Request<T>) -> Result<AppRecord, AuthError> {
         let caller = self.caller(request);
         self.authenticator
             .authenticate(
@@ -118,7 +132,7 @@ impl TokenService for TokenGrpc {
         check_len("auth_code", &req.auth_code)?;
         let pair = issued(
             self.issuer
-                .exchange(&app, &req.auth_code, self.clock.now())
+                .exchange(&app, &req.auth_code, self.apps.clock.now())
                 .await,
             "ExchangeAuthCode",
         )?;
@@ -137,7 +151,7 @@ impl TokenService for TokenGrpc {
         check_len("refresh_token", &req.refresh_token)?;
         let pair = issued(
             self.issuer
-                .refresh(&app, &req.refresh_token, self.clock.now())
+                .refresh(&app, &req.refresh_token, self.apps.clock.now())
                 .await,
             "RefreshAccessToken",
         )?;
@@ -155,7 +169,7 @@ impl TokenService for TokenGrpc {
         let req = request.into_inner();
         check_len("token", &req.token)?;
         self.issuer
-            .revoke(&app, &req.token, self.clock.now())
+            .revoke(&app, &req.token, self.apps.clock.now())
             .await?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
@@ -169,7 +183,7 @@ impl TokenService for TokenGrpc {
         check_len("token", &req.token)?;
         let response = match self
             .issuer
-            .introspect(&app, &req.token, self.clock.now())
+            .introspect(&app, &req.token, self.apps.clock.now())
             .await?
         {
             None => pb::IntrospectTokenResponse::default(),

@@ -29,6 +29,9 @@ fn app(id: &str) -> AppRecord {
         secret_hash: h(1),
         features: FeatureSet::EMPTY.with(Feature::BasicUserInfo),
         created_at: t(1),
+        declaration_version: 0,
+        declared_scopes: ScopeSet::EMPTY,
+        declared_at: t(1),
     }
 }
 
@@ -189,13 +192,13 @@ pub async fn decisions_grant_and_deny_atomically(store: Arc<dyn AuthStore>) {
     let ui = ScopeSet::of(&[Scope::UserInfo]);
     let none = ScopeSet::EMPTY;
     consents
-        .record_decision("u1", "a1", none, ui, t(1))
+        .record_decision(&crate::store::Decision::new("u1", "a1", none, ui, t(1)))
         .await
         .unwrap();
     let a = consents.authorization("u1", "a1").await.unwrap().unwrap();
     assert_eq!((a.granted, a.denied), (none, ui));
     consents
-        .record_decision("u1", "a1", ui, none, t(2))
+        .record_decision(&crate::store::Decision::new("u1", "a1", ui, none, t(2)))
         .await
         .unwrap();
     let a = consents.authorization("u1", "a1").await.unwrap().unwrap();
@@ -206,7 +209,7 @@ pub async fn decisions_grant_and_deny_atomically(store: Arc<dyn AuthStore>) {
     assert!(consents.authorization("u2", "a1").await.unwrap().is_none());
     // A late "deny" (say, of a second modal from a double tap) takes nothing back.
     consents
-        .record_decision("u1", "a1", none, ui, t(3))
+        .record_decision(&crate::store::Decision::new("u1", "a1", none, ui, t(3)))
         .await
         .unwrap();
     let a = consents.authorization("u1", "a1").await.unwrap().unwrap();
@@ -230,7 +233,13 @@ pub async fn withdrawal_removes_scopes_and_appends_rule(store: Arc<dyn AuthStore
     let mut repos = store.repositories();
     let consents = repos.consents();
     consents
-        .record_decision("u1", "a1", both, ScopeSet::EMPTY, t(1))
+        .record_decision(&crate::store::Decision::new(
+            "u1",
+            "a1",
+            both,
+            ScopeSet::EMPTY,
+            t(1),
+        ))
         .await
         .unwrap();
     let grants = repos.grants();
@@ -285,7 +294,8 @@ pub async fn withdrawal_removes_scopes_and_appends_rule(store: Arc<dyn AuthStore
     let all = ScopeSet::of(&Scope::ALL);
     assert_eq!(withdraw(all, 6).await, Some(ScopeSet::EMPTY));
     let consents = repos.consents();
-    assert!(consents.list("u1").await.unwrap().is_empty());
+    let listed = consents.list("u1").await.unwrap();
+    assert!(listed.iter().all(|(a, _)| a.granted.is_empty()));
     assert_eq!(
         consents
             .authorization("u1", "a1")
@@ -549,6 +559,7 @@ pub async fn prompts_resolve_once(store: Arc<dyn AuthStore>) {
         created_at: t(1),
         expires_at: t(100),
         resolved_at: None,
+        declaration_version: 0,
     };
     let mut repos = store.repositories();
     repos.consents().insert_prompt(&p).await.unwrap();

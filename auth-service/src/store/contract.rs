@@ -5,8 +5,9 @@ use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
 use sql_backend::StoreResult;
 
 use crate::model::{
-    AppRecord, AuthCodeRecord, AuthorizationRecord, FeatureSet, NewRevocation, PromptRecord,
-    RefreshTokenRecord, SecretHash, StoredTokenKey,
+    AppRecord, AuthCodeRecord, AuthorizationChange, AuthorizationRecord, ChangeReason,
+    ConsentEvent, ConsentRecord, FeatureSet, NewRevocation, PromptRecord, RefreshTokenRecord,
+    ScopePurpose, SecretHash, StoredTokenKey,
 };
 
 /// Removed by one sweep, per table.
@@ -19,16 +20,43 @@ pub struct SweepCounts {
     /// Ended windows of the per-app count of token rules.
     pub revocation_quota: u64,
     pub token_keys: u64,
+    pub consent_records: u64,
+    pub authorization_changes: u64,
 }
 
 impl SweepCounts {
+    fn each(&self) -> [u64; 8] {
+        [
+            self.prompts,
+            self.auth_codes,
+            self.refresh_tokens,
+            self.revocations,
+            self.revocation_quota,
+            self.token_keys,
+            self.consent_records,
+            self.authorization_changes,
+        ]
+    }
+
     pub fn total(&self) -> u64 {
-        self.prompts
-            + self.auth_codes
-            + self.refresh_tokens
-            + self.revocations
-            + self.revocation_quota
-            + self.token_keys
+        self.each().iter().sum()
+    }
+
+    /// The most any one table lost: below the batch size, every table is clean.
+    pub fn most(&self) -> u64 {
+        self.each().into_iter().max().unwrap_or(0)
+    }
+
+    /// Adds another round's counts.
+    pub fn add(&mut self, other: &SweepCounts) {
+        self.prompts += other.prompts;
+        self.auth_codes += other.auth_codes;
+        self.refresh_tokens += other.refresh_tokens;
+        self.revocations += other.revocations;
+        self.revocation_quota += other.revocation_quota;
+        self.token_keys += other.token_keys;
+        self.consent_records += other.consent_records;
+        self.authorization_changes += other.authorization_changes;
     }
 }
 
@@ -51,6 +79,7 @@ pub trait Repositories: Send {
     fn grants(&mut self) -> &mut dyn GrantRepo;
     fn revocations(&mut self) -> &mut dyn RevocationRepo;
     fn keys(&mut self) -> &mut dyn KeyRepo;
+    fn privacy(&mut self) -> &mut dyn PrivacyRepo;
 }
 
 /// Repositories whose calls are kept together by [`Transaction::commit`].
@@ -91,16 +120,13 @@ pub trait ConsentRepo: Send {
         user_id: &str,
         app_id: &str,
     ) -> StoreResult<Option<AuthorizationRecord>>;
-    /// Atomically: granted |= grant; denied = (denied | deny) - granted.
-    async fn record_decision(
-        &mut self,
-        user_id: &str,
-        app_id: &str,
-        grant: ScopeSet,
-        deny: ScopeSet,
-        now: Timestamp,
-    ) -> StoreResult<()>;
-    /// The user's authorizations that still grant something, with each app's display name.
+    /// Atomically: granted |= grant; denied = (denied | deny) - granted. A decision given under
+    /// a newer declaration `version` first drops the consent scopes granted under an older one
+    /// and records the version; one under an older version leaves both. While a consent scope is
+    /// granted the row keeps a grant id, taking `grant_ref` when it has none: the grant id it
+    /// keeps now, if any.
+    async fn record_decision(&mut self, decision: &Decision<'_>) -> StoreResult<Option<String>>;
+    /// The user's authorizations (granting something or not), with each app's display name.
     async fn list(&mut self, user_id: &str) -> StoreResult<Vec<(AuthorizationRecord, String)>>;
     /// [`ConsentRepo::authorization`], held until the transaction ends, for a withdrawal that
     /// decides from it what to write.
@@ -109,14 +135,26 @@ pub trait ConsentRepo: Send {
         user_id: &str,
         app_id: &str,
     ) -> StoreResult<Option<AuthorizationRecord>>;
-    /// Takes `scopes` out of the grant: the scopes still granted (the row held until the
-    /// transaction ends), or none when the user never decided for the app.
+    /// Takes `scopes` out of the grant (and its grant id once no consent scope is left): the
+    /// scopes still granted (the row held until the transaction ends), or none when the user
+    /// never decided for the app.
     async fn withdraw(
         &mut self,
         user_id: &str,
         app_id: &str,
         scopes: ScopeSet,
     ) -> StoreResult<Option<ScopeSet>>;
+    /// Takes `scopes` out of every user's grant for the app.
+    async fn withdraw_from_all(&mut self, app_id: &str, scopes: ScopeSet) -> StoreResult<u64>;
+    /// Forgets the user: their authorizations, prompts, codes and refresh tokens.
+    async fn erase_user(&mut self, user_id: &str) -> StoreResult<()>;
+    /// Remembers that the app was given the user's app-scoped id.
+    async fn disclose_user_id(
+        &mut self,
+        user_id: &str,
+        app_id: &str,
+        open_user_id: &str,
+    ) -> StoreResult<()>;
     /// Records when the authorization last changed.
     async fn stamp(&mut self, user_id: &str, app_id: &str, at: Timestamp) -> StoreResult<()>;
     async fn insert_prompt(&mut self, prompt: &PromptRecord) -> StoreResult<()>;
@@ -127,6 +165,98 @@ pub trait ConsentRepo: Send {
         prompt_hash: &SecretHash,
         now: Timestamp,
     ) -> StoreResult<bool>;
+}
+
+/// One consent decision, as [`ConsentRepo::record_decision`] stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    pub user_id: &'a str,
+    pub app_id: &'a str,
+    pub grant: ScopeSet,
+    pub deny: ScopeSet,
+    /// The declaration version the decision was given under (0: none, changes nothing).
+    pub version: i64,
+    /// The grant id for consent tokens, kept if the row already has one.
+    pub grant_ref: Option<&'a str>,
+    pub now: Timestamp,
+}
+
+impl<'a> Decision<'a> {
+    /// A decision under no declaration and with no grant id.
+    pub fn new(
+        user_id: &'a str,
+        app_id: &'a str,
+        grant: ScopeSet,
+        deny: ScopeSet,
+        now: Timestamp,
+    ) -> Self {
+        Decision {
+            user_id,
+            app_id,
+            grant,
+            deny,
+            version: 0,
+            grant_ref: None,
+            now,
+        }
+    }
+}
+
+/// Consent history, the per-app change feed, and privacy declarations.
+#[async_trait]
+pub trait PrivacyRepo: Send {
+    /// Appends a record (its `record_id` is ignored and given by the store).
+    async fn append_record(&mut self, record: &ConsentRecord) -> StoreResult<()>;
+    /// Appends, for every user whose grant for the app carries any of `scopes`, a record of
+    /// `event` for the scopes it carries; the count.
+    async fn append_records_for_scopes(
+        &mut self,
+        app_id: &str,
+        scopes: ScopeSet,
+        event: ConsentEvent,
+        now: Timestamp,
+        expire_at: Timestamp,
+    ) -> StoreResult<u64>;
+    /// The user's records before `before` (0: the newest), newest first, of one app if given.
+    async fn records(
+        &mut self,
+        user_id: &str,
+        app_id: Option<&str>,
+        before: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<ConsentRecord>>;
+    /// The app's declared purposes.
+    async fn declaration(&mut self, app_id: &str) -> StoreResult<Vec<ScopePurpose>>;
+    /// Replaces the app's declaration if `version` is above the one in force: the app as it
+    /// now is, or none (no such app, or the version did not rise).
+    async fn replace_declaration(
+        &mut self,
+        app_id: &str,
+        version: i64,
+        purposes: &[ScopePurpose],
+        now: Timestamp,
+    ) -> StoreResult<Option<AppRecord>>;
+    /// Appends a change (its `sequence` is ignored and given by the store). Call it after
+    /// [`RevocationRepo::append`] in the same transaction, whose lock keeps sequences in
+    /// commit order.
+    async fn append_change(&mut self, change: &AuthorizationChange) -> StoreResult<()>;
+    /// Appends a change for every user whose grant for the app carries any of `scopes` and
+    /// whom the app can recognise; the count. Same ordering rule as [`Self::append_change`].
+    async fn append_changes_for_scopes(
+        &mut self,
+        app_id: &str,
+        scopes: ScopeSet,
+        reason: ChangeReason,
+        now: Timestamp,
+        expire_at: Timestamp,
+    ) -> StoreResult<u64>;
+    /// The app's changes after `after`, oldest first.
+    async fn changes_after(
+        &mut self,
+        app_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<AuthorizationChange>>;
 }
 
 /// Auth codes and the refresh-token families that descend from them.

@@ -17,8 +17,8 @@ mod contract;
 mod sql;
 
 pub use contract::{
-    AppRepo, AuthStore, ConsentRepo, GrantRepo, KeyRepo, QUOTA_WINDOW_NANOS, Repositories,
-    RevocationRepo, SweepCounts, Transaction,
+    AppRepo, AuthStore, ConsentRepo, Decision, GrantRepo, KeyRepo, PrivacyRepo, QUOTA_WINDOW_NANOS,
+    Repositories, RevocationRepo, SweepCounts, Transaction,
 };
 pub use sql::SqlAuthStore;
 pub use sql_backend::{StoreError, StoreResult};

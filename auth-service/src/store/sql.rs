@@ -2,19 +2,20 @@
 //! [`sql_backend::Backend`]; the one place the engines differ here is marked `B::ROW_LOCKS`.
 
 use async_trait::async_trait;
-use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
+use miniprogram_token::{RevocationRule, Scope, ScopeSet, Timestamp};
 use sha2::{Digest, Sha256};
 use sql_backend::Access::{Hold, InOrder, Read, Write};
 use sql_backend::{Arg, Backend, Columns, Pools, Session, StoreResult, args};
 use sqlx::migrate::Migrator;
 
 use super::contract::{
-    AppRepo, AuthStore, ConsentRepo, GrantRepo, KeyRepo, QUOTA_WINDOW_NANOS, Repositories,
-    RevocationRepo, SweepCounts, Transaction,
+    AppRepo, AuthStore, ConsentRepo, Decision, GrantRepo, KeyRepo, PrivacyRepo, QUOTA_WINDOW_NANOS,
+    Repositories, RevocationRepo, SweepCounts, Transaction,
 };
 use crate::model::{
-    AppRecord, AuthCodeRecord, AuthorizationRecord, FeatureSet, NewRevocation, PromptRecord,
-    RefreshTokenRecord, SecretHash, StoredTokenKey,
+    AppRecord, AuthCodeRecord, AuthorizationChange, AuthorizationRecord, ChangeReason,
+    ChangeSubject, ConsentEvent, ConsentRecord, FeatureSet, NewRevocation, PromptRecord,
+    RefreshTokenRecord, ScopePurpose, SecretHash, StoredTokenKey, Trigger,
 };
 
 /// SQLite read-only connections beside the writer.
@@ -29,7 +30,7 @@ const APP: &str = "SELECT * FROM apps WHERE app_id = $1";
 /// One authorization, read in order or held.
 const AUTHORIZATION: &str = "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2";
 /// One bounded delete per table, by primary key, oldest expiry first.
-const SWEEPS: [&str; 6] = [
+const SWEEPS: [&str; 8] = [
     "DELETE FROM prompts WHERE prompt_hash IN
        (SELECT prompt_hash FROM prompts WHERE expires_at <= $1 LIMIT $2)",
     "DELETE FROM auth_codes WHERE code_hash IN
@@ -42,7 +43,18 @@ const SWEEPS: [&str; 6] = [
        (SELECT app_id, expire_by FROM revocation_quota WHERE expire_by <= $1 LIMIT $2)",
     "DELETE FROM token_keys WHERE key_id IN
        (SELECT key_id FROM token_keys WHERE expire_at <= $1 LIMIT $2)",
+    "DELETE FROM consent_records WHERE record_id IN
+       (SELECT record_id FROM consent_records WHERE expire_at <= $1 LIMIT $2)",
+    "DELETE FROM authorization_changes WHERE sequence IN
+       (SELECT sequence FROM authorization_changes WHERE expire_at <= $1 LIMIT $2)",
 ];
+/// The scopes a user consents to in a modal, as a bit mask for SQL.
+fn consent_scopes() -> ScopeSet {
+    Scope::ALL
+        .into_iter()
+        .filter(|s| s.needs_consent())
+        .collect()
+}
 
 impl From<FeatureSet> for Arg<'_> {
     fn from(f: FeatureSet) -> Self {
@@ -83,6 +95,8 @@ impl<B: Backend> AuthStore for SqlAuthStore<B> {
             &mut counts.revocations,
             &mut counts.revocation_quota,
             &mut counts.token_keys,
+            &mut counts.consent_records,
+            &mut counts.authorization_changes,
         ]) {
             *slot = session.execute(sql, args![now, batch]).await?;
         }
@@ -113,6 +127,9 @@ impl<B: Backend> Repositories for Repos<B> {
     fn keys(&mut self) -> &mut dyn KeyRepo {
         self
     }
+    fn privacy(&mut self) -> &mut dyn PrivacyRepo {
+        self
+    }
 }
 
 #[async_trait]
@@ -125,15 +142,13 @@ impl<B: Backend> Transaction for Repos<B> {
 #[async_trait]
 impl<B: Backend> AppRepo for Repos<B> {
     async fn insert(&mut self, a: &AppRecord) -> StoreResult<()> {
-        let sql = "INSERT INTO apps (app_id, display_name, secret_hash, features, created_at)
-                   VALUES ($1, $2, $3, $4, $5)";
-        let args = args![
-            &a.app_id,
-            &a.display_name,
-            &a.secret_hash,
-            a.features,
-            a.created_at
-        ];
+        let sql = "INSERT INTO apps (app_id, display_name, secret_hash, features, created_at,
+                     declaration_version, declared_scopes, declared_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        let args = args! {
+            &a.app_id, &a.display_name, &a.secret_hash, a.features, a.created_at,
+            a.declaration_version, a.declared_scopes, a.declared_at
+        };
         self.0.execute(sql, args).await.map(drop)
     }
 
@@ -181,28 +196,31 @@ impl<B: Backend> ConsentRepo for Repos<B> {
             .await
     }
 
-    async fn record_decision(
-        &mut self,
-        user_id: &str,
-        app_id: &str,
-        grant: ScopeSet,
-        deny: ScopeSet,
-        now: Timestamp,
-    ) -> StoreResult<()> {
-        let sql = "INSERT INTO authorizations (user_id, app_id, granted, denied, updated_at)
-             VALUES ($1, $2, $3, $4 & ~$3, $5)
+    async fn record_decision(&mut self, d: &Decision<'_>) -> StoreResult<Option<String>> {
+        let sql = "INSERT INTO authorizations
+               (user_id, app_id, granted, denied, updated_at, declaration_version, grant_ref)
+             VALUES ($1, $2, $3, $4 & ~$3, $5, $6, CASE WHEN ($3 & $7) <> 0 THEN $8 END)
              ON CONFLICT (user_id, app_id) DO UPDATE SET
-               granted = authorizations.granted | $3,
+               granted = (CASE WHEN authorizations.declaration_version < $6
+                            THEN authorizations.granted & ~$7 ELSE authorizations.granted END) | $3,
                denied = (authorizations.denied | $4) & ~(authorizations.granted | $3),
-               updated_at = $5";
-        let args = args![user_id, app_id, grant, deny, now];
-        self.0.execute(sql, args).await.map(drop)
+               declaration_version = CASE WHEN authorizations.declaration_version < $6
+                            THEN $6 ELSE authorizations.declaration_version END,
+               grant_ref = CASE WHEN ($3 & $7) <> 0 AND authorizations.grant_ref IS NULL
+                            THEN $8 ELSE authorizations.grant_ref END,
+               updated_at = $5
+             RETURNING grant_ref";
+        let args = args! {
+            d.user_id, d.app_id, d.grant, d.deny, d.now, d.version, consent_scopes(), d.grant_ref
+        };
+        let decode = |r: &B::Record| r.opt_text("grant_ref");
+        Ok(self.0.first(Write, sql, args, decode).await?.flatten())
     }
 
     async fn list(&mut self, user_id: &str) -> StoreResult<Vec<(AuthorizationRecord, String)>> {
         let sql = "SELECT a.*, apps.display_name FROM authorizations a
                    JOIN apps ON apps.app_id = a.app_id
-                   WHERE a.user_id = $1 AND a.granted <> 0 ORDER BY a.app_id";
+                   WHERE a.user_id = $1 ORDER BY a.app_id";
         let decode = |r: &B::Record| Ok((authorization(r)?, r.text("display_name")?));
         self.0.all(Read, sql, args![user_id], decode).await
     }
@@ -222,11 +240,44 @@ impl<B: Backend> ConsentRepo for Repos<B> {
         app_id: &str,
         scopes: ScopeSet,
     ) -> StoreResult<Option<ScopeSet>> {
-        let sql = "UPDATE authorizations SET granted = granted & ~$1
+        let sql = "UPDATE authorizations SET granted = granted & ~$1,
+                     grant_ref = CASE WHEN (granted & ~$1 & $4) = 0 THEN NULL ELSE grant_ref END
                    WHERE user_id = $2 AND app_id = $3 RETURNING granted";
-        let args = args![scopes, user_id, app_id];
+        let args = args![scopes, user_id, app_id, consent_scopes()];
         let decode = |r: &B::Record| r.scopes("granted");
         self.0.first(Write, sql, args, decode).await
+    }
+
+    async fn withdraw_from_all(&mut self, app_id: &str, scopes: ScopeSet) -> StoreResult<u64> {
+        let sql = "UPDATE authorizations SET granted = granted & ~$1,
+                     grant_ref = CASE WHEN (granted & ~$1 & $3) = 0 THEN NULL ELSE grant_ref END
+                   WHERE app_id = $2 AND (granted & $1) <> 0";
+        let args = args![scopes, app_id, consent_scopes()];
+        self.0.execute(sql, args).await
+    }
+
+    async fn erase_user(&mut self, user_id: &str) -> StoreResult<()> {
+        for sql in [
+            "DELETE FROM authorizations WHERE user_id = $1",
+            "DELETE FROM prompts WHERE user_id = $1",
+            "DELETE FROM auth_codes WHERE user_id = $1",
+            "DELETE FROM refresh_tokens WHERE user_id = $1",
+        ] {
+            self.0.execute(sql, args![user_id]).await?;
+        }
+        Ok(())
+    }
+
+    async fn disclose_user_id(
+        &mut self,
+        user_id: &str,
+        app_id: &str,
+        open_user_id: &str,
+    ) -> StoreResult<()> {
+        let sql = "UPDATE authorizations SET open_user_id = $3
+                   WHERE user_id = $1 AND app_id = $2 AND open_user_id IS NULL";
+        let args = args![user_id, app_id, open_user_id];
+        self.0.execute(sql, args).await.map(drop)
     }
 
     async fn stamp(&mut self, user_id: &str, app_id: &str, at: Timestamp) -> StoreResult<()> {
@@ -239,10 +290,11 @@ impl<B: Backend> ConsentRepo for Repos<B> {
 
     async fn insert_prompt(&mut self, p: &PromptRecord) -> StoreResult<()> {
         let sql = "INSERT INTO prompts (prompt_hash, user_id, app_id, scopes, previously_denied,
-                     created_at, expires_at, resolved_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+                     created_at, expires_at, resolved_at, declaration_version)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
         let args = args! {
             &p.prompt_hash, &p.user_id, &p.app_id, p.scopes, p.previously_denied, p.created_at,
-            p.expires_at, p.resolved_at
+            p.expires_at, p.resolved_at, p.declaration_version
         };
         self.0.execute(sql, args).await.map(drop)
     }
@@ -515,17 +567,270 @@ impl<B: Backend> KeyRepo for Repos<B> {
     }
 }
 
+#[async_trait]
+impl<B: Backend> PrivacyRepo for Repos<B> {
+    async fn append_record(&mut self, r: &ConsentRecord) -> StoreResult<()> {
+        let sql = "INSERT INTO consent_records (user_id, app_id, event, scopes, trigger_kind,
+                     purposes, declaration_version, recorded_at, expire_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        let purposes = encode_purposes(&r.purposes);
+        let args = args! {
+            &r.user_id, &r.app_id, event_code(r.event), r.scopes, trigger_code(r.trigger),
+            &purposes, r.declaration_version, r.recorded_at, r.expire_at
+        };
+        self.0.execute(sql, args).await.map(drop)
+    }
+
+    async fn append_records_for_scopes(
+        &mut self,
+        app_id: &str,
+        scopes: ScopeSet,
+        event: ConsentEvent,
+        now: Timestamp,
+        expire_at: Timestamp,
+    ) -> StoreResult<u64> {
+        let sql = "INSERT INTO consent_records (user_id, app_id, event, scopes, trigger_kind,
+                     purposes, declaration_version, recorded_at, expire_at)
+                   SELECT user_id, app_id, $3, granted & $2, 0, '[]', declaration_version, $4, $5
+                   FROM authorizations WHERE app_id = $1 AND (granted & $2) <> 0";
+        let args = args![app_id, scopes, event_code(event), now, expire_at];
+        self.0.execute(sql, args).await
+    }
+
+    async fn records(
+        &mut self,
+        user_id: &str,
+        app_id: Option<&str>,
+        before: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<ConsentRecord>> {
+        let sql = "SELECT * FROM consent_records
+                   WHERE user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR app_id = $2)
+                     AND ($3 = 0 OR record_id < $3)
+                   ORDER BY record_id DESC LIMIT $4";
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        let args = args![user_id, app_id, before, limit];
+        self.0.all(Read, sql, args, consent_record).await
+    }
+
+    async fn declaration(&mut self, app_id: &str) -> StoreResult<Vec<ScopePurpose>> {
+        let sql =
+            "SELECT scope, purpose FROM privacy_declarations WHERE app_id = $1 ORDER BY scope";
+        let decode = |r: &B::Record| {
+            let scope = scope_from_bits(r.int("scope")?)?;
+            Ok(ScopePurpose {
+                scope,
+                purpose: r.text("purpose")?,
+            })
+        };
+        self.0.all(Read, sql, args![app_id], decode).await
+    }
+
+    async fn replace_declaration(
+        &mut self,
+        app_id: &str,
+        version: i64,
+        purposes: &[ScopePurpose],
+        now: Timestamp,
+    ) -> StoreResult<Option<AppRecord>> {
+        if let Session::Pooled(pools) = &self.0 {
+            let mut tx = Repos(pools.begin().await?);
+            let replaced = tx
+                .replace_declaration(app_id, version, purposes, now)
+                .await?;
+            tx.0.commit().await?;
+            return Ok(replaced);
+        }
+        let declared: ScopeSet = purposes.iter().map(|p| p.scope).collect();
+        let sql = "UPDATE apps SET declaration_version = $2, declared_scopes = $3, declared_at = $4
+                   WHERE app_id = $1 AND declaration_version < $2 RETURNING *";
+        let args = args![app_id, version, declared, now];
+        let Some(app) = self.0.first(Write, sql, args, app).await? else {
+            return Ok(None);
+        };
+        let sql = "DELETE FROM privacy_declarations WHERE app_id = $1";
+        self.0.execute(sql, args![app_id]).await?;
+        for p in purposes {
+            let sql =
+                "INSERT INTO privacy_declarations (app_id, scope, purpose) VALUES ($1, $2, $3)";
+            let bits = i64::from(ScopeSet::of(&[p.scope]).bits());
+            self.0.execute(sql, args![app_id, bits, &p.purpose]).await?;
+        }
+        Ok(Some(app))
+    }
+
+    async fn append_change(&mut self, c: &AuthorizationChange) -> StoreResult<()> {
+        let sql = "INSERT INTO authorization_changes
+                     (app_id, open_user_id, grant_ref, scopes, reason, changed_at, expire_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        let (open_user_id, grant_ref) = match &c.subject {
+            ChangeSubject::AppUserId(id) => (Some(id.as_str()), None),
+            ChangeSubject::Grant(id) => (None, Some(id.as_str())),
+        };
+        let args = args! {
+            &c.app_id, open_user_id, grant_ref, c.scopes, reason_code(c.reason), c.changed_at,
+            c.expire_at
+        };
+        self.0.execute(sql, args).await.map(drop)
+    }
+
+    async fn append_changes_for_scopes(
+        &mut self,
+        app_id: &str,
+        scopes: ScopeSet,
+        reason: ChangeReason,
+        now: Timestamp,
+        expire_at: Timestamp,
+    ) -> StoreResult<u64> {
+        let sql = "INSERT INTO authorization_changes
+                     (app_id, open_user_id, grant_ref, scopes, reason, changed_at, expire_at)
+                   SELECT app_id, open_user_id, CASE WHEN open_user_id IS NULL THEN grant_ref END,
+                     granted & $2, $3, $4, $5
+                   FROM authorizations
+                   WHERE app_id = $1 AND (granted & $2) <> 0
+                     AND (open_user_id IS NOT NULL OR grant_ref IS NOT NULL)
+                   ORDER BY user_id";
+        let args = args![app_id, scopes, reason_code(reason), now, expire_at];
+        self.0.execute(sql, args).await
+    }
+
+    async fn changes_after(
+        &mut self,
+        app_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<AuthorizationChange>> {
+        let sql = "SELECT * FROM authorization_changes WHERE app_id = $1 AND sequence > $2
+                   ORDER BY sequence LIMIT $3";
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.0
+            .all(Read, sql, args![app_id, after, limit], authorization_change)
+            .await
+    }
+}
+
+const EVENTS: [ConsentEvent; 6] = [
+    ConsentEvent::Prompted,
+    ConsentEvent::Granted,
+    ConsentEvent::Denied,
+    ConsentEvent::Withdrawn,
+    ConsentEvent::VoidedByFeatureChange,
+    ConsentEvent::VoidedByErasure,
+];
+const TRIGGERS: [Trigger; 2] = [Trigger::UserTap, Trigger::AppLaunch];
+const REASONS: [ChangeReason; 3] = [
+    ChangeReason::Withdrawn,
+    ChangeReason::FeatureDisabled,
+    ChangeReason::Erased,
+];
+
+/// Stored codes are positions in these lists, from 1.
+fn code_of<T: PartialEq>(list: &[T], value: &T) -> i64 {
+    list.iter()
+        .position(|v| v == value)
+        .map_or(0, |i| i as i64 + 1)
+}
+
+fn from_code<T: Copy>(list: &[T], code: i64, what: &str) -> Result<T, sqlx::Error> {
+    usize::try_from(code - 1)
+        .ok()
+        .and_then(|i| list.get(i).copied())
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown {what} code {code}").into()))
+}
+
+fn event_code(event: ConsentEvent) -> i64 {
+    code_of(&EVENTS, &event)
+}
+
+fn trigger_code(trigger: Option<Trigger>) -> i64 {
+    trigger.map_or(0, |t| code_of(&TRIGGERS, &t))
+}
+
+fn reason_code(reason: ChangeReason) -> i64 {
+    code_of(&REASONS, &reason)
+}
+
+fn scope_from_bits(bits: i64) -> Result<Scope, sqlx::Error> {
+    let set = ScopeSet::from_bits(bits as u8);
+    let mut scopes = set.iter();
+    match (scopes.next(), scopes.next()) {
+        (Some(scope), None) => Ok(scope),
+        _ => Err(sqlx::Error::Decode(format!("not one scope: {bits}").into())),
+    }
+}
+
+/// Purposes as JSON: `[[scope bits, "purpose"], ...]`.
+fn encode_purposes(purposes: &[ScopePurpose]) -> String {
+    let pairs: Vec<(u8, &str)> = purposes
+        .iter()
+        .map(|p| (ScopeSet::of(&[p.scope]).bits(), p.purpose.as_str()))
+        .collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn decode_purposes(text: &str) -> Result<Vec<ScopePurpose>, sqlx::Error> {
+    let pairs: Vec<(u8, String)> =
+        serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    pairs
+        .into_iter()
+        .map(|(bits, purpose)| {
+            Ok(ScopePurpose {
+                scope: scope_from_bits(i64::from(bits))?,
+                purpose,
+            })
+        })
+        .collect()
+}
+
+fn consent_record(r: &impl Columns) -> Result<ConsentRecord, sqlx::Error> {
+    let trigger = match r.int("trigger_kind")? {
+        0 => None,
+        code => Some(from_code(&TRIGGERS, code, "trigger")?),
+    };
+    Ok(ConsentRecord {
+        record_id: r.uint("record_id")?,
+        user_id: r.text("user_id")?,
+        app_id: r.text("app_id")?,
+        event: from_code(&EVENTS, r.int("event")?, "consent event")?,
+        scopes: r.scopes("scopes")?,
+        trigger,
+        purposes: decode_purposes(&r.text("purposes")?)?,
+        declaration_version: r.int("declaration_version")?,
+        recorded_at: r.time("recorded_at")?,
+        expire_at: r.time("expire_at")?,
+    })
+}
+
+fn authorization_change(r: &impl Columns) -> Result<AuthorizationChange, sqlx::Error> {
+    let subject = match (r.opt_text("open_user_id")?, r.opt_text("grant_ref")?) {
+        (Some(id), _) => ChangeSubject::AppUserId(id),
+        (None, Some(grant)) => ChangeSubject::Grant(grant),
+        (None, None) => return Err(sqlx::Error::Decode("a change names no subject".into())),
+    };
+    Ok(AuthorizationChange {
+        sequence: r.uint("sequence")?,
+        app_id: r.text("app_id")?,
+        subject,
+        scopes: r.scopes("scopes")?,
+        reason: from_code(&REASONS, r.int("reason")?, "change reason")?,
+        changed_at: r.time("changed_at")?,
+        expire_at: r.time("expire_at")?,
+    })
+}
+
 sql_backend::decoders! {
     app -> AppRecord {
         app_id: text, display_name: text, secret_hash: digest, features: features,
-        created_at: time
+        created_at: time, declaration_version: int, declared_scopes: scopes, declared_at: time
     }
     authorization -> AuthorizationRecord {
-        user_id: text, app_id: text, granted: scopes, denied: scopes, updated_at: time
+        user_id: text, app_id: text, granted: scopes, denied: scopes, updated_at: time,
+        declaration_version: int, grant_ref: opt_text, open_user_id: opt_text
     }
     prompt -> PromptRecord {
         prompt_hash: digest, user_id: text, app_id: text, scopes: scopes,
-        previously_denied: flag, created_at: time, expires_at: time, resolved_at: opt_time
+        previously_denied: flag, created_at: time, expires_at: time, resolved_at: opt_time,
+        declaration_version: int
     }
     code -> AuthCodeRecord {
         code_hash: digest, grant_id: text, app_id: text, user_id: text, scopes: scopes,
