@@ -189,6 +189,17 @@ impl TestAuthServer {
         )
     }
 
+    pub fn changes(
+        &self,
+        app_id: &str,
+        secret: &str,
+    ) -> pb::authorization_change_service_client::AuthorizationChangeServiceClient<Authed> {
+        pb::authorization_change_service_client::AuthorizationChangeServiceClient::with_interceptor(
+            self.channel.clone(),
+            Credential::basic(app_id, secret),
+        )
+    }
+
     pub fn backend(&self, app_id: &str, secret: &str) -> TokenServiceClient<Authed> {
         TokenServiceClient::with_interceptor(
             self.channel.clone(),

@@ -7,6 +7,7 @@ mod link_proxy;
 mod operability;
 mod postgres;
 mod privacy;
+mod privacy_records;
 mod profiles;
 mod tls;
 mod verification;

@@ -1,0 +1,602 @@
+//! Privacy by record, driven through both services: consent history, declarations, the
+//! per-app change feed, a user's export and erasure.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use miniprogram_proto::ErrorReason;
+use miniprogram_proto::auth::v1 as pb;
+use tokio_stream::StreamExt;
+
+use super::{ALL_FEATURES, Platform, auth_code, consent_token, reason};
+
+use pb::Scope::{AuthBase, PhoneNumber, UserInfo};
+use pb::request_authorization_response::Result as Outcome;
+
+/// Every test here is over well within this; a hang fails with a message instead.
+const BOUND: Duration = Duration::from_secs(60);
+
+async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {BOUND:?}"))
+}
+
+async fn records(p: &Platform, user: &str, app_id: &str) -> Vec<pb::ConsentRecord> {
+    p.auth
+        .wallet()
+        .list_consent_records(pb::ListConsentRecordsRequest {
+            user_id: user.into(),
+            app_id: app_id.into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list consent records")
+        .into_inner()
+        .records
+}
+
+fn events(records: &[pb::ConsentRecord]) -> Vec<pb::ConsentEvent> {
+    records.iter().map(|r| r.event()).collect()
+}
+
+async fn changes(p: &Platform, app: &(String, String), after: u64) -> Vec<pb::AuthorizationChange> {
+    p.auth
+        .changes(&app.0, &app.1)
+        .list_authorization_changes(pb::ListAuthorizationChangesRequest {
+            after_sequence: after,
+            page_size: 0,
+        })
+        .await
+        .expect("list changes")
+        .into_inner()
+        .changes
+}
+
+async fn exchange(
+    p: &Platform,
+    app: &(String, String),
+    grant: &pb::Grant,
+) -> pb::ExchangeAuthCodeResponse {
+    p.auth
+        .backend(&app.0, &app.1)
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest {
+            auth_code: auth_code(grant),
+        })
+        .await
+        .expect("exchange")
+        .into_inner()
+}
+
+/// The `g` (grant id) claim of a PASETO v4.public token: its payload is readable by design.
+fn grant_claim(token: &str) -> String {
+    let body = token.strip_prefix("v4.public.").expect("a v4.public token");
+    let body = body.split('.').next().expect("payload");
+    let bytes = URL_SAFE_NO_PAD.decode(body).expect("base64url");
+    let json = &bytes[..bytes.len() - 64];
+    let claims: serde_json::Value = serde_json::from_slice(json).expect("claims");
+    claims["g"].as_str().expect("g claim").to_owned()
+}
+
+async fn set_declaration(
+    p: &Platform,
+    app_id: &str,
+    version: i64,
+    purposes: &[(pb::Scope, &str)],
+) -> Result<pb::SetPrivacyDeclarationResponse, tonic::Status> {
+    p.auth
+        .admin()
+        .set_privacy_declaration(pb::SetPrivacyDeclarationRequest {
+            app_id: app_id.into(),
+            version,
+            purposes: purposes
+                .iter()
+                .map(|(scope, purpose)| pb::ScopePurpose {
+                    scope: *scope as i32,
+                    purpose: (*purpose).into(),
+                })
+                .collect(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Every decision lands in the user's history, newest first, filtered by app and paged; the
+/// history outlives the withdrawal that ended the grant. Guards the `append_record` calls in
+/// `ConsentFlow::request`, `resolve` and `withdraw`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_consent_decision_is_recorded_newest_first() {
+    bounded("history", async {
+        let p = Platform::start().await;
+        let app = p.app(&ALL_FEATURES).await;
+        let other = p.app(&ALL_FEATURES).await;
+        let Outcome::Prompt(first) = p
+            .request("u1", &app.0, &[UserInfo], pb::Trigger::UserTap)
+            .await
+            .unwrap()
+        else {
+            panic!("expected a prompt");
+        };
+        p.resolve(&first.prompt_id, "u1", pb::Decision::Deny)
+            .await
+            .unwrap();
+        p.consent("u1", &app.0, &[UserInfo]).await;
+        p.consent("u1", &other.0, &[AuthBase]).await;
+        p.auth.withdraw("u1", &app.0, &[]).await;
+
+        use pb::ConsentEvent::*;
+        let mine = records(&p, "u1", &app.0).await;
+        assert_eq!(
+            events(&mine),
+            [Withdrawn, Granted, Prompted, Denied, Prompted],
+            "newest first, every decision"
+        );
+        assert!(mine.iter().all(|r| r.app_id == app.0));
+        assert_eq!(mine[2].trigger(), pb::Trigger::UserTap);
+        assert_eq!(mine[0].scopes, [UserInfo as i32]);
+        let theirs = records(&p, "u1", &other.0).await;
+        assert_eq!(
+            events(&theirs),
+            [Granted],
+            "auth_base is granted without a modal"
+        );
+        assert!(records(&p, "u2", "").await.is_empty(), "no one else's");
+
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        for _ in 0..10 {
+            let page = p
+                .auth
+                .wallet()
+                .list_consent_records(pb::ListConsentRecordsRequest {
+                    user_id: "u1".into(),
+                    app_id: String::new(),
+                    page_size: 2,
+                    page_token: token.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.records.len() <= 2);
+            seen.extend(page.records.into_iter().map(|r| r.record_id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let all = records(&p, "u1", "").await;
+        assert_eq!(
+            seen,
+            all.iter().map(|r| r.record_id.clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(all.len(), 6);
+
+        let bad = p
+            .auth
+            .wallet()
+            .list_consent_records(pb::ListConsentRecordsRequest {
+                user_id: "u1".into(),
+                page_token: "not-a-token".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&bad), ErrorReason::InvalidArgument);
+    })
+    .await;
+}
+
+/// Records go once their retention has passed, and not before. Guards the consent-record
+/// sweep in `SWEEPS` (store/sql.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_records_are_swept_after_their_retention() {
+    bounded("retention", async {
+        let p = Platform::start_with(
+            |c| {
+                c.privacy.consent_record_retention = Duration::from_secs(2);
+                c.sweep_interval = Duration::from_millis(200);
+            },
+            |_| {},
+        )
+        .await;
+        let app = p.app(&ALL_FEATURES).await;
+        p.consent("u1", &app.0, &[UserInfo]).await;
+        assert_eq!(records(&p, "u1", "").await.len(), 2, "prompted and granted");
+        let start = Instant::now();
+        while !records(&p, "u1", "").await.is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "records were never swept"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(1500),
+            "swept before their retention"
+        );
+    })
+    .await;
+}
+
+/// The feed names a user only by what the app holds: the app-scoped id once it exchanged a
+/// code, else the grant id its consent tokens carry; a user whose code it never exchanged is
+/// not in it at all, and no app sees another's changes. Guards `disclose_user_id` in
+/// `TokenIssuer::issue` and the subject choice in `PrivacyPolicy::change`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_names_users_only_by_what_the_app_was_given() {
+    bounded("feed", async {
+        let p = Platform::start().await;
+        let app = p.app(&ALL_FEATURES).await;
+        let other = p.app(&ALL_FEATURES).await;
+        let token = consent_token(&p.consent("reader", &app.0, &[UserInfo]).await);
+        let exchanged = exchange(&p, &app, &p.consent("backend", &app.0, &[AuthBase]).await).await;
+        p.consent("silent", &app.0, &[AuthBase]).await;
+        p.consent("reader", &other.0, &[UserInfo]).await;
+
+        for user in ["reader", "backend", "silent"] {
+            p.auth.withdraw(user, &app.0, &[]).await;
+        }
+        let feed = changes(&p, &app, 0).await;
+        assert_eq!(
+            feed.len(),
+            2,
+            "the silent user's code was never exchanged: {feed:?}"
+        );
+        use pb::authorization_change::Subject;
+        assert_eq!(feed[0].subject, Some(Subject::GrantId(grant_claim(&token))));
+        assert_eq!(
+            feed[1].subject,
+            Some(Subject::UserId(exchanged.user_id.clone()))
+        );
+        assert!(
+            feed.iter()
+                .all(|c| c.reason() == pb::AuthorizationChangeReason::Withdrawn)
+        );
+        assert!(feed[0].sequence < feed[1].sequence);
+        let text = format!("{feed:?}");
+        for wallet_id in ["reader", "backend", "silent"] {
+            assert!(!text.contains(&format!("\"{wallet_id}\"")), "{text}");
+        }
+        assert!(
+            changes(&p, &other, 0).await.is_empty(),
+            "another app's feed is its own"
+        );
+        assert_eq!(
+            changes(&p, &app, feed[0].sequence).await,
+            feed[1..].to_vec()
+        );
+
+        let err = p
+            .auth
+            .changes(&app.0, "wrong-secret")
+            .list_authorization_changes(pb::ListAuthorizationChangesRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), ErrorReason::InvalidAuthClient);
+    })
+    .await;
+}
+
+/// A watcher gets the backlog after its cursor, then live changes, with heartbeats; after a
+/// restart it resumes from its cursor with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_the_feed_resumes_without_a_gap_across_a_restart() {
+    bounded("watch", async {
+        let mut p = Platform::start().await;
+        let app = p.app(&ALL_FEATURES).await;
+        for user in ["a", "b"] {
+            exchange(&p, &app, &p.consent(user, &app.0, &[AuthBase]).await).await;
+        }
+        p.auth.withdraw("a", &app.0, &[]).await;
+        let mut stream = p
+            .auth
+            .changes(&app.0, &app.1)
+            .watch_authorization_changes(pb::WatchAuthorizationChangesRequest { after_sequence: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut next = async || {
+            loop {
+                let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                    .await
+                    .expect("a message within 10 s")
+                    .expect("stream open")
+                    .expect("no error");
+                if let Some(change) = msg.change {
+                    return change;
+                }
+                assert!(msg.heartbeat);
+            }
+        };
+        let first = next().await;
+        p.auth.withdraw("b", &app.0, &[]).await;
+        let second = next().await;
+        assert!(second.sequence > first.sequence);
+
+        p.auth = p.auth.pause().await.restart().await;
+        for user in ["c", "d"] {
+            exchange(&p, &app, &p.consent(user, &app.0, &[AuthBase]).await).await;
+            p.auth.withdraw(user, &app.0, &[]).await;
+        }
+        let resumed = changes(&p, &app, second.sequence).await;
+        assert_eq!(
+            resumed.len(),
+            2,
+            "both changes after the cursor, none again"
+        );
+        assert!(resumed[0].sequence > second.sequence);
+    })
+    .await;
+}
+
+/// Switching a feature off voids every user's consent to its scope: the history says so, the
+/// app is told, and switching it back on asks again instead of granting silently. Guards
+/// `withdraw_from_all` and the two appends in `AppRegistry::disable_feature`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_feature_voids_consent_until_asked_again() {
+    bounded("feature", async {
+        let p = Platform::start().await;
+        let app = p.app(&ALL_FEATURES).await;
+        let pair = exchange(&p, &app, &p.consent("u1", &app.0, &[PhoneNumber]).await).await;
+        p.consent("u2", &app.0, &[UserInfo]).await;
+        p.auth
+            .admin()
+            .disable_feature(pb::DisableFeatureRequest {
+                app_id: app.0.clone(),
+                feature: pb::Feature::PhoneNumber as i32,
+            })
+            .await
+            .unwrap();
+        let u1 = records(&p, "u1", &app.0).await;
+        assert_eq!(u1[0].event(), pb::ConsentEvent::VoidedByFeatureChange);
+        assert_eq!(u1[0].scopes, [PhoneNumber as i32]);
+        assert_eq!(
+            records(&p, "u2", &app.0).await[0].event(),
+            pb::ConsentEvent::Granted
+        );
+        let feed = changes(&p, &app, 0).await;
+        assert_eq!(feed.len(), 1, "{feed:?}");
+        assert_eq!(
+            feed[0].reason(),
+            pb::AuthorizationChangeReason::FeatureDisabled
+        );
+        assert_eq!(
+            feed[0].subject,
+            Some(pb::authorization_change::Subject::UserId(pair.user_id))
+        );
+        p.auth
+            .admin()
+            .enable_feature(pb::EnableFeatureRequest {
+                app_id: app.0.clone(),
+                feature: pb::Feature::PhoneNumber as i32,
+            })
+            .await
+            .unwrap();
+        let again = p
+            .request("u1", &app.0, &[PhoneNumber], pb::Trigger::UserTap)
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, Outcome::Prompt(_)),
+            "asked again: {again:?}"
+        );
+    })
+    .await;
+}
+
+/// The modal shows the declared purposes; consent is remembered while the declaration stands
+/// and asked for again once its version rises; versions only rise; with
+/// REQUIRE_PRIVACY_DECLARATION an undeclared scope is refused. Guards the version comparison
+/// in `ConsentFlow::request` and the declared-scope check in `app_with_features`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_declaration_version_asks_for_consent_again() {
+    bounded("declaration", async {
+        let p = Platform::start().await;
+        let app = p.app(&ALL_FEATURES).await;
+        set_declaration(
+            &p,
+            &app.0,
+            1,
+            &[(UserInfo, "Show your avatar on your orders")],
+        )
+        .await
+        .unwrap();
+        let Outcome::Prompt(prompt) = p
+            .request("u1", &app.0, &[UserInfo], pb::Trigger::UserTap)
+            .await
+            .unwrap()
+        else {
+            panic!("expected a prompt");
+        };
+        assert_eq!(prompt.declaration_version, 1);
+        assert_eq!(
+            prompt.purposes[0].purpose,
+            "Show your avatar on your orders"
+        );
+        p.resolve(&prompt.prompt_id, "u1", pb::Decision::Allow)
+            .await
+            .unwrap();
+        let remembered = p
+            .request("u1", &app.0, &[UserInfo], pb::Trigger::AppLaunch)
+            .await
+            .unwrap();
+        assert!(
+            matches!(remembered, Outcome::Grant(_)),
+            "remembered under v1"
+        );
+
+        let stale = set_declaration(&p, &app.0, 1, &[(UserInfo, "Anything else")])
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&stale), ErrorReason::InvalidArgument, "{stale:?}");
+        set_declaration(&p, &app.0, 2, &[(UserInfo, "Also for marketing")])
+            .await
+            .unwrap();
+        let at_launch = p
+            .request("u1", &app.0, &[UserInfo], pb::Trigger::AppLaunch)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            reason(&at_launch),
+            ErrorReason::AuthorizationAtLaunch,
+            "v2 needs a modal"
+        );
+        let Outcome::Prompt(again) = p
+            .request("u1", &app.0, &[UserInfo], pb::Trigger::UserTap)
+            .await
+            .unwrap()
+        else {
+            panic!("expected a prompt under v2");
+        };
+        assert_eq!(again.purposes[0].purpose, "Also for marketing");
+        p.resolve(&again.prompt_id, "u1", pb::Decision::Allow)
+            .await
+            .unwrap();
+        let history = records(&p, "u1", &app.0).await;
+        assert_eq!(history[0].declaration_version, 2);
+
+        let strict = Platform::start_with(|c| c.privacy.require_declaration = true, |_| {}).await;
+        let app = strict.app(&ALL_FEATURES).await;
+        let refused = strict
+            .request("u1", &app.0, &[UserInfo], pb::Trigger::UserTap)
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&refused), ErrorReason::InsufficientIsvPermissions);
+        assert!(
+            refused.message().contains("SetPrivacyDeclaration"),
+            "{refused:?}"
+        );
+        set_declaration(&strict, &app.0, 1, &[(UserInfo, "Avatar on orders")])
+            .await
+            .unwrap();
+        let asked = strict
+            .request("u1", &app.0, &[UserInfo], pb::Trigger::UserTap)
+            .await
+            .unwrap();
+        assert!(matches!(asked, Outcome::Prompt(_)));
+    })
+    .await;
+}
+
+/// Erasure ends every authorization at once: consent tokens refused by userinfo-service within
+/// a second, access tokens inactive, refresh tokens and unspent codes void, the apps told, the
+/// history kept with the erasure in it; running it again changes nothing. The export before it
+/// carries every app's scoped id. Guards the rule appended per app in `PrivacyRecords::erase`
+/// and `erase_user`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_user_ends_every_authorization() {
+    bounded("erase", async {
+        let p = Platform::start().await;
+        p.profile(super::demo_profile("u1")).await;
+        let app = p.app(&ALL_FEATURES).await;
+        let other = p.app(&ALL_FEATURES).await;
+        let token = consent_token(&p.consent("u1", &app.0, &[UserInfo]).await);
+        let pair = exchange(
+            &p,
+            &other,
+            &p.consent("u1", &other.0, &[AuthBase, PhoneNumber]).await,
+        )
+        .await;
+        let unspent = auth_code(&p.consent("u1", &other.0, &[AuthBase]).await);
+        p.open_user_info(&token).await.expect("readable before");
+
+        let export = p
+            .auth
+            .wallet()
+            .export_user_authorizations(pb::ExportUserAuthorizationsRequest {
+                user_id: "u1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(export.authorizations.len(), 2);
+        let ids: Vec<_> = export
+            .app_scoped_user_ids
+            .iter()
+            .map(|i| (i.app_id.clone(), i.disclosed))
+            .collect();
+        assert!(
+            ids.contains(&(other.0.clone(), true)) && ids.contains(&(app.0.clone(), false)),
+            "{ids:?}"
+        );
+        let scoped = export
+            .app_scoped_user_ids
+            .iter()
+            .find(|i| i.app_id == other.0)
+            .unwrap();
+        assert_eq!(scoped.user_id, pair.user_id);
+        assert!(!export.consent_records.is_empty());
+
+        let erase = || async {
+            p.auth
+                .wallet()
+                .erase_user_authorizations(pb::EraseUserAuthorizationsRequest {
+                    user_id: "u1".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .authorizations_ended
+        };
+        let erased_at = Instant::now();
+        assert_eq!(erase().await, 2);
+        loop {
+            match p.open_user_info(&token).await {
+                Err(e) => {
+                    assert_eq!(reason(&e), ErrorReason::InvalidAuthRelations);
+                    break;
+                }
+                Ok(_) => assert!(
+                    erased_at.elapsed() < Duration::from_secs(1),
+                    "still readable after 1 s"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let backend = p.auth.backend(&other.0, &other.1);
+        let introspected = backend
+            .clone()
+            .introspect_token(pb::IntrospectTokenRequest {
+                token: pair.access_token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!introspected.active);
+        let refreshed = backend
+            .clone()
+            .refresh_access_token(pb::RefreshAccessTokenRequest {
+                refresh_token: pair.refresh_token.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&refreshed), ErrorReason::InvalidRefreshToken);
+        let spent = backend
+            .clone()
+            .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: unspent })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&spent), ErrorReason::InvalidCode);
+        assert!(p.auth.authorizations("u1").await.is_empty());
+        let history = records(&p, "u1", "").await;
+        assert_eq!(
+            events(&history[..2]),
+            [pb::ConsentEvent::VoidedByErasure; 2]
+        );
+        let told = changes(&p, &other, 0).await;
+        assert_eq!(
+            told.last().map(|c| c.reason()),
+            Some(pb::AuthorizationChangeReason::Erased)
+        );
+
+        assert_eq!(erase().await, 0, "idempotent");
+        assert_eq!(
+            records(&p, "u1", "").await.len(),
+            history.len(),
+            "nothing more recorded"
+        );
+    })
+    .await;
+}
