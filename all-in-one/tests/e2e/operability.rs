@@ -204,6 +204,7 @@ async fn reflection_v1_and_v1alpha_list_and_describe_every_service_with_health()
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
         "miniprogram.auth.v1.AppService",
+        "miniprogram.auth.v1.AuthorizationChangeService",
         "miniprogram.auth.v1.AuthorizationService",
         "miniprogram.auth.v1.KeyAdminService",
         "miniprogram.auth.v1.KeyService",
