@@ -9,8 +9,9 @@ use sqlx::migrate::Migrator;
 
 use super::*;
 use crate::model::{
-    AppRecord, AuthCodeRecord, Feature, FeatureSet, NewRevocation, PromptRecord,
-    RefreshTokenRecord, SecretHash, StoredTokenKey,
+    AppRecord, AuthCodeRecord, AuthorizationChange, ChangeReason, ChangeSubject, ConsentEvent,
+    ConsentRecord, Feature, FeatureSet, NewRevocation, PromptRecord, RefreshTokenRecord,
+    ScopePurpose, SecretHash, StoredTokenKey, Trigger,
 };
 use miniprogram_token::RevocationRule;
 
@@ -856,6 +857,458 @@ pub async fn sweep_removes_only_expired_rows_in_batches(store: Arc<dyn AuthStore
     assert_eq!(repos.revocations().after(0, 10).await.unwrap().len(), 2);
 }
 
+fn record(user: &str, app_id: &str, event: ConsentEvent, at: i64) -> ConsentRecord {
+    ConsentRecord {
+        record_id: 0,
+        user_id: user.into(),
+        app_id: app_id.into(),
+        event,
+        scopes: ScopeSet::of(&[Scope::UserInfo]),
+        trigger: Some(Trigger::UserTap),
+        purposes: vec![ScopePurpose {
+            scope: Scope::UserInfo,
+            purpose: "Orders \u{1f600} \"quoted\"".into(),
+        }],
+        declaration_version: 3,
+        recorded_at: t(at),
+        expire_at: t(at + 1000),
+    }
+}
+
+/// Consent records come back newest first, per user, filtered by app, paged below a record
+/// id, with every field as appended (purposes included).
+pub async fn consent_records_page_newest_first(store: Arc<dyn AuthStore>) {
+    let mut repos = store.repositories();
+    let events = [
+        ConsentEvent::Prompted,
+        ConsentEvent::Denied,
+        ConsentEvent::Granted,
+        ConsentEvent::Withdrawn,
+        ConsentEvent::VoidedByFeatureChange,
+        ConsentEvent::VoidedByErasure,
+    ];
+    for (i, event) in events.into_iter().enumerate() {
+        let app_id = if i % 2 == 0 { "a1" } else { "a2" };
+        let r = record("u1", app_id, event, i as i64 + 1);
+        repos.privacy().append_record(&r).await.unwrap();
+    }
+    repos
+        .privacy()
+        .append_record(&record("u2", "a1", ConsentEvent::Granted, 9))
+        .await
+        .unwrap();
+    let all = repos.privacy().records("u1", None, 0, 100).await.unwrap();
+    let seen: Vec<_> = all.iter().map(|r| r.event).collect();
+    let mut newest_first = events.to_vec();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first);
+    assert!(all.windows(2).all(|w| w[0].record_id > w[1].record_id));
+    let mut expected = record("u1", "a2", ConsentEvent::VoidedByErasure, 6);
+    expected.record_id = all[0].record_id;
+    assert_eq!(all[0], expected, "every field as appended");
+    let a1 = repos
+        .privacy()
+        .records("u1", Some("a1"), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(a1.len(), 3);
+    assert!(a1.iter().all(|r| r.app_id == "a1"));
+    let page = repos
+        .privacy()
+        .records("u1", None, all[1].record_id, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        page,
+        all[2..4].to_vec(),
+        "below a record id, at most the limit"
+    );
+}
+
+/// A decision under a newer declaration version drops the consent scopes granted under an
+/// older one (auth_base stays) and records the version; one under an older version changes
+/// neither. A grant id is taken when a consent scope is first granted, kept while one stands,
+/// and cleared by the withdrawal that takes the last one.
+pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn AuthStore>) {
+    store
+        .repositories()
+        .apps()
+        .insert(&app("a1"))
+        .await
+        .unwrap();
+    let mut repos = store.repositories();
+    let (ui, base) = (
+        ScopeSet::of(&[Scope::UserInfo]),
+        ScopeSet::of(&[Scope::AuthBase]),
+    );
+    let none = ScopeSet::EMPTY;
+    let decide = |grant, version, grant_ref| Decision {
+        version,
+        grant_ref,
+        ..Decision::new("u1", "a1", grant, none, t(1))
+    };
+    let kept = repos
+        .consents()
+        .record_decision(&decide(base, 0, Some("g0")))
+        .await
+        .unwrap();
+    assert_eq!(kept, None, "auth_base alone takes no grant id");
+    let kept = repos
+        .consents()
+        .record_decision(&decide(ui, 1, Some("g1")))
+        .await
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("g1"));
+    let kept = repos
+        .consents()
+        .record_decision(&decide(ui, 1, Some("g2")))
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.as_deref(),
+        Some("g1"),
+        "kept while a consent scope stands"
+    );
+    let a = repos
+        .consents()
+        .authorization("u1", "a1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.granted, a.declaration_version), (ui.union(base), 1));
+    let phone = ScopeSet::of(&[Scope::PhoneNumber]);
+    repos
+        .consents()
+        .record_decision(&decide(phone, 2, Some("g3")))
+        .await
+        .unwrap();
+    let a = repos
+        .consents()
+        .authorization("u1", "a1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.granted, a.declaration_version),
+        (phone.union(base), 2),
+        "userInfo, consented under version 1, dropped; auth_base kept"
+    );
+    repos
+        .consents()
+        .record_decision(&decide(ui, 1, Some("g4")))
+        .await
+        .unwrap();
+    let a = repos
+        .consents()
+        .authorization("u1", "a1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.granted, a.declaration_version),
+        (phone.union(base).union(ui), 2),
+        "an older version drops nothing and lowers nothing"
+    );
+    let mut tx = store.begin().await.unwrap();
+    tx.consents()
+        .withdraw("u1", "a1", ui.union(phone))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let a = repos
+        .consents()
+        .authorization("u1", "a1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.granted, a.grant_ref),
+        (base, None),
+        "the last consent scope took it"
+    );
+}
+
+/// A declaration replaces the last one only when its version rises, all at once.
+pub async fn declarations_replace_only_upwards(store: Arc<dyn AuthStore>) {
+    store
+        .repositories()
+        .apps()
+        .insert(&app("a1"))
+        .await
+        .unwrap();
+    let mut repos = store.repositories();
+    let purpose = |scope, text: &str| ScopePurpose {
+        scope,
+        purpose: text.into(),
+    };
+    let v1 = [
+        purpose(Scope::UserInfo, "avatar"),
+        purpose(Scope::PhoneNumber, "delivery"),
+    ];
+    let app = repos
+        .privacy()
+        .replace_declaration("a1", 1, &v1, t(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(app.declaration_version, 1);
+    assert_eq!(
+        app.declared_scopes,
+        ScopeSet::of(&[Scope::UserInfo, Scope::PhoneNumber])
+    );
+    assert_eq!(app.declared_at, t(5));
+    assert_eq!(
+        repos.privacy().declaration("a1").await.unwrap(),
+        v1.to_vec()
+    );
+    let stale = [purpose(Scope::AuthBase, "login")];
+    assert!(
+        repos
+            .privacy()
+            .replace_declaration("a1", 1, &stale, t(6))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        repos
+            .privacy()
+            .replace_declaration("nope", 9, &stale, t(6))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        repos.privacy().declaration("a1").await.unwrap(),
+        v1.to_vec(),
+        "unchanged"
+    );
+    let v2 = [purpose(Scope::AuthBase, "login")];
+    repos
+        .privacy()
+        .replace_declaration("a1", 2, &v2, t(7))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        repos.privacy().declaration("a1").await.unwrap(),
+        v2.to_vec()
+    );
+    let app = repos.apps().get("a1").await.unwrap().unwrap();
+    assert_eq!(
+        (app.declaration_version, app.declared_scopes),
+        (2, ScopeSet::of(&[Scope::AuthBase]))
+    );
+}
+
+/// Changes are listed per app in sequence order after a cursor; a feature switch appends one
+/// per user whose grant carries the scope and whom the app can name (by the id it was given,
+/// else the grant id), records the voiding for each, and takes the scope from every grant.
+/// `erase_user` leaves nothing of the user's authorizations, prompts, codes or tokens.
+pub async fn changes_and_voiding_per_app(store: Arc<dyn AuthStore>) {
+    for a in ["a1", "a2"] {
+        store.repositories().apps().insert(&app(a)).await.unwrap();
+    }
+    let mut repos = store.repositories();
+    let (ui, phone) = (
+        ScopeSet::of(&[Scope::UserInfo]),
+        ScopeSet::of(&[Scope::PhoneNumber]),
+    );
+    let decide = |user, app_id, grant, grant_ref| Decision {
+        grant_ref,
+        ..Decision::new(user, app_id, grant, ScopeSet::EMPTY, t(1))
+    };
+    let consents = repos.consents();
+    consents
+        .record_decision(&decide("named", "a1", phone, Some("g-named")))
+        .await
+        .unwrap();
+    consents
+        .disclose_user_id("named", "a1", "open-named")
+        .await
+        .unwrap();
+    consents
+        .disclose_user_id("named", "a1", "open-other")
+        .await
+        .unwrap();
+    consents
+        .record_decision(&decide("reader", "a1", ui, Some("g-reader")))
+        .await
+        .unwrap();
+    consents
+        .record_decision(&decide("reader", "a2", phone, Some("g-elsewhere")))
+        .await
+        .unwrap();
+    consents
+        .record_decision(&decide(
+            "unnamed",
+            "a1",
+            ScopeSet::of(&[Scope::AuthBase]),
+            None,
+        ))
+        .await
+        .unwrap();
+    let single = AuthorizationChange {
+        sequence: 0,
+        app_id: "a1".into(),
+        subject: ChangeSubject::Grant("g-first".into()),
+        scopes: ui,
+        reason: ChangeReason::Withdrawn,
+        changed_at: t(2),
+        expire_at: t(1000),
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.revocations()
+        .append(&revocation("a1", Some("reader"), ui, 2))
+        .await
+        .unwrap();
+    tx.privacy().append_change(&single).await.unwrap();
+    tx.commit().await.unwrap();
+    let all = ScopeSet::of(&Scope::ALL);
+    let mut tx = store.begin().await.unwrap();
+    tx.revocations()
+        .append(&revocation("a1", None, all, 3))
+        .await
+        .unwrap();
+    let told = tx.privacy().append_changes_for_scopes(
+        "a1",
+        all,
+        ChangeReason::FeatureDisabled,
+        t(3),
+        t(1000),
+    );
+    assert_eq!(
+        told.await.unwrap(),
+        2,
+        "the unnamed user's app holds nothing that names them"
+    );
+    let event = ConsentEvent::VoidedByFeatureChange;
+    let recorded = tx
+        .privacy()
+        .append_records_for_scopes("a1", all, event, t(3), t(1000));
+    assert_eq!(recorded.await.unwrap(), 3);
+    assert_eq!(
+        tx.consents()
+            .withdraw_from_all("a1", ui.union(phone))
+            .await
+            .unwrap(),
+        2
+    );
+    tx.commit().await.unwrap();
+
+    let feed = repos.privacy().changes_after("a1", 0, 100).await.unwrap();
+    let subjects: Vec<_> = feed
+        .iter()
+        .map(|c| (c.subject.clone(), c.scopes, c.reason))
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            (
+                ChangeSubject::Grant("g-first".into()),
+                ui,
+                ChangeReason::Withdrawn
+            ),
+            (
+                ChangeSubject::AppUserId("open-named".into()),
+                phone,
+                ChangeReason::FeatureDisabled
+            ),
+            (
+                ChangeSubject::Grant("g-reader".into()),
+                ui,
+                ChangeReason::FeatureDisabled
+            ),
+        ]
+    );
+    assert!(feed.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    assert_eq!(
+        repos
+            .privacy()
+            .changes_after("a1", feed[0].sequence, 1)
+            .await
+            .unwrap(),
+        feed[1..2].to_vec()
+    );
+    assert!(
+        repos
+            .privacy()
+            .changes_after("a2", 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let voided = repos
+        .privacy()
+        .records("reader", Some("a1"), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (voided[0].event, voided[0].scopes, voided[0].trigger),
+        (event, ui, None)
+    );
+    let reader = repos
+        .consents()
+        .authorization("reader", "a1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((reader.granted, reader.grant_ref), (ScopeSet::EMPTY, None));
+    let elsewhere = repos
+        .consents()
+        .authorization("reader", "a2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(elsewhere.granted, phone, "another app's grant untouched");
+
+    let grants = repos.grants();
+    grants
+        .insert_code(&AuthCodeRecord {
+            user_id: "reader".into(),
+            ..code(7, "a2", "g7")
+        })
+        .await
+        .unwrap();
+    let token = RefreshTokenRecord {
+        user_id: "reader".into(),
+        ..refresh(8, "g7", 5000)
+    };
+    grants.insert_refresh_token(&token).await.unwrap();
+    let p = PromptRecord {
+        prompt_hash: h(9),
+        user_id: "reader".into(),
+        app_id: "a2".into(),
+        scopes: ui,
+        previously_denied: false,
+        created_at: t(1),
+        expires_at: t(100),
+        resolved_at: None,
+        declaration_version: 0,
+    };
+    repos.consents().insert_prompt(&p).await.unwrap();
+    repos.consents().erase_user("reader").await.unwrap();
+    assert!(repos.consents().list("reader").await.unwrap().is_empty());
+    assert!(repos.consents().prompt(&h(9)).await.unwrap().is_none());
+    assert!(repos.grants().code(&h(7)).await.unwrap().is_none());
+    assert!(repos.grants().refresh_token(&h(8)).await.unwrap().is_none());
+    assert_eq!(
+        repos.consents().list("named").await.unwrap().len(),
+        1,
+        "nobody else's"
+    );
+    assert_eq!(
+        repos
+            .privacy()
+            .records("reader", None, 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "records outlive erasure"
+    );
+}
+
 sql_backend::conformance!(
     crate::store::open;
     apps_round_trip,
@@ -876,4 +1329,8 @@ sql_backend::conformance!(
     token_keys_round_trip,
     sealed_secrets_are_stored_once_and_resealed_in_place,
     sweep_removes_only_expired_rows_in_batches,
+    consent_records_page_newest_first,
+    decisions_keep_the_declaration_version_and_grant_id,
+    declarations_replace_only_upwards,
+    changes_and_voiding_per_app,
 );
