@@ -126,6 +126,13 @@ impl DisclosureLedger {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Distinct rows held in memory: in the shards, and (unless a flush holds them right now)
+    /// taken but unwritten. At most twice `max_pending`.
+    pub fn pending_rows(&self) -> usize {
+        let counted: usize = self.shards.iter().map(|s| lock(s).len()).sum();
+        counted + self.unwritten.try_lock().map_or(0, |u| u.len())
+    }
+
     /// Writes every counter in one transaction; how many rows. Counters stay in memory until
     /// the write commits, so a failed (or cancelled) flush loses nothing: the next one writes
     /// them with whatever came in since, up to `max_pending` rows (reads beyond are dropped
@@ -295,7 +302,163 @@ fn decode_page_token(token: &str) -> Option<DisclosurePosition> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use sqlx::Connection;
+
     use super::*;
+    use crate::model::{Profile, PublicProfile};
+    use crate::store::UserInfoStore;
+
+    /// A real SQLite store (in `dir`) holding profiles `u0` .. `u{users-1}`.
+    async fn store_with_users(dir: &tempfile::TempDir, users: usize) -> Arc<dyn UserInfoStore> {
+        let url = format!("sqlite://{}", dir.path().join("userinfo.db").display());
+        let store = crate::store::open(&url).await.expect("store");
+        for i in 0..users {
+            let profile = Profile {
+                user_id: format!("u{i}"),
+                real_name: String::new(),
+                phone_number: String::new(),
+                public: PublicProfile::default(),
+                updated_at: Timestamp::EPOCH,
+            };
+            store.upsert(&profile).await.expect("profile");
+        }
+        store
+    }
+
+    async fn stored_reads(store: &Arc<dyn UserInfoStore>, users: usize) -> u64 {
+        let mut total = 0;
+        for i in 0..users {
+            let rows = store
+                .list_disclosures(&format!("u{i}"), None, None, 10_000)
+                .await
+                .expect("list");
+            total += rows.iter().map(|r| r.count).sum::<u64>();
+        }
+        total
+    }
+
+    const NOW: Timestamp = Timestamp::from_unix_nanos(1_700_000_000_000_000_000);
+
+    /// Guards the wake-up in `record` (`self.full.notify_one()`): with an hour-long interval,
+    /// a full shard still gets its counters written within seconds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_shard_wakes_the_writer_before_the_interval() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store_with_users(&dir, 1).await;
+        let ledger = Arc::new(DisclosureLedger::new(store.clone(), SHARDS));
+        let writer = tokio::spawn(ledger.clone().run_flushing(Duration::from_secs(3600)));
+        // Let the interval's immediate first tick pass, so only a wake-up can write.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for app in 0..200 {
+            ledger.record(
+                "u0",
+                &format!("app-{app}"),
+                DisclosedFields::PublicProfile,
+                NOW,
+            );
+        }
+        let started = Instant::now();
+        while stored_reads(&store, 1).await == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nothing written 10 s after the shards filled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        writer.abort();
+    }
+
+    /// Guards the caps in `record` (`counters.len() < self.shard_capacity`) and `flush`
+    /// (`unwritten.len() < self.capacity`): while the database is locked by another
+    /// connection, memory stays within twice `max_pending` rows, every read beyond is counted
+    /// as dropped, and once the lock goes every read is either written or counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_the_store_is_down_memory_is_capped_and_every_read_accounted_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store_with_users(&dir, 1).await;
+        let cap = 2 * SHARDS;
+        let ledger = DisclosureLedger::new(store.clone(), cap);
+
+        let url = format!("sqlite://{}", dir.path().join("userinfo.db").display());
+        let mut blocker = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql("BEGIN EXCLUSIVE")
+            .execute(&mut blocker)
+            .await
+            .expect("lock the database");
+        let mut recorded = 0;
+        for round in 0..2 {
+            for app in 0..300 {
+                let app = format!("app-{round}-{app}");
+                ledger.record("u0", &app, DisclosedFields::PhoneNumber, NOW);
+                recorded += 1;
+            }
+            assert!(
+                ledger.pending_rows() <= 2 * cap,
+                "{}",
+                ledger.pending_rows()
+            );
+            assert!(ledger.flush().await.is_err(), "the database is locked");
+            assert!(
+                ledger.pending_rows() <= 2 * cap,
+                "{}",
+                ledger.pending_rows()
+            );
+        }
+        assert!(ledger.dropped_reads() > 0);
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut blocker)
+            .await
+            .expect("unlock");
+        let written = ledger.flush().await.expect("flush");
+        assert!(written <= cap, "{written} rows written");
+        assert_eq!(
+            stored_reads(&store, 1).await + ledger.dropped_reads(),
+            recorded
+        );
+    }
+
+    /// Counts of one key add up in memory and across flushes: one row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_of_one_key_are_one_row() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store_with_users(&dir, 1).await;
+        let ledger = DisclosureLedger::new(store.clone(), 10);
+        for round in 0..3 {
+            for _ in 0..1000 {
+                ledger.record("u0", "app", DisclosedFields::PublicProfile, NOW);
+            }
+            assert_eq!(ledger.flush().await.expect("flush"), 1, "round {round}");
+        }
+        let rows = store.list_disclosures("u0", None, None, 10).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].count, 3000);
+        assert_eq!(ledger.flush().await.expect("nothing left"), 0);
+    }
+
+    /// Guards `forget_user`: an erased user's unwritten counters are not written later (to a
+    /// profile of the same id created again), and others' are.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_erased_users_unwritten_reads_are_forgotten() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store_with_users(&dir, 2).await;
+        let ledger = DisclosureLedger::new(store.clone(), 100);
+        ledger.record("u0", "app", DisclosedFields::PublicProfile, NOW);
+        ledger.record("u1", "app", DisclosedFields::PublicProfile, NOW);
+        ledger.forget_user("u0").await;
+        ledger.flush().await.expect("flush");
+        assert_eq!(stored_reads(&store, 2).await, 1);
+        assert!(
+            store
+                .list_disclosures("u0", None, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn page_tokens_round_trip_and_garbage_is_refused() {
