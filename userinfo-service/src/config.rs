@@ -478,6 +478,66 @@ mod tests {
     }
 
     #[test]
+    fn privacy_defaults_are_the_documented_ones() {
+        let config = parse(&[]).unwrap();
+        let limit = |rate, burst| RateLimit::new(rate, NonZeroU32::new(burst).unwrap());
+        assert_eq!(
+            config.read_limits,
+            ReadLimits {
+                per_app: limit(2000.0, 4000),
+                per_token: limit(10.0, 50),
+            }
+        );
+        assert_eq!(
+            config.disclosures,
+            DisclosureSettings {
+                flush_interval: Duration::from_secs(1),
+                max_pending: 100_000,
+                retention: Duration::from_secs(400 * 86_400),
+            }
+        );
+        let off = parse(&["--read-limit-per-app", "0", "--read-limit-per-token", "0.5"]).unwrap();
+        assert_eq!(off.read_limits.per_app, None);
+        assert_eq!(off.read_limits.per_token, limit(0.5, 50));
+    }
+
+    /// Guards `ReadLimitArgs::into_limits` and `DisclosureArgs::into_settings`: each bad
+    /// value is refused naming its variable.
+    #[test]
+    fn bad_privacy_settings_are_refused_by_name() {
+        for (argv, variable) in [
+            (
+                ["--read-limit-per-app=-1", "--read-limit-per-app-burst=4000"],
+                ENV_READ_LIMIT_PER_APP,
+            ),
+            (["--read-limit-per-token", "NaN"], ENV_READ_LIMIT_PER_TOKEN),
+            (
+                ["--read-limit-per-app-burst", "0"],
+                ENV_READ_LIMIT_PER_APP_BURST,
+            ),
+            (
+                ["--read-limit-per-token-burst", "0"],
+                ENV_READ_LIMIT_PER_TOKEN_BURST,
+            ),
+            (
+                ["--disclosure-flush-interval", "0s"],
+                ENV_DISCLOSURE_FLUSH_INTERVAL,
+            ),
+            (
+                ["--disclosure-max-pending", "0"],
+                ENV_DISCLOSURE_MAX_PENDING,
+            ),
+            (["--disclosure-retention", "23h"], ENV_DISCLOSURE_RETENTION),
+        ] {
+            let err = parse(&argv).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { variable: v, .. } if v == variable),
+                "{argv:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn auth_urls_are_classified_by_where_plaintext_can_go() {
         for local in [
             "http://127.0.0.1:50051",
