@@ -45,10 +45,10 @@ struct Cli {
     /// userinfo-service: reuse a public-profile read this long (0 turns the cache off).
     #[arg(long, env = "PROFILE_CACHE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
     profile_cache_ttl: Duration,
-    /// userinfo-service: scraping limits on GetOpenUserInfo and GetPhoneNumber.
+    // userinfo-service: scraping limits on GetOpenUserInfo and GetPhoneNumber.
     #[command(flatten)]
     read_limits: userinfo_service::config::ReadLimitArgs,
-    /// userinfo-service: the disclosure ledger's writer and retention.
+    // userinfo-service: the disclosure ledger's writer and retention.
     #[command(flatten)]
     disclosures: userinfo_service::config::DisclosureArgs,
     #[command(flatten)]
