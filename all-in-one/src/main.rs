@@ -45,6 +45,12 @@ struct Cli {
     /// userinfo-service: reuse a public-profile read this long (0 turns the cache off).
     #[arg(long, env = "PROFILE_CACHE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
     profile_cache_ttl: Duration,
+    // userinfo-service: scraping limits on GetOpenUserInfo and GetPhoneNumber.
+    #[command(flatten)]
+    read_limits: userinfo_service::config::ReadLimitArgs,
+    // userinfo-service: the disclosure ledger's writer and retention.
+    #[command(flatten)]
+    disclosures: userinfo_service::config::DisclosureArgs,
     #[command(flatten)]
     process: service_runtime::ProcessArgs,
 }
@@ -73,6 +79,8 @@ enum RunError {
     Io(#[from] std::io::Error),
     #[error("configuration: {0}")]
     AuthConfig(#[from] auth_service::config::ConfigError),
+    #[error("configuration: {0}")]
+    UserInfoConfig(#[from] userinfo_service::config::ConfigError),
     #[error("auth-service: {0}")]
     Auth(#[from] auth_service::ServeError),
     #[error("userinfo-service: {0}")]
@@ -127,6 +135,8 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
         &cli.data_dir,
         "userinfo.db",
     );
+    let read_limits = cli.read_limits.into_limits()?;
+    let disclosures = cli.disclosures.into_settings()?;
     let auth_config = cli.auth.into_config(true)?;
     state.admin_token = auth_config.callers.admin.clone();
     state.wallet_token = auth_config.callers.wallet.clone();
@@ -150,6 +160,8 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
         tls: None,
         auth_tls_ca_pem: None,
         trusted_proxies: auth_config.trusted_proxies.clone(),
+        read_limits,
+        disclosures,
     };
     let callers = auth_config.callers.clone();
 

@@ -15,6 +15,11 @@
 //! - **Migrations**, since column types differ: each store keeps a set per engine.
 //! - **Files.** An SQLite database is a file of ours, holding personal data: it is made 0600
 //!   in a 0700 directory before SQLite opens it. PostgreSQL's files are its server's.
+//! - **Erasure.** A deleted row's bytes stay in the files until something overwrites them.
+//!   SQLite connections run with `secure_delete` on, so a delete zeroes the freed space, and
+//!   [`Pools::scrub`] checkpoints the WAL and truncates it, so no older page copy survives
+//!   there either. On PostgreSQL [`Pools::scrub`] runs `VACUUM`, which frees dead tuples for
+//!   reuse but does not zero their bytes: how far that goes is the README's to say.
 //!
 //! Unique violations are no difference: sqlx classifies both engines' codes (SQLite 2067 and
 //! 1555, PostgreSQL 23505) as `is_unique_violation`, read in one place ([`StoreError`]'s `From`).
@@ -284,6 +289,13 @@ pub trait Backend: Database {
         sql: Cow<'static, str>,
         args: &'a [Arg<'a>],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+    /// After rows of `tables` were deleted: drops what the engine keeps of them in its files,
+    /// as far as it can (the module doc's "Erasure").
+    fn scrub<'a>(
+        pools: &'a Pools<Self>,
+        tables: &'a [&'static str],
+    ) -> impl Future<Output = StoreResult<()>> + Send + 'a;
 }
 
 /// How long a caller waits for a connection, or SQLite for a lock held by another process.
@@ -306,7 +318,8 @@ impl Backend for Sqlite {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(WAIT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("secure_delete", "on");
         service_runtime::private_files::prepare_sqlite_database(url, options.get_filename())
             .map_err(sqlx::Error::Io)?;
         let writer = SqlitePoolOptions::new()
@@ -319,6 +332,23 @@ impl Backend for Sqlite {
             .connect_with(options.read_only(true))
             .await?;
         Ok(Pools { writer, reader })
+    }
+
+    /// Copies every page in the WAL into the database file and truncates the WAL to nothing;
+    /// `secure_delete` has already zeroed the deleted bytes in the pages' latest versions.
+    async fn scrub(pools: &Pools<Self>, _tables: &[&'static str]) -> StoreResult<()> {
+        let sql = Cow::Borrowed("PRAGMA wal_checkpoint(TRUNCATE)");
+        let rows = Self::fetch_all(&mut *pools.writer.acquire().await?, sql, &[]).await?;
+        let busy = match rows.first() {
+            Some(row) => row.int("busy")?,
+            None => 1,
+        };
+        if busy != 0 {
+            return Err(StoreError::Unavailable(Arc::new(sqlx::Error::Protocol(
+                "a reader kept the WAL checkpoint from finishing".into(),
+            ))));
+        }
+        Ok(())
     }
 }
 
@@ -342,6 +372,17 @@ impl Backend for Postgres {
             writer: pool.clone(),
             reader: pool,
         })
+    }
+
+    /// `VACUUM` each table: dead tuples are pruned and their space marked free (not zeroed).
+    /// It runs outside a transaction, so over the simple query protocol.
+    async fn scrub(pools: &Pools<Self>, tables: &[&'static str]) -> StoreResult<()> {
+        let mut conn = pools.writer.acquire().await?;
+        for table in tables {
+            let vacuum = sqlx::raw_sql(AssertSqlSafe(format!("VACUUM {table}")));
+            sqlx::Executor::execute(&mut *conn, vacuum).await?;
+        }
+        Ok(())
     }
 }
 
@@ -391,6 +432,12 @@ impl<B: Backend> Pools<B> {
     /// A session whose statements all run in one transaction on the writer.
     pub async fn begin(&self) -> StoreResult<Session<B>> {
         Ok(Session::Transaction(self.writer.begin().await?))
+    }
+
+    /// After a delete of personal data from `tables`: see [`Backend::scrub`]. Table names come
+    /// from the stores' constants, never from a request.
+    pub async fn scrub(&self, tables: &[&'static str]) -> StoreResult<()> {
+        B::scrub(self, tables).await
     }
 
     pub async fn close(&self) {

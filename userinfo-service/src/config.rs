@@ -2,9 +2,13 @@
 //! [`UserInfoConfig`]. Outside dev mode every credential must be given.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use miniprogram_proto::client_address::TrustedProxies;
+
+use crate::disclosures::DisclosureSettings;
+use crate::read_limits::{RateLimit, ReadLimits};
 
 pub const ENV_ADDR: &str = "USERINFO_ADDR";
 pub const ENV_DATABASE_URL: &str = "USERINFO_DATABASE_URL";
@@ -14,9 +18,119 @@ pub const ENV_VERIFIER_TOKEN: &str = "VERIFIER_TOKEN";
 pub const ENV_TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
 pub const ENV_AUTH_ALLOW_PLAINTEXT: &str = "AUTH_ALLOW_PLAINTEXT";
 
+pub const ENV_READ_LIMIT_PER_APP: &str = "READ_LIMIT_PER_APP";
+pub const ENV_READ_LIMIT_PER_APP_BURST: &str = "READ_LIMIT_PER_APP_BURST";
+pub const ENV_READ_LIMIT_PER_TOKEN: &str = "READ_LIMIT_PER_TOKEN";
+pub const ENV_READ_LIMIT_PER_TOKEN_BURST: &str = "READ_LIMIT_PER_TOKEN_BURST";
+pub const ENV_DISCLOSURE_FLUSH_INTERVAL: &str = "DISCLOSURE_FLUSH_INTERVAL";
+pub const ENV_DISCLOSURE_MAX_PENDING: &str = "DISCLOSURE_MAX_PENDING";
+pub const ENV_DISCLOSURE_RETENTION: &str = "DISCLOSURE_RETENTION";
+
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/userinfo.db";
 pub const DEFAULT_AUTH_URL: &str = "http://127.0.0.1:50051";
+pub const DEFAULT_READ_LIMIT_PER_APP: &str = "2000";
+pub const DEFAULT_READ_LIMIT_PER_APP_BURST: &str = "4000";
+pub const DEFAULT_READ_LIMIT_PER_TOKEN: &str = "10";
+pub const DEFAULT_READ_LIMIT_PER_TOKEN_BURST: &str = "50";
+pub const DEFAULT_DISCLOSURE_FLUSH_INTERVAL: &str = "1s";
+pub const DEFAULT_DISCLOSURE_MAX_PENDING: &str = "100000";
+pub const DEFAULT_DISCLOSURE_RETENTION: &str = "400d";
+
+/// Scraping limits on GetOpenUserInfo and GetPhoneNumber, per replica.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReadLimitArgs {
+    /// Answered reads per second one app may make of each of the two methods (counted apart)
+    /// once its burst is spent; fractions allowed, 0 turns the limit off.
+    #[arg(long, env = ENV_READ_LIMIT_PER_APP, default_value = DEFAULT_READ_LIMIT_PER_APP)]
+    pub read_limit_per_app: f64,
+    /// Reads one app may make at once from a full budget.
+    #[arg(long, env = ENV_READ_LIMIT_PER_APP_BURST, default_value = DEFAULT_READ_LIMIT_PER_APP_BURST)]
+    pub read_limit_per_app_burst: u32,
+    /// Answered reads per second with one token (by its token id); 0 turns the limit off.
+    #[arg(long, env = ENV_READ_LIMIT_PER_TOKEN, default_value = DEFAULT_READ_LIMIT_PER_TOKEN)]
+    pub read_limit_per_token: f64,
+    /// Reads with one token at once from a full budget.
+    #[arg(long, env = ENV_READ_LIMIT_PER_TOKEN_BURST, default_value = DEFAULT_READ_LIMIT_PER_TOKEN_BURST)]
+    pub read_limit_per_token_burst: u32,
+}
+
+impl ReadLimitArgs {
+    /// The limits, or the first bad variable.
+    pub fn into_limits(self) -> Result<ReadLimits, ConfigError> {
+        let limit = |rate: f64, burst: u32, rate_var, burst_var| {
+            if rate == 0.0 {
+                return Ok(None);
+            }
+            let burst = NonZeroU32::new(burst).ok_or(ConfigError::Invalid {
+                variable: burst_var,
+                problem: "must be at least 1".into(),
+            })?;
+            RateLimit::new(rate, burst)
+                .map(Some)
+                .ok_or(ConfigError::Invalid {
+                    variable: rate_var,
+                    problem: "must be 0 (off) or a positive rate of at most 1e9 a second".into(),
+                })
+        };
+        Ok(ReadLimits {
+            per_app: limit(
+                self.read_limit_per_app,
+                self.read_limit_per_app_burst,
+                ENV_READ_LIMIT_PER_APP,
+                ENV_READ_LIMIT_PER_APP_BURST,
+            )?,
+            per_token: limit(
+                self.read_limit_per_token,
+                self.read_limit_per_token_burst,
+                ENV_READ_LIMIT_PER_TOKEN,
+                ENV_READ_LIMIT_PER_TOKEN_BURST,
+            )?,
+        })
+    }
+}
+
+/// The disclosure ledger's writer and retention.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DisclosureArgs {
+    /// How often counted reads are written: what a crash can lose.
+    #[arg(long, env = ENV_DISCLOSURE_FLUSH_INTERVAL, default_value = DEFAULT_DISCLOSURE_FLUSH_INTERVAL, value_parser = humantime::parse_duration)]
+    pub disclosure_flush_interval: Duration,
+    /// Distinct ledger rows held in memory before a write; past it reads go uncounted (and
+    /// counted in `disclosure_reads_dropped_total`).
+    #[arg(long, env = ENV_DISCLOSURE_MAX_PENDING, default_value = DEFAULT_DISCLOSURE_MAX_PENDING)]
+    pub disclosure_max_pending: usize,
+    /// Ledger rows of days older than this are deleted (swept hourly).
+    #[arg(long, env = ENV_DISCLOSURE_RETENTION, default_value = DEFAULT_DISCLOSURE_RETENTION, value_parser = humantime::parse_duration)]
+    pub disclosure_retention: Duration,
+}
+
+impl DisclosureArgs {
+    /// The settings, or the first bad variable.
+    pub fn into_settings(self) -> Result<DisclosureSettings, ConfigError> {
+        let invalid = |variable, problem: &str| ConfigError::Invalid {
+            variable,
+            problem: problem.into(),
+        };
+        if self.disclosure_flush_interval.is_zero() {
+            return Err(invalid(
+                ENV_DISCLOSURE_FLUSH_INTERVAL,
+                "must be longer than zero",
+            ));
+        }
+        if self.disclosure_max_pending == 0 {
+            return Err(invalid(ENV_DISCLOSURE_MAX_PENDING, "must be at least 1"));
+        }
+        if self.disclosure_retention < Duration::from_secs(86_400) {
+            return Err(invalid(ENV_DISCLOSURE_RETENTION, "must be at least a day"));
+        }
+        Ok(DisclosureSettings {
+            flush_interval: self.disclosure_flush_interval,
+            max_pending: self.disclosure_max_pending,
+            retention: self.disclosure_retention,
+        })
+    }
+}
 
 /// Command-line flags, each with an environment variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -65,6 +179,10 @@ pub struct UserInfoArgs {
     /// single-label service name (the verifier token and backends' app secrets cross it).
     #[arg(long, env = ENV_AUTH_ALLOW_PLAINTEXT)]
     pub auth_allow_plaintext: bool,
+    #[command(flatten)]
+    pub read_limits: ReadLimitArgs,
+    #[command(flatten)]
+    pub disclosures: DisclosureArgs,
 }
 
 /// Why the configuration can't be used. Never contains a secret value.
@@ -97,6 +215,10 @@ pub struct UserInfoConfig {
     pub auth_tls_ca_pem: Option<Vec<u8>>,
     /// Proxies whose `x-forwarded-for` names a GetPhoneNumber caller.
     pub trusted_proxies: TrustedProxies,
+    /// Scraping limits on the two reads.
+    pub read_limits: ReadLimits,
+    /// The disclosure ledger's writer and retention.
+    pub disclosures: DisclosureSettings,
 }
 
 impl std::fmt::Debug for UserInfoConfig {
@@ -170,6 +292,8 @@ impl UserInfoArgs {
                 })?,
             auth_tls_ca_pem,
             trusted_proxies: self.trusted_proxies,
+            read_limits: self.read_limits.into_limits()?,
+            disclosures: self.disclosures.into_settings()?,
         })
     }
 }
@@ -351,6 +475,66 @@ mod tests {
         .to_string();
         assert!(err.contains("ADMIN_TOKEN, VERIFIER_TOKEN"), "{err}");
         assert!(!err.contains(ADMIN), "the value is not echoed: {err}");
+    }
+
+    #[test]
+    fn privacy_defaults_are_the_documented_ones() {
+        let config = parse(&[]).unwrap();
+        let limit = |rate, burst| RateLimit::new(rate, NonZeroU32::new(burst).unwrap());
+        assert_eq!(
+            config.read_limits,
+            ReadLimits {
+                per_app: limit(2000.0, 4000),
+                per_token: limit(10.0, 50),
+            }
+        );
+        assert_eq!(
+            config.disclosures,
+            DisclosureSettings {
+                flush_interval: Duration::from_secs(1),
+                max_pending: 100_000,
+                retention: Duration::from_secs(400 * 86_400),
+            }
+        );
+        let off = parse(&["--read-limit-per-app", "0", "--read-limit-per-token", "0.5"]).unwrap();
+        assert_eq!(off.read_limits.per_app, None);
+        assert_eq!(off.read_limits.per_token, limit(0.5, 50));
+    }
+
+    /// Guards `ReadLimitArgs::into_limits` and `DisclosureArgs::into_settings`: each bad
+    /// value is refused naming its variable.
+    #[test]
+    fn bad_privacy_settings_are_refused_by_name() {
+        for (argv, variable) in [
+            (
+                ["--read-limit-per-app=-1", "--read-limit-per-app-burst=4000"],
+                ENV_READ_LIMIT_PER_APP,
+            ),
+            (["--read-limit-per-token", "NaN"], ENV_READ_LIMIT_PER_TOKEN),
+            (
+                ["--read-limit-per-app-burst", "0"],
+                ENV_READ_LIMIT_PER_APP_BURST,
+            ),
+            (
+                ["--read-limit-per-token-burst", "0"],
+                ENV_READ_LIMIT_PER_TOKEN_BURST,
+            ),
+            (
+                ["--disclosure-flush-interval", "0s"],
+                ENV_DISCLOSURE_FLUSH_INTERVAL,
+            ),
+            (
+                ["--disclosure-max-pending", "0"],
+                ENV_DISCLOSURE_MAX_PENDING,
+            ),
+            (["--disclosure-retention", "23h"], ENV_DISCLOSURE_RETENTION),
+        ] {
+            let err = parse(&argv).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { variable: v, .. } if v == variable),
+                "{argv:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum UserInfoError {
     InvalidAuthClient,
     #[error("too many failed attempts; retry later")]
     RequestTrafficExceedLimit,
+    #[error("too many reads by this app or with this token; retry later")]
+    ReadLimitExceeded,
     #[error("missing or unknown caller credential in `authorization` metadata")]
     UnauthenticatedCaller,
     #[error("this caller's credential does not permit this service")]

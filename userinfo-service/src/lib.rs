@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod disclosures;
 pub mod error;
 pub mod grpc;
 pub mod model;
 pub mod profile_cache;
 pub mod profiles;
+pub mod read_limits;
 pub mod readiness;
 pub mod store;
 pub mod userinfo;
@@ -31,13 +33,15 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::config::UserInfoConfig;
+use crate::disclosures::DisclosureLedger;
 use crate::error::UserInfoError;
 use crate::grpc::auth_client::{self, AuthServiceLink, LinkError};
 use crate::profile_cache::PublicProfileCache;
 use crate::profiles::ProfileRegistry;
+use crate::read_limits::ReadLimiter;
 use crate::readiness::HealthGate;
 use crate::store::StoreError;
-use crate::userinfo::UserInfoReader;
+use crate::userinfo::{ReadOversight, UserInfoReader};
 use crate::verifier::TokenVerifier;
 
 /// The gRPC service names this server answers for (besides health and reflection).
@@ -111,6 +115,12 @@ pub async fn serve_with_listener(
     )?;
     let verifier = Arc::new(TokenVerifier::new(config.revocation_stale_after));
     let cache = Arc::new(PublicProfileCache::new(config.profile_cache_ttl));
+    let disclosures = config.disclosures;
+    let ledger = Arc::new(DisclosureLedger::new(
+        store.clone(),
+        disclosures.max_pending,
+    ));
+    let limits = Arc::new(ReadLimiter::new(config.read_limits));
     let reader = Arc::new(UserInfoReader::new(
         store.clone(),
         cache.clone(),
@@ -118,6 +128,10 @@ pub async fn serve_with_listener(
         Arc::new(link.clone()),
         Arc::new(link.clone()),
         config.key_refetch_interval,
+        ReadOversight {
+            limits: limits.clone(),
+            ledger: ledger.clone(),
+        },
     ));
 
     let draining = tokio_util::sync::CancellationToken::new();
@@ -132,9 +146,12 @@ pub async fn serve_with_listener(
         });
     }
     background.spawn(health_gate.clone().follow(verifier.clone(), clock.clone()));
-    background.spawn(report_revocation_state(verifier.clone(), clock));
+    background.spawn(report_revocation_state(verifier.clone(), clock.clone()));
+    background.spawn(limits.run_pruning());
+    background.spawn(ledger.clone().run_flushing(disclosures.flush_interval));
+    background.spawn(ledger.clone().run_sweeping(disclosures.retention, clock));
 
-    let profiles = ProfileRegistry::new(store.clone(), cache);
+    let profiles = ProfileRegistry::new(store.clone(), cache, ledger.clone());
     let router = router(&config, reader, profiles, health_service)?;
 
     let addr = listener.local_addr()?;
@@ -155,6 +172,10 @@ pub async fn serve_with_listener(
     )
     .await;
     background.shutdown().await;
+    // Every call has been answered: the reads counted since the last flush are written now.
+    if let Err(e) = ledger.flush().await {
+        tracing::error!(error = %e, "the last disclosure batch could not be written");
+    }
     store.close().await;
     tracing::info!("userinfo-service stopped");
     Ok(result?)
@@ -216,6 +237,8 @@ mod tests {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let services: &[&str] = &[
             "error",
+            "disclosures",
+            "read_limits",
             "profiles",
             "profile_cache",
             "userinfo",

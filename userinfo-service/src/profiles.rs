@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::disclosures::DisclosureLedger;
 use crate::error::UserInfoError;
-use crate::model::{FieldViolation, Profile};
+use crate::model::{Disclosure, FieldViolation, Profile};
 use crate::profile_cache::PublicProfileCache;
 use crate::store::ProfileStore;
 
@@ -146,11 +147,20 @@ impl Profile {
 pub struct ProfileRegistry {
     store: Arc<dyn ProfileStore>,
     cache: Arc<PublicProfileCache>,
+    ledger: Arc<DisclosureLedger>,
 }
 
 impl ProfileRegistry {
-    pub fn new(store: Arc<dyn ProfileStore>, cache: Arc<PublicProfileCache>) -> Self {
-        ProfileRegistry { store, cache }
+    pub fn new(
+        store: Arc<dyn ProfileStore>,
+        cache: Arc<PublicProfileCache>,
+        ledger: Arc<DisclosureLedger>,
+    ) -> Self {
+        ProfileRegistry {
+            store,
+            cache,
+            ledger,
+        }
     }
 
     /// Creates or replaces a profile whose every field is valid; otherwise names each bad one.
@@ -170,13 +180,35 @@ impl ProfileRegistry {
         profile.ok_or(UserInfoError::ProfileNotFound)
     }
 
+    /// Erases a user here: the profile and their disclosure rows leave the database and its
+    /// files (see [`ProfileStore::delete`]), this replica's cache and the ledger's unwritten
+    /// counters. The one place userinfo-service erases; a repeat call finds no profile
+    /// (PROFILE_NOT_FOUND) but still scrubs, so retrying after a failure completes the job.
     pub async fn delete(&self, user_id: &str) -> Result<(), UserInfoError> {
         checked_user_id(user_id)?;
-        if !self.store.delete(user_id).await? {
+        let existed = self.store.delete(user_id).await?;
+        self.cache.forget(user_id);
+        self.ledger.forget_user(user_id).await;
+        if !existed {
             return Err(UserInfoError::ProfileNotFound);
         }
-        self.cache.forget(user_id);
         Ok(())
+    }
+}
+
+impl ProfileRegistry {
+    /// A page of the user's disclosure ledger (see [`DisclosureLedger::list`]).
+    pub async fn disclosures(
+        &self,
+        user_id: &str,
+        app_id: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<Disclosure>, String), UserInfoError> {
+        checked_user_id(user_id)?;
+        self.ledger
+            .list(user_id, app_id, page_size, page_token)
+            .await
     }
 }
 

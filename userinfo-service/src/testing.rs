@@ -15,6 +15,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::config::UserInfoConfig;
+use crate::disclosures::DisclosureSettings;
+use crate::read_limits::{RateLimit, ReadLimits};
 
 /// A client channel with a credential.
 pub type Authed = InterceptedService<Channel, CallerCredential>;
@@ -40,6 +42,23 @@ pub fn test_config(
         tls: None,
         auth_tls_ca_pem: None,
         trusted_proxies: Default::default(),
+        read_limits: generous_read_limits(),
+        disclosures: DisclosureSettings {
+            flush_interval: Duration::from_millis(200),
+            max_pending: 100_000,
+            retention: Duration::from_secs(400 * 86_400),
+        },
+    }
+}
+
+/// Read limits far above what any test (or the bench, at tens of thousands of calls a
+/// second) asks for, so the limiter runs on every read but refuses none; tests of the
+/// limits set their own.
+pub fn generous_read_limits() -> ReadLimits {
+    let limit = RateLimit::new(1e6, std::num::NonZeroU32::new(1_000_000).expect("not zero"));
+    ReadLimits {
+        per_app: limit,
+        per_token: limit,
     }
 }
 

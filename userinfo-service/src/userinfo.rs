@@ -8,9 +8,11 @@ use async_trait::async_trait;
 use miniprogram_token::{Scope, Timestamp, TokenClaims, TokenKind, VerifyingKey};
 use tokio::sync::Mutex;
 
+use crate::disclosures::DisclosureLedger;
 use crate::error::UserInfoError;
-use crate::model::PublicProfile;
+use crate::model::{DisclosedFields, PublicProfile};
 use crate::profile_cache::PublicProfileCache;
+use crate::read_limits::{ReadLimiter, ReadMethod};
 use crate::store::ProfileStore;
 use crate::verifier::{TokenCheckError, TokenVerifier};
 
@@ -36,9 +38,17 @@ pub trait AppCredentialCheck: Send + Sync + 'static {
     ) -> Result<bool, UserInfoError>;
 }
 
+/// What each read passes besides its token check: the scraping limits before the data is
+/// read, the disclosure ledger once it is answered.
+pub struct ReadOversight {
+    pub limits: Arc<ReadLimiter>,
+    pub ledger: Arc<DisclosureLedger>,
+}
+
 /// Serves the two reads, checking tokens against the local verifier.
 pub struct UserInfoReader {
     store: Arc<dyn ProfileStore>,
+    oversight: ReadOversight,
     profiles: Arc<PublicProfileCache>,
     verifier: Arc<TokenVerifier>,
     keys: Arc<dyn KeySource>,
@@ -70,9 +80,11 @@ impl UserInfoReader {
         keys: Arc<dyn KeySource>,
         credentials: Arc<dyn AppCredentialCheck>,
         refetch_interval: Duration,
+        oversight: ReadOversight,
     ) -> Self {
         UserInfoReader {
             store,
+            oversight,
             profiles,
             verifier,
             keys,
@@ -100,16 +112,31 @@ impl UserInfoReader {
         if !claims.scopes.contains(Scope::UserInfo) {
             return Err(UserInfoError::InvalidAuthRelations);
         }
-        if let Some(cached) = self.profiles.get(&claims.user_id, now) {
+        let limits = &self.oversight.limits;
+        limits.check(ReadMethod::OpenUserInfo, &claims.app_id, &claims.token_id)?;
+        let profile = self.public_profile(&claims.user_id, now).await?;
+        let fields = DisclosedFields::PublicProfile;
+        let ledger = &self.oversight.ledger;
+        ledger.record(&claims.user_id, &claims.app_id, fields, now);
+        Ok(profile)
+    }
+
+    /// The public profile, from the cache or else the store (then cached).
+    async fn public_profile(
+        &self,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<PublicProfile, UserInfoError> {
+        if let Some(cached) = self.profiles.get(user_id, now) {
             return Ok(cached);
         }
         // Taken before the read: if a write or delete forgets this user meanwhile, the row
         // read may be the old one and is not cached.
-        let generation = self.profiles.generation(&claims.user_id);
-        let profile = self.store.get_public(&claims.user_id).await?;
+        let generation = self.profiles.generation(user_id);
+        let profile = self.store.get_public(user_id).await?;
         let profile = profile.ok_or(UserInfoError::ProfileNotFound)?;
         self.profiles
-            .put_if_unchanged(&claims.user_id, profile.clone(), generation, now);
+            .put_if_unchanged(user_id, profile.clone(), generation, now);
         Ok(profile)
     }
 
@@ -152,8 +179,14 @@ impl UserInfoReader {
         {
             return Err(UserInfoError::InvalidAuthRelations);
         }
+        let limits = &self.oversight.limits;
+        limits.check(ReadMethod::PhoneNumber, &claims.app_id, &claims.token_id)?;
         let phone_number = self.store.phone_number(&claims.user_id).await?;
-        phone_number.ok_or(UserInfoError::ProfileNotFound)
+        let phone_number = phone_number.ok_or(UserInfoError::ProfileNotFound)?;
+        let fields = DisclosedFields::PhoneNumber;
+        let ledger = &self.oversight.ledger;
+        ledger.record(&claims.user_id, &claims.app_id, fields, now);
+        Ok(phone_number)
     }
 
     /// Checks a token locally; on an unknown key id, refetches keys (rate limited) and checks

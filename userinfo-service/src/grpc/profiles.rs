@@ -1,4 +1,4 @@
-//! ProfileService: the wallet's user records, validated on write.
+//! ProfileService: the wallet's user records, validated on write, and their disclosure ledger.
 
 use miniprogram_proto::userinfo::v1 as pb;
 use miniprogram_token::Timestamp;
@@ -6,12 +6,25 @@ use pb::profile_service_server::ProfileService;
 use tonic::{Request, Response, Status};
 
 use crate::error::UserInfoError;
-use crate::model::{Profile, PublicProfile};
+use crate::model::{DisclosedFields, Disclosure, Profile, PublicProfile};
 use crate::profiles::ProfileRegistry;
 
 /// Serves ProfileService over the registry.
 pub struct ProfileGrpc {
     pub profiles: ProfileRegistry,
+}
+
+fn disclosure_to_proto(d: Disclosure) -> pb::Disclosure {
+    let data = match d.fields {
+        DisclosedFields::PublicProfile => pb::DisclosedData::PublicProfile,
+        DisclosedFields::PhoneNumber => pb::DisclosedData::PhoneNumber,
+    };
+    pb::Disclosure {
+        app_id: d.app_id,
+        data: data as i32,
+        day: d.day.date(),
+        count: d.count,
+    }
 }
 
 fn to_proto(p: Profile) -> pb::Profile {
@@ -78,5 +91,25 @@ impl ProfileService for ProfileGrpc {
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
         self.profiles.delete(&request.into_inner().user_id).await?;
         Ok(Response::new(pb::DeleteProfileResponse {}))
+    }
+
+    async fn list_disclosures(
+        &self,
+        request: Request<pb::ListDisclosuresRequest>,
+    ) -> Result<Response<pb::ListDisclosuresResponse>, Status> {
+        let req = request.into_inner();
+        let page_size =
+            u32::try_from(req.page_size).map_err(|_| UserInfoError::InvalidArgument {
+                field: "page_size",
+                problem: "must not be negative",
+            })?;
+        let (rows, next_page_token) = self
+            .profiles
+            .disclosures(&req.user_id, &req.app_id, page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(pb::ListDisclosuresResponse {
+            disclosures: rows.into_iter().map(disclosure_to_proto).collect(),
+            next_page_token,
+        }))
     }
 }

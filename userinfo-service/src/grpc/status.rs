@@ -18,7 +18,9 @@ pub fn reason(e: &UserInfoError) -> ErrorReason {
         UserInfoError::InvalidProfileField(_) => ErrorReason::InvalidProfileField,
         UserInfoError::InvalidArgument { .. } => ErrorReason::InvalidArgument,
         UserInfoError::InvalidAuthClient => ErrorReason::InvalidAuthClient,
-        UserInfoError::RequestTrafficExceedLimit => ErrorReason::RequestTrafficExceedLimit,
+        UserInfoError::RequestTrafficExceedLimit | UserInfoError::ReadLimitExceeded => {
+            ErrorReason::RequestTrafficExceedLimit
+        }
         UserInfoError::UnauthenticatedCaller => ErrorReason::UnauthenticatedCaller,
         UserInfoError::CallerNotPermitted => ErrorReason::CallerNotPermitted,
         UserInfoError::AuthServiceUnavailable(_)
@@ -88,6 +90,7 @@ mod tests {
             },
             UserInfoError::InvalidAuthClient,
             UserInfoError::RequestTrafficExceedLimit,
+            UserInfoError::ReadLimitExceeded,
             UserInfoError::UnauthenticatedCaller,
             UserInfoError::CallerNotPermitted,
             UserInfoError::AuthServiceUnavailable("down".into()),

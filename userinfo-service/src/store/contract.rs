@@ -1,9 +1,9 @@
-//! The contract the services call.
+//! The contract the services call: one trait per entity, and the store that holds them all.
 
 use async_trait::async_trait;
 use sql_backend::StoreResult;
 
-use crate::model::{Profile, PublicProfile};
+use crate::model::{Disclosure, DisclosurePosition, Profile, PublicProfile, UtcDay};
 
 /// The wallet's user records.
 #[async_trait]
@@ -15,7 +15,34 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// selected on this path.
     async fn get_public(&self, user_id: &str) -> StoreResult<Option<PublicProfile>>;
     async fn phone_number(&self, user_id: &str) -> StoreResult<Option<String>>;
-    /// `false` when there was no such profile.
+    /// Erases the profile and the user's disclosure rows, then scrubs the freed bytes from the
+    /// database files ([`sql_backend::Pools::scrub`]), also when there was nothing to delete,
+    /// so a call repeated after a failed scrub finishes the job. `false` when there was no
+    /// such profile.
     async fn delete(&self, user_id: &str) -> StoreResult<bool>;
+}
+
+/// The disclosure ledger: reads of a user's data, counted per app, kind and UTC day.
+#[async_trait]
+pub trait DisclosureStore: Send + Sync + 'static {
+    /// Adds each row's count to the stored row with its key, creating it if missing, all in
+    /// one transaction. Rows of users with no profile (erased meanwhile) are skipped.
+    async fn add_disclosures(&self, rows: &[Disclosure]) -> StoreResult<()>;
+    /// Up to `limit` of the user's rows after `after` in the ledger's order (newest day first,
+    /// then app id and kind, all descending); only `app_id`'s when given.
+    async fn list_disclosures(
+        &self,
+        user_id: &str,
+        app_id: Option<&str>,
+        after: Option<&DisclosurePosition>,
+        limit: u32,
+    ) -> StoreResult<Vec<Disclosure>>;
+    /// Deletes the rows of days before `day`; how many.
+    async fn sweep_disclosures(&self, before: UtcDay) -> StoreResult<u64>;
+}
+
+/// userinfo-service's database: every entity's store.
+#[async_trait]
+pub trait UserInfoStore: ProfileStore + DisclosureStore {
     async fn close(&self);
 }

@@ -1,5 +1,5 @@
-//! Persistence for userinfo-service: the profile store, its one SQL implementation for SQLite
-//! and PostgreSQL, and the conformance suite it passes on both.
+//! Persistence for userinfo-service: the profile and disclosure stores, their one SQL
+//! implementation for SQLite and PostgreSQL, and the conformance suite it passes on both.
 
 use std::sync::Arc;
 
@@ -10,8 +10,8 @@ mod conformance;
 mod contract;
 mod sql;
 
-pub use contract::ProfileStore;
-pub use sql::SqlProfileStore;
+pub use contract::{DisclosureStore, ProfileStore, UserInfoStore};
+pub use sql::SqlUserInfoStore;
 pub use sql_backend::{StoreError, StoreResult};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/userinfo/sqlite");
@@ -19,11 +19,13 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
     sqlx::migrate!("../migrations/userinfo/postgres");
 
 /// Opens the database the URL names (`sqlite:` or `postgres://`) and applies its migrations.
-pub async fn open(url: &str) -> StoreResult<Arc<dyn ProfileStore>> {
+pub async fn open(url: &str) -> StoreResult<Arc<dyn UserInfoStore>> {
     Ok(match Engine::of(url)? {
-        Engine::Sqlite => Arc::new(SqlProfileStore::<Sqlite>::open(url, &SQLITE_MIGRATIONS).await?),
+        Engine::Sqlite => {
+            Arc::new(SqlUserInfoStore::<Sqlite>::open(url, &SQLITE_MIGRATIONS).await?)
+        }
         Engine::Postgres => {
-            Arc::new(SqlProfileStore::<Postgres>::open(url, &POSTGRES_MIGRATIONS).await?)
+            Arc::new(SqlUserInfoStore::<Postgres>::open(url, &POSTGRES_MIGRATIONS).await?)
         }
     })
 }

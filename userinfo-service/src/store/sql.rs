@@ -1,31 +1,37 @@
-//! Profiles in SQL, written once for SQLite and PostgreSQL over [`sql_backend::Backend`].
+//! userinfo-service's tables in SQL, written once for SQLite and PostgreSQL over
+//! [`sql_backend::Backend`].
 
 use async_trait::async_trait;
 use sql_backend::Access::Read;
 use sql_backend::{Backend, Columns, Pools, StoreResult, args};
 use sqlx::migrate::Migrator;
 
-use super::contract::ProfileStore;
-use crate::model::{Profile, PublicProfile};
+use super::contract::{DisclosureStore, ProfileStore, UserInfoStore};
+use crate::model::{
+    DisclosedFields, Disclosure, DisclosurePosition, Profile, PublicProfile, UtcDay,
+};
 
 /// SQLite read-only connections beside the writer: the public read is the hot path.
 const READERS: u32 = 8;
 
+/// The tables holding a user's personal data, scrubbed after an erasure.
+const PERSONAL_TABLES: [&str; 2] = ["profiles", "disclosures"];
+
 /// userinfo-service's tables in one database of engine `B`.
-pub struct SqlProfileStore<B: Backend> {
+pub struct SqlUserInfoStore<B: Backend> {
     pools: Pools<B>,
 }
 
-impl<B: Backend> SqlProfileStore<B> {
+impl<B: Backend> SqlUserInfoStore<B> {
     /// Opens `url` and applies `migrations` (those of engine `B`).
     pub async fn open(url: &str, migrations: &'static Migrator) -> StoreResult<Self> {
         let pools = B::open(url, migrations, READERS).await?;
-        Ok(SqlProfileStore { pools })
+        Ok(SqlUserInfoStore { pools })
     }
 }
 
 #[async_trait]
-impl<B: Backend> ProfileStore for SqlProfileStore<B> {
+impl<B: Backend> ProfileStore for SqlUserInfoStore<B> {
     async fn upsert(&self, p: &Profile) -> StoreResult<()> {
         let sql = "INSERT INTO profiles (user_id, real_name, phone_number, avatar, nick_name,
                gender, country_code, province, city, updated_at)
@@ -66,10 +72,69 @@ impl<B: Backend> ProfileStore for SqlProfileStore<B> {
     }
 
     async fn delete(&self, user_id: &str) -> StoreResult<bool> {
+        // The user's disclosure rows go with the profile (ON DELETE CASCADE).
         let sql = "DELETE FROM profiles WHERE user_id = $1";
-        Ok(self.pools.session().execute(sql, args![user_id]).await? > 0)
+        let deleted = self.pools.session().execute(sql, args![user_id]).await? > 0;
+        self.pools.scrub(&PERSONAL_TABLES).await?;
+        Ok(deleted)
+    }
+}
+
+#[async_trait]
+impl<B: Backend> DisclosureStore for SqlUserInfoStore<B> {
+    async fn add_disclosures(&self, rows: &[Disclosure]) -> StoreResult<()> {
+        // `WHERE EXISTS` leaves out users erased since their reads; on PostgreSQL an erasure
+        // racing this insert fails it on the foreign key instead, and the batch is retried.
+        let sql = "INSERT INTO disclosures (user_id, day, app_id, fields, count)
+             SELECT $1, $2, $3, $4, $5
+             WHERE EXISTS (SELECT 1 FROM profiles WHERE user_id = $1)
+             ON CONFLICT (user_id, day, app_id, fields)
+             DO UPDATE SET count = disclosures.count + excluded.count";
+        let mut tx = self.pools.begin().await?;
+        for row in rows {
+            let count = i64::try_from(row.count).unwrap_or(i64::MAX);
+            let args = args![
+                &row.user_id,
+                row.day.0,
+                &row.app_id,
+                row.fields.code(),
+                count
+            ];
+            tx.execute(sql, args).await?;
+        }
+        tx.commit().await
     }
 
+    async fn list_disclosures(
+        &self,
+        user_id: &str,
+        app_id: Option<&str>,
+        after: Option<&DisclosurePosition>,
+        limit: u32,
+    ) -> StoreResult<Vec<Disclosure>> {
+        // Row values order the key as the primary key does, so the page is an index range.
+        let sql = "SELECT user_id, day, app_id, fields, count FROM disclosures
+             WHERE user_id = $1 AND ($2 = '' OR app_id = $2)
+               AND (day, app_id, fields) < ($3, $4, $5)
+             ORDER BY day DESC, app_id DESC, fields DESC
+             LIMIT $6";
+        let (day, after_app, fields) = match after {
+            Some(p) => (p.day.0, p.app_id.as_str(), p.fields.code()),
+            None => (i64::MAX, "", 0),
+        };
+        let args = args![user_id, app_id.unwrap_or(""), day, after_app, fields, limit];
+        let mut session = self.pools.session();
+        session.all(Read, sql, args, disclosure).await
+    }
+
+    async fn sweep_disclosures(&self, before: UtcDay) -> StoreResult<u64> {
+        let sql = "DELETE FROM disclosures WHERE day < $1";
+        self.pools.session().execute(sql, args![before.0]).await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> UserInfoStore for SqlUserInfoStore<B> {
     async fn close(&self) {
         self.pools.close().await;
     }
@@ -88,5 +153,20 @@ fn profile(row: &impl Columns) -> Result<Profile, sqlx::Error> {
         phone_number: row.text("phone_number")?,
         public: public_profile(row)?,
         updated_at: row.time("updated_at")?,
+    })
+}
+
+fn disclosure(row: &impl Columns) -> Result<Disclosure, sqlx::Error> {
+    let code = row.int("fields")?;
+    let fields = DisclosedFields::from_code(code).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: "fields".into(),
+        source: format!("unknown disclosed-fields code {code}").into(),
+    })?;
+    Ok(Disclosure {
+        user_id: row.text("user_id")?,
+        app_id: row.text("app_id")?,
+        fields,
+        day: UtcDay(row.int("day")?),
+        count: row.uint("count")?,
     })
 }

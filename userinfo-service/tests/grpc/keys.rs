@@ -9,11 +9,14 @@ use async_trait::async_trait;
 use miniprogram_proto::auth::v1::Scope::UserInfo;
 use miniprogram_token::{KeyRing, Scope, SigningKey, Timestamp, TokenClaims, TokenKind};
 use tokio::sync::watch;
+use userinfo_service::disclosures::DisclosureLedger;
 use userinfo_service::error::UserInfoError;
 use userinfo_service::grpc::auth_client::AuthServiceLink;
 use userinfo_service::model::{Profile, PublicProfile};
 use userinfo_service::profile_cache::PublicProfileCache;
-use userinfo_service::userinfo::{KeySource, UserInfoReader};
+use userinfo_service::read_limits::ReadLimiter;
+use userinfo_service::testing::generous_read_limits;
+use userinfo_service::userinfo::{KeySource, ReadOversight, UserInfoReader};
 use userinfo_service::verifier::{TokenCheckError, TokenVerifier};
 
 use super::{ALL_FEATURES, TestAuthServer, consent_token, open_user_info, upsert_profile};
@@ -141,12 +144,16 @@ async fn reader_for(auth: &TestAuthServer) -> ReaderUnderTest {
         release: released,
     });
     let reader = Arc::new(UserInfoReader::new(
-        store,
+        store.clone(),
         Arc::new(PublicProfileCache::new(Duration::ZERO)),
         verifier.clone(),
         keys.clone(),
         Arc::new(link),
         Duration::from_secs(60),
+        ReadOversight {
+            limits: Arc::new(ReadLimiter::new(generous_read_limits())),
+            ledger: Arc::new(DisclosureLedger::new(store, 1000)),
+        },
     ));
     ReaderUnderTest {
         reader,

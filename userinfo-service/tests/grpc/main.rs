@@ -2,10 +2,13 @@
 //! real auth-service, or (where auth-service can't be made to misbehave) a scripted
 //! KeyService that is itself a real gRPC server.
 
+mod disclosures;
+mod erasure;
 mod files;
 mod keys;
 mod limits;
 mod phone;
+mod read_limits;
 mod readiness;
 mod revocation_stream;
 
