@@ -152,6 +152,8 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
         auth_url: format!("http://{auth_addr}"),
         admin_token: auth_config.callers.admin.clone(),
         verifier_token: auth_config.callers.verifier.clone(),
+        wallet_token: Some(auth_config.callers.wallet.clone()),
+        erasure_retry_interval: std::time::Duration::from_secs(5),
         revocation_stale_after: cli.revocation_stale_after,
         key_refetch_interval: cli.key_refetch_interval,
         drain_timeout: auth_config.drain_timeout,

@@ -15,6 +15,7 @@ pub const ENV_DATABASE_URL: &str = "USERINFO_DATABASE_URL";
 pub const ENV_AUTH_URL: &str = "AUTH_URL";
 pub const ENV_ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const ENV_VERIFIER_TOKEN: &str = "VERIFIER_TOKEN";
+pub const ENV_WALLET_TOKEN: &str = "WALLET_TOKEN";
 pub const ENV_TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
 pub const ENV_AUTH_ALLOW_PLAINTEXT: &str = "AUTH_ALLOW_PLAINTEXT";
 
@@ -150,6 +151,14 @@ pub struct UserInfoArgs {
     /// The verifier credential this service presents to auth-service's KeyService.
     #[arg(long, env = ENV_VERIFIER_TOKEN, hide_env_values = true)]
     pub verifier_token: Option<String>,
+    /// The wallet credential this service presents to auth-service's AuthorizationService to
+    /// export a user's authorizations and to end them when the user is erased. Without it,
+    /// ExportUserData is unavailable and erasures stay pending at auth-service.
+    #[arg(long, env = ENV_WALLET_TOKEN, hide_env_values = true)]
+    pub wallet_token: Option<String>,
+    /// How often erasures not yet confirmed by auth-service are retried.
+    #[arg(long, env = "ERASURE_RETRY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub erasure_retry_interval: Duration,
     /// Refuse tokens (REVOCATION_STATE_STALE), and report health NOT_SERVING, once the
     /// revocation stream has not been caught up (no heartbeat) for this long.
     #[arg(long, env = "REVOCATION_STALE_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -205,6 +214,9 @@ pub struct UserInfoConfig {
     pub auth_url: String,
     pub admin_token: String,
     pub verifier_token: String,
+    /// Presented to auth-service for exports and erasures; optional.
+    pub wallet_token: Option<String>,
+    pub erasure_retry_interval: Duration,
     pub revocation_stale_after: Duration,
     pub key_refetch_interval: Duration,
     pub drain_timeout: Duration,
@@ -266,11 +278,16 @@ impl UserInfoArgs {
             }
             (_, false) => None,
         };
-        if self.revocation_stale_after.is_zero() {
-            return Err(ConfigError::Invalid {
-                variable: "REVOCATION_STALE_AFTER",
-                problem: "must be longer than zero".into(),
-            });
+        for (variable, interval) in [
+            ("REVOCATION_STALE_AFTER", self.revocation_stale_after),
+            ("ERASURE_RETRY_INTERVAL", self.erasure_retry_interval),
+        ] {
+            if interval.is_zero() {
+                return Err(ConfigError::Invalid {
+                    variable,
+                    problem: "must be longer than zero".into(),
+                });
+            }
         }
         Ok(UserInfoConfig {
             addr: self.addr,
@@ -278,6 +295,8 @@ impl UserInfoArgs {
             auth_url: self.auth_url,
             admin_token,
             verifier_token,
+            wallet_token: self.wallet_token.filter(|v| !v.is_empty()),
+            erasure_retry_interval: self.erasure_retry_interval,
             revocation_stale_after: self.revocation_stale_after,
             key_refetch_interval: self.key_refetch_interval,
             drain_timeout: self.drain_timeout,

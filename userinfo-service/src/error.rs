@@ -35,6 +35,8 @@ pub enum UserInfoError {
     CallerNotPermitted,
     #[error("auth-service is unreachable: {0}")]
     AuthServiceUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
 }

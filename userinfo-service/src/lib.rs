@@ -13,6 +13,7 @@ pub mod profiles;
 pub mod read_limits;
 pub mod readiness;
 pub mod store;
+pub mod user_data;
 pub mod userinfo;
 pub mod verifier;
 
@@ -41,6 +42,7 @@ use crate::profiles::ProfileRegistry;
 use crate::read_limits::ReadLimiter;
 use crate::readiness::HealthGate;
 use crate::store::StoreError;
+use crate::user_data::UserData;
 use crate::userinfo::{ReadOversight, UserInfoReader};
 use crate::verifier::TokenVerifier;
 
@@ -108,11 +110,17 @@ pub async fn serve_with_listener(
 
     let store = store::open(&config.database_url).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
-    let link = AuthServiceLink::new(
+    let mut link = AuthServiceLink::new(
         &config.auth_url,
         &config.verifier_token,
         config.auth_tls_ca_pem.as_deref(),
     )?;
+    match &config.wallet_token {
+        Some(token) => link = link.with_wallet_token(token)?,
+        None => tracing::warn!(
+            "WALLET_TOKEN is not set: ExportUserData is unavailable and erasures stay pending at auth-service"
+        ),
+    }
     let verifier = Arc::new(TokenVerifier::new(config.revocation_stale_after));
     let cache = Arc::new(PublicProfileCache::new(config.profile_cache_ttl));
     let disclosures = config.disclosures;
@@ -149,10 +157,12 @@ pub async fn serve_with_listener(
     background.spawn(report_revocation_state(verifier.clone(), clock.clone()));
     background.spawn(limits.run_pruning());
     background.spawn(ledger.clone().run_flushing(disclosures.flush_interval));
-    background.spawn(ledger.clone().run_sweeping(disclosures.retention, clock));
+    background.spawn(ledger.clone().run_sweeping(disclosures.retention, clock.clone()));
 
     let profiles = ProfileRegistry::new(store.clone(), cache, ledger.clone());
-    let router = router(&config, reader, profiles, health_service)?;
+    let user_data = UserData::new(store.clone(), profiles.clone(), Arc::new(link), clock);
+    background.spawn(user_data::run(user_data.clone(), config.erasure_retry_interval));
+    let router = router(&config, reader, profiles, user_data, health_service)?;
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, auth_url = %config.auth_url, "userinfo-service listening");
@@ -186,6 +196,7 @@ fn router(
     config: &UserInfoConfig,
     reader: Arc<UserInfoReader>,
     profiles: ProfileRegistry,
+    user_data: UserData,
     health_service: HealthServer<impl Health>,
 ) -> Result<Router<ServerLayers>, ServeError> {
     let admin = Arc::new(TokenDigest::of(&config.admin_token));
@@ -206,7 +217,10 @@ fn router(
             .max_decoding_message_size(max),
         )
         .add_service(InterceptedService::new(
-            ProfileServiceServer::new(grpc::profiles::ProfileGrpc { profiles })
+            ProfileServiceServer::new(grpc::profiles::ProfileGrpc {
+                profiles,
+                user_data,
+            })
                 .max_decoding_message_size(max),
             admin_check(admin, verifier_token),
         )))
@@ -238,6 +252,7 @@ mod tests {
         let services: &[&str] = &[
             "error",
             "disclosures",
+            "user_data",
             "read_limits",
             "profiles",
             "profile_cache",

@@ -213,7 +213,7 @@ impl ProfileRegistry {
 }
 
 /// A user id given for a lookup: its violation, if any, as a request argument error.
-fn checked_user_id(user_id: &str) -> Result<(), UserInfoError> {
+pub(crate) fn checked_user_id(user_id: &str) -> Result<(), UserInfoError> {
     match check_user_id(user_id) {
         None => Ok(()),
         Some(v) => Err(UserInfoError::InvalidArgument {

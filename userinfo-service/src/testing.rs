@@ -34,6 +34,8 @@ pub fn test_config(
         auth_url: format!("http://{auth_addr}"),
         admin_token: admin_token.to_owned(),
         verifier_token: verifier_token.to_owned(),
+        wallet_token: None,
+        erasure_retry_interval: Duration::from_millis(200),
         revocation_stale_after: Duration::from_secs(10),
         key_refetch_interval: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),

@@ -35,11 +35,15 @@ impl Platform {
         userinfo: impl FnOnce(&mut userinfo_service::config::UserInfoConfig),
     ) -> Self {
         let auth = TestAuthServer::start_with(auth).await;
+        let wallet = auth.config.callers.wallet.clone();
         let userinfo = TestUserInfoServer::start_with(
             auth.addr,
             &auth.config.callers.admin,
             &auth.config.callers.verifier,
-            userinfo,
+            |c| {
+                c.wallet_token = Some(wallet);
+                userinfo(c);
+            },
         )
         .await;
         Platform { auth, userinfo }

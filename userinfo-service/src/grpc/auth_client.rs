@@ -11,6 +11,7 @@ use miniprogram_proto::auth::v1 as pb;
 use miniprogram_proto::caller_credentials::{FORWARDED_PEER, VERIFIER_AUTHORIZATION};
 use miniprogram_proto::wire_time::from_proto as timestamp;
 use miniprogram_token::{RevocationRule, ScopeSet, Timestamp, VerifyingKey};
+use pb::authorization_service_client::AuthorizationServiceClient;
 use pb::key_service_client::KeyServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -18,6 +19,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 use crate::error::UserInfoError;
+use crate::user_data::{
+    AuthorizationExport, AuthorizationRecords, ExportedAppUserId, ExportedAuthorization,
+    ExportedConsentRecord, ExportedPurpose, rfc3339,
+};
 use crate::userinfo::{AppCredentialCheck, KeySource};
 use crate::verifier::TokenVerifier;
 
@@ -31,6 +36,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection counts as dead.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest export auth-service may send (10,000 consent records fit well within it).
+const EXPORT_MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
 /// Reconnect delays for the revocation stream: doubling from the first to the last.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const LONGEST_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -40,6 +47,8 @@ const LONGEST_RETRY_DELAY: Duration = Duration::from_millis(500);
 pub struct AuthServiceLink {
     channel: Channel,
     verifier_auth: MetadataValue<Ascii>,
+    /// The wallet credential, for a user's export and erasure (AuthorizationService).
+    wallet_auth: Option<MetadataValue<Ascii>>,
 }
 
 /// Why the link could not be set up.
@@ -49,6 +58,8 @@ pub enum LinkError {
     Url(String),
     #[error("VERIFIER_TOKEN is not valid header text")]
     Token,
+    #[error("WALLET_TOKEN is not valid header text")]
+    WalletToken,
 }
 
 impl AuthServiceLink {
@@ -85,7 +96,27 @@ impl AuthServiceLink {
             verifier_auth: format!("Bearer {verifier_token}")
                 .parse()
                 .map_err(|_| LinkError::Token)?,
+            wallet_auth: None,
         })
+    }
+
+    /// Presents `wallet_token` to AuthorizationService for exports and erasures.
+    pub fn with_wallet_token(mut self, wallet_token: &str) -> Result<Self, LinkError> {
+        let value = format!("Bearer {wallet_token}");
+        self.wallet_auth = Some(value.parse().map_err(|_| LinkError::WalletToken)?);
+        Ok(self)
+    }
+
+    /// A request with the wallet credential as its `authorization`; without one configured,
+    /// auth-service's half of a user's data cannot be reached.
+    fn authed_as_wallet<T>(&self, message: T) -> Result<Request<T>, UserInfoError> {
+        let credential = self.wallet_auth.clone().ok_or_else(|| {
+            UserInfoError::AuthServiceUnavailable("WALLET_TOKEN is not configured".into())
+        })?;
+        let mut request = Request::new(message);
+        request.set_timeout(CALL_TIMEOUT);
+        request.metadata_mut().insert("authorization", credential);
+        Ok(request)
     }
 
     /// A request carrying the verifier credential beside the caller's own `authorization`,
@@ -276,6 +307,109 @@ impl AppCredentialCheck for AuthServiceLink {
                 _ => unavailable(&status),
             }),
         }
+    }
+}
+
+fn scope_names(scopes: &[i32]) -> Vec<String> {
+    scopes
+        .iter()
+        .filter_map(|s| match pb::Scope::try_from(*s) {
+            Ok(pb::Scope::UserInfo) => Some("userInfo"),
+            Ok(pb::Scope::AuthBase) => Some("auth_base"),
+            Ok(pb::Scope::PhoneNumber) => Some("phoneNumber"),
+            _ => None,
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn time_text(t: Option<prost_types::Timestamp>) -> String {
+    timestamp(t).map(rfc3339).unwrap_or_default()
+}
+
+fn record_from_proto(r: pb::ConsentRecord) -> ExportedConsentRecord {
+    let event = match r.event() {
+        pb::ConsentEvent::Prompted => "prompted",
+        pb::ConsentEvent::Granted => "granted",
+        pb::ConsentEvent::Denied => "denied",
+        pb::ConsentEvent::Withdrawn => "withdrawn",
+        pb::ConsentEvent::VoidedByFeatureChange => "voided_by_feature_change",
+        pb::ConsentEvent::VoidedByErasure => "voided_by_erasure",
+        pb::ConsentEvent::Unspecified => "unspecified",
+    };
+    let trigger = match r.trigger() {
+        pb::Trigger::UserTap => Some("user_tap".to_owned()),
+        pb::Trigger::AppLaunch => Some("app_launch".to_owned()),
+        pb::Trigger::Unspecified => None,
+    };
+    ExportedConsentRecord {
+        record_id: r.record_id,
+        app_id: r.app_id,
+        event: event.to_owned(),
+        scopes: scope_names(&r.scopes),
+        trigger,
+        purposes: r
+            .purposes
+            .into_iter()
+            .map(|p| ExportedPurpose {
+                scope: scope_names(&[p.scope]).concat(),
+                purpose: p.purpose,
+            })
+            .collect(),
+        declaration_version: r.declaration_version,
+        recorded_at: time_text(r.record_time),
+    }
+}
+
+#[async_trait]
+impl AuthorizationRecords for AuthServiceLink {
+    async fn export(&self, user_id: &str) -> Result<AuthorizationExport, UserInfoError> {
+        let request = self.authed_as_wallet(pb::ExportUserAuthorizationsRequest {
+            user_id: user_id.to_owned(),
+        })?;
+        let mut client = AuthorizationServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(EXPORT_MESSAGE_LIMIT);
+        let export = within_call_timeout(client.export_user_authorizations(request))
+            .await
+            .map_err(|s| unavailable(&s))?
+            .into_inner();
+        Ok(AuthorizationExport {
+            authorizations: export
+                .authorizations
+                .into_iter()
+                .map(|a| ExportedAuthorization {
+                    app_id: a.app_id,
+                    app_display_name: a.app_display_name,
+                    scopes: scope_names(&a.scopes),
+                    granted_at: time_text(a.grant_time),
+                })
+                .collect(),
+            consent_records: export
+                .consent_records
+                .into_iter()
+                .map(record_from_proto)
+                .collect(),
+            app_scoped_user_ids: export
+                .app_scoped_user_ids
+                .into_iter()
+                .map(|i| ExportedAppUserId {
+                    app_id: i.app_id,
+                    user_id: i.user_id,
+                    disclosed: i.disclosed,
+                })
+                .collect(),
+        })
+    }
+
+    async fn erase(&self, user_id: &str) -> Result<(), UserInfoError> {
+        let request = self.authed_as_wallet(pb::EraseUserAuthorizationsRequest {
+            user_id: user_id.to_owned(),
+        })?;
+        let mut client = AuthorizationServiceClient::new(self.channel.clone());
+        within_call_timeout(client.erase_user_authorizations(request))
+            .await
+            .map_err(|s| unavailable(&s))?;
+        Ok(())
     }
 }
 

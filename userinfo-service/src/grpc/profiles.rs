@@ -8,10 +8,12 @@ use tonic::{Request, Response, Status};
 use crate::error::UserInfoError;
 use crate::model::{DisclosedFields, Disclosure, Profile, PublicProfile};
 use crate::profiles::ProfileRegistry;
+use crate::user_data::UserData;
 
-/// Serves ProfileService over the registry.
+/// Serves ProfileService over the registry, and a user's data across both services.
 pub struct ProfileGrpc {
     pub profiles: ProfileRegistry,
+    pub user_data: UserData,
 }
 
 fn disclosure_to_proto(d: Disclosure) -> pb::Disclosure {
@@ -89,8 +91,25 @@ impl ProfileService for ProfileGrpc {
         &self,
         request: Request<pb::DeleteProfileRequest>,
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
-        self.profiles.delete(&request.into_inner().user_id).await?;
-        Ok(Response::new(pb::DeleteProfileResponse {}))
+        let erasure = self.user_data.erase(&request.into_inner().user_id).await?;
+        tracing::info!(
+            authorizations_pending = erasure.authorizations_pending,
+            "user erased"
+        );
+        if !erasure.profile_existed {
+            return Err(UserInfoError::ProfileNotFound.into());
+        }
+        Ok(Response::new(pb::DeleteProfileResponse {
+            authorizations_erasure_pending: erasure.authorizations_pending,
+        }))
+    }
+
+    async fn export_user_data(
+        &self,
+        request: Request<pb::ExportUserDataRequest>,
+    ) -> Result<Response<pb::ExportUserDataResponse>, Status> {
+        let document = self.user_data.export(&request.into_inner().user_id).await?;
+        Ok(Response::new(pb::ExportUserDataResponse { document }))
     }
 
     async fn list_disclosures(

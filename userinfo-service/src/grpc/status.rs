@@ -25,6 +25,7 @@ pub fn reason(e: &UserInfoError) -> ErrorReason {
         UserInfoError::CallerNotPermitted => ErrorReason::CallerNotPermitted,
         UserInfoError::AuthServiceUnavailable(_)
         | UserInfoError::Store(StoreError::Unavailable(_)) => ErrorReason::ServiceUnavailable,
+        UserInfoError::Internal(_) => ErrorReason::Internal,
         UserInfoError::Store(
             StoreError::AlreadyExists | StoreError::UnsupportedUrl | StoreError::Internal(_),
         ) => ErrorReason::Internal,
@@ -94,6 +95,7 @@ mod tests {
             UserInfoError::UnauthenticatedCaller,
             UserInfoError::CallerNotPermitted,
             UserInfoError::AuthServiceUnavailable("down".into()),
+            UserInfoError::Internal("broken"),
             UserInfoError::Store(StoreError::Internal(Arc::new(sqlx::Error::PoolClosed))),
         ];
         for e in all {

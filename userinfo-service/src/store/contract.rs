@@ -1,6 +1,7 @@
 //! The contract the services call: one trait per entity, and the store that holds them all.
 
 use async_trait::async_trait;
+use miniprogram_token::Timestamp;
 use sql_backend::StoreResult;
 
 use crate::model::{Disclosure, DisclosurePosition, Profile, PublicProfile, UtcDay};
@@ -41,8 +42,19 @@ pub trait DisclosureStore: Send + Sync + 'static {
     async fn sweep_disclosures(&self, before: UtcDay) -> StoreResult<u64>;
 }
 
+/// Erasures whose auth-service half is not confirmed yet: user ids only.
+#[async_trait]
+pub trait ErasureStore: Send + Sync + 'static {
+    /// Records that the user's erasure must still reach auth-service (once per user).
+    async fn mark_erasure_pending(&self, user_id: &str, now: Timestamp) -> StoreResult<()>;
+    /// Up to `limit` users whose erasure is pending, oldest first.
+    async fn pending_erasures(&self, limit: u32) -> StoreResult<Vec<String>>;
+    /// The erasure reached auth-service.
+    async fn clear_pending_erasure(&self, user_id: &str) -> StoreResult<()>;
+}
+
 /// userinfo-service's database: every entity's store.
 #[async_trait]
-pub trait UserInfoStore: ProfileStore + DisclosureStore {
+pub trait UserInfoStore: ProfileStore + DisclosureStore + ErasureStore {
     async fn close(&self);
 }

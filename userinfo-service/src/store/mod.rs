@@ -10,7 +10,7 @@ mod conformance;
 mod contract;
 mod sql;
 
-pub use contract::{DisclosureStore, ProfileStore, UserInfoStore};
+pub use contract::{DisclosureStore, ErasureStore, ProfileStore, UserInfoStore};
 pub use sql::SqlUserInfoStore;
 pub use sql_backend::{StoreError, StoreResult};
 

@@ -6,7 +6,9 @@ use sql_backend::Access::Read;
 use sql_backend::{Backend, Columns, Pools, StoreResult, args};
 use sqlx::migrate::Migrator;
 
-use super::contract::{DisclosureStore, ProfileStore, UserInfoStore};
+use miniprogram_token::Timestamp;
+
+use super::contract::{DisclosureStore, ErasureStore, ProfileStore, UserInfoStore};
 use crate::model::{
     DisclosedFields, Disclosure, DisclosurePosition, Profile, PublicProfile, UtcDay,
 };
@@ -130,6 +132,29 @@ impl<B: Backend> DisclosureStore for SqlUserInfoStore<B> {
     async fn sweep_disclosures(&self, before: UtcDay) -> StoreResult<u64> {
         let sql = "DELETE FROM disclosures WHERE day < $1";
         self.pools.session().execute(sql, args![before.0]).await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> ErasureStore for SqlUserInfoStore<B> {
+    async fn mark_erasure_pending(&self, user_id: &str, now: Timestamp) -> StoreResult<()> {
+        let sql = "INSERT INTO pending_erasures (user_id, requested_at) VALUES ($1, $2)
+                   ON CONFLICT (user_id) DO NOTHING";
+        let mut session = self.pools.session();
+        session.execute(sql, args![user_id, now]).await.map(drop)
+    }
+
+    async fn pending_erasures(&self, limit: u32) -> StoreResult<Vec<String>> {
+        let sql = "SELECT user_id FROM pending_erasures ORDER BY requested_at, user_id LIMIT $1";
+        let decode = |r: &B::Record| r.text("user_id");
+        let mut session = self.pools.session();
+        session.all(Read, sql, args![limit], decode).await
+    }
+
+    async fn clear_pending_erasure(&self, user_id: &str) -> StoreResult<()> {
+        let sql = "DELETE FROM pending_erasures WHERE user_id = $1";
+        let mut session = self.pools.session();
+        session.execute(sql, args![user_id]).await.map(drop)
     }
 }
 
