@@ -44,5 +44,6 @@ pub trait DisclosureStore: Send + Sync + 'static {
 /// userinfo-service's database: every entity's store.
 #[async_trait]
 pub trait UserInfoStore: ProfileStore + DisclosureStore {
+    /// Closes the connections, once the server has stopped using them.
     async fn close(&self);
 }
