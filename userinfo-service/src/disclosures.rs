@@ -22,8 +22,9 @@ use crate::store::{DisclosureStore, StoreResult};
 /// Shards of the in-memory counters: concurrent reads rarely meet on one lock.
 const SHARDS: usize = 32;
 
-/// Rows a page of `ListDisclosures` holds when the caller asks for none, and at most.
+/// Rows a page of `ListDisclosures` holds when the caller asks for none.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Most rows a page holds, whatever the caller asks: a page costs bounded time and memory.
 pub const MAX_PAGE_SIZE: u32 = 500;
 
 /// Longest app id a filter may name, as auth-service bounds them.
@@ -437,6 +438,32 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].count, 3000);
         assert_eq!(ledger.flush().await.expect("nothing left"), 0);
+    }
+
+    /// Guards the cut-off `sweep` computes: with a retention of 400 days, the row of 401 days
+    /// ago goes, the row of 400 days ago stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweep_keeps_exactly_the_retention() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store_with_users(&dir, 1).await;
+        let today = UtcDay::of(NOW).0;
+        let rows: Vec<_> = [today - 401, today - 400, today]
+            .into_iter()
+            .map(|day| Disclosure {
+                user_id: "u0".into(),
+                app_id: "app".into(),
+                fields: DisclosedFields::PublicProfile,
+                day: UtcDay(day),
+                count: 1,
+            })
+            .collect();
+        store.add_disclosures(&rows).await.expect("rows");
+        let ledger = DisclosureLedger::new(store.clone(), 10);
+        let retention = Duration::from_secs(400 * 86_400);
+        assert_eq!(ledger.sweep(retention, NOW).await.expect("sweep"), 1);
+        let left = store.list_disclosures("u0", None, None, 10).await.unwrap();
+        let days: Vec<_> = left.iter().map(|d| d.day.0).collect();
+        assert_eq!(days, [today, today - 400]);
     }
 
     /// Guards `forget_user`: an erased user's unwritten counters are not written later (to a

@@ -50,6 +50,7 @@ impl DisclosedFields {
         }
     }
 
+    /// The kind a stored code names; `None` for a code this version does not know.
     pub const fn from_code(code: i64) -> Option<Self> {
         match code {
             1 => Some(DisclosedFields::PublicProfile),

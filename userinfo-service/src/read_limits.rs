@@ -161,6 +161,7 @@ pub struct ReadLimiter {
 }
 
 impl ReadLimiter {
+    /// Tables of at most [`MAX_TRACKED_KEYS`] keys each.
     pub fn new(limits: ReadLimits) -> Self {
         Self::with_capacity(limits, MAX_TRACKED_KEYS)
     }

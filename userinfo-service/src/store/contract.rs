@@ -56,5 +56,6 @@ pub trait ErasureStore: Send + Sync + 'static {
 /// userinfo-service's database: every entity's store.
 #[async_trait]
 pub trait UserInfoStore: ProfileStore + DisclosureStore + ErasureStore {
+    /// Closes the connections, once the server has stopped using them.
     async fn close(&self);
 }
