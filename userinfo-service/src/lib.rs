@@ -157,11 +157,18 @@ pub async fn serve_with_listener(
     background.spawn(report_revocation_state(verifier.clone(), clock.clone()));
     background.spawn(limits.run_pruning());
     background.spawn(ledger.clone().run_flushing(disclosures.flush_interval));
-    background.spawn(ledger.clone().run_sweeping(disclosures.retention, clock.clone()));
+    background.spawn(
+        ledger
+            .clone()
+            .run_sweeping(disclosures.retention, clock.clone()),
+    );
 
     let profiles = ProfileRegistry::new(store.clone(), cache, ledger.clone());
     let user_data = UserData::new(store.clone(), profiles.clone(), Arc::new(link), clock);
-    background.spawn(user_data::run(user_data.clone(), config.erasure_retry_interval));
+    background.spawn(user_data::run(
+        user_data.clone(),
+        config.erasure_retry_interval,
+    ));
     let router = router(&config, reader, profiles, user_data, health_service)?;
 
     let addr = listener.local_addr()?;
@@ -221,7 +228,7 @@ fn router(
                 profiles,
                 user_data,
             })
-                .max_decoding_message_size(max),
+            .max_decoding_message_size(max),
             admin_check(admin, verifier_token),
         )))
 }

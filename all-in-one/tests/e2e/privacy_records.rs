@@ -600,3 +600,137 @@ async fn erasing_a_user_ends_every_authorization() {
     })
     .await;
 }
+
+/// ExportUserData answers one JSON document holding what both services keep about the user:
+/// the profile, the ledger, authorizations, consent records and each app's scoped id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_holds_both_services_data_in_one_document() {
+    bounded("export", async {
+        let p = Platform::start().await;
+        p.profile(super::demo_profile("u1")).await;
+        let app = p.app(&ALL_FEATURES).await;
+        let other = p.app(&ALL_FEATURES).await;
+        let token = consent_token(&p.consent("u1", &app.0, &[UserInfo]).await);
+        p.open_user_info(&token).await.expect("read");
+        let pair = exchange(&p, &other, &p.consent("u1", &other.0, &[AuthBase]).await).await;
+        tokio::time::sleep(Duration::from_millis(600)).await; // the ledger's 200 ms flush
+        let document = p
+            .userinfo
+            .profiles()
+            .export_user_data(miniprogram_proto::userinfo::v1::ExportUserDataRequest {
+                user_id: "u1".into(),
+            })
+            .await
+            .expect("export")
+            .into_inner()
+            .document;
+        let json: serde_json::Value = serde_json::from_str(&document).expect("JSON");
+        assert_eq!(json["format"], "miniprogram.user-data/v1");
+        assert_eq!(json["user_id"], "u1");
+        assert_eq!(
+            json["profile"]["nick_name"],
+            super::demo_profile("u1").nick_name
+        );
+        assert_eq!(
+            json["authorizations"].as_array().map(Vec::len),
+            Some(2),
+            "{json}"
+        );
+        assert_eq!(json["disclosures"][0]["data"], "public_profile", "{json}");
+        assert_eq!(json["disclosures"][0]["app_id"], app.0.as_str());
+        assert!(
+            json["consent_records"]
+                .as_array()
+                .is_some_and(|r| r.len() >= 3),
+            "{json}"
+        );
+        let ids = json["app_scoped_user_ids"].as_array().expect("ids");
+        assert!(
+            ids.iter().any(|i| i["app_id"] == other.0.as_str()
+                && i["user_id"] == pair.user_id.as_str()
+                && i["disclosed"] == true),
+            "{json}"
+        );
+    })
+    .await;
+}
+
+/// DeleteProfile erases in both services; with auth-service down it answers at once (the
+/// profile gone here), records the rest, and finishes at auth-service once it is back, without
+/// another call. Guards `mark_erasure_pending` in `UserData::erase` and `user_data::run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_profile_reaches_auth_service_even_when_it_was_down() {
+    bounded("erasure across services", async {
+        let mut p = Platform::start().await;
+        p.profile(super::demo_profile("u1")).await;
+        let app = p.app(&ALL_FEATURES).await;
+        let pair = exchange(
+            &p,
+            &app,
+            &p.consent("u1", &app.0, &[AuthBase, PhoneNumber]).await,
+        )
+        .await;
+        let stopped = p.auth.pause().await;
+        let erased = p
+            .userinfo
+            .profiles()
+            .delete_profile(miniprogram_proto::userinfo::v1::DeleteProfileRequest {
+                user_id: "u1".into(),
+            })
+            .await
+            .expect("erased here while auth-service is down")
+            .into_inner();
+        assert!(erased.authorizations_erasure_pending);
+        let gone = p
+            .userinfo
+            .profiles()
+            .get_profile(miniprogram_proto::userinfo::v1::GetProfileRequest {
+                user_id: "u1".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&gone), ErrorReason::ProfileNotFound);
+
+        p.auth = stopped.restart().await;
+        let back = Instant::now();
+        let backend = p.auth.backend(&app.0, &app.1);
+        loop {
+            let active = backend
+                .clone()
+                .introspect_token(pb::IntrospectTokenRequest {
+                    token: pair.access_token.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .active;
+            if !active {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "the erasure never reached auth-service"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(p.auth.authorizations("u1").await.is_empty());
+        let history = records(&p, "u1", "").await;
+        assert_eq!(history[0].event(), pb::ConsentEvent::VoidedByErasure);
+
+        p.profile(super::demo_profile("u2")).await;
+        let erased = p
+            .userinfo
+            .profiles()
+            .delete_profile(miniprogram_proto::userinfo::v1::DeleteProfileRequest {
+                user_id: "u2".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            !erased.authorizations_erasure_pending,
+            "auth-service answered at once"
+        );
+    })
+    .await;
+}

@@ -49,7 +49,7 @@ pub trait ErasureStore: Send + Sync + 'static {
     async fn mark_erasure_pending(&self, user_id: &str, now: Timestamp) -> StoreResult<()>;
     /// Up to `limit` users whose erasure is pending, oldest first.
     async fn pending_erasures(&self, limit: u32) -> StoreResult<Vec<String>>;
-    /// The erasure reached auth-service.
+    /// The erasure reached auth-service: the user id leaves the table and its files.
     async fn clear_pending_erasure(&self, user_id: &str) -> StoreResult<()>;
 }
 

@@ -154,7 +154,8 @@ impl<B: Backend> ErasureStore for SqlUserInfoStore<B> {
     async fn clear_pending_erasure(&self, user_id: &str) -> StoreResult<()> {
         let sql = "DELETE FROM pending_erasures WHERE user_id = $1";
         let mut session = self.pools.session();
-        session.execute(sql, args![user_id]).await.map(drop)
+        session.execute(sql, args![user_id]).await?;
+        self.pools.scrub(&["pending_erasures"]).await
     }
 }
 

@@ -27,11 +27,15 @@ pub async fn userinfo_for(
     auth: &TestAuthServer,
     adjust: impl FnOnce(&mut UserInfoConfig),
 ) -> TestUserInfoServer {
+    let wallet = auth.config.callers.wallet.clone();
     TestUserInfoServer::start_with(
         auth.addr,
         &auth.config.callers.admin,
         &auth.config.callers.verifier,
-        adjust,
+        |c| {
+            c.wallet_token = Some(wallet);
+            adjust(c);
+        },
     )
     .await
 }
