@@ -493,7 +493,10 @@ impl<B: Backend> Session<B> {
 }
 
 /// Test support: the stores' conformance harness. SQLite runs in a temporary file; PostgreSQL
-/// in a fresh schema of the database named by `TEST_DATABASE_URL`.
+/// in a fresh schema of the database named by `TEST_DATABASE_URL`. PostgreSQL cases are
+/// `#[ignore]`d (a plain `cargo test` lists them as ignored, saying what it did not test) and
+/// their names contain `postgres`: `cargo test -- --ignored postgres` runs them, and fails
+/// them if no server is configured.
 #[cfg(feature = "testing")]
 pub mod testing {
     use std::future::Future;
@@ -502,12 +505,11 @@ pub mod testing {
 
     use super::{Engine, StoreResult};
 
-    /// Set (by CI) to make a missing `TEST_DATABASE_URL` a failure instead of a skip.
-    pub const REQUIRE_ENV: &str = "REQUIRE_POSTGRES";
     pub const URL_ENV: &str = "TEST_DATABASE_URL";
 
-    /// `conformance!(open; case, ..)`: a `#[tokio::test]` per case and engine, each on a fresh
-    /// store from the async fn `open(url)`, within a minute.
+    /// `conformance!(open; case, ..)`: a `#[tokio::test]` per case and engine (`sqlite::case`,
+    /// and `postgres::case`, ignored unless asked for), each on a fresh store from the async fn
+    /// `open(url)`, within a minute.
     #[macro_export]
     macro_rules! conformance {
         ($open:path; $($case:ident),+ $(,)?) => {
@@ -520,6 +522,7 @@ pub mod testing {
             )+}
             mod postgres {$(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
                 async fn $case() {
                     let engine = $crate::Engine::Postgres;
                     $crate::testing::run_case(engine, $open, super::$case).await;
@@ -528,61 +531,72 @@ pub mod testing {
         };
     }
 
-    /// Runs `case` on a fresh store of `engine` opened by `open`, within a minute; on
-    /// PostgreSQL, nothing when no test database is configured.
+    /// `on_each_engine!(case, ..)`: for each `async fn case(engine: Engine, url: String)`, a
+    /// module `case` with the tests `sqlite` and `postgres` (ignored unless asked for), each
+    /// given a fresh database of its engine, within a minute.
+    #[macro_export]
+    macro_rules! on_each_engine {
+        ($($case:ident),+ $(,)?) => {$(
+            mod $case {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    $crate::testing::run_on($crate::Engine::Sqlite, super::$case).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+                async fn postgres() {
+                    $crate::testing::run_on($crate::Engine::Postgres, super::$case).await;
+                }
+            }
+        )+};
+    }
+
+    /// Runs `case` on a fresh store of `engine` opened by `open`, within a minute.
     pub async fn run_case<S: ?Sized, F: Future<Output = ()>>(
         engine: Engine,
         open: impl AsyncFnOnce(&str) -> StoreResult<Arc<S>>,
         case: impl FnOnce(Arc<S>) -> F,
     ) {
+        run_on(engine, async |_, url| {
+            case(open(&url).await.expect("open the store")).await;
+        })
+        .await;
+    }
+
+    /// Runs `case` with a fresh database of `engine` (its URL), within a minute.
+    ///
+    /// # Panics
+    /// On PostgreSQL, when no test database is configured or it is unreachable.
+    pub async fn run_on(engine: Engine, case: impl AsyncFnOnce(Engine, String)) {
         let run = async {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = match engine {
-                Engine::Sqlite => sqlite_url(&dir),
-                Engine::Postgres => match fresh_schema_url("test").await {
-                    Some(url) => url,
-                    None => return,
-                },
+                Engine::Sqlite => format!("sqlite://{}", dir.path().join("store.db").display()),
+                Engine::Postgres => fresh_schema_url("test").await,
             };
-            case(open(&url).await.expect("open the store")).await;
+            case(engine, url).await;
         };
         tokio::time::timeout(Duration::from_secs(60), run)
             .await
             .expect("the case finishes within a minute");
     }
 
-    /// The databases a test runs on: SQLite in a temporary directory (kept by the guard) and,
-    /// when a test database is configured, a fresh PostgreSQL schema.
+    /// A database URL whose connections use a new, empty schema of the database named by
+    /// `TEST_DATABASE_URL`.
     ///
     /// # Panics
-    /// When `REQUIRE_POSTGRES` is set but the database is missing or unreachable.
-    pub async fn urls() -> (Vec<(Engine, String)>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut urls = vec![(Engine::Sqlite, sqlite_url(&dir))];
-        let postgres = fresh_schema_url("test").await;
-        urls.extend(postgres.map(|url| (Engine::Postgres, url)));
-        (urls, dir)
-    }
-
-    fn sqlite_url(dir: &tempfile::TempDir) -> String {
-        format!("sqlite://{}", dir.path().join("store.db").display())
-    }
-
-    /// A database URL whose connections use a new, empty schema; `None` when no test database
-    /// is configured.
-    ///
-    /// # Panics
-    /// When `REQUIRE_POSTGRES` is set but the database is missing or unreachable.
-    pub async fn fresh_schema_url(prefix: &str) -> Option<String> {
-        let Ok(url) = std::env::var(URL_ENV) else {
-            assert!(
-                std::env::var_os(REQUIRE_ENV).is_none(),
-                "{REQUIRE_ENV} is set but {URL_ENV} is not"
-            );
-            return None;
-        };
-        let admin = sqlx::PgPool::connect(&url)
+    /// When no test database is configured or it is unreachable: a PostgreSQL test that was
+    /// asked to run must not pass without a server.
+    pub async fn fresh_schema_url(prefix: &str) -> String {
+        let url = std::env::var(URL_ENV).unwrap_or_else(|_| {
+            panic!(
+                "{URL_ENV} is not set: this PostgreSQL test needs a server \
+                 (`eval \"$(.ci/start-postgres.sh)\"` starts one)"
+            )
+        });
+        let admin = tokio::time::timeout(Duration::from_secs(10), sqlx::PgPool::connect(&url))
             .await
+            .expect("TEST_DATABASE_URL answers within 10 s")
             .expect("connect to TEST_DATABASE_URL");
         let random = miniprogram_token::random_bytes().expect("random");
         let schema = format!("{prefix}_{}", hex::encode(&random[..6]));
@@ -592,8 +606,6 @@ pub mod testing {
             .expect("create schema");
         admin.close().await;
         let separator = if url.contains('?') { '&' } else { '?' };
-        Some(format!(
-            "{url}{separator}options=-c%20search_path%3D{schema}"
-        ))
+        format!("{url}{separator}options=-c%20search_path%3D{schema}")
     }
 }
