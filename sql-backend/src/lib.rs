@@ -54,12 +54,62 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists,
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            sqlx::Error::Database(db) if cannot_serve_now(db.as_ref()) => {
                 StoreError::Unavailable(Arc::new(e))
             }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Arc::new(e)),
             _ => StoreError::Internal(Arc::new(e)),
         }
     }
+}
+
+/// PostgreSQL SQLSTATE classes and codes that say the server cannot serve now (it went away,
+/// is shutting down or starting up, or ran out of disk, memory or connections), not that a
+/// statement was wrong: `faults/`'s PostgreSQL restart test sees the first three.
+mod sqlstate {
+    pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
+    pub const INSUFFICIENT_RESOURCES_CLASS: &str = "53";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CRASH_SHUTDOWN: &str = "57P02";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+}
+
+/// SQLite primary result codes (the low byte of an extended code) that say the same of the
+/// file: the disk is full or failing (`faults/`'s disk-full test), or another process held
+/// the lock past the busy timeout.
+mod sqlite_code {
+    pub const BUSY: i64 = 5;
+    pub const IOERR: i64 = 10;
+    pub const FULL: i64 = 13;
+}
+
+/// Whether a database error means the database cannot serve now, so the call may be retried
+/// (`SERVICE_UNAVAILABLE`) rather than having failed for good (`INTERNAL`).
+fn cannot_serve_now(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        return code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+            || code.starts_with(sqlstate::INSUFFICIENT_RESOURCES_CLASS)
+            || [
+                sqlstate::ADMIN_SHUTDOWN,
+                sqlstate::CRASH_SHUTDOWN,
+                sqlstate::CANNOT_CONNECT_NOW,
+            ]
+            .contains(&code);
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        let primary = db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .map(|c| c & 0xff);
+        return primary.is_some_and(|c| {
+            [sqlite_code::BUSY, sqlite_code::IOERR, sqlite_code::FULL].contains(&c)
+        });
+    }
+    false
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {

@@ -126,14 +126,10 @@ async fn check_auth_file(path: &Path) -> i64 {
     .await
     .expect("read the log");
     assert_eq!(last - first + 1, rules, "the revocation log has a gap");
-    let half_written: Vec<(String,)> = sqlx::query_as(
-        "SELECT a.user_id FROM authorizations a WHERE a.granted = 0 AND a.denied = 0
-           AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.app_id = a.app_id
-                           AND r.user_id = a.user_id AND r.issued_before = a.updated_at)",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("read authorizations");
+    let half_written: Vec<(String,)> = sqlx::query_as(crate::HALF_WRITTEN_WITHDRAWALS)
+        .fetch_all(&pool)
+        .await
+        .expect("read authorizations");
     assert!(
         half_written.is_empty(),
         "withdrawals without their rule: {half_written:?}"

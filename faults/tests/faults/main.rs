@@ -26,6 +26,14 @@ pub async fn within<T>(bound: Duration, what: &str, body: impl Future<Output = T
         .unwrap_or_else(|_| panic!("{what}: not finished within {bound:?}"))
 }
 
+/// The users of auth-service's database whose withdrawal lacks its rule. A withdrawal stamps
+/// the authorization and appends a rule with the same time in one transaction, so none may be
+/// found however a write was interrupted.
+pub const HALF_WRITTEN_WITHDRAWALS: &str = "SELECT a.user_id FROM authorizations a
+    WHERE a.granted = 0 AND a.denied = 0
+      AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.app_id = a.app_id
+                      AND r.user_id = a.user_id AND r.issued_before = a.updated_at)";
+
 /// A small random-number generator (SplitMix64) for kill timings and interleavings, seeded
 /// from the clock and printed, so a failing run can be replayed with `FAULTS_SEED`.
 pub struct Dice(u64);
