@@ -369,12 +369,39 @@ impl Backend for Sqlite {
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        migrator.run(&writer).await?;
+        migrate_sqlite(&writer, migrator).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(readers)
             .connect_with(options.read_only(true))
             .await?;
         Ok(Pools { writer, reader })
+    }
+}
+
+/// Applies `migrator` to an SQLite file that other processes may be migrating at once (two
+/// replicas, or an old and a new process, starting on one file). sqlx takes no lock across
+/// processes on SQLite, so the loser of a race fails on a table the winner just made, with
+/// nothing of its attempt kept (each migration runs in one transaction). While the failures
+/// come with another process's progress (more migrations applied than before the attempt), it
+/// reads the applied set again and carries on; any other failure is returned.
+/// (`processes_starting_at_once_on_one_sqlite_file_migrate_it_once` in faults/.)
+async fn migrate_sqlite(writer: &Pool<Sqlite>, migrator: &Migrator) -> StoreResult<()> {
+    async fn applied(writer: &Pool<Sqlite>) -> i64 {
+        let count = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations");
+        count.fetch_one(writer).await.unwrap_or(0)
+    }
+    let mut races_lost = 0;
+    loop {
+        let before = applied(writer).await;
+        match migrator.run(writer).await {
+            Ok(()) => return Ok(()),
+            Err(_)
+                if races_lost < 2 * migrator.migrations.len() && applied(writer).await > before =>
+            {
+                races_lost += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
