@@ -10,11 +10,19 @@ binary="$(realpath "$1")"
 work="$(mktemp -d)"
 script="$work/walkthrough.sh"
 
-python3 - "$repo/README.md" "$script" <<'PY'
+expected=$(python3 - "$repo/README.md" "$script" "$work/ran" <<'PY'
 import re, sys
-readme, out = sys.argv[1], sys.argv[2]
+readme, out, ran = sys.argv[1], sys.argv[2], sys.argv[3]
 text = open(readme).read()
 blocks = re.findall(r"<!-- walkthrough(?::fails (\w+))? -->\s*```sh\n(.*?)```", text, re.S)
+# Every sh block of the walkthrough section, and every marker, must be a block run here: a
+# marker or fence that changed would otherwise drop its block without a word.
+markers = text.count("<!-- walkthrough")
+section = text.split("## grpcurl walkthrough", 1)[-1].split("\n## ", 1)[0]
+fences = section.count("```sh")
+if not blocks or not len(blocks) == markers == fences:
+    sys.exit(f"README.md: {len(blocks)} walkthrough blocks recognised, but {markers} markers and "
+             f"{fences} sh blocks in the walkthrough section (a marker or a fence changed?)")
 lines = ["set -euo pipefail"]
 for i, (fails, body) in enumerate(blocks, 1):
     lines.append(f"echo '--- walkthrough block {i}'")
@@ -24,9 +32,12 @@ for i, (fails, body) in enumerate(blocks, 1):
         lines.append(f'grep -q {fails} <<<"$out" || {{ echo "block {i} did not fail with {fails}"; exit 1; }}')
     else:
         lines.append(body)
+    lines.append(f"echo {i} >>'{ran}'")
 open(out, "w").write("\n".join(lines) + "\n")
-print(f"{len(blocks)} walkthrough blocks")
+print(len(blocks))
 PY
+)
+echo "$expected walkthrough blocks in README.md"
 
 cd "$work"
 "$binary" >"$work/all-in-one.out" 2>"$work/all-in-one.err" &
@@ -39,6 +50,8 @@ done
 grep -q "all-in-one is up" "$work/all-in-one.out" || { cat "$work/all-in-one.err"; exit 1; }
 
 bash "$script"
+ran=$(wc -l <"$work/ran")
+[ "$ran" -eq "$expected" ] || { echo "ran $ran of the $expected walkthrough blocks"; exit 1; }
 
 echo '--- the flow the all-in-one banner prints'
 sed -n '/^---8<--- whole flow/,/^---8<--- end of flow/p' "$work/all-in-one.out" | sed '1d;$d' >"$work/banner-flow.sh"

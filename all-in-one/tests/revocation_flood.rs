@@ -25,9 +25,9 @@ async fn rules_in_log(auth: &TestAuthServer) -> usize {
         .into_inner();
     let mut rules = 0;
     loop {
-        let message = stream
-            .message()
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), stream.message())
             .await
+            .expect("a stream message within 30 s")
             .expect("stream message")
             .expect("stream open");
         match message.event {

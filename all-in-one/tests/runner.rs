@@ -30,17 +30,30 @@ fn run_with(
         .stderr(log)
         .spawn()
         .expect("start all-in-one");
+    // Read on a thread of its own, so a binary that prints nothing fails the wait below
+    // instead of blocking the test on a read.
     let stdout = child.stdout.take().expect("stdout");
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut banner = String::new();
-    let started = Instant::now();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("read stdout");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = printed.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("no whole banner within 60 s:\n{banner}");
+        };
         banner.push_str(&line);
         banner.push('\n');
         if line.starts_with("Ctrl-C stops") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no banner");
     }
     let killed = Command::new("kill")
         .arg(format!("-{signal}"))
@@ -48,7 +61,17 @@ fn run_with(
         .status()
         .expect("kill");
     assert!(killed.success());
-    let status = child.wait().expect("wait");
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if stopping.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("still running 30 s after SIG{signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let log = std::fs::read_to_string(&log_path).expect("read log");
     (banner, status, log)
 }

@@ -183,38 +183,38 @@ mod tests {
     /// wait for the switch to commit and then see the feature off. Were the clock read before
     /// the row is held, that read would finish at once and see the feature still on, and a
     /// token minted from it would be stamped after the rule and escape it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_feature_switch_is_stamped_while_grants_wait_for_it() {
-        let (urls, _dir) = sql_backend::testing::urls().await;
-        for (engine, url) in urls {
-            let store = crate::store::open(&url).await.unwrap();
-            let phone = FeatureSet::EMPTY.with(Feature::PhoneNumber);
-            let app = crate::testing::app_record("mp1", phone);
-            store.repositories().apps().insert(&app).await.unwrap();
-            let probed = store.clone();
-            let (clock, mut seen) = ProbeClock::new(Duration::from_millis(300), move || {
-                let store = probed.clone();
-                async move {
-                    let app = store.repositories().apps().get_in_order("mp1").await;
-                    app.unwrap().unwrap().features
-                }
-            });
-            let policy = RevocationPolicy::new(Duration::from_secs(60), Duration::from_secs(60));
-            let registry = AppRegistry::new(store, policy, RevocationFeed::default());
-            let step = registry.disable_feature("mp1", Feature::PhoneNumber, &clock);
-            let done = tokio::time::timeout(Duration::from_secs(10), step).await;
-            done.expect("the switch finishes").unwrap();
-            assert_eq!(
-                clock.finished(),
-                [false],
-                "{engine:?}: the grant's read waited"
-            );
-            let features = seen.recv().await;
-            assert_eq!(
-                features,
-                Some(FeatureSet::EMPTY),
-                "{engine:?}: and saw the switch"
-            );
-        }
+    async fn a_feature_switch_is_stamped_while_grants_wait_for_it(
+        engine: sql_backend::Engine,
+        url: String,
+    ) {
+        let store = crate::store::open(&url).await.unwrap();
+        let phone = FeatureSet::EMPTY.with(Feature::PhoneNumber);
+        let app = crate::testing::app_record("mp1", phone);
+        store.repositories().apps().insert(&app).await.unwrap();
+        let probed = store.clone();
+        let (clock, mut seen) = ProbeClock::new(Duration::from_millis(300), move || {
+            let store = probed.clone();
+            async move {
+                let app = store.repositories().apps().get_in_order("mp1").await;
+                app.unwrap().unwrap().features
+            }
+        });
+        let policy = RevocationPolicy::new(Duration::from_secs(60), Duration::from_secs(60));
+        let registry = AppRegistry::new(store, policy, RevocationFeed::default());
+        let step = registry.disable_feature("mp1", Feature::PhoneNumber, &clock);
+        let done = tokio::time::timeout(Duration::from_secs(10), step).await;
+        done.expect("the switch finishes").unwrap();
+        assert_eq!(
+            clock.finished(),
+            [false],
+            "{engine:?}: the grant's read waited"
+        );
+        let features = seen.recv().await;
+        assert_eq!(
+            features,
+            Some(FeatureSet::EMPTY),
+            "{engine:?}: and saw the switch"
+        );
     }
+    sql_backend::on_each_engine!(a_feature_switch_is_stamped_while_grants_wait_for_it);
 }

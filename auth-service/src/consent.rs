@@ -472,44 +472,44 @@ mod tests {
     /// read, must wait for the withdrawal to commit and then see nothing granted. Were the
     /// clock read before the row is held, that read would finish at once and see the grant,
     /// and a token minted from it would be stamped after the rule and escape it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_withdrawal_is_stamped_while_grants_wait_for_it() {
-        let (urls, _dir) = sql_backend::testing::urls().await;
-        for (engine, url) in urls {
-            let store = crate::store::open(&url).await.unwrap();
-            let mut repos = store.repositories();
-            let app = crate::testing::app_record("mp1", FeatureSet::EMPTY);
-            repos.apps().insert(&app).await.unwrap();
-            let base = ScopeSet::of(&[Scope::AuthBase]);
-            let decision = crate::store::Decision::new("u1", "mp1", base, ScopeSet::EMPTY, now());
-            repos.consents().record_decision(&decision).await.unwrap();
-            let probed = store.clone();
-            let (clock, mut seen) = ProbeClock::new(Duration::from_millis(300), move || {
-                let store = probed.clone();
-                async move {
-                    let mut repos = store.repositories();
-                    let standing = repos.consents().authorization("u1", "mp1").await;
-                    standing.unwrap().unwrap().granted
-                }
-            });
-            let flow = flow(store);
-            let step = flow.withdraw("u1", "mp1", ScopeSet::EMPTY, &clock);
-            let done = tokio::time::timeout(Duration::from_secs(10), step).await;
-            let (withdrawn, _) = done.expect("the withdrawal finishes").unwrap();
-            assert_eq!(withdrawn, base);
-            assert_eq!(
-                clock.finished(),
-                [false],
-                "{engine:?}: the grant's read waited"
-            );
-            let granted = seen.recv().await;
-            assert_eq!(
-                granted,
-                Some(ScopeSet::EMPTY),
-                "{engine:?}: and saw the withdrawal"
-            );
-        }
+    async fn a_withdrawal_is_stamped_while_grants_wait_for_it(
+        engine: sql_backend::Engine,
+        url: String,
+    ) {
+        let store = crate::store::open(&url).await.unwrap();
+        let mut repos = store.repositories();
+        let app = crate::testing::app_record("mp1", FeatureSet::EMPTY);
+        repos.apps().insert(&app).await.unwrap();
+        let base = ScopeSet::of(&[Scope::AuthBase]);
+        let decision = crate::store::Decision::new("u1", "mp1", base, ScopeSet::EMPTY, now());
+        repos.consents().record_decision(&decision).await.unwrap();
+        let probed = store.clone();
+        let (clock, mut seen) = ProbeClock::new(Duration::from_millis(300), move || {
+            let store = probed.clone();
+            async move {
+                let mut repos = store.repositories();
+                let standing = repos.consents().authorization("u1", "mp1").await;
+                standing.unwrap().unwrap().granted
+            }
+        });
+        let flow = flow(store);
+        let step = flow.withdraw("u1", "mp1", ScopeSet::EMPTY, &clock);
+        let done = tokio::time::timeout(Duration::from_secs(10), step).await;
+        let (withdrawn, _) = done.expect("the withdrawal finishes").unwrap();
+        assert_eq!(withdrawn, base);
+        assert_eq!(
+            clock.finished(),
+            [false],
+            "{engine:?}: the grant's read waited"
+        );
+        let granted = seen.recv().await;
+        assert_eq!(
+            granted,
+            Some(ScopeSet::EMPTY),
+            "{engine:?}: and saw the withdrawal"
+        );
     }
+    sql_backend::on_each_engine!(a_withdrawal_is_stamped_while_grants_wait_for_it);
 
     fn now() -> Timestamp {
         Timestamp::from_unix_nanos(1)
@@ -529,43 +529,43 @@ mod tests {
 
     /// Guards the granted-scopes check in `withdraw`: withdrawing what is not granted (again,
     /// or never) writes nothing and appends no rule.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn withdrawing_what_is_not_granted_appends_no_rule() {
-        let (urls, _dir) = sql_backend::testing::urls().await;
-        for (engine, url) in urls {
-            let store = crate::store::open(&url).await.unwrap();
-            let mut repos = store.repositories();
-            let app = crate::testing::app_record("a1", FeatureSet::EMPTY);
-            repos.apps().insert(&app).await.unwrap();
-            let phone = ScopeSet::of(&[Scope::PhoneNumber]);
-            let decision = crate::store::Decision::new("u1", "a1", phone, ScopeSet::EMPTY, now());
-            repos.consents().record_decision(&decision).await.unwrap();
-            let (flow, clock) = (
-                flow(store.clone()),
-                miniprogram_token::SystemClock::default(),
-            );
-            let user_info = ScopeSet::of(&[Scope::UserInfo]);
-            let outcome = flow.withdraw("u1", "a1", user_info, &clock).await.unwrap();
-            assert_eq!(outcome, (ScopeSet::EMPTY, phone), "{engine:?}");
-            let log = repos.revocations().after(0, 10).await.unwrap();
-            assert!(log.is_empty(), "{engine:?}: nothing granted, no rule");
-            for _ in 0..3 {
-                flow.withdraw("u1", "a1", ScopeSet::EMPTY, &clock)
-                    .await
-                    .unwrap();
-            }
-            let never = flow
-                .withdraw("u2", "a1", ScopeSet::EMPTY, &clock)
+    async fn withdrawing_what_is_not_granted_appends_no_rule(
+        engine: sql_backend::Engine,
+        url: String,
+    ) {
+        let store = crate::store::open(&url).await.unwrap();
+        let mut repos = store.repositories();
+        let app = crate::testing::app_record("a1", FeatureSet::EMPTY);
+        repos.apps().insert(&app).await.unwrap();
+        let phone = ScopeSet::of(&[Scope::PhoneNumber]);
+        let decision = crate::store::Decision::new("u1", "a1", phone, ScopeSet::EMPTY, now());
+        repos.consents().record_decision(&decision).await.unwrap();
+        let (flow, clock) = (
+            flow(store.clone()),
+            miniprogram_token::SystemClock::default(),
+        );
+        let user_info = ScopeSet::of(&[Scope::UserInfo]);
+        let outcome = flow.withdraw("u1", "a1", user_info, &clock).await.unwrap();
+        assert_eq!(outcome, (ScopeSet::EMPTY, phone), "{engine:?}");
+        let log = repos.revocations().after(0, 10).await.unwrap();
+        assert!(log.is_empty(), "{engine:?}: nothing granted, no rule");
+        for _ in 0..3 {
+            flow.withdraw("u1", "a1", ScopeSet::EMPTY, &clock)
                 .await
                 .unwrap();
-            assert_eq!(never, (ScopeSet::EMPTY, ScopeSet::EMPTY), "{engine:?}");
-            let rules = repos.revocations().after(0, 10).await.unwrap();
-            assert_eq!(
-                rules.len(),
-                1,
-                "{engine:?}: only the withdrawal that took something"
-            );
-            assert_eq!(rules[0].user_id.as_deref(), Some("u1"), "{engine:?}");
         }
+        let never = flow
+            .withdraw("u2", "a1", ScopeSet::EMPTY, &clock)
+            .await
+            .unwrap();
+        assert_eq!(never, (ScopeSet::EMPTY, ScopeSet::EMPTY), "{engine:?}");
+        let rules = repos.revocations().after(0, 10).await.unwrap();
+        assert_eq!(
+            rules.len(),
+            1,
+            "{engine:?}: only the withdrawal that took something"
+        );
+        assert_eq!(rules[0].user_id.as_deref(), Some("u1"), "{engine:?}");
     }
+    sql_backend::on_each_engine!(withdrawing_what_is_not_granted_appends_no_rule);
 }

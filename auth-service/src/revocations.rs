@@ -134,6 +134,12 @@ pub enum RevocationItem {
 
 /// Rules read from the log per query.
 const PAGE: u32 = 500;
+/// How often an open stream reads the log again for rules another replica appended (this
+/// replica's own appends wake it at once), so a withdrawal through any replica reaches every
+/// verifier within about this long. Waiting a whole heartbeat (1 s by default) put it at up
+/// to a second (`postgres_a_withdrawal_through_one_replica_is_refused_by_both_userinfo_replicas_within_a_second`
+/// in faults/).
+const LOG_POLL: Duration = Duration::from_millis(100);
 
 /// The revocation log as verifiers follow it.
 #[derive(Clone)]
@@ -147,11 +153,11 @@ impl RevocationLog {
         RevocationLog { store, feed }
     }
 
-    /// Streams every rule after `after_sequence`, then new ones as they are appended. Each
-    /// time everything in the log has been sent (after every page that was not full) it sends
-    /// a [`RevocationItem::Heartbeat`]; an idle stream re-reads the log and so sends one every
-    /// `heartbeat`. Ends when the receiver is dropped or the server drains; a storage error is
-    /// sent and ends the stream (the verifier resumes either way).
+    /// Streams every rule after `after_sequence`, then new ones as they are appended (read
+    /// again every [`LOG_POLL`], or at once when this process appends). Each time it has sent
+    /// rules and caught up with the log it sends a [`RevocationItem::Heartbeat`], and an idle
+    /// stream sends one every `heartbeat`. Ends when the receiver is dropped or the server
+    /// drains; a storage error is sent and ends the stream (the verifier resumes either way).
     pub fn watch(
         &self,
         after_sequence: u64,
@@ -179,6 +185,10 @@ impl RevocationLog {
             {
                 return;
             }
+            // A heartbeat follows every rule sent and every wake by this process (an append, a
+            // key change); otherwise one per `heartbeat` while idle.
+            let mut heartbeat_due = true;
+            let mut last_heartbeat = tokio::time::Instant::now();
             loop {
                 // Marked seen before the read, so an append during the read wakes the next wait.
                 appended.borrow_and_update();
@@ -190,6 +200,7 @@ impl RevocationLog {
                     }
                 };
                 let full_page = rules.len() == PAGE as usize;
+                heartbeat_due |= !rules.is_empty();
                 for rule in rules {
                     last = rule.sequence;
                     if tx.send(Ok(RevocationItem::Rule(rule))).await.is_err() {
@@ -199,16 +210,21 @@ impl RevocationLog {
                 if full_page {
                     continue;
                 }
-                if tx.send(Ok(RevocationItem::Heartbeat)).await.is_err() {
-                    return;
+                if heartbeat_due || last_heartbeat.elapsed() >= heartbeat {
+                    if tx.send(Ok(RevocationItem::Heartbeat)).await.is_err() {
+                        return;
+                    }
+                    last_heartbeat = tokio::time::Instant::now();
+                    heartbeat_due = false;
                 }
                 tokio::select! {
                     changed = appended.changed() => {
                         if changed.is_err() {
                             return;
                         }
+                        heartbeat_due = true;
                     }
-                    () = tokio::time::sleep(heartbeat) => {}
+                    () = tokio::time::sleep(LOG_POLL.min(heartbeat)) => {}
                     () = tx.closed() => return,
                     () = draining.cancelled() => return,
                 }

@@ -202,8 +202,13 @@ pub fn server_builder_with_tls(
     }
 }
 
+/// How long a call of a [`client_channel`] may wait for its answer (the response headers).
+pub const CLIENT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A lazily connecting client channel to `addr`: plaintext, or TLS trusting `ca_pem` for the
-/// name `localhost` (what the test certificates and local setups use).
+/// name `localhost` (what the test certificates and local setups use). Each call gives up after
+/// [`CLIENT_CALL_TIMEOUT`], so a server that hangs fails a test or a bench run instead of
+/// holding it.
 ///
 /// # Panics
 /// Never for a socket address; the URI is always well formed.
@@ -212,7 +217,10 @@ pub fn client_channel(
     ca_pem: Option<&[u8]>,
 ) -> tonic::transport::Channel {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-    let plain = || Channel::from_shared(format!("http://{addr}")).map(|e| e.connect_lazy());
+    let plain = || {
+        Channel::from_shared(format!("http://{addr}"))
+            .map(|e| e.timeout(CLIENT_CALL_TIMEOUT).connect_lazy())
+    };
     let tls = |ca: &[u8]| {
         Channel::from_shared(format!("https://{addr}"))
             .ok()?
@@ -222,7 +230,7 @@ pub fn client_channel(
                     .domain_name("localhost"),
             )
             .ok()
-            .map(|e| e.connect_lazy())
+            .map(|e| e.timeout(CLIENT_CALL_TIMEOUT).connect_lazy())
     };
     match ca_pem {
         None => plain().unwrap_or_else(|_| unreachable!("a socket address is a valid authority")),

@@ -59,12 +59,62 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists,
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            sqlx::Error::Database(db) if cannot_serve_now(db.as_ref()) => {
                 StoreError::Unavailable(Arc::new(e))
             }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Arc::new(e)),
             _ => StoreError::Internal(Arc::new(e)),
         }
     }
+}
+
+/// PostgreSQL SQLSTATE classes and codes that say the server cannot serve now (it went away,
+/// is shutting down or starting up, or ran out of disk, memory or connections), not that a
+/// statement was wrong: `faults/`'s PostgreSQL restart test sees the first three.
+mod sqlstate {
+    pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
+    pub const INSUFFICIENT_RESOURCES_CLASS: &str = "53";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CRASH_SHUTDOWN: &str = "57P02";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+}
+
+/// SQLite primary result codes (the low byte of an extended code) that say the same of the
+/// file: the disk is full or failing (`faults/`'s disk-full test), or another process held
+/// the lock past the busy timeout.
+mod sqlite_code {
+    pub const BUSY: i64 = 5;
+    pub const IOERR: i64 = 10;
+    pub const FULL: i64 = 13;
+}
+
+/// Whether a database error means the database cannot serve now, so the call may be retried
+/// (`SERVICE_UNAVAILABLE`) rather than having failed for good (`INTERNAL`).
+fn cannot_serve_now(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        return code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+            || code.starts_with(sqlstate::INSUFFICIENT_RESOURCES_CLASS)
+            || [
+                sqlstate::ADMIN_SHUTDOWN,
+                sqlstate::CRASH_SHUTDOWN,
+                sqlstate::CANNOT_CONNECT_NOW,
+            ]
+            .contains(&code);
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        let primary = db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .map(|c| c & 0xff);
+        return primary.is_some_and(|c| {
+            [sqlite_code::BUSY, sqlite_code::IOERR, sqlite_code::FULL].contains(&c)
+        });
+    }
+    false
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -298,6 +348,12 @@ pub trait Backend: Database {
     ) -> impl Future<Output = StoreResult<()>> + Send + 'a;
 }
 
+/// SQLite syncs the WAL to disk at every commit, before the call that wrote it answers: an
+/// acknowledged withdrawal, spent code or rotated refresh token (and a deleted profile)
+/// survives a power cut. `NORMAL` in WAL mode syncs only at checkpoints, so a power cut may
+/// take back the last commits; a process crash loses nothing either way. The cost is one
+/// fsync per write transaction (README, "Durability").
+const SYNCHRONOUS: SqliteSynchronous = SqliteSynchronous::Full;
 /// How long a caller waits for a connection, or SQLite for a lock held by another process.
 const WAIT: Duration = Duration::from_secs(5);
 /// PostgreSQL connections per pool.
@@ -316,7 +372,7 @@ impl Backend for Sqlite {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SYNCHRONOUS)
             .busy_timeout(WAIT)
             .foreign_keys(true)
             .pragma("secure_delete", "on");
@@ -326,7 +382,7 @@ impl Backend for Sqlite {
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        migrator.run(&writer).await?;
+        migrate_sqlite(&writer, migrator).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(readers)
             .connect_with(options.read_only(true))
@@ -349,6 +405,33 @@ impl Backend for Sqlite {
             ))));
         }
         Ok(())
+    }
+}
+
+/// Applies `migrator` to an SQLite file that other processes may be migrating at once (two
+/// replicas, or an old and a new process, starting on one file). sqlx takes no lock across
+/// processes on SQLite, so the loser of a race fails on a table the winner just made, with
+/// nothing of its attempt kept (each migration runs in one transaction). While the failures
+/// come with another process's progress (more migrations applied than before the attempt), it
+/// reads the applied set again and carries on; any other failure is returned.
+/// (`processes_starting_at_once_on_one_sqlite_file_migrate_it_once` in faults/.)
+async fn migrate_sqlite(writer: &Pool<Sqlite>, migrator: &Migrator) -> StoreResult<()> {
+    async fn applied(writer: &Pool<Sqlite>) -> i64 {
+        let count = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations");
+        count.fetch_one(writer).await.unwrap_or(0)
+    }
+    let mut races_lost = 0;
+    loop {
+        let before = applied(writer).await;
+        match migrator.run(writer).await {
+            Ok(()) => return Ok(()),
+            Err(_)
+                if races_lost < 2 * migrator.migrations.len() && applied(writer).await > before =>
+            {
+                races_lost += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -539,8 +622,36 @@ impl<B: Backend> Session<B> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards [`SYNCHRONOUS`]: the connection that commits every write runs with
+    /// `synchronous=FULL` (2), so a commit is on disk before the call answers.
+    #[tokio::test]
+    async fn sqlite_commits_are_synced_to_disk_before_they_are_acknowledged() {
+        static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let pools = Sqlite::open(&url, &NO_MIGRATIONS, 1).await.unwrap();
+        let level = |r: &<Sqlite as Backend>::Record| r.int("synchronous");
+        let mut writer = pools.begin().await.unwrap();
+        let synced = writer.first(Access::Write, "PRAGMA synchronous", args![], level);
+        assert_eq!(
+            synced.await.unwrap(),
+            Some(2),
+            "synchronous=FULL on the writer"
+        );
+        writer.commit().await.unwrap();
+        pools.close().await;
+    }
+}
+
 /// Test support: the stores' conformance harness. SQLite runs in a temporary file; PostgreSQL
-/// in a fresh schema of the database named by `TEST_DATABASE_URL`.
+/// in a fresh schema of the database named by `TEST_DATABASE_URL`. PostgreSQL cases are
+/// `#[ignore]`d (a plain `cargo test` lists them as ignored, saying what it did not test) and
+/// their names contain `postgres`: `cargo test -- --ignored postgres` runs them, and fails
+/// them if no server is configured.
 #[cfg(feature = "testing")]
 pub mod testing {
     use std::future::Future;
@@ -549,12 +660,11 @@ pub mod testing {
 
     use super::{Engine, StoreResult};
 
-    /// Set (by CI) to make a missing `TEST_DATABASE_URL` a failure instead of a skip.
-    pub const REQUIRE_ENV: &str = "REQUIRE_POSTGRES";
     pub const URL_ENV: &str = "TEST_DATABASE_URL";
 
-    /// `conformance!(open; case, ..)`: a `#[tokio::test]` per case and engine, each on a fresh
-    /// store from the async fn `open(url)`, within a minute.
+    /// `conformance!(open; case, ..)`: a `#[tokio::test]` per case and engine (`sqlite::case`,
+    /// and `postgres::case`, ignored unless asked for), each on a fresh store from the async fn
+    /// `open(url)`, within a minute.
     #[macro_export]
     macro_rules! conformance {
         ($open:path; $($case:ident),+ $(,)?) => {
@@ -567,6 +677,7 @@ pub mod testing {
             )+}
             mod postgres {$(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
                 async fn $case() {
                     let engine = $crate::Engine::Postgres;
                     $crate::testing::run_case(engine, $open, super::$case).await;
@@ -575,61 +686,72 @@ pub mod testing {
         };
     }
 
-    /// Runs `case` on a fresh store of `engine` opened by `open`, within a minute; on
-    /// PostgreSQL, nothing when no test database is configured.
+    /// `on_each_engine!(case, ..)`: for each `async fn case(engine: Engine, url: String)`, a
+    /// module `case` with the tests `sqlite` and `postgres` (ignored unless asked for), each
+    /// given a fresh database of its engine, within a minute.
+    #[macro_export]
+    macro_rules! on_each_engine {
+        ($($case:ident),+ $(,)?) => {$(
+            mod $case {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    $crate::testing::run_on($crate::Engine::Sqlite, super::$case).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+                async fn postgres() {
+                    $crate::testing::run_on($crate::Engine::Postgres, super::$case).await;
+                }
+            }
+        )+};
+    }
+
+    /// Runs `case` on a fresh store of `engine` opened by `open`, within a minute.
     pub async fn run_case<S: ?Sized, F: Future<Output = ()>>(
         engine: Engine,
         open: impl AsyncFnOnce(&str) -> StoreResult<Arc<S>>,
         case: impl FnOnce(Arc<S>) -> F,
     ) {
+        run_on(engine, async |_, url| {
+            case(open(&url).await.expect("open the store")).await;
+        })
+        .await;
+    }
+
+    /// Runs `case` with a fresh database of `engine` (its URL), within a minute.
+    ///
+    /// # Panics
+    /// On PostgreSQL, when no test database is configured or it is unreachable.
+    pub async fn run_on(engine: Engine, case: impl AsyncFnOnce(Engine, String)) {
         let run = async {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = match engine {
-                Engine::Sqlite => sqlite_url(&dir),
-                Engine::Postgres => match fresh_schema_url("test").await {
-                    Some(url) => url,
-                    None => return,
-                },
+                Engine::Sqlite => format!("sqlite://{}", dir.path().join("store.db").display()),
+                Engine::Postgres => fresh_schema_url("test").await,
             };
-            case(open(&url).await.expect("open the store")).await;
+            case(engine, url).await;
         };
         tokio::time::timeout(Duration::from_secs(60), run)
             .await
             .expect("the case finishes within a minute");
     }
 
-    /// The databases a test runs on: SQLite in a temporary directory (kept by the guard) and,
-    /// when a test database is configured, a fresh PostgreSQL schema.
+    /// A database URL whose connections use a new, empty schema of the database named by
+    /// `TEST_DATABASE_URL`.
     ///
     /// # Panics
-    /// When `REQUIRE_POSTGRES` is set but the database is missing or unreachable.
-    pub async fn urls() -> (Vec<(Engine, String)>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut urls = vec![(Engine::Sqlite, sqlite_url(&dir))];
-        let postgres = fresh_schema_url("test").await;
-        urls.extend(postgres.map(|url| (Engine::Postgres, url)));
-        (urls, dir)
-    }
-
-    fn sqlite_url(dir: &tempfile::TempDir) -> String {
-        format!("sqlite://{}", dir.path().join("store.db").display())
-    }
-
-    /// A database URL whose connections use a new, empty schema; `None` when no test database
-    /// is configured.
-    ///
-    /// # Panics
-    /// When `REQUIRE_POSTGRES` is set but the database is missing or unreachable.
-    pub async fn fresh_schema_url(prefix: &str) -> Option<String> {
-        let Ok(url) = std::env::var(URL_ENV) else {
-            assert!(
-                std::env::var_os(REQUIRE_ENV).is_none(),
-                "{REQUIRE_ENV} is set but {URL_ENV} is not"
-            );
-            return None;
-        };
-        let admin = sqlx::PgPool::connect(&url)
+    /// When no test database is configured or it is unreachable: a PostgreSQL test that was
+    /// asked to run must not pass without a server.
+    pub async fn fresh_schema_url(prefix: &str) -> String {
+        let url = std::env::var(URL_ENV).unwrap_or_else(|_| {
+            panic!(
+                "{URL_ENV} is not set: this PostgreSQL test needs a server \
+                 (`eval \"$(.ci/start-postgres.sh)\"` starts one)"
+            )
+        });
+        let admin = tokio::time::timeout(Duration::from_secs(10), sqlx::PgPool::connect(&url))
             .await
+            .expect("TEST_DATABASE_URL answers within 10 s")
             .expect("connect to TEST_DATABASE_URL");
         let random = miniprogram_token::random_bytes().expect("random");
         let schema = format!("{prefix}_{}", hex::encode(&random[..6]));
@@ -639,8 +761,6 @@ pub mod testing {
             .expect("create schema");
         admin.close().await;
         let separator = if url.contains('?') { '&' } else { '?' };
-        Some(format!(
-            "{url}{separator}options=-c%20search_path%3D{schema}"
-        ))
+        format!("{url}{separator}options=-c%20search_path%3D{schema}")
     }
 }

@@ -160,7 +160,12 @@ macro_rules! reflect_with {
                     .await
                     .unwrap()
                     .into_inner();
-                stream.message().await.unwrap().unwrap().message_response
+                tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+                    .await
+                    .expect("a reflection answer within 10 s")
+                    .unwrap()
+                    .unwrap()
+                    .message_response
             }
         };
         let Some(MessageResponse::ListServicesResponse(list)) =
@@ -310,13 +315,22 @@ async fn draining_tells_health_watchers_not_serving_and_does_not_wait_for_them()
         .await
         .unwrap()
         .into_inner();
-    let first = watch.message().await.unwrap().unwrap();
-    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let first = within_10s("the first status", watch.message()).await;
+    assert_eq!(
+        first.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
     let stopping = tokio::spawn(auth.stop());
-    let next = watch.message().await.unwrap().unwrap();
-    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    let next = within_10s("NOT_SERVING", watch.message()).await;
+    assert_eq!(
+        next.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
     assert!(
-        matches!(watch.message().await, Ok(None) | Err(_)),
+        matches!(
+            within_10s("the end", watch.message()).await,
+            Ok(None) | Err(_)
+        ),
         "the watch ends while draining"
     );
     // Stopping must not sit out the whole drain deadline for an open Watch.
@@ -325,4 +339,11 @@ async fn draining_tells_health_watchers_not_serving_and_does_not_wait_for_them()
         .expect("the server waited for the health watcher until the drain deadline")
         .unwrap();
     assert!(stopped.is_ok());
+}
+
+/// What `message` yields, within 10 s.
+async fn within_10s<T>(what: &str, message: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), message)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within 10 s"))
 }

@@ -498,57 +498,55 @@ async fn write_older_log<B: sql_backend::Backend>(url: &str, migrator: &'static 
 /// Migration 0002 on a log an older version wrote (a rule per repeated revocation) leaves the
 /// latest rule of the token and of the family, and every withdrawal (each has a cut-off of
 /// its own), so its unique indexes can be built; the token rule kept is counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migration_0002_leaves_one_rule_per_revoked_token_or_family() {
-    let (urls, dir) = sql_backend::testing::urls().await;
-    for (engine, url) in urls {
-        let (name, text) = match engine {
-            Engine::Sqlite => (
-                "sqlite",
-                include_str!("../../../migrations/auth/sqlite/0001_init.sql"),
-            ),
-            Engine::Postgres => (
-                "postgres",
-                include_str!("../../../migrations/auth/postgres/0001_init.sql"),
-            ),
-        };
-        let first = dir.path().join(name);
-        std::fs::create_dir_all(&first).unwrap();
-        std::fs::write(first.join("0001_init.sql"), text).unwrap();
-        let migrator = Box::leak(Box::new(sqlx::migrate::Migrator::new(first).await.unwrap()));
-        match engine {
-            Engine::Sqlite => write_older_log::<sql_backend::Sqlite>(&url, migrator).await,
-            Engine::Postgres => write_older_log::<sql_backend::Postgres>(&url, migrator).await,
-        }
-        let store = super::open(&url).await.expect("0002 runs");
-        let mut repos = store.repositories();
-        let rules = repos.revocations().after(0, 100).await.unwrap();
-        let count = |f: fn(&RevocationRule) -> bool| rules.iter().filter(|r| f(r)).count();
-        assert_eq!(count(|r| r.token_id.is_some()), 1, "{engine:?}");
-        assert_eq!(count(|r| r.grant_id.is_some()), 1, "{engine:?}");
-        assert_eq!(
-            count(|r| r.token_id.is_none() && r.grant_id.is_none()),
-            3,
-            "{engine:?}"
-        );
-        assert!(
-            rules
-                .iter()
-                .filter(|r| r.token_id.is_some() || r.grant_id.is_some())
-                .all(|r| r.issued_before == t(200)),
-            "{engine:?}: the latest (widest) rule of each target is kept"
-        );
-        let live = repos
-            .revocations()
-            .live_token_rules("a1", t(0))
-            .await
-            .unwrap();
-        assert_eq!(
-            live, 1,
-            "{engine:?}: the token rule kept counts against its app"
-        );
+async fn migration_0002_leaves_one_rule_per_revoked_token_or_family(engine: Engine, url: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (name, text) = match engine {
+        Engine::Sqlite => (
+            "sqlite",
+            include_str!("../../../migrations/auth/sqlite/0001_init.sql"),
+        ),
+        Engine::Postgres => (
+            "postgres",
+            include_str!("../../../migrations/auth/postgres/0001_init.sql"),
+        ),
+    };
+    let first = dir.path().join(name);
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::write(first.join("0001_init.sql"), text).unwrap();
+    let migrator = Box::leak(Box::new(sqlx::migrate::Migrator::new(first).await.unwrap()));
+    match engine {
+        Engine::Sqlite => write_older_log::<sql_backend::Sqlite>(&url, migrator).await,
+        Engine::Postgres => write_older_log::<sql_backend::Postgres>(&url, migrator).await,
     }
+    let store = super::open(&url).await.expect("0002 runs");
+    let mut repos = store.repositories();
+    let rules = repos.revocations().after(0, 100).await.unwrap();
+    let count = |f: fn(&RevocationRule) -> bool| rules.iter().filter(|r| f(r)).count();
+    assert_eq!(count(|r| r.token_id.is_some()), 1, "{engine:?}");
+    assert_eq!(count(|r| r.grant_id.is_some()), 1, "{engine:?}");
+    assert_eq!(
+        count(|r| r.token_id.is_none() && r.grant_id.is_none()),
+        3,
+        "{engine:?}"
+    );
+    assert!(
+        rules
+            .iter()
+            .filter(|r| r.token_id.is_some() || r.grant_id.is_some())
+            .all(|r| r.issued_before == t(200)),
+        "{engine:?}: the latest (widest) rule of each target is kept"
+    );
+    let live = repos
+        .revocations()
+        .live_token_rules("a1", t(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        live, 1,
+        "{engine:?}: the token rule kept counts against its app"
+    );
 }
+sql_backend::on_each_engine!(migration_0002_leaves_one_rule_per_revoked_token_or_family);
 
 pub async fn prompts_resolve_once(store: Arc<dyn AuthStore>) {
     let p = PromptRecord {

@@ -79,7 +79,13 @@ async fn health_watch_streams_are_capped_and_end_after_their_lifetime() {
         service: String::new(),
     };
     let mut first = health.watch(watch()).await.expect("a watch").into_inner();
-    assert!(first.message().await.expect("a status").is_some());
+    let status = tokio::time::timeout(Duration::from_secs(10), first.message()).await;
+    assert!(
+        status
+            .expect("a status within 10 s")
+            .expect("a status")
+            .is_some()
+    );
     let refused = health.watch(watch()).await.expect_err("no second slot");
     assert_eq!(
         (refused.code(), ErrorReason::of(&refused)),
@@ -117,5 +123,11 @@ async fn health_watch_streams_are_capped_and_end_after_their_lifetime() {
     })
     .await
     .expect("the slot came back within 5 s");
-    assert!(again.message().await.expect("a status").is_some());
+    let status = tokio::time::timeout(Duration::from_secs(10), again.message()).await;
+    assert!(
+        status
+            .expect("a status within 10 s")
+            .expect("a status")
+            .is_some()
+    );
 }
