@@ -301,7 +301,7 @@ async fn userinfo_service_killed_fifty_times_under_load_keeps_every_acknowledged
                         let user = &mine[turn % mine.len()];
                         turn += 1;
                         let state = ledger.lock().unwrap_or_else(|e| e.into_inner()).get(user).copied().unwrap_or_default();
-                        let next: ProfileState = if turn % 5 == 0 && state.acknowledged.is_some() {
+                        let next: ProfileState = if turn.is_multiple_of(5) && state.acknowledged.is_some() {
                             None
                         } else {
                             Some(state.acknowledged.map_or(1, |v| v + 1))

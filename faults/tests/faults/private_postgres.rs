@@ -41,7 +41,7 @@ impl PrivatePostgres {
             as_postgres,
         };
         let pgdata = server.pgdata();
-        run(&mut server.command("initdb").args([
+        run(server.command("initdb").args([
             "-D",
             &pgdata,
             "-A",
@@ -75,7 +75,7 @@ impl PrivatePostgres {
     /// Stops the server (`fast`: connections are terminated, as in a restart or failover).
     pub fn stop(&self) {
         let pgdata = self.pgdata();
-        run(&mut self
+        run(self
             .command("pg_ctl")
             .args(["-D", &pgdata, "-m", "fast", "-w", "stop"]));
     }
@@ -88,7 +88,7 @@ impl PrivatePostgres {
             self.port
         );
         let log = format!("{pgdata}/server.log");
-        run(&mut self
+        run(self
             .command("pg_ctl")
             .args(["-D", &pgdata, "-l", &log, "-w", "-o", &options, "start"]));
     }

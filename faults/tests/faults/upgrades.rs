@@ -590,6 +590,16 @@ async fn processes_starting_at_once_on_one_sqlite_file_migrate_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "writes fixtures: run by hand with FIXTURE_AUTH_SERVICE and FIXTURE_USERINFO_SERVICE"]
 async fn make_upgrade_fixtures() {
+    within(
+        Duration::from_secs(300),
+        "writing the fixtures",
+        write_fixtures(),
+    )
+    .await;
+}
+
+/// The body of [`make_upgrade_fixtures`].
+async fn write_fixtures() {
     let auth_binary = std::env::var("FIXTURE_AUTH_SERVICE")
         .expect("FIXTURE_AUTH_SERVICE: the older auth-service binary");
     let userinfo_binary = std::env::var("FIXTURE_USERINFO_SERVICE")
