@@ -28,7 +28,18 @@ RUN for lib in proto token runtime sql-backend auth-service userinfo-service; do
  && cargo clean --release -p miniprogram-proto -p miniprogram-token -p service-runtime \
       -p sql-backend -p auth-service -p userinfo-service -p health-probe
 
-COPY . .
+# Then what the three binaries are built from (not the docs or CI files, so editing those
+# rebuilds nothing): the crates and the migrations they embed.
+COPY proto/ proto/
+COPY token/ token/
+COPY runtime/ runtime/
+COPY sql-backend/ sql-backend/
+COPY auth-service/ auth-service/
+COPY userinfo-service/ userinfo-service/
+COPY all-in-one/ all-in-one/
+COPY health-probe/ health-probe/
+COPY bench/ bench/
+COPY migrations/ migrations/
 # /rootfs becomes the whole runtime image: the binaries, every shared library they load (as
 # ldd lists them, with the paths the dynamic loader looks in), /data owned by the service
 # user (10001) and private to it, and /tmp.

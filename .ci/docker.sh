@@ -255,8 +255,8 @@ with tarfile.open(image) as outer:
 print(f"no secret in {layers} layers ({files} files), none in docker history; {len(needles)} needles")
 PY
 rm -f "$work/image.tar"
-echo "image: user $image_user, HEALTHCHECK $image_health, no shell, $(wc -l <"$work/rootfs.txt") entries:"
-awk '$1 !~ /^d/ {printf "  %s %s\n", $3, $NF}' "$work/rootfs.txt"
+echo "image: user $image_user, HEALTHCHECK $image_health, no shell; its files:"
+awk '$1 ~ /^-/ && $3 > 0 {printf "  %10d  %s  %s\n", $3, $1, $NF}' "$work/rootfs.txt"
 echo "image size: $((image_bytes / 1000000)) MB ($image_bytes bytes)"
 
 # ---------------------------------------------------------------------------------------------
