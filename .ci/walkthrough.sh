@@ -4,15 +4,29 @@
 # <!-- walkthrough:fails REASON --> must fail and print REASON. Then runs the whole flow the
 # all-in-one's banner prints, the same way.
 # Usage: .ci/walkthrough.sh PATH_TO_ALL_IN_ONE_BINARY   (grpcurl and python3 on PATH)
+#
+#    or: .ci/walkthrough.sh --against AUTH_ADDR USERINFO_ADDR DIR
+# against services already running (compose): first the README's <!-- compose-seed --> blocks
+# (a demo app and users, written to DIR/data/dev-credentials.env), then the walkthrough, in
+# DIR, with the README's addresses 127.0.0.1:50051 / :50052 replaced by the given ones. If
+# WALKTHROUGH_AFTER_BLOCK names a command, it runs after each walkthrough block with the
+# block's number (.ci/docker.sh kills replicas there).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-binary="$(realpath "$1")"
-work="$(mktemp -d)"
+against=""
+if [ "${1:-}" = --against ]; then
+  against="$2 $3"
+  work="$(realpath "$4")"
+else
+  binary="$(realpath "$1")"
+  work="$(mktemp -d)"
+fi
 script="$work/walkthrough.sh"
 
-expected=$(python3 - "$repo/README.md" "$script" "$work/ran" <<'PY'
+expected=$(python3 - "$repo/README.md" "$script" "$work/ran" $against <<'PY'
 import re, sys
 readme, out, ran = sys.argv[1], sys.argv[2], sys.argv[3]
+against = sys.argv[4:]
 text = open(readme).read()
 blocks = re.findall(r"<!-- walkthrough(?::fails (\w+))? -->\s*```sh\n(.*?)```", text, re.S)
 # Every sh block of the walkthrough section, and every marker, must be a block run here: a
@@ -24,22 +38,43 @@ if not blocks or not len(blocks) == markers == fences:
     sys.exit(f"README.md: {len(blocks)} walkthrough blocks recognised, but {markers} markers and "
              f"{fences} sh blocks in the walkthrough section (a marker or a fence changed?)")
 lines = ["set -euo pipefail"]
-for i, (fails, body) in enumerate(blocks, 1):
-    lines.append(f"echo '--- walkthrough block {i}'")
+if against:
+    seeds = re.findall(r"<!-- compose-seed -->\s*```sh\n(.*?)```", text, re.S)
+    assert seeds, "README has no <!-- compose-seed --> block"
+    blocks = [("", seed) for seed in seeds] + [(f, b) for f, b in blocks]
+    readdress = lambda body: body.replace("127.0.0.1:50051", against[0]).replace("127.0.0.1:50052", against[1])
+    seeded = len(seeds)
+else:
+    readdress = lambda body: body
+    seeded = 0
+for i, (fails, body) in enumerate(blocks, 1 - seeded):
+    body = readdress(body)
+    lines.append(f"echo '--- {'seed' if i < 1 else 'walkthrough'} block {i}'")
     if fails:
         lines.append(f"if out=$( {{\n{body}\n}} 2>&1 ); then echo \"block {i} should have failed\"; echo \"$out\"; exit 1; fi")
         lines.append('echo "$out"')
         lines.append(f'grep -q {fails} <<<"$out" || {{ echo "block {i} did not fail with {fails}"; exit 1; }}')
     else:
         lines.append(body)
-    lines.append(f"echo {i} >>'{ran}'")
+    if i >= 1:
+        lines.append(f"echo {i} >>'{ran}'")
+    if against and i >= 1:
+        lines.append(f'[ -z "${{WALKTHROUGH_AFTER_BLOCK:-}}" ] || "$WALKTHROUGH_AFTER_BLOCK" {i}')
 open(out, "w").write("\n".join(lines) + "\n")
-print(len(blocks))
+print(len(blocks) - seeded)
 PY
 )
 echo "$expected walkthrough blocks in README.md"
 
 cd "$work"
+rm -f "$work/ran"
+if [ -n "$against" ]; then
+  bash "$script"
+  ran=$(wc -l <"$work/ran")
+  [ "$ran" -eq "$expected" ] || { echo "ran $ran of the $expected walkthrough blocks"; exit 1; }
+  echo "walkthrough: the seed blocks and every walkthrough block behaved as the README says, against $against"
+  exit 0
+fi
 "$binary" >"$work/all-in-one.out" 2>"$work/all-in-one.err" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT

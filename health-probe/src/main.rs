@@ -1,6 +1,9 @@
-//! `health-probe ADDR [SERVICE]`: asks `grpc.health.v1.Health/Check` at ADDR and exits 0 when
-//! the answer is SERVING, 1 otherwise (including no answer within three seconds), 2 on bad
+//! `health-probe [ADDR [SERVICE]]`: asks `grpc.health.v1.Health/Check` at ADDR and exits 0
+//! when the answer is SERVING, 1 otherwise (including no answer within three seconds), 2 on bad
 //! usage. Shipped in the container image for `HEALTHCHECK` / compose health checks.
+//!
+//! Without ADDR it asks the address in `PROBE_ADDR`: the image's `HEALTHCHECK` has no
+//! arguments, and whoever starts the container says there which service it runs.
 //!
 //! With `PROBE_TLS_CA_FILE` set, it speaks TLS, trusting that PEM CA, and checks the server's
 //! certificate for the name in `PROBE_TLS_DOMAIN` (default `localhost`), so a service running
@@ -15,8 +18,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let Some(addr) = args.next() else {
-        eprintln!("usage: health-probe ADDR [SERVICE]   (PROBE_TLS_CA_FILE=ca.pem for TLS)");
+    let Some(addr) = args.next().or_else(|| std::env::var("PROBE_ADDR").ok()) else {
+        eprintln!(
+            "usage: health-probe ADDR [SERVICE], or PROBE_ADDR=ADDR health-probe   (PROBE_TLS_CA_FILE=ca.pem for TLS)"
+        );
         return ExitCode::from(2);
     };
     let service = args.next().unwrap_or_default();
