@@ -25,6 +25,8 @@ pub struct Measured {
     pub latencies: Vec<Duration>,
     /// Each kind of error seen, with how often.
     pub error_kinds: BTreeMap<CallError, u64>,
+    /// CPU time the servers under test spent in the measured window (user + system).
+    pub server_cpu: Duration,
 }
 
 impl Measured {
@@ -33,6 +35,14 @@ impl Measured {
             return 0.0;
         }
         self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Server CPU per successful call, in microseconds: what a call costs whatever the load.
+    pub fn cpu_us_per_call(&self) -> f64 {
+        if self.calls == 0 {
+            return 0.0;
+        }
+        self.server_cpu.as_secs_f64() * 1e6 / self.calls as f64
     }
 
     pub fn percentile(&self, p: f64) -> Duration {
@@ -53,8 +63,9 @@ pub struct LoadShape {
 }
 
 /// Runs `call` from `shape.concurrency` callers: `shape.warmup` unmeasured (errors in it
-/// still count), then `shape.duration` measured.
-pub async fn run(shape: LoadShape, call: Call) -> Measured {
+/// still count), then `shape.duration` measured; `server_cpu` reads the CPU time the servers
+/// under test have used so far.
+pub async fn run(shape: LoadShape, call: Call, server_cpu: &dyn Fn() -> Duration) -> Measured {
     let errors = Arc::new(Mutex::new(BTreeMap::<CallError, u64>::new()));
     let note = |errors: &Arc<Mutex<BTreeMap<CallError, u64>>>, e: CallError| {
         let mut kinds = errors.lock().unwrap_or_else(|p| p.into_inner());
@@ -79,6 +90,7 @@ pub async fn run(shape: LoadShape, call: Call) -> Measured {
     while let Some(joined) = warming.join_next().await {
         warmup_errors += joined.unwrap_or(1);
     }
+    let cpu_before = server_cpu();
     let deadline = Instant::now() + shape.duration;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -120,6 +132,7 @@ pub async fn run(shape: LoadShape, call: Call) -> Measured {
         }
     }
     measured.elapsed = started.elapsed();
+    measured.server_cpu = server_cpu().saturating_sub(cpu_before);
     measured.latencies.sort_unstable();
     measured.error_kinds = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
     measured

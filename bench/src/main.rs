@@ -68,8 +68,9 @@ struct Args {
     /// Put nginx (`grpc_pass`) in front of the services even with one replica.
     #[arg(long)]
     balancer: bool,
-    /// Single-use rows (prompts, codes, refresh tokens) prepared per second of load.
-    #[arg(long, default_value_t = 12_000)]
+    /// Single-use rows (prompts, codes, refresh tokens) prepared per second of load: above
+    /// the rate those scenarios reach here; a pool used up is reported as errors.
+    #[arg(long, default_value_t = 5_000)]
     pool_rate: u64,
     /// Where the service binaries are (default: beside this one).
     #[arg(long)]
@@ -90,6 +91,7 @@ impl Args {
             self.connections = 2;
             self.scale = 2_000;
             self.rules = 1_000;
+            self.pool_rate = self.pool_rate.min(2_000);
         }
     }
 
@@ -259,12 +261,16 @@ async fn run_engine(args: &Args, engine: Engine) -> bool {
         .tempdir()
         .expect("a work directory");
     let launcher = Launcher {
-        bin_dir: args.bin_dir.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(PathBuf::from))
-                .unwrap_or_default()
-        }),
+        bin_dir: args
+            .bin_dir
+            .clone()
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(PathBuf::from))
+                    .unwrap_or_default()
+            }),
         dir: dir.path().to_path_buf(),
     };
     let (auth_url, userinfo_url, schemas) = databases(&engine, dir.path()).await;
@@ -414,7 +420,14 @@ async fn run_engine(args: &Args, engine: Engine) -> bool {
         userinfo: channels(userinfo_addr, n),
         userinfo_uncached: cluster.uncached.as_ref().map(|p| channels(p.addr, n)),
     };
-    let minted = Arc::new(scenarios::mint(&targets, plan, 4096.min(plan.users), 16).await);
+    // Within the verifier's cache of 8,192 verified tokens, and (cold) well beyond it.
+    let cold = match (selected.contains(&"userinfo-cold"), args.smoke) {
+        (false, _) => 0,
+        (true, false) => 20_000,
+        (true, true) => 200,
+    };
+    let minted = scenarios::mint(&targets, plan, 4096.min(plan.users), cold, 16).await;
+    let minted = Arc::new(minted);
 
     let shape = LoadShape {
         concurrency: args.concurrency,
@@ -425,12 +438,39 @@ async fn run_engine(args: &Args, engine: Engine) -> bool {
         .iter()
         .filter_map(|key| scenarios::call(key, &targets, plan, &minted).map(|c| (*key, c)))
         .collect();
-    let mut rounds: BTreeMap<&str, Vec<Measured>> = BTreeMap::new();
+    // Each scenario is measured right after the echo baseline, and its ratio taken to that
+    // pair's echo: the load other work puts on a shared machine moves both alike.
+    let echo_call = scenarios::call("echo", &targets, plan, &minted).expect("the echo scenario");
+    let echo_pid = echo.pid();
+    let echo_cpu = move || cluster::cpu_of(echo_pid);
+    let server_pids: Vec<u32> = cluster.processes().map(|p| p.pid()).collect();
+    let balanced_pid = echo_balanced.as_ref().map(Process::pid);
+    let servers_cpu = move || {
+        server_pids
+            .iter()
+            .map(|p| cluster::cpu_of(*p))
+            .sum::<Duration>()
+    };
+    let balanced_cpu =
+        move || balanced_pid.map_or(Duration::ZERO, cluster::cpu_of) + cluster::cpu_of(echo_pid);
+    let mut rounds: BTreeMap<&str, Vec<(Measured, Measured)>> = BTreeMap::new();
     let mut peak: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for _ in 0..args.rounds.max(1) {
-        for (key, call) in &calls {
-            let measured = load::run(shape, call.clone()).await;
-            rounds.entry(key).or_default().push(measured);
+        for (key, call) in calls.iter().filter(|(key, _)| *key != "echo") {
+            let baseline = load::run(shape, echo_call.clone(), &echo_cpu).await;
+            let cpu: &dyn Fn() -> Duration = match *key {
+                "echo-balanced" => &balanced_cpu,
+                _ => &servers_cpu,
+            };
+            let measured = load::run(shape, call.clone(), cpu).await;
+            rounds
+                .entry(key)
+                .or_default()
+                .push((measured, baseline.clone()));
+            rounds
+                .entry("echo")
+                .or_default()
+                .push((baseline.clone(), baseline));
             for p in cluster.processes() {
                 let (rss, hwm) = p.memory_mib();
                 let entry = peak.entry(p.name.clone()).or_insert((0.0, 0.0));
@@ -455,23 +495,33 @@ async fn run_engine(args: &Args, engine: Engine) -> bool {
 fn report(
     args: &Args,
     engine: &Engine,
-    rounds: &BTreeMap<&str, Vec<Measured>>,
+    rounds: &BTreeMap<&str, Vec<(Measured, Measured)>>,
     startups: &[(String, Duration)],
     peak: &BTreeMap<String, (f64, f64)>,
     plan: Plan,
 ) -> bool {
-    let echo = &rounds["echo"];
+    let middle = |mut values: Vec<f64>| -> f64 {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    };
     let ratio_of = |key: &str| -> f64 {
-        let mut ratios: Vec<f64> = rounds[key]
-            .iter()
-            .zip(echo)
-            .map(|(m, e)| m.per_second() / e.per_second().max(1.0))
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        ratios[ratios.len() / 2]
+        middle(
+            rounds[key]
+                .iter()
+                .map(|(m, e)| m.per_second() / e.per_second().max(1.0))
+                .collect(),
+        )
+    };
+    let cpu_ratio_of = |key: &str| -> f64 {
+        middle(
+            rounds[key]
+                .iter()
+                .map(|(m, e)| e.cpu_us_per_call() / m.cpu_us_per_call().max(0.001))
+                .collect(),
+        )
     };
     let median = |key: &str| -> Measured {
-        let mut all = rounds[key].clone();
+        let mut all: Vec<Measured> = rounds[key].iter().map(|(m, _)| m.clone()).collect();
         all.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
         all.swap_remove(all.len() / 2)
     };
@@ -484,8 +534,10 @@ fn report(
         args.connections,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| scenario | per s | x echo | p50 ms | p99 ms | p99.9 ms | errors |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| scenario | per s | x echo | p50 ms | p99 ms | p99.9 ms | server CPU us/call | CPU x echo | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut clean = true;
     let mut ratios = BTreeMap::new();
     for (key, title) in scenarios::ALL {
@@ -495,14 +547,21 @@ fn report(
         let m = median(key);
         let ratio = ratio_of(key);
         ratios.insert(key, (ratio, m.per_second()));
-        let errors: u64 = rounds[key].iter().map(|m| m.errors).sum();
+        let errors: u64 = rounds[key].iter().map(|(m, _)| m.errors).sum();
         let unit = if key == "flow" { " flows" } else { "" };
+        let cpu = middle(
+            rounds[key]
+                .iter()
+                .map(|(m, _)| m.cpu_us_per_call())
+                .collect(),
+        );
         println!(
-            "| {title} | {:.0}{unit} | {ratio:.2} | {:.2} | {:.2} | {:.2} | {errors} |",
+            "| {title} | {:.0}{unit} | {ratio:.2} | {:.2} | {:.2} | {:.2} | {cpu:.0} | {:.2} | {errors} |",
             m.per_second(),
             m.percentile(0.50).as_secs_f64() * 1000.0,
             m.percentile(0.99).as_secs_f64() * 1000.0,
             m.percentile(0.999).as_secs_f64() * 1000.0,
+            cpu_ratio_of(key),
         );
         if errors > 0 {
             clean = false;
@@ -510,7 +569,7 @@ fn report(
     }
     for (key, runs) in rounds {
         let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
-        for m in runs {
+        for (m, _) in runs {
             for (kind, n) in &m.error_kinds {
                 *kinds.entry(kind).or_insert(0) += n;
             }

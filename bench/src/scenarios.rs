@@ -20,7 +20,7 @@ use crate::load::{Call, CallError};
 use crate::seed::{Plan, secret};
 
 /// Every scenario by its flag name, with what the report calls it.
-pub const ALL: [(&str, &str); 13] = [
+pub const ALL: [(&str, &str); 14] = [
     ("echo", "echo baseline (bare tonic, health Check)"),
     ("echo-balanced", "echo baseline through the balancer"),
     (
@@ -41,6 +41,10 @@ pub const ALL: [(&str, &str); 13] = [
     ("revoke", "RevokeToken (refresh token: revokes its family)"),
     ("userinfo-cached", "GetOpenUserInfo, profile cache on (1 s)"),
     ("userinfo-uncached", "GetOpenUserInfo, profile cache off"),
+    (
+        "userinfo-cold",
+        "GetOpenUserInfo, cache on, every token new to the verifier (Ed25519 check per call)",
+    ),
     ("phone", "GetPhoneNumber"),
     (
         "flow",
@@ -62,6 +66,8 @@ pub struct Targets {
 pub struct Minted {
     /// (user, consent token) from silent re-grants.
     pub consent: Vec<(u64, String)>,
+    /// More consent tokens than the verifier's cache of verified tokens holds.
+    pub cold: Vec<(u64, String)>,
     /// (user, app, access token with the phone scope) from exchanges.
     pub access: Vec<(u64, u64, String)>,
 }
@@ -399,22 +405,23 @@ pub fn call(key: &str, targets: &Targets, plan: Plan, minted: &Arc<Minted>) -> O
     })
 }
 
-/// Mints the tokens the read scenarios present: consent tokens by silent re-grants and
-/// access tokens by exchanging the setup codes, `width` calls at a time.
-pub async fn mint(targets: &Targets, plan: Plan, consent: u64, width: usize) -> Minted {
+/// Mints the tokens the read scenarios present: consent tokens by silent re-grants (the
+/// first `consent` for the cached scenarios, then `cold` more) and access tokens by
+/// exchanging the setup codes, `width` calls at a time.
+pub async fn mint(targets: &Targets, plan: Plan, consent: u64, cold: u64, width: usize) -> Minted {
     let mut tasks = tokio::task::JoinSet::new();
     let per = move |n: u64, w: u64| (w..n).step_by(width);
     for w in 0..width as u64 {
         let auth = pick(&targets.auth, w as usize);
         tasks.spawn(async move {
             let mut made = (Vec::new(), Vec::new());
-            for k in per(consent, w) {
+            for k in per(consent + cold, w) {
                 let user = plan.spread(k);
                 let app = plan.granted_app(user);
                 match request(auth.clone(), user, app, &[pb::Scope::UserInfo]).await {
                     Ok(pb::request_authorization_response::Result::Grant(g)) => {
-                        made.0
-                            .push((user, consent_token(g).expect("a consent token")));
+                        let token = consent_token(g).expect("a consent token");
+                        made.0.push((k, (user, token)));
                     }
                     other => panic!("a silent re-grant for the setup: {other:?}"),
                 }
@@ -432,12 +439,17 @@ pub async fn mint(targets: &Targets, plan: Plan, consent: u64, width: usize) -> 
     }
     let mut minted = Minted {
         consent: Vec::new(),
+        cold: Vec::new(),
         access: Vec::new(),
     };
+    let mut all = Vec::new();
     while let Some(made) = tasks.join_next().await {
-        let (consent, access) = made.expect("a setup task");
-        minted.consent.extend(consent);
+        let (tokens, access) = made.expect("a setup task");
+        all.extend(tokens);
         minted.access.extend(access);
     }
+    let (first, rest): (Vec<_>, Vec<_>) = all.into_iter().partition(|(k, _)| *k < consent);
+    minted.consent = first.into_iter().map(|(_, t)| t).collect();
+    minted.cold = rest.into_iter().map(|(_, t)| t).collect();
     minted
 }

@@ -59,6 +59,7 @@ impl Db {
             let options: SqliteConnectOptions = url.parse().expect("an SQLite URL");
             let options = options
                 .synchronous(SqliteSynchronous::Off)
+                .pragma("cache_size", "-524288")
                 .busy_timeout(std::time::Duration::from_secs(60));
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
