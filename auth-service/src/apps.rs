@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use miniprogram_token::{Clock, ScopeSet, Timestamp};
 
+use crate::credentials::VerifiedCredentials;
 use crate::error::AuthError;
 use crate::model::{AppRecord, ChangeReason, ConsentEvent, Feature, FeatureSet, ScopePurpose};
 use crate::privacy::{PrivacyPolicy, check_declaration};
@@ -28,6 +29,7 @@ pub struct AppRegistry {
     revocation_policy: RevocationPolicy,
     feed: RevocationFeed,
     privacy: PrivacyPolicy,
+    verified: Option<Arc<VerifiedCredentials>>,
 }
 
 impl AppRegistry {
@@ -41,6 +43,20 @@ impl AppRegistry {
             revocation_policy,
             feed,
             privacy: PrivacyPolicy::default(),
+            verified: None,
+        }
+    }
+
+    /// Ends the reuse of `verified` app credentials whenever an app changes here.
+    pub fn with_verified_credentials(mut self, verified: Arc<VerifiedCredentials>) -> Self {
+        self.verified = Some(verified);
+        self
+    }
+
+    /// After an app change is written: credentials verified before it are checked again.
+    fn changed(&self) {
+        if let Some(verified) = &self.verified {
+            verified.forget_all();
         }
     }
 
@@ -91,7 +107,9 @@ impl AppRegistry {
         let on = FeatureSet::EMPTY.with(feature);
         let mut repos = self.store.repositories();
         let app = repos.apps().switch_features(app_id, on, FeatureSet::EMPTY);
-        app.await?.ok_or(AuthError::AppNotFound)
+        let app = app.await?.ok_or(AuthError::AppNotFound)?;
+        self.changed();
+        Ok(app)
     }
 
     /// Switches a feature off and voids every token and consent that relies on it: refresh
@@ -132,6 +150,7 @@ impl AppRegistry {
         records.await?;
         tx.consents().withdraw_from_all(app_id, scopes).await?;
         tx.commit().await?;
+        self.changed();
         self.feed.notify();
         Ok(app)
     }
@@ -153,20 +172,25 @@ impl AppRegistry {
             .privacy()
             .replace_declaration(app_id, version, purposes, now);
         match replaced.await? {
-            Some(app) => Ok((app, repos.privacy().declaration(app_id).await?)),
+            Some(app) => {
+                self.changed();
+                Ok((app, repos.privacy().declaration(app_id).await?))
+            }
             None => Err(AuthError::DeclarationVersionNotRaised(
                 current.declaration_version,
             )),
         }
     }
 
-    /// Issues a new secret; the old one stops working at once.
+    /// Issues a new secret; the old one stops working at once on this replica, and within
+    /// [`crate::credentials::VERIFIED_CREDENTIAL_TTL`] on others.
     pub async fn rotate_secret(&self, app_id: &str) -> Result<OpaqueSecret, AuthError> {
         let secret = OpaqueSecret::generate()?;
         let mut repos = self.store.repositories();
         if !repos.apps().set_secret(app_id, &secret.hash()).await? {
             return Err(AuthError::AppNotFound);
         }
+        self.changed();
         Ok(secret)
     }
 }

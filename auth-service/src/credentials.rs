@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -260,15 +261,81 @@ fn app_key(app_id: &str) -> FailureKey {
     truncated_digest(hasher)
 }
 
+/// How long a verified app credential is reused without reading the app again. A secret
+/// rotated, or a feature switched, through this replica ends every reuse at once; through
+/// another replica, within this bound.
+pub const VERIFIED_CREDENTIAL_TTL: Duration = Duration::from_secs(1);
+
+/// Most verified credentials kept (about 300 bytes each).
+const VERIFIED_CREDENTIALS: usize = 10_000;
+
+/// App credentials verified lately, so a backend's every call does not re-read its app.
+/// Keyed by SHA-256 over the app id and the presented secret: the secret itself is never
+/// kept, and only a credential that matched the stored hash is ever entered. An entry counts
+/// only within [`VERIFIED_CREDENTIAL_TTL`] and while no app change on this replica
+/// ([`VerifiedCredentials::forget_all`]) came after the read it was made from.
+pub struct VerifiedCredentials {
+    ttl: Duration,
+    /// Bumped by every app change; an entry made from a read before the bump is ignored.
+    generation: AtomicU64,
+    entries: quick_cache::sync::Cache<[u8; 32], (u64, Timestamp, AppRecord)>,
+}
+
+impl VerifiedCredentials {
+    pub fn new(ttl: Duration) -> Self {
+        VerifiedCredentials {
+            ttl,
+            generation: AtomicU64::new(0),
+            entries: quick_cache::sync::Cache::new(VERIFIED_CREDENTIALS),
+        }
+    }
+
+    fn key(app_id: &str, secret: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update((app_id.len() as u64).to_be_bytes());
+        hasher.update(app_id.as_bytes());
+        hasher.update(secret.as_bytes());
+        hasher.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32], now: Timestamp) -> Option<AppRecord> {
+        let (generation, verified_at, app) = self.entries.get(key)?;
+        let current = generation == self.generation.load(Ordering::Acquire);
+        (current && now.since(verified_at) < self.ttl).then_some(app)
+    }
+
+    /// Ends every reuse: called once an app change (secret, features, declaration) is written.
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.clear();
+    }
+}
+
 /// Authenticates mini program backends by app id and secret.
 pub struct AppAuthenticator {
     store: Arc<dyn AuthStore>,
     limiter: FailedAttemptLimiter,
+    verified: Arc<VerifiedCredentials>,
 }
 
 impl AppAuthenticator {
     pub fn new(store: Arc<dyn AuthStore>, limiter: FailedAttemptLimiter) -> Self {
-        AppAuthenticator { store, limiter }
+        let verified = Arc::new(VerifiedCredentials::new(VERIFIED_CREDENTIAL_TTL));
+        Self::with_verified(store, limiter, verified)
+    }
+
+    /// Reuses credentials verified within `verified`'s time; the app registry shares it to
+    /// end reuse on a change.
+    pub fn with_verified(
+        store: Arc<dyn AuthStore>,
+        limiter: FailedAttemptLimiter,
+        verified: Arc<VerifiedCredentials>,
+    ) -> Self {
+        AppAuthenticator {
+            store,
+            limiter,
+            verified,
+        }
     }
 
     /// Checks `authorization: Basic ...` from `caller`; the secret is compared in constant
@@ -297,10 +364,18 @@ impl AppAuthenticator {
         if self.limiter.caller_blocked(caller, Some(&app_id), now) {
             return Err(AuthError::RequestTrafficExceedLimit);
         }
+        let key = VerifiedCredentials::key(&app_id, &secret);
+        if let Some(app) = self.verified.get(&key, now) {
+            return Ok(app);
+        }
+        let generation = self.verified.generation.load(Ordering::Acquire);
         let Some(app) = self.store.repositories().apps().get(&app_id).await? else {
             return Err(self.refuse_without_app(caller, now));
         };
         if secrets::matches_hash(&secret, &app.secret_hash) {
+            self.verified
+                .entries
+                .insert(key, (generation, now, app.clone()));
             return Ok(app);
         }
         self.limiter
@@ -455,6 +530,42 @@ mod tests {
         assert!(tracked <= MAX_TRACKED_KEYS, "{tracked} keys tracked");
         assert!(newest_blocked, "the newest caller's failure was dropped");
         assert!(!oldest_blocked, "the oldest window is the one evicted");
+    }
+
+    fn app() -> AppRecord {
+        crate::testing::app_record("mp1", crate::model::FeatureSet::EMPTY)
+    }
+
+    /// Guards the time bound in `VerifiedCredentials::get`: a credential verified longer ago
+    /// than the TTL (another replica may have rotated the secret meanwhile) is read again.
+    #[test]
+    fn a_verified_credential_is_reused_only_within_its_time() {
+        let verified = VerifiedCredentials::new(Duration::from_secs(1));
+        let t0 = Timestamp::from_unix_nanos(1_000_000_000);
+        let key = VerifiedCredentials::key("mp1", "secret");
+        verified.entries.insert(key, (0, t0, app()));
+        let soon = t0.saturating_add(Duration::from_millis(999));
+        assert!(verified.get(&key, soon).is_some());
+        let late = t0.saturating_add(Duration::from_secs(1));
+        assert!(verified.get(&key, late).is_none(), "reused past its time");
+        let other = VerifiedCredentials::key("mp1", "secret2");
+        assert!(verified.get(&other, soon).is_none());
+    }
+
+    /// Guards the generation check in `VerifiedCredentials::get`: an entry made from an app
+    /// read before `forget_all` (a rotation racing a verification) is never reused.
+    #[test]
+    fn an_entry_read_before_an_app_change_is_not_reused() {
+        let verified = VerifiedCredentials::new(Duration::from_secs(60));
+        let t0 = Timestamp::from_unix_nanos(1_000_000_000);
+        let key = VerifiedCredentials::key("mp1", "secret");
+        let read_at = verified.generation.load(Ordering::Acquire);
+        verified.forget_all();
+        verified.entries.insert(key, (read_at, t0, app()));
+        assert!(verified.get(&key, t0).is_none(), "a stale read was reused");
+        let fresh = verified.generation.load(Ordering::Acquire);
+        verified.entries.insert(key, (fresh, t0, app()));
+        assert!(verified.get(&key, t0).is_some());
     }
 
     /// Guards `FailureWindows::expire`: windows that have ended leave the table as soon as

@@ -44,7 +44,10 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use crate::apps::AppRegistry;
 use crate::config::AuthConfig;
 use crate::consent::{ConsentFlow, ConsentLifetimes};
-use crate::credentials::{AppAuthenticator, CallerRole, CallerRoles, FailedAttemptLimiter};
+use crate::credentials::{
+    AppAuthenticator, CallerRole, CallerRoles, FailedAttemptLimiter, VERIFIED_CREDENTIAL_TTL,
+    VerifiedCredentials,
+};
 use crate::keys::{KeyRotation, MasterKeyMismatch, SigningKeys};
 use crate::privacy::{AuthorizationChanges, PrivacyRecords};
 use crate::revocations::{RevocationFeed, RevocationLog, RevocationPolicy};
@@ -226,8 +229,11 @@ impl Services {
             config.failed_credential_window,
         );
         let callers = Arc::new(CallerRoles::new(&config.callers));
+        let verified = Arc::new(VerifiedCredentials::new(VERIFIED_CREDENTIAL_TTL));
+        let authenticator =
+            AppAuthenticator::with_verified(store.clone(), limiter, verified.clone());
         let app_callers = grpc::tokens::AppCallers {
-            authenticator: Arc::new(AppAuthenticator::new(store.clone(), limiter)),
+            authenticator: Arc::new(authenticator),
             clock: clock.clone(),
             callers: callers.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -235,7 +241,8 @@ impl Services {
         Services {
             apps: grpc::apps::AppGrpc {
                 registry: AppRegistry::new(store.clone(), policy, feed.clone())
-                    .with_privacy(privacy),
+                    .with_privacy(privacy)
+                    .with_verified_credentials(verified),
                 clock: clock.clone(),
             },
             authorization: grpc::authorization::AuthorizationGrpc {

@@ -1,389 +1,606 @@
-//! `cargo run --release -p bench`: measures GetOpenUserInfo (consent token checked locally,
-//! profile read from SQLite or the 1 s read cache, full server stack with observer and limits)
-//! against an echo baseline (tonic's health Check on a bare server, no layers) and the same
-//! Check through our layers, with one load generator: C concurrent callers over a few HTTP/2
-//! connections, warm-up, then interleaved rounds. Prints a Markdown table of median rounds.
+//! `cargo run --release -p bench`: every RPC of both services and the whole consent flow,
+//! driven against the real `auth-service` and `userinfo-service` binaries (each a process of
+//! its own, on SQLite or PostgreSQL, one or more replicas behind nginx) and measured as a
+//! ratio to an echo baseline (a bare tonic health server, also a process of its own) in the
+//! same run: interleaved rounds, each scenario's median shown. Data is prepared at scale in
+//! bulk first. Every answer is checked; any error makes the run fail. BENCHMARKS.md has the
+//! figures and the commands.
 #![forbid(unsafe_code)]
 
-use std::future::Future;
+mod cluster;
+mod load;
+mod scenarios;
+mod seed;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auth_service::testing::TestAuthServer;
 use clap::Parser;
-use miniprogram_proto::auth::v1 as pb;
-use miniprogram_proto::userinfo::v1 as upb;
-use tonic::transport::Channel;
-use userinfo_service::testing::TestUserInfoServer;
 
-/// Distinct consent tokens for the cold-verification scenario: more than the verifier's
-/// cache of verified tokens holds, cycled, so every call misses it.
-const COLD_TOKENS: usize = 20_000;
+use crate::cluster::{Launcher, Process, channels, free_addr, wait_serving};
+use crate::load::{LoadShape, Measured};
+use crate::scenarios::Targets;
+use crate::seed::{Db, Plan};
 
 /// Load generator settings.
 #[derive(Debug, Parser)]
 struct Args {
-    /// How long each scenario runs.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Internal: serve the echo baseline on this address (the bench starts itself so).
+    #[arg(long, hide = true)]
+    echo_server: Option<SocketAddr>,
+    /// How long each scenario is measured, per round.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Unmeasured load before each scenario's measurement (connections, caches warm).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Rounds; each runs every scenario once, in turn. The table shows medians of rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Concurrent callers.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// HTTP/2 connections the callers share.
+    /// HTTP/2 connections per service the callers share.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Load before each scenario that is not measured (connections, caches, CPU clocks warm).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    warmup: Duration,
-    /// Rounds; each runs every scenario once, in turn, and the table shows each scenario's
-    /// median round, so a noisy moment on a shared machine moves no row on its own.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    /// Users (each with a profile and a standing grant); apps are a tenth as many.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale: u64,
+    /// Live revocation rules in auth-service's log, replayed by userinfo-service at start.
+    #[arg(long, default_value_t = 100_000)]
+    rules: u64,
+    /// Scenarios to run, comma-separated (default: all). `echo` always runs.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Also run on PostgreSQL at this URL (each service gets a fresh schema, dropped after).
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Skip SQLite (with --postgres).
+    #[arg(long)]
+    no_sqlite: bool,
+    /// Replicas of each service (more than one: PostgreSQL only, behind the balancer).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Put nginx (`grpc_pass`) in front of the services even with one replica.
+    #[arg(long)]
+    balancer: bool,
+    /// Single-use rows (prompts, codes, refresh tokens) prepared per second of load: above
+    /// the rate those scenarios reach here; a pool used up is reported as errors.
+    #[arg(long, default_value_t = 5_000)]
+    pool_rate: u64,
+    /// Where the service binaries are (default: beside this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Seconds, a small scale, no targets: for CI, so the bench cannot rot. Every answer is
+    /// still checked.
+    #[arg(long)]
+    smoke: bool,
 }
 
-/// One call of a scenario: `true` if it succeeded.
-type Call =
-    Arc<dyn Fn(Channel) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
-/// A named load: the channels it runs over and the call it makes.
-struct Scenario {
-    name: &'static str,
-    channels: Vec<Channel>,
-    call: Call,
-}
-
-fn health_check() -> Call {
-    Arc::new(|channel| {
-        Box::pin(async move {
-            tonic_health::pb::health_client::HealthClient::new(channel)
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok()
-        })
-    })
-}
-
-fn open_user_info(tokens: Arc<Vec<String>>) -> Call {
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    Arc::new(move |channel| {
-        let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let token = tokens[i % tokens.len()].clone();
-        Box::pin(async move {
-            upb::user_info_service_client::UserInfoServiceClient::new(channel)
-                .get_open_user_info(upb::GetOpenUserInfoRequest {
-                    consent_token: token,
-                })
-                .await
-                .is_ok()
-        })
-    })
-}
-
-/// What one scenario measured.
-struct Measured {
-    calls: u64,
-    errors: u64,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Measured {
-    fn calls_per_second(&self) -> f64 {
-        self.calls as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
+impl Args {
+    fn apply_smoke(&mut self) {
+        if self.smoke {
+            self.duration = Duration::from_millis(300);
+            self.warmup = Duration::from_millis(100);
+            self.rounds = 1;
+            self.concurrency = 8;
+            self.connections = 2;
+            self.scale = 2_000;
+            self.rules = 1_000;
+            self.pool_rate = self.pool_rate.min(2_000);
         }
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i]
+    }
+
+    fn selected(&self) -> Vec<&'static str> {
+        scenarios::ALL
+            .iter()
+            .map(|(key, _)| *key)
+            .filter(|key| {
+                *key == "echo"
+                    || (*key == "echo-balanced" && self.balanced())
+                    || (*key != "echo-balanced"
+                        && (self.scenarios.is_empty() || self.scenarios.iter().any(|s| s == key)))
+            })
+            .collect()
+    }
+
+    fn balanced(&self) -> bool {
+        self.balancer || self.replicas > 1
     }
 }
 
-/// Runs `call` from `args.concurrency` callers: `args.warmup` unmeasured, then
-/// `args.duration` measured.
-async fn run_load(args: &Args, channels: &[Channel], call: Call) -> Measured {
-    let warm_until = Instant::now() + args.warmup;
-    let mut warming = tokio::task::JoinSet::new();
-    for i in 0..args.concurrency {
-        let channel = channels[i % channels.len()].clone();
-        let call = call.clone();
-        warming.spawn(async move {
-            while Instant::now() < warm_until {
-                call(channel.clone()).await;
-            }
-        });
+/// The targets: scenario, least ratio to the echo baseline, engine it applies to.
+const TARGETS: [(&str, f64, &str); 7] = [
+    ("userinfo-cached", 0.8, "any"),
+    ("introspect", 0.5, "any"),
+    ("authorize-silent", 0.4, "any"),
+    ("phone", 0.3, "any"),
+    ("resolve-allow", 0.2, "sqlite"),
+    ("exchange", 0.2, "sqlite"),
+    ("flow", 2000.0, "sqlite"),
+];
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Some(listen) = args.echo_server {
+        runtime.block_on(cluster::serve_echo(listen));
+        return ExitCode::SUCCESS;
     }
-    while warming.join_next().await.is_some() {}
-    let deadline = Instant::now() + args.duration;
+    args.apply_smoke();
+    for s in &args.scenarios {
+        if !scenarios::ALL.iter().any(|(key, _)| key == s) {
+            let known: Vec<&str> = scenarios::ALL.iter().map(|(k, _)| *k).collect();
+            eprintln!("unknown scenario {s}; known: {}", known.join(", "));
+            return ExitCode::from(2);
+        }
+    }
+    if args.replicas > 1 && args.postgres.is_none() {
+        eprintln!("--replicas above 1 needs --postgres (SQLite is one process's database)");
+        return ExitCode::from(2);
+    }
+    let mut engines = Vec::new();
+    if !args.no_sqlite && args.replicas == 1 {
+        engines.push(Engine::Sqlite);
+    }
+    if let Some(url) = &args.postgres {
+        engines.push(Engine::Postgres(url.clone()));
+    }
+    let mut clean = true;
+    for engine in engines {
+        clean &= runtime.block_on(run_engine(&args, engine));
+    }
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("some answers were wrong (see the errors above): the bench fails");
+        ExitCode::FAILURE
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Engine {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Engine {
+    fn name(&self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres(_) => "postgres",
+        }
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Fresh databases for the two services: SQLite files in `dir`, or two new PostgreSQL
+/// schemas (and their names, to drop after).
+async fn databases(engine: &Engine, dir: &std::path::Path) -> (String, String, Vec<String>) {
+    match engine {
+        Engine::Sqlite => (
+            format!("sqlite://{}", dir.join("auth.db").display()),
+            format!("sqlite://{}", dir.join("userinfo.db").display()),
+            Vec::new(),
+        ),
+        Engine::Postgres(url) => {
+            let admin = sqlx::PgPool::connect(url)
+                .await
+                .expect("connect to --postgres");
+            let tag = std::process::id();
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let schemas = vec![
+                format!("bench_auth_{tag}_{nanos}"),
+                format!("bench_userinfo_{tag}_{nanos}"),
+            ];
+            for schema in &schemas {
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create a schema");
+            }
+            admin.close().await;
+            let separator = if url.contains('?') { '&' } else { '?' };
+            let with =
+                |schema: &str| format!("{url}{separator}options=-c%20search_path%3D{schema}");
+            (with(&schemas[0]), with(&schemas[1]), schemas)
+        }
+    }
+}
+
+async fn drop_schemas(engine: &Engine, schemas: &[String]) {
+    if let Engine::Postgres(url) = engine
+        && let Ok(admin) = sqlx::PgPool::connect(url).await
+    {
+        for schema in schemas {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&admin)
+                .await;
+        }
+        admin.close().await;
+    }
+}
+
+/// Everything running for one engine.
+struct Cluster {
+    auth: Vec<Process>,
+    userinfo: Vec<Process>,
+    uncached: Option<Process>,
+    nginx: Option<(Process, Vec<SocketAddr>)>,
+}
+
+impl Cluster {
+    fn processes(&mut self) -> impl Iterator<Item = &mut Process> {
+        self.auth
+            .iter_mut()
+            .chain(self.userinfo.iter_mut())
+            .chain(self.uncached.iter_mut())
+            .chain(self.nginx.iter_mut().map(|(p, _)| p))
+    }
+}
+
+/// Runs every selected scenario on one engine; `false` if any answer was wrong.
+async fn run_engine(args: &Args, engine: Engine) -> bool {
+    let selected = args.selected();
+    let dir = tempfile::Builder::new()
+        .prefix("bench-")
+        .tempdir()
+        .expect("a work directory");
+    let launcher = Launcher {
+        bin_dir: args
+            .bin_dir
+            .clone()
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(PathBuf::from))
+                    .unwrap_or_default()
+            }),
+        dir: dir.path().to_path_buf(),
+    };
+    let (auth_url, userinfo_url, schemas) = databases(&engine, dir.path()).await;
+    println!(
+        "\n## {} ({} replica(s){}), {} users, {} apps, {} live revocation rules\n",
+        engine.name(),
+        args.replicas,
+        if args.balanced() {
+            ", behind nginx"
+        } else {
+            ""
+        },
+        args.scale,
+        args.scale / 10,
+        args.rules
+    );
+    println!("load average at start: {}", load_average());
+
+    // Migrations: each service creates its schema on an empty database.
+    let mut auth = launcher.auth("auth-migrate", &auth_url, free_addr());
+    wait_serving(&mut auth, Instant::now(), Duration::from_secs(60)).await;
+    let mut userinfo = launcher.userinfo(
+        "userinfo-migrate",
+        &userinfo_url,
+        free_addr(),
+        auth.addr,
+        "1s",
+    );
+    wait_serving(&mut userinfo, Instant::now(), Duration::from_secs(60)).await;
+    userinfo.stop();
+    auth.stop();
+
+    let seconds = (args.warmup + args.duration).as_secs_f64() * args.rounds.max(1) as f64;
+    let pool = |key: &str| {
+        if selected.contains(&key) {
+            (seconds * args.pool_rate as f64) as u64 + args.concurrency as u64
+        } else {
+            0
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let plan = Plan {
+        users: args.scale.max(100),
+        apps: (args.scale / 10).max(10),
+        rules: args.rules,
+        prompts: pool("resolve-allow"),
+        codes: pool("exchange"),
+        revokes: pool("revoke"),
+        chains: args.concurrency as u64,
+        setup_codes: 512.min(args.scale),
+        now,
+    };
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..args.concurrency {
-        let channel = channels[i % channels.len()].clone();
-        let call = call.clone();
-        tasks.spawn(async move {
-            let (mut ok, mut errors, mut latencies) = (0u64, 0u64, Vec::with_capacity(65_536));
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                if call(channel.clone()).await {
-                    ok += 1;
-                    latencies.push(t.elapsed());
-                } else {
-                    errors += 1;
+    let db = Db::connect(&userinfo_url).await;
+    seed::userinfo(&db, &plan).await;
+    db.close().await;
+    let profiles_took = started.elapsed();
+    let started = Instant::now();
+    let db = Db::connect(&auth_url).await;
+    seed::auth(&db, &plan).await;
+    db.close().await;
+    println!(
+        "prepared: {} profiles in {:.1} s; {} apps, {} grants, {} rules, pools of {}/{}/{} prompts/codes/refresh tokens in {:.1} s",
+        plan.users,
+        profiles_took.as_secs_f64(),
+        plan.apps,
+        plan.users,
+        plan.rules,
+        plan.prompts,
+        plan.codes,
+        plan.revokes,
+        started.elapsed().as_secs_f64()
+    );
+
+    // Start-up on the existing databases, to SERVING (userinfo-service: backlog applied).
+    let mut startups = Vec::new();
+    let mut cluster = Cluster {
+        auth: Vec::new(),
+        userinfo: Vec::new(),
+        uncached: None,
+        nginx: None,
+    };
+    for r in 0..args.replicas {
+        let since = Instant::now();
+        let mut p = launcher.auth(&format!("auth-{r}"), &auth_url, free_addr());
+        let took = wait_serving(&mut p, since, Duration::from_secs(60)).await;
+        startups.push((p.name.clone(), took));
+        cluster.auth.push(p);
+    }
+    let userinfo_addrs: Vec<SocketAddr> = (0..args.replicas).map(|_| free_addr()).collect();
+    let mut auth_for_userinfo = cluster.auth[0].addr;
+    if args.balanced() {
+        let (nginx, listens) = launcher.nginx(&[
+            ("auth", cluster.auth.iter().map(|p| p.addr).collect()),
+            ("userinfo", userinfo_addrs.clone()),
+        ]);
+        auth_for_userinfo = listens[0];
+        cluster.nginx = Some((nginx, listens));
+    }
+    for (r, addr) in userinfo_addrs.iter().enumerate() {
+        let since = Instant::now();
+        let mut p = launcher.userinfo(
+            &format!("userinfo-{r}"),
+            &userinfo_url,
+            *addr,
+            auth_for_userinfo,
+            "1s",
+        );
+        let took = wait_serving(&mut p, since, Duration::from_secs(120)).await;
+        startups.push((format!("{} ({} rules replayed)", p.name, plan.rules), took));
+        cluster.userinfo.push(p);
+    }
+    if selected.contains(&"userinfo-uncached") {
+        let mut p = launcher.userinfo(
+            "userinfo-uncached",
+            &userinfo_url,
+            free_addr(),
+            auth_for_userinfo,
+            "0s",
+        );
+        wait_serving(&mut p, Instant::now(), Duration::from_secs(120)).await;
+        cluster.uncached = Some(p);
+    }
+    let mut echo = launcher.echo();
+    wait_serving(&mut echo, Instant::now(), Duration::from_secs(10)).await;
+    let echo_balanced = if args.balanced() {
+        let (p, listens) = launcher.nginx(&[("echo", vec![echo.addr])]);
+        let mut p = p;
+        p.addr = listens[0];
+        wait_serving(&mut p, Instant::now(), Duration::from_secs(10)).await;
+        Some(p)
+    } else {
+        None
+    };
+
+    let n = args.connections;
+    let (auth_addr, userinfo_addr) = match &cluster.nginx {
+        Some((_, listens)) => (listens[0], listens[1]),
+        None => (cluster.auth[0].addr, cluster.userinfo[0].addr),
+    };
+    let targets = Targets {
+        echo: channels(echo.addr, n),
+        echo_balanced: echo_balanced.as_ref().map(|p| channels(p.addr, n)),
+        auth: channels(auth_addr, n),
+        userinfo: channels(userinfo_addr, n),
+        userinfo_uncached: cluster.uncached.as_ref().map(|p| channels(p.addr, n)),
+    };
+    // Within the verifier's cache of 8,192 verified tokens, and (cold) well beyond it.
+    let cold = match (selected.contains(&"userinfo-cold"), args.smoke) {
+        (false, _) => 0,
+        (true, false) => 20_000,
+        (true, true) => 200,
+    };
+    let minted = scenarios::mint(&targets, plan, 4096.min(plan.users), cold, 16).await;
+    let minted = Arc::new(minted);
+
+    let shape = LoadShape {
+        concurrency: args.concurrency,
+        warmup: args.warmup,
+        duration: args.duration,
+    };
+    let calls: Vec<(&str, load::Call)> = selected
+        .iter()
+        .filter_map(|key| scenarios::call(key, &targets, plan, &minted).map(|c| (*key, c)))
+        .collect();
+    // Each scenario is measured right after the echo baseline, and its ratio taken to that
+    // pair's echo: the load other work puts on a shared machine moves both alike.
+    let echo_call = scenarios::call("echo", &targets, plan, &minted).expect("the echo scenario");
+    let echo_pid = echo.pid();
+    let echo_cpu = move || cluster::cpu_of(echo_pid);
+    let server_pids: Vec<u32> = cluster.processes().map(|p| p.pid()).collect();
+    let balanced_pid = echo_balanced.as_ref().map(Process::pid);
+    let servers_cpu = move || {
+        server_pids
+            .iter()
+            .map(|p| cluster::cpu_of(*p))
+            .sum::<Duration>()
+    };
+    let balanced_cpu =
+        move || balanced_pid.map_or(Duration::ZERO, cluster::cpu_of) + cluster::cpu_of(echo_pid);
+    let mut rounds: BTreeMap<&str, Vec<(Measured, Measured)>> = BTreeMap::new();
+    let mut peak: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for _ in 0..args.rounds.max(1) {
+        for (key, call) in calls.iter().filter(|(key, _)| *key != "echo") {
+            let baseline = load::run(shape, echo_call.clone(), &echo_cpu).await;
+            let cpu: &dyn Fn() -> Duration = match *key {
+                "echo-balanced" => &balanced_cpu,
+                _ => &servers_cpu,
+            };
+            let measured = load::run(shape, call.clone(), cpu).await;
+            rounds
+                .entry(key)
+                .or_default()
+                .push((measured, baseline.clone()));
+            rounds
+                .entry("echo")
+                .or_default()
+                .push((baseline.clone(), baseline));
+            for p in cluster.processes() {
+                let (rss, hwm) = p.memory_mib();
+                let entry = peak.entry(p.name.clone()).or_insert((0.0, 0.0));
+                entry.0 = entry.0.max(rss);
+                entry.1 = entry.1.max(hwm);
+                if let Some(why) = p.exited() {
+                    panic!("{why}");
                 }
             }
-            (ok, errors, latencies)
-        });
+        }
     }
-    let mut measured = Measured {
-        calls: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
+    let clean = report(args, &engine, &rounds, &startups, &peak, plan);
+    println!("load average at end: {}", load_average());
+    drop(echo_balanced);
+    drop(cluster);
+    drop(echo);
+    drop_schemas(&engine, &schemas).await;
+    clean
+}
+
+/// Prints the tables; `false` if any call failed.
+fn report(
+    args: &Args,
+    engine: &Engine,
+    rounds: &BTreeMap<&str, Vec<(Measured, Measured)>>,
+    startups: &[(String, Duration)],
+    peak: &BTreeMap<String, (f64, f64)>,
+    plan: Plan,
+) -> bool {
+    let middle = |mut values: Vec<f64>| -> f64 {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
     };
-    while let Some(Ok((ok, errors, latencies))) = tasks.join_next().await {
-        measured.calls += ok;
-        measured.errors += errors;
-        measured.latencies.extend(latencies);
-    }
-    measured.elapsed = started.elapsed();
-    measured.latencies.sort_unstable();
-    measured
-}
-
-fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
-    (0..n.max(1))
-        .map(|_| service_runtime::client_channel(addr, None))
-        .collect()
-}
-
-/// Resident memory of this process in MiB (Linux), for the memory column.
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_owned)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-async fn echo_baseline() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            ),
-    );
-    addr
-}
-
-fn row(name: &str, m: &Measured) -> String {
-    let rps = m.calls_per_second();
-    format!(
-        "| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {} |",
-        m.percentile(0.50).as_secs_f64() * 1000.0,
-        m.percentile(0.99).as_secs_f64() * 1000.0,
-        m.percentile(0.999).as_secs_f64() * 1000.0,
-        m.errors
-    )
-}
-
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    let baseline_rss = rss_mib();
-
-    let echo = echo_baseline().await;
-    let auth = TestAuthServer::start().await;
-    let userinfo = TestUserInfoServer::start(
-        auth.addr,
-        &auth.config.callers.admin,
-        &auth.config.callers.verifier,
-    )
-    .await;
-    let uncached = TestUserInfoServer::start_with(
-        auth.addr,
-        &auth.config.callers.admin,
-        &auth.config.callers.verifier,
-        |c| c.profile_cache_ttl = Duration::ZERO,
-    )
-    .await;
-    let app = auth
-        .admin()
-        .create_app(pb::CreateAppRequest {
-            display_name: "Bench".into(),
-            features: vec![1, 2, 3],
-        })
-        .await
-        .expect("create app")
-        .into_inner()
-        .app
-        .expect("app");
-    let mut tokens = Vec::new();
-    for i in 0..100 {
-        let user = format!("bench-user-{i}");
-        for server in [&userinfo, &uncached] {
-            server
-                .profiles()
-                .upsert_profile(upb::UpsertProfileRequest {
-                    profile: Some(upb::Profile {
-                        user_id: user.clone(),
-                        nick_name: format!("nick {i}"),
-                        avatar: "https://cdn.example.com/a.png".into(),
-                        gender: "f".into(),
-                        country_code: "CN".into(),
-                        province: "Zhejiang".into(),
-                        city: "Hangzhou".into(),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .expect("profile");
-        }
-        let mut wallet = auth.wallet();
-        let request = pb::RequestAuthorizationRequest {
-            user_id: user.clone(),
-            app_id: app.app_id.clone(),
-            scopes: vec![pb::Scope::UserInfo as i32],
-            trigger: pb::Trigger::UserTap as i32,
-        };
-        let Some(pb::request_authorization_response::Result::Prompt(p)) = wallet
-            .request_authorization(request)
-            .await
-            .expect("request")
-            .into_inner()
-            .result
-        else {
-            panic!("expected a prompt")
-        };
-        let Some(pb::resolve_prompt_response::Result::Grant(g)) = wallet
-            .resolve_prompt(pb::ResolvePromptRequest {
-                prompt_id: p.prompt_id,
-                user_id: user,
-                decision: 1,
-            })
-            .await
-            .expect("resolve")
-            .into_inner()
-            .result
-        else {
-            panic!("expected a grant")
-        };
-        let Some(pb::grant::Credential::ConsentToken(t)) = g.credential else {
-            panic!("expected a token")
-        };
-        tokens.push(t);
-    }
-    // Tokens never presented before, more than the verified-token cache holds, so every call
-    // pays the Ed25519 verification: silent re-grants of the users above.
-    let mut cold_tokens = Vec::new();
-    let mut wallet = auth.wallet();
-    for round in 0..COLD_TOKENS / 100 {
-        for i in 0..100 {
-            let request = pb::RequestAuthorizationRequest {
-                user_id: format!("bench-user-{i}"),
-                app_id: app.app_id.clone(),
-                scopes: vec![pb::Scope::UserInfo as i32],
-                trigger: pb::Trigger::UserTap as i32,
-            };
-            let Some(pb::request_authorization_response::Result::Grant(g)) = wallet
-                .request_authorization(request)
-                .await
-                .expect("re-grant")
-                .into_inner()
-                .result
-            else {
-                panic!("expected a silent grant (round {round})")
-            };
-            let Some(pb::grant::Credential::ConsentToken(t)) = g.credential else {
-                panic!("expected a token")
-            };
-            cold_tokens.push(t);
-        }
-    }
-    let tokens = Arc::new(tokens);
-    let scenarios = [
-        Scenario {
-            name: "echo baseline (bare tonic, health Check)",
-            channels: channels(echo, args.connections),
-            call: health_check(),
-        },
-        Scenario {
-            name: "health Check through userinfo-service's layers (observer, shedding, deadline)",
-            channels: channels(userinfo.addr, args.connections),
-            call: health_check(),
-        },
-        Scenario {
-            name: "GetOpenUserInfo, full stack, profile cache on (default 1 s)",
-            channels: channels(userinfo.addr, args.connections),
-            call: open_user_info(tokens.clone()),
-        },
-        Scenario {
-            name: "GetOpenUserInfo, full stack, profile cache off (SQLite every call)",
-            channels: channels(uncached.addr, args.connections),
-            call: open_user_info(tokens),
-        },
-        Scenario {
-            name: "GetOpenUserInfo, profile cache on, every token new to the verifier (Ed25519 check per call)",
-            channels: channels(userinfo.addr, args.connections),
-            call: open_user_info(Arc::new(cold_tokens)),
-        },
-    ];
-    let mut rounds: Vec<Vec<Measured>> = scenarios.iter().map(|_| Vec::new()).collect();
-    for _ in 0..args.rounds.max(1) {
-        for (scenario, results) in scenarios.iter().zip(&mut rounds) {
-            results.push(run_load(&args, &scenario.channels, scenario.call.clone()).await);
-        }
-    }
-    let medians: Vec<Measured> = rounds
-        .into_iter()
-        .map(|mut results| {
-            results.sort_by(|a, b| a.calls_per_second().total_cmp(&b.calls_per_second()));
-            results.swap_remove(results.len() / 2)
-        })
-        .collect();
-    let peak_rss = rss_mib();
-
+    let ratio_of = |key: &str| -> f64 {
+        middle(
+            rounds[key]
+                .iter()
+                .map(|(m, e)| m.per_second() / e.per_second().max(1.0))
+                .collect(),
+        )
+    };
+    let cpu_ratio_of = |key: &str| -> f64 {
+        middle(
+            rounds[key]
+                .iter()
+                .map(|(m, e)| e.cpu_us_per_call() / m.cpu_us_per_call().max(0.001))
+                .collect(),
+        )
+    };
+    let median = |key: &str| -> Measured {
+        let mut all: Vec<Measured> = rounds[key].iter().map(|(m, _)| m.clone()).collect();
+        all.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
+        all.swap_remove(all.len() / 2)
+    };
     println!(
-        "\n{} s per scenario after {} ms warm-up, median of {} rounds, {} concurrent callers over {} connections, {} cores\n",
-        args.duration.as_secs(),
+        "\n{} s per scenario after {} ms warm-up, median of {} round(s), {} callers over {} connections per service, {} cores\n",
+        args.duration.as_secs_f64(),
         args.warmup.as_millis(),
         args.rounds.max(1),
         args.concurrency,
         args.connections,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| scenario | calls/s | p50 ms | p99 ms | p99.9 ms | errors |");
-    println!("|---|---|---|---|---|---|");
-    for (scenario, measured) in scenarios.iter().zip(&medians) {
-        println!("{}", row(scenario.name, measured));
+    println!(
+        "| scenario | per s | x echo | p50 ms | p99 ms | p99.9 ms | server CPU us/call | CPU x echo | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut clean = true;
+    let mut ratios = BTreeMap::new();
+    for (key, title) in scenarios::ALL {
+        if !rounds.contains_key(key) {
+            continue;
+        }
+        let m = median(key);
+        let ratio = ratio_of(key);
+        ratios.insert(key, (ratio, m.per_second()));
+        let errors: u64 = rounds[key].iter().map(|(m, _)| m.errors).sum();
+        let unit = if key == "flow" { " flows" } else { "" };
+        let cpu = middle(
+            rounds[key]
+                .iter()
+                .map(|(m, _)| m.cpu_us_per_call())
+                .collect(),
+        );
+        println!(
+            "| {title} | {:.0}{unit} | {ratio:.2} | {:.2} | {:.2} | {:.2} | {cpu:.0} | {:.2} | {errors} |",
+            m.per_second(),
+            m.percentile(0.50).as_secs_f64() * 1000.0,
+            m.percentile(0.99).as_secs_f64() * 1000.0,
+            m.percentile(0.999).as_secs_f64() * 1000.0,
+            cpu_ratio_of(key),
+        );
+        if errors > 0 {
+            clean = false;
+        }
+    }
+    for (key, runs) in rounds {
+        let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+        for (m, _) in runs {
+            for (kind, n) in &m.error_kinds {
+                *kinds.entry(kind).or_insert(0) += n;
+            }
+        }
+        for (kind, n) in kinds {
+            println!("error in {key}: {n} x {kind}");
+        }
+    }
+    if !args.smoke {
+        println!("\nTargets (ratio to the echo baseline; the flow in flows/s):\n");
+        for (key, least, applies) in TARGETS {
+            if applies != "any" && applies != engine.name() {
+                continue;
+            }
+            if let Some((ratio, per_second)) = ratios.get(key) {
+                let value = if key == "flow" { *per_second } else { *ratio };
+                let verdict = if value >= least { "met" } else { "MISSED" };
+                println!("- {key}: {value:.2} (target {least}) {verdict}");
+            }
+        }
     }
     println!(
-        "\nGetOpenUserInfo (cached) runs at {:.0}% of the echo baseline's throughput.",
-        medians[2].calls_per_second() / medians[0].calls_per_second() * 100.0
+        "\nStart to SERVING on the prepared database ({} profiles, {} rules):\n",
+        plan.users, plan.rules
     );
-    println!(
-        "With a new token on every call (an Ed25519 verification each), it runs at {:.0}%.",
-        medians[4].calls_per_second() / medians[0].calls_per_second() * 100.0
-    );
-    println!(
-        "Process RSS (both services, load generator and baseline in one process): {baseline_rss:.1} MiB at start, {peak_rss:.1} MiB after the runs."
-    );
+    for (name, took) in startups {
+        println!("- {name}: {} ms", took.as_millis());
+    }
+    println!("\nResident memory under load (largest sample after each scenario; peak = VmHWM):\n");
+    for (name, (rss, hwm)) in peak {
+        println!("- {name}: {rss:.1} MiB resident, {hwm:.1} MiB peak");
+    }
+    clean
 }

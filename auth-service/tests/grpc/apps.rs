@@ -89,13 +89,18 @@ async fn features_are_enabled_and_disabled() {
     );
 }
 
+/// Guards `AppRegistry::changed` after `rotate_secret`: the old secret, verified (and so
+/// remembered by `VerifiedCredentials`) just before, is refused right after the rotation.
 #[tokio::test]
 async fn rotating_the_secret_stops_the_old_one_at_once() {
     let server = TestAuthServer::start().await;
     let (app_id, old) = app_with(&server, &ALL_FEATURES).await;
+    let probe = pb::IntrospectTokenRequest { token: "x".into() };
+    let mut old_backend = server.backend(&app_id, &old);
+    let verified = old_backend.introspect_token(probe.clone()).await;
+    assert!(verified.is_ok(), "the old secret works before");
     let new = server.rotate_secret(&app_id).await;
     assert_ne!(old, new);
-    let probe = pb::IntrospectTokenRequest { token: "x".into() };
     let err = server
         .backend(&app_id, &old)
         .introspect_token(probe.clone())
