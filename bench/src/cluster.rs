@@ -226,13 +226,18 @@ impl Launcher {
 
     /// nginx balancing gRPC (`grpc_pass`, round robin, kept-alive upstream connections) over
     /// each group's replicas: one listening address per group, in the groups' order.
-    pub fn nginx(&self, groups: &[(&str, Vec<SocketAddr>)]) -> (Process, Vec<SocketAddr>) {
+    pub fn nginx(
+        &self,
+        name: &str,
+        groups: &[(&str, Vec<SocketAddr>)],
+    ) -> (Process, Vec<SocketAddr>) {
         let mut conf = format!(
-            "daemon off;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
+            "daemon off;\nworker_processes 2;\npid {dir}/{name}.pid;\nerror_log {dir}/{name}-error.log warn;\n\
              events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  \
              client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  \
              fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  \
-             scgi_temp_path {dir}/scgi;\n  http2_max_concurrent_streams 1024;\n",
+             scgi_temp_path {dir}/scgi;\n  http2_max_concurrent_streams 1024;\n  \
+             keepalive_requests 100000000;\n  keepalive_timeout 1h;\n",
             dir = self.dir.display()
         );
         let mut listens = Vec::new();
@@ -244,24 +249,23 @@ impl Launcher {
                 conf.push_str(&format!("    server {r};\n"));
             }
             conf.push_str(&format!(
-                "    keepalive 64;\n  }}\n  server {{\n    listen {listen} http2;\n    \
+                "    keepalive 64;\n    keepalive_requests 100000000;\n  }}\n  server {{\n    listen {listen} http2;\n    \
                  location / {{ grpc_pass grpc://{name}; grpc_read_timeout 1h; grpc_send_timeout 1h; }}\n  }}\n"
             ));
         }
         conf.push_str("}\n");
-        let path = self.dir.join("nginx.conf");
+        let path = self.dir.join(format!("{name}.conf"));
         std::fs::write(&path, conf).expect("write nginx.conf");
         let path = path.display().to_string();
         let first = listens.first().copied().unwrap_or_else(free_addr);
-        let mut process = spawn(
-            "nginx",
+        let process = spawn(
+            name,
             Path::new("nginx"),
             &["-c", &path, "-e", "stderr"],
             &[],
             first,
             &self.dir,
         );
-        process.name = "nginx".to_owned();
         (process, listens)
     }
 }

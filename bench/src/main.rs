@@ -75,6 +75,9 @@ struct Args {
     /// Where the service binaries are (default: beside this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Keep the work directory (databases, logs, nginx.conf) and print where it is.
+    #[arg(long)]
+    keep_dir: bool,
     /// Seconds, a small scale, no targets: for CI, so the bench cannot rot. Every answer is
     /// still checked.
     #[arg(long)]
@@ -260,6 +263,11 @@ async fn run_engine(args: &Args, engine: Engine) -> bool {
         .prefix("bench-")
         .tempdir()
         .expect("a work directory");
+    if args.keep_dir {
+        println!("work directory: {}", dir.path().display());
+    }
+    let mut dir = dir;
+    dir.disable_cleanup(args.keep_dir);
     let launcher = Launcher {
         bin_dir: args
             .bin_dir
@@ -365,10 +373,13 @@ async fn run_engine(args: &Args, engine: Engine) -> bool {
     let userinfo_addrs: Vec<SocketAddr> = (0..args.replicas).map(|_| free_addr()).collect();
     let mut auth_for_userinfo = cluster.auth[0].addr;
     if args.balanced() {
-        let (nginx, listens) = launcher.nginx(&[
-            ("auth", cluster.auth.iter().map(|p| p.addr).collect()),
-            ("userinfo", userinfo_addrs.clone()),
-        ]);
+        let (nginx, listens) = launcher.nginx(
+            "nginx",
+            &[
+                ("auth", cluster.auth.iter().map(|p| p.addr).collect()),
+                ("userinfo", userinfo_addrs.clone()),
+            ],
+        );
         auth_for_userinfo = listens[0];
         cluster.nginx = Some((nginx, listens));
     }
@@ -399,7 +410,7 @@ async fn run_engine(args: &Args, engine: Engine) -> bool {
     let mut echo = launcher.echo();
     wait_serving(&mut echo, Instant::now(), Duration::from_secs(10)).await;
     let echo_balanced = if args.balanced() {
-        let (p, listens) = launcher.nginx(&[("echo", vec![echo.addr])]);
+        let (p, listens) = launcher.nginx("nginx-echo", &[("echo", vec![echo.addr])]);
         let mut p = p;
         p.addr = listens[0];
         wait_serving(&mut p, Instant::now(), Duration::from_secs(10)).await;

@@ -7,12 +7,9 @@
 //!   never meet `SQLITE_BUSY`, beside read-only connections; PostgreSQL one pool of concurrent
 //!   connections.
 //! - **Ordered reads and row locks.** A read that must not see a snapshot from before a running
-//!   write waits, on SQLite, for the writer to be idle ([`Pools`]' write gate: every write
-//!   holds it exclusively, every ordered read shared) and then runs on a reader, so ordered
-//!   reads run side by side instead of queueing on the one writer connection; on PostgreSQL it
-//!   takes `FOR SHARE`, or `FOR UPDATE` when its transaction then writes the rows.
-//!   [`Backend::ROW_LOCKS`] also tells a store to take its own `FOR UPDATE` locks, which SQLite
-//!   neither has nor needs.
+//!   write goes through SQLite's writer (busy until that write commits); on PostgreSQL it takes
+//!   `FOR SHARE`, or `FOR UPDATE` when its transaction then writes the rows. [`Backend::ROW_LOCKS`]
+//!   also tells a store to take its own `FOR UPDATE` locks, which SQLite neither has nor needs.
 //! - **Key locks.** PostgreSQL serialises transactions on a key with an advisory lock; SQLite's
 //!   one writer already runs them in turn.
 //! - **Migrations**, since column types differ: each store keeps a set per engine.
@@ -390,11 +387,7 @@ impl Backend for Sqlite {
             .max_connections(readers)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Pools {
-            writer,
-            reader,
-            gate: WriteGate::default(),
-        })
+        Ok(Pools { writer, reader })
     }
 
     /// Copies every page in the WAL into the database file and truncates the WAL to nothing;
@@ -461,7 +454,6 @@ impl Backend for Postgres {
         Ok(Pools {
             writer: pool.clone(),
             reader: pool,
-            gate: WriteGate::default(),
         })
     }
 
@@ -498,13 +490,11 @@ fn statement<B: Backend>(sql: &'static str, access: Access) -> Cow<'static, str>
     }
 }
 
-/// A store's connections: the writer and the readers, and on SQLite the write gate that keeps
-/// reads in order with writes.
+/// A store's connections: the writer (also for reads in order) and the readers.
 #[derive(Debug)]
 pub struct Pools<B: Database> {
     writer: Pool<B>,
     reader: Pool<B>,
-    gate: WriteGate,
 }
 
 impl<B: Database> Clone for Pools<B> {
@@ -512,53 +502,7 @@ impl<B: Database> Clone for Pools<B> {
         Pools {
             writer: self.writer.clone(),
             reader: self.reader.clone(),
-            gate: self.gate.clone(),
         }
-    }
-}
-
-/// SQLite's stand-in for row locks: a write (a statement, or a transaction until it commits or
-/// is dropped) holds it exclusively, a read in order shares it. A read in order therefore
-/// starts only once no write runs, and a reader's snapshot taken then holds every committed
-/// write, as a read on the writer connection would, without queueing behind the writer's
-/// other reads. The wait is bounded like a pool's ([`WAIT`]). Unused on PostgreSQL.
-#[derive(Debug, Clone, Default)]
-struct WriteGate(Arc<tokio::sync::RwLock<()>>);
-
-/// A held [`WriteGate`] (or nothing, where the engine locks rows), released when dropped.
-#[derive(Default)]
-pub struct Gate {
-    _write: Option<tokio::sync::OwnedRwLockWriteGuard<()>>,
-    _read: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
-}
-
-impl WriteGate {
-    fn busy() -> sqlx::Error {
-        sqlx::Error::PoolTimedOut
-    }
-
-    async fn write<B: Backend>(&self) -> Result<Gate, sqlx::Error> {
-        if B::ROW_LOCKS {
-            return Ok(Gate::default());
-        }
-        let held = tokio::time::timeout(WAIT, self.0.clone().write_owned()).await;
-        let held = held.map_err(|_| Self::busy())?;
-        Ok(Gate {
-            _write: Some(held),
-            _read: None,
-        })
-    }
-
-    async fn read<B: Backend>(&self) -> Result<Gate, sqlx::Error> {
-        if B::ROW_LOCKS {
-            return Ok(Gate::default());
-        }
-        let held = tokio::time::timeout(WAIT, self.0.clone().read_owned()).await;
-        let held = held.map_err(|_| Self::busy())?;
-        Ok(Gate {
-            _write: None,
-            _read: Some(held),
-        })
     }
 }
 
@@ -570,8 +514,7 @@ impl<B: Backend> Pools<B> {
 
     /// A session whose statements all run in one transaction on the writer.
     pub async fn begin(&self) -> StoreResult<Session<B>> {
-        let held = self.gate.write::<B>().await?;
-        Ok(Session::Transaction(self.writer.begin().await?, held))
+        Ok(Session::Transaction(self.writer.begin().await?))
     }
 
     /// After a delete of personal data from `tables`: see [`Backend::scrub`]. Table names come
@@ -590,8 +533,7 @@ impl<B: Backend> Pools<B> {
 /// back if the session is dropped before [`Session::commit`].
 pub enum Session<B: Database> {
     Pooled(Pools<B>),
-    /// The transaction and, on SQLite, the write gate it holds until it ends.
-    Transaction(sqlx::Transaction<'static, B>, Gate),
+    Transaction(sqlx::Transaction<'static, B>),
 }
 
 /// Decodes one row into what a store returns.
@@ -609,15 +551,10 @@ impl<B: Backend> Session<B> {
             Session::Pooled(pools) if access == Access::Read => {
                 B::fetch_all(&mut *pools.reader.acquire().await?, sql, args).await
             }
-            Session::Pooled(pools) if access == Access::InOrder && !B::ROW_LOCKS => {
-                let _held = pools.gate.read::<B>().await?;
-                B::fetch_all(&mut *pools.reader.acquire().await?, sql, args).await
-            }
             Session::Pooled(pools) => {
-                let _held = pools.gate.write::<B>().await?;
                 B::fetch_all(&mut *pools.writer.acquire().await?, sql, args).await
             }
-            Session::Transaction(tx, _) => B::fetch_all(tx, sql, args).await,
+            Session::Transaction(tx) => B::fetch_all(tx, sql, args).await,
         }
     }
 
@@ -649,7 +586,6 @@ impl<B: Backend> Session<B> {
     pub async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> StoreResult<u64> {
         Ok(match self {
             Session::Pooled(pools) => {
-                let _held = pools.gate.write::<B>().await?;
                 B::execute(
                     &mut *pools.writer.acquire().await?,
                     Cow::Borrowed(sql),
@@ -657,7 +593,7 @@ impl<B: Backend> Session<B> {
                 )
                 .await?
             }
-            Session::Transaction(tx, _) => B::execute(tx, Cow::Borrowed(sql), args).await?,
+            Session::Transaction(tx) => B::execute(tx, Cow::Borrowed(sql), args).await?,
         })
     }
 
@@ -666,11 +602,11 @@ impl<B: Backend> Session<B> {
     /// this is an error.
     pub async fn lock(&mut self, key: i64) -> StoreResult<()> {
         match (self, B::KEY_LOCK) {
-            (Session::Transaction(tx, _), Some(lock)) => {
+            (Session::Transaction(tx), Some(lock)) => {
                 B::execute(tx, Cow::Borrowed(lock), args![key]).await?;
                 Ok(())
             }
-            (Session::Transaction(..), None) => Ok(()),
+            (Session::Transaction(_), None) => Ok(()),
             (Session::Pooled(_), _) => Err(StoreError::Internal(Arc::new(sqlx::Error::Protocol(
                 "a lock is taken in a transaction".into(),
             )))),
@@ -679,7 +615,7 @@ impl<B: Backend> Session<B> {
 
     /// Keeps what a transaction wrote; nothing to do for a pooled session.
     pub async fn commit(self) -> StoreResult<()> {
-        if let Session::Transaction(tx, _held) = self {
+        if let Session::Transaction(tx) = self {
             tx.commit().await?;
         }
         Ok(())
