@@ -268,7 +268,10 @@ async fn postgres_a_key_made_by_one_replica_mints_and_verifies_everywhere() {
                     .await
                     .unwrap(),
             );
-            assert_eq!(KeyRing::key_id_of(&from_a).unwrap(), successor);
+            // Replica B's own rotation check may make a successor at the same moment; either is
+            // fine so long as it is not the retired key and every verifier accepts it.
+            let minted_with = KeyRing::key_id_of(&from_a).unwrap();
+            assert_ne!(minted_with, listed.current_key_id, "round {round}: minted with the retired key");
             for replica in [1, 0] {
                 let seen = replicas.userinfo(replica).open_user_info(&from_a).await;
                 assert_eq!(
@@ -287,12 +290,12 @@ async fn postgres_a_key_made_by_one_replica_mints_and_verifies_everywhere() {
                         .await
                         .unwrap(),
                 );
-                if KeyRing::key_id_of(&token).unwrap() == successor {
+                if KeyRing::key_id_of(&token).unwrap() == minted_with {
                     break token;
                 }
                 assert!(
                     started.elapsed() < Duration::from_secs(2),
-                    "round {round}: replica B still mints with another key 2 s after A made one"
+                    "round {round}: replica B still mints with another key 2 s after A minted with a new one"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
