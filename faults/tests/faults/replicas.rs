@@ -186,8 +186,9 @@ async fn postgres_a_withdrawal_through_one_replica_is_refused_by_both_userinfo_r
             }
             // Let the streams go idle, the case where only a re-read of the log brings news.
             tokio::time::sleep(Duration::from_millis(100 + 37 * round as u64)).await;
-            let sent = Instant::now();
             replicas.auth(round + 1).withdraw(&user, &app_id, &[]).await.unwrap();
+            // Timed from the acknowledgement: the bound is on the news reaching both verifiers.
+            let sent = Instant::now();
             let refused = |replica: usize| {
                 let userinfo = replicas.userinfo(replica);
                 let token = token.clone();
