@@ -137,8 +137,7 @@ const PAGE: u32 = 500;
 /// How often an open stream reads the log again for rules another replica appended (this
 /// replica's own appends wake it at once), so a withdrawal through any replica reaches every
 /// verifier within about this long. Waiting a whole heartbeat (1 s by default) put it at up
-/// to a second (`postgres_a_withdrawal_through_one_replica_is_refused_by_both_userinfo_replicas_within_a_second`
-/// in faults/).
+/// to a second (faults/: `postgres_a_withdrawal_through_either_replica_is_refused_everywhere_within_a_second`).
 const LOG_POLL: Duration = Duration::from_millis(100);
 
 /// The revocation log as verifiers follow it.

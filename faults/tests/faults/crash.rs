@@ -215,6 +215,7 @@ async fn check_acknowledged(
 /// withdrawal without its rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn auth_service_killed_fifty_times_under_load_keeps_every_acknowledged_write() {
+    let _quiet = crate::alongside_others().await;
     within(Duration::from_secs(240), "fifty kills of auth-service", async {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("auth.db");
@@ -274,6 +275,7 @@ fn versioned_profile(user: &str, version: u32) -> upb::Profile {
 /// store call spawned instead of awaited): acknowledged versions were missing after a kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn userinfo_service_killed_fifty_times_under_load_keeps_every_acknowledged_profile() {
+    let _quiet = crate::alongside_others().await;
     within(Duration::from_secs(240), "fifty kills of userinfo-service", async {
         let dir = tempfile::tempdir().unwrap();
         let auth = ServiceProcess::start(

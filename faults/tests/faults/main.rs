@@ -19,6 +19,23 @@ mod upgrades;
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Tests that time what they check (a withdrawal seen within a second, rows swept just before
+/// they expire, a call failing within its timeout) run [`alone`]; every other test, which loads
+/// the machine and the shared PostgreSQL, holds this [`alongside_others`].
+static QUIET: RwLock<()> = RwLock::const_new(());
+
+/// Waits until no other test of this binary runs, and keeps it so while held.
+pub async fn alone() -> RwLockWriteGuard<'static, ()> {
+    QUIET.write().await
+}
+
+/// Keeps tests that run [`alone`] from starting while held.
+pub async fn alongside_others() -> RwLockReadGuard<'static, ()> {
+    QUIET.read().await
+}
+
 /// Runs a whole test body within `bound`: a hang fails with `what` instead of holding CI.
 pub async fn within<T>(bound: Duration, what: &str, body: impl Future<Output = T>) -> T {
     tokio::time::timeout(bound, body)

@@ -80,8 +80,8 @@ fn start_load(
 /// shutdown were `INTERNAL`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs its binaries (initdb, pg_ctl); run with -- --ignored postgres"]
-async fn postgres_restarted_under_load_answers_service_unavailable_and_recovers_without_a_restart()
-{
+async fn postgres_restarted_under_load_fails_calls_as_unavailable_and_recovers() {
+    let _quiet = crate::alongside_others().await;
     within(
         Duration::from_secs(120),
         "PostgreSQL restart under load",
@@ -195,6 +195,7 @@ async fn postgres_restarted_under_load_answers_service_unavailable_and_recovers_
 /// GetPhoneNumber hung past 6.5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn get_phone_number_while_auth_service_is_stopped_or_killed_fails_fast_and_recovers() {
+    let _quiet = crate::alone().await;
     within(
         Duration::from_secs(120),
         "auth-service down under GetPhoneNumber",
@@ -358,6 +359,7 @@ impl Drop for SmallVolume {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "mounts a tmpfs: needs root (CI runs it); run with -- --ignored disk_full"]
 async fn disk_full_on_the_sqlite_volume_fails_writes_clearly_and_recovers() {
+    let _quiet = crate::alongside_others().await;
     within(Duration::from_secs(120), "disk full", async {
         let dir = tempfile::tempdir().unwrap();
         let volume = SmallVolume::mount(dir.path(), "4m");

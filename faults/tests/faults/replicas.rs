@@ -105,6 +105,7 @@ impl Replicas {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_a_code_raced_through_two_replicas_is_exchanged_exactly_once() {
+    let _quiet = crate::alongside_others().await;
     within(Duration::from_secs(150), "1,000 raced codes", async {
         let replicas = Replicas::start(|env| env).await;
         let (app_id, secret) = replicas.auth(0).create_app(&ALL_FEATURES).await;
@@ -170,8 +171,8 @@ async fn postgres_a_code_raced_through_two_replicas_is_exchanged_exactly_once() 
 /// withdrawal made through replica A).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
-async fn postgres_a_withdrawal_through_one_replica_is_refused_by_both_userinfo_replicas_within_a_second()
- {
+async fn postgres_a_withdrawal_through_either_replica_is_refused_everywhere_within_a_second() {
+    let _quiet = crate::alone().await;
     within(Duration::from_secs(90), "withdrawals seen by both replicas", async {
         let replicas = Replicas::start(|env| env).await;
         let (app_id, _) = replicas.auth(0).create_app(&ALL_FEATURES).await;
@@ -230,6 +231,7 @@ async fn postgres_a_withdrawal_through_one_replica_is_refused_by_both_userinfo_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_a_key_made_by_one_replica_mints_and_verifies_everywhere() {
+    let _quiet = crate::alongside_others().await;
     within(Duration::from_secs(90), "keys across replicas", async {
         let replicas = Replicas::start(|env| env).await;
         let (app_id, _) = replicas.auth(0).create_app(&ALL_FEATURES).await;
@@ -329,6 +331,7 @@ async fn postgres_a_key_made_by_one_replica_mints_and_verifies_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_sweepers_on_both_replicas_never_delete_a_live_row() {
+    let _quiet = crate::alone().await;
     within(Duration::from_secs(90), "sweepers", async {
         let replicas = Replicas::start(|env| {
             env.set("SWEEP_INTERVAL", "100ms")
@@ -443,6 +446,7 @@ async fn postgres_sweepers_on_both_replicas_never_delete_a_live_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_revocation_sequences_stay_gap_free_and_in_commit_order_under_16_writers() {
+    let _quiet = crate::alongside_others().await;
     within(Duration::from_secs(120), "16 writers", async {
         const WRITERS: usize = 16;
         const RULES_EACH: usize = 40;
@@ -631,6 +635,7 @@ enum Obtained {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_grants_racing_withdrawals_across_replicas_never_outlive_them() {
+    let _quiet = crate::alongside_others().await;
     within(
         Duration::from_secs(180),
         "1,000 grant/withdrawal races",
@@ -716,6 +721,7 @@ async fn postgres_grants_racing_withdrawals_across_replicas_never_outlive_them()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_grants_racing_feature_switches_across_replicas_never_outlive_them() {
+    let _quiet = crate::alongside_others().await;
     within(
         Duration::from_secs(180),
         "1,000 grant/feature-switch races",

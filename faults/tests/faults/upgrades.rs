@@ -339,6 +339,7 @@ async fn check_auth_fixture(
 /// pairwise-id secret on a database that has apps (app user ids changed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_auth_database_of_every_earlier_schema_keeps_working_sqlite() {
+    let _quiet = crate::alongside_others().await;
     within(Duration::from_secs(90), "auth fixtures on SQLite", async {
         for (schema, dir) in fixtures_of("auth") {
             let m = manifest(&dir, "sqlite");
@@ -367,6 +368,7 @@ async fn an_auth_database_of_every_earlier_schema_keeps_working_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn an_auth_database_of_every_earlier_schema_keeps_working_postgres() {
+    let _quiet = crate::alongside_others().await;
     within(
         Duration::from_secs(90),
         "auth fixtures on PostgreSQL",
@@ -435,6 +437,7 @@ fn profile_json(p: &upb::Profile) -> Value {
 /// versions wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_userinfo_database_of_every_earlier_schema_keeps_working_sqlite() {
+    let _quiet = crate::alongside_others().await;
     within(
         Duration::from_secs(60),
         "userinfo fixtures on SQLite",
@@ -468,6 +471,7 @@ async fn a_userinfo_database_of_every_earlier_schema_keeps_working_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn a_userinfo_database_of_every_earlier_schema_keeps_working_postgres() {
+    let _quiet = crate::alongside_others().await;
     within(
         Duration::from_secs(60),
         "userinfo fixtures on PostgreSQL",
@@ -509,6 +513,7 @@ async fn a_userinfo_database_of_every_earlier_schema_keeps_working_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_replicas_starting_at_once_migrate_safely() {
+    let _quiet = crate::alongside_others().await;
     within(Duration::from_secs(90), "replicas starting at once", async {
         let auth_database = fresh_schema_url("faults_auth").await;
         let env = Env::auth(&auth_database);
@@ -551,6 +556,7 @@ async fn postgres_replicas_starting_at_once_migrate_safely() {
 /// already exists").
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn processes_starting_at_once_on_one_sqlite_file_migrate_it_once() {
+    let _quiet = crate::alongside_others().await;
     within(
         Duration::from_secs(60),
         "processes starting at once on SQLite",
@@ -590,6 +596,7 @@ async fn processes_starting_at_once_on_one_sqlite_file_migrate_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "writes fixtures: run by hand with FIXTURE_AUTH_SERVICE and FIXTURE_USERINFO_SERVICE"]
 async fn make_upgrade_fixtures() {
+    let _quiet = crate::alongside_others().await;
     within(
         Duration::from_secs(300),
         "writing the fixtures",

@@ -1,6 +1,7 @@
 //! Writes the seed corpus under `fuzz/corpus/<target>/`: tokens the seed key signed (and
 //! damaged copies), a well-formed request of every RPC from its usual caller, and revocation
-//! streams of each kind of message. Run from `fuzz/`: `cargo +nightly run --bin seeds`.
+//! streams of each kind of message. Run from `fuzz/`: `cargo +nightly run --example seeds`
+//! (an example, not a bin: `cargo fuzz build` links every bin against libFuzzer).
 #![forbid(unsafe_code)]
 
 use std::path::Path;
