@@ -91,13 +91,7 @@ pub fn platform() -> &'static Platform {
             .enable_all()
             .build()
             .expect("a runtime");
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("a temp dir");
+        let dir = databases_dir();
         let (auth, userinfo, app_id, app_secret) = runtime.block_on(async {
             let url = format!("sqlite://{}", dir.path().join("auth.db").display());
             let auth = TestAuthServer::start_config(test_config(url), None).await;
@@ -121,6 +115,36 @@ pub fn platform() -> &'static Platform {
             _dir: dir,
         }
     })
+}
+
+/// A new directory for the services' SQLite files: on /dev/shm when there is one (writes then
+/// cost no disk sync). libFuzzer ends the process without running destructors, so the
+/// directory outlives it; the next run removes those whose process is gone.
+fn databases_dir() -> tempfile::TempDir {
+    const PREFIX: &str = "miniprogram-fuzz-";
+    let shm = std::path::Path::new("/dev/shm");
+    let parent = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let owner = name.to_str().and_then(|n| {
+            n.strip_prefix(PREFIX)?
+                .split('-')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        });
+        if owner.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{}-", std::process::id()))
+        .tempdir_in(parent)
+        .expect("a temp dir")
 }
 
 /// Which server a call goes to.

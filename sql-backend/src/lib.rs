@@ -12,7 +12,11 @@
 //!   also tells a store to take its own `FOR UPDATE` locks, which SQLite neither has nor needs.
 //! - **Key locks.** PostgreSQL serialises transactions on a key with an advisory lock; SQLite's
 //!   one writer already runs them in turn.
-//! - **Migrations**, since column types differ: each store keeps a set per engine.
+//! - **Migrations**, since column types differ: each store keeps a set per engine. sqlx locks
+//!   PostgreSQL while it migrates; on SQLite, `migrate_sqlite` carries on when another
+//!   process migrated the file first.
+//! - **Durability.** SQLite syncs every commit to disk (`SYNCHRONOUS`); PostgreSQL's own
+//!   `synchronous_commit` does the same by default.
 //! - **Files.** An SQLite database is a file of ours, holding personal data: it is made 0600
 //!   in a 0700 directory before SQLite opens it. PostgreSQL's files are its server's.
 //! - **Erasure.** A deleted row's bytes stay in the files until something overwrites them.
@@ -22,7 +26,8 @@
 //!   reuse but does not zero their bytes: how far that goes is the README's to say.
 //!
 //! Unique violations are no difference: sqlx classifies both engines' codes (SQLite 2067 and
-//! 1555, PostgreSQL 23505) as `is_unique_violation`, read in one place ([`StoreError`]'s `From`).
+//! 1555, PostgreSQL 23505) as `is_unique_violation`, read in one place ([`StoreError`]'s `From`),
+//! beside the engines' codes for a database that cannot serve now (`cannot_serve_now`).
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
