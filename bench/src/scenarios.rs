@@ -343,20 +343,21 @@ pub fn call(key: &str, targets: &Targets, plan: Plan, minted: &Arc<Minted>) -> O
                 Ok(())
             })
         }),
-        "userinfo-cached" | "userinfo-uncached" => {
-            let channels = if key == "userinfo-cached" {
-                t.userinfo
-            } else {
+        "userinfo-cached" | "userinfo-uncached" | "userinfo-cold" => {
+            let cold = key == "userinfo-cold";
+            let channels = if key == "userinfo-uncached" {
                 t.userinfo_uncached?
+            } else {
+                t.userinfo
             };
             Arc::new(move |i| {
                 let channel = pick(&channels, i);
                 let k = counter.fetch_add(1, Ordering::Relaxed) as usize;
                 let minted = minted.clone();
                 Box::pin(async move {
-                    let (user, token) = minted
-                        .consent
-                        .get(k % minted.consent.len().max(1))
+                    let tokens = if cold { &minted.cold } else { &minted.consent };
+                    let (user, token) = tokens
+                        .get(k % tokens.len().max(1))
                         .ok_or("no consent tokens")?;
                     let response = UserInfoServiceClient::new(channel)
                         .get_open_user_info(upb::GetOpenUserInfoRequest {
