@@ -19,6 +19,7 @@ COPY userinfo-service/Cargo.toml userinfo-service/
 COPY all-in-one/Cargo.toml all-in-one/
 COPY health-probe/Cargo.toml health-probe/
 COPY bench/Cargo.toml bench/
+COPY faults/Cargo.toml faults/
 RUN for lib in proto token runtime sql-backend auth-service userinfo-service; do \
       mkdir -p $lib/src && touch $lib/src/lib.rs; done \
  && for bin in auth-service userinfo-service all-in-one health-probe bench; do \

@@ -203,6 +203,12 @@ done
 
 # ---------------------------------------------------------------------------------------------
 step "image: the Dockerfile, classic builder"
+# Every workspace member's manifest is in the dependency layer, or cargo cannot load the
+# workspace there; said here by name rather than by a build error minutes later.
+for member in $(python3 -c 'import tomllib,sys; print(*tomllib.load(open(sys.argv[1],"rb"))["workspace"]["members"])' "$repo/Cargo.toml"); do
+  grep -q "^COPY $member/Cargo.toml $member/\$" "$repo/Dockerfile" \
+    || fail "Dockerfile: workspace member $member has no 'COPY $member/Cargo.toml $member/' line"
+done
 build_started=$SECONDS
 docker build -t "$IMAGE" "$ctx" >"$work/build.log" 2>&1 || { tail -60 "$work/build.log"; fail "docker build"; }
 build_seconds=$((SECONDS - build_started))
