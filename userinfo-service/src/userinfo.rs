@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use miniprogram_token::{Scope, Timestamp, TokenClaims, TokenKind, VerifyingKey};
+use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::disclosures::DisclosureLedger;
@@ -38,6 +39,49 @@ pub trait AppCredentialCheck: Send + Sync + 'static {
     ) -> Result<bool, UserInfoError>;
 }
 
+/// How long an app credential that auth-service confirmed is reused without asking it again.
+/// A secret rotated or an app switched off at auth-service is still accepted here for at most
+/// this long (auth-service's own replicas have the same bound); the token itself is checked on
+/// every call, locally, against keys and revocation rules that follow auth-service within the
+/// staleness bound.
+pub const CONFIRMED_CREDENTIAL_TTL: Duration = Duration::from_secs(1);
+
+/// Most confirmed credentials kept (about 80 bytes each).
+const CONFIRMED_CREDENTIALS: usize = 10_000;
+
+/// App credentials auth-service confirmed lately, so a backend calling GetPhoneNumber more than
+/// once a second costs auth-service one call a second, not one per call. Keyed by SHA-256 of
+/// the whole `authorization` header: the secret itself is never kept, and only a credential
+/// auth-service accepted is entered.
+pub struct ConfirmedCredentials {
+    ttl: Duration,
+    entries: quick_cache::sync::Cache<[u8; 32], Instant>,
+}
+
+impl ConfirmedCredentials {
+    pub fn new(ttl: Duration) -> Self {
+        ConfirmedCredentials {
+            ttl,
+            entries: quick_cache::sync::Cache::new(CONFIRMED_CREDENTIALS),
+        }
+    }
+
+    fn key(authorization: &str) -> [u8; 32] {
+        Sha256::digest(authorization.as_bytes()).into()
+    }
+
+    /// Whether `key` was confirmed less than the reuse time before `at` (monotonic).
+    fn confirmed(&self, key: &[u8; 32], at: Instant) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|confirmed_at| at.saturating_duration_since(confirmed_at) < self.ttl)
+    }
+
+    fn insert(&self, key: [u8; 32], at: Instant) {
+        self.entries.insert(key, at);
+    }
+}
+
 /// What each read passes besides its token check: the scraping limits before the data is
 /// read, the disclosure ledger once it is answered.
 pub struct ReadOversight {
@@ -53,6 +97,7 @@ pub struct UserInfoReader {
     verifier: Arc<TokenVerifier>,
     keys: Arc<dyn KeySource>,
     credentials: Arc<dyn AppCredentialCheck>,
+    confirmed: ConfirmedCredentials,
     /// When keys were last refetched for an unknown key id; refetches are at most one per
     /// `refetch_interval`, so garbage key ids can't hammer auth-service.
     last_refetch: Mutex<Option<Timestamp>>,
@@ -89,6 +134,7 @@ impl UserInfoReader {
             verifier,
             keys,
             credentials,
+            confirmed: ConfirmedCredentials::new(CONFIRMED_CREDENTIAL_TTL),
             last_refetch: Mutex::new(None),
             refetch_interval,
         }
@@ -143,9 +189,10 @@ impl UserInfoReader {
     /// The phone number, for an app's backend holding an access token with the phone scope
     /// that was issued to that same app.
     ///
-    /// The app credential is confirmed at auth-service before the token is looked at, so a
-    /// caller without the right secret learns nothing about a token (every such call is
-    /// INVALID_AUTH_CLIENT, or a limit / availability error that doesn't depend on the token).
+    /// The app credential is confirmed at auth-service (or was, within
+    /// [`CONFIRMED_CREDENTIAL_TTL`]) before the token is looked at, so a caller without the
+    /// right secret learns nothing about a token (every such call is INVALID_AUTH_CLIENT, or a
+    /// limit / availability error that doesn't depend on the token).
     pub async fn phone_number(
         &self,
         authorization: Option<&str>,
@@ -156,10 +203,19 @@ impl UserInfoReader {
         at: Instant,
     ) -> Result<String, UserInfoError> {
         let authorization = authorization.ok_or(UserInfoError::InvalidAuthClient)?;
-        let active_for_app = self
-            .credentials
-            .confirm(authorization, access_token, peer)
-            .await?;
+        let key = ConfirmedCredentials::key(authorization);
+        // Within the reuse time the token is judged by the local checks below alone, as
+        // GetOpenUserInfo's are.
+        let active_for_app = if self.confirmed.confirmed(&key, at) {
+            true
+        } else {
+            let active = self
+                .credentials
+                .confirm(authorization, access_token, peer)
+                .await?;
+            self.confirmed.insert(key, at);
+            active
+        };
         // The caller is now known to be `app_id`: the token's own failure reason may be told.
         if access_token.is_empty() {
             return Err(UserInfoError::InvalidAuthRelations);
@@ -224,5 +280,28 @@ impl UserInfoReader {
             }
             Err(e) => tracing::warn!(error = %e, "refetching token keys failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards the time bound in `ConfirmedCredentials::confirmed`: a credential confirmed
+    /// longer ago than the reuse time, or another header, goes back to auth-service.
+    #[test]
+    fn a_confirmed_credential_is_reused_only_within_its_time() {
+        let confirmed = ConfirmedCredentials::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let key = ConfirmedCredentials::key("Basic bXAxOnNlY3JldA==");
+        assert!(!confirmed.confirmed(&key, t0), "never confirmed");
+        confirmed.insert(key, t0);
+        assert!(confirmed.confirmed(&key, t0 + Duration::from_millis(999)));
+        assert!(
+            !confirmed.confirmed(&key, t0 + Duration::from_secs(1)),
+            "reused past its time"
+        );
+        let other = ConfirmedCredentials::key("Basic bXAxOnNlY3JldDI=");
+        assert!(!confirmed.confirmed(&other, t0));
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_proto::userinfo::v1 as upb;
 use tonic::Status;
+use userinfo_service::userinfo::CONFIRMED_CREDENTIAL_TTL;
 
 use crate::clients::{
     ALL_FEATURES, AuthClients, UserInfoClients, auth_code, consent_token, outcome,
@@ -184,8 +185,8 @@ async fn postgres_restarted_under_load_fails_calls_as_unavailable_and_recovers()
     .await;
 }
 
-/// userinfo-service's `GetPhoneNumber` needs auth-service (it confirms the app credential and
-/// the token there). With auth-service stopped (SIGSTOP: the port accepts, nothing answers) it
+/// userinfo-service's `GetPhoneNumber` needs auth-service (it confirms the app credential
+/// there, then reuses the confirmation for `CONFIRMED_CREDENTIAL_TTL`). With auth-service stopped (SIGSTOP: the port accepts, nothing answers) it
 /// fails with `SERVICE_UNAVAILABLE` within its 5 s call timeout, while `GetOpenUserInfo`, which
 /// is checked locally, is still served; with auth-service killed (the port refuses) it fails
 /// at once; with auth-service back (continued, or restarted on its address) it works again,
@@ -247,8 +248,11 @@ async fn get_phone_number_while_auth_service_is_stopped_or_killed_fails_fast_and
                 }
             };
             assert_eq!(phone().await.0, "OK");
+            // A credential confirmed within the reuse time is not asked for again.
+            let past_reuse = || tokio::time::sleep(CONFIRMED_CREDENTIAL_TTL);
 
             auth.signal("STOP");
+            past_reuse().await;
             let (stopped, took) = phone().await;
             assert_eq!(stopped, "ServiceUnavailable", "with auth-service stopped");
             assert!(
@@ -276,6 +280,7 @@ async fn get_phone_number_while_auth_service_is_stopped_or_killed_fails_fast_and
 
             let addr = auth.addr;
             auth.kill();
+            past_reuse().await;
             let (killed, took) = phone().await;
             assert_eq!(killed, "ServiceUnavailable", "with auth-service killed");
             assert!(

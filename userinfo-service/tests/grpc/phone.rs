@@ -172,3 +172,74 @@ async fn x_forwarded_for_names_the_phone_caller_only_behind_a_trusted_proxy() {
         }
     }
 }
+
+/// Guards `ConfirmedCredentials` in `UserInfoReader::phone_number`: a credential auth-service
+/// confirmed is reused (GetPhoneNumber is answered with auth-service stopped, the token checked
+/// locally), but only within `CONFIRMED_CREDENTIAL_TTL`: after it the credential must be
+/// confirmed again, and with auth-service stopped the call is SERVICE_UNAVAILABLE.
+#[tokio::test]
+async fn a_confirmed_credential_spares_auth_service_for_a_second_only() {
+    let auth = TestAuthServer::start().await;
+    let userinfo = userinfo_for(&auth, |_| {}).await;
+    upsert_profile(&userinfo, "u1").await;
+    let (app_id, secret) = auth.create_app(&ALL_FEATURES).await;
+    let token = phone_access_token(&auth, &app_id, &secret).await;
+    assert_eq!(
+        phone_reason(&userinfo, &app_id, &secret, &token, None).await,
+        None
+    );
+    let confirmed_by = std::time::Instant::now();
+    let _stopped = auth.pause().await;
+    assert_eq!(
+        phone_reason(&userinfo, &app_id, &secret, &token, None).await,
+        None,
+        "reused within the second"
+    );
+    assert!(
+        confirmed_by.elapsed() < userinfo_service::userinfo::CONFIRMED_CREDENTIAL_TTL,
+        "the machine was too slow to show the reuse"
+    );
+    assert_eq!(
+        phone_reason(&userinfo, &app_id, "wrong-secret", &token, None).await,
+        Some(ErrorReason::ServiceUnavailable),
+        "another credential is never reused"
+    );
+    tokio::time::sleep_until(
+        (confirmed_by + userinfo_service::userinfo::CONFIRMED_CREDENTIAL_TTL).into(),
+    )
+    .await;
+    assert_eq!(
+        phone_reason(&userinfo, &app_id, &secret, &token, None).await,
+        Some(ErrorReason::ServiceUnavailable),
+        "reused past its time"
+    );
+}
+
+/// A secret rotated at auth-service stops working at GetPhoneNumber once the reuse time of
+/// its last confirmation has passed, and the new secret works at once.
+#[tokio::test]
+async fn a_rotated_secret_is_refused_by_get_phone_number_after_the_reuse_time() {
+    let auth = TestAuthServer::start().await;
+    let userinfo = userinfo_for(&auth, |_| {}).await;
+    upsert_profile(&userinfo, "u1").await;
+    let (app_id, secret) = auth.create_app(&ALL_FEATURES).await;
+    let token = phone_access_token(&auth, &app_id, &secret).await;
+    assert_eq!(
+        phone_reason(&userinfo, &app_id, &secret, &token, None).await,
+        None
+    );
+    let confirmed_by = std::time::Instant::now();
+    let new_secret = auth.rotate_secret(&app_id).await;
+    assert_eq!(
+        phone_reason(&userinfo, &app_id, &new_secret, &token, None).await,
+        None
+    );
+    tokio::time::sleep_until(
+        (confirmed_by + userinfo_service::userinfo::CONFIRMED_CREDENTIAL_TTL).into(),
+    )
+    .await;
+    assert_eq!(
+        phone_reason(&userinfo, &app_id, &secret, &token, None).await,
+        Some(ErrorReason::InvalidAuthClient)
+    );
+}
