@@ -143,9 +143,13 @@ impl ConsentFlow {
         check_id("user_id", user_id)?;
         check_id("app_id", app_id)?;
         let scopes = check_scope_combination(scopes)?;
-        let app = self.app_with_features(app_id, scopes).await?;
         let mut repos = self.store.repositories();
-        let standing = repos.consents().authorization(user_id, app_id).await?;
+        let read = repos
+            .consents()
+            .app_and_authorization(user_id, app_id)
+            .await?;
+        let (app, standing) = read.ok_or(AuthError::AppNotFound)?;
+        let app = self.with_features(app, scopes)?;
         let granted = standing.as_ref().map_or(ScopeSet::EMPTY, |a| {
             if a.declaration_version < app.declaration_version {
                 a.granted.difference(consent_scopes(a.granted))
@@ -389,7 +393,11 @@ impl ConsentFlow {
             .apps()
             .get_in_order(app_id)
             .await?;
-        let app = app.ok_or(AuthError::AppNotFound)?;
+        self.with_features(app.ok_or(AuthError::AppNotFound)?, scopes)
+    }
+
+    /// `app`, if it has the features and (when required) the declaration `scopes` need.
+    fn with_features(&self, app: AppRecord, scopes: ScopeSet) -> Result<AppRecord, AuthError> {
         if let Some(missing) = app.features.missing_for(scopes) {
             return Err(AuthError::InsufficientIsvPermissions(missing));
         }
