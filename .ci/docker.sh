@@ -20,6 +20,7 @@ IMAGE=miniprogram-userinfo:latest
 OPERATOR_UID=4242
 OPERATOR_GID=4242
 export OPERATOR_UID OPERATOR_GID COMPOSE_HTTP_TIMEOUT=120 DOCKER_BUILDKIT=0
+unset PUBLISH_ADDR  # the compose files' default (127.0.0.1) is what is checked
 
 started=$SECONDS
 declare -a timings=()
@@ -346,6 +347,19 @@ check_containers() {
   echo "as uid $OPERATOR_UID with a read-only root filesystem: $*"
 }
 
+# Every published port of each service on 127.0.0.1 only (PUBLISH_ADDR unset, the default).
+check_loopback() {
+  local service bindings
+  for service in "$@"; do
+    bindings="$(docker port "$(container "$service")")"
+    [ -n "$bindings" ] || fail "$service publishes no port"
+    if grep -v -- '-> 127\.0\.0\.1:' <<<"$bindings" | grep -q .; then
+      fail "$service publishes beyond 127.0.0.1: $bindings"
+    fi
+  done
+  echo "published on 127.0.0.1 only: $(for service in "$@"; do docker port "$(container "$service")"; done | tr '\n' ' ')"
+}
+
 jget() {
   python3 -c 'import json,sys
 d=json.load(sys.stdin)
@@ -400,6 +414,7 @@ stack single docker-compose.yml
 (cd "$dir" && timeout 300 docker-compose -p "$project" $files up -d) || fail "docker-compose up (single)"
 wait_healthy 120 auth userinfo
 check_containers auth userinfo
+check_loopback auth userinfo
 stat -c '%n: mode %a, owner %u' "$dir/data/auth/auth.db" "$dir/data/userinfo/userinfo.db"
 
 step "one node: the seed block and the README walkthrough through the published ports"
@@ -429,6 +444,7 @@ stack tls docker-compose.yml docker-compose.tls.yml
 (cd "$dir" && timeout 300 docker-compose -p "$project" $files up -d) || fail "docker-compose up (tls)"
 wait_healthy 120 auth userinfo
 check_containers auth userinfo
+check_loopback auth userinfo
 tls=(-cacert "$dir/secrets/ca.pem" -authority localhost)
 [[ "$(grpcurl "${tls[@]}" -d '{}' "$USERINFO" grpc.health.v1.Health/Check)" == *SERVING* ]] \
   || fail "userinfo-service does not answer SERVING over TLS"
@@ -447,6 +463,8 @@ stack scale docker-compose.scale.yml
 replicas=(auth-1 auth-2 userinfo-1 userinfo-2)
 wait_healthy 180 postgres "${replicas[@]}" lb
 check_containers "${replicas[@]}"
+check_loopback lb
+[ -z "$(docker port "$(container auth-1)")$(docker port "$(container userinfo-1)")" ] || fail "a replica publishes a port"
 
 step "scaled: the walkthrough through nginx; one replica of each service killed after block 2"
 # grpcurl retried once when a call found no live server (UNAVAILABLE), never when a service
@@ -459,7 +477,7 @@ trap 'rm -f "$out" "$err"' EXIT
 for attempt in 1 2; do
   rc=0
   "$REAL_GRPCURL" "$@" >"$out" 2>"$err" || rc=$?
-  if [ "$rc" != 0 ] && grep -q 'Code: Unavailable' "$err"; then
+  if [ "$rc" != 0 ] && grep -qE '(Code: |code = )Unavailable' "$err"; then
     echo "attempt $attempt of ${*: -1}: $(tr '\n' ' ' <"$err")" >>"$RETRY_LOG"
     [ "$attempt" = 1 ] && continue
   fi
@@ -468,21 +486,65 @@ for attempt in 1 2; do
   exit "$rc"
 done
 SH
+# The wrapper itself, against a stand-in grpcurl that fails as told: one UNAVAILABLE is
+# retried, a second fails the call, another error is never retried.
+cat >"$work/flaky-grpcurl" <<'SH'
+#!/usr/bin/env bash
+n=$(($(cat "$FLAKY_COUNT") + 1))
+echo "$n" >"$FLAKY_COUNT"
+[ "$n" -gt "$FLAKY_FAILS" ] && { echo answered; exit 0; }
+echo "rpc error: code = $FLAKY_CODE desc = from the test" >&2
+exit 1
+SH
+chmod +x "$work/flaky-grpcurl" "$work/retry-bin/grpcurl"
+flaky() {  # FAILS CODE: the wrapper's exit status and how many calls it made
+  local rc=0
+  echo 0 >"$work/flaky-count"
+  FLAKY_COUNT="$work/flaky-count" FLAKY_FAILS=$1 FLAKY_CODE=$2 REAL_GRPCURL="$work/flaky-grpcurl" \
+    RETRY_LOG=/dev/null "$work/retry-bin/grpcurl" x >/dev/null 2>&1 || rc=$?
+  echo "$rc/$(cat "$work/flaky-count")"
+}
+[ "$(flaky 1 Unavailable)" = 0/2 ] && [ "$(flaky 2 Unavailable)" = 1/2 ] && [ "$(flaky 1 PermissionDenied)" = 1/1 ] \
+  || fail "the retry-once wrapper: $(flaky 1 Unavailable) $(flaky 2 Unavailable) $(flaky 1 PermissionDenied)"
+echo "retry-once wrapper: one UNAVAILABLE retried, a second one fails the call, other errors are not retried"
+# After block 2: calls from two loops (auth-service and userinfo-service, each grpcurl run also
+# a reflection call) while auth-1 and userinfo-1 are killed, so some are in flight then; each
+# must succeed, retried once at most. The rest of the walkthrough runs on the survivors.
 cat >"$work/kill-after-block-2" <<SH
 #!/usr/bin/env bash
 [ "\$1" = 2 ] || exit 0
+calls() {
+  local n=0
+  while [ ! -e "$work/stop-calls" ]; do
+    grpcurl -plaintext -H "authorization: Bearer \$WALLET_TOKEN" -d '{"user_id":"demo-user-1"}' \
+      "$AUTH" miniprogram.auth.v1.AuthorizationService/ListAuthorizations >/dev/null || echo "failed: ListAuthorizations" >>"$work/calls.log"
+    grpcurl -plaintext -H "authorization: Bearer \$ADMIN_TOKEN" -d '{"user_id":"demo-user-1"}' \
+      "$USERINFO" miniprogram.userinfo.v1.ProfileService/GetProfile >/dev/null || echo "failed: GetProfile" >>"$work/calls.log"
+    n=\$((n + 2))
+  done
+  echo "made \$n" >>"$work/calls.log"
+}
+calls & calls &
+sleep 1
 cd "$dir" && docker-compose -p "$project" $files kill -s SIGKILL auth-1 userinfo-1 2>&1 | tail -1
-echo "--- killed auth-1 and userinfo-1 (SIGKILL); the rest of the walkthrough runs on auth-2 and userinfo-2"
+sleep 3
+touch "$work/stop-calls"
+wait
+echo "--- killed auth-1 and userinfo-1 (SIGKILL) under calls: \$(awk '/^made/ {n += \$2} END {print n}' "$work/calls.log") made, \$(grep -c '^failed' "$work/calls.log") failed"
 SH
 chmod +x "$work/retry-bin/grpcurl" "$work/kill-after-block-2"
 export RETRY_LOG="$work/retries.log" REAL_GRPCURL="$work/bin/grpcurl"
 : >"$RETRY_LOG"
+: >"$work/calls.log"
 PATH="$work/retry-bin:$PATH" WALKTHROUGH_AFTER_BLOCK="$work/kill-after-block-2" \
   "$repo/.ci/walkthrough.sh" --against "$AUTH" "$USERINFO" "$dir"
 for killed in auth-1 userinfo-1; do
   [ "$(health "$killed")" = exited ] || fail "$killed should still be down, is $(health "$killed")"
 done
-if grep -q '^attempt 2' "$RETRY_LOG"; then cat "$RETRY_LOG"; fail "a call failed twice"; fi
+if grep -q '^attempt 2' "$RETRY_LOG" || grep -q '^failed' "$work/calls.log"; then
+  cat "$RETRY_LOG" "$work/calls.log"
+  fail "a call failed twice"
+fi
 echo "calls retried once after the kill: $(grep -c '^attempt 1' "$RETRY_LOG" || true)"
 sed 's/^/  /' "$RETRY_LOG"
 set -a; . "$dir/data/dev-credentials.env"; set +a
