@@ -143,13 +143,9 @@ impl ConsentFlow {
         check_id("user_id", user_id)?;
         check_id("app_id", app_id)?;
         let scopes = check_scope_combination(scopes)?;
+        let app = self.app_with_features(app_id, scopes).await?;
         let mut repos = self.store.repositories();
-        let read = repos
-            .consents()
-            .app_and_authorization(user_id, app_id)
-            .await?;
-        let (app, standing) = read.ok_or(AuthError::AppNotFound)?;
-        let app = self.with_features(app, scopes)?;
+        let standing = repos.consents().authorization(user_id, app_id).await?;
         let granted = standing.as_ref().map_or(ScopeSet::EMPTY, |a| {
             if a.declaration_version < app.declaration_version {
                 a.granted.difference(consent_scopes(a.granted))
@@ -393,11 +389,7 @@ impl ConsentFlow {
             .apps()
             .get_in_order(app_id)
             .await?;
-        self.with_features(app.ok_or(AuthError::AppNotFound)?, scopes)
-    }
-
-    /// `app`, if it has the features and (when required) the declaration `scopes` need.
-    fn with_features(&self, app: AppRecord, scopes: ScopeSet) -> Result<AppRecord, AuthError> {
+        let app = app.ok_or(AuthError::AppNotFound)?;
         if let Some(missing) = app.features.missing_for(scopes) {
             return Err(AuthError::InsufficientIsvPermissions(missing));
         }

@@ -217,51 +217,6 @@ pub async fn decisions_grant_and_deny_atomically(store: Arc<dyn AuthStore>) {
     assert_eq!((a.granted, a.denied), (ui, none));
 }
 
-/// What a consent request starts from, in one read: no app; an app without the user's
-/// authorization; an app with it, as `authorization` reads it (another user's never shows).
-pub async fn the_app_and_its_authorization_read_together(store: Arc<dyn AuthStore>) {
-    let mut repos = store.repositories();
-    assert_eq!(
-        repos
-            .consents()
-            .app_and_authorization("u1", "a1")
-            .await
-            .unwrap(),
-        None
-    );
-    repos.apps().insert(&app("a1")).await.unwrap();
-    assert_eq!(
-        repos
-            .consents()
-            .app_and_authorization("u1", "a1")
-            .await
-            .unwrap(),
-        Some((app("a1"), None))
-    );
-    let ui = ScopeSet::of(&[Scope::UserInfo]);
-    let mut decision = crate::store::Decision::new("u1", "a1", ui, ScopeSet::EMPTY, t(5));
-    decision.grant_ref = Some("g1");
-    repos.consents().record_decision(&decision).await.unwrap();
-    let standing = repos.consents().authorization("u1", "a1").await.unwrap();
-    assert!(standing.as_ref().is_some_and(|a| a.grant_ref.is_some()));
-    assert_eq!(
-        repos
-            .consents()
-            .app_and_authorization("u1", "a1")
-            .await
-            .unwrap(),
-        Some((app("a1"), standing))
-    );
-    assert_eq!(
-        repos
-            .consents()
-            .app_and_authorization("u2", "a1")
-            .await
-            .unwrap(),
-        Some((app("a1"), None))
-    );
-}
-
 /// A withdrawal as the consent flow runs it: scopes taken back, unspent codes carrying them
 /// deleted, the user's refresh tokens carrying them revoked (no other user's), a rule appended.
 pub async fn withdrawal_removes_scopes_and_appends_rule(store: Arc<dyn AuthStore>) {
@@ -1358,7 +1313,6 @@ sql_backend::conformance!(
     disabling_a_feature_voids_refresh_tokens_and_logs_a_rule,
     feature_changes_are_relative_and_never_lose_each_other,
     decisions_grant_and_deny_atomically,
-    the_app_and_its_authorization_read_together,
     withdrawal_removes_scopes_and_appends_rule,
     a_rule_is_found_by_its_sequence_until_swept,
     revoking_a_token_again_writes_nothing_even_at_once,

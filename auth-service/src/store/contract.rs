@@ -120,14 +120,6 @@ pub trait ConsentRepo: Send {
         user_id: &str,
         app_id: &str,
     ) -> StoreResult<Option<AuthorizationRecord>>;
-    /// The app, read in order as [`AppRepo::get_in_order`], and the user's authorization of it,
-    /// read as [`ConsentRepo::authorization`]: what a consent request starts from. `None` when
-    /// there is no such app.
-    async fn app_and_authorization(
-        &mut self,
-        user_id: &str,
-        app_id: &str,
-    ) -> StoreResult<Option<(AppRecord, Option<AuthorizationRecord>)>>;
     /// Atomically: granted |= grant; denied = (denied | deny) - granted. A decision given under
     /// a newer declaration `version` first drops the consent scopes granted under an older one
     /// and records the version; one under an older version leaves both. While a consent scope is

@@ -196,49 +196,6 @@ impl<B: Backend> ConsentRepo for Repos<B> {
             .await
     }
 
-    async fn app_and_authorization(
-        &mut self,
-        user_id: &str,
-        app_id: &str,
-    ) -> StoreResult<Option<(AppRecord, Option<AuthorizationRecord>)>> {
-        if B::ROW_LOCKS {
-            // `FOR SHARE` cannot lock the nullable side of an outer join: two statements.
-            let Some(app) = AppRepo::get_in_order(self, app_id).await? else {
-                return Ok(None);
-            };
-            let authorization = ConsentRepo::authorization(self, user_id, app_id).await?;
-            return Ok(Some((app, authorization)));
-        }
-        // One statement on SQLite's writer: each one is a hop to its connection's thread.
-        let sql = "SELECT apps.*, au.user_id AS au_user_id, au.granted AS au_granted, au.denied AS au_denied,
-                     au.updated_at AS au_updated_at,
-                     au.declaration_version AS au_declaration_version,
-                     au.grant_ref AS au_grant_ref, au.open_user_id AS au_open_user_id
-                   FROM apps LEFT JOIN authorizations au
-                     ON au.user_id = $2 AND au.app_id = apps.app_id
-                   WHERE apps.app_id = $1";
-        let decode = |r: &B::Record| {
-            let app = app(r)?;
-            let Some(user_id) = r.opt_text("au_user_id")? else {
-                return Ok((app, None));
-            };
-            let authorization = AuthorizationRecord {
-                user_id,
-                app_id: app.app_id.clone(),
-                granted: r.scopes("au_granted")?,
-                denied: r.scopes("au_denied")?,
-                updated_at: r.time("au_updated_at")?,
-                declaration_version: r.int("au_declaration_version")?,
-                grant_ref: r.opt_text("au_grant_ref")?,
-                open_user_id: r.opt_text("au_open_user_id")?,
-            };
-            Ok((app, Some(authorization)))
-        };
-        self.0
-            .first(InOrder, sql, args![app_id, user_id], decode)
-            .await
-    }
-
     async fn record_decision(&mut self, d: &Decision<'_>) -> StoreResult<Option<String>> {
         let sql = "INSERT INTO authorizations
                (user_id, app_id, granted, denied, updated_at, declaration_version, grant_ref)
