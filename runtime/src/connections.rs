@@ -1,6 +1,8 @@
 //! The accept loop's limits: at most MAX_CONNECTIONS open client connections and at most a
 //! peer's share of them per address; a connection beyond either is closed at once, so one
-//! address cannot keep everyone else from connecting.
+//! address cannot keep everyone else from connecting. A connection that sends nothing within
+//! READ_TIMEOUT of being accepted (no HTTP/2 preface, no TLS hello) is closed, so silent
+//! connections from many addresses cannot hold every place for good.
 
 use std::future::Future;
 use std::io;
@@ -26,6 +28,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct LimitedIncoming {
     listener: TcpListener,
     pool: Arc<PeerPool>,
+    first_byte_timeout: Duration,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -35,6 +38,7 @@ impl LimitedIncoming {
         LimitedIncoming {
             listener,
             pool: PeerPool::new(limits.max_connections, limits.peer_share_percent),
+            first_byte_timeout: limits.read_timeout,
             pause: None,
         }
     }
@@ -69,9 +73,11 @@ impl tokio_stream::Stream for LimitedIncoming {
                         if let Err(e) = stream.set_nodelay(true) {
                             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                         }
+                        let deadline = tokio::time::sleep(this.first_byte_timeout);
                         return Poll::Ready(Some(Ok(AdmittedConnection {
                             stream,
                             _slot: slot,
+                            first_byte_deadline: Some(Box::pin(deadline)),
                         })));
                     }
                     Err(refusal) => {
@@ -93,6 +99,8 @@ impl tokio_stream::Stream for LimitedIncoming {
 pub struct AdmittedConnection {
     stream: TcpStream,
     _slot: PoolGuard,
+    /// Until the first byte arrives: when the connection is given up.
+    first_byte_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connected for AdmittedConnection {
@@ -109,7 +117,24 @@ impl AsyncRead for AdmittedConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Some(deadline) = &mut this.first_byte_deadline {
+            match &read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    this.first_byte_deadline = None;
+                }
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "nothing sent within READ_TIMEOUT of connecting",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 
@@ -208,5 +233,41 @@ mod tests {
         admitted.remove(0);
         let _again = connect_from("127.0.0.1", addr).await;
         accept(&mut incoming).await;
+    }
+
+    /// Guards `first_byte_deadline` in `AdmittedConnection::poll_read`: a connection that
+    /// sends nothing within the read timeout fails its read (the server then drops it and its
+    /// place); one whose first bytes came in time may then stay quiet for longer.
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_within_the_read_timeout_is_given_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ServerLimits {
+            read_timeout: Duration::from_millis(200),
+            ..ServerLimits::default()
+        };
+        let mut incoming = LimitedIncoming::new(listener, &limits);
+        let _silent = connect_from("127.0.0.1", addr).await;
+        let mut silent = accept(&mut incoming).await;
+        let mut talking = connect_from("127.0.0.1", addr).await;
+        let mut prompt = accept(&mut incoming).await;
+        tokio::io::AsyncWriteExt::write_all(&mut talking, b"PRI")
+            .await
+            .unwrap();
+
+        let mut buf = [0u8; 8];
+        let started = std::time::Instant::now();
+        let given_up = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+            .await
+            .expect("the silent connection is given up within 5 s");
+        assert_eq!(given_up.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+
+        assert_eq!(prompt.read(&mut buf).await.unwrap(), 3);
+        let quiet = tokio::time::timeout(Duration::from_millis(600), prompt.read(&mut buf)).await;
+        assert!(
+            quiet.is_err(),
+            "a connection that spoke in time may then be quiet"
+        );
     }
 }

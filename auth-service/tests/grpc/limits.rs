@@ -62,6 +62,44 @@ async fn half_sent_calls_are_answered_after_the_read_timeout() {
     );
 }
 
+/// Guards the first-byte deadline of service-runtime's `AdmittedConnection` on a real server:
+/// a TCP connection that never sends its HTTP/2 preface is closed once READ_TIMEOUT has
+/// passed (its place in MAX_CONNECTIONS with it), while a gRPC client's connection, which
+/// spoke at once, keeps working after idling past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_its_preface_is_closed_after_the_read_timeout() {
+    use tokio::io::AsyncReadExt;
+    let server =
+        TestAuthServer::start_with(|c| c.limits.read_timeout = Duration::from_millis(300)).await;
+    let channel = service_runtime::client_channel(server.addr, None);
+    assert_eq!(
+        service_runtime::is_serving(channel.clone(), "").await.ok(),
+        Some(true)
+    );
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            // The server may send its SETTINGS first; it then closes the connection.
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent connection was still open after 5 s"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        service_runtime::is_serving(channel, "").await.ok(),
+        Some(true),
+        "an idle client connection that spoke in time is kept"
+    );
+}
+
 /// Guards the control-stream pool and lifetime over real gRPC: with one slot, a second health
 /// Watch is refused while the first is open; the first ends with UNAVAILABLE
 /// (`SERVICE_UNAVAILABLE`) after CONTROL_STREAM_LIFETIME, and then a new one is admitted.
