@@ -1,9 +1,8 @@
 //! Revocation rules and the indexed set a verifier holds.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::Arc;
 
 use crate::{ScopeSet, Timestamp, TokenClaims};
 
@@ -40,8 +39,7 @@ impl RevocationRule {
     }
 
     /// Whether both rules void the same tokens but for their cut-off: then the one with the
-    /// later cut-off voids everything the other does (the list merges such rules).
-    #[cfg(test)]
+    /// later cut-off voids everything the other does.
     fn same_target(&self, other: &RevocationRule) -> bool {
         self.app_id == other.app_id
             && self.user_id == other.user_id
@@ -93,69 +91,6 @@ impl Hasher for PassThrough {
 /// Index of a held rule in [`RevocationList::slots`].
 type Slot = u32;
 
-/// A rule as the list holds it: the app id shared with every other rule of that app (a list
-/// of 100,000 rules names far fewer apps), the other ids boxed without spare capacity. About
-/// 80 bytes a rule less than a [`RevocationRule`], which is most of a verifier's memory.
-#[derive(Debug, Clone)]
-struct HeldRule {
-    app_id: Arc<str>,
-    user_id: Option<Box<str>>,
-    token_id: Option<Box<str>>,
-    grant_id: Option<Box<str>>,
-    issued_before: Timestamp,
-    expire_at: Timestamp,
-    scopes: ScopeSet,
-}
-
-impl HeldRule {
-    fn new(rule: RevocationRule, app_id: Arc<str>) -> Self {
-        HeldRule {
-            app_id,
-            user_id: rule.user_id.map(String::into_boxed_str),
-            token_id: rule.token_id.map(String::into_boxed_str),
-            grant_id: rule.grant_id.map(String::into_boxed_str),
-            issued_before: rule.issued_before,
-            expire_at: rule.expire_at,
-            scopes: rule.scopes,
-        }
-    }
-
-    /// [`RevocationRule::matches`], on the held form.
-    fn matches(&self, claims: &TokenClaims) -> bool {
-        *claims.app_id == *self.app_id
-            && claims.issued_at() <= self.issued_before
-            && self.user_id.as_deref().is_none_or(|u| u == claims.user_id)
-            && (self.scopes.is_empty() || !self.scopes.intersection(claims.scopes).is_empty())
-            && self
-                .token_id
-                .as_deref()
-                .is_none_or(|t| t == claims.token_id)
-            && self
-                .grant_id
-                .as_deref()
-                .is_none_or(|g| g == claims.grant_id)
-    }
-
-    /// [`RevocationRule::same_target`], against an incoming rule.
-    fn same_target(&self, other: &RevocationRule) -> bool {
-        *self.app_id == *other.app_id
-            && self.user_id.as_deref() == other.user_id.as_deref()
-            && self.scopes == other.scopes
-            && self.token_id.as_deref() == other.token_id.as_deref()
-            && self.grant_id.as_deref() == other.grant_id.as_deref()
-    }
-
-    /// [`RevocationRule::index_key`], on the held form.
-    fn index_key(&self) -> (Index, &str) {
-        match (&self.token_id, &self.grant_id, &self.user_id) {
-            (Some(token), _, _) => (Index::Token, token),
-            (None, Some(grant), _) => (Index::Grant, grant),
-            (None, None, Some(user)) => (Index::User, user),
-            (None, None, None) => (Index::App, ""),
-        }
-    }
-}
-
 /// The revocation rules a verifier holds, one per target (rules that differ only in their
 /// cut-off are merged into the later one), filed under the token id, grant id, user or app
 /// they name. Applying a rule is a hash lookup; a check looks at four buckets (its token id,
@@ -165,9 +100,7 @@ impl HeldRule {
 #[derive(Debug, Default, Clone)]
 pub struct RevocationList {
     /// Held rules; a freed slot is reused by the next new target.
-    slots: Vec<Option<HeldRule>>,
-    /// Each app id the held rules name, once; dropped with the last rule naming it.
-    apps: HashSet<Arc<str>>,
+    slots: Vec<Option<RevocationRule>>,
     free: Vec<Slot>,
     /// Slots by a keyed hash of (index, app, key). The key is random per list, so nobody can
     /// pick ids that share a bucket; a collision would only put two keys' rules in one bucket.
@@ -247,24 +180,15 @@ impl RevocationList {
             return;
         }
         let expire_at = rule.expire_at;
-        let app_id = match self.apps.get(rule.app_id.as_str()) {
-            Some(app_id) => app_id.clone(),
-            None => {
-                let app_id: Arc<str> = Arc::from(rule.app_id.as_str());
-                self.apps.insert(app_id.clone());
-                app_id
-            }
-        };
-        let held = HeldRule::new(rule, app_id);
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot as usize] = Some(held);
+                self.slots[slot as usize] = Some(rule);
                 slot
             }
             None => {
                 // More than u32::MAX rules can't be held in memory anyway.
                 let slot = Slot::try_from(self.slots.len()).unwrap_or(Slot::MAX);
-                self.slots.push(Some(held));
+                self.slots.push(Some(rule));
                 slot
             }
         };
@@ -314,11 +238,7 @@ impl RevocationList {
                     self.buckets.remove(&bucket_key);
                 }
             }
-            if let Some(held) = self.slots[slot as usize].take()
-                && Arc::strong_count(&held.app_id) == 2
-            {
-                self.apps.remove(&held.app_id);
-            }
+            self.slots[slot as usize] = None;
             self.free.push(slot);
             self.len -= 1;
         }
@@ -484,34 +404,6 @@ mod tests {
     }
 
     /// A freed slot is reused, and a reused slot's old heap entry can't drop its new rule.
-    /// Guards the interning of app ids in `RevocationList::apply` and its clean-up in `prune`:
-    /// rules of one app share its id, and the last rule of an app pruned takes the id with it,
-    /// so the table is bounded by the apps that have live rules.
-    #[test]
-    fn app_ids_are_held_once_and_dropped_with_their_last_rule() {
-        let mut list = RevocationList::new();
-        list.apply(token_rule(1, "t1", 100));
-        list.apply(token_rule(2, "t2", 200));
-        list.apply(RevocationRule {
-            app_id: "other".into(),
-            ..token_rule(3, "t3", 100)
-        });
-        assert_eq!(list.apps.len(), 2, "one entry per app");
-        list.prune(Timestamp::from_unix_nanos(1100));
-        assert_eq!(list.len(), 1);
-        assert_eq!(
-            list.apps.len(),
-            1,
-            "the app whose rules are gone is dropped"
-        );
-        assert!(list.is_revoked(&TokenClaims {
-            token_id: "t2".into(),
-            ..claims("u1", &[], 150)
-        }));
-        list.prune(Timestamp::from_unix_nanos(1200));
-        assert!(list.is_empty() && list.apps.is_empty());
-    }
-
     #[test]
     fn slots_freed_by_prune_are_reused_safely() {
         let mut list = RevocationList::new();
