@@ -104,31 +104,42 @@ fn under_data_dir(url: String, default: &str, data_dir: &Path, file: &str) -> St
     }
 }
 
-async fn run(mut cli: Cli) -> Result<(), RunError> {
+/// auth-service's configuration in dev mode: credentials remembered under the data directory
+/// (flags and environment win over them), a master key generated there once, the database
+/// under it; the credentials in effect are remembered in `state`.
+fn dev_auth_config(
+    mut auth: AuthArgs,
+    data_dir: &Path,
+    state: &mut DevState,
+) -> Result<auth_service::config::AuthConfig, RunError> {
+    auth.admin_token = auth.admin_token.or(Some(state.admin_token.clone()));
+    auth.wallet_token = auth.wallet_token.or(Some(state.wallet_token.clone()));
+    auth.verifier_token = auth.verifier_token.or(Some(state.verifier_token.clone()));
+    if auth.master_key_file.is_none() && auth.master_key.is_none() {
+        let path = data_dir.join("master.key");
+        auth_service::config::dev_master_key(&path)?;
+        auth.master_key_file = Some(path);
+    }
+    if auth.tls.tls_cert_file.is_some() || auth.tls.tls_key_file.is_some() {
+        return Err(RunError::TlsNotSupported);
+    }
+    auth.database_url = under_data_dir(
+        auth.database_url,
+        auth_service::config::DEFAULT_DATABASE_URL,
+        data_dir,
+        "auth.db",
+    );
+    let config = auth.into_config(true)?;
+    state.admin_token = config.callers.admin.clone();
+    state.wallet_token = config.callers.wallet.clone();
+    state.verifier_token = config.callers.verifier.clone();
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> Result<(), RunError> {
     let stop_signal = service_runtime::shutdown_signal();
     service_runtime::private_files::create_private_dir(&cli.data_dir)?;
     let mut state = DevState::load_or_create(&cli.data_dir.join(dev_state::FILE_NAME))?;
-    // Explicit flags and environment win over the remembered credentials.
-    cli.auth.admin_token = cli.auth.admin_token.or(Some(state.admin_token.clone()));
-    cli.auth.wallet_token = cli.auth.wallet_token.or(Some(state.wallet_token.clone()));
-    cli.auth.verifier_token = cli
-        .auth
-        .verifier_token
-        .or(Some(state.verifier_token.clone()));
-    if cli.auth.master_key_file.is_none() && cli.auth.master_key.is_none() {
-        let path = cli.data_dir.join("master.key");
-        auth_service::config::dev_master_key(&path)?;
-        cli.auth.master_key_file = Some(path);
-    }
-    if cli.auth.tls.tls_cert_file.is_some() || cli.auth.tls.tls_key_file.is_some() {
-        return Err(RunError::TlsNotSupported);
-    }
-    cli.auth.database_url = under_data_dir(
-        cli.auth.database_url,
-        auth_service::config::DEFAULT_DATABASE_URL,
-        &cli.data_dir,
-        "auth.db",
-    );
     let userinfo_database_url = under_data_dir(
         cli.userinfo_database_url,
         userinfo_service::config::DEFAULT_DATABASE_URL,
@@ -137,10 +148,7 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
     );
     let read_limits = cli.read_limits.into_limits()?;
     let disclosures = cli.disclosures.into_settings()?;
-    let auth_config = cli.auth.into_config(true)?;
-    state.admin_token = auth_config.callers.admin.clone();
-    state.wallet_token = auth_config.callers.wallet.clone();
-    state.verifier_token = auth_config.callers.verifier.clone();
+    let auth_config = dev_auth_config(cli.auth, &cli.data_dir, &mut state)?;
 
     let auth_listener = TcpListener::bind(auth_config.addr).await?;
     let auth_addr = auth_listener.local_addr()?;
@@ -168,26 +176,15 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
     let callers = auth_config.callers.clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let mut services = tokio::task::JoinSet::new();
-    services.spawn({
-        let signal = stopped(stop_rx.clone());
-        async move {
-            auth_service::serve_with_listener(auth_config, auth_listener, signal)
-                .await
-                .map_err(RunError::from)
-        }
-    });
-    services.spawn({
-        let signal = stopped(stop_rx.clone());
-        async move {
-            userinfo_service::serve_with_listener(userinfo_config, userinfo_listener, signal)
-                .await
-                .map_err(RunError::from)
-        }
-    });
+    let auth = auth_service::serve_with_listener(auth_config, auth_listener, stopped(&stop_rx));
+    services.spawn(async move { auth.await.map_err(RunError::from) });
+    let userinfo = userinfo_service::serve_with_listener(
+        userinfo_config,
+        userinfo_listener,
+        stopped(&stop_rx),
+    );
+    services.spawn(async move { userinfo.await.map_err(RunError::from) });
 
     let seeded = tokio::select! {
         seeded = seed::seed(auth_addr, userinfo_addr, &callers, &mut state) => seeded,
@@ -216,7 +213,23 @@ async fn run(mut cli: Cli) -> Result<(), RunError> {
             joined??;
         }
     }
-    let _ = stop_tx.send(true);
+    stop_all(services, &stop_tx).await
+}
+
+/// Resolves once `stop` says so: a service's shutdown signal.
+fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Tells both services to stop and waits for them: the first error, if any.
+async fn stop_all(
+    mut services: tokio::task::JoinSet<Result<(), RunError>>,
+    stop: &watch::Sender<bool>,
+) -> Result<(), RunError> {
+    let _ = stop.send(true);
     let mut result = Ok(());
     while let Some(joined) = services.join_next().await {
         if let Err(e) = joined? {

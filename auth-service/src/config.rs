@@ -158,6 +158,27 @@ pub struct AuthConfig {
     pub tls: Option<service_runtime::ServerTls>,
 }
 
+impl AuthConfig {
+    /// What the consent flow's prompts, consent tokens and codes live for. Spent codes are
+    /// kept an access-token lifetime, so a late replay is still recognised.
+    pub fn consent_lifetimes(&self) -> crate::consent::ConsentLifetimes {
+        crate::consent::ConsentLifetimes {
+            prompt: self.prompt_ttl,
+            consent_token: self.consent_token_ttl,
+            auth_code: self.auth_code_ttl,
+            code_retention: self.access_token_ttl,
+        }
+    }
+
+    /// What access and refresh tokens live for.
+    pub fn token_lifetimes(&self) -> crate::tokens::TokenLifetimes {
+        crate::tokens::TokenLifetimes {
+            access_token: self.access_token_ttl,
+            refresh_token: self.refresh_token_ttl,
+        }
+    }
+}
+
 impl AuthArgs {
     /// Every lifetime and interval must be longer than zero, and the revocation quota at
     /// least one.

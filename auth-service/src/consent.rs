@@ -155,23 +155,11 @@ impl ConsentFlow {
         });
         let to_ask = consent_scopes(scopes).difference(granted);
         if to_ask.is_empty() {
-            let mut grant_ref = standing.and_then(|a| a.grant_ref);
-            if !scopes.is_subset_of(granted) {
-                let mut tx = self.store.begin().await?;
-                let decision = StoredDecision::new(user_id, app_id, scopes, ScopeSet::EMPTY, now);
-                grant_ref = tx.consents().record_decision(&decision).await?;
-                let mut record = self.privacy.record(
-                    (user_id, app_id),
-                    ConsentEvent::Granted,
-                    scopes.difference(granted),
-                    app.declaration_version,
-                    now,
-                );
-                record.trigger = Some(trigger);
-                tx.privacy().append_record(&record).await?;
-                tx.commit().await?;
-            }
-            let grant = self.grant(&app, user_id, scopes, grant_ref, now).await?;
+            let grant_ref = standing.and_then(|a| a.grant_ref);
+            let asked = (user_id, scopes, trigger);
+            let grant = self
+                .grant_without_asking(&app, asked, granted, grant_ref, now)
+                .await?;
             return Ok(AuthorizationOutcome::Grant(grant));
         }
         if trigger == Trigger::AppLaunch {
@@ -180,10 +168,61 @@ impl ConsentFlow {
         let previously_denied = standing
             .as_ref()
             .is_some_and(|a: &AuthorizationRecord| !a.denied.intersection(to_ask).is_empty());
+        let prompt = self
+            .ask(&app, (user_id, scopes, trigger), previously_denied, now)
+            .await?;
+        Ok(AuthorizationOutcome::Prompt(prompt))
+    }
+
+    /// Every consent scope asked for is already granted: a new non-consent scope (say,
+    /// `auth_base` beside a granted `userInfo`) is recorded, then the credential is minted.
+    async fn grant_without_asking(
+        &self,
+        app: &AppRecord,
+        (user_id, scopes, trigger): (&str, ScopeSet, Trigger),
+        granted: ScopeSet,
+        mut grant_ref: Option<String>,
+        now: Timestamp,
+    ) -> Result<Grant, AuthError> {
+        let app_id = app.app_id.as_str();
+        if !scopes.is_subset_of(granted) {
+            let mut tx = self.store.begin().await?;
+            let decision = StoredDecision::new(user_id, app_id, scopes, ScopeSet::EMPTY, now);
+            grant_ref = tx.consents().record_decision(&decision).await?;
+            let mut record = self.privacy.record(
+                (user_id, app_id),
+                ConsentEvent::Granted,
+                scopes.difference(granted),
+                app.declaration_version,
+                now,
+            );
+            record.trigger = Some(trigger);
+            tx.privacy().append_record(&record).await?;
+            tx.commit().await?;
+        }
+        self.grant(app, user_id, scopes, grant_ref, now).await
+    }
+
+    /// Writes the modal the user must answer, with its consent record (what was shown, and
+    /// why each scope is wanted when the app declared it).
+    async fn ask(
+        &self,
+        app: &AppRecord,
+        (user_id, scopes, trigger): (&str, ScopeSet, Trigger),
+        previously_denied: bool,
+        now: Timestamp,
+    ) -> Result<Prompt, AuthError> {
+        let app_id = app.app_id.as_str();
         let purposes = if app.declared_scopes.intersection(scopes).is_empty() {
             Vec::new()
         } else {
-            purposes_for(repos.privacy().declaration(app_id).await?, scopes)
+            let declaration = self
+                .store
+                .repositories()
+                .privacy()
+                .declaration(app_id)
+                .await?;
+            purposes_for(declaration, scopes)
         };
         let prompt_id = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.prompt);
@@ -212,15 +251,15 @@ impl ConsentFlow {
         record.purposes = purposes.clone();
         tx.privacy().append_record(&record).await?;
         tx.commit().await?;
-        Ok(AuthorizationOutcome::Prompt(Prompt {
+        Ok(Prompt {
             prompt_id,
-            app_display_name: app.display_name,
+            app_display_name: app.display_name.clone(),
             scopes,
             previously_denied,
             expires_at,
             purposes,
             declaration_version: app.declaration_version,
-        }))
+        })
     }
 
     /// The user answered a modal. Prompts are single-use, short-lived and bound to their user.

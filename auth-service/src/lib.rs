@@ -43,7 +43,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::apps::AppRegistry;
 use crate::config::AuthConfig;
-use crate::consent::{ConsentFlow, ConsentLifetimes};
+use crate::consent::ConsentFlow;
 use crate::credentials::{
     AppAuthenticator, CallerRole, CallerRoles, FailedAttemptLimiter, VERIFIED_CREDENTIAL_TTL,
     VerifiedCredentials,
@@ -53,7 +53,7 @@ use crate::privacy::{AuthorizationChanges, PrivacyRecords};
 use crate::revocations::{RevocationFeed, RevocationLog, RevocationPolicy};
 use crate::secrets::AppUserIdKey;
 use crate::store::{AuthStore, StoreError};
-use crate::tokens::{TokenIssuer, TokenLifetimes};
+use crate::tokens::TokenIssuer;
 
 /// The gRPC service names this server answers for (besides health and reflection).
 pub const SERVICE_NAMES: [&str; 6] = [
@@ -195,12 +195,7 @@ impl Services {
     ) -> Self {
         let policy = RevocationPolicy::new(config.consent_token_ttl, config.access_token_ttl)
             .with_token_rules_per_app(config.revocation_quota_per_app);
-        let lifetimes = ConsentLifetimes {
-            prompt: config.prompt_ttl,
-            consent_token: config.consent_token_ttl,
-            auth_code: config.auth_code_ttl,
-            code_retention: config.access_token_ttl,
-        };
+        let lifetimes = config.consent_lifetimes();
         let ring = keys.ring;
         let privacy = config.privacy;
         let flow = ConsentFlow::new(store.clone(), ring.clone(), lifetimes, policy, feed.clone())
@@ -212,32 +207,17 @@ impl Services {
             feed.clone(),
             keys.pairwise.clone(),
         );
-        let token_lifetimes = TokenLifetimes {
-            access_token: config.access_token_ttl,
-            refresh_token: config.refresh_token_ttl,
-        };
         let issuer = TokenIssuer::new(
             store.clone(),
             ring.clone(),
-            token_lifetimes,
+            config.token_lifetimes(),
             keys.pairwise,
             policy,
             feed.clone(),
         );
-        let limiter = FailedAttemptLimiter::new(
-            config.failed_credential_budget,
-            config.failed_credential_window,
-        );
         let callers = Arc::new(CallerRoles::new(&config.callers));
         let verified = Arc::new(VerifiedCredentials::new(VERIFIED_CREDENTIAL_TTL));
-        let authenticator =
-            AppAuthenticator::with_verified(store.clone(), limiter, verified.clone());
-        let app_callers = grpc::tokens::AppCallers {
-            authenticator: Arc::new(authenticator),
-            clock: clock.clone(),
-            callers: callers.clone(),
-            trusted_proxies: config.trusted_proxies.clone(),
-        };
+        let app_callers = Self::app_callers(config, &store, &clock, &callers, &verified);
         Services {
             apps: grpc::apps::AppGrpc {
                 registry: AppRegistry::new(store.clone(), policy, feed.clone())
@@ -274,6 +254,29 @@ impl Services {
                 draining: draining.clone(),
             },
             callers,
+        }
+    }
+
+    /// How mini program backends are authenticated: their app credential (reused for
+    /// `verified`'s time, failures limited), and the verifier's forwarded caller address.
+    fn app_callers(
+        config: &AuthConfig,
+        store: &Arc<dyn AuthStore>,
+        clock: &Arc<dyn Clock>,
+        callers: &Arc<CallerRoles>,
+        verified: &Arc<VerifiedCredentials>,
+    ) -> grpc::tokens::AppCallers {
+        let limiter = FailedAttemptLimiter::new(
+            config.failed_credential_budget,
+            config.failed_credential_window,
+        );
+        let authenticator =
+            AppAuthenticator::with_verified(store.clone(), limiter, verified.clone());
+        grpc::tokens::AppCallers {
+            authenticator: Arc::new(authenticator),
+            clock: clock.clone(),
+            callers: callers.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 

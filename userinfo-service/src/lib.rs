@@ -110,17 +110,7 @@ pub async fn serve_with_listener(
 
     let store = store::open(&config.database_url).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
-    let mut link = AuthServiceLink::new(
-        &config.auth_url,
-        &config.verifier_token,
-        config.auth_tls_ca_pem.as_deref(),
-    )?;
-    match &config.wallet_token {
-        Some(token) => link = link.with_wallet_token(token)?,
-        None => tracing::warn!(
-            "WALLET_TOKEN is not set: ExportUserData is unavailable and erasures stay pending at auth-service"
-        ),
-    }
+    let link = auth_link(&config)?;
     let verifier = Arc::new(TokenVerifier::new(config.revocation_stale_after));
     let cache = Arc::new(PublicProfileCache::new(config.profile_cache_ttl));
     let disclosures = config.disclosures;
@@ -145,14 +135,7 @@ pub async fn serve_with_listener(
     let draining = tokio_util::sync::CancellationToken::new();
     let health_gate = HealthGate::new(health.clone(), &SERVICE_NAMES, draining.clone());
     let mut background = tokio::task::JoinSet::new();
-    {
-        let (link, verifier) = (link.clone(), verifier.clone());
-        background.spawn(async move {
-            auth_client::load_keys(&link, &verifier).await;
-            tracing::info!("token keys loaded; following revocations");
-            auth_client::follow_revocations(link, verifier).await;
-        });
-    }
+    background.spawn(follow_auth_service(link.clone(), verifier.clone()));
     background.spawn(health_gate.clone().follow(verifier.clone(), clock.clone()));
     background.spawn(report_revocation_state(verifier.clone(), clock.clone()));
     background.spawn(limits.run_pruning());
@@ -196,6 +179,32 @@ pub async fn serve_with_listener(
     store.close().await;
     tracing::info!("userinfo-service stopped");
     Ok(result?)
+}
+
+/// The link to auth-service: as the verifier, and as the wallet for exports and erasures when
+/// `WALLET_TOKEN` is set.
+fn auth_link(config: &UserInfoConfig) -> Result<AuthServiceLink, ServeError> {
+    let link = AuthServiceLink::new(
+        &config.auth_url,
+        &config.verifier_token,
+        config.auth_tls_ca_pem.as_deref(),
+    )?;
+    match &config.wallet_token {
+        Some(token) => Ok(link.with_wallet_token(token)?),
+        None => {
+            tracing::warn!(
+                "WALLET_TOKEN is not set: ExportUserData is unavailable and erasures stay pending at auth-service"
+            );
+            Ok(link)
+        }
+    }
+}
+
+/// Loads the token keys, then follows the revocation stream for as long as the server runs.
+async fn follow_auth_service(link: AuthServiceLink, verifier: Arc<TokenVerifier>) {
+    auth_client::load_keys(&link, &verifier).await;
+    tracing::info!("token keys loaded; following revocations");
+    auth_client::follow_revocations(link, verifier).await;
 }
 
 /// The server: health, reflection, and our two services (profiles behind the admin check).
