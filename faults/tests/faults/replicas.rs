@@ -623,6 +623,41 @@ enum Obtained {
     },
 }
 
+impl Obtained {
+    /// The credential a grant carries, with what it takes to exchange a code.
+    fn from_grant(grant: pb::Grant, app_id: String, secret: String) -> Self {
+        match grant.credential {
+            Some(pb::grant::Credential::ConsentToken(t)) => Obtained::ConsentToken(t),
+            Some(pb::grant::Credential::AuthCode(code)) => Obtained::Code {
+                app_id,
+                secret,
+                code,
+            },
+            None => panic!("a grant without a credential"),
+        }
+    }
+}
+
+/// Asserts the race was run (some grant got a credential) and that every credential it got is
+/// dead; `while_` and `outlived` name the racing change in the messages.
+async fn assert_none_escaped(
+    replicas: &Replicas,
+    obtained: Vec<Option<Obtained>>,
+    while_: &str,
+    outlived: &str,
+) {
+    let raced = obtained.iter().filter(|o| o.is_some()).count();
+    let escaped = check_dead(replicas, obtained).await;
+    eprintln!("1,000 rounds: {raced} grants got a credential while the {while_} ran");
+    assert!(raced > 0, "no grant got through: the race was never run");
+    assert!(
+        escaped.is_empty(),
+        "{} credentials outlived their {outlived}, e.g. {:?}",
+        escaped.len(),
+        escaped.first()
+    );
+}
+
 /// 1,000 rounds, each a grant through one auth replica racing, through the other, the
 /// withdrawal of the same user's authorization (half for `userInfo`, a consent token; half for
 /// `auth_base`+`phoneNumber`, an auth code), each round on a user of its own so no later rule
@@ -677,17 +712,7 @@ async fn postgres_grants_racing_withdrawals_across_replicas_never_outlive_them()
                         match granted.expect("request") {
                             pb::request_authorization_response::Result::Prompt(_) => None,
                             pb::request_authorization_response::Result::Grant(g) => {
-                                Some(match g.credential {
-                                    Some(pb::grant::Credential::ConsentToken(t)) => {
-                                        Obtained::ConsentToken(t)
-                                    }
-                                    Some(pb::grant::Credential::AuthCode(code)) => Obtained::Code {
-                                        app_id,
-                                        secret,
-                                        code,
-                                    },
-                                    None => panic!("a grant without a credential"),
-                                })
+                                Some(Obtained::from_grant(g, app_id, secret))
                             }
                         }
                     }
@@ -696,16 +721,7 @@ async fn postgres_grants_racing_withdrawals_across_replicas_never_outlive_them()
                 .collect()
                 .await;
             replicas.fence(&app_id).await;
-            let raced = obtained.iter().filter(|o| o.is_some()).count();
-            let escaped = check_dead(&replicas, obtained).await;
-            eprintln!("1,000 rounds: {raced} grants got a credential while the withdrawal ran");
-            assert!(raced > 0, "no grant got through: the race was never run");
-            assert!(
-                escaped.is_empty(),
-                "{} credentials outlived their withdrawal, e.g. {:?}",
-                escaped.len(),
-                escaped.first()
-            );
+            assert_none_escaped(&replicas, obtained, "withdrawal", "withdrawal").await;
         },
     )
     .await;
@@ -772,17 +788,7 @@ async fn postgres_grants_racing_feature_switches_across_replicas_never_outlive_t
                                 panic!("round {round}: consented scopes prompted again")
                             }
                             Ok(pb::request_authorization_response::Result::Grant(g)) => {
-                                Some(match g.credential {
-                                    Some(pb::grant::Credential::ConsentToken(t)) => {
-                                        Obtained::ConsentToken(t)
-                                    }
-                                    Some(pb::grant::Credential::AuthCode(code)) => Obtained::Code {
-                                        app_id,
-                                        secret,
-                                        code,
-                                    },
-                                    None => panic!("a grant without a credential"),
-                                })
+                                Some(Obtained::from_grant(g, app_id, secret))
                             }
                         }
                     }
@@ -791,16 +797,7 @@ async fn postgres_grants_racing_feature_switches_across_replicas_never_outlive_t
                 .collect()
                 .await;
             replicas.fence(&fence_app).await;
-            let raced = obtained.iter().filter(|o| o.is_some()).count();
-            let escaped = check_dead(&replicas, obtained).await;
-            eprintln!("1,000 rounds: {raced} grants got a credential while the switch ran");
-            assert!(raced > 0, "no grant got through: the race was never run");
-            assert!(
-                escaped.is_empty(),
-                "{} credentials outlived their feature, e.g. {:?}",
-                escaped.len(),
-                escaped.first()
-            );
+            assert_none_escaped(&replicas, obtained, "switch", "feature").await;
         },
     )
     .await;
