@@ -307,20 +307,29 @@ pub fn auth_code(grant: &pb::Grant) -> String {
     }
 }
 
+/// Registers an app named `display_name` with `features` through the console client `admin`
+/// (of an in-process server or a process of its own): its id and secret.
+pub async fn register_app(
+    mut admin: AppServiceClient<Authed>,
+    display_name: &str,
+    features: &[pb::Feature],
+) -> (String, String) {
+    let created = admin
+        .create_app(pb::CreateAppRequest {
+            display_name: display_name.into(),
+            features: features.iter().map(|f| *f as i32).collect(),
+        })
+        .await
+        .expect("create app")
+        .into_inner();
+    (created.app.expect("app").app_id, created.app_secret)
+}
+
 // === flows through the running server ===
 impl TestAuthServer {
     /// Registers an app with `features`; returns its id and secret.
     pub async fn create_app(&self, features: &[pb::Feature]) -> (String, String) {
-        let created = self
-            .admin()
-            .create_app(pb::CreateAppRequest {
-                display_name: "Test Mini Program".into(),
-                features: features.iter().map(|f| *f as i32).collect(),
-            })
-            .await
-            .expect("create app")
-            .into_inner();
-        (created.app.expect("app").app_id, created.app_secret)
+        register_app(self.admin(), "Test Mini Program", features).await
     }
 
     /// RequestAuthorization as the wallet gateway.

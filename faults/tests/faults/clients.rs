@@ -10,15 +10,11 @@ use pb::key_admin_service_client::KeyAdminServiceClient;
 use pb::key_service_client::KeyServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use tonic::Status;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use upb::profile_service_client::ProfileServiceClient;
 use upb::user_info_service_client::UserInfoServiceClient;
 
-pub use auth_service::testing::{ALL_FEATURES, auth_code, consent_token, reason};
-
-/// A client channel with a credential.
-pub type Authed = InterceptedService<Channel, CallerCredential>;
+pub use auth_service::testing::{ALL_FEATURES, Authed, auth_code, consent_token, reason};
 
 /// An auth-service's clients, as each caller holds them.
 #[derive(Clone)]
@@ -54,16 +50,7 @@ impl AuthClients {
 
     /// Registers a mini program with `features`: its id and secret.
     pub async fn create_app(&self, features: &[pb::Feature]) -> (String, String) {
-        let created = self
-            .admin()
-            .create_app(pb::CreateAppRequest {
-                display_name: "Fault Test Mini Program".into(),
-                features: features.iter().map(|f| *f as i32).collect(),
-            })
-            .await
-            .expect("create app")
-            .into_inner();
-        (created.app.expect("app").app_id, created.app_secret)
+        auth_service::testing::register_app(self.admin(), "Fault Test Mini Program", features).await
     }
 
     /// A tap asking for `scopes`: the grant, or the prompt to answer.
