@@ -133,7 +133,7 @@ impl AppRegistry {
             .revoke_tokens_carrying(app_id, None, scopes, now)
             .await?;
         let rule = self.revocation_policy.rule(app_id, None, scopes, now);
-        tx.revocations().append(&rule).await?;
+        let appended = tx.revocations().append(&rule).await?;
         let (changes_expire, records_expire) = (
             self.privacy.change_expiry(now),
             self.privacy.record_expiry(now),
@@ -151,7 +151,7 @@ impl AppRegistry {
         tx.consents().withdraw_from_all(app_id, scopes).await?;
         tx.commit().await?;
         self.changed();
-        self.feed.notify();
+        self.feed.appended(appended);
         Ok(app)
     }
 

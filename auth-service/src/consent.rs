@@ -405,13 +405,13 @@ impl ConsentFlow {
         let rule = self
             .revocation_policy
             .rule(app_id, Some(user_id), scopes, now);
-        tx.revocations().append(&rule).await?;
+        let appended = tx.revocations().append(&rule).await?;
         let why = (ConsentEvent::Withdrawn, ChangeReason::Withdrawn);
         self.privacy
             .record_end(tx.as_mut(), &held, withdrawn, why, now)
             .await?;
         tx.commit().await?;
-        self.feed.notify();
+        self.feed.appended(appended);
         Ok((withdrawn, remaining))
     }
 

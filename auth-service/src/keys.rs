@@ -258,8 +258,9 @@ impl KeyRotation {
             before != after
         });
         if changed {
+            let verifying = ring.iter().map(|k| k.verifying.clone()).collect();
             self.keys.replace(KeyRing::signing(ring));
-            self.feed.notify();
+            self.feed.keys_replaced(verifying);
         }
     }
 

@@ -143,6 +143,8 @@ pub async fn serve_with_listener(
     background.spawn(keys::run(keys.rotation.clone(), clock.clone(), every));
 
     let draining = CancellationToken::new();
+    let log = RevocationLog::new(store.clone(), feed.clone());
+    background.spawn(log.follow(clock.clone(), draining.clone()));
     let services = Services::new(&config, store.clone(), clock, keys, feed, &draining);
     let router = services.router(&config, health_service)?;
 

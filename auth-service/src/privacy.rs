@@ -278,11 +278,12 @@ impl PrivacyRecords {
         }
         let now = clock.now();
         let mut ended = 0u32;
+        let mut appended = Vec::new();
         for a in held.iter().filter(|a| !a.granted.is_empty()) {
             let rule = self
                 .revocation_policy
                 .rule(&a.app_id, Some(user_id), ScopeSet::EMPTY, now);
-            tx.revocations().append(&rule).await?;
+            appended.extend(tx.revocations().append(&rule).await?);
             let why = (ConsentEvent::VoidedByErasure, ChangeReason::Erased);
             self.policy
                 .record_end(tx.as_mut(), a, a.granted, why, now)
@@ -292,7 +293,7 @@ impl PrivacyRecords {
         tx.consents().erase_user(user_id).await?;
         tx.commit().await?;
         if ended > 0 {
-            self.feed.notify();
+            self.feed.appended(appended);
         }
         Ok(ended)
     }

@@ -1,9 +1,9 @@
 //! How long revocation rules live, and the live feed of new ones for `WatchRevocations`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use miniprogram_token::{RevocationRule, ScopeSet, Timestamp};
+use miniprogram_token::{Clock, RevocationRule, ScopeSet, Timestamp, TokenVerifier, VerifyingKey};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -90,31 +90,73 @@ impl RevocationPolicy {
     }
 }
 
-/// Wakes revocation streams when this process appends to the log. Streams also poll, so
-/// rules appended by another replica reach them too.
+/// Wakes revocation streams when this process appends to the log (streams also poll, so
+/// rules appended by another replica reach them too), and holds this process's own view of
+/// the log: a [`TokenVerifier`] that [`RevocationLog::follow`] keeps up to date and that
+/// IntrospectToken checks instead of reading rules per call.
 #[derive(Debug, Clone)]
 pub struct RevocationFeed {
     tx: watch::Sender<u64>,
+    local: Arc<TokenVerifier>,
 }
 
 impl Default for RevocationFeed {
     fn default() -> Self {
         RevocationFeed {
             tx: watch::channel(0).0,
+            local: Arc::new(TokenVerifier::new(LOCAL_STALE_AFTER)),
         }
     }
 }
 
 impl RevocationFeed {
-    /// Tells every open stream that the log has grown.
+    /// Tells every open stream that the log has grown or the keys changed.
     pub fn notify(&self) {
         self.tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Rules this process has just committed: held by its own view at once, before the call
+    /// that wrote them answers (an IntrospectToken after a RevokeToken through this replica
+    /// never finds the token active), then every open stream is woken. Applied without their
+    /// sequence, so the follower's later copy still advances the view in order.
+    pub fn appended(&self, rules: impl IntoIterator<Item = RevocationRule>) {
+        let mut any = false;
+        for rule in rules {
+            self.local.apply(RevocationRule {
+                sequence: 0,
+                ..rule
+            });
+            any = true;
+        }
+        if any {
+            self.notify();
+        }
+    }
+
+    /// The signing ring changed: this process's view opens tokens of these keys only.
+    pub fn keys_replaced(&self, keys: Vec<VerifyingKey>) {
+        self.local.replace_keys(keys);
+        self.notify();
+    }
+
+    /// This process's view of its log and keys.
+    pub fn local(&self) -> &TokenVerifier {
+        &self.local
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
     }
 }
+
+/// How often this process's own view of the log hears "caught up" while the log is idle, and
+/// how long without that before IntrospectToken stops trusting the view and reads the rules
+/// for the token from the store itself (the database is down, or the follower is replaying
+/// a backlog after start).
+const LOCAL_HEARTBEAT: Duration = Duration::from_millis(250);
+const LOCAL_STALE_AFTER: Duration = Duration::from_secs(1);
+/// Pause before following the log again after a storage error ended the stream.
+const LOCAL_RETRY: Duration = Duration::from_millis(100);
 
 /// One message of a revocation stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +272,38 @@ impl RevocationLog {
             }
         });
         rx
+    }
+}
+
+impl RevocationLog {
+    /// Keeps this process's view ([`RevocationFeed::local`]) holding every rule in the log,
+    /// as a userinfo-service replica follows it over gRPC: rules another replica appends
+    /// arrive within a [`LOG_POLL`], this process's own at once ([`RevocationFeed::appended`]).
+    /// Runs until `draining`; a storage error ends a stream and a new one resumes.
+    pub async fn follow(self, clock: Arc<dyn Clock>, draining: CancellationToken) {
+        let view = self.feed.local.clone();
+        while !draining.is_cancelled() {
+            let (after, issued_before) = view.resume_point();
+            let mut items = self.watch(after, issued_before, LOCAL_HEARTBEAT, draining.clone());
+            while let Some(item) = items.recv().await {
+                match item {
+                    Ok(RevocationItem::Rule(rule)) => view.apply(rule),
+                    Ok(RevocationItem::Heartbeat) => {
+                        view.mark_caught_up(Instant::now());
+                        view.prune(clock.now());
+                    }
+                    Ok(RevocationItem::ResumedAfter { after }) => view.rewind_to(after),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "following the revocation log failed; IntrospectToken reads rules from the store until it resumes");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LOCAL_RETRY) => {}
+                () = draining.cancelled() => {}
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! rotation, revoke (RFC 7009) and introspect (RFC 7662). Always for its own tokens only.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use miniprogram_token::{ScopeSet, Timestamp, TokenClaims, TokenKind};
 
@@ -190,9 +190,7 @@ impl TokenIssuer {
         }
         let appended = log.append(&rule).await?;
         tx.commit().await?;
-        if appended.is_some() {
-            self.feed.notify();
-        }
+        self.feed.appended(appended);
         Ok(())
     }
 
@@ -203,11 +201,15 @@ impl TokenIssuer {
     /// for one (userinfo-service checks it locally). Describing it would hand an app that
     /// has only the basic-info feature its users' app-scoped ids, which come only with an
     /// auth code from `my.getAuthCode`, and a token id and issue time to link a user's calls.
+    ///
+    /// Revocation is checked against this process's view of the log while it is fresh at the
+    /// monotonic instant `at` (no statement), else against the rules read from the store.
     pub async fn introspect(
         &self,
         app: &AppRecord,
         token: &str,
         now: Timestamp,
+        at: Instant,
     ) -> Result<Option<Introspection>, AuthError> {
         let mut repos = self.store.repositories();
         if secrets::looks_like_secret(token) {
@@ -228,20 +230,23 @@ impl TokenIssuer {
                 token_id: String::new(),
             }));
         }
-        let Some(claims) = self
-            .keys
-            .with_ring(|ring| ring.open(TokenKind::Access, token, now).ok())
-        else {
+        let view = self.feed.local();
+        let Ok(claims) = view.open(TokenKind::Access, token, now) else {
             return Ok(None);
         };
         if claims.app_id != app.app_id || app.features.missing_for(claims.scopes).is_some() {
             return Ok(None);
         }
-        let rules = repos
-            .revocations()
-            .for_subject(&claims.app_id, &claims.user_id, claims.issued_at())
-            .await?;
-        if rules.iter().any(|r| r.matches(&claims)) {
+        let revoked = match view.revoked(&claims, at) {
+            Some(revoked) => revoked,
+            None => repos
+                .revocations()
+                .for_subject(&claims.app_id, &claims.user_id, claims.issued_at())
+                .await?
+                .iter()
+                .any(|r| r.matches(&claims)),
+        };
+        if revoked {
             return Ok(None);
         }
         Ok(Some(Introspection {
@@ -250,8 +255,8 @@ impl TokenIssuer {
             scopes: claims.scopes,
             issued_at: claims.issued_at(),
             expires_at: claims.expires_at(),
-            token_id: claims.token_id,
-            app_id: claims.app_id,
+            token_id: claims.token_id.clone(),
+            app_id: claims.app_id.clone(),
         }))
     }
 
@@ -364,9 +369,7 @@ impl TokenIssuer {
         );
         let appended = tx.revocations().append(&rule).await?;
         tx.commit().await?;
-        if appended.is_some() {
-            self.feed.notify();
-        }
+        self.feed.appended(appended);
         Ok(())
     }
 }
@@ -406,56 +409,181 @@ mod tests {
     use std::time::Duration;
 
     use miniprogram_token::{MasterKey, Scope, ScopeSet, Timestamp};
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::keys::KeyRotation;
     use crate::model::{Feature, FeatureSet};
+    use crate::revocations::RevocationLog;
+
+    const TTL: Duration = Duration::from_secs(3600);
+
+    /// A store with a signing key and one app, and an issuer sharing the key rotation's feed
+    /// (as `serve_with_listener` wires them).
+    struct Kit {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn AuthStore>,
+        keys: SigningKeys,
+        feed: RevocationFeed,
+        issuer: TokenIssuer,
+        app: AppRecord,
+        t0: Timestamp,
+    }
+
+    impl Kit {
+        async fn new() -> Kit {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+            let store = crate::store::open(&url).await.unwrap();
+            let master = MasterKey::from_bytes(&[7; 32]).unwrap();
+            let (keys, feed) = (SigningKeys::default(), RevocationFeed::default());
+            let t0 = Timestamp::now();
+            KeyRotation::new(store.clone(), master, TTL, TTL, keys.clone(), feed.clone())
+                .ensure_current(t0)
+                .await
+                .unwrap();
+            let issuer = TokenIssuer::new(
+                store.clone(),
+                keys.clone(),
+                TokenLifetimes {
+                    access_token: TTL,
+                    refresh_token: TTL,
+                },
+                AppUserIdKey::from_secret([8; 32]),
+                RevocationPolicy::new(TTL, TTL),
+                feed.clone(),
+            );
+            let app = AppRecord {
+                app_id: "app-1".into(),
+                display_name: "App".into(),
+                secret_hash: [0; 32],
+                features: FeatureSet::EMPTY.with(Feature::UserAuthorization),
+                created_at: t0,
+                declaration_version: 0,
+                declared_scopes: ScopeSet::EMPTY,
+                declared_at: t0,
+            };
+            store.repositories().apps().insert(&app).await.unwrap();
+            Kit {
+                _dir: dir,
+                store,
+                keys,
+                feed,
+                issuer,
+                app,
+                t0,
+            }
+        }
+
+        /// An access token of app-1 for u1, with token id `t1`.
+        fn access_token(&self) -> String {
+            let claims = TokenClaims {
+                app_id: "app-1".into(),
+                user_id: "u1".into(),
+                scopes: ScopeSet::of(&[Scope::AuthBase]),
+                issued_at: self.t0.unix_nanos(),
+                expires_at: self.t0.saturating_add(TTL).unix_nanos(),
+                token_id: "t1".into(),
+                grant_id: "g1".into(),
+            };
+            let minted = self
+                .keys
+                .with_ring(|ring| ring.mint(TokenKind::Access, &claims, self.t0));
+            minted.unwrap()
+        }
+
+        /// Revokes token `t1` as another replica would: in the store's log only, without
+        /// this process's feed hearing of it.
+        async fn revoke_elsewhere(&self) {
+            let policy = RevocationPolicy::new(TTL, TTL);
+            let rule = policy.outright_rule("app-1", "u1", Some("t1"), None, self.t0);
+            let mut tx = self.store.begin().await.unwrap();
+            tx.revocations().append(&rule).await.unwrap().unwrap();
+            tx.commit().await.unwrap();
+        }
+
+        async fn active(&self, token: &str) -> bool {
+            let later = self.t0.saturating_add(Duration::from_millis(1));
+            let found = self
+                .issuer
+                .introspect(&self.app, token, later, Instant::now());
+            found.await.unwrap().is_some()
+        }
+    }
+
+    /// Guards `RevocationFeed::appended`'s local apply: with this process's view fresh and no
+    /// follower running, a token revoked through this process is inactive to the very next
+    /// introspection, which reads no rule from the store.
+    #[tokio::test]
+    async fn a_token_revoked_through_this_process_is_inactive_at_once() {
+        let kit = Kit::new().await;
+        kit.feed.local().mark_caught_up(Instant::now());
+        let token = kit.access_token();
+        assert!(kit.active(&token).await);
+        kit.issuer.revoke(&kit.app, &token, kit.t0).await.unwrap();
+        assert!(
+            !kit.active(&token).await,
+            "revoked, yet introspected active"
+        );
+    }
+
+    /// Guards `RevocationLog::follow`'s apply: a rule another replica wrote reaches this
+    /// process's view (fresh throughout) and so its introspections, within the log poll.
+    #[tokio::test]
+    async fn a_rule_another_replica_appends_reaches_introspection_through_the_follower() {
+        let kit = Kit::new().await;
+        let draining = CancellationToken::new();
+        let log = RevocationLog::new(kit.store.clone(), kit.feed.clone());
+        let clock: Arc<dyn miniprogram_token::Clock> =
+            Arc::new(miniprogram_token::SystemClock::default());
+        let follower = tokio::spawn(log.follow(clock, draining.clone()));
+        let token = kit.access_token();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while kit.feed.local().is_stale(Instant::now()) {
+            assert!(Instant::now() < deadline, "the follower never caught up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(kit.active(&token).await);
+        kit.revoke_elsewhere().await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while kit.active(&token).await {
+            assert!(
+                !kit.feed.local().is_stale(Instant::now()),
+                "the view went stale, so the store answered, not the follower"
+            );
+            assert!(Instant::now() < deadline, "the rule never reached the view");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        draining.cancel();
+        tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("the follower stops when draining")
+            .unwrap();
+    }
+
+    /// Guards the store fallback in `TokenIssuer::introspect`: while this process's view is
+    /// stale (never caught up here), the rules are read from the store, so a rule only the
+    /// store holds still makes the token inactive.
+    #[tokio::test]
+    async fn a_stale_view_leaves_introspection_to_the_rules_in_the_store() {
+        let kit = Kit::new().await;
+        let token = kit.access_token();
+        assert!(kit.active(&token).await);
+        kit.revoke_elsewhere().await;
+        assert!(kit.feed.local().is_stale(Instant::now()));
+        assert!(
+            !kit.active(&token).await,
+            "revoked in the store, yet active"
+        );
+    }
 
     /// Two exchanges of one code race: the loser read its clock first but reached the store
     /// second. Its replay must still void the winner's access token.
     #[tokio::test]
     async fn a_replay_that_read_the_clock_before_the_winner_still_voids_its_tokens() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
-        let store = crate::store::open(&url).await.unwrap();
-        let master = MasterKey::from_bytes(&[7; 32]).unwrap();
-        let ttl = Duration::from_secs(3600);
-        let keys = SigningKeys::default();
-        let t0 = Timestamp::now();
-        KeyRotation::new(
-            store.clone(),
-            master.clone(),
-            ttl,
-            ttl,
-            keys.clone(),
-            RevocationFeed::default(),
-        )
-        .ensure_current(t0)
-        .await
-        .unwrap();
-        let issuer = TokenIssuer::new(
-            store.clone(),
-            keys,
-            TokenLifetimes {
-                access_token: ttl,
-                refresh_token: ttl,
-            },
-            AppUserIdKey::from_secret([8; 32]),
-            RevocationPolicy::new(ttl, ttl),
-            RevocationFeed::default(),
-        );
-        let app = AppRecord {
-            app_id: "app-1".into(),
-            display_name: "App".into(),
-            secret_hash: [0; 32],
-            features: FeatureSet::EMPTY.with(Feature::UserAuthorization),
-            created_at: t0,
-            declaration_version: 0,
-            declared_scopes: ScopeSet::EMPTY,
-            declared_at: t0,
-        };
+        let kit = Kit::new().await;
+        let (store, issuer, app, t0) = (&kit.store, &kit.issuer, &kit.app, kit.t0);
         let mut repos = store.repositories();
-        repos.apps().insert(&app).await.unwrap();
         let scopes = ScopeSet::of(&[Scope::AuthBase]);
         repos
             .consents()
@@ -478,9 +606,9 @@ mod tests {
                 user_id: "u1".into(),
                 scopes,
                 created_at: t0,
-                expires_at: t0.saturating_add(ttl),
+                expires_at: t0.saturating_add(TTL),
                 used_at: None,
-                purge_at: t0.saturating_add(ttl * 2),
+                purge_at: t0.saturating_add(TTL * 2),
             })
             .await
             .unwrap();
@@ -488,15 +616,15 @@ mod tests {
         let loser_read_clock = t0.saturating_add(Duration::from_millis(1));
         let winner_read_clock = t0.saturating_add(Duration::from_millis(2));
         let won = issuer
-            .exchange(&app, code.expose(), winner_read_clock)
+            .exchange(app, code.expose(), winner_read_clock)
             .await
             .unwrap();
-        let replay = issuer.exchange(&app, code.expose(), loser_read_clock).await;
+        let replay = issuer.exchange(app, code.expose(), loser_read_clock).await;
         assert!(matches!(replay, Err(AuthError::UsedCode)));
         let later = t0.saturating_add(Duration::from_millis(3));
         assert_eq!(
             issuer
-                .introspect(&app, &won.access_token, later)
+                .introspect(app, &won.access_token, later, Instant::now())
                 .await
                 .unwrap(),
             None,

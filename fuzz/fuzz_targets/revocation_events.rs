@@ -13,7 +13,7 @@ use miniprogram_proto::auth::v1::WatchRevocationsResponse;
 use miniprogram_token::{RevocationRule, Scope, ScopeSet, Timestamp, TokenClaims, TokenKind};
 use prost::Message;
 use userinfo_service::grpc::auth_client::{apply_stream_message, rule_from_event};
-use userinfo_service::verifier::{TokenCheckError, TokenVerifier};
+use miniprogram_token::{TokenCheckError, TokenVerifier};
 
 const NOW: i64 = 1_800_000_000_000_000_000;
 

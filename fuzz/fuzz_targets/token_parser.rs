@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use miniprogram_fuzz::{SEED_KEY_ID, seed_key, seed_ring};
 use miniprogram_token::{KeyRing, Timestamp, TokenKind};
-use userinfo_service::verifier::TokenVerifier;
+use miniprogram_token::TokenVerifier;
 
 /// 2027-01-15: inside the seed key's life, before the seed tokens expire.
 const NOW: i64 = 1_800_000_000_000_000_000;

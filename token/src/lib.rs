@@ -14,6 +14,7 @@ mod master_key;
 mod revocation;
 mod scope;
 mod time;
+mod verifier;
 
 pub use claims::{TokenClaims, TokenKind};
 pub use keyring::{KEY_LEN, KeyRing, MAX_TOKEN_LEN, SigningKey, TokenError, VerifyingKey};
@@ -21,6 +22,7 @@ pub use master_key::{MasterKey, MasterKeyError};
 pub use revocation::{RevocationList, RevocationRule};
 pub use scope::{Scope, ScopeSet};
 pub use time::{Clock, SystemClock, Timestamp};
+pub use verifier::{TokenCheckError, TokenVerifier};
 
 /// Fills a fresh 32-byte array from the operating system's CSPRNG.
 ///

@@ -15,7 +15,6 @@ pub mod readiness;
 pub mod store;
 pub mod user_data;
 pub mod userinfo;
-pub mod verifier;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,7 +43,7 @@ use crate::readiness::HealthGate;
 use crate::store::StoreError;
 use crate::user_data::UserData;
 use crate::userinfo::{ReadOversight, UserInfoReader};
-use crate::verifier::TokenVerifier;
+use miniprogram_token::TokenVerifier;
 
 /// The gRPC service names this server answers for (besides health and reflection).
 pub const SERVICE_NAMES: [&str; 2] = [

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::verifier::TokenVerifier;
+use miniprogram_token::TokenVerifier;
 
 /// How often the watcher looks at the verifier.
 const WATCH_INTERVAL: Duration = Duration::from_millis(50);

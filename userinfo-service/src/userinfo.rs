@@ -15,7 +15,7 @@ use crate::model::{DisclosedFields, PublicProfile};
 use crate::profile_cache::PublicProfileCache;
 use crate::read_limits::{ReadLimiter, ReadMethod};
 use crate::store::ProfileStore;
-use crate::verifier::{TokenCheckError, TokenVerifier};
+use miniprogram_token::{TokenCheckError, TokenVerifier};
 
 /// Where token keys come from (auth-service's KeyService).
 #[async_trait]

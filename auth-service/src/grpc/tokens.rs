@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_token::Clock;
@@ -183,7 +184,7 @@ impl TokenService for TokenGrpc {
         check_len("token", &req.token)?;
         let response = match self
             .issuer
-            .introspect(&app, &req.token, self.apps.clock.now())
+            .introspect(&app, &req.token, self.apps.clock.now(), Instant::now())
             .await?
         {
             None => pb::IntrospectTokenResponse::default(),

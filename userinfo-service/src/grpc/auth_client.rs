@@ -24,7 +24,7 @@ use crate::user_data::{
     ExportedConsentRecord, ExportedPurpose, rfc3339,
 };
 use crate::userinfo::{AppCredentialCheck, KeySource};
-use crate::verifier::TokenVerifier;
+use miniprogram_token::TokenVerifier;
 
 /// How long connecting to auth-service may take before the attempt fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

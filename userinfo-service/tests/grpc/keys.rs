@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use miniprogram_proto::auth::v1::Scope::UserInfo;
 use miniprogram_token::{KeyRing, Scope, SigningKey, Timestamp, TokenClaims, TokenKind};
+use miniprogram_token::{TokenCheckError, TokenVerifier};
 use tokio::sync::watch;
 use userinfo_service::disclosures::DisclosureLedger;
 use userinfo_service::error::UserInfoError;
@@ -17,7 +18,6 @@ use userinfo_service::profile_cache::PublicProfileCache;
 use userinfo_service::read_limits::ReadLimiter;
 use userinfo_service::testing::generous_read_limits;
 use userinfo_service::userinfo::{KeySource, ReadOversight, UserInfoReader};
-use userinfo_service::verifier::{TokenCheckError, TokenVerifier};
 
 use super::{ALL_FEATURES, TestAuthServer, consent_token, open_user_info, upsert_profile};
 

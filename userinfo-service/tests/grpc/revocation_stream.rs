@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use auth_service::testing::{TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN};
 use miniprogram_proto::auth::v1 as pb;
+use miniprogram_token::TokenVerifier;
 use miniprogram_token::{SigningKey, Timestamp};
 use pb::key_service_server::{KeyService, KeyServiceServer};
 use tokio::sync::mpsc;
@@ -16,7 +17,6 @@ use tonic::{Request, Response, Status};
 use userinfo_service::error::UserInfoError;
 use userinfo_service::grpc::auth_client::{self, AuthServiceLink, CALL_TIMEOUT};
 use userinfo_service::userinfo::KeySource;
-use userinfo_service::verifier::TokenVerifier;
 
 use super::{TestUserInfoServer, eventually};
 

@@ -1,12 +1,14 @@
-//! Local token checking: the token keys and revocation rules this replica holds, and how
-//! fresh its view of auth-service's revocation log is. No round trip per request.
+//! Local token checking: the token keys and revocation rules a process holds, and how fresh
+//! its view of auth-service's revocation log is. No round trip per request. userinfo-service
+//! follows the log over gRPC; auth-service follows its own log in-process, so IntrospectToken
+//! reads no statement per call either.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use miniprogram_token::{
+use crate::{
     KeyRing, RevocationList, RevocationRule, Timestamp, TokenClaims, TokenError, TokenKind,
     VerifyingKey,
 };
@@ -247,23 +249,26 @@ impl TokenVerifier {
         at: Instant,
     ) -> Result<Arc<TokenClaims>, TokenCheckError> {
         let claims = self.open(kind, token, now)?;
+        match self.revoked(&claims, at) {
+            None => Err(TokenCheckError::Stale),
+            Some(true) => Err(TokenCheckError::Revoked),
+            Some(false) => Ok(claims),
+        }
+    }
+
+    /// Whether a rule held here voids `claims`; `None` when the revocation view is stale at
+    /// the monotonic instant `at`, so the caller must not trust the rules held.
+    pub fn revoked(&self, claims: &TokenClaims, at: Instant) -> Option<bool> {
         if self.is_stale(at) {
-            return Err(TokenCheckError::Stale);
+            return None;
         }
-        if self
-            .revocations
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_revoked(&claims)
-        {
-            return Err(TokenCheckError::Revoked);
-        }
-        Ok(claims)
+        let revocations = self.revocations.read().unwrap_or_else(|e| e.into_inner());
+        Some(revocations.is_revoked(claims))
     }
 
     /// The token's claims: from the verified-token cache when this ring already checked its
-    /// signature, else verified now (and remembered).
-    fn open(
+    /// signature, else verified now (and remembered). Revocation is not checked.
+    pub fn open(
         &self,
         kind: TokenKind,
         token: &str,
@@ -292,9 +297,8 @@ impl TokenVerifier {
 
 #[cfg(test)]
 mod tests {
-    use miniprogram_token::{Scope, ScopeSet, SigningKey};
-
     use super::*;
+    use crate::{Scope, ScopeSet, SigningKey};
 
     const HOUR: Duration = Duration::from_secs(3600);
 
