@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::num::NonZeroU64;
 
 use crate::{ScopeSet, Timestamp, TokenClaims};
 
@@ -37,26 +38,6 @@ impl RevocationRule {
                 .as_deref()
                 .is_none_or(|g| g == claims.grant_id)
     }
-
-    /// Whether both rules void the same tokens but for their cut-off: then the one with the
-    /// later cut-off voids everything the other does.
-    fn same_target(&self, other: &RevocationRule) -> bool {
-        self.app_id == other.app_id
-            && self.user_id == other.user_id
-            && self.scopes == other.scopes
-            && self.token_id == other.token_id
-            && self.grant_id == other.grant_id
-    }
-
-    /// The index a rule is filed under: the most selective thing it names.
-    fn index_key(&self) -> (Index, &str) {
-        match (&self.token_id, &self.grant_id, &self.user_id) {
-            (Some(token), _, _) => (Index::Token, token),
-            (None, Some(grant), _) => (Index::Grant, grant),
-            (None, None, Some(user)) => (Index::User, user),
-            (None, None, None) => (Index::App, ""),
-        }
-    }
 }
 
 /// The four ways a rule can single out tokens, most selective first.
@@ -90,6 +71,71 @@ impl Hasher for PassThrough {
 
 /// Index of a held rule in [`RevocationList::slots`].
 type Slot = u32;
+/// The end of a bucket's chain.
+const NO_SLOT: Slot = Slot::MAX;
+
+/// An id as the list holds it: a keyed 64-bit hash, never the id itself.
+type IdHash = NonZeroU64;
+
+/// A held rule: its ids as keyed hashes (about 56 bytes, with no allocation of its own, where
+/// the rule with its strings took about 315 bytes a rule with its index; BENCHMARKS.md). Two
+/// ids sharing a hash could only make the list void a token it should not, never spare one;
+/// with a key random per list nobody can pick such ids, and by chance it is one in 2^64 per
+/// comparison.
+#[derive(Debug, Clone, Copy)]
+struct HeldRule {
+    app: IdHash,
+    user: Option<IdHash>,
+    token: Option<IdHash>,
+    grant: Option<IdHash>,
+    scopes: ScopeSet,
+    issued_before: Timestamp,
+    expire_at: Timestamp,
+    /// The next rule in the same bucket, or [`NO_SLOT`].
+    next: Slot,
+}
+
+/// A token's claims as the list compares them.
+struct HashedClaims {
+    app: IdHash,
+    user: IdHash,
+    token: IdHash,
+    grant: IdHash,
+    scopes: ScopeSet,
+    issued_at: Timestamp,
+}
+
+impl HeldRule {
+    fn matches(&self, c: &HashedClaims) -> bool {
+        c.app == self.app
+            && c.issued_at <= self.issued_before
+            && self.user.is_none_or(|u| u == c.user)
+            && (self.scopes.is_empty() || !self.scopes.intersection(c.scopes).is_empty())
+            && self.token.is_none_or(|t| t == c.token)
+            && self.grant.is_none_or(|g| g == c.grant)
+    }
+
+    fn same_target(&self, other: &HeldRule) -> bool {
+        (self.app, self.user, self.scopes, self.token, self.grant)
+            == (
+                other.app,
+                other.user,
+                other.scopes,
+                other.token,
+                other.grant,
+            )
+    }
+
+    /// The index the rule is filed under: the most selective thing it names, and its hash.
+    fn index_key(&self) -> (Index, Option<IdHash>) {
+        match (self.token, self.grant, self.user) {
+            (Some(token), _, _) => (Index::Token, Some(token)),
+            (None, Some(grant), _) => (Index::Grant, Some(grant)),
+            (None, None, Some(user)) => (Index::User, Some(user)),
+            (None, None, None) => (Index::App, None),
+        }
+    }
+}
 
 /// The revocation rules a verifier holds, one per target (rules that differ only in their
 /// cut-off are merged into the later one), filed under the token id, grant id, user or app
@@ -100,11 +146,12 @@ type Slot = u32;
 #[derive(Debug, Default, Clone)]
 pub struct RevocationList {
     /// Held rules; a freed slot is reused by the next new target.
-    slots: Vec<Option<RevocationRule>>,
+    slots: Vec<Option<HeldRule>>,
     free: Vec<Slot>,
-    /// Slots by a keyed hash of (index, app, key). The key is random per list, so nobody can
-    /// pick ids that share a bucket; a collision would only put two keys' rules in one bucket.
-    buckets: HashMap<u64, Vec<Slot>, BuildHasherDefault<PassThrough>>,
+    /// The first slot of each bucket's chain, by a hash of (index, app, key); the ids are
+    /// keyed hashes already, with a key random per list, so nobody can pick ids that share a
+    /// bucket, and a collision would only put two keys' rules in one chain.
+    buckets: HashMap<u64, Slot, BuildHasherDefault<PassThrough>>,
     hasher: RandomState,
     /// Each held slot exactly once, by the expiry it had when pushed (a merge may have moved
     /// it later; prune then pushes it again).
@@ -151,8 +198,31 @@ impl RevocationList {
         }
     }
 
-    fn bucket_key(&self, index: Index, app_id: &str, key: &str) -> u64 {
-        self.hasher.hash_one((index, app_id, key))
+    fn id(&self, id: &str) -> IdHash {
+        IdHash::new(self.hasher.hash_one(id)).unwrap_or(IdHash::MIN)
+    }
+
+    /// The bucket of (index, app, key): a mix of hashes that are keyed already.
+    fn bucket_key(index: Index, app: IdHash, key: Option<IdHash>) -> u64 {
+        let key = key.map_or(0, IdHash::get);
+        (app.get() ^ key.rotate_left(29) ^ index as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(31)
+    }
+
+    fn held(&self, slot: Slot) -> Option<&HeldRule> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    /// The slots of a bucket's chain, from its first.
+    fn chain(&self, first: Option<Slot>) -> impl Iterator<Item = (Slot, &HeldRule)> {
+        let mut at = first.unwrap_or(NO_SLOT);
+        std::iter::from_fn(move || {
+            let held = self.held(at)?;
+            let slot = at;
+            at = held.next;
+            Some((slot, held))
+        })
     }
 
     /// Adds a rule. A sequence already seen is ignored, so replays are harmless; a rule for a
@@ -166,34 +236,42 @@ impl RevocationList {
             self.last_sequence = rule.sequence;
             self.last_issued_before = Some(rule.issued_before);
         }
-        let (index, key) = rule.index_key();
-        let bucket_key = self.bucket_key(index, &rule.app_id, key);
-        let bucket = self.buckets.entry(bucket_key).or_default();
-        let same = bucket.iter().copied().find(|&slot| {
-            self.slots[slot as usize]
-                .as_ref()
-                .is_some_and(|held| held.same_target(&rule))
-        });
-        if let Some(held) = same.and_then(|slot| self.slots[slot as usize].as_mut()) {
-            held.issued_before = held.issued_before.max(rule.issued_before);
-            held.expire_at = held.expire_at.max(rule.expire_at);
+        let mut held = HeldRule {
+            app: self.id(&rule.app_id),
+            user: rule.user_id.as_deref().map(|u| self.id(u)),
+            token: rule.token_id.as_deref().map(|t| self.id(t)),
+            grant: rule.grant_id.as_deref().map(|g| self.id(g)),
+            scopes: rule.scopes,
+            issued_before: rule.issued_before,
+            expire_at: rule.expire_at,
+            next: NO_SLOT,
+        };
+        let (index, key) = held.index_key();
+        let bucket_key = Self::bucket_key(index, held.app, key);
+        let first = self.buckets.get(&bucket_key).copied();
+        let same = self.chain(first).find(|(_, h)| h.same_target(&held));
+        if let Some((slot, _)) = same
+            && let Some(same) = self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+        {
+            same.issued_before = same.issued_before.max(held.issued_before);
+            same.expire_at = same.expire_at.max(held.expire_at);
             return;
         }
-        let expire_at = rule.expire_at;
+        held.next = first.unwrap_or(NO_SLOT);
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot as usize] = Some(rule);
+                self.slots[slot as usize] = Some(held);
                 slot
             }
             None => {
-                // More than u32::MAX rules can't be held in memory anyway.
-                let slot = Slot::try_from(self.slots.len()).unwrap_or(Slot::MAX);
-                self.slots.push(Some(rule));
+                // More than u32::MAX - 1 rules can't be held in memory anyway.
+                let slot = Slot::try_from(self.slots.len()).unwrap_or(NO_SLOT - 1);
+                self.slots.push(Some(held));
                 slot
             }
         };
-        bucket.push(slot);
-        self.expiry.push(Reverse((expire_at, slot)));
+        self.buckets.insert(bucket_key, slot);
+        self.expiry.push(Reverse((held.expire_at, slot)));
         self.len += 1;
     }
 
@@ -201,18 +279,25 @@ impl RevocationList {
         if self.len == 0 {
             return false;
         }
-        let app = claims.app_id.as_str();
+        let c = HashedClaims {
+            app: self.id(&claims.app_id),
+            user: self.id(&claims.user_id),
+            token: self.id(&claims.token_id),
+            grant: self.id(&claims.grant_id),
+            scopes: claims.scopes,
+            issued_at: claims.issued_at(),
+        };
         [
-            (Index::Token, claims.token_id.as_str()),
-            (Index::Grant, claims.grant_id.as_str()),
-            (Index::User, claims.user_id.as_str()),
-            (Index::App, ""),
+            (Index::Token, Some(c.token)),
+            (Index::Grant, Some(c.grant)),
+            (Index::User, Some(c.user)),
+            (Index::App, None),
         ]
         .into_iter()
-        .filter_map(|(index, key)| self.buckets.get(&self.bucket_key(index, app, key)))
-        .flatten()
-        .filter_map(|&slot| self.slots[slot as usize].as_ref())
-        .any(|rule| rule.matches(claims))
+        .any(|(index, key)| {
+            let first = self.buckets.get(&Self::bucket_key(index, c.app, key));
+            self.chain(first.copied()).any(|(_, rule)| rule.matches(&c))
+        })
     }
 
     /// Drops rules whose every possible match has expired. Only expired rules are visited
@@ -223,24 +308,40 @@ impl RevocationList {
                 return;
             }
             self.expiry.pop();
-            let Some(held) = self.slots[slot as usize].as_ref() else {
+            let Some(held) = self.held(slot).copied() else {
                 continue;
             };
             if held.expire_at > now {
                 self.expiry.push(Reverse((held.expire_at, slot)));
                 continue;
             }
-            let (index, key) = held.index_key();
-            let bucket_key = self.bucket_key(index, &held.app_id, key);
-            if let Some(bucket) = self.buckets.get_mut(&bucket_key) {
-                bucket.retain(|&s| s != slot);
-                if bucket.is_empty() {
-                    self.buckets.remove(&bucket_key);
-                }
-            }
+            self.unlink(slot, &held);
             self.slots[slot as usize] = None;
             self.free.push(slot);
             self.len -= 1;
+        }
+    }
+
+    /// Takes `slot` (holding `held`) out of its bucket's chain.
+    fn unlink(&mut self, slot: Slot, held: &HeldRule) {
+        let (index, key) = held.index_key();
+        let bucket_key = Self::bucket_key(index, held.app, key);
+        let Some(&first) = self.buckets.get(&bucket_key) else {
+            return;
+        };
+        if first == slot {
+            if held.next == NO_SLOT {
+                self.buckets.remove(&bucket_key);
+            } else {
+                self.buckets.insert(bucket_key, held.next);
+            }
+            return;
+        }
+        let before = self.chain(Some(first)).find(|(_, h)| h.next == slot);
+        if let Some((before, _)) = before
+            && let Some(before) = self.slots.get_mut(before as usize).and_then(Option::as_mut)
+        {
+            before.next = held.next;
         }
     }
 }
@@ -482,7 +583,11 @@ mod tests {
             for (i, r) in rules.into_iter().enumerate() {
                 let r = drawn_rule(i, r);
                 list.apply(r.clone());
-                match merged.iter_mut().find(|m| m.same_target(&r)) {
+                let same = |m: &&mut RevocationRule| {
+                    (&m.app_id, &m.user_id, m.scopes, &m.token_id, &m.grant_id)
+                        == (&r.app_id, &r.user_id, r.scopes, &r.token_id, &r.grant_id)
+                };
+                match merged.iter_mut().find(same) {
                     Some(m) => {
                         m.issued_before = m.issued_before.max(r.issued_before);
                         m.expire_at = m.expire_at.max(r.expire_at);
