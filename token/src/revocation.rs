@@ -77,11 +77,11 @@ const NO_SLOT: Slot = Slot::MAX;
 /// An id as the list holds it: a keyed 64-bit hash, never the id itself.
 type IdHash = NonZeroU64;
 
-/// A held rule: its ids as keyed hashes (about 56 bytes, with no allocation of its own, where
-/// the rule with its strings took about 315 bytes a rule with its index; BENCHMARKS.md). Two
-/// ids sharing a hash could only make the list void a token it should not, never spare one;
-/// with a key random per list nobody can pick such ids, and by chance it is one in 2^64 per
-/// comparison.
+/// A held rule: its ids as keyed hashes, about 56 bytes with no allocation of its own (the
+/// rule with its strings took about 315 bytes a rule with its index; README, "Revocation
+/// rules"). Two ids sharing a hash could only make the list void a token it should not, never
+/// spare one; with a key random per list nobody can pick such ids, and by chance it is one in
+/// 2^64 per comparison.
 #[derive(Debug, Clone, Copy)]
 struct HeldRule {
     app: IdHash,
