@@ -42,6 +42,10 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Pool, Row, Type};
 
+use crate::inline::InlineReaders;
+
+mod inline;
+
 pub use sqlx::{Postgres, Sqlite};
 
 /// What a store call returns.
@@ -111,15 +115,15 @@ fn cannot_serve_now(db: &dyn sqlx::error::DatabaseError) -> bool {
             .contains(&code);
     }
     if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        let primary = db
-            .code()
-            .and_then(|c| c.parse::<i64>().ok())
-            .map(|c| c & 0xff);
-        return primary.is_some_and(|c| {
-            [sqlite_code::BUSY, sqlite_code::IOERR, sqlite_code::FULL].contains(&c)
-        });
+        let code = db.code().and_then(|c| c.parse::<i64>().ok());
+        return code.is_some_and(sqlite_cannot_serve_now);
     }
     false
+}
+
+/// The same for an SQLite (extended) result code.
+fn sqlite_cannot_serve_now(code: i64) -> bool {
+    [sqlite_code::BUSY, sqlite_code::IOERR, sqlite_code::FULL].contains(&(code & 0xff))
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -254,7 +258,7 @@ where
 #[macro_export]
 macro_rules! decoders {
     ($($name:ident -> $record:ident { $($field:ident: $kind:ident),+ $(,)? })+) => {$(
-        fn $name(row: &impl $crate::Columns) -> Result<$record, sqlx::Error> {
+        fn $name(row: &dyn $crate::Columns) -> Result<$record, sqlx::Error> {
             Ok($record { $($field: row.$kind(stringify!($field))?),+ })
         }
     )+};
@@ -393,11 +397,19 @@ impl Backend for Sqlite {
             .connect_with(options.clone())
             .await?;
         migrate_sqlite(&writer, migrator).await?;
+        let path = options.get_filename().to_owned();
         let reader = SqlitePoolOptions::new()
             .max_connections(readers)
             .connect_with(options.read_only(true).pragma("cache_size", READER_CACHE))
             .await?;
-        Ok(Pools { writer, reader })
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let inline_count = u32::try_from(threads).unwrap_or(u32::MAX).min(readers);
+        let inline = InlineReaders::open(&path, inline_count, READER_CACHE)?;
+        Ok(Pools {
+            writer,
+            reader,
+            inline: Some(inline),
+        })
     }
 
     /// Copies every page in the WAL into the database file and truncates the WAL to nothing;
@@ -464,6 +476,7 @@ impl Backend for Postgres {
         Ok(Pools {
             writer: pool.clone(),
             reader: pool,
+            inline: None,
         })
     }
 
@@ -500,11 +513,13 @@ fn statement<B: Backend>(sql: &'static str, access: Access) -> Cow<'static, str>
     }
 }
 
-/// A store's connections: the writer (also for reads in order) and the readers.
+/// A store's connections: the writer (also for reads in order) and the readers, and on
+/// SQLite the readers that run plain reads inline.
 #[derive(Debug)]
 pub struct Pools<B: Database> {
     writer: Pool<B>,
     reader: Pool<B>,
+    inline: Option<Arc<InlineReaders>>,
 }
 
 impl<B: Database> Clone for Pools<B> {
@@ -512,6 +527,7 @@ impl<B: Database> Clone for Pools<B> {
         Pools {
             writer: self.writer.clone(),
             reader: self.reader.clone(),
+            inline: self.inline.clone(),
         }
     }
 }
@@ -546,8 +562,8 @@ pub enum Session<B: Database> {
     Transaction(sqlx::Transaction<'static, B>),
 }
 
-/// Decodes one row into what a store returns.
-pub type Decoder<B, T> = fn(&<B as Backend>::Record) -> Result<T, sqlx::Error>;
+/// Decodes one row, of either engine or of an inline read, into what a store returns.
+pub type Decoder<T> = fn(&dyn Columns) -> Result<T, sqlx::Error>;
 
 impl<B: Backend> Session<B> {
     async fn rows(
@@ -574,10 +590,16 @@ impl<B: Backend> Session<B> {
         access: Access,
         sql: &'static str,
         args: &[Arg<'_>],
-        decode: Decoder<B, T>,
+        decode: Decoder<T>,
     ) -> StoreResult<Vec<T>> {
+        if let Some(read) = self.inline(access, sql, args, decode) {
+            return read;
+        }
         let rows = self.rows(access, sql, args).await?;
-        Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(|row| decode(row))
+            .collect::<Result<_, _>>()?)
     }
 
     /// The first row the statement returns, decoded, or none.
@@ -586,10 +608,29 @@ impl<B: Backend> Session<B> {
         access: Access,
         sql: &'static str,
         args: &[Arg<'_>],
-        decode: Decoder<B, T>,
+        decode: Decoder<T>,
     ) -> StoreResult<Option<T>> {
+        if let Some(read) = self.inline(access, sql, args, decode) {
+            return read.map(|rows| rows.into_iter().next());
+        }
         let rows = self.rows(access, sql, args).await?;
-        Ok(rows.first().map(decode).transpose()?)
+        Ok(rows.first().map(|row| decode(row)).transpose()?)
+    }
+
+    /// A plain read on an inline SQLite reader ([`inline`]), if one is free.
+    fn inline<T>(
+        &self,
+        access: Access,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        decode: Decoder<T>,
+    ) -> Option<StoreResult<Vec<T>>> {
+        match self {
+            Session::Pooled(pools) if access == Access::Read => {
+                pools.inline.as_ref()?.all(sql, args, decode)
+            }
+            _ => None,
+        }
     }
 
     /// Runs a write; rows changed.
@@ -644,7 +685,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
         let pools = Sqlite::open(&url, &NO_MIGRATIONS, 1).await.unwrap();
-        let level = |r: &<Sqlite as Backend>::Record| r.int("synchronous");
+        let level = |r: &dyn Columns| r.int("synchronous");
         let mut writer = pools.begin().await.unwrap();
         let synced = writer.first(Access::Write, "PRAGMA synchronous", args![], level);
         assert_eq!(
@@ -653,6 +694,67 @@ mod tests {
             "synchronous=FULL on the writer"
         );
         writer.commit().await.unwrap();
+        pools.close().await;
+    }
+
+    async fn pools_with_one_table(dir: &tempfile::TempDir) -> Pools<Sqlite> {
+        static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let pools = Sqlite::open(&url, &NO_MIGRATIONS, 2).await.unwrap();
+        let mut session = pools.session();
+        let create = "CREATE TABLE t (a INTEGER NOT NULL, b TEXT NOT NULL)";
+        session.execute(create, args![]).await.unwrap();
+        pools
+    }
+
+    /// Guards the binding by name in `inline::run`: a plain read served inline binds `$2`
+    /// to the second value even where it appears before `$1` in the text (SQLite numbers
+    /// named parameters in order of appearance), and it sees what the writer committed just
+    /// before.
+    #[tokio::test]
+    async fn an_inline_read_binds_values_by_their_number_and_sees_the_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = pools_with_one_table(&dir).await;
+        let mut session = pools.session();
+        let insert = "INSERT INTO t (a, b) VALUES ($1, $2)";
+        session
+            .execute(insert, args![7_i64, "seven"])
+            .await
+            .unwrap();
+        session
+            .execute(insert, args![8_i64, "eight"])
+            .await
+            .unwrap();
+        let read = "SELECT a FROM t WHERE b = $2 AND a >= $1";
+        let decode = |r: &dyn Columns| r.int("a");
+        let inline = pools.inline.as_ref().expect("SQLite reads inline");
+        let found = inline.all(read, args![7_i64, "eight"], decode);
+        assert_eq!(found.expect("a connection was free").unwrap(), vec![8]);
+        let found = session
+            .first(Access::Read, read, args![9_i64, "eight"], decode)
+            .await;
+        assert_eq!(found.unwrap(), None);
+        pools.close().await;
+    }
+
+    /// Guards the fallback in `Session::inline`: while every inline connection is taken, a
+    /// plain read still answers (through sqlx's readers) instead of failing or waiting.
+    #[tokio::test]
+    async fn a_plain_read_goes_through_sqlx_while_every_inline_connection_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = pools_with_one_table(&dir).await;
+        let mut session = pools.session();
+        let insert = "INSERT INTO t (a, b) VALUES ($1, $2)";
+        session.execute(insert, args![1_i64, "one"]).await.unwrap();
+        let inline = pools.inline.clone().expect("SQLite reads inline");
+        let _held = inline.hold_all();
+        let decode = |r: &dyn Columns| r.text("b");
+        let read = "SELECT b FROM t WHERE a = $1";
+        assert!(inline.all(read, args![1_i64], decode).is_none(), "all held");
+        let found = session
+            .first(Access::Read, read, args![1_i64], decode)
+            .await;
+        assert_eq!(found.unwrap().as_deref(), Some("one"));
         pools.close().await;
     }
 }

@@ -162,7 +162,7 @@ impl<B: Backend> AppRepo for Repos<B> {
 
     async fn count(&mut self) -> StoreResult<u64> {
         let sql = "SELECT COUNT(*) AS n FROM apps";
-        let decode = |r: &B::Record| r.uint("n");
+        let decode = |r: &dyn Columns| r.uint("n");
         Ok(self.0.first(Read, sql, args![], decode).await?.unwrap_or(0))
     }
 
@@ -213,7 +213,7 @@ impl<B: Backend> ConsentRepo for Repos<B> {
         let args = args! {
             d.user_id, d.app_id, d.grant, d.deny, d.now, d.version, consent_scopes(), d.grant_ref
         };
-        let decode = |r: &B::Record| r.opt_text("grant_ref");
+        let decode = |r: &dyn Columns| r.opt_text("grant_ref");
         Ok(self.0.first(Write, sql, args, decode).await?.flatten())
     }
 
@@ -221,7 +221,7 @@ impl<B: Backend> ConsentRepo for Repos<B> {
         let sql = "SELECT a.*, apps.display_name FROM authorizations a
                    JOIN apps ON apps.app_id = a.app_id
                    WHERE a.user_id = $1 ORDER BY a.app_id";
-        let decode = |r: &B::Record| Ok((authorization(r)?, r.text("display_name")?));
+        let decode = |r: &dyn Columns| Ok((authorization(r)?, r.text("display_name")?));
         self.0.all(Read, sql, args![user_id], decode).await
     }
 
@@ -244,7 +244,7 @@ impl<B: Backend> ConsentRepo for Repos<B> {
                      grant_ref = CASE WHEN (granted & ~$1 & $4) = 0 THEN NULL ELSE grant_ref END
                    WHERE user_id = $2 AND app_id = $3 RETURNING granted";
         let args = args![scopes, user_id, app_id, consent_scopes()];
-        let decode = |r: &B::Record| r.scopes("granted");
+        let decode = |r: &dyn Columns| r.scopes("granted");
         self.0.first(Write, sql, args, decode).await
     }
 
@@ -371,7 +371,7 @@ impl<B: Backend> GrantRepo for Repos<B> {
 
     async fn family_revoked(&mut self, family_id: &str) -> StoreResult<bool> {
         let sql = "SELECT family_revoked_at FROM auth_codes WHERE grant_id = $1";
-        let decode = |r: &B::Record| r.opt_int("family_revoked_at");
+        let decode = |r: &dyn Columns| r.opt_int("family_revoked_at");
         let marked = self.0.first(Read, sql, args![family_id], decode).await?;
         Ok(marked.flatten().is_some())
     }
@@ -475,14 +475,14 @@ impl<B: Backend> RevocationRepo for Repos<B> {
                    WHERE app_id = $1 AND token_id = $2 AND scopes = $4
                      AND (user_id = $3 OR (user_id IS NULL AND CAST($3 AS TEXT) IS NULL))";
         let args = args![&r.app_id, &r.token_id, &r.user_id, r.scopes];
-        let decode = |row: &B::Record| row.int("sequence");
+        let decode = |row: &dyn Columns| row.int("sequence");
         Ok(self.0.first(Read, sql, args, decode).await?.is_some())
     }
 
     async fn live_token_rules(&mut self, app_id: &str, now: Timestamp) -> StoreResult<u64> {
         let sql = "SELECT CAST(COALESCE(SUM(rules), 0) AS BIGINT) AS n FROM revocation_quota
                    WHERE app_id = $1 AND expire_by > $2";
-        let decode = |row: &B::Record| row.uint("n");
+        let decode = |row: &dyn Columns| row.uint("n");
         Ok(self
             .0
             .first(Read, sql, args![app_id, now], decode)
@@ -548,7 +548,7 @@ impl<B: Backend> KeyRepo for Repos<B> {
 
     async fn secret(&mut self, name: &str) -> StoreResult<Option<String>> {
         let sql = "SELECT sealed_value FROM sealed_secrets WHERE name = $1";
-        let decode = |r: &B::Record| r.text("sealed_value");
+        let decode = |r: &dyn Columns| r.text("sealed_value");
         self.0.first(Read, sql, args![name], decode).await
     }
 
@@ -616,7 +616,7 @@ impl<B: Backend> PrivacyRepo for Repos<B> {
     async fn declaration(&mut self, app_id: &str) -> StoreResult<Vec<ScopePurpose>> {
         let sql =
             "SELECT scope, purpose FROM privacy_declarations WHERE app_id = $1 ORDER BY scope";
-        let decode = |r: &B::Record| {
+        let decode = |r: &dyn Columns| {
             let scope = scope_from_bits(r.int("scope")?)?;
             Ok(ScopePurpose {
                 scope,
@@ -782,7 +782,7 @@ fn decode_purposes(text: &str) -> Result<Vec<ScopePurpose>, sqlx::Error> {
         .collect()
 }
 
-fn consent_record(r: &impl Columns) -> Result<ConsentRecord, sqlx::Error> {
+fn consent_record(r: &dyn Columns) -> Result<ConsentRecord, sqlx::Error> {
     let trigger = match r.int("trigger_kind")? {
         0 => None,
         code => Some(from_code(&TRIGGERS, code, "trigger")?),
@@ -801,7 +801,7 @@ fn consent_record(r: &impl Columns) -> Result<ConsentRecord, sqlx::Error> {
     })
 }
 
-fn authorization_change(r: &impl Columns) -> Result<AuthorizationChange, sqlx::Error> {
+fn authorization_change(r: &dyn Columns) -> Result<AuthorizationChange, sqlx::Error> {
     let subject = match (r.opt_text("open_user_id")?, r.opt_text("grant_ref")?) {
         (Some(id), _) => ChangeSubject::AppUserId(id),
         (None, Some(grant)) => ChangeSubject::Grant(grant),
@@ -866,4 +866,4 @@ trait FeatureColumn: Columns {
     }
 }
 
-impl<R: Columns> FeatureColumn for R {}
+impl<R: Columns + ?Sized> FeatureColumn for R {}

@@ -68,7 +68,7 @@ impl<B: Backend> ProfileStore for SqlUserInfoStore<B> {
 
     async fn phone_number(&self, user_id: &str) -> StoreResult<Option<String>> {
         let sql = "SELECT phone_number FROM profiles WHERE user_id = $1";
-        let decode = |r: &B::Record| r.text("phone_number");
+        let decode = |r: &dyn Columns| r.text("phone_number");
         let mut session = self.pools.session();
         session.first(Read, sql, args![user_id], decode).await
     }
@@ -146,7 +146,7 @@ impl<B: Backend> ErasureStore for SqlUserInfoStore<B> {
 
     async fn pending_erasures(&self, limit: u32) -> StoreResult<Vec<String>> {
         let sql = "SELECT user_id FROM pending_erasures ORDER BY requested_at, user_id LIMIT $1";
-        let decode = |r: &B::Record| r.text("user_id");
+        let decode = |r: &dyn Columns| r.text("user_id");
         let mut session = self.pools.session();
         session.all(Read, sql, args![limit], decode).await
     }
@@ -172,7 +172,7 @@ sql_backend::decoders! {
     }
 }
 
-fn profile(row: &impl Columns) -> Result<Profile, sqlx::Error> {
+fn profile(row: &dyn Columns) -> Result<Profile, sqlx::Error> {
     Ok(Profile {
         user_id: row.text("user_id")?,
         real_name: row.text("real_name")?,
@@ -182,7 +182,7 @@ fn profile(row: &impl Columns) -> Result<Profile, sqlx::Error> {
     })
 }
 
-fn disclosure(row: &impl Columns) -> Result<Disclosure, sqlx::Error> {
+fn disclosure(row: &dyn Columns) -> Result<Disclosure, sqlx::Error> {
     let code = row.int("fields")?;
     let fields = DisclosedFields::from_code(code).ok_or_else(|| sqlx::Error::ColumnDecode {
         index: "fields".into(),

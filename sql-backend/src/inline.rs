@@ -1,0 +1,166 @@
+//! SQLite reads run on the calling thread. sqlx runs every SQLite connection on a thread of
+//! its own, so each statement is a hand-off from a tokio worker to that thread and back: two
+//! wake-ups, which on two cores cost more than the read itself (BENCHMARKS.md, "Where the
+//! time goes"). A plain read (`Access::Read` outside a transaction) is a point lookup by key in
+//! pages the operating system already caches, a few microseconds, so it runs here, on a
+//! read-only connection of these, inline; while all of them are in use, the read goes to
+//! sqlx's readers as before. Nothing here writes, and a read waits for no lock: in WAL mode a
+//! reader sees the last commit without waiting for a running write.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::Duration;
+
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{OpenFlags, ToSql};
+
+use crate::{Arg, Columns, Decoder, StoreError, sqlite_cannot_serve_now};
+
+/// Prepared statements kept per connection: every plain read the stores make, with room.
+const STATEMENT_CACHE: usize = 64;
+/// A reader only waits for a lock while SQLite recovers a WAL another process left.
+const BUSY_WAIT: Duration = Duration::from_millis(100);
+
+/// Read-only connections to one SQLite file, each taken by one read at a time.
+pub(crate) struct InlineReaders {
+    connections: Vec<Mutex<rusqlite::Connection>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for InlineReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineReaders")
+            .field("connections", &self.connections.len())
+            .finish()
+    }
+}
+
+impl InlineReaders {
+    /// `count` read-only connections to the file at `path`, each with a page cache of
+    /// `cache_size` (SQLite's `cache_size` value).
+    pub(crate) fn open(path: &Path, count: u32, cache_size: &str) -> Result<Arc<Self>, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connections = (0..count.max(1))
+            .map(|_| {
+                let connection = rusqlite::Connection::open_with_flags(path, flags)?;
+                connection.busy_timeout(BUSY_WAIT)?;
+                connection.pragma_update(None, "cache_size", cache_size)?;
+                connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+                Ok(Mutex::new(connection))
+            })
+            .collect::<Result<_, rusqlite::Error>>()
+            .map_err(error)?;
+        Ok(Arc::new(InlineReaders {
+            connections,
+            next: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Runs `sql` on a free connection and decodes every row; `None` when every connection
+    /// is in use (the caller reads through sqlx instead).
+    pub(crate) fn all<T>(
+        &self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        decode: Decoder<T>,
+    ) -> Option<Result<Vec<T>, StoreError>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.connections.len();
+        (0..count).find_map(|i| {
+            let connection = match self.connections[(start + i) % count].try_lock() {
+                Ok(connection) => connection,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return None,
+            };
+            Some(run(&connection, sql, args, decode))
+        })
+    }
+}
+
+#[cfg(test)]
+impl InlineReaders {
+    /// Takes every connection, as reads in flight on every worker would.
+    pub(crate) fn hold_all(&self) -> Vec<std::sync::MutexGuard<'_, rusqlite::Connection>> {
+        let held = self.connections.iter().map(|c| c.lock());
+        held.map(|c| c.unwrap_or_else(|e| e.into_inner())).collect()
+    }
+}
+
+fn run<T>(
+    connection: &rusqlite::Connection,
+    sql: &'static str,
+    args: &[Arg<'_>],
+    decode: Decoder<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = connection.prepare_cached(sql).map_err(error)?;
+    // Statements name their values `$1`, `$2`...: SQLite numbers named parameters in order of
+    // first appearance, so each is bound by its name, whatever that order.
+    for (n, arg) in args.iter().enumerate() {
+        if let Some(index) = statement
+            .parameter_index(&format!("${}", n + 1))
+            .map_err(error)?
+        {
+            statement.raw_bind_parameter(index, arg).map_err(error)?;
+        }
+    }
+    let mut rows = statement.raw_query();
+    let mut decoded = Vec::new();
+    while let Some(row) = rows.next().map_err(error)? {
+        decoded.push(decode(&InlineRow(row))?);
+    }
+    Ok(decoded)
+}
+
+impl ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match *self {
+            Arg::Int(Some(v)) => ToSqlOutput::Owned(Value::Integer(v)),
+            Arg::Text(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            Arg::Bytes(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+            Arg::Int(None) | Arg::Text(None) => ToSqlOutput::Owned(Value::Null),
+        })
+    }
+}
+
+/// A rusqlite failure as the stores classify sqlx's: a file that cannot serve now (busy, I/O,
+/// full) is `Unavailable`, anything else `Internal`.
+fn error(e: rusqlite::Error) -> StoreError {
+    let unavailable = matches!(&e, rusqlite::Error::SqliteFailure(failure, _)
+        if sqlite_cannot_serve_now(i64::from(failure.extended_code)));
+    let e = Arc::new(sqlx::Error::Protocol(format!("SQLite read: {e}")));
+    if unavailable {
+        StoreError::Unavailable(e)
+    } else {
+        StoreError::Internal(e)
+    }
+}
+
+/// A column the row does not have, or of another type, as sqlx reports it.
+fn column_error(col: &str, e: rusqlite::Error) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: col.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// A row of an inline read, read by column name as sqlx's rows are.
+struct InlineRow<'a, 'r>(&'a rusqlite::Row<'r>);
+
+impl Columns for InlineRow<'_, '_> {
+    fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        self.0.get(col).map_err(|e| column_error(col, e))
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        self.0.get(col).map_err(|e| column_error(col, e))
+    }
+    fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+        self.0.get(col).map_err(|e| column_error(col, e))
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.0.get(col).map_err(|e| column_error(col, e))
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, sqlx::Error> {
+        self.0.get(col).map_err(|e| column_error(col, e))
+    }
+}
