@@ -357,10 +357,10 @@ async fn check_auth_fixture(
 /// Today's auth-service on each auth fixture's SQLite file. Guards the migrations after each
 /// fixture's schema (`migrations/auth/sqlite`) and the start-up steps that adopt older data
 /// (`keys::pairwise_secret` keeping the pairwise-id secret an older version derived) against
-/// what older versions wrote, as the README's upgrade notes promise: apps, secrets, consents, consent
-/// records, refresh tokens, unspent codes and the revocation log carry over, spent codes and rotated
-/// refresh tokens stay spent, app user ids do not change. Seen failing with a fresh random
-/// pairwise-id secret on a database that has apps (app user ids changed).
+/// what older versions wrote, as the README's upgrade notes promise: apps, secrets, consents,
+/// consent records, refresh tokens, unspent codes and the revocation log carry over, spent
+/// codes and rotated refresh tokens stay spent, app user ids do not change. Seen failing with
+/// a fresh random pairwise-id secret on a database that has apps (app user ids changed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_auth_database_of_every_earlier_schema_keeps_working_sqlite() {
     let _quiet = crate::alongside_others().await;
