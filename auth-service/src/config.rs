@@ -108,7 +108,7 @@ pub struct AuthArgs {
     #[arg(long, env = "REVOCATION_QUOTA_PER_APP", default_value_t = crate::revocations::DEFAULT_TOKEN_RULES_PER_APP)]
     pub revocation_quota_per_app: u32,
     /// How long consent records are kept (from each record's time).
-    #[arg(long, env = "CONSENT_RECORD_RETENTION", default_value = "1825days", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CONSENT_RECORD_RETENTION", default_value = "1827days", value_parser = humantime::parse_duration)]
     pub consent_record_retention: Duration,
     /// How long an app's authorization changes stay in its feed.
     #[arg(long, env = "AUTHORIZATION_CHANGE_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
@@ -426,6 +426,8 @@ mod tests {
         assert!(!text.contains(ENV_ADMIN_TOKEN));
     }
 
+    /// Guards the defaults of the arguments (`default_value` of `CONSENT_RECORD_RETENTION`,
+    /// `REQUIRE_PRIVACY_DECLARATION`, the address) and that durations parse.
     #[test]
     fn durations_parse_and_defaults_apply() {
         let dir = tempfile::tempdir().unwrap();
@@ -444,6 +446,14 @@ mod tests {
         .unwrap();
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
+        // Five calendar years (with up to two leap days), as README "Privacy" says.
+        let five_years = Duration::from_secs(1827 * 86_400);
+        assert_eq!(config.privacy.consent_record_retention, five_years);
+        assert_eq!(crate::privacy::DEFAULT_CONSENT_RECORD_RETENTION, five_years);
+        assert!(
+            !config.privacy.require_declaration,
+            "REQUIRE_PRIVACY_DECLARATION is off by default so existing clients keep working"
+        );
     }
 
     #[test]

@@ -238,6 +238,8 @@ impl ConsentFlow {
                 expires_at,
                 resolved_at: None,
                 declaration_version: app.declaration_version,
+                trigger: Some(trigger),
+                purposes: purposes.clone(),
             })
             .await?;
         let mut record = self.privacy.record(
@@ -312,13 +314,17 @@ impl ConsentFlow {
                 ..StoredDecision::new(user_id, app_id, grant, deny, now)
             })
             .await?;
-        let record = self.privacy.record(
+        // The answer is recorded with what the modal showed: its trigger and its purposes as
+        // shown, whatever the declaration says now.
+        let mut record = self.privacy.record(
             (user_id, app_id),
             event,
             prompt.scopes,
             prompt.declaration_version,
             now,
         );
+        record.trigger = prompt.trigger;
+        record.purposes = prompt.purposes;
         tx.privacy().append_record(&record).await?;
         tx.commit().await?;
         match app {
@@ -407,8 +413,11 @@ impl ConsentFlow {
             .rule(app_id, Some(user_id), scopes, now);
         let appended = tx.revocations().append(&rule).await?;
         let why = (ConsentEvent::Withdrawn, ChangeReason::Withdrawn);
+        let in_force = tx.privacy().declaration_in_force(app_id).await?;
+        let declared =
+            in_force.map(|(version, declared)| (version, purposes_for(declared, withdrawn)));
         self.privacy
-            .record_end(tx.as_mut(), &held, withdrawn, why, now)
+            .record_end(tx.as_mut(), &held, withdrawn, why, declared, now)
             .await?;
         tx.commit().await?;
         self.feed.appended(appended);

@@ -224,6 +224,11 @@ pub struct PromptRecord {
     pub resolved_at: Option<Timestamp>,
     /// The declaration version whose purposes the modal showed.
     pub declaration_version: i64,
+    /// What made the mini program ask (None for prompts written before it was kept).
+    pub trigger: Option<Trigger>,
+    /// The purposes the modal showed, as shown: the declaration may be replaced before the
+    /// user answers.
+    pub purposes: Vec<ScopePurpose>,
 }
 
 /// A single-use auth code; its `grant_id` names every token that descends from it.

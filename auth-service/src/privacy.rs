@@ -19,7 +19,8 @@ use crate::store::{AuthStore, Transaction};
 
 /// Default `CONSENT_RECORD_RETENTION`: five years, the longest limitation period the
 /// platform's markets set for proving a consent.
-pub const DEFAULT_CONSENT_RECORD_RETENTION: Duration = Duration::from_secs(5 * 365 * 86_400);
+/// 1827 days: five calendar years hold at most two leap days.
+pub const DEFAULT_CONSENT_RECORD_RETENTION: Duration = Duration::from_secs(1827 * 86_400);
 /// Default `AUTHORIZATION_CHANGE_RETENTION`: how long an app backend may be offline and still
 /// resume its change feed without a gap.
 pub const DEFAULT_AUTHORIZATION_CHANGE_RETENTION: Duration = Duration::from_secs(90 * 86_400);
@@ -107,16 +108,26 @@ impl PrivacyPolicy {
 
     /// Records that `ended`'s `scopes` were withdrawn or voided, and tells the app, in `tx`
     /// after the revocation rule that voided them (whose lock orders the change feed).
+    /// `declared`, when given, is the declaration in force for those scopes (version,
+    /// purposes), recorded as a withdrawal's purposes; without it the record carries the
+    /// version consent was given under and no purposes.
     pub async fn record_end(
         &self,
         tx: &mut dyn Transaction,
         ended: &AuthorizationRecord,
         scopes: ScopeSet,
         (event, reason): (ConsentEvent, ChangeReason),
+        declared: Option<(i64, Vec<ScopePurpose>)>,
         now: Timestamp,
     ) -> Result<(), AuthError> {
         let who = (ended.user_id.as_str(), ended.app_id.as_str());
-        let record = self.record(who, event, scopes, ended.declaration_version, now);
+        let record = match declared {
+            Some((version, purposes)) => ConsentRecord {
+                purposes,
+                ..self.record(who, event, scopes, version, now)
+            },
+            None => self.record(who, event, scopes, ended.declaration_version, now),
+        };
         tx.privacy().append_record(&record).await?;
         if let Some(change) = self.change(ended, scopes, reason, now) {
             tx.privacy().append_change(&change).await?;
@@ -171,6 +182,9 @@ pub struct RecordPage {
 pub struct UserExport {
     pub authorizations: Vec<AuthorizationSummary>,
     pub records: Vec<ConsentRecord>,
+    /// The user has more records than `records` carries (at most [`MAX_EXPORTED_RECORDS`],
+    /// newest first): the oldest were left out.
+    pub records_truncated: bool,
     /// (app id, app-scoped user id, whether the app was given it), for every app the user
     /// decided for.
     pub app_user_ids: Vec<(String, String, bool)>,
@@ -234,10 +248,12 @@ impl PrivacyRecords {
         check_id("user_id", user_id)?;
         let mut repos = self.store.repositories();
         let standing = repos.consents().list(user_id).await?;
-        let records = repos
+        let mut records = repos
             .privacy()
-            .records(user_id, None, 0, MAX_EXPORTED_RECORDS)
+            .records(user_id, None, 0, MAX_EXPORTED_RECORDS + 1)
             .await?;
+        let records_truncated = records.len() > MAX_EXPORTED_RECORDS as usize;
+        records.truncate(MAX_EXPORTED_RECORDS as usize);
         let app_user_ids = standing
             .iter()
             .map(|(a, _)| {
@@ -258,6 +274,7 @@ impl PrivacyRecords {
         Ok(UserExport {
             authorizations,
             records,
+            records_truncated,
             app_user_ids,
         })
     }
@@ -286,7 +303,7 @@ impl PrivacyRecords {
             appended.extend(tx.revocations().append(&rule).await?);
             let why = (ConsentEvent::VoidedByErasure, ChangeReason::Erased);
             self.policy
-                .record_end(tx.as_mut(), a, a.granted, why, now)
+                .record_end(tx.as_mut(), a, a.granted, why, None, now)
                 .await?;
             ended += 1;
         }
@@ -406,4 +423,65 @@ pub fn consent_scopes(scopes: ScopeSet) -> ScopeSet {
         .iter()
         .filter(|s: &Scope| s.needs_consent())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Trigger;
+
+    /// Guards the cut of [`PrivacyRecords::export`] (`records_truncated`): an export of a user
+    /// with [`MAX_EXPORTED_RECORDS`] records carries them all and says nothing was left out;
+    /// with one more it carries the newest `MAX_EXPORTED_RECORDS` and says the oldest were.
+    async fn an_export_says_when_it_left_records_out(engine: sql_backend::Engine, url: String) {
+        let store = crate::store::open(&url).await.unwrap();
+        let ttl = Duration::from_secs(60);
+        let records = PrivacyRecords::new(
+            store.clone(),
+            PrivacyPolicy::default(),
+            RevocationPolicy::new(ttl, ttl),
+            RevocationFeed::default(),
+            AppUserIdKey::from_secret([1; 32]),
+        );
+        let policy = PrivacyPolicy::default();
+        let scopes = ScopeSet::of(&[Scope::UserInfo]);
+        let at = |n: u32| Timestamp::from_unix_nanos(i64::from(n) + 1);
+        let mut tx = store.begin().await.unwrap();
+        for n in 0..MAX_EXPORTED_RECORDS {
+            let mut record = policy.record(("u1", "a1"), ConsentEvent::Granted, scopes, 1, at(n));
+            record.trigger = Some(Trigger::UserTap);
+            tx.privacy().append_record(&record).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        let all = records.export("u1").await.unwrap();
+        assert_eq!(
+            all.records.len(),
+            MAX_EXPORTED_RECORDS as usize,
+            "{engine:?}"
+        );
+        assert!(!all.records_truncated, "{engine:?}: nothing left out");
+
+        let newest = policy.record(
+            ("u1", "a1"),
+            ConsentEvent::Withdrawn,
+            scopes,
+            1,
+            at(MAX_EXPORTED_RECORDS),
+        );
+        let mut repos = store.repositories();
+        repos.privacy().append_record(&newest).await.unwrap();
+        let cut = records.export("u1").await.unwrap();
+        assert_eq!(
+            cut.records.len(),
+            MAX_EXPORTED_RECORDS as usize,
+            "{engine:?}"
+        );
+        assert!(cut.records_truncated, "{engine:?}: the oldest left out");
+        assert_eq!(cut.records[0].event, ConsentEvent::Withdrawn, "{engine:?}");
+        assert_eq!(
+            cut.records[1].record_id, all.records[0].record_id,
+            "{engine:?}"
+        );
+    }
+    sql_backend::on_each_engine!(an_export_says_when_it_left_records_out);
 }

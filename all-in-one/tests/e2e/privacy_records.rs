@@ -104,14 +104,22 @@ async fn set_declaration(
 }
 
 /// Every decision lands in the user's history, newest first, filtered by app and paged; the
-/// history outlives the withdrawal that ended the grant. Guards the `append_record` calls in
-/// `ConsentFlow::request`, `resolve` and `withdraw`.
+/// history outlives the withdrawal that ended the grant. An answer to a modal carries the
+/// modal's trigger and the purposes it showed, even when the declaration was replaced before
+/// the answer; a withdrawal carries the declaration in force. Guards the `append_record`
+/// calls in `ConsentFlow::request`, `resolve` and `withdraw`, the trigger and purposes kept
+/// on the prompt (`ConsentFlow::ask`) and copied at `resolve`, and `declaration_in_force` in
+/// `withdraw`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_consent_decision_is_recorded_newest_first() {
     bounded("history", async {
         let p = Platform::start().await;
         let app = p.app(&ALL_FEATURES).await;
         let other = p.app(&ALL_FEATURES).await;
+        let (shown, newer) = ("to show your avatar", "to show your avatar and name");
+        set_declaration(&p, &app.0, 1, &[(UserInfo, shown)])
+            .await
+            .unwrap();
         let Outcome::Prompt(first) = p
             .request("u1", &app.0, &[UserInfo], pb::Trigger::UserTap)
             .await
@@ -119,6 +127,10 @@ async fn every_consent_decision_is_recorded_newest_first() {
         else {
             panic!("expected a prompt");
         };
+        // Replaced while the modal is open: the answer is recorded with what it showed.
+        set_declaration(&p, &app.0, 2, &[(UserInfo, newer)])
+            .await
+            .unwrap();
         p.resolve(&first.prompt_id, "u1", pb::Decision::Deny)
             .await
             .unwrap();
@@ -134,13 +146,51 @@ async fn every_consent_decision_is_recorded_newest_first() {
             "newest first, every decision"
         );
         assert!(mine.iter().all(|r| r.app_id == app.0));
-        assert_eq!(mine[2].trigger(), pb::Trigger::UserTap);
         assert_eq!(mine[0].scopes, [UserInfo as i32]);
+        let purposes = |text: &str| {
+            vec![pb::ScopePurpose {
+                scope: UserInfo as i32,
+                purpose: text.into(),
+            }]
+        };
+        let context =
+            |r: &pb::ConsentRecord| (r.trigger(), r.purposes.clone(), r.declaration_version);
+        let tap = pb::Trigger::UserTap;
+        assert_eq!(
+            context(&mine[4]),
+            (tap, purposes(shown), 1),
+            "the first prompt"
+        );
+        assert_eq!(
+            context(&mine[3]),
+            (tap, purposes(shown), 1),
+            "denied: as shown"
+        );
+        assert_eq!(
+            context(&mine[2]),
+            (tap, purposes(newer), 2),
+            "the second prompt"
+        );
+        assert_eq!(
+            context(&mine[1]),
+            (tap, purposes(newer), 2),
+            "granted: as shown"
+        );
+        assert_eq!(
+            context(&mine[0]),
+            (pb::Trigger::Unspecified, purposes(newer), 2),
+            "withdrawn: the declaration in force"
+        );
         let theirs = records(&p, "u1", &other.0).await;
         assert_eq!(
             events(&theirs),
             [Granted],
             "auth_base is granted without a modal"
+        );
+        assert_eq!(
+            context(&theirs[0]),
+            (tap, Vec::new(), 0),
+            "nothing declared"
         );
         assert!(records(&p, "u2", "").await.is_empty(), "no one else's");
 
@@ -279,8 +329,50 @@ async fn the_change_feed_names_users_only_by_what_the_app_was_given() {
     .await;
 }
 
-/// A watcher gets the backlog after its cursor, then live changes, with heartbeats; after a
-/// restart it resumes from its cursor with no gap.
+/// A WatchAuthorizationChanges stream of `app` after `after_sequence`.
+async fn watch(
+    p: &Platform,
+    app: &(String, String),
+    after_sequence: u64,
+) -> tonic::Streaming<pb::WatchAuthorizationChangesResponse> {
+    let request = pb::WatchAuthorizationChangesRequest { after_sequence };
+    let mut client = p.auth.changes(&app.0, &app.1);
+    let watched = client.watch_authorization_changes(request).await;
+    watched.expect("watch").into_inner()
+}
+
+/// The next message of a change stream, within 10 s: a change, or `None` for a heartbeat.
+async fn next_message(
+    stream: &mut tonic::Streaming<pb::WatchAuthorizationChangesResponse>,
+) -> Option<pb::AuthorizationChange> {
+    let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("stream open")
+        .expect("no error");
+    assert!(
+        msg.change.is_some() != msg.heartbeat,
+        "a change or a heartbeat: {msg:?}"
+    );
+    msg.change
+}
+
+/// The changes of a stream up to its next heartbeat (sent once it has caught up).
+async fn until_heartbeat(
+    stream: &mut tonic::Streaming<pb::WatchAuthorizationChangesResponse>,
+) -> Vec<pb::AuthorizationChange> {
+    let mut changes = Vec::new();
+    while let Some(change) = next_message(stream).await {
+        changes.push(change);
+    }
+    changes
+}
+
+/// A watcher gets the backlog after its cursor, then a heartbeat once caught up and more
+/// while idle (every `REVOCATION_HEARTBEAT`, 200 ms here), then live changes; after a restart
+/// a new Watch from its cursor gets exactly the changes made while it was away, no gap and no
+/// repeat, then live ones again. Guards the idle `sleep(heartbeat)` in
+/// `AuthorizationChanges::watch` and its resumption from `after`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watching_the_feed_resumes_without_a_gap_across_a_restart() {
     bounded("watch", async {
@@ -290,29 +382,27 @@ async fn watching_the_feed_resumes_without_a_gap_across_a_restart() {
             exchange(&p, &app, &p.consent(user, &app.0, &[AuthBase]).await).await;
         }
         p.auth.withdraw("a", &app.0, &[]).await;
-        let mut stream = p
-            .auth
-            .changes(&app.0, &app.1)
-            .watch_authorization_changes(pb::WatchAuthorizationChangesRequest { after_sequence: 0 })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut next = async || {
-            loop {
-                let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
-                    .await
-                    .expect("a message within 10 s")
-                    .expect("stream open")
-                    .expect("no error");
-                if let Some(change) = msg.change {
-                    return change;
-                }
-                assert!(msg.heartbeat);
-            }
-        };
-        let first = next().await;
+        let mut stream = watch(&p, &app, 0).await;
+        let backlog = until_heartbeat(&mut stream).await;
+        assert_eq!(
+            backlog.len(),
+            1,
+            "the backlog, then a heartbeat: {backlog:?}"
+        );
+        let first = &backlog[0];
+        let idle = Instant::now();
+        assert_eq!(
+            next_message(&mut stream).await,
+            None,
+            "a heartbeat while idle"
+        );
+        assert!(
+            idle.elapsed() >= Duration::from_millis(100),
+            "the idle heartbeat came after its interval, not at once: {:?}",
+            idle.elapsed()
+        );
         p.auth.withdraw("b", &app.0, &[]).await;
-        let second = next().await;
+        let second = next_message(&mut stream).await.expect("the live change");
         assert!(second.sequence > first.sequence);
 
         p.auth = p.auth.pause().await.restart().await;
@@ -320,13 +410,25 @@ async fn watching_the_feed_resumes_without_a_gap_across_a_restart() {
             exchange(&p, &app, &p.consent(user, &app.0, &[AuthBase]).await).await;
             p.auth.withdraw(user, &app.0, &[]).await;
         }
-        let resumed = changes(&p, &app, second.sequence).await;
+        let away = changes(&p, &app, second.sequence).await;
+        assert_eq!(away.len(), 2, "the changes made while the watcher was away");
+        let mut stream = watch(&p, &app, second.sequence).await;
+        let resumed = until_heartbeat(&mut stream).await;
         assert_eq!(
-            resumed.len(),
-            2,
-            "both changes after the cursor, none again"
+            resumed, away,
+            "exactly the changes after the cursor: no gap, no repeat"
         );
-        assert!(resumed[0].sequence > second.sequence);
+        assert_eq!(
+            next_message(&mut stream).await,
+            None,
+            "idle again after the restart"
+        );
+        exchange(&p, &app, &p.consent("e", &app.0, &[AuthBase]).await).await;
+        p.auth.withdraw("e", &app.0, &[]).await;
+        let live = next_message(&mut stream)
+            .await
+            .expect("a live change after the restart");
+        assert!(live.sequence > away[1].sequence);
     })
     .await;
 }

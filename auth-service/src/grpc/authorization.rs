@@ -257,6 +257,7 @@ impl AuthorizationService for AuthorizationGrpc {
                 .map(authorization_to_proto)
                 .collect(),
             consent_records: export.records.into_iter().map(record_to_proto).collect(),
+            consent_records_truncated: export.records_truncated,
             app_scoped_user_ids: export
                 .app_user_ids
                 .into_iter()

@@ -558,7 +558,18 @@ pub async fn prompts_resolve_once(store: Arc<dyn AuthStore>) {
         created_at: t(1),
         expires_at: t(100),
         resolved_at: None,
-        declaration_version: 0,
+        declaration_version: 3,
+        trigger: Some(Trigger::UserTap),
+        purposes: vec![
+            ScopePurpose {
+                scope: Scope::UserInfo,
+                purpose: "avatar, as shown".into(),
+            },
+            ScopePurpose {
+                scope: Scope::PhoneNumber,
+                purpose: "送货 🚚 \"quoted\"".into(),
+            },
+        ],
     };
     let mut repos = store.repositories();
     repos.consents().insert_prompt(&p).await.unwrap();
@@ -1027,6 +1038,11 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
 }
 
 /// A declaration replaces the last one only when its version rises, all at once.
+/// The app's declaration (version, purposes) as `declaration_in_force` reads it.
+async fn in_force(repos: &mut dyn Repositories, app_id: &str) -> Option<(i64, Vec<ScopePurpose>)> {
+    repos.privacy().declaration_in_force(app_id).await.unwrap()
+}
+
 pub async fn declarations_replace_only_upwards(store: Arc<dyn AuthStore>) {
     store
         .repositories()
@@ -1043,6 +1059,8 @@ pub async fn declarations_replace_only_upwards(store: Arc<dyn AuthStore>) {
         purpose(Scope::UserInfo, "avatar"),
         purpose(Scope::PhoneNumber, "delivery"),
     ];
+    assert_eq!(in_force(repos.as_mut(), "a1").await, Some((0, Vec::new())));
+    assert_eq!(in_force(repos.as_mut(), "nope").await, None);
     let app = repos
         .privacy()
         .replace_declaration("a1", 1, &v1, t(5))
@@ -1059,6 +1077,7 @@ pub async fn declarations_replace_only_upwards(store: Arc<dyn AuthStore>) {
         repos.privacy().declaration("a1").await.unwrap(),
         v1.to_vec()
     );
+    assert_eq!(in_force(repos.as_mut(), "a1").await, Some((1, v1.to_vec())));
     let stale = [purpose(Scope::AuthBase, "login")];
     assert!(
         repos
@@ -1092,6 +1111,7 @@ pub async fn declarations_replace_only_upwards(store: Arc<dyn AuthStore>) {
         repos.privacy().declaration("a1").await.unwrap(),
         v2.to_vec()
     );
+    assert_eq!(in_force(repos.as_mut(), "a1").await, Some((2, v2.to_vec())));
     let app = repos.apps().get("a1").await.unwrap().unwrap();
     assert_eq!(
         (app.declaration_version, app.declared_scopes),
@@ -1283,6 +1303,8 @@ pub async fn changes_and_voiding_per_app(store: Arc<dyn AuthStore>) {
         expires_at: t(100),
         resolved_at: None,
         declaration_version: 0,
+        trigger: None,
+        purposes: Vec::new(),
     };
     repos.consents().insert_prompt(&p).await.unwrap();
     repos.consents().erase_user("reader").await.unwrap();

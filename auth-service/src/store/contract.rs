@@ -227,6 +227,12 @@ pub trait PrivacyRepo: Send {
     ) -> StoreResult<Vec<ConsentRecord>>;
     /// The app's declared purposes.
     async fn declaration(&mut self, app_id: &str) -> StoreResult<Vec<ScopePurpose>>;
+    /// The app's declaration version and purposes, read together in one statement (so a
+    /// concurrent replacement is seen whole or not at all); none when there is no such app.
+    async fn declaration_in_force(
+        &mut self,
+        app_id: &str,
+    ) -> StoreResult<Option<(i64, Vec<ScopePurpose>)>>;
     /// Replaces the app's declaration if `version` is above the one in force: the app as it
     /// now is, or none (no such app, or the version did not rise).
     async fn replace_declaration(

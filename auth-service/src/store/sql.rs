@@ -290,11 +290,14 @@ impl<B: Backend> ConsentRepo for Repos<B> {
 
     async fn insert_prompt(&mut self, p: &PromptRecord) -> StoreResult<()> {
         let sql = "INSERT INTO prompts (prompt_hash, user_id, app_id, scopes, previously_denied,
-                     created_at, expires_at, resolved_at, declaration_version)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+                     created_at, expires_at, resolved_at, declaration_version, trigger_kind,
+                     purposes)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+        let purposes = encode_purposes(&p.purposes);
         let args = args! {
             &p.prompt_hash, &p.user_id, &p.app_id, p.scopes, p.previously_denied, p.created_at,
-            p.expires_at, p.resolved_at, p.declaration_version
+            p.expires_at, p.resolved_at, p.declaration_version, trigger_code(p.trigger),
+            &purposes
         };
         self.0.execute(sql, args).await.map(drop)
     }
@@ -626,6 +629,31 @@ impl<B: Backend> PrivacyRepo for Repos<B> {
         self.0.all(Read, sql, args![app_id], decode).await
     }
 
+    async fn declaration_in_force(
+        &mut self,
+        app_id: &str,
+    ) -> StoreResult<Option<(i64, Vec<ScopePurpose>)>> {
+        let sql = "SELECT a.declaration_version, d.scope, d.purpose
+                   FROM apps a LEFT JOIN privacy_declarations d ON d.app_id = a.app_id
+                   WHERE a.app_id = $1 ORDER BY d.scope";
+        let decode = |r: &dyn Columns| {
+            let purpose = match r.opt_int("scope")? {
+                Some(bits) => Some(ScopePurpose {
+                    scope: scope_from_bits(bits)?,
+                    purpose: r.text("purpose")?,
+                }),
+                None => None,
+            };
+            Ok((r.int("declaration_version")?, purpose))
+        };
+        let rows = self.0.all(Read, sql, args![app_id], decode).await?;
+        let Some(&(version, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let purposes = rows.into_iter().filter_map(|(_, p)| p).collect();
+        Ok(Some((version, purposes)))
+    }
+
     async fn replace_declaration(
         &mut self,
         app_id: &str,
@@ -782,11 +810,32 @@ fn decode_purposes(text: &str) -> Result<Vec<ScopePurpose>, sqlx::Error> {
         .collect()
 }
 
+/// The trigger stored in a row's `trigger_kind` (0: none).
+fn stored_trigger(r: &dyn Columns) -> Result<Option<Trigger>, sqlx::Error> {
+    match r.int("trigger_kind")? {
+        0 => Ok(None),
+        code => Ok(Some(from_code(&TRIGGERS, code, "trigger")?)),
+    }
+}
+
+fn prompt(r: &dyn Columns) -> Result<PromptRecord, sqlx::Error> {
+    Ok(PromptRecord {
+        prompt_hash: r.digest("prompt_hash")?,
+        user_id: r.text("user_id")?,
+        app_id: r.text("app_id")?,
+        scopes: r.scopes("scopes")?,
+        previously_denied: r.flag("previously_denied")?,
+        created_at: r.time("created_at")?,
+        expires_at: r.time("expires_at")?,
+        resolved_at: r.opt_time("resolved_at")?,
+        declaration_version: r.int("declaration_version")?,
+        trigger: stored_trigger(r)?,
+        purposes: decode_purposes(&r.text("purposes")?)?,
+    })
+}
+
 fn consent_record(r: &dyn Columns) -> Result<ConsentRecord, sqlx::Error> {
-    let trigger = match r.int("trigger_kind")? {
-        0 => None,
-        code => Some(from_code(&TRIGGERS, code, "trigger")?),
-    };
+    let trigger = stored_trigger(r)?;
     Ok(ConsentRecord {
         record_id: r.uint("record_id")?,
         user_id: r.text("user_id")?,
@@ -826,11 +875,6 @@ sql_backend::decoders! {
     authorization -> AuthorizationRecord {
         user_id: text, app_id: text, granted: scopes, denied: scopes, updated_at: time,
         declaration_version: int, grant_ref: opt_text, open_user_id: opt_text
-    }
-    prompt -> PromptRecord {
-        prompt_hash: digest, user_id: text, app_id: text, scopes: scopes,
-        previously_denied: flag, created_at: time, expires_at: time, resolved_at: opt_time,
-        declaration_version: int
     }
     code -> AuthCodeRecord {
         code_hash: digest, grant_id: text, app_id: text, user_id: text, scopes: scopes,

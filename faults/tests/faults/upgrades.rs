@@ -26,6 +26,8 @@ use pb::Scope::{AuthBase, PhoneNumber, UserInfo};
 /// a schema before it stop verifying after the upgrade (README, "Upgrading from the first
 /// version"); tokens minted since keep verifying.
 const KEYS_DROPPED_BY: u32 = 3;
+/// The migration that began keeping consent records: fixtures written since hold them.
+const RECORDS_FROM: u32 = 4;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -174,6 +176,28 @@ async fn check_auth_fixture(
     };
     assert_eq!(holds("u1").await, Some(3), "u1's consents");
     assert_eq!(holds("u2").await, None, "u2's withdrawal");
+    if schema >= RECORDS_FROM {
+        let listed = auth
+            .wallet()
+            .list_consent_records(pb::ListConsentRecordsRequest {
+                user_id: "u2".into(),
+                ..Default::default()
+            })
+            .await;
+        let events: Vec<_> = listed
+            .expect("u2's consent records")
+            .into_inner()
+            .records
+            .iter()
+            .map(|r| r.event())
+            .collect();
+        use pb::ConsentEvent::{Granted, Prompted, Withdrawn};
+        assert_eq!(
+            events,
+            [Withdrawn, Granted, Prompted],
+            "u2's history, written before the upgrade"
+        );
+    }
 
     let app_user_id = text(m, &["u1", "app_user_id"]);
     let access_token = text(m, &["u1", "access_token"]);
@@ -334,9 +358,9 @@ async fn check_auth_fixture(
 /// fixture's schema (`migrations/auth/sqlite`) and the start-up steps that adopt older data
 /// (`keys::pairwise_secret` keeping the pairwise-id secret an older version derived) against
 /// what older versions wrote, as the README's upgrade notes promise: apps, secrets, consents,
-/// refresh tokens, unspent codes and the revocation log carry over, spent codes and rotated
-/// refresh tokens stay spent, app user ids do not change. Seen failing with a fresh random
-/// pairwise-id secret on a database that has apps (app user ids changed).
+/// consent records, refresh tokens, unspent codes and the revocation log carry over, spent
+/// codes and rotated refresh tokens stay spent, app user ids do not change. Seen failing with
+/// a fresh random pairwise-id secret on a database that has apps (app user ids changed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_auth_database_of_every_earlier_schema_keeps_working_sqlite() {
     let _quiet = crate::alongside_others().await;
