@@ -236,11 +236,19 @@ impl UserData {
         Ok(())
     }
 
-    /// Retries every pending erasure once; how many reached auth-service.
+    /// Retries every pending erasure once, in order: the profile and ledger here first (gone
+    /// already counts as done; a process that died between recording the erasure and deleting
+    /// the profile left it in place), then auth-service, and only then is the pending record
+    /// cleared. Stops at the first user auth-service can't take, so an outage costs one
+    /// delete and scrub per round. How many reached auth-service.
     pub async fn resume(&self) -> Result<usize, UserInfoError> {
         let pending = self.store.pending_erasures(RESUME_BATCH).await?;
         let mut done = 0;
         for user_id in pending {
+            match self.profiles.delete(&user_id).await {
+                Ok(()) | Err(UserInfoError::ProfileNotFound) => {}
+                Err(e) => return Err(e),
+            }
             match self.finish_at_auth(&user_id).await {
                 Ok(()) => done += 1,
                 Err(UserInfoError::AuthServiceUnavailable(_)) => break,

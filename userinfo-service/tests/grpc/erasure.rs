@@ -258,3 +258,65 @@ async fn a_deleted_profile_leaves_no_bytes_in_postgres_after_the_documented_vacu
         .await
         .expect("within a minute");
 }
+
+/// Guards the profile delete in `UserData::resume`: a process that died after
+/// `mark_erasure_pending` and before deleting the profile leaves a pending record and a live
+/// profile; on restart the erasure resumes and deletes and scrubs the profile (no marked string
+/// left in the SQLite file or its WAL, the user id included once the record is cleared) as
+/// well as ending the user's authorizations at auth-service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_erasure_deletes_the_profile_too() {
+    let run = async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("resume.db").display());
+        let auth = TestAuthServer::start().await;
+        let (app_id, _) = auth.create_app(&ALL_FEATURES).await;
+        let (profile, marks) = marked_profile();
+        let user = profile.user_id.clone();
+        auth.consent(&user, &app_id, &[UserInfo]).await;
+
+        // The first life: the profile is written, then the erasure is recorded as the
+        // process dies, before the profile is deleted.
+        let first = userinfo_for(&auth, |c| c.database_url = url.clone()).await;
+        first
+            .profiles()
+            .upsert_profile(upb::UpsertProfileRequest {
+                profile: Some(profile),
+            })
+            .await
+            .expect("upsert");
+        first.stop().await.expect("stopped");
+        let store = userinfo_service::store::open(&url).await.expect("store");
+        store
+            .mark_erasure_pending(&user, miniprogram_token::Timestamp::now())
+            .await
+            .expect("pending");
+        store.close().await;
+        let files = sqlite_files(&url);
+        assert_eq!(marks_in(&files, &marks), marks, "the profile is there");
+        assert_eq!(auth.authorizations(&user).await.len(), 1);
+
+        let second = userinfo_for(&auth, |c| c.database_url = url.clone()).await;
+        let started = Instant::now();
+        while !marks_in(&files, &marks).is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "left after the resumed erasure: {:?}",
+                marks_in(&files, &marks)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let err = second
+            .profiles()
+            .get_profile(upb::GetProfileRequest {
+                user_id: user.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), ErrorReason::ProfileNotFound);
+        assert!(auth.authorizations(&user).await.is_empty());
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("within a minute");
+}
