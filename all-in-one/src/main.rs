@@ -162,6 +162,7 @@ async fn run(cli: Cli) -> Result<(), RunError> {
         verifier_token: auth_config.callers.verifier.clone(),
         wallet_token: Some(auth_config.callers.wallet.clone()),
         erasure_retry_interval: std::time::Duration::from_secs(5),
+        erasure_vacuum: userinfo_service::store::Vacuum::Plain,
         revocation_stale_after: cli.revocation_stale_after,
         key_refetch_interval: cli.key_refetch_interval,
         drain_timeout: auth_config.drain_timeout,

@@ -23,7 +23,8 @@
 //!   SQLite connections run with `secure_delete` on, so a delete zeroes the freed space, and
 //!   [`Pools::scrub`] checkpoints the WAL and truncates it, so no older page copy survives
 //!   there either. On PostgreSQL [`Pools::scrub`] runs `VACUUM`, which frees dead tuples for
-//!   reuse but does not zero their bytes: how far that goes is the README's to say.
+//!   reuse but does not zero their bytes: how far that goes is the README's to say. With
+//!   [`Vacuum::Full`] it runs `VACUUM FULL`, which rewrites the tables into new files.
 //!
 //! Unique violations are no difference: sqlx classifies both engines' codes (SQLite 2067 and
 //! 1555, PostgreSQL 23505) as `is_unique_violation`, read in one place ([`StoreError`]'s `From`),
@@ -354,7 +355,20 @@ pub trait Backend: Database {
     fn scrub<'a>(
         pools: &'a Pools<Self>,
         tables: &'a [&'static str],
+        vacuum: Vacuum,
     ) -> impl Future<Output = StoreResult<()>> + Send + 'a;
+}
+
+/// How far [`Pools::scrub`] goes on PostgreSQL; SQLite zeroes freed bytes either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Vacuum {
+    /// `VACUUM`: dead tuples are freed for reuse, not zeroed; writes go on meanwhile.
+    #[default]
+    Plain,
+    /// `VACUUM FULL`: each table and its indexes are copied into new files without the dead
+    /// tuples and the old files are removed; the table is locked (ACCESS EXCLUSIVE, reads
+    /// included) while it runs.
+    Full,
 }
 
 /// SQLite syncs the WAL to disk at every commit, before the call that wrote it answers: an
@@ -414,7 +428,7 @@ impl Backend for Sqlite {
 
     /// Copies every page in the WAL into the database file and truncates the WAL to nothing;
     /// `secure_delete` has already zeroed the deleted bytes in the pages' latest versions.
-    async fn scrub(pools: &Pools<Self>, _tables: &[&'static str]) -> StoreResult<()> {
+    async fn scrub(pools: &Pools<Self>, _tables: &[&'static str], _: Vacuum) -> StoreResult<()> {
         let sql = Cow::Borrowed("PRAGMA wal_checkpoint(TRUNCATE)");
         let rows = Self::fetch_all(&mut *pools.writer.acquire().await?, sql, &[]).await?;
         let busy = match rows.first() {
@@ -480,12 +494,17 @@ impl Backend for Postgres {
         })
     }
 
-    /// `VACUUM` each table: dead tuples are pruned and their space marked free (not zeroed).
-    /// It runs outside a transaction, so over the simple query protocol.
-    async fn scrub(pools: &Pools<Self>, tables: &[&'static str]) -> StoreResult<()> {
+    /// `VACUUM` each table: dead tuples are pruned and their space marked free (not zeroed);
+    /// or `VACUUM FULL`, which rewrites it. It runs outside a transaction, so over the simple
+    /// query protocol.
+    async fn scrub(pools: &Pools<Self>, tables: &[&'static str], how: Vacuum) -> StoreResult<()> {
+        let command = match how {
+            Vacuum::Plain => "VACUUM",
+            Vacuum::Full => "VACUUM FULL",
+        };
         let mut conn = pools.writer.acquire().await?;
         for table in tables {
-            let vacuum = sqlx::raw_sql(AssertSqlSafe(format!("VACUUM {table}")));
+            let vacuum = sqlx::raw_sql(AssertSqlSafe(format!("{command} {table}")));
             sqlx::Executor::execute(&mut *conn, vacuum).await?;
         }
         Ok(())
@@ -545,8 +564,8 @@ impl<B: Backend> Pools<B> {
 
     /// After a delete of personal data from `tables`: see [`Backend::scrub`]. Table names come
     /// from the stores' constants, never from a request.
-    pub async fn scrub(&self, tables: &[&'static str]) -> StoreResult<()> {
-        B::scrub(self, tables).await
+    pub async fn scrub(&self, tables: &[&'static str], vacuum: Vacuum) -> StoreResult<()> {
+        B::scrub(self, tables, vacuum).await
     }
 
     pub async fn close(&self) {

@@ -9,6 +9,7 @@ use miniprogram_proto::client_address::TrustedProxies;
 
 use crate::disclosures::DisclosureSettings;
 use crate::read_limits::{RateLimit, ReadLimits};
+use crate::store::Vacuum;
 
 pub const ENV_ADDR: &str = "USERINFO_ADDR";
 pub const ENV_DATABASE_URL: &str = "USERINFO_DATABASE_URL";
@@ -159,6 +160,11 @@ pub struct UserInfoArgs {
     /// How often erasures not yet confirmed by auth-service are retried.
     #[arg(long, env = "ERASURE_RETRY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub erasure_retry_interval: Duration,
+    /// On PostgreSQL, scrub after each erasure with `VACUUM FULL` of the profile and ledger
+    /// tables (rewritten, so no erased byte stays in their files) instead of `VACUUM`. Off by
+    /// default: it locks each table, reads included, while it rewrites it.
+    #[arg(long, env = "ERASURE_VACUUM_FULL")]
+    pub erasure_vacuum_full: bool,
     /// Refuse tokens (REVOCATION_STATE_STALE), and report health NOT_SERVING, once the
     /// revocation stream has not been caught up (no heartbeat) for this long.
     #[arg(long, env = "REVOCATION_STALE_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -217,6 +223,8 @@ pub struct UserInfoConfig {
     /// Presented to auth-service for exports and erasures; optional.
     pub wallet_token: Option<String>,
     pub erasure_retry_interval: Duration,
+    /// How an erasure scrubs the personal tables on PostgreSQL (`ERASURE_VACUUM_FULL`).
+    pub erasure_vacuum: Vacuum,
     pub revocation_stale_after: Duration,
     pub key_refetch_interval: Duration,
     pub drain_timeout: Duration,
@@ -297,6 +305,11 @@ impl UserInfoArgs {
             verifier_token,
             wallet_token: self.wallet_token.filter(|v| !v.is_empty()),
             erasure_retry_interval: self.erasure_retry_interval,
+            erasure_vacuum: if self.erasure_vacuum_full {
+                Vacuum::Full
+            } else {
+                Vacuum::Plain
+            },
             revocation_stale_after: self.revocation_stale_after,
             key_refetch_interval: self.key_refetch_interval,
             drain_timeout: self.drain_timeout,
@@ -518,6 +531,14 @@ mod tests {
         let off = parse(&["--read-limit-per-app", "0", "--read-limit-per-token", "0.5"]).unwrap();
         assert_eq!(off.read_limits.per_app, None);
         assert_eq!(off.read_limits.per_token, limit(0.5, 50));
+    }
+
+    /// `ERASURE_VACUUM_FULL` is off unless asked for (`VACUUM FULL` locks the tables).
+    #[test]
+    fn vacuum_full_after_an_erasure_is_opt_in() {
+        assert_eq!(parse(&[]).unwrap().erasure_vacuum, Vacuum::Plain);
+        let on = parse(&["--erasure-vacuum-full"]).unwrap();
+        assert_eq!(on.erasure_vacuum, Vacuum::Full);
     }
 
     /// Guards `ReadLimitArgs::into_limits` and `DisclosureArgs::into_settings`: each bad

@@ -107,7 +107,7 @@ pub async fn serve_with_listener(
     let (health, health_service) = tonic_health::server::health_reporter();
     service_runtime::set_health(&health, &SERVICE_NAMES, ServingStatus::NotServing).await;
 
-    let store = store::open(&config.database_url).await?;
+    let store = store::open_with(&config.database_url, config.erasure_vacuum).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     let link = auth_link(&config)?;
     let verifier = Arc::new(TokenVerifier::new(config.revocation_stale_after));

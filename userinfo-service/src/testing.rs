@@ -36,6 +36,7 @@ pub fn test_config(
         verifier_token: verifier_token.to_owned(),
         wallet_token: None,
         erasure_retry_interval: Duration::from_millis(200),
+        erasure_vacuum: crate::store::Vacuum::Plain,
         revocation_stale_after: Duration::from_secs(10),
         key_refetch_interval: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),

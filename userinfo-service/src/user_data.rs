@@ -15,7 +15,8 @@ use crate::store::UserInfoStore;
 
 /// The export's format name; a field is only ever added under it, never renamed or removed.
 pub const EXPORT_FORMAT: &str = "miniprogram.user-data/v1";
-/// Most disclosure rows an export carries (newest first).
+/// Most disclosure rows an export carries (newest first); `disclosures_truncated` says when
+/// more are kept.
 pub const MAX_EXPORTED_DISCLOSURES: u32 = 10_000;
 /// Pending erasures retried per round.
 const RESUME_BATCH: u32 = 100;
@@ -85,6 +86,9 @@ struct Document<'a> {
     exported_at: String,
     profile: Option<ExportedProfile>,
     disclosures: Vec<ExportedDisclosure>,
+    /// More rows were kept than [`MAX_EXPORTED_DISCLOSURES`]: the rest are older, to be paged
+    /// with ListDisclosures.
+    disclosures_truncated: bool,
     #[serde(flatten)]
     authorization: AuthorizationExport,
 }
@@ -174,10 +178,13 @@ impl UserData {
             Err(UserInfoError::ProfileNotFound) => None,
             Err(e) => return Err(e),
         };
-        let rows = self
+        // One row more than exported tells whether there are more.
+        let mut rows = self
             .store
-            .list_disclosures(user_id, None, None, MAX_EXPORTED_DISCLOSURES)
+            .list_disclosures(user_id, None, None, MAX_EXPORTED_DISCLOSURES + 1)
             .await?;
+        let disclosures_truncated = rows.len() > MAX_EXPORTED_DISCLOSURES as usize;
+        rows.truncate(MAX_EXPORTED_DISCLOSURES as usize);
         let disclosures = rows
             .into_iter()
             .map(|d| ExportedDisclosure {
@@ -197,6 +204,7 @@ impl UserData {
             exported_at: rfc3339(self.clock.now()),
             profile,
             disclosures,
+            disclosures_truncated,
             authorization,
         };
         serde_json::to_string_pretty(&document)
@@ -236,11 +244,19 @@ impl UserData {
         Ok(())
     }
 
-    /// Retries every pending erasure once; how many reached auth-service.
+    /// Retries every pending erasure once, in order: the profile and ledger here first (gone
+    /// already counts as done; a process that died between recording the erasure and deleting
+    /// the profile left it in place), then auth-service, and only then is the pending record
+    /// cleared. Stops at the first user auth-service can't take, so an outage costs one
+    /// delete and scrub per round. How many reached auth-service.
     pub async fn resume(&self) -> Result<usize, UserInfoError> {
         let pending = self.store.pending_erasures(RESUME_BATCH).await?;
         let mut done = 0;
         for user_id in pending {
+            match self.profiles.delete(&user_id).await {
+                Ok(()) | Err(UserInfoError::ProfileNotFound) => {}
+                Err(e) => return Err(e),
+            }
             match self.finish_at_auth(&user_id).await {
                 Ok(()) => done += 1,
                 Err(UserInfoError::AuthServiceUnavailable(_)) => break,

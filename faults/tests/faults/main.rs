@@ -12,6 +12,7 @@ mod private_postgres;
 mod process;
 
 mod crash;
+mod ledger;
 mod outages;
 mod replicas;
 mod upgrades;

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use sql_backend::Access::Read;
-use sql_backend::{Backend, Columns, Pools, StoreResult, args};
+use sql_backend::{Backend, Columns, Pools, StoreResult, Vacuum, args};
 use sqlx::migrate::Migrator;
 
 use miniprogram_token::Timestamp;
@@ -22,13 +22,22 @@ const PERSONAL_TABLES: [&str; 2] = ["profiles", "disclosures"];
 /// userinfo-service's tables in one database of engine `B`.
 pub struct SqlUserInfoStore<B: Backend> {
     pools: Pools<B>,
+    /// How an erasure scrubs the personal tables on PostgreSQL (`ERASURE_VACUUM_FULL`).
+    erasure_vacuum: Vacuum,
 }
 
 impl<B: Backend> SqlUserInfoStore<B> {
     /// Opens `url` and applies `migrations` (those of engine `B`).
-    pub async fn open(url: &str, migrations: &'static Migrator) -> StoreResult<Self> {
+    pub async fn open(
+        url: &str,
+        migrations: &'static Migrator,
+        erasure_vacuum: Vacuum,
+    ) -> StoreResult<Self> {
         let pools = B::open(url, migrations, READERS).await?;
-        Ok(SqlUserInfoStore { pools })
+        Ok(SqlUserInfoStore {
+            pools,
+            erasure_vacuum,
+        })
     }
 }
 
@@ -77,7 +86,9 @@ impl<B: Backend> ProfileStore for SqlUserInfoStore<B> {
         // The user's disclosure rows go with the profile (ON DELETE CASCADE).
         let sql = "DELETE FROM profiles WHERE user_id = $1";
         let deleted = self.pools.session().execute(sql, args![user_id]).await? > 0;
-        self.pools.scrub(&PERSONAL_TABLES).await?;
+        self.pools
+            .scrub(&PERSONAL_TABLES, self.erasure_vacuum)
+            .await?;
         Ok(deleted)
     }
 }
@@ -155,7 +166,9 @@ impl<B: Backend> ErasureStore for SqlUserInfoStore<B> {
         let sql = "DELETE FROM pending_erasures WHERE user_id = $1";
         let mut session = self.pools.session();
         session.execute(sql, args![user_id]).await?;
-        self.pools.scrub(&["pending_erasures"]).await
+        self.pools
+            .scrub(&["pending_erasures"], self.erasure_vacuum)
+            .await
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod disclosures;
 mod erasure;
+mod export;
 mod files;
 mod keys;
 mod limits;
