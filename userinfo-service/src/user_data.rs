@@ -26,6 +26,9 @@ const RESUME_BATCH: u32 = 100;
 pub struct AuthorizationExport {
     pub authorizations: Vec<ExportedAuthorization>,
     pub consent_records: Vec<ExportedConsentRecord>,
+    /// auth-service held more consent records than it exports (the oldest were left out):
+    /// page further with ListConsentRecords.
+    pub consent_records_truncated: bool,
     pub app_scoped_user_ids: Vec<ExportedAppUserId>,
 }
 

@@ -389,6 +389,7 @@ impl AuthorizationRecords for AuthServiceLink {
                 .into_iter()
                 .map(record_from_proto)
                 .collect(),
+            consent_records_truncated: export.consent_records_truncated,
             app_scoped_user_ids: export
                 .app_scoped_user_ids
                 .into_iter()

@@ -68,6 +68,7 @@ fn golden_v1() -> Value {
         "consent_records": [{"record_id": "…", "app_id": "…", "event": "…", "scopes": ["…"],
                              "trigger": "…", "purposes": [{"scope": "…", "purpose": "…"}],
                              "declaration_version": "…", "recorded_at": "…"}],
+        "consent_records_truncated": "…",
         "app_scoped_user_ids": [{"app_id": "…", "user_id": "…", "disclosed": "…"}]
     })
 }
