@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use miniprogram_token::Timestamp;
+
 use crate::disclosures::DisclosureLedger;
 use crate::error::UserInfoError;
 use crate::model::{Disclosure, FieldViolation, Profile};
@@ -185,8 +187,18 @@ impl ProfileRegistry {
     /// counters. The one place userinfo-service erases; a repeat call finds no profile
     /// (PROFILE_NOT_FOUND) but still scrubs, so retrying after a failure completes the job.
     pub async fn delete(&self, user_id: &str) -> Result<(), UserInfoError> {
+        self.delete_written_by(user_id, None).await
+    }
+
+    /// [`delete`](Self::delete), of a profile last written at or before `written_by` only
+    /// (an erasure resumed after a restart leaves a profile written since it was requested).
+    pub async fn delete_written_by(
+        &self,
+        user_id: &str,
+        written_by: Option<Timestamp>,
+    ) -> Result<(), UserInfoError> {
         checked_user_id(user_id)?;
-        let existed = self.store.delete(user_id).await?;
+        let existed = self.store.delete(user_id, written_by).await?;
         self.cache.forget(user_id);
         self.ledger.forget_user(user_id).await;
         if !existed {

@@ -255,8 +255,9 @@ impl UserData {
     pub async fn resume(&self) -> Result<usize, UserInfoError> {
         let pending = self.store.pending_erasures(RESUME_BATCH).await?;
         let mut done = 0;
-        for user_id in pending {
-            match self.profiles.delete(&user_id).await {
+        for (user_id, requested_at) in pending {
+            let written_by = Some(requested_at);
+            match self.profiles.delete_written_by(&user_id, written_by).await {
                 Ok(()) | Err(UserInfoError::ProfileNotFound) => {}
                 Err(e) => return Err(e),
             }

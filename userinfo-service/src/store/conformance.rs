@@ -52,9 +52,36 @@ pub async fn public_profile_and_phone_are_read_separately(store: Arc<dyn UserInf
 
 pub async fn delete_removes_and_reports_missing(store: Arc<dyn UserInfoStore>) {
     store.upsert(&profile("u1")).await.unwrap();
-    assert!(store.delete("u1").await.unwrap());
+    assert!(store.delete("u1", None).await.unwrap());
     assert_eq!(store.get("u1").await.unwrap(), None);
-    assert!(!store.delete("u1").await.unwrap(), "reported missing");
+    assert!(!store.delete("u1", None).await.unwrap(), "reported missing");
+}
+
+/// Guards the `updated_at <= $2` bound of `delete` and the latest request time kept by
+/// `mark_erasure_pending`: a resumed erasure deletes the profile it was requested for, but
+/// not one written again after the request (an acknowledged write that a restart must keep).
+pub async fn a_bounded_delete_spares_a_profile_written_after_the_erasure(
+    store: Arc<dyn UserInfoStore>,
+) {
+    store.upsert(&profile("u1")).await.unwrap();
+    let first = Timestamp::from_unix_nanos(3);
+    store.mark_erasure_pending("u1", first).await.unwrap();
+    let requested = Timestamp::from_unix_nanos(4);
+    store.mark_erasure_pending("u1", requested).await.unwrap();
+    assert_eq!(
+        store.pending_erasures(10).await.unwrap(),
+        vec![("u1".to_owned(), requested)],
+        "one record, at the latest request"
+    );
+    assert!(!store.delete("u1", Some(requested)).await.unwrap());
+    assert_eq!(
+        store.get("u1").await.unwrap(),
+        Some(profile("u1")),
+        "written at 5"
+    );
+    let later = Timestamp::from_unix_nanos(5);
+    assert!(store.delete("u1", Some(later)).await.unwrap());
+    assert_eq!(store.get("u1").await.unwrap(), None);
 }
 
 pub async fn unicode_and_empty_fields_round_trip(store: Arc<dyn UserInfoStore>) {
@@ -206,7 +233,7 @@ pub async fn deleting_a_profile_deletes_its_disclosures(store: Arc<dyn UserInfoS
         disclosure("u2", "app-a", Public, 100, 1),
     ];
     store.add_disclosures(&batch).await.unwrap();
-    assert!(store.delete("u1").await.unwrap());
+    assert!(store.delete("u1", None).await.unwrap());
     assert!(
         store
             .list_disclosures("u1", None, None, 10)
@@ -222,7 +249,10 @@ pub async fn deleting_a_profile_deletes_its_disclosures(store: Arc<dyn UserInfoS
             .len(),
         1
     );
-    assert!(!store.delete("u1").await.unwrap(), "a repeat finds nothing");
+    assert!(
+        !store.delete("u1", None).await.unwrap(),
+        "a repeat finds nothing"
+    );
 }
 
 sql_backend::conformance!(
@@ -230,6 +260,7 @@ sql_backend::conformance!(
     upsert_get_and_replace,
     public_profile_and_phone_are_read_separately,
     delete_removes_and_reports_missing,
+    a_bounded_delete_spares_a_profile_written_after_the_erasure,
     unicode_and_empty_fields_round_trip,
     disclosure_batches_add_up_per_key,
     disclosures_of_users_without_a_profile_are_skipped,

@@ -18,9 +18,10 @@ pub trait ProfileStore: Send + Sync + 'static {
     async fn phone_number(&self, user_id: &str) -> StoreResult<Option<String>>;
     /// Erases the profile and the user's disclosure rows, then scrubs the freed bytes from the
     /// database files ([`sql_backend::Pools::scrub`]), also when there was nothing to delete,
-    /// so a call repeated after a failed scrub finishes the job. `false` when there was no
-    /// such profile.
-    async fn delete(&self, user_id: &str) -> StoreResult<bool>;
+    /// so a call repeated after a failed scrub finishes the job. With `written_by`, only a
+    /// profile last written at or before it: an erasure requested then does not reach a
+    /// profile written since, which is a new one. `false` when nothing was deleted.
+    async fn delete(&self, user_id: &str, written_by: Option<Timestamp>) -> StoreResult<bool>;
 }
 
 /// The disclosure ledger: reads of a user's data, counted per app, kind and UTC day.
@@ -45,10 +46,12 @@ pub trait DisclosureStore: Send + Sync + 'static {
 /// Erasures whose auth-service half is not confirmed yet: user ids only.
 #[async_trait]
 pub trait ErasureStore: Send + Sync + 'static {
-    /// Records that the user's erasure must still reach auth-service (once per user).
+    /// Records that the user's erasure must still reach auth-service (once per user, at the
+    /// time of the latest request).
     async fn mark_erasure_pending(&self, user_id: &str, now: Timestamp) -> StoreResult<()>;
-    /// Up to `limit` users whose erasure is pending, oldest first.
-    async fn pending_erasures(&self, limit: u32) -> StoreResult<Vec<String>>;
+    /// Up to `limit` users whose erasure is pending, oldest first, each with when it was last
+    /// requested.
+    async fn pending_erasures(&self, limit: u32) -> StoreResult<Vec<(String, Timestamp)>>;
     /// The erasure reached auth-service: the user id leaves the table and its files.
     async fn clear_pending_erasure(&self, user_id: &str) -> StoreResult<()>;
 }

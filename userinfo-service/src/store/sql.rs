@@ -82,10 +82,12 @@ impl<B: Backend> ProfileStore for SqlUserInfoStore<B> {
         session.first(Read, sql, args![user_id], decode).await
     }
 
-    async fn delete(&self, user_id: &str) -> StoreResult<bool> {
+    async fn delete(&self, user_id: &str, written_by: Option<Timestamp>) -> StoreResult<bool> {
         // The user's disclosure rows go with the profile (ON DELETE CASCADE).
-        let sql = "DELETE FROM profiles WHERE user_id = $1";
-        let deleted = self.pools.session().execute(sql, args![user_id]).await? > 0;
+        let sql = "DELETE FROM profiles WHERE user_id = $1 AND updated_at <= $2";
+        let written_by = written_by.map_or(i64::MAX, Timestamp::unix_nanos);
+        let args = args![user_id, written_by];
+        let deleted = self.pools.session().execute(sql, args).await? > 0;
         self.pools
             .scrub(&PERSONAL_TABLES, self.erasure_vacuum)
             .await?;
@@ -150,14 +152,15 @@ impl<B: Backend> DisclosureStore for SqlUserInfoStore<B> {
 impl<B: Backend> ErasureStore for SqlUserInfoStore<B> {
     async fn mark_erasure_pending(&self, user_id: &str, now: Timestamp) -> StoreResult<()> {
         let sql = "INSERT INTO pending_erasures (user_id, requested_at) VALUES ($1, $2)
-                   ON CONFLICT (user_id) DO NOTHING";
+                   ON CONFLICT (user_id) DO UPDATE SET requested_at = excluded.requested_at";
         let mut session = self.pools.session();
         session.execute(sql, args![user_id, now]).await.map(drop)
     }
 
-    async fn pending_erasures(&self, limit: u32) -> StoreResult<Vec<String>> {
-        let sql = "SELECT user_id FROM pending_erasures ORDER BY requested_at, user_id LIMIT $1";
-        let decode = |r: &dyn Columns| r.text("user_id");
+    async fn pending_erasures(&self, limit: u32) -> StoreResult<Vec<(String, Timestamp)>> {
+        let sql = "SELECT user_id, requested_at FROM pending_erasures
+                   ORDER BY requested_at, user_id LIMIT $1";
+        let decode = |r: &dyn Columns| Ok((r.text("user_id")?, r.time("requested_at")?));
         let mut session = self.pools.session();
         session.all(Read, sql, args![limit], decode).await
     }
