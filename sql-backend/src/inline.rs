@@ -5,7 +5,9 @@
 //! pages the operating system already caches, a few microseconds, so it runs here, on a
 //! read-only connection of these, inline; while all of them are in use, the read goes to
 //! sqlx's readers as before. Nothing here writes, and a read waits for no lock: in WAL mode a
-//! reader sees the last commit without waiting for a running write.
+//! reader sees the last commit without waiting for a running write. A read in order runs here
+//! too, while its caller holds the writer connection, so no write is under way
+//! (`Session::inline`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

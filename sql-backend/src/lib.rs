@@ -7,7 +7,8 @@
 //!   never meet `SQLITE_BUSY`, beside read-only connections; PostgreSQL one pool of concurrent
 //!   connections.
 //! - **Ordered reads and row locks.** A read that must not see a snapshot from before a running
-//!   write goes through SQLite's writer (busy until that write commits); on PostgreSQL it takes
+//!   write holds SQLite's writer connection (busy until that write commits) while it reads; on
+//!   PostgreSQL it takes
 //!   `FOR SHARE`, or `FOR UPDATE` when its transaction then writes the rows. [`Backend::ROW_LOCKS`]
 //!   also tells a store to take its own `FOR UPDATE` locks, which SQLite neither has nor needs.
 //! - **Key locks.** PostgreSQL serialises transactions on a key with an advisory lock; SQLite's
@@ -406,8 +407,11 @@ impl Backend for Sqlite {
             .pragma("secure_delete", "on");
         service_runtime::private_files::prepare_sqlite_database(url, options.get_filename())
             .map_err(sqlx::Error::Io)?;
+        // No ping before handing the writer out: an SQLite connection does not go stale, and
+        // a read in order takes the writer only to hold it (`Session::inline`).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         migrate_sqlite(&writer, migrator).await?;
@@ -611,7 +615,7 @@ impl<B: Backend> Session<B> {
         args: &[Arg<'_>],
         decode: Decoder<T>,
     ) -> StoreResult<Vec<T>> {
-        if let Some(read) = self.inline(access, sql, args, decode) {
+        if let Some(read) = self.inline(access, sql, args, decode).await {
             return read;
         }
         let rows = self.rows(access, sql, args).await?;
@@ -629,26 +633,40 @@ impl<B: Backend> Session<B> {
         args: &[Arg<'_>],
         decode: Decoder<T>,
     ) -> StoreResult<Option<T>> {
-        if let Some(read) = self.inline(access, sql, args, decode) {
+        if let Some(read) = self.inline(access, sql, args, decode).await {
             return read.map(|rows| rows.into_iter().next());
         }
         let rows = self.rows(access, sql, args).await?;
         Ok(rows.first().map(|row| decode(row)).transpose()?)
     }
 
-    /// A plain read on an inline SQLite reader ([`inline`]), if one is free.
-    fn inline<T>(
-        &self,
+    /// A read on an inline SQLite reader ([`inline`]), if one is free: a plain read at once;
+    /// a read in order while this session's pools' writer connection is held, so no write
+    /// transaction is under way (every one runs on that connection) and the read sees each
+    /// that committed before it, as a read on the writer itself would.
+    async fn inline<T>(
+        &mut self,
         access: Access,
         sql: &'static str,
         args: &[Arg<'_>],
         decode: Decoder<T>,
     ) -> Option<StoreResult<Vec<T>>> {
-        match self {
-            Session::Pooled(pools) if access == Access::Read => {
-                pools.inline.as_ref()?.all(sql, args, decode)
+        let Session::Pooled(pools) = self else {
+            return None;
+        };
+        let inline = pools.inline.as_ref()?;
+        match access {
+            Access::Read => inline.all(sql, args, decode),
+            Access::InOrder => {
+                let writer = match pools.writer.acquire().await {
+                    Ok(writer) => writer,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                let read = inline.all(sql, args, decode);
+                drop(writer);
+                read
             }
-            _ => None,
+            Access::Hold | Access::Write => None,
         }
     }
 
@@ -753,6 +771,37 @@ mod tests {
             .first(Access::Read, read, args![9_i64, "eight"], decode)
             .await;
         assert_eq!(found.unwrap(), None);
+        pools.close().await;
+    }
+
+    /// Guards the writer held by a read in order in `Session::inline`: while a write
+    /// transaction is under way the read waits, and once it commits the read sees its row,
+    /// never the snapshot from before it.
+    #[tokio::test]
+    async fn an_inline_read_in_order_waits_for_the_running_write_and_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = pools_with_one_table(&dir).await;
+        let mut tx = pools.begin().await.unwrap();
+        let insert = "INSERT INTO t (a, b) VALUES ($1, $2)";
+        tx.execute(insert, args![1_i64, "one"]).await.unwrap();
+        let reader = pools.clone();
+        let read = tokio::spawn(async move {
+            let decode = |r: &dyn Columns| r.text("b");
+            let read = "SELECT b FROM t WHERE a = $1";
+            let mut session = reader.session();
+            let found = session
+                .first(Access::InOrder, read, args![1_i64], decode)
+                .await;
+            found.unwrap()
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            !read.is_finished(),
+            "read in order before the write committed"
+        );
+        tx.commit().await.unwrap();
+        let found = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
+        assert_eq!(found.unwrap().unwrap().as_deref(), Some("one"));
         pools.close().await;
     }
 
