@@ -288,10 +288,7 @@ impl RevocationLog {
             while let Some(item) = items.recv().await {
                 match item {
                     Ok(RevocationItem::Rule(rule)) => view.apply(rule),
-                    Ok(RevocationItem::Heartbeat) => {
-                        view.mark_caught_up(Instant::now());
-                        view.prune(clock.now());
-                    }
+                    Ok(RevocationItem::Heartbeat) => view.heartbeat(Instant::now(), clock.now()),
                     Ok(RevocationItem::ResumedAfter { after }) => view.rewind_to(after),
                     Err(e) => {
                         tracing::warn!(error = %e, "following the revocation log failed; IntrospectToken reads rules from the store until it resumes");

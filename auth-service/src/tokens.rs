@@ -211,8 +211,8 @@ impl TokenIssuer {
         now: Timestamp,
         at: Instant,
     ) -> Result<Option<Introspection>, AuthError> {
-        let mut repos = self.store.repositories();
         if secrets::looks_like_secret(token) {
+            let mut repos = self.store.repositories();
             let found = repos.grants().refresh_token(&secrets::hash(token)).await?;
             let active = found.filter(|t| {
                 t.app_id == app.app_id
@@ -239,7 +239,9 @@ impl TokenIssuer {
         }
         let revoked = match view.revoked(&claims, at) {
             Some(revoked) => revoked,
-            None => repos
+            None => self
+                .store
+                .repositories()
                 .revocations()
                 .for_subject(&claims.app_id, &claims.user_id, claims.issued_at())
                 .await?

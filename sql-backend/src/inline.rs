@@ -21,6 +21,8 @@ use crate::{Arg, Columns, Decoder, StoreError, sqlite_cannot_serve_now};
 
 /// Prepared statements kept per connection: every plain read the stores make, with room.
 const STATEMENT_CACHE: usize = 64;
+/// The names of the first values a statement binds, so a read formats none of them.
+const PARAMETER_NAMES: [&str; 8] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8"];
 /// A reader only waits for a lock while SQLite recovers a WAL another process left.
 const BUSY_WAIT: Duration = Duration::from_millis(100);
 
@@ -99,10 +101,11 @@ fn run<T>(
     // Statements name their values `$1`, `$2`...: SQLite numbers named parameters in order of
     // first appearance, so each is bound by its name, whatever that order.
     for (n, arg) in args.iter().enumerate() {
-        if let Some(index) = statement
-            .parameter_index(&format!("${}", n + 1))
-            .map_err(error)?
-        {
+        let name = match PARAMETER_NAMES.get(n) {
+            Some(name) => std::borrow::Cow::Borrowed(*name),
+            None => std::borrow::Cow::Owned(format!("${}", n + 1)),
+        };
+        if let Some(index) = statement.parameter_index(&name).map_err(error)? {
             statement.raw_bind_parameter(index, arg).map_err(error)?;
         }
     }

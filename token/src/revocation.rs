@@ -41,7 +41,7 @@ impl RevocationRule {
 }
 
 /// The four ways a rule can single out tokens, most selective first.
-#[derive(Debug, Clone, Copy, Hash)]
+#[derive(Debug, Clone, Copy)]
 enum Index {
     Token,
     Grant,

@@ -230,6 +230,13 @@ impl TokenVerifier {
         self.silence(at).is_none_or(|s| s > self.stale_after)
     }
 
+    /// A heartbeat of the log: caught up at the monotonic instant `at`, and the rules expired
+    /// by the wall clock `now` dropped.
+    pub fn heartbeat(&self, at: Instant, now: Timestamp) {
+        self.mark_caught_up(at);
+        self.prune(now);
+    }
+
     /// Drops rules whose every possible match has expired, so the list stays bounded.
     pub fn prune(&self, now: Timestamp) {
         self.revocations

@@ -238,8 +238,7 @@ pub fn apply_stream_message(
             if !message.live_key_ids.is_empty() {
                 verifier.retain_keys(&message.live_key_ids);
             }
-            verifier.mark_caught_up(at);
-            verifier.prune(now);
+            verifier.heartbeat(at, now);
         }
         None => {
             if let Some(after) = message.resumed_after {
