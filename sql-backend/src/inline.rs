@@ -5,9 +5,8 @@
 //! pages the operating system already caches, a few microseconds, so it runs here, on a
 //! read-only connection of these, inline; while all of them are in use, the read goes to
 //! sqlx's readers as before. Nothing here writes, and a read waits for no lock: in WAL mode a
-//! reader sees the last commit without waiting for a running write. A read in order runs here
-//! too, while its caller holds the writer connection, so no write is under way
-//! (`Session::inline`).
+//! reader sees the last commit without waiting for a running write. SQLite's writer
+//! ([`crate::group`]) runs its statements with the same functions.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +16,7 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{OpenFlags, ToSql};
 
-use crate::{Arg, Columns, Decoder, StoreError, sqlite_cannot_serve_now};
+use crate::{Arg, Columns, Decoder, StoreError, sqlite_cannot_serve_now, sqlite_code};
 
 /// Prepared statements kept per connection: every plain read the stores make, with room.
 const STATEMENT_CACHE: usize = 64;
@@ -77,7 +76,7 @@ impl InlineReaders {
                 Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
                 Err(TryLockError::WouldBlock) => return None,
             };
-            Some(run(&connection, sql, args, decode))
+            Some(query(&connection, sql, args, decode))
         })
     }
 }
@@ -91,12 +90,38 @@ impl InlineReaders {
     }
 }
 
-fn run<T>(
+/// Runs `sql` on `connection` with `args` bound, and decodes every row it returns.
+pub(crate) fn query<T>(
     connection: &rusqlite::Connection,
     sql: &'static str,
     args: &[Arg<'_>],
     decode: Decoder<T>,
 ) -> Result<Vec<T>, StoreError> {
+    let mut statement = prepare(connection, sql, args)?;
+    let mut rows = statement.raw_query();
+    let mut decoded = Vec::new();
+    while let Some(row) = rows.next().map_err(error)? {
+        decoded.push(decode(&InlineRow(row))?);
+    }
+    Ok(decoded)
+}
+
+/// Runs `sql` on `connection` with `args` bound: the rows it changed.
+pub(crate) fn execute(
+    connection: &rusqlite::Connection,
+    sql: &'static str,
+    args: &[Arg<'_>],
+) -> Result<u64, StoreError> {
+    let mut statement = prepare(connection, sql, args)?;
+    let changed = statement.raw_execute().map_err(error)?;
+    Ok(changed as u64)
+}
+
+fn prepare<'c>(
+    connection: &'c rusqlite::Connection,
+    sql: &'static str,
+    args: &[Arg<'_>],
+) -> Result<rusqlite::CachedStatement<'c>, StoreError> {
     let mut statement = connection.prepare_cached(sql).map_err(error)?;
     // Statements name their values `$1`, `$2`...: SQLite numbers named parameters in order of
     // first appearance, so each is bound by its name, whatever that order.
@@ -109,12 +134,7 @@ fn run<T>(
             statement.raw_bind_parameter(index, arg).map_err(error)?;
         }
     }
-    let mut rows = statement.raw_query();
-    let mut decoded = Vec::new();
-    while let Some(row) = rows.next().map_err(error)? {
-        decoded.push(decode(&InlineRow(row))?);
-    }
-    Ok(decoded)
+    Ok(statement)
 }
 
 impl ToSql for Arg<'_> {
@@ -128,13 +148,19 @@ impl ToSql for Arg<'_> {
     }
 }
 
-/// A rusqlite failure as the stores classify sqlx's: a file that cannot serve now (busy, I/O,
-/// full) is `Unavailable`, anything else `Internal`.
-fn error(e: rusqlite::Error) -> StoreError {
-    let unavailable = matches!(&e, rusqlite::Error::SqliteFailure(failure, _)
-        if sqlite_cannot_serve_now(i64::from(failure.extended_code)));
-    let e = Arc::new(sqlx::Error::Protocol(format!("SQLite read: {e}")));
-    if unavailable {
+/// A rusqlite failure as sqlx's are classified (`StoreError`'s `From`): a unique violation is
+/// `AlreadyExists`, a file that cannot serve now (busy, I/O, full) `Unavailable`, anything
+/// else `Internal`.
+pub(crate) fn error(e: rusqlite::Error) -> StoreError {
+    let code = match &e {
+        rusqlite::Error::SqliteFailure(failure, _) => Some(i64::from(failure.extended_code)),
+        _ => None,
+    };
+    if code.is_some_and(|code| sqlite_code::UNIQUE_VIOLATIONS.contains(&code)) {
+        return StoreError::AlreadyExists;
+    }
+    let e = Arc::new(sqlx::Error::Protocol(format!("SQLite: {e}")));
+    if code.is_some_and(sqlite_cannot_serve_now) {
         StoreError::Unavailable(e)
     } else {
         StoreError::Internal(e)

@@ -5,10 +5,12 @@
 //!
 //! - **Pool topology.** SQLite gets one writer connection, so write transactions run in turn and
 //!   never meet `SQLITE_BUSY`, beside read-only connections; PostgreSQL one pool of concurrent
-//!   connections.
+//!   connections. SQLite's writer runs on the calling thread and commits its transactions in
+//!   groups, one fsync for all that queued meanwhile ([`group`]); PostgreSQL commits each on its
+//!   own and shares fsyncs itself (its WAL flushes every commit waiting at once).
 //! - **Ordered reads and row locks.** A read that must not see a snapshot from before a running
-//!   write holds SQLite's writer connection (busy until that write commits) while it reads; on
-//!   PostgreSQL it takes
+//!   write reads on SQLite's writer, after the transactions queued before it, and answers once
+//!   what it read is on disk; on PostgreSQL it takes
 //!   `FOR SHARE`, or `FOR UPDATE` when its transaction then writes the rows. [`Backend::ROW_LOCKS`]
 //!   also tells a store to take its own `FOR UPDATE` locks, which SQLite neither has nor needs.
 //! - **Key locks.** PostgreSQL serialises transactions on a key with an advisory lock; SQLite's
@@ -41,12 +43,16 @@ use std::time::Duration;
 use miniprogram_token::{ScopeSet, Timestamp};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Pool, Row, Type};
 
+use crate::group::GroupWriter;
 use crate::inline::InlineReaders;
 
+mod group;
 mod inline;
+
+pub use group::Member;
 
 pub use sqlx::{Postgres, Sqlite};
 
@@ -100,6 +106,8 @@ mod sqlite_code {
     pub const BUSY: i64 = 5;
     pub const IOERR: i64 = 10;
     pub const FULL: i64 = 13;
+    /// `SQLITE_CONSTRAINT_UNIQUE` and `SQLITE_CONSTRAINT_PRIMARYKEY`, as sqlx reads them too.
+    pub const UNIQUE_VIOLATIONS: [i64; 2] = [2067, 1555];
 }
 
 /// Whether a database error means the database cannot serve now, so the call may be retried
@@ -377,14 +385,14 @@ pub enum Vacuum {
 /// survives a power cut. `NORMAL` in WAL mode syncs only at checkpoints, so a power cut may
 /// take back the last commits; a process crash loses nothing either way. The cost is one
 /// fsync per write transaction (README, "Durability").
-const SYNCHRONOUS: SqliteSynchronous = SqliteSynchronous::Full;
+const SYNCHRONOUS: &str = "FULL";
 /// Each SQLite reader's page cache, in KiB (negative: SQLite's unit for a size): a quarter of
 /// SQLite's default 2 MiB. Readers look up single rows by key, and the operating system's page
 /// cache holds the file for all of them; what they keep privately only adds to the resident
 /// memory of every reader thread.
 const READER_CACHE: &str = "-512";
 /// How long a caller waits for a connection, or SQLite for a lock held by another process.
-const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 /// PostgreSQL connections per pool.
 const PG_CONNECTIONS: u32 = 16;
 
@@ -401,21 +409,30 @@ impl Backend for Sqlite {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SYNCHRONOUS)
-            .busy_timeout(WAIT)
-            .foreign_keys(true)
-            .pragma("secure_delete", "on");
+            .busy_timeout(WAIT);
+        let writing = [
+            ("synchronous", SYNCHRONOUS),
+            ("foreign_keys", "ON"),
+            ("secure_delete", "ON"),
+        ];
+        let options = writing.iter().fold(options, |options, (name, value)| {
+            options.pragma(*name, *value)
+        });
         service_runtime::private_files::prepare_sqlite_database(url, options.get_filename())
             .map_err(sqlx::Error::Io)?;
-        // No ping before handing the writer out: an SQLite connection does not go stale, and
-        // a read in order takes the writer only to hold it (`Session::inline`).
-        let writer = SqlitePoolOptions::new()
+        let migrating = SqlitePoolOptions::new()
             .max_connections(1)
-            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
-        migrate_sqlite(&writer, migrator).await?;
         let path = options.get_filename().to_owned();
+        // The writer opens before the migrating connection closes: the last connection to
+        // close removes the WAL, which read-only connections cannot create again.
+        let writer = match migrate_sqlite(&migrating, migrator).await {
+            Ok(()) => GroupWriter::open(&path, &writing),
+            Err(e) => Err(e),
+        };
+        migrating.close().await;
+        let writer = writer?;
         let reader = SqlitePoolOptions::new()
             .max_connections(readers)
             .connect_with(options.read_only(true).pragma("cache_size", READER_CACHE))
@@ -424,27 +441,20 @@ impl Backend for Sqlite {
         let inline_count = u32::try_from(threads).unwrap_or(u32::MAX).min(readers);
         let inline = InlineReaders::open(&path, inline_count, READER_CACHE)?;
         Ok(Pools {
-            writer,
+            writer: Writer::Group(writer),
             reader,
             inline: Some(inline),
         })
     }
 
-    /// Copies every page in the WAL into the database file and truncates the WAL to nothing;
-    /// `secure_delete` has already zeroed the deleted bytes in the pages' latest versions.
+    /// Commits the open group, then copies every page in the WAL into the database file and
+    /// truncates the WAL to nothing; `secure_delete` has already zeroed the deleted bytes in
+    /// the pages' latest versions.
     async fn scrub(pools: &Pools<Self>, _tables: &[&'static str], _: Vacuum) -> StoreResult<()> {
-        let sql = Cow::Borrowed("PRAGMA wal_checkpoint(TRUNCATE)");
-        let rows = Self::fetch_all(&mut *pools.writer.acquire().await?, sql, &[]).await?;
-        let busy = match rows.first() {
-            Some(row) => row.int("busy")?,
-            None => 1,
-        };
-        if busy != 0 {
-            return Err(StoreError::Unavailable(Arc::new(sqlx::Error::Protocol(
-                "a reader kept the WAL checkpoint from finishing".into(),
-            ))));
+        match &pools.writer {
+            Writer::Group(group) => group.checkpoint().await,
+            Writer::Pool(_) => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -492,7 +502,7 @@ impl Backend for Postgres {
             .await?;
         migrator.run(&pool).await?;
         Ok(Pools {
-            writer: pool.clone(),
+            writer: Writer::Pool(pool.clone()),
             reader: pool,
             inline: None,
         })
@@ -506,7 +516,10 @@ impl Backend for Postgres {
             Vacuum::Plain => "VACUUM",
             Vacuum::Full => "VACUUM FULL",
         };
-        let mut conn = pools.writer.acquire().await?;
+        let Writer::Pool(writer) = &pools.writer else {
+            return Ok(());
+        };
+        let mut conn = writer.acquire().await?;
         for table in tables {
             let vacuum = sqlx::raw_sql(AssertSqlSafe(format!("{command} {table}")));
             sqlx::Executor::execute(&mut *conn, vacuum).await?;
@@ -540,15 +553,26 @@ fn statement<B: Backend>(sql: &'static str, access: Access) -> Cow<'static, str>
 /// SQLite the readers that run plain reads inline.
 #[derive(Debug)]
 pub struct Pools<B: Database> {
-    writer: Pool<B>,
+    writer: Writer<B>,
     reader: Pool<B>,
     inline: Option<Arc<InlineReaders>>,
+}
+
+/// Where writes and reads in order run: PostgreSQL's pool, or SQLite's one connection whose
+/// transactions commit in groups ([`group`]).
+#[derive(Debug)]
+enum Writer<B: Database> {
+    Pool(Pool<B>),
+    Group(Arc<GroupWriter>),
 }
 
 impl<B: Database> Clone for Pools<B> {
     fn clone(&self) -> Self {
         Pools {
-            writer: self.writer.clone(),
+            writer: match &self.writer {
+                Writer::Pool(pool) => Writer::Pool(pool.clone()),
+                Writer::Group(group) => Writer::Group(group.clone()),
+            },
             reader: self.reader.clone(),
             inline: self.inline.clone(),
         }
@@ -563,7 +587,10 @@ impl<B: Backend> Pools<B> {
 
     /// A session whose statements all run in one transaction on the writer.
     pub async fn begin(&self) -> StoreResult<Session<B>> {
-        Ok(Session::Transaction(self.writer.begin().await?))
+        Ok(match &self.writer {
+            Writer::Pool(pool) => Session::Transaction(pool.begin().await?),
+            Writer::Group(group) => Session::Member(group.begin().await?),
+        })
     }
 
     /// After a delete of personal data from `tables`: see [`Backend::scrub`]. Table names come
@@ -573,7 +600,10 @@ impl<B: Backend> Pools<B> {
     }
 
     pub async fn close(&self) {
-        self.writer.close().await;
+        match &self.writer {
+            Writer::Pool(pool) => pool.close().await,
+            Writer::Group(group) => group.close().await,
+        }
         self.reader.close().await;
     }
 }
@@ -583,30 +613,14 @@ impl<B: Backend> Pools<B> {
 pub enum Session<B: Database> {
     Pooled(Pools<B>),
     Transaction(sqlx::Transaction<'static, B>),
+    /// A transaction on SQLite's writer.
+    Member(Member),
 }
 
 /// Decodes one row, of either engine or of an inline read, into what a store returns.
 pub type Decoder<T> = fn(&dyn Columns) -> Result<T, sqlx::Error>;
 
 impl<B: Backend> Session<B> {
-    async fn rows(
-        &mut self,
-        access: Access,
-        sql: &'static str,
-        args: &[Arg<'_>],
-    ) -> Result<Vec<B::Record>, sqlx::Error> {
-        let sql = statement::<B>(sql, access);
-        match self {
-            Session::Pooled(pools) if access == Access::Read => {
-                B::fetch_all(&mut *pools.reader.acquire().await?, sql, args).await
-            }
-            Session::Pooled(pools) => {
-                B::fetch_all(&mut *pools.writer.acquire().await?, sql, args).await
-            }
-            Session::Transaction(tx) => B::fetch_all(tx, sql, args).await,
-        }
-    }
-
     /// Every row the statement returns, decoded.
     pub async fn all<T>(
         &mut self,
@@ -615,10 +629,32 @@ impl<B: Backend> Session<B> {
         args: &[Arg<'_>],
         decode: Decoder<T>,
     ) -> StoreResult<Vec<T>> {
-        if let Some(read) = self.inline(access, sql, args, decode).await {
-            return read;
-        }
-        let rows = self.rows(access, sql, args).await?;
+        let statement = statement::<B>(sql, access);
+        let rows = match self {
+            Session::Member(member) => return member.all(sql, args, decode),
+            Session::Pooled(pools) => match (&pools.writer, access) {
+                (_, Access::Read) => {
+                    if let Some(read) = pools.inline.as_ref().and_then(|i| i.all(sql, args, decode))
+                    {
+                        return read;
+                    }
+                    B::fetch_all(&mut *pools.reader.acquire().await?, statement, args).await?
+                }
+                (Writer::Group(group), Access::InOrder) => {
+                    return group.read_in_order(sql, args, decode).await;
+                }
+                (Writer::Group(group), Access::Hold | Access::Write) => {
+                    let mut member = group.begin().await?;
+                    let rows = member.all(sql, args, decode)?;
+                    member.commit().await?;
+                    return Ok(rows);
+                }
+                (Writer::Pool(writer), _) => {
+                    B::fetch_all(&mut *writer.acquire().await?, statement, args).await?
+                }
+            },
+            Session::Transaction(tx) => B::fetch_all(tx, statement, args).await?,
+        };
         Ok(rows
             .iter()
             .map(|row| decode(row))
@@ -633,55 +669,27 @@ impl<B: Backend> Session<B> {
         args: &[Arg<'_>],
         decode: Decoder<T>,
     ) -> StoreResult<Option<T>> {
-        if let Some(read) = self.inline(access, sql, args, decode).await {
-            return read.map(|rows| rows.into_iter().next());
-        }
-        let rows = self.rows(access, sql, args).await?;
-        Ok(rows.first().map(|row| decode(row)).transpose()?)
-    }
-
-    /// A read on an inline SQLite reader ([`inline`]), if one is free: a plain read at once;
-    /// a read in order while this session's pools' writer connection is held, so no write
-    /// transaction is under way (every one runs on that connection) and the read sees each
-    /// that committed before it, as a read on the writer itself would.
-    async fn inline<T>(
-        &mut self,
-        access: Access,
-        sql: &'static str,
-        args: &[Arg<'_>],
-        decode: Decoder<T>,
-    ) -> Option<StoreResult<Vec<T>>> {
-        let Session::Pooled(pools) = self else {
-            return None;
-        };
-        let inline = pools.inline.as_ref()?;
-        match access {
-            Access::Read => inline.all(sql, args, decode),
-            Access::InOrder => {
-                let writer = match pools.writer.acquire().await {
-                    Ok(writer) => writer,
-                    Err(e) => return Some(Err(e.into())),
-                };
-                let read = inline.all(sql, args, decode);
-                drop(writer);
-                read
-            }
-            Access::Hold | Access::Write => None,
-        }
+        let rows = self.all(access, sql, args, decode).await?;
+        Ok(rows.into_iter().next())
     }
 
     /// Runs a write; rows changed.
     pub async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> StoreResult<u64> {
+        let sql_text = Cow::Borrowed(sql);
         Ok(match self {
-            Session::Pooled(pools) => {
-                B::execute(
-                    &mut *pools.writer.acquire().await?,
-                    Cow::Borrowed(sql),
-                    args,
-                )
-                .await?
-            }
-            Session::Transaction(tx) => B::execute(tx, Cow::Borrowed(sql), args).await?,
+            Session::Member(member) => member.execute(sql, args)?,
+            Session::Pooled(pools) => match &pools.writer {
+                Writer::Group(group) => {
+                    let mut member = group.begin().await?;
+                    let changed = member.execute(sql, args)?;
+                    member.commit().await?;
+                    changed
+                }
+                Writer::Pool(writer) => {
+                    B::execute(&mut *writer.acquire().await?, sql_text, args).await?
+                }
+            },
+            Session::Transaction(tx) => B::execute(tx, sql_text, args).await?,
         })
     }
 
@@ -694,7 +702,7 @@ impl<B: Backend> Session<B> {
                 B::execute(tx, Cow::Borrowed(lock), args![key]).await?;
                 Ok(())
             }
-            (Session::Transaction(_), None) => Ok(()),
+            (Session::Transaction(_) | Session::Member(_), _) => Ok(()),
             (Session::Pooled(_), _) => Err(StoreError::Internal(Arc::new(sqlx::Error::Protocol(
                 "a lock is taken in a transaction".into(),
             )))),
@@ -703,8 +711,10 @@ impl<B: Backend> Session<B> {
 
     /// Keeps what a transaction wrote; nothing to do for a pooled session.
     pub async fn commit(self) -> StoreResult<()> {
-        if let Session::Transaction(tx) = self {
-            tx.commit().await?;
+        match self {
+            Session::Transaction(tx) => tx.commit().await?,
+            Session::Member(member) => member.commit().await?,
+            Session::Pooled(_) => {}
         }
         Ok(())
     }
@@ -744,7 +754,7 @@ mod tests {
         pools
     }
 
-    /// Guards the binding by name in `inline::run`: a plain read served inline binds `$2`
+    /// Guards the binding by name in `inline::prepare`: a plain read served inline binds `$2`
     /// to the second value even where it appears before `$1` in the text (SQLite numbers
     /// named parameters in order of appearance), and it sees what the writer committed just
     /// before.
@@ -774,7 +784,7 @@ mod tests {
         pools.close().await;
     }
 
-    /// Guards the writer held by a read in order in `Session::inline`: while a write
+    /// Guards the writer held by a read in order in `GroupWriter::read_in_order`: while a write
     /// transaction is under way the read waits, and once it commits the read sees its row,
     /// never the snapshot from before it.
     #[tokio::test]
@@ -805,7 +815,124 @@ mod tests {
         pools.close().await;
     }
 
-    /// Guards the fallback in `Session::inline`: while every inline connection is taken, a
+    fn group(pools: &Pools<Sqlite>) -> &GroupWriter {
+        match &pools.writer {
+            Writer::Group(group) => group,
+            Writer::Pool(_) => panic!("SQLite writes through a group writer"),
+        }
+    }
+
+    const INSERT: &str = "INSERT INTO t (a, b) VALUES ($1, $2)";
+    const COUNT: &str = "SELECT COUNT(*) AS n FROM t";
+
+    /// Guards the grouping in `group` (members release into the open group, the committer
+    /// commits it): twenty transactions that queue behind a running one commit with it in one
+    /// or two groups, not twenty-one commits, and every row is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transactions_queued_behind_a_running_one_commit_with_it_in_one_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = pools_with_one_table(&dir).await;
+        let before = group(&pools).groups_committed().await;
+        let mut running = pools.begin().await.unwrap();
+        let queued: Vec<_> = (0..20_i64)
+            .map(|i| {
+                let pools = pools.clone();
+                tokio::spawn(async move {
+                    let mut tx = pools.begin().await?;
+                    tx.execute(INSERT, args![i, "queued"]).await?;
+                    tx.commit().await
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        running
+            .execute(INSERT, args![20_i64, "running"])
+            .await
+            .unwrap();
+        let all = async {
+            running.commit().await.unwrap();
+            for tx in queued {
+                tx.await.unwrap().unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), all)
+            .await
+            .expect("every transaction commits within 10 s");
+        let groups = group(&pools).groups_committed().await - before;
+        assert!(groups <= 2, "21 transactions took {groups} commits");
+        let count = |r: &dyn Columns| r.int("n");
+        let mut session = pools.session();
+        let rows = session.first(Access::Read, COUNT, args![], count).await;
+        assert_eq!(rows.unwrap(), Some(21));
+        pools.close().await;
+    }
+
+    /// Guards the rollback to the savepoint in `Member`'s `Drop`: a transaction dropped
+    /// without its commit leaves nothing, while the transactions of its group before and after
+    /// it are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_dropped_in_a_group_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = pools_with_one_table(&dir).await;
+        let mut first = pools.begin().await.unwrap();
+        first.execute(INSERT, args![1_i64, "kept"]).await.unwrap();
+        let committing = tokio::spawn(first.commit());
+        let mut dropped = pools.begin().await.unwrap();
+        dropped
+            .execute(INSERT, args![2_i64, "dropped"])
+            .await
+            .unwrap();
+        drop(dropped);
+        let mut last = pools.begin().await.unwrap();
+        last.execute(INSERT, args![3_i64, "kept"]).await.unwrap();
+        let done = async {
+            last.commit().await.unwrap();
+            committing.await.unwrap().unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), done)
+            .await
+            .expect("commits within 10 s");
+        let kept = |r: &dyn Columns| r.int("a");
+        let read = "SELECT a FROM t ORDER BY a";
+        let mut session = pools.session();
+        let rows = session.all(Access::Read, read, args![], kept).await;
+        assert_eq!(rows.unwrap(), vec![1, 3]);
+        pools.close().await;
+    }
+
+    /// Guards the wait in `GroupWriter::read_in_order`: a read in order that saw a row of the
+    /// open group answers only once that group is committed, so a plain read on another
+    /// connection right after sees the row too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_in_order_answers_only_once_what_it_saw_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = pools_with_one_table(&dir).await;
+        let found = |r: &dyn Columns| r.text("b");
+        let read = "SELECT b FROM t WHERE a = $1";
+        for i in 0..30_i64 {
+            let mut tx = pools.begin().await.unwrap();
+            tx.execute(INSERT, args![i, "row"]).await.unwrap();
+            let reader = pools.clone();
+            let in_order = tokio::spawn(async move {
+                let mut session = reader.session();
+                let seen = session.first(Access::InOrder, read, args![i], found).await;
+                let after = session.first(Access::Read, read, args![i], found).await;
+                (seen.unwrap(), after.unwrap())
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            tx.commit().await.unwrap();
+            let (seen, after) = tokio::time::timeout(std::time::Duration::from_secs(5), in_order)
+                .await
+                .expect("the read answers within 5 s")
+                .unwrap();
+            if seen.is_some() {
+                assert_eq!(after.as_deref(), Some("row"), "round {i}");
+            }
+        }
+        pools.close().await;
+    }
+
+    /// Guards the fallback in `Session::all`: while every inline connection is taken, a
     /// plain read still answers (through sqlx's readers) instead of failing or waiting.
     #[tokio::test]
     async fn a_plain_read_goes_through_sqlx_while_every_inline_connection_is_busy() {
