@@ -70,7 +70,7 @@ struct Args {
     balancer: bool,
     /// Single-use rows (prompts, codes, refresh tokens) prepared per second of load: above
     /// the rate those scenarios reach here; a pool used up is reported as errors.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 12_000)]
     pool_rate: u64,
     /// Where the service binaries are (default: beside this one).
     #[arg(long)]
@@ -94,7 +94,6 @@ impl Args {
             self.connections = 2;
             self.scale = 2_000;
             self.rules = 1_000;
-            self.pool_rate = self.pool_rate.min(2_000);
         }
     }
 
