@@ -288,9 +288,6 @@ impl ConsentFlow {
         if prompt.expires_at <= now {
             return Err(AuthError::PromptExpired);
         }
-        if !repos.consents().resolve_prompt(&hash, now).await? {
-            return Err(AuthError::PromptAlreadyResolved);
-        }
         let app_id = prompt.app_id.as_str();
         let (grant, deny, event) = match decision {
             Decision::Allow => (prompt.scopes, ScopeSet::EMPTY, ConsentEvent::Granted),
@@ -305,7 +302,12 @@ impl ConsentFlow {
             Decision::Deny => None,
         };
         let new_ref = secrets::new_id()?;
+        // The answer takes the prompt in the transaction that records it: one commit, and an
+        // answer that fails leaves the prompt to be answered again.
         let mut tx = self.store.begin().await?;
+        if !tx.consents().resolve_prompt(&hash, now).await? {
+            return Err(AuthError::PromptAlreadyResolved);
+        }
         let stored = tx
             .consents()
             .record_decision(&StoredDecision {

@@ -98,6 +98,45 @@ async fn a_missing_feature_is_40006() {
     assert_eq!(reason(&err), ErrorReason::InsufficientIsvPermissions);
 }
 
+/// Guards the prompt's resolution inside the transaction that records the answer
+/// (`ConsentFlow::resolve`): an answer refused because the feature was switched off after the
+/// modal opened takes nothing, so once the feature is back the same prompt can be allowed.
+#[tokio::test]
+async fn an_answer_refused_for_a_switched_off_feature_leaves_the_prompt_open() {
+    let server = TestAuthServer::start().await;
+    let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
+    let prompt = match request(&server, "u1", &app_id, &[UserInfo], UserTap)
+        .await
+        .unwrap()
+    {
+        Outcome::Prompt(p) => p,
+        other => panic!("expected prompt, got {other:?}"),
+    };
+    let feature = pb::Feature::BasicUserInfo as i32;
+    let mut admin = server.admin();
+    let off = pb::DisableFeatureRequest {
+        app_id: app_id.clone(),
+        feature,
+    };
+    admin.disable_feature(off).await.unwrap();
+    let err = resolve(&server, &prompt.prompt_id, "u1", pb::Decision::Allow)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::InsufficientIsvPermissions);
+    let on = pb::EnableFeatureRequest {
+        app_id: app_id.clone(),
+        feature,
+    };
+    admin.enable_feature(on).await.unwrap();
+    match resolve(&server, &prompt.prompt_id, "u1", pb::Decision::Allow)
+        .await
+        .unwrap()
+    {
+        Answer::Grant(g) => assert!(consent_token(&g).starts_with("v4.public.")),
+        other => panic!("expected grant, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn auth_base_grants_at_once_even_at_launch() {
     let server = TestAuthServer::start().await;
