@@ -22,9 +22,15 @@
 //!   whole transaction on an error (a full disk, an I/O error), every member waiting gets the
 //!   error, and no statement runs outside a group: each first checks that the group's
 //!   transaction is still open.
+//! - **Cancelled.** A caller gone after its commit released the savepoint (a deadline, a client
+//!   that hung up) has its transaction committed with the group without hearing so, as a
+//!   caller gone while PostgreSQL commits.
 //! - **Reads in order.** [`GroupWriter::read_in_order`] reads on the writer itself, so it sees
 //!   every transaction that ran before it, and, while a group is open, answers only once that
-//!   group is on disk. A read never answers with what a failed commit took back.
+//!   group is on disk. A read never answers with what a failed commit took back. (Answering at
+//!   once when a read of the last commit returned the same rows was tried and dropped: the
+//!   exchange and the refresh, whose reads in order follow their own commit, lost 10-20%, as
+//!   their next transactions came sooner and the groups got smaller; BENCHMARKS.md.)
 //!
 //! One more process writing the same file (a replica, or an old and a new process during a
 //! restart) holds SQLite's write lock between our groups; a group then waits for it, off the
@@ -110,8 +116,12 @@ impl GroupWriter {
         Ok(writer)
     }
 
+    /// Takes the writer, waiting at most [`BUSY_WAIT`] (as long as for a pooled connection).
     async fn hold(&self) -> StoreResult<Held> {
-        let state = self.state.clone().lock_owned().await;
+        let waiting = tokio::time::timeout(BUSY_WAIT, self.state.clone().lock_owned());
+        let state = waiting
+            .await
+            .map_err(|_| StoreError::Unavailable(Arc::new(sqlx::Error::PoolTimedOut)))?;
         if state.closed {
             return Err(closed());
         }
@@ -124,6 +134,9 @@ impl GroupWriter {
     /// A transaction: a savepoint in the open group, or in a new one.
     pub(crate) async fn begin(&self) -> StoreResult<Member> {
         let mut held = self.hold().await?;
+        if held.state.group_open && held.state.connection.is_autocommit() {
+            let _ = held.state.ensure_group();
+        }
         if !held.state.group_open {
             held = begin_group(held).await?;
         }
@@ -182,7 +195,8 @@ impl GroupWriter {
         let mut state = self.state.clone().lock_owned().await;
         state.closed = true;
         if state.group_open {
-            let _ = tokio::task::spawn_blocking(move || state.commit_group()).await;
+            let committing = Committing(state);
+            let _ = tokio::task::spawn_blocking(move || committing.commit()).await;
         }
         self.flush.notify_one();
     }
@@ -198,15 +212,19 @@ async fn begin_group(mut held: Held) -> StoreResult<Held> {
     match held.state.connection.execute_batch(BEGIN).map_err(error) {
         Ok(()) => {}
         Err(StoreError::Unavailable(_)) => {
+            // Marked open on that thread: if this caller is gone by then, the held writer's
+            // drop still asks the committer to end the group.
             let waited = tokio::task::spawn_blocking(move || {
-                let connection = &held.state.connection;
-                let begun = connection
+                let state = &mut held.state;
+                let begun = state
+                    .connection
                     .busy_timeout(BUSY_WAIT)
-                    .and_then(|()| connection.execute_batch(BEGIN));
-                let reset = connection.busy_timeout(Duration::ZERO);
+                    .and_then(|()| state.connection.execute_batch(BEGIN));
+                state.group_open = begun.is_ok();
+                let reset = state.connection.busy_timeout(Duration::ZERO);
                 begun.and(reset).map_err(error).map(|()| held)
             });
-            held = waited.await.map_err(crashed)??;
+            return waited.await.map_err(crashed)?;
         }
         Err(e) => return Err(e),
     }
@@ -227,14 +245,32 @@ async fn wait_for_commit(mut held: Held) -> StoreResult<()> {
 async fn commit_groups(state: Arc<Mutex<WriterState>>, flush: Arc<Notify>) {
     loop {
         flush.notified().await;
-        let mut held = state.clone().lock_owned().await;
+        let held = state.clone().lock_owned().await;
         if held.closed {
             return;
         }
         if held.group_open {
-            // A panic drops the held state, and with it every waiting member's outcome: they
-            // hear that the writer is gone.
-            let _ = tokio::task::spawn_blocking(move || held.commit_group()).await;
+            let committing = Committing(held);
+            let _ = tokio::task::spawn_blocking(move || committing.commit()).await;
+        }
+    }
+}
+
+/// The writer, taken to commit the open group on a blocking thread. Dropped with the group
+/// still open (the commit panicked, or its thread never ran it), it rolls the group back, and
+/// every member waiting hears so.
+struct Committing(OwnedMutexGuard<WriterState>);
+
+impl Committing {
+    fn commit(mut self) {
+        self.0.commit_group();
+    }
+}
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        if self.0.group_open {
+            self.0.abandon_group("the group's commit did not run");
         }
     }
 }
@@ -254,6 +290,15 @@ impl WriterState {
         self.end_group(committed);
     }
 
+    /// Rolls the open group back (what SQLite has not already), and tells its members why.
+    fn abandon_group(&mut self, why: &str) {
+        if !self.connection.is_autocommit() {
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+        let lost = StoreError::Unavailable(Arc::new(sqlx::Error::Protocol(why.into())));
+        self.end_group(Err(lost));
+    }
+
     fn end_group(&mut self, outcome: StoreResult<()>) {
         self.group_open = false;
         for member in self.waiting.drain(..) {
@@ -267,11 +312,11 @@ impl WriterState {
         if self.group_open && !self.connection.is_autocommit() {
             return Ok(());
         }
-        let lost = StoreError::Unavailable(Arc::new(sqlx::Error::Protocol(
-            "SQLite rolled back the group transaction".into(),
-        )));
-        self.end_group(Err(lost.clone()));
-        Err(lost)
+        let why = "SQLite rolled back the group transaction";
+        self.abandon_group(why);
+        Err(StoreError::Unavailable(Arc::new(sqlx::Error::Protocol(
+            why.into(),
+        ))))
     }
 }
 
@@ -325,7 +370,9 @@ impl Drop for Member {
             let undone = state
                 .connection
                 .execute_batch("ROLLBACK TO member; RELEASE member");
-            if undone.is_err() || state.connection.is_autocommit() {
+            if undone.is_err() {
+                state.abandon_group("a transaction could not be rolled back alone");
+            } else if state.connection.is_autocommit() {
                 let _ = state.ensure_group();
             }
         }

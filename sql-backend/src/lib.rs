@@ -629,6 +629,31 @@ impl<B: Backend> Session<B> {
         args: &[Arg<'_>],
         decode: Decoder<T>,
     ) -> StoreResult<Vec<T>> {
+        self.read(access, sql, args, decode, usize::MAX).await
+    }
+
+    /// The first row the statement returns, decoded, or none.
+    pub async fn first<T>(
+        &mut self,
+        access: Access,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        decode: Decoder<T>,
+    ) -> StoreResult<Option<T>> {
+        let rows = self.read(access, sql, args, decode, 1).await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// The rows the statement returns, decoded: all of them on SQLite's connections of
+    /// ours, the first `decoded` of those sqlx returns.
+    async fn read<T>(
+        &mut self,
+        access: Access,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        decode: Decoder<T>,
+        decoded: usize,
+    ) -> StoreResult<Vec<T>> {
         let statement = statement::<B>(sql, access);
         let rows = match self {
             Session::Member(member) => return member.all(sql, args, decode),
@@ -657,20 +682,9 @@ impl<B: Backend> Session<B> {
         };
         Ok(rows
             .iter()
+            .take(decoded)
             .map(|row| decode(row))
             .collect::<Result<_, _>>()?)
-    }
-
-    /// The first row the statement returns, decoded, or none.
-    pub async fn first<T>(
-        &mut self,
-        access: Access,
-        sql: &'static str,
-        args: &[Arg<'_>],
-        decode: Decoder<T>,
-    ) -> StoreResult<Option<T>> {
-        let rows = self.all(access, sql, args, decode).await?;
-        Ok(rows.into_iter().next())
     }
 
     /// Runs a write; rows changed.
@@ -867,31 +881,43 @@ mod tests {
         pools.close().await;
     }
 
-    /// Guards the rollback to the savepoint in `Member`'s `Drop`: a transaction dropped
-    /// without its commit leaves nothing, while the transactions of its group before and after
+    /// Guards the rollback to the savepoint in `Member`'s `Drop`: of three transactions in one
+    /// group, the one dropped without its commit leaves nothing, and the ones before and after
     /// it are kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_transaction_dropped_in_a_group_is_undone_alone() {
+        use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let pools = pools_with_one_table(&dir).await;
+        let before = group(&pools).groups_committed().await;
         let mut first = pools.begin().await.unwrap();
         first.execute(INSERT, args![1_i64, "kept"]).await.unwrap();
-        let committing = tokio::spawn(first.commit());
-        let mut dropped = pools.begin().await.unwrap();
-        dropped
-            .execute(INSERT, args![2_i64, "dropped"])
-            .await
-            .unwrap();
-        drop(dropped);
-        let mut last = pools.begin().await.unwrap();
-        last.execute(INSERT, args![3_i64, "kept"]).await.unwrap();
-        let done = async {
+        let writer = pools.clone();
+        let dropped = tokio::spawn(async move {
+            let mut dropped = writer.begin().await.unwrap();
+            dropped
+                .execute(INSERT, args![2_i64, "dropped"])
+                .await
+                .unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let writer = pools.clone();
+        let last = tokio::spawn(async move {
+            let mut last = writer.begin().await.unwrap();
+            last.execute(INSERT, args![3_i64, "kept"]).await.unwrap();
             last.commit().await.unwrap();
-            committing.await.unwrap().unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let done = async {
+            first.commit().await.unwrap();
+            dropped.await.unwrap();
+            last.await.unwrap();
         };
-        tokio::time::timeout(std::time::Duration::from_secs(10), done)
+        tokio::time::timeout(Duration::from_secs(10), done)
             .await
             .expect("commits within 10 s");
+        let groups = group(&pools).groups_committed().await - before;
+        assert_eq!(groups, 1, "the three transactions were one group");
         let kept = |r: &dyn Columns| r.int("a");
         let read = "SELECT a FROM t ORDER BY a";
         let mut session = pools.session();
@@ -930,6 +956,51 @@ mod tests {
             }
         }
         pools.close().await;
+    }
+
+    /// Guards the group marked open where `BEGIN IMMEDIATE` succeeded, in `begin_group`'s
+    /// blocking wait: a transaction cancelled while it waited for another process's write lock
+    /// leaves the writer able to run the next one (the group it opened is committed empty).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_cancelled_while_another_process_writes_leaves_the_writer_working() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let pools = pools_with_one_table(&dir).await;
+        let other = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let waiting = pools.clone();
+        let cancelled = tokio::spawn(async move { waiting.begin().await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        other.execute_batch("COMMIT").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let next = async {
+            let mut tx = pools.begin().await?;
+            tx.execute(INSERT, args![1_i64, "next"]).await?;
+            tx.commit().await
+        };
+        let done = tokio::time::timeout(Duration::from_secs(10), next).await;
+        done.expect("the next transaction within 10 s").unwrap();
+        pools.close().await;
+    }
+
+    /// Guards the bounded wait in `GroupWriter::hold`: while a transaction keeps the writer,
+    /// a write queued behind it gives up after [`WAIT`] with `Unavailable` instead of waiting
+    /// for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_behind_a_transaction_that_never_ends_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = pools_with_one_table(&dir).await;
+        let _kept = pools.begin().await.unwrap();
+        let mut session = pools.session();
+        let args = args![1_i64, "queued"];
+        let waited = tokio::time::timeout(WAIT * 2, session.execute(INSERT, args)).await;
+        let refused = waited.expect("the write gives up within twice its wait");
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
     }
 
     /// Guards the fallback in `Session::all`: while every inline connection is taken, a

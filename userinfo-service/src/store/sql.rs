@@ -142,9 +142,23 @@ impl<B: Backend> DisclosureStore for SqlUserInfoStore<B> {
         session.all(Read, sql, args, disclosure).await
     }
 
+    /// In batches, so no one statement holds the writer (on SQLite, a tokio worker) for long.
     async fn sweep_disclosures(&self, before: UtcDay) -> StoreResult<u64> {
-        let sql = "DELETE FROM disclosures WHERE day < $1";
-        self.pools.session().execute(sql, args![before.0]).await
+        const BATCH: i64 = 1_000;
+        let sql = "DELETE FROM disclosures WHERE (user_id, day, app_id, fields) IN
+                     (SELECT user_id, day, app_id, fields FROM disclosures WHERE day < $1 LIMIT $2)";
+        let mut deleted = 0;
+        loop {
+            let batch = self
+                .pools
+                .session()
+                .execute(sql, args![before.0, BATCH])
+                .await?;
+            deleted += batch;
+            if batch < BATCH as u64 {
+                return Ok(deleted);
+            }
+        }
     }
 }
 
