@@ -864,7 +864,7 @@ mod tests {
                 })
             })
             .collect();
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         running
             .execute(INSERT, args![20_i64, "running"])
             .await
@@ -906,14 +906,14 @@ mod tests {
                 .await
                 .unwrap();
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let writer = pools.clone();
         let last = tokio::spawn(async move {
             let mut last = writer.begin().await.unwrap();
             last.execute(INSERT, args![3_i64, "kept"]).await.unwrap();
             last.commit().await.unwrap();
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let done = async {
             first.commit().await.unwrap();
             dropped.await.unwrap();
