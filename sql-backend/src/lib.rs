@@ -406,51 +406,23 @@ impl Backend for Sqlite {
     const ROW_LOCKS: bool = false;
     const KEY_LOCK: Option<&'static str> = None;
 
+    /// Opens the file, again while it is busy for another process (one starting on the same
+    /// file can hold it while it converts it to WAL or migrates it; SQLite reports some of
+    /// those locks at once, without waiting), for up to [`WAIT`].
     async fn open(
         url: &str,
         migrator: &'static Migrator,
         readers: u32,
     ) -> StoreResult<Pools<Self>> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(WAIT);
-        let writing = [
-            ("synchronous", SYNCHRONOUS),
-            ("foreign_keys", "ON"),
-            ("secure_delete", "ON"),
-        ];
-        let options = writing.iter().fold(options, |options, (name, value)| {
-            options.pragma(*name, *value)
-        });
-        service_runtime::private_files::prepare_sqlite_database(url, options.get_filename())
-            .map_err(sqlx::Error::Io)?;
-        let migrating = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        let path = options.get_filename().to_owned();
-        // The writer opens before the migrating connection closes: the last connection to
-        // close removes the WAL, which read-only connections cannot create again.
-        let writer_pragmas = [writing.as_slice(), &[("cache_size", WRITER_CACHE)]].concat();
-        let writer = match migrate_sqlite(&migrating, migrator).await {
-            Ok(()) => GroupWriter::open(&path, &writer_pragmas),
-            Err(e) => Err(e),
-        };
-        migrating.close().await;
-        let writer = writer?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(readers)
-            .connect_with(options.read_only(true).pragma("cache_size", READER_CACHE))
-            .await?;
-        let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        let inline_count = u32::try_from(threads).unwrap_or(u32::MAX).min(readers);
-        let inline = InlineReaders::open(&path, inline_count, READER_CACHE)?;
-        Ok(Pools {
-            writer: Writer::Group(writer),
-            reader,
-            inline: Some(inline),
-        })
+        let started = std::time::Instant::now();
+        loop {
+            match open_sqlite(url, migrator, readers).await {
+                Err(StoreError::Unavailable(_)) if started.elapsed() < WAIT => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                opened => return opened,
+            }
+        }
     }
 
     /// Commits the open group, then copies every page in the WAL into the database file and
@@ -460,6 +432,63 @@ impl Backend for Sqlite {
         match &pools.writer {
             Writer::Group(group) => group.checkpoint().await,
             Writer::Pool(_) => Ok(()),
+        }
+    }
+}
+
+/// One attempt at [`Backend::open`] for SQLite.
+async fn open_sqlite(
+    url: &str,
+    migrator: &'static Migrator,
+    readers: u32,
+) -> StoreResult<Pools<Sqlite>> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(WAIT);
+    let writing = [
+        ("synchronous", SYNCHRONOUS),
+        ("foreign_keys", "ON"),
+        ("secure_delete", "ON"),
+    ];
+    let options = writing.iter().fold(options, |options, (name, value)| {
+        options.pragma(*name, *value)
+    });
+    service_runtime::private_files::prepare_sqlite_database(url, options.get_filename())
+        .map_err(sqlx::Error::Io)?;
+    let migrating = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await?;
+    let path = options.get_filename().to_owned();
+    // The writer opens before the migrating connection closes: the last connection to
+    // close removes the WAL, which read-only connections cannot create again.
+    let writer_pragmas = [writing.as_slice(), &[("cache_size", WRITER_CACHE)]].concat();
+    let writer = match migrate_sqlite(&migrating, migrator).await {
+        Ok(()) => GroupWriter::open(&path, &writer_pragmas),
+        Err(e) => Err(e),
+    };
+    migrating.close().await;
+    let writer = writer?;
+    let readers = async {
+        let reader = SqlitePoolOptions::new()
+            .max_connections(readers)
+            .connect_with(options.read_only(true).pragma("cache_size", READER_CACHE))
+            .await?;
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let inline_count = u32::try_from(threads).unwrap_or(u32::MAX).min(readers);
+        let inline = InlineReaders::open(&path, inline_count, READER_CACHE)?;
+        Ok::<_, StoreError>((reader, inline))
+    };
+    match readers.await {
+        Ok((reader, inline)) => Ok(Pools {
+            writer: Writer::Group(writer),
+            reader,
+            inline: Some(inline),
+        }),
+        Err(e) => {
+            writer.close().await;
+            Err(e)
         }
     }
 }
