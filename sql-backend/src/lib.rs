@@ -393,8 +393,7 @@ const SYNCHRONOUS: &str = "FULL";
 const READER_CACHE: &str = "-512";
 /// The writer's page cache, in KiB, as each reader's: a quarter of SQLite's default. The
 /// writer's statements run on the async workers, so the pages it keeps are allocated among
-/// their short-lived buffers; at 2 MiB userinfo-service's resident memory under load was 7 MiB
-/// higher (BENCHMARKS.md, "Group commit").
+/// their short-lived buffers (BENCHMARKS.md, "Every RPC, one replica, with group commit").
 const WRITER_CACHE: &str = "-512";
 /// How long a caller waits for a connection, or SQLite for a lock held by another process.
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
