@@ -16,6 +16,22 @@ use super::{
 use pb::Scope::{AuthBase, PhoneNumber, UserInfo};
 use pb::Trigger::{AppLaunch, UserTap};
 
+/// A tap asking for `scopes` that must open a modal: its prompt.
+async fn tap_for_prompt(
+    server: &TestAuthServer,
+    user_id: &str,
+    app_id: &str,
+    scopes: &[pb::Scope],
+) -> pb::Prompt {
+    match request(server, user_id, app_id, scopes, UserTap)
+        .await
+        .unwrap()
+    {
+        Outcome::Prompt(p) => p,
+        other => panic!("expected prompt, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_prompt_at_app_launch_is_refused() {
     let server = TestAuthServer::start().await;
@@ -105,13 +121,7 @@ async fn a_missing_feature_is_40006() {
 async fn an_answer_refused_for_a_switched_off_feature_leaves_the_prompt_open() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    let prompt = match request(&server, "u1", &app_id, &[UserInfo], UserTap)
-        .await
-        .unwrap()
-    {
-        Outcome::Prompt(p) => p,
-        other => panic!("expected prompt, got {other:?}"),
-    };
+    let prompt = tap_for_prompt(&server, "u1", &app_id, &[UserInfo]).await;
     let feature = pb::Feature::BasicUserInfo as i32;
     let mut admin = server.admin();
     let off = pb::DisableFeatureRequest {
@@ -159,13 +169,7 @@ async fn auth_base_grants_at_once_even_at_launch() {
 async fn tap_prompts_then_allow_grants_a_consent_token_and_the_next_request_grants_at_once() {
     let server = TestAuthServer::start().await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    let prompt = match request(&server, "u1", &app_id, &[UserInfo], UserTap)
-        .await
-        .unwrap()
-    {
-        Outcome::Prompt(p) => p,
-        other => panic!("expected prompt, got {other:?}"),
-    };
+    let prompt = tap_for_prompt(&server, "u1", &app_id, &[UserInfo]).await;
     assert_eq!(prompt.app_display_name, "Test Mini Program");
     assert!(!prompt.previously_denied);
     let grant = match resolve(&server, &prompt.prompt_id, "u1", pb::Decision::Allow)
