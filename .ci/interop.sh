@@ -7,7 +7,8 @@ binary="$(realpath "$1")"
 python="$2"
 work="$(mktemp -d)"
 cd "$work"
-AUTH_ADDR=127.0.0.1:50061 USERINFO_ADDR=127.0.0.1:50062 "$binary" >"$work/out" 2>"$work/err" &
+# Ports the kernel picks, read back from the banner: fixed ones may be taken on a shared machine.
+AUTH_ADDR=127.0.0.1:0 USERINFO_ADDR=127.0.0.1:0 "$binary" >"$work/out" 2>"$work/err" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
@@ -15,6 +16,8 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 grep -q "all-in-one is up" "$work/out" || { cat "$work/err"; exit 1; }
-"$python" "$repo/interop/reflection_flow.py" 127.0.0.1:50061 127.0.0.1:50062 "$work/data/dev-credentials.env"
+read -r auth_addr userinfo_addr < <(sed -nE 's/^AUTH=([0-9.:]+); USERINFO=([0-9.:]+);.*/\1 \2/p' "$work/out" | head -n 1)
+[ -n "${userinfo_addr:-}" ] || { echo "the banner printed no addresses"; cat "$work/out"; exit 1; }
+"$python" "$repo/interop/reflection_flow.py" "$auth_addr" "$userinfo_addr" "$work/data/dev-credentials.env"
 kill -TERM $pid
 wait $pid

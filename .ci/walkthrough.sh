@@ -13,20 +13,34 @@
 # block's number (.ci/docker.sh kills replicas there).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-against=""
+seeded=yes
 if [ "${1:-}" = --against ]; then
-  against="$2 $3"
+  auth_addr="$2" userinfo_addr="$3"
   work="$(realpath "$4")"
 else
+  # The all-in-one listens on ports the kernel picks (50051 is every gRPC example's default
+  # and may be taken on a shared machine); the README's addresses are rewritten to the ones
+  # its banner prints.
+  seeded=no
   binary="$(realpath "$1")"
   work="$(mktemp -d)"
+  cd "$work"
+  AUTH_ADDR=127.0.0.1:0 USERINFO_ADDR=127.0.0.1:0 "$binary" >"$work/all-in-one.out" 2>"$work/all-in-one.err" &
+  pid=$!
+  trap 'kill $pid 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    grep -q "all-in-one is up" "$work/all-in-one.out" 2>/dev/null && break
+    sleep 0.2
+  done
+  grep -q "all-in-one is up" "$work/all-in-one.out" || { cat "$work/all-in-one.err"; exit 1; }
+  read -r auth_addr userinfo_addr < <(sed -nE 's/^AUTH=([0-9.:]+); USERINFO=([0-9.:]+);.*/\1 \2/p' "$work/all-in-one.out" | head -n 1)
+  [ -n "${userinfo_addr:-}" ] || { echo "the banner printed no addresses"; cat "$work/all-in-one.out"; exit 1; }
 fi
 script="$work/walkthrough.sh"
 
-expected=$(python3 - "$repo/README.md" "$script" "$work/ran" $against <<'PY'
+expected=$(python3 - "$repo/README.md" "$script" "$work/ran" "$seeded" "$auth_addr" "$userinfo_addr" <<'PY'
 import re, sys
-readme, out, ran = sys.argv[1], sys.argv[2], sys.argv[3]
-against = sys.argv[4:]
+readme, out, ran, seeded, auth, userinfo = sys.argv[1:7]
 text = open(readme).read()
 blocks = re.findall(r"<!-- walkthrough(?::fails (\w+))? -->\s*```sh\n(.*?)```", text, re.S)
 # Every sh block of the walkthrough section, and every marker, must be a block run here: a
@@ -38,16 +52,13 @@ if not blocks or not len(blocks) == markers == fences:
     sys.exit(f"README.md: {len(blocks)} walkthrough blocks recognised, but {markers} markers and "
              f"{fences} sh blocks in the walkthrough section (a marker or a fence changed?)")
 lines = ["set -euo pipefail"]
-if against:
+readdress = lambda body: body.replace("127.0.0.1:50051", auth).replace("127.0.0.1:50052", userinfo)
+seeds = []
+if seeded == "yes":
     seeds = re.findall(r"<!-- compose-seed -->\s*```sh\n(.*?)```", text, re.S)
     assert seeds, "README has no <!-- compose-seed --> block"
     blocks = [("", seed) for seed in seeds] + [(f, b) for f, b in blocks]
-    readdress = lambda body: body.replace("127.0.0.1:50051", against[0]).replace("127.0.0.1:50052", against[1])
-    seeded = len(seeds)
-else:
-    readdress = lambda body: body
-    seeded = 0
-for i, (fails, body) in enumerate(blocks, 1 - seeded):
+for i, (fails, body) in enumerate(blocks, 1 - len(seeds)):
     body = readdress(body)
     lines.append(f"echo '--- {'seed' if i < 1 else 'walkthrough'} block {i}'")
     if fails:
@@ -58,32 +69,23 @@ for i, (fails, body) in enumerate(blocks, 1 - seeded):
         lines.append(body)
     if i >= 1:
         lines.append(f"echo {i} >>'{ran}'")
-    if against and i >= 1:
+    if seeds and i >= 1:
         lines.append(f'[ -z "${{WALKTHROUGH_AFTER_BLOCK:-}}" ] || "$WALKTHROUGH_AFTER_BLOCK" {i}')
 open(out, "w").write("\n".join(lines) + "\n")
-print(len(blocks) - seeded)
+print(len(blocks) - len(seeds))
 PY
 )
 echo "$expected walkthrough blocks in README.md"
 
 cd "$work"
 rm -f "$work/ran"
-if [ -n "$against" ]; then
+if [ "$seeded" = yes ]; then
   bash "$script"
   ran=$(wc -l <"$work/ran")
   [ "$ran" -eq "$expected" ] || { echo "ran $ran of the $expected walkthrough blocks"; exit 1; }
-  echo "walkthrough: the seed blocks and every walkthrough block behaved as the README says, against $against"
+  echo "walkthrough: the seed blocks and every walkthrough block behaved as the README says, against $auth_addr $userinfo_addr"
   exit 0
 fi
-"$binary" >"$work/all-in-one.out" 2>"$work/all-in-one.err" &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  grep -q "all-in-one is up" "$work/all-in-one.out" 2>/dev/null && break
-  sleep 0.2
-done
-grep -q "all-in-one is up" "$work/all-in-one.out" || { cat "$work/all-in-one.err"; exit 1; }
-
 bash "$script"
 ran=$(wc -l <"$work/ran")
 [ "$ran" -eq "$expected" ] || { echo "ran $ran of the $expected walkthrough blocks"; exit 1; }
