@@ -9,23 +9,30 @@ use std::time::{Duration, Instant};
 /// Starts the binary in `dir` on free ports, reads its banner, sends `signal` (TERM or INT,
 /// what Ctrl-C sends); returns the banner, the exit status and the log.
 fn run_once(dir: &std::path::Path, signal: &str) -> (String, std::process::ExitStatus, String) {
-    run_with(dir, signal, "text")
+    run_with(dir, signal, "text", None, |_| {})
 }
 
-/// [`run_once`] with `LOG_FORMAT` set to `log_format`.
+/// [`run_once`] with `LOG_FORMAT` set to `log_format`, `RUST_LOG` to `rust_log` (unset when
+/// `None`), and `during` run with auth-service's address once the banner is out.
 fn run_with(
     dir: &std::path::Path,
     signal: &str,
     log_format: &str,
+    rust_log: Option<&str>,
+    during: impl FnOnce(&str),
 ) -> (String, std::process::ExitStatus, String) {
     let log_path = dir.join(format!("all-in-one-{signal}.log"));
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_all-in-one"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_all-in-one"));
+    match rust_log {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command
         .current_dir(dir)
         .env("AUTH_ADDR", "127.0.0.1:0")
         .env("USERINFO_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", log_format)
-        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -55,6 +62,13 @@ fn run_with(
             break;
         }
     }
+    let auth_addr = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("auth-service "))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no auth-service address in the banner:\n{banner}"))
+        .to_owned();
+    during(&auth_addr);
     let killed = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(child.id().to_string())
@@ -150,7 +164,7 @@ fn the_runner_stops_cleanly_and_a_second_start_reuses_the_data() {
 #[test]
 fn log_format_json_writes_one_object_per_line_with_the_rpc_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, status, log) = run_with(dir.path(), "TERM", "json");
+    let (_, status, log) = run_with(dir.path(), "TERM", "json", Some("info,rpc=debug"), |_| {});
     assert!(status.success());
     let lines: Vec<serde_json::Value> = log
         .lines()
@@ -170,6 +184,46 @@ fn log_format_json_writes_one_object_per_line_with_the_rpc_fields() {
             "span {field} missing: {finished}"
         );
     }
+}
+
+/// Guards the level split in `RpcObserver::call` (`runtime/src/rpc_observer.rs`): at the
+/// default level a failed call ends with an `rpc finished` line and an answered one (the
+/// seeding's dozens) does not.
+#[test]
+fn at_the_default_level_failed_calls_are_logged_and_answered_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, status, log) = run_with(dir.path(), "TERM", "text", None, |auth_addr| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let code = runtime.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{auth_addr}"))
+                .expect("endpoint")
+                .timeout(Duration::from_secs(10))
+                .connect()
+                .await
+                .expect("connect");
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: "no.such.Service".into(),
+            };
+            let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(request)
+                .await;
+            answer.err().map(|status| status.code())
+        });
+        assert_eq!(code, Some(tonic::Code::NotFound));
+    });
+    assert!(status.success(), "exit status {status:?}");
+    let rpc_lines: Vec<&str> = log.lines().filter(|l| l.contains("rpc finished")).collect();
+    assert!(
+        rpc_lines.iter().any(|l| l.contains("code=NotFound")),
+        "the failed call left no line:\n{log}"
+    );
+    assert!(
+        rpc_lines.iter().all(|l| !l.contains("code=Ok")),
+        "answered calls were logged at the default level:\n{log}"
+    );
 }
 
 /// Guards `create_private_dir` for the data directory and `prepare_sqlite_database` in both

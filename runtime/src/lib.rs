@@ -75,13 +75,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `format` formats.
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `format` formats;
+/// colours only when stderr is a terminal, so a log file holds plain text.
 /// Calling it twice is harmless (the second call is ignored).
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

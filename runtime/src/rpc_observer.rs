@@ -14,6 +14,11 @@ use tracing::Instrument;
 
 use crate::methods::ServedMethods;
 
+/// The target of the line each call ends with. A failed call's line is INFO; an answered
+/// one's is DEBUG, since metrics count those and a line per call at this rate would cost the
+/// service a fifth of its throughput and flood the log (BENCHMARKS.md, "Log lines").
+/// `RUST_LOG=info,rpc=debug` logs every call.
+pub const RPC_LOG_TARGET: &str = "rpc";
 /// The metadata key carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
 /// Longest caller-supplied request id kept; longer or non-printable ones are replaced.
@@ -184,7 +189,11 @@ where
                     Err(_) => tonic::Code::Internal,
                 };
                 let latency_ms = latency.as_secs_f64() * 1000.0;
-                tracing::info!(code = ?code, latency_ms, "rpc finished");
+                if code == tonic::Code::Ok {
+                    tracing::debug!(target: RPC_LOG_TARGET, code = ?code, latency_ms, "rpc finished");
+                } else {
+                    tracing::info!(target: RPC_LOG_TARGET, code = ?code, latency_ms, "rpc finished");
+                }
                 metrics::counter!(
                     "grpc_server_handled_total",
                     "service" => service_label,
