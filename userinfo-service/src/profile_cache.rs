@@ -11,14 +11,19 @@ use miniprogram_token::Timestamp;
 
 use crate::model::PublicProfile;
 
-/// Entries kept before the cache starts over (bounds memory under a scan of many users).
-const MAX_ENTRIES: usize = 100_000;
+/// Entries kept at most, in two generations of half as many (bounds memory under a scan of
+/// many users: about 300 bytes an entry).
+const MAX_ENTRIES: usize = 50_000;
 
 /// Generation counters, one per stripe of user ids (a fixed number, so memory stays bounded
 /// however many users are written; users sharing a stripe only cost each other a cache fill).
 const GENERATION_STRIPES: usize = 1024;
 
-/// Public profiles by wallet user id, each with the time it was read.
+/// Public profiles by wallet user id, each with the time it was read, in two generations:
+/// a new one starts when the current one is a TTL old or holds half of [`MAX_ENTRIES`], and
+/// the one before it is dropped whole. An entry outlives its TTL by at most a TTL, so the
+/// cache holds about what one TTL of reads brings, not whatever [`MAX_ENTRIES`] allows
+/// (BENCHMARKS.md, "Memory: the profile cache").
 ///
 /// A read that missed must not cache a row that a concurrent write or delete has already
 /// replaced: [`forget`](Self::forget) bumps the user's generation, and a reader takes the
@@ -30,9 +35,14 @@ pub struct PublicProfileCache {
     state: RwLock<CacheState>,
 }
 
+type Entries = HashMap<String, (PublicProfile, Timestamp)>;
+
 #[derive(Debug)]
 struct CacheState {
-    entries: HashMap<String, (PublicProfile, Timestamp)>,
+    current: Entries,
+    /// When `current` got its first entry.
+    current_since: Timestamp,
+    previous: Entries,
     generations: Vec<u64>,
 }
 
@@ -49,7 +59,9 @@ impl PublicProfileCache {
         PublicProfileCache {
             ttl,
             state: RwLock::new(CacheState {
-                entries: HashMap::new(),
+                current: HashMap::new(),
+                current_since: Timestamp::from_unix_nanos(0),
+                previous: HashMap::new(),
                 generations: vec![0; GENERATION_STRIPES],
             }),
         }
@@ -62,8 +74,9 @@ impl PublicProfileCache {
         }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         state
-            .entries
+            .current
             .get(user_id)
+            .or_else(|| state.previous.get(user_id))
             .filter(|(_, read_at)| now.since(*read_at) < self.ttl)
             .map(|(profile, _)| profile.clone())
     }
@@ -96,10 +109,16 @@ impl PublicProfileCache {
         if state.generations.get(stripe(user_id)).copied() != Some(generation) {
             return false;
         }
-        if state.entries.len() >= MAX_ENTRIES {
-            state.entries.clear();
+        if state.current.is_empty() {
+            state.current_since = now;
+        } else if now.since(state.current_since) >= self.ttl
+            || state.current.len() >= MAX_ENTRIES / 2
+        {
+            state.previous = std::mem::take(&mut state.current);
+            state.current_since = now;
         }
-        state.entries.insert(user_id.to_owned(), (profile, now));
+        state.previous.remove(user_id);
+        state.current.insert(user_id.to_owned(), (profile, now));
         true
     }
 
@@ -110,7 +129,14 @@ impl PublicProfileCache {
         if let Some(generation) = state.generations.get_mut(stripe(user_id)) {
             *generation = generation.wrapping_add(1);
         }
-        state.entries.remove(user_id);
+        state.current.remove(user_id);
+        state.previous.remove(user_id);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.current.len() + state.previous.len()
     }
 }
 
@@ -179,5 +205,38 @@ mod tests {
             .filter(|(u, g)| cache.put_if_unchanged(u, profile("a"), *g, t0))
             .count();
         assert!(cached >= 99, "only {cached} of 100 cached");
+    }
+
+    /// Guards the generation swap in `put_if_unchanged`: an entry a TTL old goes to the
+    /// previous generation and is dropped with it at the next swap, so the cache keeps about
+    /// a TTL of reads, not every user read since it started.
+    #[test]
+    fn entries_are_dropped_a_generation_after_their_ttl() {
+        let ttl = Duration::from_secs(1);
+        let cache = PublicProfileCache::new(ttl);
+        let t0 = Timestamp::from_unix_nanos(1);
+        let t1 = t0.saturating_add(ttl);
+        let t2 = t1.saturating_add(ttl);
+        assert!(put(&cache, "u1", profile("a"), t0));
+        assert!(put(&cache, "u2", profile("b"), t1));
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get("u2", t1), Some(profile("b")));
+        assert!(put(&cache, "u3", profile("c"), t2));
+        assert_eq!(cache.len(), 2, "u1 outlived its generation");
+        assert_eq!(cache.get("u3", t2), Some(profile("c")));
+    }
+
+    /// Guards the size bound in `put_if_unchanged`: however many users are read within one
+    /// TTL, the cache holds at most `MAX_ENTRIES`, and the latest reads stay cached.
+    #[test]
+    fn a_scan_of_many_users_within_a_ttl_stays_bounded() {
+        let cache = PublicProfileCache::new(Duration::from_secs(1));
+        let t0 = Timestamp::from_unix_nanos(1);
+        for i in 0..(2 * MAX_ENTRIES) {
+            put(&cache, &format!("user-{i}"), profile("a"), t0);
+        }
+        assert!(cache.len() <= MAX_ENTRIES, "{} entries", cache.len());
+        let last = format!("user-{}", 2 * MAX_ENTRIES - 1);
+        assert_eq!(cache.get(&last, t0), Some(profile("a")));
     }
 }
