@@ -23,7 +23,7 @@ const GENERATION_STRIPES: usize = 1024;
 /// a new one starts when the current one is a TTL old or holds half of [`MAX_ENTRIES`], and
 /// the one before it is dropped whole. An entry outlives its TTL by at most a TTL, so the
 /// cache holds about what one TTL of reads brings, not whatever [`MAX_ENTRIES`] allows
-/// (BENCHMARKS.md, "Memory: the profile cache").
+/// (BENCHMARKS.md, "Memory: what userinfo-service holds under load").
 ///
 /// A read that missed must not cache a row that a concurrent write or delete has already
 /// replaced: [`forget`](Self::forget) bumps the user's generation, and a reader takes the
