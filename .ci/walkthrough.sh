@@ -18,23 +18,12 @@ if [ "${1:-}" = --against ]; then
   auth_addr="$2" userinfo_addr="$3"
   work="$(realpath "$4")"
 else
-  # The all-in-one listens on ports the kernel picks (50051 is every gRPC example's default
-  # and may be taken on a shared machine); the README's addresses are rewritten to the ones
-  # its banner prints.
   seeded=no
   binary="$(realpath "$1")"
   work="$(mktemp -d)"
-  cd "$work"
-  AUTH_ADDR=127.0.0.1:0 USERINFO_ADDR=127.0.0.1:0 "$binary" >"$work/all-in-one.out" 2>"$work/all-in-one.err" &
-  pid=$!
-  trap 'kill $pid 2>/dev/null || true' EXIT
-  for _ in $(seq 1 100); do
-    grep -q "all-in-one is up" "$work/all-in-one.out" 2>/dev/null && break
-    sleep 0.2
-  done
-  grep -q "all-in-one is up" "$work/all-in-one.out" || { cat "$work/all-in-one.err"; exit 1; }
-  read -r auth_addr userinfo_addr < <(sed -nE 's/^AUTH=([0-9.:]+); USERINFO=([0-9.:]+);.*/\1 \2/p' "$work/all-in-one.out" | head -n 1)
-  [ -n "${userinfo_addr:-}" ] || { echo "the banner printed no addresses"; cat "$work/all-in-one.out"; exit 1; }
+  # shellcheck source=.ci/all-in-one.sh
+  . "$repo/.ci/all-in-one.sh"
+  start_all_in_one "$binary" "$work"
 fi
 script="$work/walkthrough.sh"
 
