@@ -10,7 +10,8 @@
 #      walkthrough through the balancer with one replica of each service killed after its
 #      second block (a call may fail once and is retried once), then a restart as in 1;
 # and takes every stack down with its volumes, on failure too.
-# Usage (root, Debian bookworm): bash .ci/docker.sh   (GRPCURL=path/to/grpcurl to reuse one)
+# Usage (root, Debian bookworm): bash .ci/docker.sh   (GRPCURL=path/to/grpcurl to reuse one;
+# DROP_IMAGES=1 removes, on exit, every image it built, stand-ins and build cache too: CI's disk)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS="${TMPDIR:-/tmp}/miniprogram-ci-tools"
@@ -55,6 +56,7 @@ random_hex() { python3 -c 'import secrets; print(secrets.token_hex(32))'; }
 work="$(mktemp -d /var/tmp/miniprogram-docker.XXXXXX)"
 chmod 0755 "$work"
 declare -a stacks=()   # "dir|project|compose files", to take down on exit
+declare -a built=()    # the images this run built, removed on exit when DROP_IMAGES=1
 cleanup() {
   local rc=$? entry dir project files
   trap - EXIT
@@ -67,6 +69,9 @@ cleanup() {
     (cd "$dir" && docker-compose -p "$project" $files down -v --remove-orphans -t 5) >/dev/null 2>&1 || true
   done
   rm -rf "$work"
+  if [ "${DROP_IMAGES:-0}" = 1 ] && [ ${#built[@]} -gt 0 ]; then
+    docker image rm -f "${built[@]}" >/dev/null 2>&1 || true
+  fi
   docker image prune -f >/dev/null 2>&1 || true
   [ "$rc" = 0 ] || echo "docker.sh: failed after $((SECONDS - started))s; every stack it started is down" >&2
   exit "$rc"
@@ -151,6 +156,7 @@ if ! have_image debian:bookworm-slim; then
   cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/" 2>/dev/null || true
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log
   tar -C "$rootfs" -c . | docker import --change 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
+  built+=(debian:bookworm-slim)
   rm -rf "$rootfs"
 fi
 
@@ -169,6 +175,7 @@ if ! have_image "$rust_image"; then
   cp -a "$sysroot/bin/cargo" "$sysroot/bin/rustc" "$sysroot/bin/rustdoc" "$ctx/toolchain/bin/"
   bounded 1200 "the $rust_image stand-in" \
     docker build -q -t "$rust_image" -f "$repo/.ci/standins/rust.Dockerfile" "$ctx" >/dev/null
+  built+=("$rust_image")
   rm -rf "$ctx"
 fi
 
@@ -176,6 +183,7 @@ standin() {  # IMAGE DOCKERFILE: the stand-in built from .ci/standins when IMAGE
   if ! have_image "$1"; then
     echo "$1: $2"
     bounded 1200 "the $1 stand-in" docker build -q -t "$1" -f "$repo/.ci/standins/$2" "$repo/.ci/standins" >/dev/null
+    built+=("$1")
   fi
 }
 standin "$postgres_image" postgres.Dockerfile
@@ -221,6 +229,7 @@ for member in $(python3 -c 'import tomllib,sys; print(*tomllib.load(open(sys.arg
     || fail "Dockerfile: workspace member $member has no 'COPY $member/Cargo.toml $member/' line"
 done
 build_started=$SECONDS
+built+=("$IMAGE" miniprogram-userinfo:build-cache)
 bounded 3600 "docker build" docker build -t "$IMAGE" "$ctx" >"$work/build.log" 2>&1 \
   || { tail -60 "$work/build.log"; fail "docker build"; }
 build_seconds=$((SECONDS - build_started))
