@@ -108,19 +108,13 @@ fn request_id(req: &Request<impl Sized>) -> String {
 }
 
 /// A request id for a call that brought none: a process-wide counter through a bijective mix
-/// keyed once from the OS, so ids never repeat within a process, look random across replicas,
-/// and cost no system call (one per call was 1.5% of a cached read; BENCHMARKS.md).
+/// keyed once from the OS, so ids never repeat within a process (whatever the key: zero if the
+/// OS had none to give), look random across replicas, and cost no system call (one per call
+/// was 1.5% of a cached read; BENCHMARKS.md).
 fn fresh_request_id() -> String {
     static KEY: OnceLock<u64> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let key = *KEY.get_or_init(|| {
-        getrandom::u64().unwrap_or_else(|_| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            nanos ^ u64::from(std::process::id()).rotate_left(32)
-        })
-    });
+    let key = *KEY.get_or_init(|| getrandom::u64().unwrap_or_default());
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{:016x}", mix(key.wrapping_add(n)))
 }
