@@ -1,40 +1,21 @@
 //! SQLite's writer: one connection, run on the calling thread, whose transactions commit in
-//! groups.
+//! groups (README, "Durability"). A transaction is a savepoint inside a group transaction
+//! (`BEGIN IMMEDIATE`) that stays open while transactions queue for the writer; its
+//! [`Member::commit`] releases the savepoint and waits, and the committer commits the group,
+//! one fsync for all its members, on a blocking thread. The writer is a fair lock, so the
+//! committer takes it after the transactions already queued: a group holds what queued
+//! meanwhile. What a caller sees does not change, and the tests below `lib.rs` pin it:
+//! - no commit returns before its group's `COMMIT` did; if that fails, every member hears so
+//!   and nothing of the group is kept;
+//! - a member dropped before its commit is rolled back to its savepoint alone; if SQLite rolls
+//!   the whole group back (a full disk, an I/O error), no statement runs outside a group;
+//! - a caller gone after its release is committed with its group without hearing so, as on
+//!   PostgreSQL;
+//! - a read in order reads on the writer and, while a group is open, answers once it is on
+//!   disk, so it never answers with what a failed commit took back.
 //!
-//! Every write transaction used to be a `BEGIN`...`COMMIT` of its own on sqlx's writer
-//! connection: a hand-off to that connection's thread and back for each statement, and an
-//! fsync of the WAL for each commit, with every other writer waiting behind it (BENCHMARKS.md,
-//! "Group commit"). Here a transaction is a savepoint (`SAVEPOINT member`) inside a group
-//! transaction (`BEGIN IMMEDIATE`) that stays open while transactions queue for the writer. Its
-//! statements run on the caller's thread: they touch pages in memory and the operating
-//! system's cache, no disk. Its [`Member::commit`] releases the savepoint and waits; the
-//! committer task commits the group, with one fsync for all its members, on a blocking thread,
-//! and then answers every one of them. The writer is a fair lock, so the committer, asked for the
-//! commit when the first member released the writer, takes it after the transactions already
-//! queued and before those that come later: a group holds what queued meanwhile, no more.
-//!
-//! What a caller sees does not change:
-//! - **Durable when acknowledged.** No commit returns before the group's `COMMIT` (with
-//!   `synchronous=FULL`) returned; if it fails, every member of the group gets the error and
-//!   nothing of it is kept.
-//! - **Atomic and isolated.** A member dropped before its commit is rolled back to its
-//!   savepoint, leaving the group's other members as they were. If SQLite rolls back the group's
-//!   whole transaction on an error (a full disk, an I/O error), every member waiting gets the
-//!   error, and no statement runs outside a group: each first checks that the group's
-//!   transaction is still open.
-//! - **Cancelled.** A caller gone after its commit released the savepoint (a deadline, a client
-//!   that hung up) has its transaction committed with the group without hearing so, as a
-//!   caller gone while PostgreSQL commits.
-//! - **Reads in order.** [`GroupWriter::read_in_order`] reads on the writer itself, so it sees
-//!   every transaction that ran before it, and, while a group is open, answers only once that
-//!   group is on disk. A read never answers with what a failed commit took back. (Answering at
-//!   once when a read of the last commit returned the same rows was tried and dropped: the
-//!   exchange and the refresh, whose reads in order follow their own commit, lost 10-20%, as
-//!   their next transactions came sooner and the groups got smaller; BENCHMARKS.md.)
-//!
-//! One more process writing the same file (a replica, or an old and a new process during a
-//! restart) holds SQLite's write lock between our groups; a group then waits for it, off the
-//! async workers, up to the busy timeout.
+//! Another process writing the file holds SQLite's write lock between our groups; a group
+//! then waits for it off the async workers, up to the busy timeout.
 
 use std::sync::Arc;
 use std::time::Duration;

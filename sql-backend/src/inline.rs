@@ -1,16 +1,13 @@
-//! SQLite reads run on the calling thread. sqlx runs every SQLite connection on a thread of
-//! its own, so each statement is a hand-off from a tokio worker to that thread and back: two
-//! wake-ups, which on two cores cost more than the read itself (BENCHMARKS.md, "Where the
-//! time goes"). A plain read (`Access::Read` outside a transaction) is a point lookup by key in
-//! pages the operating system already caches, a few microseconds, so it runs here, on a
-//! read-only connection of these, inline; while all of them are in use, the read goes to
-//! sqlx's readers as before. Nothing here writes, and a read waits for no lock: in WAL mode a
-//! reader sees the last commit without waiting for a running write. SQLite's writer
-//! ([`crate::group`]) runs its statements with the same functions.
+//! SQLite reads on the calling thread. A plain read (`Access::Read` outside a transaction) is a
+//! point lookup by key in pages the operating system already caches, a few microseconds, so
+//! it runs on a read-only connection of these right where it is asked, with no hand-off to
+//! another thread and back (two wake-ups, which on two cores cost more than the read:
+//! BENCHMARKS.md, "Where the time goes"). A read waits for no lock: in WAL mode a reader sees
+//! the last commit without waiting for a running write. SQLite's writer ([`crate::group`])
+//! runs its statements with the same functions.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
@@ -28,7 +25,6 @@ const BUSY_WAIT: Duration = Duration::from_millis(100);
 /// Read-only connections to one SQLite file, each taken by one read at a time.
 pub(crate) struct InlineReaders {
     connections: Vec<Mutex<rusqlite::Connection>>,
-    next: AtomicUsize,
 }
 
 impl std::fmt::Debug for InlineReaders {
@@ -40,11 +36,12 @@ impl std::fmt::Debug for InlineReaders {
 }
 
 impl InlineReaders {
-    /// `count` read-only connections to the file at `path`, each with a page cache of
-    /// `cache_size` (SQLite's `cache_size` value).
+    /// `count` read-only connections to the file at `path`, and at least one per core, each
+    /// with a page cache of `cache_size` (SQLite's `cache_size` value).
     pub(crate) fn open(path: &Path, count: u32, cache_size: &str) -> Result<Arc<Self>, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let connections = (0..count.max(1))
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let connections = (0..(count as usize).max(cores))
             .map(|_| {
                 let connection = rusqlite::Connection::open_with_flags(path, flags)?;
                 connection.busy_timeout(BUSY_WAIT)?;
@@ -54,30 +51,30 @@ impl InlineReaders {
             })
             .collect::<Result<_, rusqlite::Error>>()
             .map_err(error)?;
-        Ok(Arc::new(InlineReaders {
-            connections,
-            next: AtomicUsize::new(0),
-        }))
+        Ok(Arc::new(InlineReaders { connections }))
     }
 
-    /// Runs `sql` on a free connection and decodes every row; `None` when every connection
-    /// is in use (the caller reads through sqlx instead).
+    /// Runs `sql` on the first free connection and decodes every row. A read holds its
+    /// connection for no await, so a thread holds one at most: only while more threads than
+    /// connections read at once does one wait, for the first connection.
     pub(crate) fn all<T>(
         &self,
         sql: &'static str,
         args: &[Arg<'_>],
         decode: Decoder<T>,
-    ) -> Option<Result<Vec<T>, StoreError>> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let count = self.connections.len();
-        (0..count).find_map(|i| {
-            let connection = match self.connections[(start + i) % count].try_lock() {
-                Ok(connection) => connection,
-                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                Err(TryLockError::WouldBlock) => return None,
-            };
-            Some(query(&connection, sql, args, decode))
-        })
+    ) -> Result<Vec<T>, StoreError> {
+        for connection in &self.connections {
+            match connection.try_lock() {
+                Ok(connection) => return query(&connection, sql, args, decode),
+                Err(TryLockError::Poisoned(poisoned)) => {
+                    return query(&poisoned.into_inner(), sql, args, decode);
+                }
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        let first = self.connections[0].lock();
+        let first = first.unwrap_or_else(PoisonError::into_inner);
+        query(&first, sql, args, decode)
     }
 }
 

@@ -1,50 +1,22 @@
 //! The SQL layer under both services' stores: each store writes a statement once, with `$N`
-//! placeholders (sqlx's SQLite driver reads them too) in SQL both engines parse (`CASE`,
-//! `CAST`, `RETURNING`, `ON CONFLICT`, bit operators), and runs it through [`Pools`] or a
-//! [`Session`]. What really differs between SQLite and PostgreSQL is in [`Backend`], and only:
-//!
-//! - **Pool topology.** SQLite gets one writer connection, so write transactions run in turn and
-//!   never meet `SQLITE_BUSY`, beside read-only connections; PostgreSQL one pool of concurrent
-//!   connections. SQLite's writer runs on the calling thread and commits its transactions in
-//!   groups, one fsync for all that queued meanwhile ([`group`]); PostgreSQL commits each on its
-//!   own and shares fsyncs itself (its WAL flushes every commit waiting at once).
-//! - **Ordered reads and row locks.** A read that must not see a snapshot from before a running
-//!   write reads on SQLite's writer, after the transactions queued before it, and answers once
-//!   what it read is on disk; on PostgreSQL it takes
-//!   `FOR SHARE`, or `FOR UPDATE` when its transaction then writes the rows. [`Backend::ROW_LOCKS`]
-//!   also tells a store to take its own `FOR UPDATE` locks, which SQLite neither has nor needs.
-//! - **Key locks.** PostgreSQL serialises transactions on a key with an advisory lock; SQLite's
-//!   one writer already runs them in turn.
-//! - **Migrations**, since column types differ: each store keeps a set per engine. sqlx locks
-//!   PostgreSQL while it migrates; on SQLite, `migrate_sqlite` carries on when another
-//!   process migrated the file first.
-//! - **Durability.** SQLite syncs every commit to disk (`SYNCHRONOUS`); PostgreSQL's own
-//!   `synchronous_commit` does the same by default.
-//! - **Files.** An SQLite database is a file of ours, holding personal data: it is made 0600
-//!   in a 0700 directory before SQLite opens it. PostgreSQL's files are its server's.
-//! - **Erasure.** A deleted row's bytes stay in the files until something overwrites them.
-//!   SQLite connections run with `secure_delete` on, so a delete zeroes the freed space, and
-//!   [`Pools::scrub`] checkpoints the WAL and truncates it, so no older page copy survives
-//!   there either. On PostgreSQL [`Pools::scrub`] runs `VACUUM`, which frees dead tuples for
-//!   reuse but does not zero their bytes: how far that goes is the README's to say. With
-//!   [`Vacuum::Full`] it runs `VACUUM FULL`, which rewrites the tables into new files.
-//!
-//! Unique violations are no difference: sqlx classifies both engines' codes (SQLite 2067 and
-//! 1555, PostgreSQL 23505) as `is_unique_violation`, read in one place ([`StoreError`]'s `From`),
-//! beside the engines' codes for a database that cannot serve now (`cannot_serve_now`).
+//! placeholders in SQL both engines parse (`CASE`, `CAST`, `RETURNING`, `ON CONFLICT`, bit
+//! operators), and runs it through a [`Session`] of its [`Pools`]. SQLite runs on rusqlite
+//! connections of ours: one writer whose transactions commit in groups ([`group`]) and
+//! read-only connections that read on the calling thread ([`inline`]). PostgreSQL runs on
+//! sqlx's pool. sqlx also creates and migrates an SQLite file. What differs between the
+//! engines, and why, is in the README's "Storage".
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use miniprogram_token::{ScopeSet, Timestamp};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Pool, Row, Type};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::group::GroupWriter;
 use crate::inline::InlineReaders;
@@ -53,8 +25,6 @@ mod group;
 mod inline;
 
 pub use group::Member;
-
-pub use sqlx::{Postgres, Sqlite};
 
 /// What a store call returns.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -85,6 +55,12 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Arc::new(e)),
             _ => StoreError::Internal(Arc::new(e)),
         }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Internal(Arc::new(e.into()))
     }
 }
 
@@ -124,22 +100,13 @@ fn cannot_serve_now(db: &dyn sqlx::error::DatabaseError) -> bool {
             ]
             .contains(&code);
     }
-    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        let code = db.code().and_then(|c| c.parse::<i64>().ok());
-        return code.is_some_and(sqlite_cannot_serve_now);
-    }
-    false
+    let code = db.code().and_then(|c| c.parse::<i64>().ok());
+    code.is_some_and(sqlite_cannot_serve_now)
 }
 
 /// The same for an SQLite (extended) result code.
 fn sqlite_cannot_serve_now(code: i64) -> bool {
     [sqlite_code::BUSY, sqlite_code::IOERR, sqlite_code::FULL].contains(&(code & 0xff))
-}
-
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        StoreError::Internal(Arc::new(e.into()))
-    }
 }
 
 /// The engine a database URL names.
@@ -159,6 +126,13 @@ impl Engine {
             Err(StoreError::UnsupportedUrl)
         }
     }
+}
+
+/// A store's migrations: one set per engine, since column types differ.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    pub sqlite: &'static Migrator,
+    pub postgres: &'static Migrator,
 }
 
 /// A value bound to a `$N` placeholder. Times are stored as i64 nanoseconds, scope sets as
@@ -239,13 +213,7 @@ pub trait Columns {
     }
 }
 
-impl<R: Row> Columns for R
-where
-    for<'c> &'c str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
-{
+impl Columns for PgRow {
     fn text(&self, col: &str) -> Result<String, sqlx::Error> {
         self.try_get(col)
     }
@@ -274,99 +242,35 @@ macro_rules! decoders {
     )+};
 }
 
-/// The two calls that run a statement with [`Arg`]s on one connection, the same text for both
-/// engines: written once, expanded in each [`Backend`] impl.
-macro_rules! queries {
-    () => {
-        type Record = <Self as Database>::Row;
+/// Decodes one row, of either engine, into what a store returns.
+pub type Decoder<T> = fn(&dyn Columns) -> Result<T, sqlx::Error>;
 
-        async fn fetch_all<'a>(
-            conn: &'a mut Self::Connection,
-            sql: Cow<'static, str>,
-            args: &'a [Arg<'a>],
-        ) -> Result<Vec<Self::Record>, sqlx::Error> {
-            bind(query(sql), args).fetch_all(conn).await
-        }
-
-        async fn execute<'a>(
-            conn: &'a mut Self::Connection,
-            sql: Cow<'static, str>,
-            args: &'a [Arg<'a>],
-        ) -> Result<u64, sqlx::Error> {
-            let done = bind(query(sql), args).execute(conn).await?;
-            Ok(done.rows_affected())
-        }
-    };
+/// What a statement needs of its connection, which picks the connection outside a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A read that may see a snapshot from before a running write.
+    Read,
+    /// A read that waits for running writes to the rows it reads: on SQLite it reads on the
+    /// writer, on PostgreSQL it takes `FOR SHARE`.
+    InOrder,
+    /// A read in a transaction that then writes what it read: holds the rows until the
+    /// transaction ends (`FOR UPDATE` on PostgreSQL; SQLite's one writer holds everything).
+    Hold,
+    Write,
 }
 
-/// A statement for sqlx: a constant as it is (no copy per call); one built at run time (a
-/// constant with `FOR SHARE` added) as its own text. Statement text comes only from the
-/// stores' constants: values are bound, never spliced.
-fn query<DB: Database>(sql: Cow<'static, str>) -> sqlx::query::Query<'static, DB, DB::Arguments> {
-    match sql {
-        Cow::Borrowed(sql) => sqlx::query(sql),
-        Cow::Owned(sql) => sqlx::query(AssertSqlSafe(sql)),
-    }
-}
-
-/// Binds `args` to the placeholders in turn.
-fn bind<'q, DB>(
-    query: sqlx::query::Query<'q, DB, DB::Arguments>,
-    args: &[Arg<'_>],
-) -> sqlx::query::Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    for<'a> Option<i64>: Encode<'a, DB> + Type<DB>,
-    for<'a> Option<&'a str>: Encode<'a, DB> + Type<DB>,
-    for<'a> &'a [u8]: Encode<'a, DB> + Type<DB>,
-{
-    args.iter().fold(query, |query, arg| match *arg {
-        Arg::Int(v) => query.bind(v),
-        Arg::Text(v) => query.bind(v),
-        Arg::Bytes(v) => query.bind(v),
-    })
-}
-
-/// What differs between the engines; the module doc says why each item does.
-pub trait Backend: Database {
-    type Record: Columns + Send;
-    /// Writers run concurrently and lock rows: reads in order take `FOR SHARE`, and stores take
-    /// their own `FOR UPDATE` locks where two writers must queue in one order.
-    const ROW_LOCKS: bool;
-    /// A statement taking a transaction-scoped lock on the i64 key `$1`, where transactions can
-    /// overlap.
-    const KEY_LOCK: Option<&'static str>;
-
-    /// Opens `url` (creating an SQLite file if missing) and applies `migrator`; SQLite gets
-    /// `readers` read-only connections beside its writer.
-    fn open(
-        url: &str,
-        migrator: &'static Migrator,
-        readers: u32,
-    ) -> impl Future<Output = StoreResult<Pools<Self>>> + Send;
-
-    /// Runs a statement on `conn`: the rows it returns.
-    fn fetch_all<'a>(
-        conn: &'a mut Self::Connection,
-        sql: Cow<'static, str>,
-        args: &'a [Arg<'a>],
-    ) -> impl Future<Output = Result<Vec<Self::Record>, sqlx::Error>> + Send + 'a;
-
-    /// Runs a statement on `conn`: the rows it changed.
-    fn execute<'a>(
-        conn: &'a mut Self::Connection,
-        sql: Cow<'static, str>,
-        args: &'a [Arg<'a>],
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
-
-    /// After rows of `tables` were deleted: drops what the engine keeps of them in its files,
-    /// as far as it can (the module doc's "Erasure").
-    fn scrub<'a>(
-        pools: &'a Pools<Self>,
-        tables: &'a [&'static str],
-        vacuum: Vacuum,
-    ) -> impl Future<Output = StoreResult<()>> + Send + 'a;
-}
+/// SQLite syncs the WAL to disk at every commit, before the call that wrote it answers: an
+/// acknowledged withdrawal, spent code or rotated refresh token (and a deleted profile)
+/// survives a power cut (README, "Durability").
+const SYNCHRONOUS: &str = "FULL";
+/// Each SQLite connection's page cache, in KiB (negative: SQLite's unit for a size): a quarter
+/// of SQLite's default 2 MiB. Reads look up single rows by key, and the operating system's page
+/// cache holds the file for every connection.
+const CACHE_SIZE: &str = "-512";
+/// How long a caller waits for a connection, or SQLite for a lock held by another process.
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
+/// PostgreSQL connections per pool.
+const PG_CONNECTIONS: u32 = 16;
 
 /// How far [`Pools::scrub`] goes on PostgreSQL; SQLite zeroes freed bytes either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -380,111 +284,121 @@ pub enum Vacuum {
     Full,
 }
 
-/// SQLite syncs the WAL to disk at every commit, before the call that wrote it answers: an
-/// acknowledged withdrawal, spent code or rotated refresh token (and a deleted profile)
-/// survives a power cut. `NORMAL` in WAL mode syncs only at checkpoints, so a power cut may
-/// take back the last commits; a process crash loses nothing either way. The cost is one
-/// fsync per write transaction (README, "Durability").
-const SYNCHRONOUS: &str = "FULL";
-/// Each SQLite reader's page cache, in KiB (negative: SQLite's unit for a size): a quarter of
-/// SQLite's default 2 MiB. Readers look up single rows by key, and the operating system's page
-/// cache holds the file for all of them; what they keep privately only adds to the resident
-/// memory of every reader thread.
-const READER_CACHE: &str = "-512";
-/// The writer's page cache, in KiB, as each reader's: a quarter of SQLite's default. The
-/// writer's statements run on the async workers, so the pages it keeps are allocated among
-/// their short-lived buffers (BENCHMARKS.md, "Every RPC, one replica, with group commit").
-const WRITER_CACHE: &str = "-512";
-/// How long a caller waits for a connection, or SQLite for a lock held by another process.
-pub(crate) const WAIT: Duration = Duration::from_secs(5);
-/// PostgreSQL connections per pool.
-const PG_CONNECTIONS: u32 = 16;
+/// A store's connections.
+#[derive(Debug, Clone)]
+pub struct Pools(Connections);
 
-impl Backend for Sqlite {
-    queries!();
-    const ROW_LOCKS: bool = false;
-    const KEY_LOCK: Option<&'static str> = None;
+#[derive(Debug, Clone)]
+enum Connections {
+    Sqlite(Arc<GroupWriter>, Arc<InlineReaders>),
+    Postgres(PgPool),
+}
 
-    /// Opens the file, again while it is busy for another process (one starting on the same
-    /// file can hold it while it converts it to WAL or migrates it; SQLite reports some of
-    /// those locks at once, without waiting), for up to [`WAIT`].
-    async fn open(
-        url: &str,
-        migrator: &'static Migrator,
-        readers: u32,
-    ) -> StoreResult<Pools<Self>> {
-        let started = std::time::Instant::now();
-        loop {
-            match open_sqlite(url, migrator, readers).await {
-                Err(StoreError::Unavailable(_)) if started.elapsed() < WAIT => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                opened => return opened,
+impl Pools {
+    /// Opens `url` (creating an SQLite file if missing) and applies its engine's migrations;
+    /// SQLite gets `readers` read-only connections beside its writer.
+    pub async fn open(url: &str, migrations: Migrations, readers: u32) -> StoreResult<Pools> {
+        match Engine::of(url)? {
+            Engine::Sqlite => open_sqlite(url, migrations.sqlite, readers).await,
+            Engine::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(PG_CONNECTIONS)
+                    .acquire_timeout(WAIT)
+                    .connect_with(url.parse()?)
+                    .await?;
+                migrations.postgres.run(&pool).await?;
+                Ok(Pools(Connections::Postgres(pool)))
             }
         }
     }
 
-    /// Commits the open group, then copies every page in the WAL into the database file and
-    /// truncates the WAL to nothing; `secure_delete` has already zeroed the deleted bytes in
-    /// the pages' latest versions.
-    async fn scrub(pools: &Pools<Self>, _tables: &[&'static str], _: Vacuum) -> StoreResult<()> {
-        match &pools.writer {
-            Writer::Group(group) => group.checkpoint().await,
-            Writer::Pool(_) => Ok(()),
+    /// A session whose statements each run on a connection of their own.
+    pub fn session(&self) -> Session {
+        Session::Pooled(self.clone())
+    }
+
+    /// A session whose statements all run in one transaction on the writer.
+    pub async fn begin(&self) -> StoreResult<Session> {
+        Ok(match &self.0 {
+            Connections::Postgres(pool) => Session::Transaction(pool.begin().await?),
+            Connections::Sqlite(writer, _) => Session::Member(writer.begin().await?),
+        })
+    }
+
+    /// After rows of `tables` were deleted, drops what the engine keeps of them in its files, as
+    /// far as it can (README, "Erasure"). SQLite connections run with `secure_delete`, so the
+    /// freed bytes are zeroed; this commits the open group, copies the WAL into the file and
+    /// truncates it. PostgreSQL runs `VACUUM` on each table (or `VACUUM FULL`), outside a
+    /// transaction. Table names come from the stores' constants, never from a request.
+    pub async fn scrub(&self, tables: &[&'static str], vacuum: Vacuum) -> StoreResult<()> {
+        let pool = match &self.0 {
+            Connections::Sqlite(writer, _) => return writer.checkpoint().await,
+            Connections::Postgres(pool) => pool,
+        };
+        let command = match vacuum {
+            Vacuum::Plain => "VACUUM",
+            Vacuum::Full => "VACUUM FULL",
+        };
+        let mut conn = pool.acquire().await?;
+        for table in tables {
+            let vacuum = sqlx::raw_sql(AssertSqlSafe(format!("{command} {table}")));
+            sqlx::Executor::execute(&mut *conn, vacuum).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match &self.0 {
+            Connections::Postgres(pool) => pool.close().await,
+            Connections::Sqlite(writer, _) => writer.close().await,
         }
     }
 }
 
-/// One attempt at [`Backend::open`] for SQLite.
-async fn open_sqlite(
-    url: &str,
-    migrator: &'static Migrator,
-    readers: u32,
-) -> StoreResult<Pools<Sqlite>> {
+/// Opens an SQLite file, again while it is busy for another process (one starting on the same
+/// file can hold it while it converts it to WAL or migrates it; SQLite reports some of those
+/// locks at once, without waiting), for up to [`WAIT`].
+async fn open_sqlite(url: &str, migrator: &Migrator, readers: u32) -> StoreResult<Pools> {
+    let started = std::time::Instant::now();
+    loop {
+        match try_open_sqlite(url, migrator, readers).await {
+            Err(StoreError::Unavailable(_)) if started.elapsed() < WAIT => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// sqlx creates the file (0600 in a 0700 directory, as it holds personal data), turns it to
+/// WAL mode and migrates it; then the writer and the readers open it.
+async fn try_open_sqlite(url: &str, migrator: &Migrator, readers: u32) -> StoreResult<Pools> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(WAIT);
-    let writing = [
+    let path = options.get_filename().to_owned();
+    service_runtime::private_files::prepare_sqlite_database(url, &path).map_err(sqlx::Error::Io)?;
+    let migrating = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    // The writer opens before the migrating connection closes: the last connection to
+    // close removes the WAL, which read-only connections cannot create again.
+    let writer_pragmas = [
         ("synchronous", SYNCHRONOUS),
         ("foreign_keys", "ON"),
         ("secure_delete", "ON"),
+        ("cache_size", CACHE_SIZE),
     ];
-    let options = writing.iter().fold(options, |options, (name, value)| {
-        options.pragma(*name, *value)
-    });
-    service_runtime::private_files::prepare_sqlite_database(url, options.get_filename())
-        .map_err(sqlx::Error::Io)?;
-    let migrating = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options.clone())
-        .await?;
-    let path = options.get_filename().to_owned();
-    // The writer opens before the migrating connection closes: the last connection to
-    // close removes the WAL, which read-only connections cannot create again.
-    let writer_pragmas = [writing.as_slice(), &[("cache_size", WRITER_CACHE)]].concat();
-    let writer = match migrate_sqlite(&migrating, migrator).await {
+    let opened = match migrate_sqlite(&migrating, migrator).await {
         Ok(()) => GroupWriter::open(&path, &writer_pragmas),
         Err(e) => Err(e),
     };
     migrating.close().await;
-    let writer = writer?;
-    let readers = async {
-        let reader = SqlitePoolOptions::new()
-            .max_connections(readers)
-            .connect_with(options.read_only(true).pragma("cache_size", READER_CACHE))
-            .await?;
-        let threads = std::thread::available_parallelism().map_or(2, usize::from);
-        let inline_count = u32::try_from(threads).unwrap_or(u32::MAX).min(readers);
-        let inline = InlineReaders::open(&path, inline_count, READER_CACHE)?;
-        Ok::<_, StoreError>((reader, inline))
-    };
-    match readers.await {
-        Ok((reader, inline)) => Ok(Pools {
-            writer: Writer::Group(writer),
-            reader,
-            inline: Some(inline),
-        }),
+    let writer = opened?;
+    match InlineReaders::open(&path, readers, CACHE_SIZE) {
+        Ok(readers) => Ok(Pools(Connections::Sqlite(writer, readers))),
         Err(e) => {
             writer.close().await;
             Err(e)
@@ -499,8 +413,8 @@ async fn open_sqlite(
 /// come with another process's progress (more migrations applied than before the attempt), it
 /// reads the applied set again and carries on; any other failure is returned.
 /// (`processes_starting_at_once_on_one_sqlite_file_migrate_it_once` in faults/.)
-async fn migrate_sqlite(writer: &Pool<Sqlite>, migrator: &Migrator) -> StoreResult<()> {
-    async fn applied(writer: &Pool<Sqlite>) -> i64 {
+async fn migrate_sqlite(writer: &SqlitePool, migrator: &Migrator) -> StoreResult<()> {
+    async fn applied(writer: &SqlitePool) -> i64 {
         let count = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations");
         count.fetch_one(writer).await.unwrap_or(0)
     }
@@ -519,142 +433,17 @@ async fn migrate_sqlite(writer: &Pool<Sqlite>, migrator: &Migrator) -> StoreResu
     }
 }
 
-impl Backend for Postgres {
-    queries!();
-    const ROW_LOCKS: bool = true;
-    const KEY_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock($1)");
-
-    async fn open(
-        url: &str,
-        migrator: &'static Migrator,
-        _readers: u32,
-    ) -> StoreResult<Pools<Self>> {
-        let pool = PgPoolOptions::new()
-            .max_connections(PG_CONNECTIONS)
-            .acquire_timeout(WAIT)
-            .connect_with(url.parse()?)
-            .await?;
-        migrator.run(&pool).await?;
-        Ok(Pools {
-            writer: Writer::Pool(pool.clone()),
-            reader: pool,
-            inline: None,
-        })
-    }
-
-    /// `VACUUM` each table: dead tuples are pruned and their space marked free (not zeroed);
-    /// or `VACUUM FULL`, which rewrites it. It runs outside a transaction, so over the simple
-    /// query protocol.
-    async fn scrub(pools: &Pools<Self>, tables: &[&'static str], how: Vacuum) -> StoreResult<()> {
-        let command = match how {
-            Vacuum::Plain => "VACUUM",
-            Vacuum::Full => "VACUUM FULL",
-        };
-        let Writer::Pool(writer) = &pools.writer else {
-            return Ok(());
-        };
-        let mut conn = writer.acquire().await?;
-        for table in tables {
-            let vacuum = sqlx::raw_sql(AssertSqlSafe(format!("{command} {table}")));
-            sqlx::Executor::execute(&mut *conn, vacuum).await?;
-        }
-        Ok(())
-    }
-}
-
-/// What a statement needs of its connection, which picks the connection outside a transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// A read that may see a snapshot from before a running write.
-    Read,
-    /// A read that waits for running writes to the rows it reads.
-    InOrder,
-    /// A read in a transaction that then writes what it read: holds the rows until the
-    /// transaction ends.
-    Hold,
-    Write,
-}
-
-fn statement<B: Backend>(sql: &'static str, access: Access) -> Cow<'static, str> {
-    match access {
-        Access::InOrder if B::ROW_LOCKS => Cow::Owned(format!("{sql} FOR SHARE")),
-        Access::Hold if B::ROW_LOCKS => Cow::Owned(format!("{sql} FOR UPDATE")),
-        _ => Cow::Borrowed(sql),
-    }
-}
-
-/// A store's connections: the writer (also for reads in order) and the readers, and on
-/// SQLite the readers that run plain reads inline.
-#[derive(Debug)]
-pub struct Pools<B: Database> {
-    writer: Writer<B>,
-    reader: Pool<B>,
-    inline: Option<Arc<InlineReaders>>,
-}
-
-/// Where writes and reads in order run: PostgreSQL's pool, or SQLite's one connection whose
-/// transactions commit in groups ([`group`]).
-#[derive(Debug)]
-enum Writer<B: Database> {
-    Pool(Pool<B>),
-    Group(Arc<GroupWriter>),
-}
-
-impl<B: Database> Clone for Pools<B> {
-    fn clone(&self) -> Self {
-        Pools {
-            writer: match &self.writer {
-                Writer::Pool(pool) => Writer::Pool(pool.clone()),
-                Writer::Group(group) => Writer::Group(group.clone()),
-            },
-            reader: self.reader.clone(),
-            inline: self.inline.clone(),
-        }
-    }
-}
-
-impl<B: Backend> Pools<B> {
-    /// A session whose statements each run on a pooled connection of their own.
-    pub fn session(&self) -> Session<B> {
-        Session::Pooled(self.clone())
-    }
-
-    /// A session whose statements all run in one transaction on the writer.
-    pub async fn begin(&self) -> StoreResult<Session<B>> {
-        Ok(match &self.writer {
-            Writer::Pool(pool) => Session::Transaction(pool.begin().await?),
-            Writer::Group(group) => Session::Member(group.begin().await?),
-        })
-    }
-
-    /// After a delete of personal data from `tables`: see [`Backend::scrub`]. Table names come
-    /// from the stores' constants, never from a request.
-    pub async fn scrub(&self, tables: &[&'static str], vacuum: Vacuum) -> StoreResult<()> {
-        B::scrub(self, tables, vacuum).await
-    }
-
-    pub async fn close(&self) {
-        match &self.writer {
-            Writer::Pool(pool) => pool.close().await,
-            Writer::Group(group) => group.close().await,
-        }
-        self.reader.close().await;
-    }
-}
-
-/// Statements run one by one on pooled connections, or together in one transaction, rolled
-/// back if the session is dropped before [`Session::commit`].
-pub enum Session<B: Database> {
-    Pooled(Pools<B>),
-    Transaction(sqlx::Transaction<'static, B>),
+/// Statements run one by one, or together in one transaction, rolled back if the session is
+/// dropped before [`Session::commit`].
+pub enum Session {
+    Pooled(Pools),
+    /// A transaction on PostgreSQL.
+    Transaction(sqlx::Transaction<'static, sqlx::Postgres>),
     /// A transaction on SQLite's writer.
     Member(Member),
 }
 
-/// Decodes one row, of either engine or of an inline read, into what a store returns.
-pub type Decoder<T> = fn(&dyn Columns) -> Result<T, sqlx::Error>;
-
-impl<B: Backend> Session<B> {
+impl Session {
     /// Every row the statement returns, decoded.
     pub async fn all<T>(
         &mut self,
@@ -678,8 +467,8 @@ impl<B: Backend> Session<B> {
         Ok(rows.into_iter().next())
     }
 
-    /// The rows the statement returns, decoded: all of them on SQLite's connections of
-    /// ours, the first `decoded` of those sqlx returns.
+    /// The rows the statement returns, decoded: all of them on SQLite, the first `decoded` of
+    /// those PostgreSQL returns.
     async fn read<T>(
         &mut self,
         access: Access,
@@ -688,70 +477,73 @@ impl<B: Backend> Session<B> {
         decode: Decoder<T>,
         decoded: usize,
     ) -> StoreResult<Vec<T>> {
-        let statement = statement::<B>(sql, access);
+        let locking = match access {
+            Access::InOrder => Cow::Owned(format!("{sql} FOR SHARE")),
+            Access::Hold => Cow::Owned(format!("{sql} FOR UPDATE")),
+            Access::Read | Access::Write => Cow::Borrowed(sql),
+        };
         let rows = match self {
             Session::Member(member) => return member.all(sql, args, decode),
-            Session::Pooled(pools) => match (&pools.writer, access) {
-                (_, Access::Read) => {
-                    if let Some(read) = pools.inline.as_ref().and_then(|i| i.all(sql, args, decode))
-                    {
-                        return read;
+            Session::Transaction(tx) => pg_query(locking, args).fetch_all(&mut **tx).await?,
+            Session::Pooled(Pools(Connections::Postgres(pool))) => {
+                pg_query(locking, args).fetch_all(&*pool).await?
+            }
+            Session::Pooled(Pools(Connections::Sqlite(writer, readers))) => {
+                return match access {
+                    Access::Read => readers.all(sql, args, decode),
+                    Access::InOrder => writer.read_in_order(sql, args, decode).await,
+                    Access::Hold | Access::Write => {
+                        let mut member = writer.begin().await?;
+                        let rows = member.all(sql, args, decode)?;
+                        member.commit().await?;
+                        Ok(rows)
                     }
-                    B::fetch_all(&mut *pools.reader.acquire().await?, statement, args).await?
-                }
-                (Writer::Group(group), Access::InOrder) => {
-                    return group.read_in_order(sql, args, decode).await;
-                }
-                (Writer::Group(group), Access::Hold | Access::Write) => {
-                    let mut member = group.begin().await?;
-                    let rows = member.all(sql, args, decode)?;
-                    member.commit().await?;
-                    return Ok(rows);
-                }
-                (Writer::Pool(writer), _) => {
-                    B::fetch_all(&mut *writer.acquire().await?, statement, args).await?
-                }
-            },
-            Session::Transaction(tx) => B::fetch_all(tx, statement, args).await?,
+                };
+            }
         };
-        Ok(rows
-            .iter()
-            .take(decoded)
-            .map(|row| decode(row))
-            .collect::<Result<_, _>>()?)
+        let rows = rows.iter().take(decoded);
+        Ok(rows.map(|row| decode(row)).collect::<Result<_, _>>()?)
     }
 
     /// Runs a write; rows changed.
     pub async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> StoreResult<u64> {
-        let sql_text = Cow::Borrowed(sql);
+        let query = || pg_query(Cow::Borrowed(sql), args);
         Ok(match self {
             Session::Member(member) => member.execute(sql, args)?,
-            Session::Pooled(pools) => match &pools.writer {
-                Writer::Group(group) => {
-                    let mut member = group.begin().await?;
-                    let changed = member.execute(sql, args)?;
-                    member.commit().await?;
-                    changed
-                }
-                Writer::Pool(writer) => {
-                    B::execute(&mut *writer.acquire().await?, sql_text, args).await?
-                }
-            },
-            Session::Transaction(tx) => B::execute(tx, sql_text, args).await?,
+            Session::Transaction(tx) => query().execute(&mut **tx).await?.rows_affected(),
+            Session::Pooled(Pools(Connections::Postgres(pool))) => {
+                query().execute(&*pool).await?.rows_affected()
+            }
+            Session::Pooled(Pools(Connections::Sqlite(writer, _))) => {
+                let mut member = writer.begin().await?;
+                let changed = member.execute(sql, args)?;
+                member.commit().await?;
+                changed
+            }
         })
     }
 
+    /// Runs `sql`, a `SELECT ... FOR UPDATE`, where writers run at once and lock rows
+    /// (PostgreSQL), so that two transactions that take the same rows queue in one order.
+    /// SQLite's one writer already runs them in turn.
+    pub async fn lock_rows(&mut self, sql: &'static str, args: &[Arg<'_>]) -> StoreResult<()> {
+        match self {
+            Session::Member(_) | Session::Pooled(Pools(Connections::Sqlite(..))) => Ok(()),
+            _ => self.execute(sql, args).await.map(drop),
+        }
+    }
+
     /// Takes the lock on `key` until the transaction ends, so transactions under one key run
-    /// their statements after it in turn. Only a transaction holds a lock: in a pooled session
-    /// this is an error.
+    /// their statements after it in turn: an advisory lock on PostgreSQL, nothing on SQLite,
+    /// whose one writer runs them in turn already. In a pooled session this is an error.
     pub async fn lock(&mut self, key: i64) -> StoreResult<()> {
-        match (self, B::KEY_LOCK) {
-            (Session::Transaction(tx), Some(lock)) => {
-                B::execute(tx, Cow::Borrowed(lock), args![key]).await?;
-                Ok(())
+        match self {
+            Session::Transaction(_) => {
+                let lock = "SELECT pg_advisory_xact_lock($1)";
+                self.execute(lock, args![key]).await.map(drop)
             }
-            (Session::Transaction(_) | Session::Member(_), _) => Ok(()),
-            (Session::Pooled(_), _) => Err(StoreError::Internal(Arc::new(sqlx::Error::Protocol(
+            Session::Member(_) => Ok(()),
+            Session::Pooled(_) => Err(StoreError::Internal(Arc::new(sqlx::Error::Protocol(
                 "a lock is taken in a transaction".into(),
             )))),
         }
@@ -768,6 +560,24 @@ impl<B: Backend> Session<B> {
     }
 }
 
+/// A PostgreSQL statement with `args` bound to its placeholders in turn. A constant is used as
+/// it is; one built at run time (a constant with `FOR SHARE` added) as its own text. Statement
+/// text comes only from the stores' constants: values are bound, never spliced.
+fn pg_query<'q>(
+    sql: Cow<'static, str>,
+    args: &[Arg<'q>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let query = match sql {
+        Cow::Borrowed(sql) => sqlx::query(sql),
+        Cow::Owned(sql) => sqlx::query(AssertSqlSafe(sql)),
+    };
+    args.iter().fold(query, |query, arg| match *arg {
+        Arg::Int(v) => query.bind(v),
+        Arg::Text(v) => query.bind(v),
+        Arg::Bytes(v) => query.bind(v),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -776,10 +586,9 @@ mod tests {
     /// `synchronous=FULL` (2), so a commit is on disk before the call answers.
     #[tokio::test]
     async fn sqlite_commits_are_synced_to_disk_before_they_are_acknowledged() {
-        static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let pools = Sqlite::open(&url, &NO_MIGRATIONS, 1).await.unwrap();
+        let pools = Pools::open(&url, NO_MIGRATIONS, 1).await.unwrap();
         let level = |r: &dyn Columns| r.int("synchronous");
         let mut writer = pools.begin().await.unwrap();
         let synced = writer.first(Access::Write, "PRAGMA synchronous", args![], level);
@@ -792,10 +601,15 @@ mod tests {
         pools.close().await;
     }
 
-    async fn pools_with_one_table(dir: &tempfile::TempDir) -> Pools<Sqlite> {
-        static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
+    static NO_MIGRATION: Migrator = Migrator::DEFAULT;
+    const NO_MIGRATIONS: Migrations = Migrations {
+        sqlite: &NO_MIGRATION,
+        postgres: &NO_MIGRATION,
+    };
+
+    async fn pools_with_one_table(dir: &tempfile::TempDir) -> Pools {
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let pools = Sqlite::open(&url, &NO_MIGRATIONS, 2).await.unwrap();
+        let pools = Pools::open(&url, NO_MIGRATIONS, 2).await.unwrap();
         let mut session = pools.session();
         let create = "CREATE TABLE t (a INTEGER NOT NULL, b TEXT NOT NULL)";
         session.execute(create, args![]).await.unwrap();
@@ -822,9 +636,8 @@ mod tests {
             .unwrap();
         let read = "SELECT a FROM t WHERE b = $2 AND a >= $1";
         let decode = |r: &dyn Columns| r.int("a");
-        let inline = pools.inline.as_ref().expect("SQLite reads inline");
-        let found = inline.all(read, args![7_i64, "eight"], decode);
-        assert_eq!(found.expect("a connection was free").unwrap(), vec![8]);
+        let found = readers(&pools).all(read, args![7_i64, "eight"], decode);
+        assert_eq!(found.unwrap(), vec![8]);
         let found = session
             .first(Access::Read, read, args![9_i64, "eight"], decode)
             .await;
@@ -863,10 +676,17 @@ mod tests {
         pools.close().await;
     }
 
-    fn group(pools: &Pools<Sqlite>) -> &GroupWriter {
-        match &pools.writer {
-            Writer::Group(group) => group,
-            Writer::Pool(_) => panic!("SQLite writes through a group writer"),
+    fn group(pools: &Pools) -> &GroupWriter {
+        match &pools.0 {
+            Connections::Sqlite(writer, _) => writer,
+            Connections::Postgres(_) => panic!("an SQLite store"),
+        }
+    }
+
+    fn readers(pools: &Pools) -> &Arc<InlineReaders> {
+        match &pools.0 {
+            Connections::Sqlite(_, readers) => readers,
+            Connections::Postgres(_) => panic!("an SQLite store"),
         }
     }
 
@@ -1037,24 +857,31 @@ mod tests {
         );
     }
 
-    /// Guards the fallback in `Session::all`: while every inline connection is taken, a
-    /// plain read still answers (through sqlx's readers) instead of failing or waiting.
-    #[tokio::test]
-    async fn a_plain_read_goes_through_sqlx_while_every_inline_connection_is_busy() {
+    /// Guards the wait in `InlineReaders::all`: while every read-only connection is taken (more
+    /// threads reading at once than connections), a plain read waits for one and then
+    /// answers, instead of failing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plain_read_waits_while_every_reader_is_busy_and_then_answers() {
         let dir = tempfile::tempdir().unwrap();
         let pools = pools_with_one_table(&dir).await;
         let mut session = pools.session();
-        let insert = "INSERT INTO t (a, b) VALUES ($1, $2)";
-        session.execute(insert, args![1_i64, "one"]).await.unwrap();
-        let inline = pools.inline.clone().expect("SQLite reads inline");
-        let _held = inline.hold_all();
-        let decode = |r: &dyn Columns| r.text("b");
-        let read = "SELECT b FROM t WHERE a = $1";
-        assert!(inline.all(read, args![1_i64], decode).is_none(), "all held");
-        let found = session
-            .first(Access::Read, read, args![1_i64], decode)
-            .await;
-        assert_eq!(found.unwrap().as_deref(), Some("one"));
+        session.execute(INSERT, args![1_i64, "one"]).await.unwrap();
+        let held = readers(&pools).hold_all();
+        let reading = tokio::task::spawn_blocking(move || {
+            let decode = |r: &dyn Columns| r.text("b");
+            let read = "SELECT b FROM t WHERE a = $1";
+            let runtime = tokio::runtime::Handle::current();
+            runtime.block_on(session.first(Access::Read, read, args![1_i64], decode))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            !reading.is_finished(),
+            "answered while every reader was busy"
+        );
+        drop(held);
+        let found = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
+        let found = found.expect("answers within 5 s once a reader is free");
+        assert_eq!(found.unwrap().unwrap().as_deref(), Some("one"));
         pools.close().await;
     }
 }

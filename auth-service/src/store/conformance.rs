@@ -479,8 +479,12 @@ fn older_log() -> Vec<NewRevocation> {
 }
 
 /// Writes [`older_log`] into a database migrated as far as `migrator` goes.
-async fn write_older_log<B: sql_backend::Backend>(url: &str, migrator: &'static Migrator) {
-    let pools = B::open(url, migrator, 1).await.unwrap();
+async fn write_older_log(url: &str, migrator: &'static Migrator) {
+    let migrations = sql_backend::Migrations {
+        sqlite: migrator,
+        postgres: migrator,
+    };
+    let pools = sql_backend::Pools::open(url, migrations, 1).await.unwrap();
     let mut session = pools.session();
     let insert = "INSERT INTO revocations
                     (app_id, user_id, scopes, token_id, grant_id, issued_before, expire_at)
@@ -514,10 +518,7 @@ async fn migration_0002_leaves_one_rule_per_revoked_token_or_family(engine: Engi
     std::fs::create_dir_all(&first).unwrap();
     std::fs::write(first.join("0001_init.sql"), text).unwrap();
     let migrator = Box::leak(Box::new(sqlx::migrate::Migrator::new(first).await.unwrap()));
-    match engine {
-        Engine::Sqlite => write_older_log::<sql_backend::Sqlite>(&url, migrator).await,
-        Engine::Postgres => write_older_log::<sql_backend::Postgres>(&url, migrator).await,
-    }
+    write_older_log(&url, migrator).await;
     let store = super::open(&url).await.expect("0002 runs");
     let mut repos = store.repositories();
     let rules = repos.revocations().after(0, 100).await.unwrap();

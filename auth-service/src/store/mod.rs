@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use sql_backend::{Engine, Postgres, Sqlite};
+use sql_backend::Migrations;
 
 #[cfg(test)]
 mod conformance;
@@ -23,15 +23,13 @@ pub use contract::{
 pub use sql::SqlAuthStore;
 pub use sql_backend::{StoreError, StoreResult};
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/auth/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/auth/postgres");
+/// auth-service's migrations, per engine.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &sqlx::migrate!("../migrations/auth/sqlite"),
+    postgres: &sqlx::migrate!("../migrations/auth/postgres"),
+};
 
 /// Opens the database the URL names (`sqlite:` or `postgres://`) and applies its migrations.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn AuthStore>> {
-    Ok(match Engine::of(url)? {
-        Engine::Sqlite => Arc::new(SqlAuthStore::<Sqlite>::open(url, &SQLITE_MIGRATIONS).await?),
-        Engine::Postgres => {
-            Arc::new(SqlAuthStore::<Postgres>::open(url, &POSTGRES_MIGRATIONS).await?)
-        }
-    })
+    Ok(Arc::new(SqlAuthStore::open(url, MIGRATIONS).await?))
 }

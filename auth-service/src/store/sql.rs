@@ -1,12 +1,12 @@
 //! auth-service's repositories, written once for SQLite and PostgreSQL over
-//! [`sql_backend::Backend`]; the one place the engines differ here is marked `B::ROW_LOCKS`.
+//! [`sql_backend::Session`]; the engines differ here only where a lock is taken
+//! (`lock_rows`, `lock`).
 
 use async_trait::async_trait;
 use miniprogram_token::{RevocationRule, Scope, ScopeSet, Timestamp};
 use sha2::{Digest, Sha256};
 use sql_backend::Access::{Hold, InOrder, Read, Write};
-use sql_backend::{Arg, Backend, Columns, Pools, Session, StoreResult, args};
-use sqlx::migrate::Migrator;
+use sql_backend::{Arg, Columns, Migrations, Pools, Session, StoreResult, args};
 
 use super::contract::{
     AppRepo, AuthStore, ConsentRepo, Decision, GrantRepo, KeyRepo, PrivacyRepo, QUOTA_WINDOW_NANOS,
@@ -62,21 +62,21 @@ impl From<FeatureSet> for Arg<'_> {
     }
 }
 
-/// auth-service's tables in one database of engine `B`.
-pub struct SqlAuthStore<B: Backend> {
-    pools: Pools<B>,
+/// auth-service's tables in one database.
+pub struct SqlAuthStore {
+    pools: Pools,
 }
 
-impl<B: Backend> SqlAuthStore<B> {
-    /// Opens `url` and applies `migrations` (those of engine `B`).
-    pub async fn open(url: &str, migrations: &'static Migrator) -> StoreResult<Self> {
-        let pools = B::open(url, migrations, READERS).await?;
+impl SqlAuthStore {
+    /// Opens `url` and applies `migrations` (those of its engine).
+    pub async fn open(url: &str, migrations: Migrations) -> StoreResult<Self> {
+        let pools = Pools::open(url, migrations, READERS).await?;
         Ok(SqlAuthStore { pools })
     }
 }
 
 #[async_trait]
-impl<B: Backend> AuthStore for SqlAuthStore<B> {
+impl AuthStore for SqlAuthStore {
     fn repositories(&self) -> Box<dyn Repositories> {
         Box::new(Repos(self.pools.session()))
     }
@@ -109,9 +109,9 @@ impl<B: Backend> AuthStore for SqlAuthStore<B> {
 }
 
 /// Every repository, over one session.
-struct Repos<B: Backend>(Session<B>);
+struct Repos(Session);
 
-impl<B: Backend> Repositories for Repos<B> {
+impl Repositories for Repos {
     fn apps(&mut self) -> &mut dyn AppRepo {
         self
     }
@@ -133,14 +133,14 @@ impl<B: Backend> Repositories for Repos<B> {
 }
 
 #[async_trait]
-impl<B: Backend> Transaction for Repos<B> {
+impl Transaction for Repos {
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         self.0.commit().await
     }
 }
 
 #[async_trait]
-impl<B: Backend> AppRepo for Repos<B> {
+impl AppRepo for Repos {
     async fn insert(&mut self, a: &AppRecord) -> StoreResult<()> {
         let sql = "INSERT INTO apps (app_id, display_name, secret_hash, features, created_at,
                      declaration_version, declared_scopes, declared_at)
@@ -184,7 +184,7 @@ impl<B: Backend> AppRepo for Repos<B> {
 }
 
 #[async_trait]
-impl<B: Backend> ConsentRepo for Repos<B> {
+impl ConsentRepo for Repos {
     async fn authorization(
         &mut self,
         user_id: &str,
@@ -315,7 +315,7 @@ impl<B: Backend> ConsentRepo for Repos<B> {
 }
 
 #[async_trait]
-impl<B: Backend> GrantRepo for Repos<B> {
+impl GrantRepo for Repos {
     async fn insert_code(&mut self, c: &AuthCodeRecord) -> StoreResult<()> {
         let sql =
             "INSERT INTO auth_codes (code_hash, grant_id, app_id, user_id, scopes, created_at,
@@ -404,12 +404,9 @@ impl<B: Backend> GrantRepo for Repos<B> {
         app_id: &str,
         now: Timestamp,
     ) -> StoreResult<Option<RefreshTokenRecord>> {
-        if B::ROW_LOCKS {
-            let lock =
-                "SELECT 1 FROM auth_codes a JOIN refresh_tokens r ON r.family_id = a.grant_id
-                        WHERE r.token_hash = $1 FOR UPDATE OF a";
-            self.0.execute(lock, args![hash]).await?;
-        }
+        let lock = "SELECT 1 FROM auth_codes a JOIN refresh_tokens r ON r.family_id = a.grant_id
+                    WHERE r.token_hash = $1 FOR UPDATE OF a";
+        self.0.lock_rows(lock, args![hash]).await?;
         let sql = "UPDATE refresh_tokens SET used_at = $1
                    WHERE token_hash = $2 AND app_id = $3 AND used_at IS NULL AND revoked_at IS NULL
                      AND expires_at > $1
@@ -440,7 +437,7 @@ impl<B: Backend> GrantRepo for Repos<B> {
 }
 
 #[async_trait]
-impl<B: Backend> RevocationRepo for Repos<B> {
+impl RevocationRepo for Repos {
     async fn append(&mut self, r: &NewRevocation) -> StoreResult<Option<RevocationRule>> {
         if let Session::Pooled(pools) = &self.0 {
             let mut tx = Repos(pools.begin().await?);
@@ -521,7 +518,7 @@ impl<B: Backend> RevocationRepo for Repos<B> {
 }
 
 #[async_trait]
-impl<B: Backend> KeyRepo for Repos<B> {
+impl KeyRepo for Repos {
     async fn insert(&mut self, k: &StoredTokenKey) -> StoreResult<()> {
         let sql = "INSERT INTO token_keys (key_id, sealed_key, created_at, retire_at, expire_at)
                    VALUES ($1, $2, $3, $4, $5)";
@@ -571,7 +568,7 @@ impl<B: Backend> KeyRepo for Repos<B> {
 }
 
 #[async_trait]
-impl<B: Backend> PrivacyRepo for Repos<B> {
+impl PrivacyRepo for Repos {
     async fn append_record(&mut self, r: &ConsentRecord) -> StoreResult<()> {
         let sql = "INSERT INTO consent_records (user_id, app_id, event, scopes, trigger_kind,
                      purposes, declaration_version, recorded_at, expire_at)

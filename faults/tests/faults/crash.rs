@@ -210,7 +210,7 @@ async fn check_acknowledged(
 /// exchange codes, refresh and withdraw through it. Guards each call's single write
 /// transaction on SQLite (`Pools::begin` / `Session::commit` in sql-backend, committed before
 /// the call answers) and the WAL journal that makes it atomic across a crash
-/// (`SqliteJournalMode::Wal` in `Backend::open`). Seen failing with a withdrawal split into two
+/// (`SqliteJournalMode::Wal` in sql-backend's `try_open_sqlite`). Seen failing with a withdrawal split into two
 /// transactions (the authorization's commit before the rule's): a kill between them left a
 /// withdrawal without its rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -532,7 +532,7 @@ async fn a_userinfo_database_of_every_earlier_schema_keeps_working_postgres() {
 /// schemas: every one becomes SERVING, each migration is applied once, and they serve together
 /// (a token one auth replica mints verifies at a userinfo replica following another). Guards
 /// the migration lock sqlx takes on PostgreSQL (`Migrator::run`, a session advisory lock,
-/// in sql-backend's `Backend::open`). Seen failing with migrations run without it
+/// in sql-backend's `Pools::open`). Seen failing with migrations run without it
 /// (`Migrator::set_locking(false)`): replicas failed to start on duplicate tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sql_backend::{Engine, Postgres, Sqlite};
+use sql_backend::Migrations;
 
 #[cfg(test)]
 mod conformance;
@@ -14,9 +14,11 @@ pub use contract::{DisclosureStore, ErasureStore, ProfileStore, UserInfoStore};
 pub use sql::SqlUserInfoStore;
 pub use sql_backend::{StoreError, StoreResult, Vacuum};
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/userinfo/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
-    sqlx::migrate!("../migrations/userinfo/postgres");
+/// userinfo-service's migrations, per engine.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &sqlx::migrate!("../migrations/userinfo/sqlite"),
+    postgres: &sqlx::migrate!("../migrations/userinfo/postgres"),
+};
 
 /// Opens the database the URL names (`sqlite:` or `postgres://`) and applies its migrations;
 /// erasures scrub with a plain `VACUUM` on PostgreSQL.
@@ -26,12 +28,7 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn UserInfoStore>> {
 
 /// [`open`], with erasures scrubbing the personal tables on PostgreSQL as `vacuum` says.
 pub async fn open_with(url: &str, vacuum: Vacuum) -> StoreResult<Arc<dyn UserInfoStore>> {
-    Ok(match Engine::of(url)? {
-        Engine::Sqlite => {
-            Arc::new(SqlUserInfoStore::<Sqlite>::open(url, &SQLITE_MIGRATIONS, vacuum).await?)
-        }
-        Engine::Postgres => {
-            Arc::new(SqlUserInfoStore::<Postgres>::open(url, &POSTGRES_MIGRATIONS, vacuum).await?)
-        }
-    })
+    Ok(Arc::new(
+        SqlUserInfoStore::open(url, MIGRATIONS, vacuum).await?,
+    ))
 }

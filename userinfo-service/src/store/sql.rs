@@ -1,10 +1,9 @@
 //! userinfo-service's tables in SQL, written once for SQLite and PostgreSQL over
-//! [`sql_backend::Backend`].
+//! [`sql_backend::Session`].
 
 use async_trait::async_trait;
 use sql_backend::Access::Read;
-use sql_backend::{Backend, Columns, Pools, StoreResult, Vacuum, args};
-use sqlx::migrate::Migrator;
+use sql_backend::{Columns, Migrations, Pools, StoreResult, Vacuum, args};
 
 use miniprogram_token::Timestamp;
 
@@ -19,21 +18,21 @@ const READERS: u32 = 8;
 /// The tables holding a user's personal data, scrubbed after an erasure.
 const PERSONAL_TABLES: [&str; 2] = ["profiles", "disclosures"];
 
-/// userinfo-service's tables in one database of engine `B`.
-pub struct SqlUserInfoStore<B: Backend> {
-    pools: Pools<B>,
+/// userinfo-service's tables in one database.
+pub struct SqlUserInfoStore {
+    pools: Pools,
     /// How an erasure scrubs the personal tables on PostgreSQL (`ERASURE_VACUUM_FULL`).
     erasure_vacuum: Vacuum,
 }
 
-impl<B: Backend> SqlUserInfoStore<B> {
-    /// Opens `url` and applies `migrations` (those of engine `B`).
+impl SqlUserInfoStore {
+    /// Opens `url` and applies `migrations` (those of its engine).
     pub async fn open(
         url: &str,
-        migrations: &'static Migrator,
+        migrations: Migrations,
         erasure_vacuum: Vacuum,
     ) -> StoreResult<Self> {
-        let pools = B::open(url, migrations, READERS).await?;
+        let pools = Pools::open(url, migrations, READERS).await?;
         Ok(SqlUserInfoStore {
             pools,
             erasure_vacuum,
@@ -42,7 +41,7 @@ impl<B: Backend> SqlUserInfoStore<B> {
 }
 
 #[async_trait]
-impl<B: Backend> ProfileStore for SqlUserInfoStore<B> {
+impl ProfileStore for SqlUserInfoStore {
     async fn upsert(&self, p: &Profile) -> StoreResult<()> {
         let sql = "INSERT INTO profiles (user_id, real_name, phone_number, avatar, nick_name,
                gender, country_code, province, city, updated_at)
@@ -96,7 +95,7 @@ impl<B: Backend> ProfileStore for SqlUserInfoStore<B> {
 }
 
 #[async_trait]
-impl<B: Backend> DisclosureStore for SqlUserInfoStore<B> {
+impl DisclosureStore for SqlUserInfoStore {
     async fn add_disclosures(&self, rows: &[Disclosure]) -> StoreResult<()> {
         // `WHERE EXISTS` leaves out users erased since their reads; on PostgreSQL an erasure
         // racing this insert fails it on the foreign key instead, and the batch is retried.
@@ -163,7 +162,7 @@ impl<B: Backend> DisclosureStore for SqlUserInfoStore<B> {
 }
 
 #[async_trait]
-impl<B: Backend> ErasureStore for SqlUserInfoStore<B> {
+impl ErasureStore for SqlUserInfoStore {
     async fn mark_erasure_pending(&self, user_id: &str, now: Timestamp) -> StoreResult<()> {
         let sql = "INSERT INTO pending_erasures (user_id, requested_at) VALUES ($1, $2)
                    ON CONFLICT (user_id) DO UPDATE SET requested_at = excluded.requested_at";
@@ -190,7 +189,7 @@ impl<B: Backend> ErasureStore for SqlUserInfoStore<B> {
 }
 
 #[async_trait]
-impl<B: Backend> UserInfoStore for SqlUserInfoStore<B> {
+impl UserInfoStore for SqlUserInfoStore {
     async fn close(&self) {
         self.pools.close().await;
     }

@@ -162,8 +162,8 @@ async fn delete(userinfo: &TestUserInfoServer, user: &str) -> Result<(), tonic::
         .map(drop)
 }
 
-/// Guards SQLite's `secure_delete` (set in sql-backend's `Backend::open`) and the WAL
-/// checkpoint in `Backend::scrub`, which `ProfileStore::delete` runs: before the delete every
+/// Guards SQLite's `secure_delete` (set in sql-backend's `try_open_sqlite`) and the WAL
+/// checkpoint in `Pools::scrub`, which `ProfileStore::delete` runs: before the delete every
 /// marked string is in the database file or its WAL; after it, none is in either. A second
 /// DeleteProfile is PROFILE_NOT_FOUND.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
