@@ -16,11 +16,14 @@ pub async fn sweep_once(
     batch: u32,
     max_rounds: u32,
 ) -> StoreResult<SweepCounts> {
-    let mut total = SweepCounts::default();
+    let mut total = SweepCounts::new();
     for _ in 0..max_rounds {
         let round = store.sweep_expired(now, batch).await?;
-        total.add(&round);
-        if round.most() < u64::from(batch) {
+        for (table, count) in &round {
+            *total.entry(table).or_default() += count;
+        }
+        // Below the batch size, every table is clean.
+        if round.values().all(|&count| count < u64::from(batch)) {
             break;
         }
         tokio::task::yield_now().await;
@@ -35,7 +38,9 @@ pub async fn run(store: Arc<dyn AuthStore>, clock: Arc<dyn Clock>, interval: Dur
     loop {
         ticker.tick().await;
         match sweep_once(store.as_ref(), clock.now(), batch, 100).await {
-            Ok(counts) if counts.total() > 0 => tracing::debug!(?counts, "swept expired rows"),
+            Ok(counts) if counts.values().any(|&n| n > 0) => {
+                tracing::debug!(?counts, "swept expired rows")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep failed; will retry"),
         }

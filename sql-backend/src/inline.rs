@@ -36,12 +36,14 @@ impl std::fmt::Debug for InlineReaders {
 }
 
 impl InlineReaders {
-    /// `count` read-only connections to the file at `path`, and at least one per core, each
-    /// with a page cache of `cache_size` (SQLite's `cache_size` value).
-    pub(crate) fn open(path: &Path, count: u32, cache_size: &str) -> Result<Arc<Self>, StoreError> {
+    /// A read-only connection per core to the file at `path`, each with a page cache of
+    /// `cache_size` (SQLite's `cache_size` value). More connections would only fill more
+    /// caches: a tokio worker holds one at a time (BENCHMARKS.md, "SQLite on our connections
+    /// only").
+    pub(crate) fn open(path: &Path, cache_size: &str) -> Result<Arc<Self>, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let connections = (0..(count as usize).max(cores))
+        let connections = (0..cores)
             .map(|_| {
                 let connection = rusqlite::Connection::open_with_flags(path, flags)?;
                 connection.busy_timeout(BUSY_WAIT)?;

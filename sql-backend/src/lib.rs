@@ -296,10 +296,10 @@ enum Connections {
 
 impl Pools {
     /// Opens `url` (creating an SQLite file if missing) and applies its engine's migrations;
-    /// SQLite gets `readers` read-only connections beside its writer.
-    pub async fn open(url: &str, migrations: Migrations, readers: u32) -> StoreResult<Pools> {
+    /// SQLite gets a read-only connection per core beside its writer.
+    pub async fn open(url: &str, migrations: Migrations) -> StoreResult<Pools> {
         match Engine::of(url)? {
-            Engine::Sqlite => open_sqlite(url, migrations.sqlite, readers).await,
+            Engine::Sqlite => open_sqlite(url, migrations.sqlite).await,
             Engine::Postgres => {
                 let pool = PgPoolOptions::new()
                     .max_connections(PG_CONNECTIONS)
@@ -358,10 +358,10 @@ impl Pools {
 /// Opens an SQLite file, again while it is busy for another process (one starting on the same
 /// file can hold it while it converts it to WAL or migrates it; SQLite reports some of those
 /// locks at once, without waiting), for up to [`WAIT`].
-async fn open_sqlite(url: &str, migrator: &Migrator, readers: u32) -> StoreResult<Pools> {
+async fn open_sqlite(url: &str, migrator: &Migrator) -> StoreResult<Pools> {
     let started = std::time::Instant::now();
     loop {
-        match try_open_sqlite(url, migrator, readers).await {
+        match try_open_sqlite(url, migrator).await {
             Err(StoreError::Unavailable(_)) if started.elapsed() < WAIT => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -372,7 +372,7 @@ async fn open_sqlite(url: &str, migrator: &Migrator, readers: u32) -> StoreResul
 
 /// sqlx creates the file (0600 in a 0700 directory, as it holds personal data), turns it to
 /// WAL mode and migrates it; then the writer and the readers open it.
-async fn try_open_sqlite(url: &str, migrator: &Migrator, readers: u32) -> StoreResult<Pools> {
+async fn try_open_sqlite(url: &str, migrator: &Migrator) -> StoreResult<Pools> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -397,7 +397,7 @@ async fn try_open_sqlite(url: &str, migrator: &Migrator, readers: u32) -> StoreR
     };
     migrating.close().await;
     let writer = opened?;
-    match InlineReaders::open(&path, readers, CACHE_SIZE) {
+    match InlineReaders::open(&path, CACHE_SIZE) {
         Ok(readers) => Ok(Pools(Connections::Sqlite(writer, readers))),
         Err(e) => {
             writer.close().await;
@@ -588,7 +588,7 @@ mod tests {
     async fn sqlite_commits_are_synced_to_disk_before_they_are_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let pools = Pools::open(&url, NO_MIGRATIONS, 1).await.unwrap();
+        let pools = Pools::open(&url, NO_MIGRATIONS).await.unwrap();
         let level = |r: &dyn Columns| r.int("synchronous");
         let mut writer = pools.begin().await.unwrap();
         let synced = writer.first(Access::Write, "PRAGMA synchronous", args![], level);
@@ -609,7 +609,7 @@ mod tests {
 
     async fn pools_with_one_table(dir: &tempfile::TempDir) -> Pools {
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let pools = Pools::open(&url, NO_MIGRATIONS, 2).await.unwrap();
+        let pools = Pools::open(&url, NO_MIGRATIONS).await.unwrap();
         let mut session = pools.session();
         let create = "CREATE TABLE t (a INTEGER NOT NULL, b TEXT NOT NULL)";
         session.execute(create, args![]).await.unwrap();

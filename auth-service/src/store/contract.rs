@@ -10,55 +10,9 @@ use crate::model::{
     ScopePurpose, SecretHash, StoredTokenKey,
 };
 
-/// Removed by one sweep, per table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SweepCounts {
-    pub prompts: u64,
-    pub auth_codes: u64,
-    pub refresh_tokens: u64,
-    pub revocations: u64,
-    /// Ended windows of the per-app count of token rules.
-    pub revocation_quota: u64,
-    pub token_keys: u64,
-    pub consent_records: u64,
-    pub authorization_changes: u64,
-}
-
-impl SweepCounts {
-    fn each(&self) -> [u64; 8] {
-        [
-            self.prompts,
-            self.auth_codes,
-            self.refresh_tokens,
-            self.revocations,
-            self.revocation_quota,
-            self.token_keys,
-            self.consent_records,
-            self.authorization_changes,
-        ]
-    }
-
-    pub fn total(&self) -> u64 {
-        self.each().iter().sum()
-    }
-
-    /// The most any one table lost: below the batch size, every table is clean.
-    pub fn most(&self) -> u64 {
-        self.each().into_iter().max().unwrap_or(0)
-    }
-
-    /// Adds another round's counts.
-    pub fn add(&mut self, other: &SweepCounts) {
-        self.prompts += other.prompts;
-        self.auth_codes += other.auth_codes;
-        self.refresh_tokens += other.refresh_tokens;
-        self.revocations += other.revocations;
-        self.revocation_quota += other.revocation_quota;
-        self.token_keys += other.token_keys;
-        self.consent_records += other.consent_records;
-        self.authorization_changes += other.authorization_changes;
-    }
-}
+/// Rows removed by one sweep, per table (the ended windows of the per-app count of token
+/// rules are `revocation_quota`'s).
+pub type SweepCounts = std::collections::BTreeMap<&'static str, u64>;
 
 /// Everything auth-service keeps.
 #[async_trait]

@@ -18,8 +18,6 @@ use crate::model::{
     RefreshTokenRecord, ScopePurpose, SecretHash, StoredTokenKey, Trigger,
 };
 
-/// SQLite read-only connections beside the writer.
-const READERS: u32 = 4;
 /// Lock key serialising revocation appends ("revo" in ASCII).
 const REVOCATION_APPEND_LOCK: i64 = 0x7265_766f;
 /// High half of the lock key serialising one app's token revocations ("quot"); the low half
@@ -29,24 +27,27 @@ const TOKEN_QUOTA_LOCK: i64 = 0x7175_6f74 << 32;
 const APP: &str = "SELECT * FROM apps WHERE app_id = $1";
 /// One authorization, read in order or held.
 const AUTHORIZATION: &str = "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2";
-/// One bounded delete per table, by primary key, oldest expiry first.
-const SWEEPS: [&str; 8] = [
-    "DELETE FROM prompts WHERE prompt_hash IN
-       (SELECT prompt_hash FROM prompts WHERE expires_at <= $1 LIMIT $2)",
-    "DELETE FROM auth_codes WHERE code_hash IN
-       (SELECT code_hash FROM auth_codes WHERE purge_at <= $1 LIMIT $2)",
-    "DELETE FROM refresh_tokens WHERE token_hash IN
-       (SELECT token_hash FROM refresh_tokens WHERE expires_at <= $1 LIMIT $2)",
-    "DELETE FROM revocations WHERE sequence IN
-       (SELECT sequence FROM revocations WHERE expire_at <= $1 LIMIT $2)",
-    "DELETE FROM revocation_quota WHERE (app_id, expire_by) IN
-       (SELECT app_id, expire_by FROM revocation_quota WHERE expire_by <= $1 LIMIT $2)",
-    "DELETE FROM token_keys WHERE key_id IN
-       (SELECT key_id FROM token_keys WHERE expire_at <= $1 LIMIT $2)",
-    "DELETE FROM consent_records WHERE record_id IN
-       (SELECT record_id FROM consent_records WHERE expire_at <= $1 LIMIT $2)",
-    "DELETE FROM authorization_changes WHERE sequence IN
-       (SELECT sequence FROM authorization_changes WHERE expire_at <= $1 LIMIT $2)",
+/// `sweep!(table, key columns, expiry column)`: the table's name and its bounded delete, by
+/// primary key, of rows expired at `$1`, `$2` at most.
+#[rustfmt::skip]
+macro_rules! sweep {
+    ($table:literal, $key:literal, $expiry:literal) => {
+        ($table, concat!(
+            "DELETE FROM ", $table, " WHERE (", $key, ") IN (SELECT ", $key, " FROM ", $table,
+            " WHERE ", $expiry, " <= $1 LIMIT $2)"
+        ))
+    };
+}
+/// Every table with rows that expire.
+const SWEEPS: [(&str, &str); 8] = [
+    sweep!("prompts", "prompt_hash", "expires_at"),
+    sweep!("auth_codes", "code_hash", "purge_at"),
+    sweep!("refresh_tokens", "token_hash", "expires_at"),
+    sweep!("revocations", "sequence", "expire_at"),
+    sweep!("revocation_quota", "app_id, expire_by", "expire_by"),
+    sweep!("token_keys", "key_id", "expire_at"),
+    sweep!("consent_records", "record_id", "expire_at"),
+    sweep!("authorization_changes", "sequence", "expire_at"),
 ];
 /// The scopes a user consents to in a modal, as a bit mask for SQL.
 fn consent_scopes() -> ScopeSet {
@@ -70,7 +71,7 @@ pub struct SqlAuthStore {
 impl SqlAuthStore {
     /// Opens `url` and applies `migrations` (those of its engine).
     pub async fn open(url: &str, migrations: Migrations) -> StoreResult<Self> {
-        let pools = Pools::open(url, migrations, READERS).await?;
+        let pools = Pools::open(url, migrations).await?;
         Ok(SqlAuthStore { pools })
     }
 }
@@ -86,19 +87,10 @@ impl AuthStore for SqlAuthStore {
     }
 
     async fn sweep_expired(&self, now: Timestamp, batch: u32) -> StoreResult<SweepCounts> {
-        let mut counts = SweepCounts::default();
+        let mut counts = SweepCounts::new();
         let mut session = self.pools.session();
-        for (sql, slot) in SWEEPS.into_iter().zip([
-            &mut counts.prompts,
-            &mut counts.auth_codes,
-            &mut counts.refresh_tokens,
-            &mut counts.revocations,
-            &mut counts.revocation_quota,
-            &mut counts.token_keys,
-            &mut counts.consent_records,
-            &mut counts.authorization_changes,
-        ]) {
-            *slot = session.execute(sql, args![now, batch]).await?;
+        for (table, sql) in SWEEPS {
+            counts.insert(table, session.execute(sql, args![now, batch]).await?);
         }
         Ok(counts)
     }

@@ -12,9 +12,6 @@ use crate::model::{
     DisclosedFields, Disclosure, DisclosurePosition, Profile, PublicProfile, UtcDay,
 };
 
-/// SQLite read-only connections beside the writer: the public read is the hot path.
-const READERS: u32 = 8;
-
 /// The tables holding a user's personal data, scrubbed after an erasure.
 const PERSONAL_TABLES: [&str; 2] = ["profiles", "disclosures"];
 
@@ -32,7 +29,7 @@ impl SqlUserInfoStore {
         migrations: Migrations,
         erasure_vacuum: Vacuum,
     ) -> StoreResult<Self> {
-        let pools = Pools::open(url, migrations, READERS).await?;
+        let pools = Pools::open(url, migrations).await?;
         Ok(SqlUserInfoStore {
             pools,
             erasure_vacuum,
