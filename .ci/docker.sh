@@ -193,15 +193,15 @@ docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
 
 # ---------------------------------------------------------------------------------------------
 step "secrets of this run, and the build context with them planted where they must not leak from"
-ADMIN_TOKEN="$(random_hex)" WALLET_TOKEN="$(random_hex)" VERIFIER_TOKEN="$(random_hex)"
+ADMIN_TOKEN="$(random_hex)" WALLET_TOKEN="$(random_hex)" VERIFIER_TOKEN="$(random_hex)" PRIVACY_TOKEN="$(random_hex)"
 POSTGRES_PASSWORD="$(random_hex)" AUTH_DB_PASSWORD="$(random_hex)" USERINFO_DB_PASSWORD="$(random_hex)"
-export ADMIN_TOKEN WALLET_TOKEN VERIFIER_TOKEN POSTGRES_PASSWORD AUTH_DB_PASSWORD USERINFO_DB_PASSWORD
+export ADMIN_TOKEN WALLET_TOKEN VERIFIER_TOKEN PRIVACY_TOKEN POSTGRES_PASSWORD AUTH_DB_PASSWORD USERINFO_DB_PASSWORD
 master_key="$work/master.key"
 head -c32 /dev/urandom >"$master_key"
 # Everything a layer must not hold: this run's secrets, and decoys for the files an operator
 # keeps in a checkout (secrets/, data/, .env, keys, certificates, databases, at any depth).
 needles="$work/needles"
-printf '%s\n' "$ADMIN_TOKEN" "$WALLET_TOKEN" "$VERIFIER_TOKEN" "$POSTGRES_PASSWORD" \
+printf '%s\n' "$ADMIN_TOKEN" "$WALLET_TOKEN" "$VERIFIER_TOKEN" "$PRIVACY_TOKEN" "$POSTGRES_PASSWORD" \
   "$AUTH_DB_PASSWORD" "$USERINFO_DB_PASSWORD" "$(python3 -c 'import sys; print(open(sys.argv[1], "rb").read().hex())' "$master_key")" >"$needles"
 ctx="$work/context"
 mkdir -p "$ctx"

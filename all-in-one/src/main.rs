@@ -160,7 +160,7 @@ async fn run(cli: Cli) -> Result<(), RunError> {
         auth_url: format!("http://{auth_addr}"),
         admin_token: auth_config.callers.admin.clone(),
         verifier_token: auth_config.callers.verifier.clone(),
-        wallet_token: Some(auth_config.callers.wallet.clone()),
+        privacy_token: auth_config.callers.privacy.clone(),
         erasure_retry_interval: std::time::Duration::from_secs(5),
         erasure_vacuum: userinfo_service::store::Vacuum::Plain,
         revocation_stale_after: cli.revocation_stale_after,

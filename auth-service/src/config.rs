@@ -16,6 +16,7 @@ pub const ENV_DATABASE_URL: &str = "AUTH_DATABASE_URL";
 pub const ENV_ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const ENV_WALLET_TOKEN: &str = "WALLET_TOKEN";
 pub const ENV_VERIFIER_TOKEN: &str = "VERIFIER_TOKEN";
+pub const ENV_PRIVACY_TOKEN: &str = "PRIVACY_TOKEN";
 pub const ENV_MASTER_KEY_FILE: &str = "MASTER_KEY_FILE";
 pub const ENV_MASTER_KEY: &str = "MASTER_KEY";
 pub const ENV_PREVIOUS_MASTER_KEY_FILE: &str = "PREVIOUS_MASTER_KEY_FILE";
@@ -45,6 +46,10 @@ pub struct AuthArgs {
     /// Bearer token of token verifiers such as userinfo-service (KeyService).
     #[arg(long, env = ENV_VERIFIER_TOKEN, hide_env_values = true)]
     pub verifier_token: Option<String>,
+    /// Bearer token userinfo-service presents for a user's export and erasure (those two
+    /// AuthorizationService methods only). Without it only the wallet can call them.
+    #[arg(long, env = ENV_PRIVACY_TOKEN, hide_env_values = true)]
+    pub privacy_token: Option<String>,
     /// File holding the 32-byte master key that token keys are sealed under.
     #[arg(long, env = ENV_MASTER_KEY_FILE, conflicts_with = "master_key")]
     pub master_key_file: Option<PathBuf>,
@@ -232,6 +237,8 @@ impl AuthArgs {
         let admin = credential(self.admin_token, ENV_ADMIN_TOKEN);
         let wallet = credential(self.wallet_token, ENV_WALLET_TOKEN);
         let verifier = credential(self.verifier_token, ENV_VERIFIER_TOKEN);
+        let privacy =
+            (self.privacy_token.filter(|v| !v.is_empty())).or_else(|| dev.then(random_token));
         let master_key = match (self.master_key_file, self.master_key, dev) {
             (Some(path), _, _) => Some(read_master_key(&path, ENV_MASTER_KEY_FILE)?),
             (None, Some(hex_key), _) => Some(parse_master_key(&hex_key, ENV_MASTER_KEY)?),
@@ -250,7 +257,7 @@ impl AuthArgs {
             (None, Some(hex_key)) => Some(parse_master_key(&hex_key, ENV_PREVIOUS_MASTER_KEY)?),
             (None, None) => None,
         };
-        check_role_tokens(&admin, &wallet, &verifier)?;
+        check_role_tokens(&admin, &wallet, &verifier, privacy.as_deref())?;
         Ok(AuthConfig {
             addr: self.addr,
             database_url: self.database_url,
@@ -258,6 +265,7 @@ impl AuthArgs {
                 admin,
                 wallet,
                 verifier,
+                privacy,
             },
             master_key,
             previous_master_key,
@@ -294,19 +302,28 @@ impl AuthArgs {
 
 /// Refuses role tokens that are too short to be secret (naming the variable) or shared by
 /// two roles.
-fn check_role_tokens(admin: &str, wallet: &str, verifier: &str) -> Result<(), ConfigError> {
-    for (variable, token) in [
+fn check_role_tokens(
+    admin: &str,
+    wallet: &str,
+    verifier: &str,
+    privacy: Option<&str>,
+) -> Result<(), ConfigError> {
+    let mut roles = vec![
         (ENV_ADMIN_TOKEN, admin),
         (ENV_WALLET_TOKEN, wallet),
         (ENV_VERIFIER_TOKEN, verifier),
-    ] {
+    ];
+    roles.extend(privacy.map(|token| (ENV_PRIVACY_TOKEN, token)));
+    for &(variable, token) in &roles {
         if let Some(problem) = miniprogram_proto::caller_credentials::role_token_problem(token) {
             return Err(ConfigError::Invalid { variable, problem });
         }
     }
-    if admin == wallet || admin == verifier || wallet == verifier {
+    let shared = (roles.iter().enumerate())
+        .any(|(i, (_, token))| roles[..i].iter().any(|(_, other)| other == token));
+    if shared {
         return Err(ConfigError::Invalid {
-            variable: "ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN",
+            variable: "ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN",
             problem: "each role needs a token of its own, or one caller could act as another"
                 .into(),
         });
@@ -540,6 +557,50 @@ mod tests {
             random_token().len() >= miniprogram_proto::caller_credentials::MIN_ROLE_TOKEN_LEN,
             "dev mode generates long enough tokens"
         );
+    }
+
+    /// Guards `PRIVACY_TOKEN` in `check_role_tokens` and its dev-mode default: optional, but
+    /// when set as long as the others and no other role's; dev mode generates one.
+    #[test]
+    fn the_privacy_token_is_optional_and_checked_like_the_others() {
+        let key = "0f".repeat(32);
+        let roles = [ADMIN, WALLET, VERIFIER];
+        let config = args(roles, &["--master-key", &key]).into_config(false);
+        assert_eq!(config.unwrap().callers.privacy, None);
+        let privacy = "privacy-token-0123456789abcdef012345";
+        let config = args(roles, &["--master-key", &key, "--privacy-token", privacy]);
+        assert_eq!(
+            config
+                .into_config(false)
+                .unwrap()
+                .callers
+                .privacy
+                .as_deref(),
+            Some(privacy)
+        );
+        let short = args(roles, &["--master-key", &key, "--privacy-token", "short"]);
+        let err = short.into_config(false).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    variable: ENV_PRIVACY_TOKEN,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let shared = args(roles, &["--master-key", &key, "--privacy-token", WALLET]);
+        let err = shared.into_config(false).unwrap_err().to_string();
+        assert!(
+            err.contains("PRIVACY_TOKEN") && err.contains("own"),
+            "{err}"
+        );
+        assert!(!err.contains(WALLET), "the value is not echoed: {err}");
+        let dev = Cli::try_parse_from(["auth", "--master-key", &key])
+            .unwrap()
+            .args;
+        assert!(dev.into_config(true).unwrap().callers.privacy.is_some());
     }
 
     #[test]

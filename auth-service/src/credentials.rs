@@ -1,5 +1,6 @@
-//! Who is calling: the three bearer roles (console, wallet gateway, verifier) and mini program
-//! backends with their app credential, with failed app-credential attempts rate limited.
+//! Who is calling: the bearer roles (console, wallet gateway, verifier, privacy) and mini
+//! program backends with their app credential, with failed app-credential attempts rate
+//! limited.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -25,15 +26,20 @@ pub enum CallerRole {
     Wallet,
     /// A token verifier (userinfo-service): KeyService.
     Verifier,
+    /// userinfo-service, for a user's export and erasure: those two methods of
+    /// AuthorizationService and nothing else, so its credential cannot run consent.
+    Privacy,
 }
 
-/// The bearer tokens of the three roles, as configured (dev mode prints them, tests present
-/// them); requests are checked against [`CallerRoles`], their digests.
+/// The bearer tokens of the roles, as configured (dev mode prints them, tests present them);
+/// requests are checked against [`CallerRoles`], their digests.
 #[derive(Clone)]
 pub struct CallerTokens {
     pub admin: String,
     pub wallet: String,
     pub verifier: String,
+    /// Optional: without it only the wallet exports and erases a user's authorizations.
+    pub privacy: Option<String>,
 }
 
 impl std::fmt::Debug for CallerTokens {
@@ -49,6 +55,7 @@ pub struct CallerRoles {
     admin: TokenDigest,
     wallet: TokenDigest,
     verifier: TokenDigest,
+    privacy: Option<TokenDigest>,
 }
 
 impl CallerRoles {
@@ -57,12 +64,22 @@ impl CallerRoles {
             admin: TokenDigest::of(&tokens.admin),
             wallet: TokenDigest::of(&tokens.wallet),
             verifier: TokenDigest::of(&tokens.verifier),
+            privacy: tokens.privacy.as_deref().map(TokenDigest::of),
         }
     }
 
     /// Checks an `authorization` header for `required`: a missing or unknown credential is
     /// unauthenticated; another role's valid credential is not permitted.
     pub fn authorize(&self, header: Option<&str>, required: CallerRole) -> Result<(), AuthError> {
+        self.authorize_any(header, &[required])
+    }
+
+    /// [`CallerRoles::authorize`], for a method that any of `allowed` may call.
+    pub fn authorize_any(
+        &self,
+        header: Option<&str>,
+        allowed: &[CallerRole],
+    ) -> Result<(), AuthError> {
         let presented = TokenDigest::of(
             miniprogram_proto::caller_credentials::bearer_token(header)
                 .ok_or(AuthError::UnauthenticatedCaller)?,
@@ -71,9 +88,13 @@ impl CallerRoles {
             (CallerRole::Admin, self.admin.matches(&presented)),
             (CallerRole::Wallet, self.wallet.matches(&presented)),
             (CallerRole::Verifier, self.verifier.matches(&presented)),
+            (
+                CallerRole::Privacy,
+                (self.privacy.as_ref()).is_some_and(|p| p.matches(&presented)),
+            ),
         ];
         match matched.iter().find(|(_, ok)| *ok) {
-            Some((role, _)) if *role == required => Ok(()),
+            Some((role, _)) if allowed.contains(role) => Ok(()),
             Some(_) => Err(AuthError::CallerNotPermitted),
             None => Err(AuthError::UnauthenticatedCaller),
         }
@@ -412,6 +433,7 @@ mod tests {
             admin: "a-token".into(),
             wallet: "w-token".into(),
             verifier: "v-token".into(),
+            privacy: Some("p-token".into()),
         })
     }
 
@@ -438,6 +460,14 @@ mod tests {
         assert!(matches!(
             t.authorize(None, CallerRole::Wallet),
             Err(AuthError::UnauthenticatedCaller)
+        ));
+        let erasure = [CallerRole::Wallet, CallerRole::Privacy];
+        for token in ["Bearer w-token", "Bearer p-token"] {
+            assert!(t.authorize_any(Some(token), &erasure).is_ok(), "{token}");
+        }
+        assert!(matches!(
+            t.authorize(Some("Bearer p-token"), CallerRole::Wallet),
+            Err(AuthError::CallerNotPermitted)
         ));
     }
 

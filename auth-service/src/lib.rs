@@ -301,9 +301,9 @@ impl Services {
                 AppServiceServer::new(self.apps).max_decoding_message_size(max),
                 role_check(callers.clone(), CallerRole::Admin),
             ))
-            .add_service(InterceptedService::new(
+            .add_service(grpc::method_callers::AuthorizationCallers::new(
                 AuthorizationServiceServer::new(self.authorization).max_decoding_message_size(max),
-                role_check(callers.clone(), CallerRole::Wallet),
+                callers.clone(),
             ))
             .add_service(TokenServiceServer::new(self.tokens).max_decoding_message_size(max))
             .add_service(

@@ -44,6 +44,7 @@ pub type Authed = InterceptedService<Channel, Credential>;
 pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123";
 pub const TEST_WALLET_TOKEN: &str = "test-wallet-token-0123456789abcdef012";
 pub const TEST_VERIFIER_TOKEN: &str = "test-verifier-token-0123456789abcdef0";
+pub const TEST_PRIVACY_TOKEN: &str = "test-privacy-token-0123456789abcdef01";
 
 /// A configuration for tests: fixed credentials, short lifetimes where a test needs them.
 pub fn test_config(database_url: String) -> AuthConfig {
@@ -54,6 +55,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
             admin: TEST_ADMIN_TOKEN.into(),
             wallet: TEST_WALLET_TOKEN.into(),
             verifier: TEST_VERIFIER_TOKEN.into(),
+            privacy: Some(TEST_PRIVACY_TOKEN.into()),
         },
         master_key: MasterKey::from_bytes(&[42; 32]).unwrap_or_else(|_| unreachable!("32 bytes")),
         previous_master_key: None,

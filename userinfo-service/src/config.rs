@@ -16,6 +16,8 @@ pub const ENV_DATABASE_URL: &str = "USERINFO_DATABASE_URL";
 pub const ENV_AUTH_URL: &str = "AUTH_URL";
 pub const ENV_ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const ENV_VERIFIER_TOKEN: &str = "VERIFIER_TOKEN";
+pub const ENV_PRIVACY_TOKEN: &str = "PRIVACY_TOKEN";
+/// Refused: userinfo-service took the wallet's credential before PRIVACY_TOKEN existed.
 pub const ENV_WALLET_TOKEN: &str = "WALLET_TOKEN";
 pub const ENV_TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
 pub const ENV_AUTH_ALLOW_PLAINTEXT: &str = "AUTH_ALLOW_PLAINTEXT";
@@ -152,10 +154,15 @@ pub struct UserInfoArgs {
     /// The verifier credential this service presents to auth-service's KeyService.
     #[arg(long, env = ENV_VERIFIER_TOKEN, hide_env_values = true)]
     pub verifier_token: Option<String>,
-    /// The wallet credential this service presents to auth-service's AuthorizationService to
-    /// export a user's authorizations and to end them when the user is erased. Without it,
-    /// ExportUserData is unavailable and erasures stay pending at auth-service.
-    #[arg(long, env = ENV_WALLET_TOKEN, hide_env_values = true)]
+    /// The credential this service presents to auth-service (its PRIVACY_TOKEN) to export a
+    /// user's authorizations and to end them when the user is erased; auth-service accepts it
+    /// for nothing else. Without it, ExportUserData is unavailable and erasures stay pending
+    /// at auth-service.
+    #[arg(long, env = ENV_PRIVACY_TOKEN, hide_env_values = true)]
+    pub privacy_token: Option<String>,
+    /// Refused when set: the wallet's credential runs consent for any user, more than this
+    /// service needs (README, Configuration).
+    #[arg(long, env = ENV_WALLET_TOKEN, hide = true, hide_env_values = true)]
     pub wallet_token: Option<String>,
     /// How often erasures not yet confirmed by auth-service are retried.
     #[arg(long, env = "ERASURE_RETRY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -221,7 +228,7 @@ pub struct UserInfoConfig {
     pub admin_token: String,
     pub verifier_token: String,
     /// Presented to auth-service for exports and erasures; optional.
-    pub wallet_token: Option<String>,
+    pub privacy_token: Option<String>,
     pub erasure_retry_interval: Duration,
     /// How an erasure scrubs the personal tables on PostgreSQL (`ERASURE_VACUUM_FULL`).
     pub erasure_vacuum: Vacuum,
@@ -268,7 +275,17 @@ impl UserInfoArgs {
         let (Some(admin_token), Some(verifier_token)) = (admin_token, verifier_token) else {
             return Err(ConfigError::Missing(missing));
         };
-        check_role_tokens(&admin_token, &verifier_token)?;
+        if self.wallet_token.is_some_and(|v| !v.is_empty()) {
+            return Err(ConfigError::Invalid {
+                variable: ENV_WALLET_TOKEN,
+                problem: "userinfo-service no longer takes the wallet's credential, which runs \
+                          consent for any user: give it PRIVACY_TOKEN, which auth-service \
+                          accepts for a user's export and erasure only"
+                    .into(),
+            });
+        }
+        let privacy_token = self.privacy_token.filter(|v| !v.is_empty());
+        check_role_tokens(&admin_token, &verifier_token, privacy_token.as_deref())?;
         check_auth_url(&self.auth_url, self.auth_allow_plaintext)?;
         let auth_tls_ca_pem = match (
             &self.auth_tls_ca_file,
@@ -303,7 +320,7 @@ impl UserInfoArgs {
             auth_url: self.auth_url,
             admin_token,
             verifier_token,
-            wallet_token: self.wallet_token.filter(|v| !v.is_empty()),
+            privacy_token,
             erasure_retry_interval: self.erasure_retry_interval,
             erasure_vacuum: if self.erasure_vacuum_full {
                 Vacuum::Full
@@ -330,18 +347,26 @@ impl UserInfoArgs {
     }
 }
 
-/// Refuses role tokens too short to be secret (naming the variable), and one token for both
+/// Refuses role tokens too short to be secret (naming the variable), and one token for two
 /// roles: the verifier credential goes to auth-service with every GetPhoneNumber check, so
 /// if it were also the admin token, whoever can read that link could rewrite profiles.
-fn check_role_tokens(admin: &str, verifier: &str) -> Result<(), ConfigError> {
-    for (variable, token) in [(ENV_ADMIN_TOKEN, admin), (ENV_VERIFIER_TOKEN, verifier)] {
+fn check_role_tokens(
+    admin: &str,
+    verifier: &str,
+    privacy: Option<&str>,
+) -> Result<(), ConfigError> {
+    let mut roles = vec![(ENV_ADMIN_TOKEN, admin), (ENV_VERIFIER_TOKEN, verifier)];
+    roles.extend(privacy.map(|token| (ENV_PRIVACY_TOKEN, token)));
+    for &(variable, token) in &roles {
         if let Some(problem) = miniprogram_proto::caller_credentials::role_token_problem(token) {
             return Err(ConfigError::Invalid { variable, problem });
         }
     }
-    if admin == verifier {
+    let shared = (roles.iter().enumerate())
+        .any(|(i, (_, token))| roles[..i].iter().any(|(_, other)| other == token));
+    if shared {
         return Err(ConfigError::Invalid {
-            variable: "ADMIN_TOKEN, VERIFIER_TOKEN",
+            variable: "ADMIN_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN",
             problem: "each role needs a token of its own, or one caller could act as another"
                 .into(),
         });
@@ -507,6 +532,42 @@ mod tests {
         .to_string();
         assert!(err.contains("ADMIN_TOKEN, VERIFIER_TOKEN"), "{err}");
         assert!(!err.contains(ADMIN), "the value is not echoed: {err}");
+    }
+
+    /// Guards the refusal of `WALLET_TOKEN` in `into_config` and the privacy token in
+    /// `check_role_tokens`: the wallet's credential refuses start by name; the privacy
+    /// credential is taken, must be long enough and must not be another role's.
+    #[test]
+    fn the_wallet_token_is_refused_and_the_privacy_token_is_checked() {
+        let wallet = "wallet-token-0123456789abcdef0123456";
+        let err = parse(&["--wallet-token", wallet]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    variable: ENV_WALLET_TOKEN,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(wallet), "the value is not echoed");
+        let privacy = "privacy-token-0123456789abcdef012345";
+        let config = parse(&["--privacy-token", privacy]).unwrap();
+        assert_eq!(config.privacy_token.as_deref(), Some(privacy));
+        let err = parse(&["--privacy-token", "short"]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    variable: ENV_PRIVACY_TOKEN,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = parse(&["--privacy-token", VERIFIER]).unwrap_err();
+        assert!(err.to_string().contains("PRIVACY_TOKEN"), "{err}");
     }
 
     #[test]

@@ -180,19 +180,19 @@ pub async fn serve_with_listener(
     Ok(result?)
 }
 
-/// The link to auth-service: as the verifier, and as the wallet for exports and erasures when
-/// `WALLET_TOKEN` is set.
+/// The link to auth-service: as the verifier, and for exports and erasures when
+/// `PRIVACY_TOKEN` is set.
 fn auth_link(config: &UserInfoConfig) -> Result<AuthServiceLink, ServeError> {
     let link = AuthServiceLink::new(
         &config.auth_url,
         &config.verifier_token,
         config.auth_tls_ca_pem.as_deref(),
     )?;
-    match &config.wallet_token {
-        Some(token) => Ok(link.with_wallet_token(token)?),
+    match &config.privacy_token {
+        Some(token) => Ok(link.with_privacy_token(token)?),
         None => {
             tracing::warn!(
-                "WALLET_TOKEN is not set: ExportUserData is unavailable and erasures stay pending at auth-service"
+                "PRIVACY_TOKEN is not set: ExportUserData is unavailable and erasures stay pending at auth-service"
             );
             Ok(link)
         }

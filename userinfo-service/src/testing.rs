@@ -34,7 +34,7 @@ pub fn test_config(
         auth_url: format!("http://{auth_addr}"),
         admin_token: admin_token.to_owned(),
         verifier_token: verifier_token.to_owned(),
-        wallet_token: None,
+        privacy_token: None,
         erasure_retry_interval: Duration::from_millis(200),
         erasure_vacuum: crate::store::Vacuum::Plain,
         revocation_stale_after: Duration::from_secs(10),

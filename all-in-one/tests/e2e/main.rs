@@ -35,13 +35,13 @@ impl Platform {
         userinfo: impl FnOnce(&mut userinfo_service::config::UserInfoConfig),
     ) -> Self {
         let auth = TestAuthServer::start_with(auth).await;
-        let wallet = auth.config.callers.wallet.clone();
+        let privacy = auth.config.callers.privacy.clone();
         let userinfo = TestUserInfoServer::start_with(
             auth.addr,
             &auth.config.callers.admin,
             &auth.config.callers.verifier,
             |c| {
-                c.wallet_token = Some(wallet);
+                c.privacy_token = privacy;
                 userinfo(c);
             },
         )

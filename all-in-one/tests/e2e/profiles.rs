@@ -126,11 +126,11 @@ async fn profiles_are_upserted_read_and_deleted() {
 }
 
 /// Guards the read cache forgetting a deleted profile: userinfo-service here has no
-/// WALLET_TOKEN, so the erasure cannot reach auth-service and the token stays live; the read
+/// PRIVACY_TOKEN, so the erasure cannot reach auth-service and the token stays live; the read
 /// must still find no profile (with it, the token is revoked too: `privacy_records`).
 #[tokio::test]
 async fn a_deleted_profile_is_profile_not_found_for_a_live_token() {
-    let p = Platform::start_with(|_| {}, |c| c.wallet_token = None).await;
+    let p = Platform::start_with(|_| {}, |c| c.privacy_token = None).await;
     let (app_id, _) = p.app(&ALL_FEATURES).await;
     p.profile(demo_profile("u1")).await;
     let token = consent_token(

@@ -5,6 +5,7 @@ pub mod apps;
 pub mod authorization;
 pub mod changes;
 pub mod keys;
+pub mod method_callers;
 pub mod status;
 pub mod tokens;
 

@@ -2,6 +2,7 @@ use auth_service::testing::{Credential, TestAuthServer};
 use miniprogram_proto::ErrorReason;
 use miniprogram_proto::auth::v1 as pb;
 use pb::app_service_client::AppServiceClient;
+use pb::authorization_service_client::AuthorizationServiceClient;
 use pb::key_service_client::KeyServiceClient;
 use tonic::Code;
 
@@ -43,6 +44,61 @@ async fn a_valid_credential_of_the_wrong_role_is_permission_denied() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+/// Guards `AuthorizationCallers` (`grpc/method_callers.rs`): userinfo-service's privacy
+/// credential reaches a user's export and erasure, and every other AuthorizationService method
+/// refuses it as PERMISSION_DENIED before looking at the request; the wallet reaches all.
+#[tokio::test]
+async fn the_privacy_credential_reaches_a_users_export_and_erasure_only() {
+    let server = TestAuthServer::start().await;
+    let privacy = server.config.callers.privacy.as_deref().unwrap();
+    let mut client = AuthorizationServiceClient::with_interceptor(
+        server.channel.clone(),
+        Credential::bearer(privacy),
+    );
+    let user_id = || "u-1".to_owned();
+    let export = pb::ExportUserAuthorizationsRequest { user_id: user_id() };
+    client
+        .export_user_authorizations(export.clone())
+        .await
+        .unwrap();
+    let erase = pb::EraseUserAuthorizationsRequest { user_id: user_id() };
+    client.erase_user_authorizations(erase).await.unwrap();
+    let list = pb::ListAuthorizationsRequest { user_id: user_id() };
+    let refused = [
+        client.list_authorizations(list.clone()).await.map(drop),
+        client
+            .request_authorization(pb::RequestAuthorizationRequest::default())
+            .await
+            .map(drop),
+        client
+            .resolve_prompt(pb::ResolvePromptRequest::default())
+            .await
+            .map(drop),
+        client
+            .revoke_authorization(pb::RevokeAuthorizationRequest::default())
+            .await
+            .map(drop),
+        client
+            .list_consent_records(pb::ListConsentRecordsRequest::default())
+            .await
+            .map(drop),
+    ];
+    for (i, refused) in refused.into_iter().enumerate() {
+        let err = refused.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (Code::PermissionDenied, ErrorReason::CallerNotPermitted),
+            "call {i}"
+        );
+    }
+    server
+        .wallet()
+        .export_user_authorizations(export)
+        .await
+        .unwrap();
+    server.wallet().list_authorizations(list).await.unwrap();
 }
 
 #[tokio::test]

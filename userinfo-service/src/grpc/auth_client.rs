@@ -47,8 +47,8 @@ const LONGEST_RETRY_DELAY: Duration = Duration::from_millis(500);
 pub struct AuthServiceLink {
     channel: Channel,
     verifier_auth: MetadataValue<Ascii>,
-    /// The wallet credential, for a user's export and erasure (AuthorizationService).
-    wallet_auth: Option<MetadataValue<Ascii>>,
+    /// The privacy credential, for a user's export and erasure (AuthorizationService).
+    privacy_auth: Option<MetadataValue<Ascii>>,
 }
 
 /// Why the link could not be set up.
@@ -58,8 +58,8 @@ pub enum LinkError {
     Url(String),
     #[error("VERIFIER_TOKEN is not valid header text")]
     Token,
-    #[error("WALLET_TOKEN is not valid header text")]
-    WalletToken,
+    #[error("PRIVACY_TOKEN is not valid header text")]
+    PrivacyToken,
 }
 
 impl AuthServiceLink {
@@ -96,22 +96,22 @@ impl AuthServiceLink {
             verifier_auth: format!("Bearer {verifier_token}")
                 .parse()
                 .map_err(|_| LinkError::Token)?,
-            wallet_auth: None,
+            privacy_auth: None,
         })
     }
 
-    /// Presents `wallet_token` to AuthorizationService for exports and erasures.
-    pub fn with_wallet_token(mut self, wallet_token: &str) -> Result<Self, LinkError> {
-        let value = format!("Bearer {wallet_token}");
-        self.wallet_auth = Some(value.parse().map_err(|_| LinkError::WalletToken)?);
+    /// Presents `privacy_token` to AuthorizationService for exports and erasures.
+    pub fn with_privacy_token(mut self, privacy_token: &str) -> Result<Self, LinkError> {
+        let value = format!("Bearer {privacy_token}");
+        self.privacy_auth = Some(value.parse().map_err(|_| LinkError::PrivacyToken)?);
         Ok(self)
     }
 
-    /// A request with the wallet credential as its `authorization`; without one configured,
+    /// A request with the privacy credential as its `authorization`; without one configured,
     /// auth-service's half of a user's data cannot be reached.
-    fn authed_as_wallet<T>(&self, message: T) -> Result<Request<T>, UserInfoError> {
-        let credential = self.wallet_auth.clone().ok_or_else(|| {
-            UserInfoError::AuthServiceUnavailable("WALLET_TOKEN is not configured".into())
+    fn authed_for_privacy<T>(&self, message: T) -> Result<Request<T>, UserInfoError> {
+        let credential = self.privacy_auth.clone().ok_or_else(|| {
+            UserInfoError::AuthServiceUnavailable("PRIVACY_TOKEN is not configured".into())
         })?;
         let mut request = Request::new(message);
         request.set_timeout(CALL_TIMEOUT);
@@ -363,7 +363,7 @@ fn record_from_proto(r: pb::ConsentRecord) -> ExportedConsentRecord {
 #[async_trait]
 impl AuthorizationRecords for AuthServiceLink {
     async fn export(&self, user_id: &str) -> Result<AuthorizationExport, UserInfoError> {
-        let request = self.authed_as_wallet(pb::ExportUserAuthorizationsRequest {
+        let request = self.authed_for_privacy(pb::ExportUserAuthorizationsRequest {
             user_id: user_id.to_owned(),
         })?;
         let mut client = AuthorizationServiceClient::new(self.channel.clone())
@@ -402,7 +402,7 @@ impl AuthorizationRecords for AuthServiceLink {
     }
 
     async fn erase(&self, user_id: &str) -> Result<(), UserInfoError> {
-        let request = self.authed_as_wallet(pb::EraseUserAuthorizationsRequest {
+        let request = self.authed_for_privacy(pb::EraseUserAuthorizationsRequest {
             user_id: user_id.to_owned(),
         })?;
         let mut client = AuthorizationServiceClient::new(self.channel.clone());

@@ -28,13 +28,13 @@ pub async fn userinfo_for(
     auth: &TestAuthServer,
     adjust: impl FnOnce(&mut UserInfoConfig),
 ) -> TestUserInfoServer {
-    let wallet = auth.config.callers.wallet.clone();
+    let privacy = auth.config.callers.privacy.clone();
     TestUserInfoServer::start_with(
         auth.addr,
         &auth.config.callers.admin,
         &auth.config.callers.verifier,
         |c| {
-            c.wallet_token = Some(wallet);
+            c.privacy_token = privacy;
             adjust(c);
         },
     )
