@@ -275,15 +275,7 @@ impl UserInfoArgs {
         let (Some(admin_token), Some(verifier_token)) = (admin_token, verifier_token) else {
             return Err(ConfigError::Missing(missing));
         };
-        if self.wallet_token.is_some_and(|v| !v.is_empty()) {
-            return Err(ConfigError::Invalid {
-                variable: ENV_WALLET_TOKEN,
-                problem: "userinfo-service no longer takes the wallet's credential, which runs \
-                          consent for any user: give it PRIVACY_TOKEN, which auth-service \
-                          accepts for a user's export and erasure only"
-                    .into(),
-            });
-        }
+        refuse_wallet_token(self.wallet_token.as_deref())?;
         let privacy_token = self.privacy_token.filter(|v| !v.is_empty());
         check_role_tokens(&admin_token, &verifier_token, privacy_token.as_deref())?;
         check_auth_url(&self.auth_url, self.auth_allow_plaintext)?;
@@ -372,6 +364,21 @@ fn check_role_tokens(
         });
     }
     Ok(())
+}
+
+/// userinfo-service once took the wallet's credential for exports and erasures; that credential
+/// runs consent for any user, so it now refuses start, saying what to give instead.
+fn refuse_wallet_token(wallet: Option<&str>) -> Result<(), ConfigError> {
+    match wallet {
+        Some(token) if !token.is_empty() => Err(ConfigError::Invalid {
+            variable: ENV_WALLET_TOKEN,
+            problem: "userinfo-service no longer takes the wallet's credential, which runs \
+                      consent for any user: give it PRIVACY_TOKEN, which auth-service accepts \
+                      for a user's export and erasure only"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// How a plaintext `http://` AUTH_URL is judged. The link carries the verifier token and,
@@ -534,7 +541,7 @@ mod tests {
         assert!(!err.contains(ADMIN), "the value is not echoed: {err}");
     }
 
-    /// Guards the refusal of `WALLET_TOKEN` in `into_config` and the privacy token in
+    /// Guards `refuse_wallet_token` and the privacy token in
     /// `check_role_tokens`: the wallet's credential refuses start by name; the privacy
     /// credential is taken, must be long enough and must not be another role's.
     #[test]
