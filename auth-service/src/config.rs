@@ -407,6 +407,14 @@ mod tests {
 
     use super::*;
 
+    /// The variable an `Invalid` configuration error names.
+    fn invalid_variable(err: &ConfigError) -> Option<&'static str> {
+        match err {
+            ConfigError::Invalid { variable, .. } => Some(variable),
+            _ => None,
+        }
+    }
+
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
@@ -580,16 +588,7 @@ mod tests {
         );
         let short = args(roles, &["--master-key", &key, "--privacy-token", "short"]);
         let err = short.into_config(false).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ConfigError::Invalid {
-                    variable: ENV_PRIVACY_TOKEN,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_eq!(invalid_variable(&err), Some(ENV_PRIVACY_TOKEN), "{err}");
         let shared = args(roles, &["--master-key", &key, "--privacy-token", WALLET]);
         let err = shared.into_config(false).unwrap_err().to_string();
         assert!(
