@@ -57,6 +57,8 @@ pub enum Caller {
     App,
     /// The registered mini program's id with a wrong secret.
     WrongSecret,
+    /// userinfo-service's credential for a user's export and erasure.
+    Privacy,
 }
 
 impl Caller {
@@ -68,7 +70,8 @@ impl Caller {
             Caller::Verifier,
             Caller::App,
             Caller::WrongSecret,
-        ][usize::from(byte) % 6]
+            Caller::Privacy,
+        ][usize::from(byte) % 7]
     }
 }
 
@@ -172,6 +175,7 @@ impl Platform {
             Caller::Verifier => Some(format!("Bearer {}", callers.verifier)),
             Caller::App => Some(basic(&self.app_secret)),
             Caller::WrongSecret => Some(basic("not-the-secret")),
+            Caller::Privacy => (callers.privacy.as_ref()).map(|token| format!("Bearer {token}")),
         }
     }
 

@@ -2,18 +2,18 @@
 //! point lookup by key in pages the operating system already caches, a few microseconds, so
 //! it runs on a read-only connection of these right where it is asked, with no hand-off to
 //! another thread and back (two wake-ups, which on two cores cost more than the read:
-//! BENCHMARKS.md, "Where the time goes"). A read waits for no lock: in WAL mode a reader sees
-//! the last commit without waiting for a running write. SQLite's writer ([`crate::group`])
-//! runs its statements with the same functions.
+//! BENCHMARKS.md, "Where the time goes"). In WAL mode a reader sees the last commit without
+//! waiting for a running write. SQLite's writer ([`crate::group`]) runs its statements with
+//! the same functions.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{OpenFlags, ToSql};
 
-use crate::{Arg, Columns, Decoder, StoreError, sqlite_cannot_serve_now, sqlite_code};
+use crate::{Arg, Columns, Decoder, StoreError, WAIT, sqlite_cannot_serve_now, sqlite_code};
 
 /// Prepared statements kept per connection: every plain read the stores make, with room.
 const STATEMENT_CACHE: usize = 64;
@@ -22,16 +22,23 @@ const PARAMETER_NAMES: [&str; 8] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$
 /// A reader only waits for a lock while SQLite recovers a WAL another process left.
 const BUSY_WAIT: Duration = Duration::from_millis(100);
 
-/// Read-only connections to one SQLite file, each taken by one read at a time.
+/// Read-only connections to one SQLite file, each lent to one read at a time.
 pub(crate) struct InlineReaders {
-    connections: Vec<Mutex<rusqlite::Connection>>,
+    free: Mutex<Free>,
+    returned: Condvar,
+}
+
+/// The connections not lent out, the last returned on top (its pages are the warmest).
+struct Free {
+    connections: Vec<rusqlite::Connection>,
+    /// Reads waiting for a connection (a return wakes one only then: a wake is a system call).
+    waiting: usize,
+    closed: bool,
 }
 
 impl std::fmt::Debug for InlineReaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InlineReaders")
-            .field("connections", &self.connections.len())
-            .finish()
+        f.write_str("InlineReaders")
     }
 }
 
@@ -49,43 +56,110 @@ impl InlineReaders {
                 connection.busy_timeout(BUSY_WAIT)?;
                 connection.pragma_update(None, "cache_size", cache_size)?;
                 connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-                Ok(Mutex::new(connection))
+                Ok(connection)
             })
             .collect::<Result<_, rusqlite::Error>>()
             .map_err(error)?;
-        Ok(Arc::new(InlineReaders { connections }))
+        let free = Free {
+            connections,
+            waiting: 0,
+            closed: false,
+        };
+        Ok(Arc::new(InlineReaders {
+            free: Mutex::new(free),
+            returned: Condvar::new(),
+        }))
     }
 
-    /// Runs `sql` on the first free connection and decodes every row. A read holds its
-    /// connection for no await, so a thread holds one at most: only while more threads than
-    /// connections read at once does one wait, for the first connection.
+    /// Runs `sql` on a free connection and decodes every row.
     pub(crate) fn all<T>(
         &self,
         sql: &'static str,
         args: &[Arg<'_>],
         decode: Decoder<T>,
     ) -> Result<Vec<T>, StoreError> {
-        for connection in &self.connections {
-            match connection.try_lock() {
-                Ok(connection) => return query(&connection, sql, args, decode),
-                Err(TryLockError::Poisoned(poisoned)) => {
-                    return query(&poisoned.into_inner(), sql, args, decode);
-                }
-                Err(TryLockError::WouldBlock) => {}
+        let lent = self.take()?;
+        query(lent.connection(), sql, args, decode)
+    }
+
+    /// A free connection. A read holds one for no await, so a thread holds one at most: only
+    /// while more threads than connections read at once does one wait, for whichever is
+    /// returned first, and for [`WAIT`] at most.
+    fn take(&self) -> Result<Lent<'_>, StoreError> {
+        let deadline = Instant::now() + WAIT;
+        let mut free = self.lock();
+        loop {
+            if free.closed {
+                return Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed)));
+            }
+            if let Some(connection) = free.connections.pop() {
+                return Ok(Lent {
+                    readers: self,
+                    connection: Some(connection),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolTimedOut)));
+            }
+            free.waiting += 1;
+            let waited = self.returned.wait_timeout(free, left);
+            free = waited.map_or_else(|e| e.into_inner().0, |(free, _)| free);
+            free.waiting -= 1;
+        }
+    }
+
+    /// Closes every connection not lent out, and each lent one as it comes back; reads are
+    /// refused from now on.
+    pub(crate) fn close(&self) {
+        let mut free = self.lock();
+        free.closed = true;
+        free.connections.clear();
+        self.returned.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Free> {
+        self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection lent to one read, returned when dropped.
+pub(crate) struct Lent<'a> {
+    readers: &'a InlineReaders,
+    connection: Option<rusqlite::Connection>,
+}
+
+impl Lent<'_> {
+    fn connection(&self) -> &rusqlite::Connection {
+        match &self.connection {
+            Some(connection) => connection,
+            None => unreachable!("a lent connection is only taken back when dropped"),
+        }
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let mut free = self.readers.lock();
+        if let Some(connection) = self.connection.take().filter(|_| !free.closed) {
+            free.connections.push(connection);
+            if free.waiting > 0 {
+                self.readers.returned.notify_one();
             }
         }
-        let first = self.connections[0].lock();
-        let first = first.unwrap_or_else(PoisonError::into_inner);
-        query(&first, sql, args, decode)
     }
 }
 
 #[cfg(test)]
 impl InlineReaders {
     /// Takes every connection, as reads in flight on every worker would.
-    pub(crate) fn hold_all(&self) -> Vec<std::sync::MutexGuard<'_, rusqlite::Connection>> {
-        let held = self.connections.iter().map(|c| c.lock());
-        held.map(|c| c.unwrap_or_else(|e| e.into_inner())).collect()
+    pub(crate) fn hold_all(&self) -> Vec<Lent<'_>> {
+        std::iter::from_fn(|| self.lock().connections.pop())
+            .map(|connection| Lent {
+                readers: self,
+                connection: Some(connection),
+            })
+            .collect()
     }
 }
 

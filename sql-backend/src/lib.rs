@@ -347,10 +347,15 @@ impl Pools {
         Ok(())
     }
 
+    /// Refuses every statement from now on and closes the connections (SQLite's writer last,
+    /// so that it removes the WAL).
     pub async fn close(&self) {
         match &self.0 {
             Connections::Postgres(pool) => pool.close().await,
-            Connections::Sqlite(writer, _) => writer.close().await,
+            Connections::Sqlite(writer, readers) => {
+                readers.close();
+                writer.close().await;
+            }
         }
     }
 }
@@ -373,10 +378,19 @@ async fn open_sqlite(url: &str, migrator: &Migrator) -> StoreResult<Pools> {
 /// sqlx creates the file (0600 in a 0700 directory, as it holds personal data), turns it to
 /// WAL mode and migrates it; then the writer and the readers open it.
 async fn try_open_sqlite(url: &str, migrator: &Migrator) -> StoreResult<Pools> {
+    let writing = [
+        ("synchronous", SYNCHRONOUS),
+        ("foreign_keys", "ON"),
+        ("secure_delete", "ON"),
+    ];
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(WAIT);
+    // Migrations delete rows too (old revocation rules, retired keys): as the writer does.
+    let options = writing.iter().fold(options, |options, (name, value)| {
+        options.pragma(*name, *value)
+    });
     let path = options.get_filename().to_owned();
     service_runtime::private_files::prepare_sqlite_database(url, &path).map_err(sqlx::Error::Io)?;
     let migrating = SqlitePoolOptions::new()
@@ -385,12 +399,7 @@ async fn try_open_sqlite(url: &str, migrator: &Migrator) -> StoreResult<Pools> {
         .await?;
     // The writer opens before the migrating connection closes: the last connection to
     // close removes the WAL, which read-only connections cannot create again.
-    let writer_pragmas = [
-        ("synchronous", SYNCHRONOUS),
-        ("foreign_keys", "ON"),
-        ("secure_delete", "ON"),
-        ("cache_size", CACHE_SIZE),
-    ];
+    let writer_pragmas = [writing.as_slice(), &[("cache_size", CACHE_SIZE)]].concat();
     let opened = match migrate_sqlite(&migrating, migrator).await {
         Ok(()) => GroupWriter::open(&path, &writer_pragmas),
         Err(e) => Err(e),
@@ -477,16 +486,16 @@ impl Session {
         decode: Decoder<T>,
         decoded: usize,
     ) -> StoreResult<Vec<T>> {
-        let locking = match access {
+        let locking = || match access {
             Access::InOrder => Cow::Owned(format!("{sql} FOR SHARE")),
             Access::Hold => Cow::Owned(format!("{sql} FOR UPDATE")),
             Access::Read | Access::Write => Cow::Borrowed(sql),
         };
         let rows = match self {
             Session::Member(member) => return member.all(sql, args, decode),
-            Session::Transaction(tx) => pg_query(locking, args).fetch_all(&mut **tx).await?,
+            Session::Transaction(tx) => pg_query(locking(), args).fetch_all(&mut **tx).await?,
             Session::Pooled(Pools(Connections::Postgres(pool))) => {
-                pg_query(locking, args).fetch_all(&*pool).await?
+                pg_query(locking(), args).fetch_all(&*pool).await?
             }
             Session::Pooled(Pools(Connections::Sqlite(writer, readers))) => {
                 return match access {
@@ -561,7 +570,8 @@ impl Session {
 }
 
 /// A PostgreSQL statement with `args` bound to its placeholders in turn. A constant is used as
-/// it is; one built at run time (a constant with `FOR SHARE` added) as its own text. Statement
+/// it is; one built at run time (a constant with `FOR SHARE` or `FOR UPDATE` added) as its own
+/// text. Statement
 /// text comes only from the stores' constants: values are bound, never spliced.
 fn pg_query<'q>(
     sql: Cow<'static, str>,
@@ -857,32 +867,50 @@ mod tests {
         );
     }
 
-    /// Guards the wait in `InlineReaders::all`: while every read-only connection is taken (more
-    /// threads reading at once than connections), a plain read waits for one and then
-    /// answers, instead of failing.
+    /// Guards the wait in `InlineReaders::take` and the wake in `Lent`'s drop: while every
+    /// read-only connection is lent (more threads reading at once than connections), a plain
+    /// read waits, and answers as soon as any one connection comes back, instead of failing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_plain_read_waits_while_every_reader_is_busy_and_then_answers() {
         let dir = tempfile::tempdir().unwrap();
         let pools = pools_with_one_table(&dir).await;
         let mut session = pools.session();
         session.execute(INSERT, args![1_i64, "one"]).await.unwrap();
-        let held = readers(&pools).hold_all();
+        let mut held = readers(&pools).hold_all();
         let reading = tokio::task::spawn_blocking(move || {
             let decode = |r: &dyn Columns| r.text("b");
             let read = "SELECT b FROM t WHERE a = $1";
             let runtime = tokio::runtime::Handle::current();
             runtime.block_on(session.first(Access::Read, read, args![1_i64], decode))
         });
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(
             !reading.is_finished(),
             "answered while every reader was busy"
         );
-        drop(held);
-        let found = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
-        let found = found.expect("answers within 5 s once a reader is free");
+        drop(held.pop());
+        let found = tokio::time::timeout(std::time::Duration::from_secs(2), reading).await;
+        let found = found.expect("answers within 2 s once one reader is free");
         assert_eq!(found.unwrap().unwrap().as_deref(), Some("one"));
+        drop(held);
         pools.close().await;
+    }
+
+    /// Guards `InlineReaders::close`: after the store is closed a plain read is refused as
+    /// closed, as every other statement is.
+    #[tokio::test]
+    async fn a_plain_read_after_close_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = pools_with_one_table(&dir).await;
+        pools.close().await;
+        let decode = |r: &dyn Columns| r.int("a");
+        let mut session = pools.session();
+        let read = session.first(Access::Read, "SELECT a FROM t", args![], decode);
+        let refused = read.await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Unavailable(e) if matches!(**e, sqlx::Error::PoolClosed)),
+            "{refused:?}"
+        );
     }
 }
 

@@ -358,7 +358,10 @@ fn check_role_tokens(
         .any(|(i, (_, token))| roles[..i].iter().any(|(_, other)| other == token));
     if shared {
         return Err(ConfigError::Invalid {
-            variable: "ADMIN_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN",
+            variable: match privacy {
+                Some(_) => "ADMIN_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN",
+                None => "ADMIN_TOKEN, VERIFIER_TOKEN",
+            },
             problem: "each role needs a token of its own, or one caller could act as another"
                 .into(),
         });
@@ -494,7 +497,15 @@ mod tests {
             VERIFIER,
         ];
         argv.extend_from_slice(extra);
-        Cli::try_parse_from(argv).unwrap().args.into_config()
+        let mut args = Cli::try_parse_from(argv).unwrap().args;
+        // Only what the test gives: a shell that exports these must not change the outcome.
+        if !extra.contains(&"--wallet-token") {
+            args.wallet_token = None;
+        }
+        if !extra.contains(&"--privacy-token") {
+            args.privacy_token = None;
+        }
+        args.into_config()
     }
 
     #[test]
@@ -563,8 +574,14 @@ mod tests {
         assert_eq!(config.privacy_token.as_deref(), Some(privacy));
         let err = parse(&["--privacy-token", "short"]).unwrap_err();
         assert_eq!(invalid_variable(&err), Some(ENV_PRIVACY_TOKEN), "{err}");
-        let err = parse(&["--privacy-token", VERIFIER]).unwrap_err();
-        assert!(err.to_string().contains("PRIVACY_TOKEN"), "{err}");
+        for other in [ADMIN, VERIFIER] {
+            let err = parse(&["--privacy-token", other]).unwrap_err().to_string();
+            assert!(
+                err.contains("PRIVACY_TOKEN") && err.contains("own"),
+                "{err}"
+            );
+            assert!(!err.contains(other), "the value is not echoed: {err}");
+        }
     }
 
     #[test]

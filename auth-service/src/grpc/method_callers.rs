@@ -40,7 +40,7 @@ impl<S: NamedService> NamedService for AuthorizationCallers<S> {
 
 impl<S, B> Service<Request<B>> for AuthorizationCallers<S>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + NamedService,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -51,8 +51,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-        let allowed: &[CallerRole] = if PRIVACY_METHODS.contains(&method) {
+        // The whole path, `/<service>/<method>`, as the service routes it.
+        let method = (request.uri().path().strip_prefix('/'))
+            .and_then(|path| path.strip_prefix(S::NAME))
+            .and_then(|path| path.strip_prefix('/'));
+        let allowed: &[CallerRole] = if method.is_some_and(|m| PRIVACY_METHODS.contains(&m)) {
             &[CallerRole::Wallet, CallerRole::Privacy]
         } else {
             &[CallerRole::Wallet]

@@ -101,6 +101,34 @@ async fn the_privacy_credential_reaches_a_users_export_and_erasure_only() {
     server.wallet().list_authorizations(list).await.unwrap();
 }
 
+/// The privacy credential is no other role's (AppService refuses it), and where auth-service
+/// has none configured the same token is no credential at all.
+#[tokio::test]
+async fn the_privacy_credential_is_no_other_role_and_unknown_where_unset() {
+    let server = TestAuthServer::start().await;
+    let privacy = Credential::bearer(server.config.callers.privacy.as_deref().unwrap());
+    let err = AppServiceClient::with_interceptor(server.channel.clone(), privacy.clone())
+        .get_app(pb::GetAppRequest { app_id: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::PermissionDenied, ErrorReason::CallerNotPermitted)
+    );
+    let unset = TestAuthServer::start_with(|c| c.callers.privacy = None).await;
+    let export = pb::ExportUserAuthorizationsRequest {
+        user_id: "u-1".into(),
+    };
+    let err = AuthorizationServiceClient::with_interceptor(unset.channel.clone(), privacy)
+        .export_user_authorizations(export)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (Code::Unauthenticated, ErrorReason::UnauthenticatedCaller)
+    );
+}
+
 #[tokio::test]
 async fn a_caller_over_its_failure_budget_is_refused_even_with_the_right_secret() {
     let server = TestAuthServer::start_with(|c| c.failed_credential_budget = 3).await;
