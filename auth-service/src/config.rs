@@ -314,21 +314,11 @@ fn check_role_tokens(
         (ENV_VERIFIER_TOKEN, verifier),
     ];
     roles.extend(privacy.map(|token| (ENV_PRIVACY_TOKEN, token)));
-    for &(variable, token) in &roles {
-        if let Some(problem) = miniprogram_proto::caller_credentials::role_token_problem(token) {
-            return Err(ConfigError::Invalid { variable, problem });
-        }
+    let shared = "ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN";
+    match miniprogram_proto::caller_credentials::role_tokens_problem(&roles, shared) {
+        Some((variable, problem)) => Err(ConfigError::Invalid { variable, problem }),
+        None => Ok(()),
     }
-    let shared = (roles.iter().enumerate())
-        .any(|(i, (_, token))| roles[..i].iter().any(|(_, other)| other == token));
-    if shared {
-        return Err(ConfigError::Invalid {
-            variable: "ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN",
-            problem: "each role needs a token of its own, or one caller could act as another"
-                .into(),
-        });
-    }
-    Ok(())
 }
 
 /// A random bearer token for dev mode.

@@ -35,9 +35,7 @@ use miniprogram_token::{Clock, SystemClock};
 use service_runtime::ServerLayers;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
-use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
@@ -48,6 +46,7 @@ use crate::credentials::{
     AppAuthenticator, CallerRole, CallerRoles, FailedAttemptLimiter, VERIFIED_CREDENTIAL_TTL,
     VerifiedCredentials,
 };
+use crate::grpc::caller_check::{CallerCheck, PRIVACY_METHODS};
 use crate::keys::{KeyRotation, MasterKeyMismatch, SigningKeys};
 use crate::privacy::{AuthorizationChanges, PrivacyRecords};
 use crate::revocations::{RevocationFeed, RevocationLog, RevocationPolicy};
@@ -89,16 +88,6 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let listener = TcpListener::bind(config.addr).await?;
     serve_with_listener(config, listener, shutdown).await
-}
-
-fn role_check(
-    callers: Arc<CallerRoles>,
-    role: CallerRole,
-) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |request: Request<()>| {
-        callers.authorize(grpc::authorization_header(request.metadata()), role)?;
-        Ok(request)
-    }
 }
 
 /// Serves on an already bound listener until `shutdown` resolves.
@@ -297,25 +286,33 @@ impl Services {
             .add_service(health_service.max_decoding_message_size(max))
             .add_service(reflection().build_v1()?.max_decoding_message_size(max))
             .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max))
-            .add_service(InterceptedService::new(
+            .add_service(CallerCheck::new(
                 AppServiceServer::new(self.apps).max_decoding_message_size(max),
-                role_check(callers.clone(), CallerRole::Admin),
-            ))
-            .add_service(grpc::method_callers::AuthorizationCallers::new(
-                AuthorizationServiceServer::new(self.authorization).max_decoding_message_size(max),
                 callers.clone(),
+                CallerRole::Admin,
             ))
+            .add_service(
+                CallerCheck::new(
+                    AuthorizationServiceServer::new(self.authorization)
+                        .max_decoding_message_size(max),
+                    callers.clone(),
+                    CallerRole::Wallet,
+                )
+                .also(CallerRole::Privacy, &PRIVACY_METHODS),
+            )
             .add_service(TokenServiceServer::new(self.tokens).max_decoding_message_size(max))
             .add_service(
                 AuthorizationChangeServiceServer::new(self.changes).max_decoding_message_size(max),
             )
-            .add_service(InterceptedService::new(
+            .add_service(CallerCheck::new(
                 KeyAdminServiceServer::new(self.key_admin).max_decoding_message_size(max),
-                role_check(callers.clone(), CallerRole::Admin),
+                callers.clone(),
+                CallerRole::Admin,
             ))
-            .add_service(InterceptedService::new(
+            .add_service(CallerCheck::new(
                 KeyServiceServer::new(self.keys).max_decoding_message_size(max),
-                role_check(callers, CallerRole::Verifier),
+                callers,
+                CallerRole::Verifier,
             )))
     }
 }

@@ -47,6 +47,27 @@ pub fn role_token_problem(token: &str) -> Option<String> {
     })
 }
 
+/// Checks a service's role tokens, each `(variable, token)`: the first too short to be
+/// secret is named with its problem; one token for two roles is named as `shared` (the
+/// service's list of the variables), since one caller could then act as another. Never quotes
+/// a token.
+pub fn role_tokens_problem(
+    roles: &[(&'static str, &str)],
+    shared: &'static str,
+) -> Option<(&'static str, String)> {
+    let weak = roles.iter().find_map(|&(variable, token)| {
+        role_token_problem(token).map(|problem| (variable, problem))
+    });
+    let repeated = (roles.iter().enumerate())
+        .any(|(i, (_, token))| roles[..i].iter().any(|(_, other)| other == token));
+    weak.or_else(|| {
+        repeated.then(|| {
+            let problem = "each role needs a token of its own, or one caller could act as another";
+            (shared, problem.to_owned())
+        })
+    })
+}
+
 /// A bearer token held as its SHA-256 digest. Comparing digests in constant time takes the
 /// same time whatever the presented token is, so a caller learns neither a prefix nor the
 /// configured token's length (comparing the tokens themselves stops at a length mismatch).

@@ -127,6 +127,17 @@ impl GroupWriter {
         Ok(Member { held: Some(held) })
     }
 
+    /// Runs `statement` as a transaction of its own.
+    pub(crate) async fn alone<T>(
+        &self,
+        statement: impl FnOnce(&mut Member) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut member = self.begin().await?;
+        let done = statement(&mut member)?;
+        member.commit().await?;
+        Ok(done)
+    }
+
     /// Reads on the writer, after every transaction that ran before; while a group is open,
     /// answers once it is committed.
     pub(crate) async fn read_in_order<T>(

@@ -502,10 +502,7 @@ impl Session {
                     Access::Read => readers.all(sql, args, decode),
                     Access::InOrder => writer.read_in_order(sql, args, decode).await,
                     Access::Hold | Access::Write => {
-                        let mut member = writer.begin().await?;
-                        let rows = member.all(sql, args, decode)?;
-                        member.commit().await?;
-                        Ok(rows)
+                        writer.alone(|member| member.all(sql, args, decode)).await
                     }
                 };
             }
@@ -524,10 +521,7 @@ impl Session {
                 query().execute(&*pool).await?.rows_affected()
             }
             Session::Pooled(Pools(Connections::Sqlite(writer, _))) => {
-                let mut member = writer.begin().await?;
-                let changed = member.execute(sql, args)?;
-                member.commit().await?;
-                changed
+                writer.alone(|member| member.execute(sql, args)).await?
             }
         })
     }

@@ -349,24 +349,14 @@ fn check_role_tokens(
 ) -> Result<(), ConfigError> {
     let mut roles = vec![(ENV_ADMIN_TOKEN, admin), (ENV_VERIFIER_TOKEN, verifier)];
     roles.extend(privacy.map(|token| (ENV_PRIVACY_TOKEN, token)));
-    for &(variable, token) in &roles {
-        if let Some(problem) = miniprogram_proto::caller_credentials::role_token_problem(token) {
-            return Err(ConfigError::Invalid { variable, problem });
-        }
+    let shared = match privacy {
+        Some(_) => "ADMIN_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN",
+        None => "ADMIN_TOKEN, VERIFIER_TOKEN",
+    };
+    match miniprogram_proto::caller_credentials::role_tokens_problem(&roles, shared) {
+        Some((variable, problem)) => Err(ConfigError::Invalid { variable, problem }),
+        None => Ok(()),
     }
-    let shared = (roles.iter().enumerate())
-        .any(|(i, (_, token))| roles[..i].iter().any(|(_, other)| other == token));
-    if shared {
-        return Err(ConfigError::Invalid {
-            variable: match privacy {
-                Some(_) => "ADMIN_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN",
-                None => "ADMIN_TOKEN, VERIFIER_TOKEN",
-            },
-            problem: "each role needs a token of its own, or one caller could act as another"
-                .into(),
-        });
-    }
-    Ok(())
 }
 
 /// userinfo-service once took the wallet's credential for exports and erasures; that credential

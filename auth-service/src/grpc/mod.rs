@@ -3,9 +3,9 @@
 
 pub mod apps;
 pub mod authorization;
+pub mod caller_check;
 pub mod changes;
 pub mod keys;
-pub mod method_callers;
 pub mod status;
 pub mod tokens;
 

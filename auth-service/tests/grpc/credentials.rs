@@ -46,7 +46,7 @@ async fn a_valid_credential_of_the_wrong_role_is_permission_denied() {
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
-/// Guards `AuthorizationCallers` (`grpc/method_callers.rs`): userinfo-service's privacy
+/// Guards `CallerCheck::also` (`grpc/caller_check.rs`): userinfo-service's privacy
 /// credential reaches a user's export and erasure, and every other AuthorizationService method
 /// refuses it as PERMISSION_DENIED before looking at the request; the wallet reaches all.
 #[tokio::test]
