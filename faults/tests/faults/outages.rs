@@ -119,7 +119,9 @@ async fn postgres_restarted_under_load_fails_calls_as_unavailable_and_recovers()
             tokio::task::spawn_blocking(move || stopping.stop())
                 .await
                 .unwrap();
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Longer than a pool waits for a connection (5 s), so calls queued for one fail
+            // meanwhile instead of waiting out the outage.
+            tokio::time::sleep(Duration::from_secs(6)).await;
             let restarting = server.clone();
             tokio::task::spawn_blocking(move || restarting.start_again())
                 .await
