@@ -194,14 +194,15 @@ docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \
 # ---------------------------------------------------------------------------------------------
 step "secrets of this run, and the build context with them planted where they must not leak from"
 ADMIN_TOKEN="$(random_hex)" WALLET_TOKEN="$(random_hex)" VERIFIER_TOKEN="$(random_hex)" PRIVACY_TOKEN="$(random_hex)"
+PROFILE_TOKEN="$(random_hex)"
 POSTGRES_PASSWORD="$(random_hex)" AUTH_DB_PASSWORD="$(random_hex)" USERINFO_DB_PASSWORD="$(random_hex)"
-export ADMIN_TOKEN WALLET_TOKEN VERIFIER_TOKEN PRIVACY_TOKEN POSTGRES_PASSWORD AUTH_DB_PASSWORD USERINFO_DB_PASSWORD
+export ADMIN_TOKEN WALLET_TOKEN VERIFIER_TOKEN PRIVACY_TOKEN PROFILE_TOKEN POSTGRES_PASSWORD AUTH_DB_PASSWORD USERINFO_DB_PASSWORD
 master_key="$work/master.key"
 head -c32 /dev/urandom >"$master_key"
 # Everything a layer must not hold: this run's secrets, and decoys for the files an operator
 # keeps in a checkout (secrets/, data/, .env, keys, certificates, databases, at any depth).
 needles="$work/needles"
-printf '%s\n' "$ADMIN_TOKEN" "$WALLET_TOKEN" "$VERIFIER_TOKEN" "$PRIVACY_TOKEN" "$POSTGRES_PASSWORD" \
+printf '%s\n' "$ADMIN_TOKEN" "$WALLET_TOKEN" "$VERIFIER_TOKEN" "$PRIVACY_TOKEN" "$PROFILE_TOKEN" "$POSTGRES_PASSWORD" \
   "$AUTH_DB_PASSWORD" "$USERINFO_DB_PASSWORD" "$(python3 -c 'import sys; print(open(sys.argv[1], "rb").read().hex())' "$master_key")" >"$needles"
 ctx="$work/context"
 mkdir -p "$ctx"
@@ -393,6 +394,7 @@ for k in sys.argv[1:]: d=d[k]
 print(d)' "$@"
 }
 admin() { grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" "$@"; }
+profile() { grpcurl -plaintext -H "authorization: Bearer $PROFILE_TOKEN" "$@"; }
 wallet() { grpcurl -plaintext -H "authorization: Bearer $WALLET_TOKEN" "$@"; }
 
 # Before a restart: an app, a profile, a basic-info grant with its consent token and a
@@ -402,7 +404,7 @@ state_before_restart() {
   app="$(admin -d '{"display_name":"Restart Check","features":["FEATURE_BASIC_USER_INFO","FEATURE_PHONE_NUMBER","FEATURE_USER_AUTHORIZATION"]}' \
     "$AUTH" miniprogram.auth.v1.AppService/CreateApp)"
   R_APP_ID="$(jget app appId <<<"$app")" R_APP_SECRET="$(jget appSecret <<<"$app")"
-  admin -d '{"profile":{"user_id":"restart-user","phone_number":"+1 555 0100","nick_name":"Restarted"}}' \
+  profile -d '{"profile":{"user_id":"restart-user","phone_number":"+1 555 0100","nick_name":"Restarted"}}' \
     "$USERINFO" miniprogram.userinfo.v1.ProfileService/UpsertProfile >/dev/null
   prompt="$(wallet -d '{"user_id":"restart-user","app_id":"'"$R_APP_ID"'","scopes":["SCOPE_USER_INFO"],"trigger":"TRIGGER_USER_TAP"}' \
     "$AUTH" miniprogram.auth.v1.AuthorizationService/RequestAuthorization | jget prompt promptId)"
@@ -421,7 +423,7 @@ check_state() {
   local out
   out="$(admin -d '{"app_id":"'"$R_APP_ID"'"}' "$AUTH" miniprogram.auth.v1.AppService/GetApp)"
   [ "$(jget app displayName <<<"$out")" = "Restart Check" ] || fail "$1: the app is gone: $out"
-  out="$(admin -d '{"user_id":"restart-user"}' "$USERINFO" miniprogram.userinfo.v1.ProfileService/GetProfile)"
+  out="$(profile -d '{"user_id":"restart-user"}' "$USERINFO" miniprogram.userinfo.v1.ProfileService/GetProfile)"
   grep -q '"Restarted"' <<<"$out" || fail "$1: the profile is gone: $out"
   out="$(wallet -d '{"user_id":"restart-user"}' "$AUTH" miniprogram.auth.v1.AuthorizationService/ListAuthorizations)"
   grep -q "$R_APP_ID" <<<"$out" || fail "$1: the grants are gone: $out"
@@ -544,7 +546,7 @@ calls() {
   while [ ! -e "$work/stop-calls" ]; do
     grpcurl -plaintext -H "authorization: Bearer \$WALLET_TOKEN" -d '{"user_id":"demo-user-1"}' \
       "$AUTH" miniprogram.auth.v1.AuthorizationService/ListAuthorizations >/dev/null || echo "failed: ListAuthorizations" >>"$work/calls.log"
-    grpcurl -plaintext -H "authorization: Bearer \$ADMIN_TOKEN" -d '{"user_id":"demo-user-1"}' \
+    grpcurl -plaintext -H "authorization: Bearer \$PROFILE_TOKEN" -d '{"user_id":"demo-user-1"}' \
       "$USERINFO" miniprogram.userinfo.v1.ProfileService/GetProfile >/dev/null || echo "failed: GetProfile" >>"$work/calls.log"
     n=\$((n + 2))
   done
@@ -576,7 +578,7 @@ sed 's/^/  /' "$RETRY_LOG"
 set -a; . "$dir/data/dev-credentials.env"; set +a
 [ "$(admin -d '{"app_id":"'"$DEMO_APP_ID"'"}' "$AUTH" miniprogram.auth.v1.AppService/GetApp | jget app displayName)" = "Demo Mini Program" ] \
   || fail "the demo app is gone after the kill"
-[[ "$(admin -d '{"user_id":"demo-user-1"}' "$USERINFO" miniprogram.userinfo.v1.ProfileService/GetProfile)" == *Hangzhou* ]] \
+[[ "$(profile -d '{"user_id":"demo-user-1"}' "$USERINFO" miniprogram.userinfo.v1.ProfileService/GetProfile)" == *Hangzhou* ]] \
   || fail "demo-user-1's profile is gone after the kill"
 echo "with auth-1 and userinfo-1 dead: every block behaved as the README says; what was written before is all there"
 dc logs --no-color lb >"$work/lb.log"

@@ -29,6 +29,9 @@ struct Cli {
     /// Address of userinfo-service.
     #[arg(long = "userinfo-addr", env = userinfo_service::config::ENV_ADDR, default_value = userinfo_service::config::DEFAULT_ADDR)]
     userinfo_addr: SocketAddr,
+    /// Bearer token of userinfo-service's ProfileService (generated and remembered if not given).
+    #[arg(long, env = userinfo_service::config::ENV_PROFILE_TOKEN, hide_env_values = true)]
+    profile_token: Option<String>,
     /// Database of userinfo-service.
     #[arg(long = "userinfo-database-url", env = userinfo_service::config::ENV_DATABASE_URL, default_value = userinfo_service::config::DEFAULT_DATABASE_URL)]
     userinfo_database_url: String,
@@ -136,6 +139,36 @@ fn dev_auth_config(
     Ok(config)
 }
 
+/// ProfileService's token, checked as userinfo-service checks it, and against auth-service's
+/// role tokens too: one process serves both here.
+fn check_profile_token(
+    profile: &str,
+    callers: &auth_service::credentials::CallerTokens,
+) -> Result<(), userinfo_service::config::ConfigError> {
+    use userinfo_service::config::{ENV_PROFILE_TOKEN, ENV_VERIFIER_TOKEN};
+    let mut roles = vec![
+        (ENV_PROFILE_TOKEN, profile),
+        (
+            auth_service::config::ENV_ADMIN_TOKEN,
+            callers.admin.as_str(),
+        ),
+        (
+            auth_service::config::ENV_WALLET_TOKEN,
+            callers.wallet.as_str(),
+        ),
+        (ENV_VERIFIER_TOKEN, callers.verifier.as_str()),
+    ];
+    roles
+        .extend((callers.privacy.as_deref()).map(|t| (auth_service::config::ENV_PRIVACY_TOKEN, t)));
+    let shared = "PROFILE_TOKEN, ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN";
+    match miniprogram_proto::caller_credentials::role_tokens_problem(&roles, shared) {
+        Some((variable, problem)) => {
+            Err(userinfo_service::config::ConfigError::Invalid { variable, problem })
+        }
+        None => Ok(()),
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), RunError> {
     let stop_signal = service_runtime::shutdown_signal();
     service_runtime::private_files::create_private_dir(&cli.data_dir)?;
@@ -149,6 +182,10 @@ async fn run(cli: Cli) -> Result<(), RunError> {
     let read_limits = cli.read_limits.into_limits()?;
     let disclosures = cli.disclosures.into_settings()?;
     let auth_config = dev_auth_config(cli.auth, &cli.data_dir, &mut state)?;
+    if let Some(token) = cli.profile_token.filter(|t| !t.is_empty()) {
+        state.profile_token = token;
+    }
+    check_profile_token(&state.profile_token, &auth_config.callers)?;
 
     let auth_listener = TcpListener::bind(auth_config.addr).await?;
     let auth_addr = auth_listener.local_addr()?;
@@ -158,7 +195,7 @@ async fn run(cli: Cli) -> Result<(), RunError> {
         addr: userinfo_addr,
         database_url: userinfo_database_url,
         auth_url: format!("http://{auth_addr}"),
-        admin_token: auth_config.callers.admin.clone(),
+        profile_token: state.profile_token.clone(),
         verifier_token: auth_config.callers.verifier.clone(),
         privacy_token: auth_config.callers.privacy.clone(),
         erasure_retry_interval: std::time::Duration::from_secs(5),

@@ -94,7 +94,7 @@ pub async fn seed(
 
     let mut profiles = ProfileServiceClient::with_interceptor(
         channel(userinfo_addr).await?,
-        CallerCredential::bearer(&callers.admin),
+        CallerCredential::bearer(&state.profile_token),
     );
     let mut tries = 0;
     let existing = loop {
@@ -149,6 +149,7 @@ userinfo-service  {userinfo_addr}
 demo users        {user1}, {user2}
 credentials       {env_file}
   ADMIN_TOKEN={admin}
+  PROFILE_TOKEN={profile}
   WALLET_TOKEN={wallet}
   VERIFIER_TOKEN={verifier}
   DEMO_APP_ID={app_id}
@@ -183,6 +184,7 @@ Ctrl-C stops both services.
         user1 = DEMO_USERS[0],
         user2 = DEMO_USERS[1],
         admin = state.admin_token,
+        profile = state.profile_token,
         wallet = state.wallet_token,
         verifier = state.verifier_token,
         app_id = state.demo_app_id,

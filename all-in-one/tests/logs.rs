@@ -36,12 +36,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         .init();
 
     let auth = TestAuthServer::start().await;
-    let userinfo = TestUserInfoServer::start(
-        auth.addr,
-        &auth.config.callers.admin,
-        &auth.config.callers.verifier,
-    )
-    .await;
+    let userinfo = TestUserInfoServer::start(auth.addr, &auth.config.callers.verifier).await;
     let created = auth
         .admin()
         .create_app(pb::CreateAppRequest {

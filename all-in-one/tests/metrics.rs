@@ -64,12 +64,7 @@ async fn invented_method_names_leave_the_metrics_size_unchanged() {
         std::future::pending(),
     ));
     let auth = TestAuthServer::start().await;
-    let userinfo = TestUserInfoServer::start(
-        auth.addr,
-        &auth.config.callers.admin,
-        &auth.config.callers.verifier,
-    )
-    .await;
+    let userinfo = TestUserInfoServer::start(auth.addr, &auth.config.callers.verifier).await;
     let served = |server: &Channel, service: &str| (server.clone(), Some(service.to_owned()));
     let targets = [
         served(&auth.channel, "miniprogram.auth.v1.AppService"),

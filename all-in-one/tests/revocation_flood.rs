@@ -92,8 +92,7 @@ async fn three_thousand_revocations_of_one_token_leave_one_rule() {
             .unwrap();
         let auth = TestAuthServer::start().await;
         let callers = &auth.config.callers;
-        let userinfo =
-            TestUserInfoServer::start(auth.addr, &callers.admin, &callers.verifier).await;
+        let userinfo = TestUserInfoServer::start(auth.addr, &callers.verifier).await;
         let (app_id, secret) = auth.create_app(&ALL_FEATURES).await;
         let mut tokens = Vec::new();
         for user in ["u1", "u2"] {
@@ -198,8 +197,7 @@ async fn replay_of_a_million_rules_at_start_up_stays_within_its_bound() {
     let auth = TestAuthServer::start_config(auth_service::testing::test_config(url), None).await;
     let callers = &auth.config.callers;
     let started = Instant::now();
-    let userinfo =
-        TestUserInfoServer::launch_with(auth.addr, &callers.admin, &callers.verifier, |_| {}).await;
+    let userinfo = TestUserInfoServer::launch_with(auth.addr, &callers.verifier, |_| {}).await;
     let serving = service_runtime::wait_until_serving(userinfo.channel.clone(), REPLAY_BOUND).await;
     let replayed = started.elapsed();
     let peak = std::fs::read_to_string("/proc/self/status")

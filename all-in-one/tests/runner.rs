@@ -148,6 +148,7 @@ fn the_runner_stops_cleanly_and_a_second_start_reuses_the_data() {
     );
     for key in [
         "ADMIN_TOKEN",
+        "PROFILE_TOKEN",
         "WALLET_TOKEN",
         "VERIFIER_TOKEN",
         "DEMO_APP_ID",
@@ -259,4 +260,41 @@ fn every_file_under_data_is_private_whatever_the_umask() {
             "{name} under data/ is not checked"
         );
     }
+}
+
+/// Guards `check_profile_token`: in one process serving both services, ProfileService's token
+/// given as the console's refuses start, naming the roles and quoting neither; a short one is
+/// named too.
+#[test]
+fn a_profile_token_shared_with_the_console_or_too_short_refuses_start() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_all-in-one"));
+    let shared = "one-token-for-two-roles-0123456789abcdef";
+    let stderr = auth_service::testing::refused_start(
+        binary,
+        &[
+            ("AUTH_ADDR", "127.0.0.1:0"),
+            ("USERINFO_ADDR", "127.0.0.1:0"),
+            ("ADMIN_TOKEN", shared),
+            ("PROFILE_TOKEN", shared),
+        ],
+    );
+    assert!(
+        stderr.contains("PROFILE_TOKEN, ADMIN_TOKEN") && stderr.contains("own"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(shared),
+        "the value is not echoed: {stderr}"
+    );
+    let short = "profile-token-under-32";
+    let stderr = auth_service::testing::refused_start(
+        binary,
+        &[
+            ("AUTH_ADDR", "127.0.0.1:0"),
+            ("USERINFO_ADDR", "127.0.0.1:0"),
+            ("PROFILE_TOKEN", short),
+        ],
+    );
+    assert!(stderr.contains("PROFILE_TOKEN"), "{stderr}");
+    assert!(!stderr.contains(short), "the value is not echoed: {stderr}");
 }

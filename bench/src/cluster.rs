@@ -14,6 +14,7 @@ const READ_LIMIT: &str = "1000000";
 
 /// Role tokens (32+ characters, as the services require) and the master key of the run.
 pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef0123";
+pub const PROFILE_TOKEN: &str = "bench-profile-token-0123456789abcdef01";
 pub const WALLET_TOKEN: &str = "bench-wallet-token-0123456789abcdef012";
 pub const VERIFIER_TOKEN: &str = "bench-verifier-token-0123456789abcdef0";
 const MASTER_KEY: &str = "2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a";
@@ -219,7 +220,7 @@ impl Launcher {
             ("USERINFO_ADDR", addr.to_string()),
             ("USERINFO_DATABASE_URL", database_url.to_owned()),
             ("AUTH_URL", format!("http://{auth}")),
-            ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("PROFILE_TOKEN", PROFILE_TOKEN.to_owned()),
             ("VERIFIER_TOKEN", VERIFIER_TOKEN.to_owned()),
             ("PROFILE_CACHE_TTL", profile_cache_ttl.to_owned()),
             ("DRAIN_TIMEOUT", "1s".to_owned()),

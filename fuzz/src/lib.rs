@@ -59,6 +59,8 @@ pub enum Caller {
     WrongSecret,
     /// userinfo-service's credential for a user's export and erasure.
     Privacy,
+    /// userinfo-service's ProfileService credential.
+    Profile,
 }
 
 impl Caller {
@@ -71,7 +73,8 @@ impl Caller {
             Caller::App,
             Caller::WrongSecret,
             Caller::Privacy,
-        ][usize::from(byte) % 7]
+            Caller::Profile,
+        ][usize::from(byte) % 8]
     }
 }
 
@@ -101,7 +104,6 @@ pub fn platform() -> &'static Platform {
             let url = format!("sqlite://{}", dir.path().join("userinfo.db").display());
             let userinfo = TestUserInfoServer::start_with(
                 auth.addr,
-                &auth.config.callers.admin,
                 &auth.config.callers.verifier,
                 |u| u.database_url = url,
             )
@@ -176,6 +178,7 @@ impl Platform {
             Caller::App => Some(basic(&self.app_secret)),
             Caller::WrongSecret => Some(basic("not-the-secret")),
             Caller::Privacy => (callers.privacy.as_ref()).map(|token| format!("Bearer {token}")),
+            Caller::Profile => Some(format!("Bearer {}", self.userinfo.config.profile_token)),
         }
     }
 

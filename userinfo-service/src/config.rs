@@ -14,11 +14,13 @@ use crate::store::Vacuum;
 pub const ENV_ADDR: &str = "USERINFO_ADDR";
 pub const ENV_DATABASE_URL: &str = "USERINFO_DATABASE_URL";
 pub const ENV_AUTH_URL: &str = "AUTH_URL";
-pub const ENV_ADMIN_TOKEN: &str = "ADMIN_TOKEN";
+pub const ENV_PROFILE_TOKEN: &str = "PROFILE_TOKEN";
 pub const ENV_VERIFIER_TOKEN: &str = "VERIFIER_TOKEN";
 pub const ENV_PRIVACY_TOKEN: &str = "PRIVACY_TOKEN";
 /// Refused: userinfo-service took the wallet's credential before PRIVACY_TOKEN existed.
 pub const ENV_WALLET_TOKEN: &str = "WALLET_TOKEN";
+/// Refused: userinfo-service took the console's credential before PROFILE_TOKEN existed.
+pub const ENV_ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const ENV_TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
 pub const ENV_AUTH_ALLOW_PLAINTEXT: &str = "AUTH_ALLOW_PLAINTEXT";
 
@@ -148,9 +150,9 @@ pub struct UserInfoArgs {
     /// auth-service, for token keys, the revocation stream and app credential checks.
     #[arg(long, env = ENV_AUTH_URL, default_value = DEFAULT_AUTH_URL)]
     pub auth_url: String,
-    /// Bearer token of the console / wallet (ProfileService).
-    #[arg(long, env = ENV_ADMIN_TOKEN, hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// Bearer token of ProfileService's callers (the wallet's gateway, the console).
+    #[arg(long, env = ENV_PROFILE_TOKEN, hide_env_values = true)]
+    pub profile_token: Option<String>,
     /// The verifier credential this service presents to auth-service's KeyService.
     #[arg(long, env = ENV_VERIFIER_TOKEN, hide_env_values = true)]
     pub verifier_token: Option<String>,
@@ -164,6 +166,10 @@ pub struct UserInfoArgs {
     /// service needs (README, Configuration).
     #[arg(long, env = ENV_WALLET_TOKEN, hide = true, hide_env_values = true)]
     pub wallet_token: Option<String>,
+    /// Refused when set: the console's credential also registers apps and retires signing
+    /// keys at auth-service, more than this service needs (README, Configuration).
+    #[arg(long, env = ENV_ADMIN_TOKEN, hide = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// How often erasures not yet confirmed by auth-service are retried.
     #[arg(long, env = "ERASURE_RETRY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub erasure_retry_interval: Duration,
@@ -225,7 +231,8 @@ pub struct UserInfoConfig {
     pub addr: SocketAddr,
     pub database_url: String,
     pub auth_url: String,
-    pub admin_token: String,
+    /// ProfileService's credential.
+    pub profile_token: String,
     pub verifier_token: String,
     /// Presented to auth-service for exports and erasures; optional.
     pub privacy_token: Option<String>,
@@ -264,20 +271,20 @@ impl UserInfoArgs {
     /// generated here: the verifier token must match auth-service's, so the runner passes it.
     pub fn into_config(self) -> Result<UserInfoConfig, ConfigError> {
         let mut missing = Vec::new();
-        let admin_token = self.admin_token.filter(|v| !v.is_empty());
+        let profile_token = self.profile_token.filter(|v| !v.is_empty());
         let verifier_token = self.verifier_token.filter(|v| !v.is_empty());
-        if admin_token.is_none() {
-            missing.push(ENV_ADMIN_TOKEN);
+        if profile_token.is_none() {
+            missing.push(ENV_PROFILE_TOKEN);
         }
         if verifier_token.is_none() {
             missing.push(ENV_VERIFIER_TOKEN);
         }
-        let (Some(admin_token), Some(verifier_token)) = (admin_token, verifier_token) else {
+        let (Some(profile_token), Some(verifier_token)) = (profile_token, verifier_token) else {
             return Err(ConfigError::Missing(missing));
         };
-        refuse_wallet_token(self.wallet_token.as_deref())?;
+        refuse_auth_service_tokens(&self.admin_token, &self.wallet_token)?;
         let privacy_token = self.privacy_token.filter(|v| !v.is_empty());
-        check_role_tokens(&admin_token, &verifier_token, privacy_token.as_deref())?;
+        check_role_tokens(&profile_token, &verifier_token, privacy_token.as_deref())?;
         check_auth_url(&self.auth_url, self.auth_allow_plaintext)?;
         let auth_tls_ca_pem = match (
             &self.auth_tls_ca_file,
@@ -310,7 +317,7 @@ impl UserInfoArgs {
             addr: self.addr,
             database_url: self.database_url,
             auth_url: self.auth_url,
-            admin_token,
+            profile_token,
             verifier_token,
             privacy_token,
             erasure_retry_interval: self.erasure_retry_interval,
@@ -341,17 +348,17 @@ impl UserInfoArgs {
 
 /// Refuses role tokens too short to be secret (naming the variable), and one token for two
 /// roles: the verifier credential goes to auth-service with every GetPhoneNumber check, so
-/// if it were also the admin token, whoever can read that link could rewrite profiles.
+/// if it were also the profile token, whoever can read that link could rewrite profiles.
 fn check_role_tokens(
-    admin: &str,
+    profile: &str,
     verifier: &str,
     privacy: Option<&str>,
 ) -> Result<(), ConfigError> {
-    let mut roles = vec![(ENV_ADMIN_TOKEN, admin), (ENV_VERIFIER_TOKEN, verifier)];
+    let mut roles = vec![(ENV_PROFILE_TOKEN, profile), (ENV_VERIFIER_TOKEN, verifier)];
     roles.extend(privacy.map(|token| (ENV_PRIVACY_TOKEN, token)));
     let shared = match privacy {
-        Some(_) => "ADMIN_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN",
-        None => "ADMIN_TOKEN, VERIFIER_TOKEN",
+        Some(_) => "PROFILE_TOKEN, VERIFIER_TOKEN, PRIVACY_TOKEN",
+        None => "PROFILE_TOKEN, VERIFIER_TOKEN",
     };
     match miniprogram_proto::caller_credentials::role_tokens_problem(&roles, shared) {
         Some((variable, problem)) => Err(ConfigError::Invalid { variable, problem }),
@@ -359,18 +366,35 @@ fn check_role_tokens(
     }
 }
 
-/// userinfo-service once took the wallet's credential for exports and erasures; that credential
-/// runs consent for any user, so it now refuses start, saying what to give instead.
-fn refuse_wallet_token(wallet: Option<&str>) -> Result<(), ConfigError> {
-    match wallet {
-        Some(token) if !token.is_empty() => Err(ConfigError::Invalid {
-            variable: ENV_WALLET_TOKEN,
-            problem: "userinfo-service no longer takes the wallet's credential, which runs \
-                      consent for any user: give it PRIVACY_TOKEN, which auth-service accepts \
-                      for a user's export and erasure only"
-                .into(),
+/// userinfo-service once took the console's credential (for ProfileService's callers) and the
+/// wallet's (for exports and erasures). Each opens far more at auth-service than this service
+/// needs, and this service faces mini programs' traffic: either refuses start, saying what to
+/// give instead.
+fn refuse_auth_service_tokens(
+    admin: &Option<String>,
+    wallet: &Option<String>,
+) -> Result<(), ConfigError> {
+    let refused = [
+        (
+            ENV_ADMIN_TOKEN,
+            admin,
+            "the console's credential, which also registers apps and retires signing keys at \
+             auth-service: give ProfileService's callers PROFILE_TOKEN, its own credential",
+        ),
+        (
+            ENV_WALLET_TOKEN,
+            wallet,
+            "the wallet's credential, which runs consent for any user: give it PRIVACY_TOKEN, \
+             which auth-service accepts for a user's export and erasure only",
+        ),
+    ];
+    let given = |token: &Option<String>| token.as_deref().is_some_and(|t| !t.is_empty());
+    match refused.into_iter().find(|(_, token, _)| given(token)) {
+        Some((variable, _, what)) => Err(ConfigError::Invalid {
+            variable,
+            problem: format!("userinfo-service no longer takes {what}"),
         }),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -470,19 +494,19 @@ mod tests {
             .unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains(ENV_ADMIN_TOKEN) && text.contains(ENV_VERIFIER_TOKEN),
+            text.contains(ENV_PROFILE_TOKEN) && text.contains(ENV_VERIFIER_TOKEN),
             "{text}"
         );
     }
 
-    const ADMIN: &str = "admin-token-0123456789abcdef0123456789";
+    const PROFILE: &str = "profile-token-0123456789abcdef01234567";
     const VERIFIER: &str = "verifier-token-0123456789abcdef01234567";
 
     fn parse(extra: &[&str]) -> Result<UserInfoConfig, ConfigError> {
         let mut argv = vec![
             "userinfo",
-            "--admin-token",
-            ADMIN,
+            "--profile-token",
+            PROFILE,
             "--verifier-token",
             VERIFIER,
         ];
@@ -491,6 +515,9 @@ mod tests {
         // Only what the test gives: a shell that exports these must not change the outcome.
         if !extra.contains(&"--wallet-token") {
             args.wallet_token = None;
+        }
+        if !extra.contains(&"--admin-token") {
+            args.admin_token = None;
         }
         if !extra.contains(&"--privacy-token") {
             args.privacy_token = None;
@@ -503,7 +530,7 @@ mod tests {
         let config = parse(&[]).unwrap();
         assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
         assert_eq!(config.auth_url, DEFAULT_AUTH_URL);
-        assert!(!format!("{config:?}").contains(ADMIN));
+        assert!(!format!("{config:?}").contains(PROFILE));
     }
 
     /// Guards `check_role_tokens`: the length floor for both variables, and one token for
@@ -514,12 +541,12 @@ mod tests {
         assert_eq!(short.len(), 31);
         for (variable, argv) in [
             (
-                ENV_ADMIN_TOKEN,
-                ["--admin-token", short, "--verifier-token", VERIFIER],
+                ENV_PROFILE_TOKEN,
+                ["--profile-token", short, "--verifier-token", VERIFIER],
             ),
             (
                 ENV_VERIFIER_TOKEN,
-                ["--admin-token", ADMIN, "--verifier-token", short],
+                ["--profile-token", PROFILE, "--verifier-token", short],
             ),
         ] {
             let err = Cli::try_parse_from(std::iter::once("userinfo").chain(argv))
@@ -536,35 +563,43 @@ mod tests {
         }
         let err = Cli::try_parse_from([
             "userinfo",
-            "--admin-token",
-            ADMIN,
+            "--profile-token",
+            PROFILE,
             "--verifier-token",
-            ADMIN,
+            PROFILE,
         ])
         .unwrap()
         .args
         .into_config()
         .unwrap_err()
         .to_string();
-        assert!(err.contains("ADMIN_TOKEN, VERIFIER_TOKEN"), "{err}");
-        assert!(!err.contains(ADMIN), "the value is not echoed: {err}");
+        assert!(err.contains("PROFILE_TOKEN, VERIFIER_TOKEN"), "{err}");
+        assert!(!err.contains(PROFILE), "the value is not echoed: {err}");
     }
 
-    /// Guards `refuse_wallet_token` and the privacy token in
-    /// `check_role_tokens`: the wallet's credential refuses start by name; the privacy
+    /// Guards `refuse_auth_service_tokens` and the privacy token in `check_role_tokens`: the
+    /// console's and the wallet's credentials each refuse start by name; the privacy
     /// credential is taken, must be long enough and must not be another role's.
     #[test]
-    fn the_wallet_token_is_refused_and_the_privacy_token_is_checked() {
+    fn the_console_and_wallet_tokens_are_refused_and_the_privacy_token_is_checked() {
         let wallet = "wallet-token-0123456789abcdef0123456";
         let err = parse(&["--wallet-token", wallet]).unwrap_err();
         assert_eq!(invalid_variable(&err), Some(ENV_WALLET_TOKEN), "{err}");
         assert!(!err.to_string().contains(wallet), "the value is not echoed");
+        let admin = "admin-token-0123456789abcdef0123456789";
+        let err = parse(&["--admin-token", admin]).unwrap_err();
+        assert_eq!(invalid_variable(&err), Some(ENV_ADMIN_TOKEN), "{err}");
+        assert!(
+            err.to_string().contains(ENV_PROFILE_TOKEN),
+            "says what to give: {err}"
+        );
+        assert!(!err.to_string().contains(admin), "the value is not echoed");
         let privacy = "privacy-token-0123456789abcdef012345";
         let config = parse(&["--privacy-token", privacy]).unwrap();
         assert_eq!(config.privacy_token.as_deref(), Some(privacy));
         let err = parse(&["--privacy-token", "short"]).unwrap_err();
         assert_eq!(invalid_variable(&err), Some(ENV_PRIVACY_TOKEN), "{err}");
-        for other in [ADMIN, VERIFIER] {
+        for other in [PROFILE, VERIFIER] {
             let err = parse(&["--privacy-token", other]).unwrap_err().to_string();
             assert!(
                 err.contains("PRIVACY_TOKEN") && err.contains("own"),

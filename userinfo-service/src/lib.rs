@@ -75,11 +75,11 @@ pub async fn serve(
     serve_with_listener(config, listener, shutdown).await
 }
 
-/// ProfileService's check: the admin token passes; the verifier token is a known caller
+/// ProfileService's check: the profile token passes; the verifier token is a known caller
 /// without permission. Tokens are compared as SHA-256 digests in constant time, so timing
 /// reveals neither a prefix nor a token's length.
-fn admin_check(
-    admin: Arc<TokenDigest>,
+fn profile_check(
+    profile: Arc<TokenDigest>,
     verifier: Arc<TokenDigest>,
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
@@ -88,7 +88,7 @@ fn admin_check(
             miniprogram_proto::caller_credentials::bearer_token(header)
                 .ok_or(UserInfoError::UnauthenticatedCaller)?,
         );
-        if admin.matches(&presented) {
+        if profile.matches(&presented) {
             Ok(request)
         } else if verifier.matches(&presented) {
             Err(UserInfoError::CallerNotPermitted.into())
@@ -206,7 +206,7 @@ async fn follow_auth_service(link: AuthServiceLink, verifier: Arc<TokenVerifier>
     auth_client::follow_revocations(link, verifier).await;
 }
 
-/// The server: health, reflection, and our two services (profiles behind the admin check).
+/// The server: health, reflection, and our two services (profiles behind their own credential).
 fn router(
     config: &UserInfoConfig,
     reader: Arc<UserInfoReader>,
@@ -214,7 +214,7 @@ fn router(
     user_data: UserData,
     health_service: HealthServer<impl Health>,
 ) -> Result<Router<ServerLayers>, ServeError> {
-    let admin = Arc::new(TokenDigest::of(&config.admin_token));
+    let profile = Arc::new(TokenDigest::of(&config.profile_token));
     let verifier_token = Arc::new(TokenDigest::of(&config.verifier_token));
     let max = config.limits.max_message_bytes;
     let tls = config.tls.as_ref();
@@ -237,7 +237,7 @@ fn router(
                 user_data,
             })
             .max_decoding_message_size(max),
-            admin_check(admin, verifier_token),
+            profile_check(profile, verifier_token),
         )))
 }
 

@@ -21,18 +21,20 @@ use crate::read_limits::{RateLimit, ReadLimits};
 /// A client channel with a credential.
 pub type Authed = InterceptedService<Channel, CallerCredential>;
 
+/// ProfileService's credential in tests (no other role's token: auth-service knows none of it).
+pub const TEST_PROFILE_TOKEN: &str = "test-profile-token-0123456789abcdef01";
+
 /// A configuration for tests, pointed at `auth_addr`.
 pub fn test_config(
     database_url: String,
     auth_addr: SocketAddr,
-    admin_token: &str,
     verifier_token: &str,
 ) -> UserInfoConfig {
     UserInfoConfig {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url,
         auth_url: format!("http://{auth_addr}"),
-        admin_token: admin_token.to_owned(),
+        profile_token: TEST_PROFILE_TOKEN.to_owned(),
         verifier_token: verifier_token.to_owned(),
         privacy_token: None,
         erasure_retry_interval: Duration::from_millis(200),
@@ -78,18 +80,17 @@ pub struct TestUserInfoServer {
 impl TestUserInfoServer {
     /// Starts against auth-service at `auth_addr` and waits until it is SERVING (keys loaded
     /// and the revocation stream caught up).
-    pub async fn start(auth_addr: SocketAddr, admin_token: &str, verifier_token: &str) -> Self {
-        Self::start_with(auth_addr, admin_token, verifier_token, |_| {}).await
+    pub async fn start(auth_addr: SocketAddr, verifier_token: &str) -> Self {
+        Self::start_with(auth_addr, verifier_token, |_| {}).await
     }
 
     /// [`start`](Self::start), after `adjust` edits the configuration.
     pub async fn start_with(
         auth_addr: SocketAddr,
-        admin_token: &str,
         verifier_token: &str,
         adjust: impl FnOnce(&mut UserInfoConfig),
     ) -> Self {
-        let server = Self::launch_with(auth_addr, admin_token, verifier_token, adjust).await;
+        let server = Self::launch_with(auth_addr, verifier_token, adjust).await;
         server.wait_serving().await;
         server
     }
@@ -98,13 +99,12 @@ impl TestUserInfoServer {
     /// SERVING (for tests of what happens before it).
     pub async fn launch_with(
         auth_addr: SocketAddr,
-        admin_token: &str,
         verifier_token: &str,
         adjust: impl FnOnce(&mut UserInfoConfig),
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("userinfo.db").display());
-        let mut config = test_config(url, auth_addr, admin_token, verifier_token);
+        let mut config = test_config(url, auth_addr, verifier_token);
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -143,7 +143,7 @@ impl TestUserInfoServer {
     pub fn profiles(&self) -> ProfileServiceClient<Authed> {
         ProfileServiceClient::with_interceptor(
             self.channel.clone(),
-            CallerCredential::bearer(&self.config.admin_token),
+            CallerCredential::bearer(&self.config.profile_token),
         )
     }
 

@@ -130,12 +130,7 @@ async fn tokens_built_from_the_listed_keys_or_another_deployment_are_refused_eve
 #[tokio::test]
 async fn a_retired_signing_key_is_refused_by_every_verifier_within_a_second() {
     let p = Platform::start().await;
-    let second = TestUserInfoServer::start(
-        p.auth.addr,
-        &p.auth.config.callers.admin,
-        &p.auth.config.callers.verifier,
-    )
-    .await;
+    let second = TestUserInfoServer::start(p.auth.addr, &p.auth.config.callers.verifier).await;
     let (app_id, secret) = p.app(&ALL_FEATURES).await;
     for server in [&p.userinfo, &second] {
         server

@@ -36,16 +36,12 @@ impl Platform {
     ) -> Self {
         let auth = TestAuthServer::start_with(auth).await;
         let privacy = auth.config.callers.privacy.clone();
-        let userinfo = TestUserInfoServer::start_with(
-            auth.addr,
-            &auth.config.callers.admin,
-            &auth.config.callers.verifier,
-            |c| {
+        let userinfo =
+            TestUserInfoServer::start_with(auth.addr, &auth.config.callers.verifier, |c| {
                 c.privacy_token = privacy;
                 userinfo(c);
-            },
-        )
-        .await;
+            })
+            .await;
         Platform { auth, userinfo }
     }
 

@@ -154,8 +154,10 @@ async fn a_deleted_profile_is_profile_not_found_for_a_live_token() {
     assert_eq!(reason(&err), ErrorReason::ProfileNotFound);
 }
 
+/// Guards `profile_check` in userinfo-service: only ProfileService's own credential passes;
+/// the console's `ADMIN_TOKEN`, which auth-service takes, is unknown here.
 #[tokio::test]
-async fn the_profile_service_needs_the_admin_credential() {
+async fn profile_calls_need_the_profile_credential() {
     let p = Platform::start().await;
     for (credential, code, expected) in [
         (
@@ -172,6 +174,12 @@ async fn the_profile_service_needs_the_admin_credential() {
             CallerCredential::bearer(&p.auth.config.callers.verifier),
             Code::PermissionDenied,
             ErrorReason::CallerNotPermitted,
+        ),
+        // The console's credential opens auth-service's AppService, not ProfileService.
+        (
+            CallerCredential::bearer(&p.auth.config.callers.admin),
+            Code::Unauthenticated,
+            ErrorReason::UnauthenticatedCaller,
         ),
     ] {
         let err = ProfileServiceClient::with_interceptor(p.userinfo.channel.clone(), credential)

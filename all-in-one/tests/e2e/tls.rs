@@ -9,16 +9,11 @@ use super::{ALL_FEATURES, demo_profile};
 async fn both_servers_and_the_verifier_channel_speak_tls() {
     let (ca, server_tls) = test_pki();
     let auth = TestAuthServer::start_tls(server_tls.clone(), ca.clone()).await;
-    let userinfo = TestUserInfoServer::start_with(
-        auth.addr,
-        &auth.config.callers.admin,
-        &auth.config.callers.verifier,
-        |c| {
-            c.auth_url = format!("https://{}", auth.addr);
-            c.auth_tls_ca_pem = Some(ca.clone());
-            c.tls = Some(server_tls.clone());
-        },
-    )
+    let userinfo = TestUserInfoServer::start_with(auth.addr, &auth.config.callers.verifier, |c| {
+        c.auth_url = format!("https://{}", auth.addr);
+        c.auth_tls_ca_pem = Some(ca.clone());
+        c.tls = Some(server_tls.clone());
+    })
     .await;
     let created = auth
         .admin()

@@ -219,7 +219,6 @@ async fn a_cut_link_fails_closed_at_the_stale_bound_and_a_withdrawal_made_during
     let proxy = LinkProxy::start(auth.addr).await;
     let userinfo = userinfo_service::testing::TestUserInfoServer::start_with(
         proxy.addr,
-        &auth.config.callers.admin,
         &auth.config.callers.verifier,
         |u| u.revocation_stale_after = stale_after,
     )

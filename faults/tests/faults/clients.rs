@@ -166,7 +166,7 @@ pub struct UserInfoClients(pub Channel);
 
 impl UserInfoClients {
     pub fn profiles(&self) -> ProfileServiceClient<Authed> {
-        let credential = CallerCredential::bearer(auth_service::testing::TEST_ADMIN_TOKEN);
+        let credential = CallerCredential::bearer(userinfo_service::testing::TEST_PROFILE_TOKEN);
         ProfileServiceClient::with_interceptor(self.0.clone(), credential)
     }
 

@@ -39,12 +39,13 @@ impl Env {
 
     /// userinfo-service on `database_url`, following the auth-service at `auth`.
     pub fn userinfo(database_url: &str, auth: SocketAddr) -> Env {
-        use auth_service::testing::{TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN};
+        use auth_service::testing::TEST_VERIFIER_TOKEN;
+        use userinfo_service::testing::TEST_PROFILE_TOKEN;
         Env(BTreeMap::new())
             .set("USERINFO_ADDR", "127.0.0.1:0")
             .set("USERINFO_DATABASE_URL", database_url)
             .set("AUTH_URL", &format!("http://{auth}"))
-            .set("ADMIN_TOKEN", TEST_ADMIN_TOKEN)
+            .set("PROFILE_TOKEN", TEST_PROFILE_TOKEN)
             .set("VERIFIER_TOKEN", TEST_VERIFIER_TOKEN)
             .set("LOG_FORMAT", "json")
     }

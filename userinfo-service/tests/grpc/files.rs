@@ -3,6 +3,7 @@
 use auth_service::testing::{
     TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN, assert_private, start_with_open_umask,
 };
+use userinfo_service::testing::TEST_PROFILE_TOKEN;
 
 /// Guards `service_runtime::private_files::prepare_sqlite_database` in the SQLite store's
 /// `open`: under umask 000 the data directory the binary creates is 0700 and the database
@@ -20,7 +21,7 @@ fn the_database_and_its_directory_are_private_whatever_the_umask() {
             ("USERINFO_DATABASE_URL", &url),
             // Nothing listens there: the store opens before auth-service is needed.
             ("AUTH_URL", "http://127.0.0.1:1"),
-            ("ADMIN_TOKEN", TEST_ADMIN_TOKEN),
+            ("PROFILE_TOKEN", TEST_PROFILE_TOKEN),
             ("VERIFIER_TOKEN", TEST_VERIFIER_TOKEN),
         ],
         "userinfo-service listening",
@@ -43,7 +44,7 @@ fn refused_start(envs: &[(&str, &str)]) -> String {
 fn a_plaintext_auth_url_to_a_remote_host_refuses_start() {
     let stderr = refused_start(&[
         ("AUTH_URL", "http://auth.example.com:50051"),
-        ("ADMIN_TOKEN", TEST_ADMIN_TOKEN),
+        ("PROFILE_TOKEN", TEST_PROFILE_TOKEN),
         ("VERIFIER_TOKEN", TEST_VERIFIER_TOKEN),
     ]);
     assert!(
@@ -56,9 +57,26 @@ fn a_plaintext_auth_url_to_a_remote_host_refuses_start() {
 #[test]
 fn a_short_role_token_refuses_start_and_is_named() {
     let stderr = refused_start(&[
-        ("ADMIN_TOKEN", "admin-token-under-32"),
+        ("PROFILE_TOKEN", "profile-token-under-32"),
         ("VERIFIER_TOKEN", TEST_VERIFIER_TOKEN),
     ]);
-    assert!(stderr.contains("ADMIN_TOKEN"), "{stderr}");
-    assert!(!stderr.contains("admin-token-under-32"), "{stderr}");
+    assert!(stderr.contains("PROFILE_TOKEN"), "{stderr}");
+    assert!(!stderr.contains("profile-token-under-32"), "{stderr}");
+}
+
+/// Guards `refuse_auth_service_tokens`: the console's credential in userinfo-service's
+/// environment (as its deployments had before PROFILE_TOKEN) refuses start, naming it and what
+/// to give instead, without quoting it.
+#[test]
+fn the_consoles_credential_refuses_start() {
+    let stderr = refused_start(&[
+        ("ADMIN_TOKEN", TEST_ADMIN_TOKEN),
+        ("PROFILE_TOKEN", TEST_PROFILE_TOKEN),
+        ("VERIFIER_TOKEN", TEST_VERIFIER_TOKEN),
+    ]);
+    assert!(
+        stderr.contains("ADMIN_TOKEN") && stderr.contains("PROFILE_TOKEN"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TEST_ADMIN_TOKEN), "{stderr}");
 }

@@ -29,15 +29,10 @@ pub async fn userinfo_for(
     adjust: impl FnOnce(&mut UserInfoConfig),
 ) -> TestUserInfoServer {
     let privacy = auth.config.callers.privacy.clone();
-    TestUserInfoServer::start_with(
-        auth.addr,
-        &auth.config.callers.admin,
-        &auth.config.callers.verifier,
-        |c| {
-            c.privacy_token = privacy;
-            adjust(c);
-        },
-    )
+    TestUserInfoServer::start_with(auth.addr, &auth.config.callers.verifier, |c| {
+        c.privacy_token = privacy;
+        adjust(c);
+    })
     .await
 }
 

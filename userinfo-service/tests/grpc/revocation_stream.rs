@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_service::testing::{TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN};
+use auth_service::testing::TEST_VERIFIER_TOKEN;
 use miniprogram_proto::auth::v1 as pb;
 use miniprogram_token::TokenVerifier;
 use miniprogram_token::{SigningKey, Timestamp};
@@ -193,8 +193,7 @@ async fn an_open_stream_and_its_backlog_do_not_count_as_fresh_until_a_heartbeat(
 #[tokio::test]
 async fn health_stays_not_serving_until_the_revocation_backlog_is_complete() {
     let (addr, mut opened) = scripted_key_service(false).await;
-    let userinfo =
-        TestUserInfoServer::launch_with(addr, TEST_ADMIN_TOKEN, TEST_VERIFIER_TOKEN, |_| {}).await;
+    let userinfo = TestUserInfoServer::launch_with(addr, TEST_VERIFIER_TOKEN, |_| {}).await;
     // The stream opens only after the keys have loaded.
     let stream = next_stream(&mut opened).await;
     stream.send(event(rule(1, "u1"))).await;
