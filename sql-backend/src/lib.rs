@@ -605,6 +605,43 @@ mod tests {
         pools.close().await;
     }
 
+    /// Guards `secure_delete` among the migrating connection's pragmas in `try_open_sqlite`:
+    /// rows a migration deletes (auth 0002 and 0003 delete old rules and sealed keys) leave no
+    /// byte of theirs in the database file, while the rows kept are there to be found.
+    #[tokio::test]
+    async fn rows_a_migration_deletes_leave_no_bytes_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("migrations");
+        std::fs::create_dir(&source).unwrap();
+        let (kept, deleted) = (
+            "a-row-the-migrations-keep",
+            "a-sealed-key-a-migration-deletes",
+        );
+        let seed = format!(
+            "CREATE TABLE k (v TEXT NOT NULL); INSERT INTO k VALUES ('{kept}'), ('{deleted}');"
+        );
+        std::fs::write(source.join("1_seed.sql"), seed).unwrap();
+        let forget = format!("DELETE FROM k WHERE v = '{deleted}';");
+        std::fs::write(source.join("2_forget.sql"), forget).unwrap();
+        let migrator = Migrator::new(source.as_path()).await.unwrap();
+        let migrator: &'static Migrator = Box::leak(Box::new(migrator));
+        let migrations = Migrations {
+            sqlite: migrator,
+            postgres: migrator,
+        };
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let pools = Pools::open(&url, migrations).await.unwrap();
+        pools.scrub(&[], Vacuum::Plain).await.unwrap();
+        let file = std::fs::read(dir.path().join("store.db")).unwrap();
+        pools.close().await;
+        let holds = |text: &str| file.windows(text.len()).any(|w| w == text.as_bytes());
+        assert!(holds(kept), "the search finds a row that is kept");
+        assert!(
+            !holds(deleted),
+            "the deleted row's bytes are still in the file"
+        );
+    }
+
     static NO_MIGRATION: Migrator = Migrator::DEFAULT;
     const NO_MIGRATIONS: Migrations = Migrations {
         sqlite: &NO_MIGRATION,
