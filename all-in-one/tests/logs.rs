@@ -69,6 +69,7 @@ async fn no_secret_reaches_any_log_line_at_trace_level() {
         auth.config.callers.admin.clone(),
         auth.config.callers.wallet.clone(),
         auth.config.callers.verifier.clone(),
+        userinfo.config.profile_token.clone(),
     ];
     let mut wallet = auth.wallet();
     let ask = |scopes: Vec<i32>| pb::RequestAuthorizationRequest {

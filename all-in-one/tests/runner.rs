@@ -298,3 +298,29 @@ fn a_profile_token_shared_with_the_console_or_too_short_refuses_start() {
     assert!(stderr.contains("PROFILE_TOKEN"), "{stderr}");
     assert!(!stderr.contains(short), "the value is not echoed: {stderr}");
 }
+
+/// Guards the generation of a missing `PROFILE_TOKEN` in `DevState::load_or_create`: a data
+/// directory whose credentials file was written before that token existed starts, keeps its
+/// console token, and gets a ProfileService token of its own, remembered for the next start.
+#[test]
+fn a_credentials_file_from_before_the_profile_token_gets_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let admin = "console-token-of-an-older-install-0123456789";
+    let old = format!(
+        "ADMIN_TOKEN={admin}\nWALLET_TOKEN=wallet-token-of-an-older-install-0123456789\n\
+         VERIFIER_TOKEN=verifier-token-of-an-older-install-012345678\n"
+    );
+    std::fs::write(data.join("dev-credentials.env"), old).unwrap();
+    let (banner, status, log) = run_once(dir.path(), "TERM");
+    assert!(status.success(), "exit status {status:?}:\n{log}");
+    assert_eq!(value(&banner, "ADMIN_TOKEN"), admin);
+    let profile = value(&banner, "PROFILE_TOKEN");
+    assert!(profile.len() >= 32 && profile != admin, "{banner}");
+    let remembered = std::fs::read_to_string(data.join("dev-credentials.env")).unwrap();
+    assert!(
+        remembered.contains(&format!("PROFILE_TOKEN={profile}")),
+        "{remembered}"
+    );
+}

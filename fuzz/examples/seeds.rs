@@ -76,7 +76,7 @@ fn main() {
     write("token_parser", "empty", b"");
 
     const A: &str = "auth_requests";
-    let (admin, wallet, verifier, app) = (1, 2, 3, 4);
+    let (admin, wallet, verifier, app, profile_caller) = (1, 2, 3, 4, 7);
     let user_info = || vec![pb::Scope::UserInfo as i32];
     request(
         A,
@@ -274,7 +274,7 @@ fn main() {
         U,
         &USERINFO_METHODS,
         "UpsertProfile",
-        admin,
+        profile_caller,
         upb::UpsertProfileRequest {
             profile: Some(profile),
         },
@@ -283,7 +283,7 @@ fn main() {
         U,
         &USERINFO_METHODS,
         "GetProfile",
-        admin,
+        profile_caller,
         upb::GetProfileRequest {
             user_id: "u1".into(),
         },
@@ -292,7 +292,7 @@ fn main() {
         U,
         &USERINFO_METHODS,
         "DeleteProfile",
-        admin,
+        profile_caller,
         upb::DeleteProfileRequest {
             user_id: "u1".into(),
         },

@@ -31,7 +31,7 @@ pub fn basic_credential(header: Option<&str>) -> Option<(String, String)> {
     Some((app_id.to_owned(), secret.to_owned()))
 }
 
-/// Shortest role token (ADMIN_TOKEN, WALLET_TOKEN, VERIFIER_TOKEN) a service starts with, in
+/// Shortest role token (each of the `*_TOKEN` credentials) a service starts with, in
 /// characters: a token is the whole credential of its role, so it must not be guessable
 /// (`openssl rand -hex 32` gives 64).
 pub const MIN_ROLE_TOKEN_LEN: usize = 32;

@@ -270,6 +270,7 @@ impl UserInfoArgs {
     /// Checks the flags, naming every missing credential at once. In dev mode nothing is
     /// generated here: the verifier token must match auth-service's, so the runner passes it.
     pub fn into_config(self) -> Result<UserInfoConfig, ConfigError> {
+        refuse_auth_service_tokens(&self.admin_token, &self.wallet_token)?;
         let mut missing = Vec::new();
         let profile_token = self.profile_token.filter(|v| !v.is_empty());
         let verifier_token = self.verifier_token.filter(|v| !v.is_empty());
@@ -282,7 +283,6 @@ impl UserInfoArgs {
         let (Some(profile_token), Some(verifier_token)) = (profile_token, verifier_token) else {
             return Err(ConfigError::Missing(missing));
         };
-        refuse_auth_service_tokens(&self.admin_token, &self.wallet_token)?;
         let privacy_token = self.privacy_token.filter(|v| !v.is_empty());
         check_role_tokens(&profile_token, &verifier_token, privacy_token.as_deref())?;
         check_auth_url(&self.auth_url, self.auth_allow_plaintext)?;

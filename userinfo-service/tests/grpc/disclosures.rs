@@ -178,7 +178,7 @@ async fn a_graceful_stop_writes_the_last_batch() {
 }
 
 /// ListDisclosures: pages follow the token to the end, the app filter applies, bad
-/// arguments are INVALID_ARGUMENT, and only the admin credential may call it.
+/// arguments are INVALID_ARGUMENT, and only the profile credential (PROFILE_TOKEN) may call it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_disclosures_pages_filters_and_checks_its_arguments() {
     let run = async {

@@ -64,19 +64,28 @@ fn a_short_role_token_refuses_start_and_is_named() {
     assert!(!stderr.contains("profile-token-under-32"), "{stderr}");
 }
 
-/// Guards `refuse_auth_service_tokens`: the console's credential in userinfo-service's
-/// environment (as its deployments had before PROFILE_TOKEN) refuses start, naming it and what
-/// to give instead, without quoting it.
+/// Guards `refuse_auth_service_tokens`, and its place before the check for missing
+/// credentials: the console's credential in userinfo-service's environment refuses start,
+/// naming it and what to give instead, without quoting it; also in the environment of a
+/// deployment upgraded as it was (ADMIN_TOKEN, no PROFILE_TOKEN yet), which hears why rather
+/// than only that PROFILE_TOKEN is missing.
 #[test]
 fn the_consoles_credential_refuses_start() {
-    let stderr = refused_start(&[
+    let upgraded = [
         ("ADMIN_TOKEN", TEST_ADMIN_TOKEN),
-        ("PROFILE_TOKEN", TEST_PROFILE_TOKEN),
         ("VERIFIER_TOKEN", TEST_VERIFIER_TOKEN),
-    ]);
-    assert!(
-        stderr.contains("ADMIN_TOKEN") && stderr.contains("PROFILE_TOKEN"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains(TEST_ADMIN_TOKEN), "{stderr}");
+    ];
+    let given = [
+        upgraded.as_slice(),
+        &[("PROFILE_TOKEN", TEST_PROFILE_TOKEN)],
+    ]
+    .concat();
+    for envs in [upgraded.as_slice(), &given] {
+        let stderr = refused_start(envs);
+        assert!(
+            stderr.contains("ADMIN_TOKEN") && stderr.contains("PROFILE_TOKEN"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(TEST_ADMIN_TOKEN), "{stderr}");
+    }
 }
