@@ -110,7 +110,7 @@ pub struct AuthArgs {
     pub revocation_heartbeat: Duration,
     /// Live rules revoking single tokens (RevokeToken) one app may hold; beyond it RevokeToken
     /// is refused with REQUEST_TRAFFIC_EXCEED_LIMIT until some expire.
-    #[arg(long, env = "REVOCATION_QUOTA_PER_APP", default_value_t = crate::revocations::DEFAULT_TOKEN_RULES_PER_APP)]
+    #[arg(long, env = "REVOCATION_QUOTA_PER_APP", default_value_t = crate::revocations::DEFAULT_RULES_PER_APP)]
     pub revocation_quota_per_app: u32,
     /// How long consent records are kept (from each record's time).
     #[arg(long, env = "CONSENT_RECORD_RETENTION", default_value = "1827days", value_parser = humantime::parse_duration)]
@@ -512,7 +512,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             config.revocation_quota_per_app,
-            crate::revocations::DEFAULT_TOKEN_RULES_PER_APP
+            crate::revocations::DEFAULT_RULES_PER_APP
         );
         let err = args(
             [ADMIN, WALLET, VERIFIER],

@@ -185,7 +185,7 @@ impl Services {
         draining: &CancellationToken,
     ) -> Self {
         let policy = RevocationPolicy::new(config.consent_token_ttl, config.access_token_ttl)
-            .with_token_rules_per_app(config.revocation_quota_per_app);
+            .with_rules_per_app(config.revocation_quota_per_app);
         let lifetimes = config.consent_lifetimes();
         let ring = keys.ring;
         let privacy = config.privacy;

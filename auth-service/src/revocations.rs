@@ -11,37 +11,39 @@ use crate::error::AuthError;
 use crate::model::NewRevocation;
 use crate::store::{AuthStore, StoreResult};
 
-/// Live token rules one app may hold unless configured otherwise (`REVOCATION_QUOTA_PER_APP`).
-pub const DEFAULT_TOKEN_RULES_PER_APP: u32 = 100_000;
+/// Live token and family rules one app may hold unless configured otherwise
+/// (`REVOCATION_QUOTA_PER_APP`).
+pub const DEFAULT_RULES_PER_APP: u32 = 100_000;
 
 /// Keeps a rule until every token it could match has expired on its own, and bounds how many
-/// token rules one app can make the log (and every verifier) hold.
+/// token and family rules one app can make the log (and every verifier) hold.
 #[derive(Debug, Clone, Copy)]
 pub struct RevocationPolicy {
     longest_token_ttl: Duration,
-    token_rules_per_app: u32,
+    rules_per_app: u32,
 }
 
 impl RevocationPolicy {
     pub fn new(consent_token_ttl: Duration, access_token_ttl: Duration) -> Self {
         RevocationPolicy {
             longest_token_ttl: consent_token_ttl.max(access_token_ttl),
-            token_rules_per_app: DEFAULT_TOKEN_RULES_PER_APP,
+            rules_per_app: DEFAULT_RULES_PER_APP,
         }
     }
 
-    /// The same policy with another quota of live token rules per app.
-    pub fn with_token_rules_per_app(self, quota: u32) -> Self {
+    /// The same policy with another quota of live token and family rules per app.
+    pub fn with_rules_per_app(self, quota: u32) -> Self {
         RevocationPolicy {
-            token_rules_per_app: quota,
+            rules_per_app: quota,
             ..self
         }
     }
 
-    /// How many live rules voiding single tokens (RevokeToken) one app may hold; beyond it
-    /// RevokeToken is refused rather than a rule written or silently dropped.
-    pub fn token_rules_per_app(&self) -> u32 {
-        self.token_rules_per_app
+    /// How many live rules voiding single tokens or grant families one app may hold: beyond it
+    /// RevokeToken of an access or consent token is refused, and a family revocation revokes
+    /// the family's refresh tokens but writes no rule for its access tokens.
+    pub fn rules_per_app(&self) -> u32 {
+        self.rules_per_app
     }
 
     /// The rule voiding the tokens of (app, user, or every user) carrying any of `scopes`

@@ -71,7 +71,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
         failed_credential_window: Duration::from_secs(60),
         trusted_proxies: Default::default(),
         revocation_heartbeat: Duration::from_millis(200),
-        revocation_quota_per_app: crate::revocations::DEFAULT_TOKEN_RULES_PER_APP,
+        revocation_quota_per_app: crate::revocations::DEFAULT_RULES_PER_APP,
         privacy: crate::privacy::PrivacyPolicy::default(),
         drain_timeout: Duration::from_secs(2),
         limits: service_runtime::ServerLimits::default(),

@@ -172,15 +172,15 @@ impl TokenIssuer {
             None,
             now,
         );
-        let quota = self.revocation_policy.token_rules_per_app();
+        let quota = self.revocation_policy.rules_per_app();
         let mut tx = self.store.begin().await?;
         let log = tx.revocations();
-        log.hold_token_rules(&claims.app_id).await?;
+        log.hold_app_rules(&claims.app_id).await?;
         // Revoking a token again writes nothing, and is never refused.
         if log.holds_token_rule(&rule).await? {
             return Ok(());
         }
-        if log.live_token_rules(&claims.app_id, now).await? >= u64::from(quota) {
+        if log.live_app_rules(&claims.app_id, now).await? >= u64::from(quota) {
             tracing::warn!(
                 app_id = %app.app_id,
                 quota,
@@ -352,16 +352,29 @@ impl TokenIssuer {
         Ok(())
     }
 
-    /// Revokes a grant family once: its refresh tokens, and its access tokens by a rule.
+    /// Revokes a grant family once: its refresh tokens, and its access tokens by a rule, which
+    /// counts against the app's quota; an app holding its quota gets no rule, and the family's
+    /// access tokens run out on their own (within the access-token lifetime).
     async fn revoke_grant(&self, grant: &Spent, now: Timestamp) -> Result<(), AuthError> {
         let family = grant.grant_id.as_str();
         let mut tx = self.store.begin().await?;
+        tx.revocations().hold_app_rules(&grant.app_id).await?;
         if !tx.grants().mark_family_revoked(family, now).await?
             && tx.grants().family_revoked(family).await?
         {
             return Ok(());
         }
         tx.grants().revoke_family_tokens(family, now).await?;
+        let quota = self.revocation_policy.rules_per_app();
+        if tx.revocations().live_app_rules(&grant.app_id, now).await? >= u64::from(quota) {
+            tracing::warn!(
+                app_id = %grant.app_id,
+                quota,
+                "app holds its quota of revocation rules; a revoked family's refresh tokens \
+                 are revoked, its access tokens run out on their own"
+            );
+            return tx.commit().await.map_err(Into::into);
+        }
         let rule = self.revocation_policy.outright_rule(
             &grant.app_id,
             &grant.user_id,

@@ -391,10 +391,10 @@ pub async fn revoking_a_token_again_writes_nothing_even_at_once(store: Arc<dyn A
     assert_eq!(log.after(0, 100).await.unwrap().len(), 3);
 }
 
-/// Guards the per-app count of token rules: each token rule appended counts for its app until
-/// the end of the window it expires in; other rules and other apps don't count; a sweep drops
-/// the ended windows only.
-pub async fn token_rules_are_counted_per_app_until_their_window_ends(store: Arc<dyn AuthStore>) {
+/// Guards the per-app count of token and family rules (`counted` in the SQL store's `append`):
+/// each token or grant-family rule appended counts for its app until the end of the window it
+/// expires in; other rules and other apps don't count; a sweep drops the ended windows only.
+pub async fn app_rules_are_counted_per_app_until_their_window_ends(store: Arc<dyn AuthStore>) {
     let mut repos = store.repositories();
     let log = repos.revocations();
     for (app, token) in [("a1", "t1"), ("a1", "t2"), ("a2", "t3")] {
@@ -403,41 +403,46 @@ pub async fn token_rules_are_counted_per_app_until_their_window_ends(store: Arc<
     log.append(&revocation("a1", Some("u1"), ScopeSet::EMPTY, 100))
         .await
         .unwrap();
-    assert_eq!(log.live_token_rules("a1", t(0)).await.unwrap(), 2);
-    assert_eq!(log.live_token_rules("a2", t(0)).await.unwrap(), 1);
+    let family = NewRevocation {
+        grant_id: Some("g1".into()),
+        ..revocation("a1", Some("u1"), ScopeSet::EMPTY, 100)
+    };
+    log.append(&family).await.unwrap();
+    assert_eq!(log.live_app_rules("a1", t(0)).await.unwrap(), 3);
+    assert_eq!(log.live_app_rules("a2", t(0)).await.unwrap(), 1);
     // The rules expire at t(1100), in the window that ends at QUOTA_WINDOW_NANOS.
     let window_end = t(QUOTA_WINDOW_NANOS);
     let last = t(QUOTA_WINDOW_NANOS - 1);
-    assert_eq!(log.live_token_rules("a1", last).await.unwrap(), 2);
-    assert_eq!(log.live_token_rules("a1", window_end).await.unwrap(), 0);
+    assert_eq!(log.live_app_rules("a1", last).await.unwrap(), 3);
+    assert_eq!(log.live_app_rules("a1", window_end).await.unwrap(), 0);
     let later = token_rule("a1", "t4", QUOTA_WINDOW_NANOS);
     log.append(&later).await.unwrap();
     let swept = store.sweep_expired(window_end, 100).await.unwrap();
     assert_eq!(
         (swept["revocations"], swept["revocation_quota"]),
-        (4, 2),
+        (5, 2),
         "the rules and the ended windows of both apps"
     );
     let log = repos.revocations();
     assert_eq!(
-        log.live_token_rules("a1", window_end).await.unwrap(),
+        log.live_app_rules("a1", window_end).await.unwrap(),
         1,
         "open windows stay"
     );
 }
 
-/// Guards `hold_token_rules`: while one transaction holds an app's token rules, another that
+/// Guards `hold_app_rules`: while one transaction holds an app's token rules, another that
 /// asks for them waits until it ends (PostgreSQL's advisory lock; SQLite's one writer), so a
 /// count and the append after it never interleave with another's.
 pub async fn an_apps_token_rules_are_held_by_one_transaction_at_a_time(store: Arc<dyn AuthStore>) {
     let mut first = store.begin().await.unwrap();
-    first.revocations().hold_token_rules("a1").await.unwrap();
+    first.revocations().hold_app_rules("a1").await.unwrap();
     let second = tokio::spawn({
         let store = store.clone();
         async move {
             let mut tx = store.begin().await.unwrap();
-            tx.revocations().hold_token_rules("a1").await.unwrap();
-            let live = tx.revocations().live_token_rules("a1", t(0)).await.unwrap();
+            tx.revocations().hold_app_rules("a1").await.unwrap();
+            let live = tx.revocations().live_app_rules("a1", t(0)).await.unwrap();
             tx.commit().await.unwrap();
             live
         }
@@ -456,7 +461,7 @@ pub async fn an_apps_token_rules_are_held_by_one_transaction_at_a_time(store: Ar
         "and then counts what the first appended"
     );
     let mut repos = store.repositories();
-    let outside = repos.revocations().hold_token_rules("a1").await;
+    let outside = repos.revocations().hold_app_rules("a1").await;
     assert!(outside.is_err(), "only a transaction holds them");
 }
 
@@ -539,7 +544,7 @@ async fn migration_0002_leaves_one_rule_per_revoked_token_or_family(engine: Engi
     );
     let live = repos
         .revocations()
-        .live_token_rules("a1", t(0))
+        .live_app_rules("a1", t(0))
         .await
         .unwrap();
     assert_eq!(
@@ -1342,7 +1347,7 @@ sql_backend::conformance!(
     withdrawal_removes_scopes_and_appends_rule,
     a_rule_is_found_by_its_sequence_until_swept,
     revoking_a_token_again_writes_nothing_even_at_once,
-    token_rules_are_counted_per_app_until_their_window_ends,
+    app_rules_are_counted_per_app_until_their_window_ends,
     an_apps_token_rules_are_held_by_one_transaction_at_a_time,
     prompts_resolve_once,
     auth_code_is_single_use_under_concurrency,

@@ -280,17 +280,17 @@ pub const QUOTA_WINDOW_NANOS: i64 = 300_000_000_000;
 #[async_trait]
 pub trait RevocationRepo: Send {
     /// Appends a rule under a lock, so sequence numbers become visible in order, and counts a
-    /// token rule against its app. None, and nothing written, when the log already holds a
+    /// rule the app's calls cause (one token's, or one grant family's) against its app. None, and nothing written, when the log already holds a
     /// rule for the same token or grant family (app, user, scopes and token or grant id).
     async fn append(&mut self, rule: &NewRevocation) -> StoreResult<Option<RevocationRule>>;
-    /// Holds the app's token rules until the transaction ends: a count and an append after it
+    /// Holds the app's count of rules until the transaction ends: a count and an append after it
     /// meet no other transaction's in between. Only in a transaction.
-    async fn hold_token_rules(&mut self, app_id: &str) -> StoreResult<()>;
+    async fn hold_app_rules(&mut self, app_id: &str) -> StoreResult<()>;
     /// Whether the log holds a rule for the same token as `rule` (app, user, scopes, token id).
     async fn holds_token_rule(&mut self, rule: &NewRevocation) -> StoreResult<bool>;
-    /// The app's token rules that count at `now`, each until the end of the
+    /// The app's token and family rules that count at `now`, each until the end of the
     /// [`QUOTA_WINDOW_NANOS`] window it expires in.
-    async fn live_token_rules(&mut self, app_id: &str, now: Timestamp) -> StoreResult<u64>;
+    async fn live_app_rules(&mut self, app_id: &str, now: Timestamp) -> StoreResult<u64>;
     async fn after(&mut self, sequence: u64, limit: u32) -> StoreResult<Vec<RevocationRule>>;
     /// The rule at `sequence`, if the log still holds it.
     async fn at(&mut self, sequence: u64) -> StoreResult<Option<RevocationRule>>;

@@ -20,7 +20,7 @@ use crate::model::{
 
 /// Lock key serialising revocation appends ("revo" in ASCII).
 const REVOCATION_APPEND_LOCK: i64 = 0x7265_766f;
-/// High half of the lock key serialising one app's token revocations ("quot"); the low half
+/// High half of the lock key serialising one app's counted revocations ("quot"); the low half
 /// is a hash of the app id.
 const TOKEN_QUOTA_LOCK: i64 = 0x7175_6f74 << 32;
 /// One app, read plainly or in order.
@@ -446,7 +446,8 @@ impl RevocationRepo for Repos {
             r.expire_at
         };
         let appended = self.0.first(Write, sql, args, revocation).await?;
-        if let Some(rule) = appended.as_ref().filter(|rule| rule.token_id.is_some()) {
+        let counted = |rule: &&RevocationRule| rule.token_id.is_some() || rule.grant_id.is_some();
+        if let Some(rule) = appended.as_ref().filter(counted) {
             let sql = "INSERT INTO revocation_quota (app_id, expire_by, rules) VALUES ($1, $2, 1)
                        ON CONFLICT (app_id, expire_by)
                        DO UPDATE SET rules = revocation_quota.rules + 1";
@@ -456,7 +457,7 @@ impl RevocationRepo for Repos {
         Ok(appended)
     }
 
-    async fn hold_token_rules(&mut self, app_id: &str) -> StoreResult<()> {
+    async fn hold_app_rules(&mut self, app_id: &str) -> StoreResult<()> {
         let hash = Sha256::digest(app_id.as_bytes());
         let low = u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]);
         self.0.lock(TOKEN_QUOTA_LOCK | i64::from(low)).await
@@ -471,7 +472,7 @@ impl RevocationRepo for Repos {
         Ok(self.0.first(Read, sql, args, decode).await?.is_some())
     }
 
-    async fn live_token_rules(&mut self, app_id: &str, now: Timestamp) -> StoreResult<u64> {
+    async fn live_app_rules(&mut self, app_id: &str, now: Timestamp) -> StoreResult<u64> {
         let sql = "SELECT CAST(COALESCE(SUM(rules), 0) AS BIGINT) AS n FROM revocation_quota
                    WHERE app_id = $1 AND expire_by > $2";
         let decode = |row: &dyn Columns| row.uint("n");

@@ -455,10 +455,12 @@ async fn a_consent_token_introspects_as_inactive_and_reveals_no_user_id() {
     }
 }
 
-/// Guards the per-app quota of token rules (`REVOCATION_QUOTA_PER_APP`, checked in
-/// `TokenIssuer::revoke`, after its check for a held rule): beyond it RevokeToken is refused with REQUEST_TRAFFIC_EXCEED_LIMIT and the
-/// token stays active (the caller knows; nothing is dropped silently). Revoking a token again
-/// is still answered, a refresh token's family is still revoked, other apps are unaffected.
+/// Guards the per-app quota of rules (`REVOCATION_QUOTA_PER_APP`, checked in
+/// `TokenIssuer::revoke` after its check for a held rule, and in `revoke_grant`): beyond it
+/// RevokeToken of an access token is refused with REQUEST_TRAFFIC_EXCEED_LIMIT and the token
+/// stays active (the caller knows; nothing is dropped silently). Revoking a token again is
+/// still answered; a refresh token's family is still revoked (its refresh tokens refused), but
+/// without a rule its access tokens run out on their own; other apps are unaffected.
 #[tokio::test]
 async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active() {
     let server = TestAuthServer::start_with(|c| c.revocation_quota_per_app = 2).await;
@@ -514,8 +516,18 @@ async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active
         .expect("a token already revoked is not refused");
     revoke(&pairs[2].refresh_token)
         .await
-        .expect("a family revocation is no token rule");
-    assert!(!active(&pairs[2].access_token).await);
+        .expect("a family revocation is never refused");
+    let err = (backend.clone())
+        .refresh_access_token(pb::RefreshAccessTokenRequest {
+            refresh_token: pairs[2].refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::InvalidAuthRelations);
+    assert!(
+        active(&pairs[2].access_token).await,
+        "past the quota no family rule is written"
+    );
 
     let (other_app, other_secret) = app_with(&server, &ALL_FEATURES).await;
     let mut other = server.backend(&other_app, &other_secret);
@@ -532,4 +544,35 @@ async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active
         })
         .await
         .expect("the quota is per app");
+}
+
+/// Guards the count of family rules against the app's quota (`counted` in the SQL store's
+/// `append`): an app that revokes refresh tokens fills its quota as one revoking access tokens
+/// does, so replayed codes and revoked families cannot grow the rules every verifier holds
+/// without bound.
+#[tokio::test]
+async fn revoked_families_count_against_the_app_quota() {
+    let server = TestAuthServer::start_with(|c| c.revocation_quota_per_app = 2).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let mut backend = server.backend(&app_id, &secret);
+    let mut pairs = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        let auth_code = code_for(&server, user, &app_id).await;
+        let exchanged = backend
+            .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code })
+            .await;
+        pairs.push(exchanged.unwrap().into_inner());
+    }
+    let revoke = |token: &str| {
+        let mut backend = backend.clone();
+        let token = token.to_owned();
+        async move {
+            let request = pb::RevokeTokenRequest { token };
+            backend.revoke_token(request).await.map(|_| ())
+        }
+    };
+    revoke(&pairs[0].refresh_token).await.unwrap();
+    revoke(&pairs[1].access_token).await.unwrap();
+    let refused = revoke(&pairs[2].access_token).await.unwrap_err();
+    assert_eq!(reason(&refused), ErrorReason::RequestTrafficExceedLimit);
 }
