@@ -1,7 +1,8 @@
 //! Privacy by record: a user's consent history, their own data, erasure that reaches every
 //! authorization, and the per-app feed that tells app backends which authorizations ended.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use miniprogram_token::{Clock, Scope, ScopeSet, Timestamp};
@@ -10,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::AuthError;
 use crate::ids::check_id;
 use crate::model::{
-    AuthorizationChange, AuthorizationRecord, AuthorizationSummary, ChangeReason, ChangeSubject,
-    ConsentEvent, ConsentRecord, ScopePurpose,
+    AppRecord, AuthorizationChange, AuthorizationRecord, AuthorizationSummary, ChangeReason,
+    ChangeSubject, ConsentEvent, ConsentRecord, ScopePurpose,
 };
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::AppUserIdKey;
@@ -327,16 +328,62 @@ pub enum ChangeItem {
     Heartbeat,
 }
 
+/// Change streams one app may hold open at once: one per replica of its backend, with room
+/// for reconnects. A stream reads the store at every heartbeat and every append, so this bounds
+/// what one app's credential can make the service do.
+pub const MAX_WATCHES_PER_APP: usize = 8;
+
+/// Open change streams, per app id.
+type Watching = Arc<Mutex<HashMap<String, usize>>>;
+
 /// The per-app feed of authorizations that ended.
 #[derive(Clone)]
 pub struct AuthorizationChanges {
     store: Arc<dyn AuthStore>,
     feed: RevocationFeed,
+    watching: Watching,
+}
+
+/// One open change stream of an app, counted until it ends.
+struct WatchSlot {
+    watching: Watching,
+    app_id: String,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut watching = self.watching.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = watching.get_mut(&self.app_id) {
+            *open -= 1;
+            if *open == 0 {
+                watching.remove(&self.app_id);
+            }
+        }
+    }
 }
 
 impl AuthorizationChanges {
     pub fn new(store: Arc<dyn AuthStore>, feed: RevocationFeed) -> Self {
-        AuthorizationChanges { store, feed }
+        AuthorizationChanges {
+            store,
+            feed,
+            watching: Watching::default(),
+        }
+    }
+
+    /// A slot for one more stream of `app_id`, or `RequestTrafficExceedLimit` when it holds
+    /// [`MAX_WATCHES_PER_APP`].
+    fn take_slot(&self, app_id: &str) -> Result<WatchSlot, AuthError> {
+        let mut watching = self.watching.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = watching.entry(app_id.to_owned()).or_default();
+        if *open >= MAX_WATCHES_PER_APP {
+            return Err(AuthError::RequestTrafficExceedLimit);
+        }
+        *open += 1;
+        Ok(WatchSlot {
+            watching: self.watching.clone(),
+            app_id: app_id.to_owned(),
+        })
     }
 
     /// The app's changes after `after`, oldest first, at most `limit`.
@@ -353,21 +400,36 @@ impl AuthorizationChanges {
 
     /// Streams the app's changes after `after`, then new ones as they are appended (woken by
     /// this process's appends, and re-read every `heartbeat` for other replicas'), with a
-    /// heartbeat each time it has caught up and every `heartbeat` while idle.
+    /// heartbeat each time it has caught up and every `heartbeat` while idle. The stream ends
+    /// with `InvalidAuthClient` once the app's secret is no longer the one it was opened with
+    /// (rotated, or the app gone). At most [`MAX_WATCHES_PER_APP`] streams of one app are open.
     pub fn watch(
         &self,
-        app_id: String,
+        app: &AppRecord,
         after: u64,
         heartbeat: Duration,
         draining: CancellationToken,
-    ) -> tokio::sync::mpsc::Receiver<Result<ChangeItem, AuthError>> {
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<ChangeItem, AuthError>>, AuthError> {
+        let slot = self.take_slot(&app.app_id)?;
+        let (app_id, opened_with) = (app.app_id.clone(), app.secret_hash);
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut appended = self.feed.subscribe();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut last = after;
             loop {
                 appended.borrow_and_update();
+                let current = store.repositories().apps().get(&app_id).await;
+                let refused = match current {
+                    Ok(Some(app)) if app.secret_hash == opened_with => None,
+                    Ok(_) => Some(AuthError::InvalidAuthClient),
+                    Err(e) => Some(e.into()),
+                };
+                if let Some(refused) = refused {
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
                 let page = store
                     .repositories()
                     .privacy()
@@ -405,7 +467,7 @@ impl AuthorizationChanges {
                 }
             }
         });
-        rx
+        Ok(rx)
     }
 }
 

@@ -368,6 +368,63 @@ async fn until_heartbeat(
     changes
 }
 
+/// Guards `AuthorizationChanges::take_slot` and the secret check in `watch`'s loop: an app
+/// holds at most `MAX_WATCHES_PER_APP` change streams (one more is refused with
+/// REQUEST_TRAFFIC_EXCEED_LIMIT, another app is unaffected, a closed stream frees its slot), and
+/// an open stream ends with INVALID_AUTH_CLIENT once the app's secret is rotated, so a leaked
+/// secret stops reading the feed when the app rotates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_streams_are_bounded_per_app_and_end_when_the_secret_is_rotated() {
+    bounded("watch slots", async {
+        let p = Platform::start().await;
+        let app = p.app(&ALL_FEATURES).await;
+        let mut open = Vec::new();
+        for _ in 0..auth_service::privacy::MAX_WATCHES_PER_APP {
+            let mut stream = watch(&p, &app, 0).await;
+            assert_eq!(
+                next_message(&mut stream).await,
+                None,
+                "a heartbeat: it is up"
+            );
+            open.push(stream);
+        }
+        let one_more = |app: (String, String)| {
+            let mut client = p.auth.changes(&app.0, &app.1);
+            async move {
+                let request = pb::WatchAuthorizationChangesRequest { after_sequence: 0 };
+                client.watch_authorization_changes(request).await.map(drop)
+            }
+        };
+        let refused = one_more(app.clone()).await.unwrap_err();
+        assert_eq!(reason(&refused), ErrorReason::RequestTrafficExceedLimit);
+        let other = p.app(&ALL_FEATURES).await;
+        one_more(other).await.expect("the bound is per app");
+        drop(open.pop());
+        let freed = Instant::now();
+        while let Err(e) = one_more(app.clone()).await {
+            assert_eq!(reason(&e), ErrorReason::RequestTrafficExceedLimit);
+            assert!(freed.elapsed() < Duration::from_secs(5), "no slot freed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        p.auth.rotate_secret(&app.0).await;
+        let stream = &mut open[0];
+        let ended = async {
+            loop {
+                match stream.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(status)) => break status,
+                    None => panic!("the stream ended without an error"),
+                }
+            }
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(10), ended).await;
+        let ended = ended.expect("the stream ends within 10 s of the rotation");
+        assert_eq!(reason(&ended), ErrorReason::InvalidAuthClient);
+    })
+    .await;
+}
+
 /// A watcher gets the backlog after its cursor, then a heartbeat once caught up and more
 /// while idle (every `REVOCATION_HEARTBEAT`, 200 ms here), then live changes; after a restart
 /// a new Watch from its cursor gets exactly the changes made while it was away, no gap and no

@@ -89,9 +89,8 @@ impl AuthorizationChangeService for ChangeGrpc {
         let app = self.apps.app(&request).await?;
         let after = request.into_inner().after_sequence;
         let clock = self.apps.clock.clone();
-        let rx = self
-            .changes
-            .watch(app.app_id, after, self.heartbeat, self.draining.clone());
+        let draining = self.draining.clone();
+        let rx = self.changes.watch(&app, after, self.heartbeat, draining)?;
         let stream = ReceiverStream::new(rx).map(move |item| {
             let mut response = pb::WatchAuthorizationChangesResponse {
                 server_time: Some(timestamp(clock.now())),
