@@ -9,7 +9,7 @@ use crate::model::{
     DisclosedFields, Disclosure, DisclosurePosition, Profile, PublicProfile, UtcDay,
 };
 
-fn profile(id: &str) -> Profile {
+pub(super) fn profile(id: &str) -> Profile {
     Profile {
         user_id: id.into(),
         real_name: "Real Name".into(),

@@ -1,6 +1,8 @@
 //! userinfo-service's tables in SQL, written once for SQLite and PostgreSQL over
 //! [`sql_backend::Session`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use async_trait::async_trait;
 use sql_backend::Access::Read;
 use sql_backend::{Columns, Migrations, Pools, StoreResult, Vacuum, args};
@@ -12,14 +14,31 @@ use crate::model::{
     DisclosedFields, Disclosure, DisclosurePosition, Profile, PublicProfile, UtcDay,
 };
 
-/// The tables holding a user's personal data, scrubbed after an erasure.
-const PERSONAL_TABLES: [&str; 2] = ["profiles", "disclosures"];
+/// The tables an erasure deletes from (a user's personal data, and the record of the erasure
+/// itself), scrubbed after it.
+const ERASED_TABLES: [&str; 3] = ["profiles", "disclosures", "pending_erasures"];
 
 /// userinfo-service's tables in one database.
 pub struct SqlUserInfoStore {
     pools: Pools,
     /// How an erasure scrubs the personal tables on PostgreSQL (`ERASURE_VACUUM_FULL`).
     erasure_vacuum: Vacuum,
+    scrubs: Scrubs,
+}
+
+/// Scrubs after erasures, merged. Erasures at once would each hold a connection for a
+/// `VACUUM` of the same tables, queued on one another's table locks, until none was left for
+/// reads; instead one scrub runs at a time, and one that starts after an erasure's delete
+/// serves it.
+#[derive(Default)]
+struct Scrubs {
+    /// Scrubs asked for so far, each after its delete.
+    asked: AtomicU64,
+    /// Every scrub asked for up to this many has run; held while one runs.
+    done: tokio::sync::Mutex<u64>,
+    /// Scrubs run (tests count them).
+    #[cfg(test)]
+    runs: AtomicU64,
 }
 
 impl SqlUserInfoStore {
@@ -33,7 +52,26 @@ impl SqlUserInfoStore {
         Ok(SqlUserInfoStore {
             pools,
             erasure_vacuum,
+            scrubs: Scrubs::default(),
         })
+    }
+
+    /// Scrubs what deletes before this call freed, in a scrub of its own or one that started
+    /// after this call.
+    async fn scrub(&self) -> StoreResult<()> {
+        let asked = self.scrubs.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut done = self.scrubs.done.lock().await;
+        if *done >= asked {
+            return Ok(());
+        }
+        let covered = self.scrubs.asked.load(Ordering::SeqCst);
+        self.pools
+            .scrub(&ERASED_TABLES, self.erasure_vacuum)
+            .await?;
+        #[cfg(test)]
+        self.scrubs.runs.fetch_add(1, Ordering::SeqCst);
+        *done = covered;
+        Ok(())
     }
 }
 
@@ -84,9 +122,7 @@ impl ProfileStore for SqlUserInfoStore {
         let written_by = written_by.map_or(i64::MAX, Timestamp::unix_nanos);
         let args = args![user_id, written_by];
         let deleted = self.pools.session().execute(sql, args).await? > 0;
-        self.pools
-            .scrub(&PERSONAL_TABLES, self.erasure_vacuum)
-            .await?;
+        self.scrub().await?;
         Ok(deleted)
     }
 }
@@ -179,9 +215,7 @@ impl ErasureStore for SqlUserInfoStore {
         let sql = "DELETE FROM pending_erasures WHERE user_id = $1";
         let mut session = self.pools.session();
         session.execute(sql, args![user_id]).await?;
-        self.pools
-            .scrub(&["pending_erasures"], self.erasure_vacuum)
-            .await
+        self.scrub().await
     }
 }
 
@@ -221,4 +255,49 @@ fn disclosure(row: &dyn Columns) -> Result<Disclosure, sqlx::Error> {
         day: UtcDay(row.int("day")?),
         count: row.uint("count")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards the merging in `SqlUserInfoStore::scrub` (an erasure whose scrub another one
+    /// started after it already covers runs none): twenty erasures that queue behind a running
+    /// scrub are all served by the next one, not by twenty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn erasures_at_once_share_one_scrub() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("userinfo.db").display());
+        let open = SqlUserInfoStore::open(&url, super::super::MIGRATIONS, Vacuum::Plain);
+        let store = std::sync::Arc::new(open.await.unwrap());
+        let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+        for user in &users {
+            store
+                .upsert(&super::super::conformance::profile(user))
+                .await
+                .unwrap();
+        }
+        let running = store.scrubs.done.lock().await;
+        let erasures: Vec<_> = (users.iter().cloned())
+            .map(|user| {
+                let store = store.clone();
+                tokio::spawn(async move { store.delete(&user, None).await })
+            })
+            .collect();
+        let queued = async {
+            while store.scrubs.asked.load(Ordering::SeqCst) < 20 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), queued)
+            .await
+            .expect("twenty erasures queue within 10 s");
+        drop(running);
+        for erasure in erasures {
+            let deleted = tokio::time::timeout(std::time::Duration::from_secs(10), erasure);
+            assert!(deleted.await.expect("within 10 s").unwrap().unwrap());
+        }
+        assert_eq!(store.scrubs.runs.load(Ordering::SeqCst), 1);
+        store.close().await;
+    }
 }
