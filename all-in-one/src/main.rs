@@ -26,6 +26,19 @@ use crate::dev_state::DevState;
 struct Cli {
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    userinfo: UserInfoDevArgs,
+    /// Where generated credentials, the dev master key and (unless their URLs are given) the
+    /// two SQLite databases live.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    process: service_runtime::ProcessArgs,
+}
+
+/// userinfo-service's settings that all-in-one takes (the rest follow auth-service's).
+#[derive(Debug, clap::Args)]
+struct UserInfoDevArgs {
     /// Address of userinfo-service.
     #[arg(long = "userinfo-addr", env = userinfo_service::config::ENV_ADDR, default_value = userinfo_service::config::DEFAULT_ADDR)]
     userinfo_addr: SocketAddr,
@@ -35,10 +48,6 @@ struct Cli {
     /// Database of userinfo-service.
     #[arg(long = "userinfo-database-url", env = userinfo_service::config::ENV_DATABASE_URL, default_value = userinfo_service::config::DEFAULT_DATABASE_URL)]
     userinfo_database_url: String,
-    /// Where generated credentials, the dev master key and (unless their URLs are given) the
-    /// two SQLite databases live.
-    #[arg(long, env = "DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
     /// userinfo-service: refuse tokens once the revocation stream has been silent this long.
     #[arg(long, env = "REVOCATION_STALE_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     revocation_stale_after: Duration,
@@ -54,8 +63,6 @@ struct Cli {
     // userinfo-service: the disclosure ledger's writer and retention.
     #[command(flatten)]
     disclosures: userinfo_service::config::DisclosureArgs,
-    #[command(flatten)]
-    process: service_runtime::ProcessArgs,
 }
 
 #[tokio::main]
@@ -169,48 +176,60 @@ fn check_profile_token(
     }
 }
 
-async fn run(cli: Cli) -> Result<(), RunError> {
-    let stop_signal = service_runtime::shutdown_signal();
-    service_runtime::private_files::create_private_dir(&cli.data_dir)?;
-    let mut state = DevState::load_or_create(&cli.data_dir.join(dev_state::FILE_NAME))?;
-    let userinfo_database_url = under_data_dir(
-        cli.userinfo_database_url,
-        userinfo_service::config::DEFAULT_DATABASE_URL,
-        &cli.data_dir,
-        "userinfo.db",
-    );
-    let read_limits = cli.read_limits.into_limits()?;
-    let disclosures = cli.disclosures.into_settings()?;
-    let auth_config = dev_auth_config(cli.auth, &cli.data_dir, &mut state)?;
-    if let Some(token) = cli.profile_token.filter(|t| !t.is_empty()) {
+/// userinfo-service's configuration in dev mode, beside auth-service at `auth_addr`: the
+/// database under the data directory, ProfileService's token remembered in `state` (flags and
+/// environment win over it) and checked against auth-service's, the rest as auth-service's.
+fn dev_userinfo_config(
+    args: UserInfoDevArgs,
+    data_dir: &Path,
+    auth_config: &auth_service::config::AuthConfig,
+    (auth_addr, addr): (SocketAddr, SocketAddr),
+    state: &mut DevState,
+) -> Result<UserInfoConfig, RunError> {
+    if let Some(token) = args.profile_token.filter(|t| !t.is_empty()) {
         state.profile_token = token;
     }
     check_profile_token(&state.profile_token, &auth_config.callers)?;
-
-    let auth_listener = TcpListener::bind(auth_config.addr).await?;
-    let auth_addr = auth_listener.local_addr()?;
-    let userinfo_listener = TcpListener::bind(cli.userinfo_addr).await?;
-    let userinfo_addr = userinfo_listener.local_addr()?;
-    let userinfo_config = UserInfoConfig {
-        addr: userinfo_addr,
-        database_url: userinfo_database_url,
+    let database_url = under_data_dir(
+        args.userinfo_database_url,
+        userinfo_service::config::DEFAULT_DATABASE_URL,
+        data_dir,
+        "userinfo.db",
+    );
+    Ok(UserInfoConfig {
+        addr,
+        database_url,
         auth_url: format!("http://{auth_addr}"),
         profile_token: state.profile_token.clone(),
         verifier_token: auth_config.callers.verifier.clone(),
         privacy_token: auth_config.callers.privacy.clone(),
         erasure_retry_interval: std::time::Duration::from_secs(5),
         erasure_vacuum: userinfo_service::store::Vacuum::Plain,
-        revocation_stale_after: cli.revocation_stale_after,
-        key_refetch_interval: cli.key_refetch_interval,
+        revocation_stale_after: args.revocation_stale_after,
+        key_refetch_interval: args.key_refetch_interval,
         drain_timeout: auth_config.drain_timeout,
-        profile_cache_ttl: cli.profile_cache_ttl,
+        profile_cache_ttl: args.profile_cache_ttl,
         limits: auth_config.limits,
         tls: None,
         auth_tls_ca_pem: None,
         trusted_proxies: auth_config.trusted_proxies.clone(),
-        read_limits,
-        disclosures,
-    };
+        read_limits: args.read_limits.into_limits()?,
+        disclosures: args.disclosures.into_settings()?,
+    })
+}
+
+async fn run(cli: Cli) -> Result<(), RunError> {
+    let stop_signal = service_runtime::shutdown_signal();
+    service_runtime::private_files::create_private_dir(&cli.data_dir)?;
+    let mut state = DevState::load_or_create(&cli.data_dir.join(dev_state::FILE_NAME))?;
+    let auth_config = dev_auth_config(cli.auth, &cli.data_dir, &mut state)?;
+    let auth_listener = TcpListener::bind(auth_config.addr).await?;
+    let auth_addr = auth_listener.local_addr()?;
+    let userinfo_listener = TcpListener::bind(cli.userinfo.userinfo_addr).await?;
+    let userinfo_addr = userinfo_listener.local_addr()?;
+    let addrs = (auth_addr, userinfo_addr);
+    let userinfo_config =
+        dev_userinfo_config(cli.userinfo, &cli.data_dir, &auth_config, addrs, &mut state)?;
     let callers = auth_config.callers.clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
