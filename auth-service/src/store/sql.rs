@@ -27,6 +27,13 @@ const TOKEN_QUOTA_LOCK: i64 = 0x7175_6f74 << 32;
 const APP: &str = "SELECT * FROM apps WHERE app_id = $1";
 /// One authorization, read in order or held.
 const AUTHORIZATION: &str = "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2";
+/// What an erasure deletes, by user id (each through an index: migration 0006).
+const ERASE_USER: [&str; 4] = [
+    "DELETE FROM authorizations WHERE user_id = $1",
+    "DELETE FROM prompts WHERE user_id = $1",
+    "DELETE FROM auth_codes WHERE user_id = $1",
+    "DELETE FROM refresh_tokens WHERE user_id = $1",
+];
 /// `sweep!(table, key columns, expiry column)`: the table's name and its bounded delete, by
 /// primary key, of rows expired at `$1`, `$2` at most.
 #[rustfmt::skip]
@@ -249,12 +256,7 @@ impl ConsentRepo for Repos {
     }
 
     async fn erase_user(&mut self, user_id: &str) -> StoreResult<()> {
-        for sql in [
-            "DELETE FROM authorizations WHERE user_id = $1",
-            "DELETE FROM prompts WHERE user_id = $1",
-            "DELETE FROM auth_codes WHERE user_id = $1",
-            "DELETE FROM refresh_tokens WHERE user_id = $1",
-        ] {
+        for sql in ERASE_USER {
             self.0.execute(sql, args![user_id]).await?;
         }
         Ok(())
@@ -901,3 +903,33 @@ trait FeatureColumn: Columns {
 }
 
 impl<R: Columns + ?Sized> FeatureColumn for R {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards migration 0006: on SQLite every statement of an erasure finds the user's rows
+    /// through an index (a SEARCH in its query plan), instead of reading its table whole (a
+    /// SCAN) while it holds the writer.
+    #[tokio::test]
+    async fn an_erasure_finds_the_users_rows_through_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+        let store = SqlAuthStore::open(&url, super::super::MIGRATIONS)
+            .await
+            .unwrap();
+        let mut session = store.pools.session();
+        for sql in ERASE_USER {
+            let explain: &'static str = Box::leak(format!("EXPLAIN QUERY PLAN {sql}").into());
+            let detail = |r: &dyn Columns| r.text("detail");
+            let plan = session.all(Read, explain, args!["u1"], detail).await;
+            let plan = plan.unwrap();
+            assert!(
+                plan.iter().any(|step| step.starts_with("SEARCH"))
+                    && !plan.iter().any(|step| step.starts_with("SCAN")),
+                "{sql}: {plan:?}"
+            );
+        }
+        store.close().await;
+    }
+}
