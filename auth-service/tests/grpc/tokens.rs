@@ -463,21 +463,7 @@ async fn a_consent_token_introspects_as_inactive_and_reveals_no_user_id() {
 /// without a rule its access tokens run out on their own; other apps are unaffected.
 #[tokio::test]
 async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active() {
-    let server = TestAuthServer::start_with(|c| c.revocation_quota_per_app = 2).await;
-    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
-    let mut backend = server.backend(&app_id, &secret);
-    let mut pairs = Vec::new();
-    for user in ["u1", "u2", "u3"] {
-        pairs.push(
-            backend
-                .exchange_auth_code(pb::ExchangeAuthCodeRequest {
-                    auth_code: code_for(&server, user, &app_id).await,
-                })
-                .await
-                .unwrap()
-                .into_inner(),
-        );
-    }
+    let (server, backend, pairs) = three_grants_under_a_quota_of_two().await;
     let revoke = |token: &str| {
         let mut backend = backend.clone();
         let token = token.to_owned();
@@ -552,17 +538,7 @@ async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active
 /// without bound.
 #[tokio::test]
 async fn revoked_families_count_against_the_app_quota() {
-    let server = TestAuthServer::start_with(|c| c.revocation_quota_per_app = 2).await;
-    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
-    let mut backend = server.backend(&app_id, &secret);
-    let mut pairs = Vec::new();
-    for user in ["u1", "u2", "u3"] {
-        let auth_code = code_for(&server, user, &app_id).await;
-        let exchanged = backend
-            .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code })
-            .await;
-        pairs.push(exchanged.unwrap().into_inner());
-    }
+    let (_server, backend, pairs) = three_grants_under_a_quota_of_two().await;
     let revoke = |token: &str| {
         let mut backend = backend.clone();
         let token = token.to_owned();
@@ -575,4 +551,25 @@ async fn revoked_families_count_against_the_app_quota() {
     revoke(&pairs[1].access_token).await.unwrap();
     let refused = revoke(&pairs[2].access_token).await.unwrap_err();
     assert_eq!(reason(&refused), ErrorReason::RequestTrafficExceedLimit);
+}
+
+/// A server whose apps may hold two revocation rules, an app of it, its backend's client, and
+/// the tokens of three users' exchanged codes.
+async fn three_grants_under_a_quota_of_two() -> (
+    TestAuthServer,
+    pb::token_service_client::TokenServiceClient<auth_service::testing::Authed>,
+    Vec<pb::ExchangeAuthCodeResponse>,
+) {
+    let server = TestAuthServer::start_with(|c| c.revocation_quota_per_app = 2).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let mut backend = server.backend(&app_id, &secret);
+    let mut pairs = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        let auth_code = code_for(&server, user, &app_id).await;
+        let exchanged = backend
+            .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code })
+            .await;
+        pairs.push(exchanged.unwrap().into_inner());
+    }
+    (server, backend, pairs)
 }
