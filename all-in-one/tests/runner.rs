@@ -267,17 +267,16 @@ fn every_file_under_data_is_private_whatever_the_umask() {
 /// named too.
 #[test]
 fn a_profile_token_shared_with_the_console_or_too_short_refuses_start() {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_all-in-one"));
-    let shared = "one-token-for-two-roles-0123456789abcdef";
-    let stderr = auth_service::testing::refused_start(
-        binary,
-        &[
+    let refused_with = |tokens: &[(&str, &str)]| {
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_all-in-one"));
+        let addrs = [
             ("AUTH_ADDR", "127.0.0.1:0"),
             ("USERINFO_ADDR", "127.0.0.1:0"),
-            ("ADMIN_TOKEN", shared),
-            ("PROFILE_TOKEN", shared),
-        ],
-    );
+        ];
+        auth_service::testing::refused_start(binary, &[&addrs[..], tokens].concat())
+    };
+    let shared = "one-token-for-two-roles-0123456789abcdef";
+    let stderr = refused_with(&[("ADMIN_TOKEN", shared), ("PROFILE_TOKEN", shared)]);
     assert!(
         stderr.contains("PROFILE_TOKEN, ADMIN_TOKEN") && stderr.contains("own"),
         "{stderr}"
@@ -287,14 +286,7 @@ fn a_profile_token_shared_with_the_console_or_too_short_refuses_start() {
         "the value is not echoed: {stderr}"
     );
     let short = "profile-token-under-32";
-    let stderr = auth_service::testing::refused_start(
-        binary,
-        &[
-            ("AUTH_ADDR", "127.0.0.1:0"),
-            ("USERINFO_ADDR", "127.0.0.1:0"),
-            ("PROFILE_TOKEN", short),
-        ],
-    );
+    let stderr = refused_with(&[("PROFILE_TOKEN", short)]);
     assert!(stderr.contains("PROFILE_TOKEN"), "{stderr}");
     assert!(!stderr.contains(short), "the value is not echoed: {stderr}");
 }

@@ -108,8 +108,9 @@ pub struct AuthArgs {
     /// Interval between heartbeats on an idle revocation stream.
     #[arg(long, env = "REVOCATION_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub revocation_heartbeat: Duration,
-    /// Live rules revoking single tokens (RevokeToken) one app may hold; beyond it RevokeToken
-    /// is refused with REQUEST_TRAFFIC_EXCEED_LIMIT until some expire.
+    /// Live rules revoking single tokens or grant families one app's calls may cause; beyond
+    /// it RevokeToken of an access or consent token is refused with
+    /// REQUEST_TRAFFIC_EXCEED_LIMIT, and a family revocation writes no rule, until some expire.
     #[arg(long, env = "REVOCATION_QUOTA_PER_APP", default_value_t = crate::revocations::DEFAULT_RULES_PER_APP)]
     pub revocation_quota_per_app: u32,
     /// How long consent records are kept (from each record's time).

@@ -11,7 +11,7 @@ use crate::keys::SigningKeys;
 use crate::model::{AppRecord, AuthCodeRecord, RefreshTokenRecord};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, AppUserIdKey, OpaqueSecret};
-use crate::store::{AuthStore, Transaction};
+use crate::store::{AuthStore, RevocationRepo, Transaction};
 
 /// Lifetimes of the tokens a backend gets.
 #[derive(Debug, Clone, Copy)]
@@ -172,7 +172,6 @@ impl TokenIssuer {
             None,
             now,
         );
-        let quota = self.revocation_policy.rules_per_app();
         let mut tx = self.store.begin().await?;
         let log = tx.revocations();
         log.hold_app_rules(&claims.app_id).await?;
@@ -180,12 +179,8 @@ impl TokenIssuer {
         if log.holds_token_rule(&rule).await? {
             return Ok(());
         }
-        if log.live_app_rules(&claims.app_id, now).await? >= u64::from(quota) {
-            tracing::warn!(
-                app_id = %app.app_id,
-                quota,
-                "app holds its quota of revoked tokens; RevokeToken refused"
-            );
+        if self.holds_its_quota(log, &claims.app_id, now).await? {
+            tracing::warn!(app_id = %app.app_id, "RevokeToken refused");
             return Err(AuthError::RequestTrafficExceedLimit);
         }
         let appended = log.append(&rule).await?;
@@ -352,6 +347,22 @@ impl TokenIssuer {
         Ok(())
     }
 
+    /// Whether the app holds its quota of live token and family rules at `now` (logged when it
+    /// does); call it holding the app's rules ([`RevocationRepo::hold_app_rules`]).
+    async fn holds_its_quota(
+        &self,
+        log: &mut dyn RevocationRepo,
+        app_id: &str,
+        now: Timestamp,
+    ) -> Result<bool, AuthError> {
+        let quota = self.revocation_policy.rules_per_app();
+        let full = log.live_app_rules(app_id, now).await? >= u64::from(quota);
+        if full {
+            tracing::warn!(app_id, quota, "app holds its quota of revocation rules");
+        }
+        Ok(full)
+    }
+
     /// Revokes a grant family once: its refresh tokens, and its access tokens by a rule, which
     /// counts against the app's quota; an app holding its quota gets no rule, and the family's
     /// access tokens run out on their own (within the access-token lifetime).
@@ -365,13 +376,14 @@ impl TokenIssuer {
             return Ok(());
         }
         tx.grants().revoke_family_tokens(family, now).await?;
-        let quota = self.revocation_policy.rules_per_app();
-        if tx.revocations().live_app_rules(&grant.app_id, now).await? >= u64::from(quota) {
+        if self
+            .holds_its_quota(tx.revocations(), &grant.app_id, now)
+            .await?
+        {
             tracing::warn!(
                 app_id = %grant.app_id,
-                quota,
-                "app holds its quota of revocation rules; a revoked family's refresh tokens \
-                 are revoked, its access tokens run out on their own"
+                "a revoked family's refresh tokens are revoked; its access tokens run out on \
+                 their own"
             );
             return tx.commit().await.map_err(Into::into);
         }

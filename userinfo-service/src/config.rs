@@ -270,7 +270,7 @@ impl UserInfoArgs {
     /// Checks the flags, naming every missing credential at once. In dev mode nothing is
     /// generated here: the verifier token must match auth-service's, so the runner passes it.
     pub fn into_config(self) -> Result<UserInfoConfig, ConfigError> {
-        refuse_auth_service_tokens(&self.admin_token, &self.wallet_token)?;
+        refuse_auth_service_tokens(self.admin_token.as_deref(), self.wallet_token.as_deref())?;
         let mut missing = Vec::new();
         let profile_token = self.profile_token.filter(|v| !v.is_empty());
         let verifier_token = self.verifier_token.filter(|v| !v.is_empty());
@@ -371,8 +371,8 @@ fn check_role_tokens(
 /// needs, and this service faces mini programs' traffic: either refuses start, saying what to
 /// give instead.
 fn refuse_auth_service_tokens(
-    admin: &Option<String>,
-    wallet: &Option<String>,
+    admin: Option<&str>,
+    wallet: Option<&str>,
 ) -> Result<(), ConfigError> {
     let refused = [
         (
@@ -388,8 +388,7 @@ fn refuse_auth_service_tokens(
              which auth-service accepts for a user's export and erasure only",
         ),
     ];
-    let given = |token: &Option<String>| token.as_deref().is_some_and(|t| !t.is_empty());
-    match refused.into_iter().find(|(_, token, _)| given(token)) {
+    match (refused.into_iter()).find(|(_, token, _)| token.is_some_and(|t| !t.is_empty())) {
         Some((variable, _, what)) => Err(ConfigError::Invalid {
             variable,
             problem: format!("userinfo-service no longer takes {what}"),

@@ -431,7 +431,7 @@ pub async fn app_rules_are_counted_per_app_until_their_window_ends(store: Arc<dy
     );
 }
 
-/// Guards `hold_app_rules`: while one transaction holds an app's token rules, another that
+/// Guards `hold_app_rules`: while one transaction holds an app's count of rules, another that
 /// asks for them waits until it ends (PostgreSQL's advisory lock; SQLite's one writer), so a
 /// count and the append after it never interleave with another's.
 pub async fn an_apps_token_rules_are_held_by_one_transaction_at_a_time(store: Arc<dyn AuthStore>) {

@@ -280,11 +280,12 @@ pub const QUOTA_WINDOW_NANOS: i64 = 300_000_000_000;
 #[async_trait]
 pub trait RevocationRepo: Send {
     /// Appends a rule under a lock, so sequence numbers become visible in order, and counts a
-    /// rule the app's calls cause (one token's, or one grant family's) against its app. None, and nothing written, when the log already holds a
-    /// rule for the same token or grant family (app, user, scopes and token or grant id).
+    /// rule the app's calls cause (one token's, or one grant family's) against its app. None,
+    /// and nothing written, when the log already holds a rule for the same token or grant
+    /// family (app, user, scopes and token or grant id).
     async fn append(&mut self, rule: &NewRevocation) -> StoreResult<Option<RevocationRule>>;
-    /// Holds the app's count of rules until the transaction ends: a count and an append after it
-    /// meet no other transaction's in between. Only in a transaction.
+    /// Holds the app's count of rules until the transaction ends: a count and an append after
+    /// it meet no other transaction's in between. Only in a transaction.
     async fn hold_app_rules(&mut self, app_id: &str) -> StoreResult<()>;
     /// Whether the log holds a rule for the same token as `rule` (app, user, scopes, token id).
     async fn holds_token_rule(&mut self, rule: &NewRevocation) -> StoreResult<bool>;

@@ -464,16 +464,6 @@ async fn a_consent_token_introspects_as_inactive_and_reveals_no_user_id() {
 #[tokio::test]
 async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active() {
     let (server, backend, pairs) = three_grants_under_a_quota_of_two().await;
-    let revoke = |token: &str| {
-        let mut backend = backend.clone();
-        let token = token.to_owned();
-        async move {
-            backend
-                .revoke_token(pb::RevokeTokenRequest { token })
-                .await
-                .map(|_| ())
-        }
-    };
     let active = |token: &str| {
         let mut backend = backend.clone();
         let token = token.to_owned();
@@ -486,9 +476,15 @@ async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active
                 .active
         }
     };
-    revoke(&pairs[0].access_token).await.unwrap();
-    revoke(&pairs[1].access_token).await.unwrap();
-    let refused = revoke(&pairs[2].access_token).await.unwrap_err();
+    revoke_token(&backend, &pairs[0].access_token)
+        .await
+        .unwrap();
+    revoke_token(&backend, &pairs[1].access_token)
+        .await
+        .unwrap();
+    let refused = revoke_token(&backend, &pairs[2].access_token)
+        .await
+        .unwrap_err();
     assert_eq!(
         (refused.code(), reason(&refused)),
         (
@@ -497,10 +493,10 @@ async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active
         )
     );
     assert!(active(&pairs[2].access_token).await, "nothing was written");
-    revoke(&pairs[0].access_token)
+    revoke_token(&backend, &pairs[0].access_token)
         .await
         .expect("a token already revoked is not refused");
-    revoke(&pairs[2].refresh_token)
+    revoke_token(&backend, &pairs[2].refresh_token)
         .await
         .expect("a family revocation is never refused");
     let err = (backend.clone())
@@ -539,17 +535,15 @@ async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active
 #[tokio::test]
 async fn revoked_families_count_against_the_app_quota() {
     let (_server, backend, pairs) = three_grants_under_a_quota_of_two().await;
-    let revoke = |token: &str| {
-        let mut backend = backend.clone();
-        let token = token.to_owned();
-        async move {
-            let request = pb::RevokeTokenRequest { token };
-            backend.revoke_token(request).await.map(|_| ())
-        }
-    };
-    revoke(&pairs[0].refresh_token).await.unwrap();
-    revoke(&pairs[1].access_token).await.unwrap();
-    let refused = revoke(&pairs[2].access_token).await.unwrap_err();
+    revoke_token(&backend, &pairs[0].refresh_token)
+        .await
+        .unwrap();
+    revoke_token(&backend, &pairs[1].access_token)
+        .await
+        .unwrap();
+    let refused = revoke_token(&backend, &pairs[2].access_token)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&refused), ErrorReason::RequestTrafficExceedLimit);
 }
 
@@ -572,4 +566,15 @@ async fn three_grants_under_a_quota_of_two() -> (
         pairs.push(exchanged.unwrap().into_inner());
     }
     (server, backend, pairs)
+}
+
+/// RevokeToken of `token` by `backend`.
+async fn revoke_token(
+    backend: &pb::token_service_client::TokenServiceClient<auth_service::testing::Authed>,
+    token: &str,
+) -> Result<(), tonic::Status> {
+    let request = pb::RevokeTokenRequest {
+        token: token.to_owned(),
+    };
+    backend.clone().revoke_token(request).await.map(drop)
 }
