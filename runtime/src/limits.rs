@@ -1,7 +1,8 @@
 //! Server limits shared by both services, and the layer that admits each call: what a call
 //! holds while its request arrives (request bytes, under a read timeout), the in-flight permit
 //! it takes once its request is whole, the deadline it then has to answer, and the pool and
-//! lifetime of the health and reflection streams. Every pool has a server-wide limit and a
+//! lifetime of the health and reflection streams, and the pool of the contract's streams. Every
+//! pool has a server-wide limit and a
 //! per-peer share. Anything beyond a limit is shed at once with RESOURCE_EXHAUSTED rather than
 //! queued.
 
@@ -31,6 +32,7 @@ const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_MAX_BUFFERED_REQUEST_BYTES: usize = 128 * 1024 * 1024;
 const DEFAULT_MAX_CONTROL_STREAMS: usize = 256;
 const DEFAULT_CONTROL_STREAM_LIFETIME: Duration = Duration::from_secs(300);
+const DEFAULT_MAX_BUSINESS_STREAMS: usize = 1024;
 const DEFAULT_PEER_SHARE_PERCENT: u8 = 25;
 
 /// What a call is charged against MAX_BUFFERED_REQUEST_BYTES besides its headers and body:
@@ -71,6 +73,9 @@ pub struct LimitArgs {
     /// Longest a health Watch or reflection stream stays open.
     #[arg(long, env = "CONTROL_STREAM_LIFETIME", default_value = "5m", value_parser = humantime::parse_duration)]
     pub control_stream_lifetime: Duration,
+    /// WatchRevocations and WatchAuthorizationChanges streams open at once.
+    #[arg(long, env = "MAX_BUSINESS_STREAMS", default_value_t = DEFAULT_MAX_BUSINESS_STREAMS)]
+    pub max_business_streams: usize,
     /// Share (1-100) of each limit one peer address (IPv6: one /64) may hold.
     #[arg(long, env = "PEER_SHARE_PERCENT", default_value_t = DEFAULT_PEER_SHARE_PERCENT,
           value_parser = clap::value_parser!(u8).range(1..=100))]
@@ -89,6 +94,7 @@ pub struct ServerLimits {
     pub max_buffered_request_bytes: usize,
     pub max_control_streams: usize,
     pub control_stream_lifetime: Duration,
+    pub max_business_streams: usize,
     pub peer_share_percent: u8,
 }
 
@@ -104,6 +110,7 @@ impl Default for ServerLimits {
             max_buffered_request_bytes: DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
             max_control_streams: DEFAULT_MAX_CONTROL_STREAMS,
             control_stream_lifetime: DEFAULT_CONTROL_STREAM_LIFETIME,
+            max_business_streams: DEFAULT_MAX_BUSINESS_STREAMS,
             peer_share_percent: DEFAULT_PEER_SHARE_PERCENT,
         }
     }
@@ -124,6 +131,7 @@ impl From<LimitArgs> for ServerLimits {
             ),
             max_control_streams: a.max_control_streams.max(1),
             control_stream_lifetime: a.control_stream_lifetime,
+            max_business_streams: a.max_business_streams.max(1),
             peer_share_percent: a.peer_share_percent.clamp(1, 100),
         }
     }
@@ -136,6 +144,7 @@ pub(crate) enum Pool {
     InFlight,
     RequestBytes,
     ControlStreams,
+    BusinessStreams,
 }
 
 impl Pool {
@@ -145,6 +154,7 @@ impl Pool {
             Pool::InFlight => "in_flight",
             Pool::RequestBytes => "request_bytes",
             Pool::ControlStreams => "control_streams",
+            Pool::BusinessStreams => "business_streams",
         }
     }
 
@@ -167,6 +177,12 @@ impl Pool {
             }
             (Pool::ControlStreams, Refusal::Peer) => {
                 "this address holds its share of health Watch and reflection streams (PEER_SHARE_PERCENT of MAX_CONTROL_STREAMS); retry later"
+            }
+            (Pool::BusinessStreams, Refusal::Server) => {
+                "the server has as many revocation and change streams open as it allows (MAX_BUSINESS_STREAMS); retry later"
+            }
+            (Pool::BusinessStreams, Refusal::Peer) => {
+                "this address holds its share of revocation and change streams (PEER_SHARE_PERCENT of MAX_BUSINESS_STREAMS); retry later"
             }
             (Pool::Connections, _) => {
                 "the server has as many connections as it allows (MAX_CONNECTIONS)"
@@ -202,12 +218,13 @@ impl Pool {
 ///    and per peer), and then each body byte as it arrives;
 /// 2. unless its request is a client stream, has READ_TIMEOUT to deliver its whole body, which
 ///    must fit MAX_MESSAGE_BYTES; only then
-/// 3. takes an in-flight permit (business calls), nothing (health Check), or a control-stream
-///    slot (health Watch, reflection), and has REQUEST_TIMEOUT to produce its response head.
+/// 3. takes an in-flight permit (business calls), nothing (health Check), a control-stream
+///    slot (health Watch, reflection) or a business-stream slot (WatchRevocations,
+///    WatchAuthorizationChanges), and has REQUEST_TIMEOUT to produce its response head.
 ///
-/// A unary call gives everything back with its response head; a control stream keeps its bytes
-/// and slot until it ends, which it does after CONTROL_STREAM_LIFETIME at the latest. A
-/// business stream (WatchRevocations) runs on once started.
+/// A unary call gives everything back with its response head; a stream keeps its bytes and
+/// slot until it ends, which a control stream does after CONTROL_STREAM_LIFETIME at the latest.
+/// A business stream is not cut: its callers resume where they were, and the pool bounds it.
 #[derive(Debug, Clone)]
 pub struct RequestLimitLayer {
     admission: Arc<Admission>,
@@ -219,6 +236,7 @@ struct Admission {
     in_flight: Arc<PeerPool>,
     request_bytes: Arc<PeerPool>,
     control_streams: Arc<PeerPool>,
+    business_streams: Arc<PeerPool>,
     max_body_bytes: usize,
     read_timeout: Duration,
     request_timeout: Duration,
@@ -235,6 +253,7 @@ impl RequestLimitLayer {
                 in_flight: PeerPool::new(limits.max_in_flight, share),
                 request_bytes: PeerPool::new(limits.max_buffered_request_bytes, share),
                 control_streams: PeerPool::new(limits.max_control_streams, share),
+                business_streams: PeerPool::new(limits.max_business_streams, share),
                 max_body_bytes: limits.max_message_bytes + GRPC_FRAME_HEADER_BYTES,
                 read_timeout: limits.read_timeout,
                 request_timeout: limits.request_timeout,
@@ -326,6 +345,10 @@ impl Admission {
                 Ok(slot) => Some(slot),
                 Err(refusal) => return Ok(Pool::ControlStreams.shed(refusal)),
             },
+            CallKind::BusinessStream => match self.business_streams.try_take(peer, 1) {
+                Ok(slot) => Some(slot),
+                Err(refusal) => return Ok(Pool::BusinessStreams.shed(refusal)),
+            },
         };
         let response = match tokio::time::timeout(self.request_timeout, inner.call(req)).await {
             Ok(response) => response?,
@@ -335,13 +358,17 @@ impl Admission {
                     .into_http());
             }
         };
-        if method.kind != CallKind::ControlStream {
-            return Ok(response);
-        }
+        let deadline = match method.kind {
+            CallKind::ControlStream => {
+                Some(Box::pin(tokio::time::sleep(self.control_stream_lifetime)))
+            }
+            CallKind::BusinessStream => None,
+            CallKind::Probe | CallKind::Business => return Ok(response),
+        };
         let (parts, body) = response.into_parts();
         let body = HeldStream {
             inner: body,
-            deadline: Box::pin(tokio::time::sleep(self.control_stream_lifetime)),
+            deadline,
             ended: false,
             _held: (held, slot),
         };
@@ -409,12 +436,12 @@ async fn read_whole_body(
     ))
 }
 
-/// The response body of a control stream: holds the call's request bytes and slot until the
-/// stream ends, and ends it (UNAVAILABLE, `SERVICE_UNAVAILABLE`: open a new one) once it has
-/// been open CONTROL_STREAM_LIFETIME.
+/// The response body of a stream: holds the call's request bytes and slot until the stream
+/// ends, and ends it (UNAVAILABLE, `SERVICE_UNAVAILABLE`: open a new one) at its deadline, a
+/// control stream's CONTROL_STREAM_LIFETIME.
 struct HeldStream {
     inner: Body,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     ended: bool,
     _held: (PoolGuard, Option<PoolGuard>),
 }
@@ -431,7 +458,9 @@ impl http_body::Body for HeldStream {
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
             this.ended = true;
             this.inner = Body::empty();
             let mut trailers = http::HeaderMap::new();
@@ -473,6 +502,7 @@ mod tests {
     const GET_OPEN_USER_INFO: &str = "/miniprogram.userinfo.v1.UserInfoService/GetOpenUserInfo";
     const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
     const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+    const WATCH_REVOCATIONS: &str = "/miniprogram.auth.v1.KeyService/WatchRevocations";
 
     fn layer(adjust: impl FnOnce(&mut ServerLimits)) -> RequestLimitLayer {
         let mut limits = ServerLimits::default();
@@ -481,6 +511,7 @@ mod tests {
             &limits,
             ServedMethods::new(&[
                 miniprogram_proto::userinfo::v1::user_info_service_server::SERVICE_NAME,
+                miniprogram_proto::auth::v1::key_service_server::SERVICE_NAME,
             ]),
         )
     }
@@ -751,6 +782,41 @@ mod tests {
         drop(body);
         assert_eq!(service.admission.control_streams.in_use(), 0);
         assert_eq!(service.admission.request_bytes.in_use(), 0);
+    }
+
+    /// Guards the business-stream pool (`CallKind::BusinessStream` in `Admission::run`) and
+    /// `HeldStream` without a deadline: a second WatchRevocations is refused while the only
+    /// slot is held, the first is not cut at the control streams' lifetime, and once it is
+    /// dropped its slot and bytes are given back.
+    #[tokio::test]
+    async fn business_streams_are_capped_and_hold_their_slot_until_they_end() {
+        let service = layer(|l| {
+            l.max_business_streams = 1;
+            l.control_stream_lifetime = Duration::from_millis(10);
+        })
+        .layer(answering_after(Duration::ZERO, true));
+        let watch = call(&service, request(WATCH_REVOCATIONS, "10.0.0.1", Some(b""))).await;
+        assert_eq!(outcome(&watch), (tonic::Code::Ok, None));
+        let refused = call(&service, request(WATCH_REVOCATIONS, "10.0.0.2", Some(b""))).await;
+        assert_eq!(
+            outcome(&refused),
+            (
+                tonic::Code::ResourceExhausted,
+                Some(ErrorReason::RequestTrafficExceedLimit)
+            )
+        );
+        let mut body = watch.into_body();
+        let next = tokio::time::timeout(
+            Duration::from_millis(200),
+            std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)),
+        );
+        assert!(next.await.is_err(), "the stream ran on past 200 ms");
+        assert_eq!(service.admission.business_streams.in_use(), 1);
+        drop(body);
+        assert_eq!(service.admission.business_streams.in_use(), 0);
+        assert_eq!(service.admission.request_bytes.in_use(), 0);
+        let again = call(&service, request(WATCH_REVOCATIONS, "10.0.0.2", Some(b""))).await;
+        assert_eq!(outcome(&again), (tonic::Code::Ok, None));
     }
 
     /// Guards the request-bytes charge taken at HEADERS (`charge_of`): waiting calls count

@@ -20,6 +20,10 @@ const REFLECTION: [&str; 2] = [
 pub enum CallKind {
     /// A call of the contract: admitted by the in-flight pool once its request is decoded.
     Business,
+    /// A server stream of the contract (`WatchRevocations`, `WatchAuthorizationChanges`): its
+    /// task and its reads at every heartbeat outlive the response head, so it holds a slot of
+    /// its own pool for as long as it is open.
+    BusinessStream,
     /// Health `Check`: answered from memory in microseconds, so it takes no permit and no
     /// business load can fail a probe.
     Probe,
@@ -74,6 +78,8 @@ fn methods_of(encoded: &[u8]) -> Vec<Method> {
                     CallKind::Probe
                 } else if service_name == HEALTH || REFLECTION.contains(&service_name.as_str()) {
                     CallKind::ControlStream
+                } else if server_streaming {
+                    CallKind::BusinessStream
                 } else {
                     CallKind::Business
                 };
@@ -121,13 +127,15 @@ impl ServedMethods {
 mod tests {
     use super::*;
 
-    const CONTRACT: [&str; 6] = [
+    const CONTRACT: [&str; 8] = [
         miniprogram_proto::auth::v1::app_service_server::SERVICE_NAME,
         miniprogram_proto::auth::v1::authorization_service_server::SERVICE_NAME,
         miniprogram_proto::auth::v1::token_service_server::SERVICE_NAME,
         miniprogram_proto::auth::v1::key_service_server::SERVICE_NAME,
         miniprogram_proto::userinfo::v1::user_info_service_server::SERVICE_NAME,
         miniprogram_proto::userinfo::v1::profile_service_server::SERVICE_NAME,
+        miniprogram_proto::auth::v1::authorization_change_service_server::SERVICE_NAME,
+        miniprogram_proto::auth::v1::key_admin_service_server::SERVICE_NAME,
     ];
 
     #[test]
@@ -190,11 +198,18 @@ mod tests {
     }
 
     #[test]
-    fn the_revocation_stream_is_business_with_a_unary_request() {
-        let served = ServedMethods::new(&[CONTRACT[3]]);
-        let m = served
-            .lookup("/miniprogram.auth.v1.KeyService/WatchRevocations")
-            .unwrap();
-        assert_eq!((m.kind, m.client_streaming), (CallKind::Business, false));
+    fn the_contracts_streams_are_business_streams_with_a_unary_request() {
+        let served = ServedMethods::new(&CONTRACT);
+        for path in [
+            "/miniprogram.auth.v1.KeyService/WatchRevocations",
+            "/miniprogram.auth.v1.AuthorizationChangeService/WatchAuthorizationChanges",
+        ] {
+            let m = served.lookup(path).unwrap();
+            assert_eq!(
+                (m.kind, m.client_streaming),
+                (CallKind::BusinessStream, false),
+                "{path}"
+            );
+        }
     }
 }

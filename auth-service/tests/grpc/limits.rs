@@ -169,3 +169,61 @@ async fn health_watch_streams_are_capped_and_end_after_their_lifetime() {
             .is_some()
     );
 }
+
+/// Guards the business-stream pool over real gRPC (service-runtime's `Admission::run`, the
+/// `CallKind::BusinessStream` arm): with one slot, a second `WatchRevocations` is refused while
+/// the first is open, the first runs on past the control streams' lifetime, and once the
+/// verifier drops it a new one is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_streams_are_capped_and_held_until_they_end() {
+    use miniprogram_proto::ErrorReason;
+    let server = TestAuthServer::start_with(|c| {
+        c.limits.max_business_streams = 1;
+        c.limits.control_stream_lifetime = Duration::from_millis(100);
+    })
+    .await;
+    let mut verifier = server.verifier();
+    let watch = pb::WatchRevocationsRequest::default;
+    let mut first = verifier
+        .watch_revocations(watch())
+        .await
+        .expect("a stream")
+        .into_inner();
+    let refused = verifier
+        .watch_revocations(watch())
+        .await
+        .expect_err("no second slot");
+    assert_eq!(
+        (refused.code(), ErrorReason::of(&refused)),
+        (
+            tonic::Code::ResourceExhausted,
+            Some(ErrorReason::RequestTrafficExceedLimit)
+        )
+    );
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut heartbeats = 0;
+    while let Ok(next) = tokio::time::timeout_at(until, first.message()).await {
+        assert!(
+            matches!(next, Ok(Some(_))),
+            "the stream runs on past CONTROL_STREAM_LIFETIME: {next:?}"
+        );
+        heartbeats += 1;
+    }
+    assert!(
+        heartbeats >= 2,
+        "a heartbeat a second: {heartbeats} in 1.5 s"
+    );
+    drop(first);
+    let mut again = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(stream) = verifier.watch_revocations(watch()).await {
+                return stream.into_inner();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slot came back within 5 s");
+    let message = tokio::time::timeout(Duration::from_secs(10), again.message()).await;
+    assert!(matches!(message, Ok(Ok(Some(_)))), "the new stream speaks");
+}
