@@ -113,6 +113,8 @@ pub struct AuthArgs {
     /// REQUEST_TRAFFIC_EXCEED_LIMIT, and a family revocation writes no rule, until some expire.
     #[arg(long, env = "REVOCATION_QUOTA_PER_APP", default_value_t = crate::revocations::DEFAULT_RULES_PER_APP)]
     pub revocation_quota_per_app: u32,
+    #[command(flatten)]
+    pub grants: GrantBoundArgs,
     /// How long consent records are kept (from each record's time).
     #[arg(long, env = "CONSENT_RECORD_RETENTION", default_value = "1827days", value_parser = humantime::parse_duration)]
     pub consent_record_retention: Duration,
@@ -122,6 +124,30 @@ pub struct AuthArgs {
     /// Refuse a scope the mini program has not declared a purpose for.
     #[arg(long, env = "REQUIRE_PRIVACY_DECLARATION", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_privacy_declaration: bool,
+}
+
+/// Flags for [`crate::tokens::GrantBounds`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrantBoundArgs {
+    /// Live grants (refresh-token families) one user may hold for one app; a new one evicts
+    /// the least recently refreshed (its refresh token and code are deleted).
+    #[arg(long, env = "MAX_GRANTS_PER_USER", default_value_t = crate::tokens::DEFAULT_GRANTS_PER_USER,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_grants_per_user: u32,
+    /// Refreshes of one grant; past them RefreshAccessToken answers EXPIRED_REFRESH_TOKEN and
+    /// the app runs the authorization again.
+    #[arg(long, env = "MAX_REFRESHES_PER_GRANT", default_value_t = crate::tokens::DEFAULT_REFRESHES_PER_GRANT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_refreshes_per_grant: u32,
+}
+
+impl From<GrantBoundArgs> for crate::tokens::GrantBounds {
+    fn from(a: GrantBoundArgs) -> Self {
+        crate::tokens::GrantBounds {
+            per_user: a.max_grants_per_user,
+            refreshes: a.max_refreshes_per_grant,
+        }
+    }
 }
 
 /// Why the configuration can't be used. Never contains a secret value.
@@ -158,6 +184,7 @@ pub struct AuthConfig {
     pub trusted_proxies: TrustedProxies,
     pub revocation_heartbeat: Duration,
     pub revocation_quota_per_app: u32,
+    pub grant_bounds: crate::tokens::GrantBounds,
     pub privacy: crate::privacy::PrivacyPolicy,
     pub drain_timeout: Duration,
     pub limits: service_runtime::ServerLimits,
@@ -283,6 +310,7 @@ impl AuthArgs {
             trusted_proxies: self.trusted_proxies,
             revocation_heartbeat: self.revocation_heartbeat,
             revocation_quota_per_app: self.revocation_quota_per_app,
+            grant_bounds: self.grants.into(),
             privacy: crate::privacy::PrivacyPolicy {
                 consent_record_retention: self.consent_record_retention,
                 authorization_change_retention: self.authorization_change_retention,

@@ -205,7 +205,8 @@ impl Services {
             keys.pairwise,
             policy,
             feed.clone(),
-        );
+        )
+        .with_bounds(config.grant_bounds);
         let callers = Arc::new(CallerRoles::new(&config.callers));
         let verified = Arc::new(VerifiedCredentials::new(VERIFIED_CREDENTIAL_TTL));
         let app_callers = Self::app_callers(config, &store, &clock, &callers, &verified);

@@ -258,6 +258,8 @@ pub struct RefreshTokenRecord {
     pub expires_at: Timestamp,
     pub used_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    /// Its place in the grant's rotation: 1 for the token a code exchange issued.
+    pub generation: u64,
 }
 
 /// A revocation rule before the store gives it its sequence number.

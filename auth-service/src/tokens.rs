@@ -20,6 +20,30 @@ pub struct TokenLifetimes {
     pub refresh_token: Duration,
 }
 
+/// How much one user's grants to one app may hold in the store, so no app can grow it without
+/// end by rotating one grant in a loop, or by exchanging code after code (README, "Grants").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantBounds {
+    /// Live grants per (app, user); a new one evicts the least recently refreshed.
+    pub per_user: u32,
+    /// Refreshes of one grant; past them it must be authorized again.
+    pub refreshes: u32,
+}
+
+/// MAX_GRANTS_PER_USER's default: a user's devices and reinstalls, with room.
+pub const DEFAULT_GRANTS_PER_USER: u32 = 16;
+/// MAX_REFRESHES_PER_GRANT's default: over a year of hourly refreshes.
+pub const DEFAULT_REFRESHES_PER_GRANT: u32 = 10_000;
+
+impl Default for GrantBounds {
+    fn default() -> Self {
+        GrantBounds {
+            per_user: DEFAULT_GRANTS_PER_USER,
+            refreshes: DEFAULT_REFRESHES_PER_GRANT,
+        }
+    }
+}
+
 /// An access token and its refresh token, as returned by exchange and refresh.
 #[derive(Debug)]
 pub struct TokenPair {
@@ -58,6 +82,7 @@ pub struct TokenIssuer {
     store: Arc<dyn AuthStore>,
     keys: SigningKeys,
     lifetimes: TokenLifetimes,
+    bounds: GrantBounds,
     user_ids: AppUserIdKey,
     revocation_policy: RevocationPolicy,
     feed: RevocationFeed,
@@ -76,10 +101,17 @@ impl TokenIssuer {
             store,
             keys,
             lifetimes,
+            bounds: GrantBounds::default(),
             user_ids,
             revocation_policy,
             feed,
         }
+    }
+
+    /// The same issuer under other grant bounds.
+    pub fn with_bounds(mut self, bounds: GrantBounds) -> Self {
+        self.bounds = bounds;
+        self
     }
 
     /// Spends a code (once, under any concurrency). A replayed code revokes every token issued
@@ -110,7 +142,8 @@ impl TokenIssuer {
         self.issue(app, tx, Spent::from(code), now).await
     }
 
-    /// Rotates a refresh token. Reusing a spent one revokes its whole family.
+    /// Rotates a refresh token. Reusing a spent one revokes its whole family; one whose grant
+    /// was refreshed its [`GrantBounds::refreshes`] is refused as expired, and stays unspent.
     pub async fn refresh(
         &self,
         app: &AppRecord,
@@ -138,6 +171,10 @@ impl TokenIssuer {
                 Some(_) => Err(AuthError::ExpiredRefreshToken),
             };
         };
+        if old.generation > u64::from(self.bounds.refreshes) {
+            drop(tx);
+            return Err(AuthError::ExpiredRefreshToken);
+        }
         self.issue(app, tx, Spent::from(old), now).await
     }
 
@@ -267,7 +304,7 @@ impl TokenIssuer {
     }
 
     /// Finishes a spend in `tx`: stores the grant's next refresh token (and keeps its code as
-    /// long), then, after the commit, mints the access token, unless the consent or feature the
+    /// long; for a new grant, evicts the user's grants beyond [`GrantBounds::per_user`]), then, after the commit, mints the access token, unless the consent or feature the
     /// grant stood on is gone meanwhile: then the whole grant is revoked.
     async fn issue(
         &self,
@@ -288,8 +325,24 @@ impl TokenIssuer {
             expires_at: refresh_token_expires_at,
             used_at: None,
             revoked_at: None,
+            generation: spent.generation + 1,
         };
         tx.grants().insert_refresh_token(&successor).await?;
+        if spent.generation == 0 {
+            let (app_id, user_id) = (&spent.app_id, &spent.user_id);
+            let keep = self.bounds.per_user;
+            let evicted = tx
+                .grants()
+                .evict_grants_beyond(app_id, user_id, keep, now)
+                .await?;
+            if evicted > 0 {
+                tracing::info!(
+                    app_id,
+                    evicted,
+                    "a user's least recently refreshed grants evicted"
+                );
+            }
+        }
         tx.grants()
             .keep_code_until(&spent.grant_id, refresh_token_expires_at)
             .await?;
@@ -407,6 +460,8 @@ struct Spent {
     user_id: String,
     grant_id: String,
     scopes: ScopeSet,
+    /// The spent refresh token's generation; 0 for a code.
+    generation: u64,
 }
 
 impl From<AuthCodeRecord> for Spent {
@@ -416,6 +471,7 @@ impl From<AuthCodeRecord> for Spent {
             user_id: c.user_id,
             grant_id: c.grant_id,
             scopes: c.scopes,
+            generation: 0,
         }
     }
 }
@@ -427,6 +483,7 @@ impl From<RefreshTokenRecord> for Spent {
             user_id: t.user_id,
             grant_id: t.family_id,
             scopes: t.scopes,
+            generation: t.generation,
         }
     }
 }

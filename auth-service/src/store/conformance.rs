@@ -61,6 +61,7 @@ fn refresh(b: u8, family: &str, expires_at: i64) -> RefreshTokenRecord {
         expires_at: t(expires_at),
         used_at: None,
         revoked_at: None,
+        generation: 1,
     }
 }
 
@@ -771,6 +772,79 @@ pub async fn refresh_rotation_and_family_revocation(store: Arc<dyn AuthStore>) {
     );
 }
 
+/// A user's live grants for an app beyond the kept ones, least recently refreshed first, lose
+/// their refresh tokens and codes; spent, revoked or expired tokens, other users' and other
+/// apps' grants are not live grants and stay. A token's generation comes back as stored.
+pub async fn grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_first(
+    store: Arc<dyn AuthStore>,
+) {
+    let mut repos = store.repositories();
+    let live = |b: u8, family: &str, at: i64| RefreshTokenRecord {
+        created_at: t(at),
+        generation: u64::from(b),
+        ..refresh(b, family, 5000)
+    };
+    let tokens = [
+        live(1, "g1", 10),
+        live(2, "g2", 40),
+        live(3, "g3", 30),
+        RefreshTokenRecord {
+            used_at: Some(t(45)),
+            ..live(4, "g3", 20)
+        },
+        RefreshTokenRecord {
+            revoked_at: Some(t(45)),
+            ..live(5, "g5", 5)
+        },
+        RefreshTokenRecord {
+            expires_at: t(100),
+            ..live(6, "g6", 1)
+        },
+        RefreshTokenRecord {
+            user_id: "user-2".into(),
+            ..live(7, "g7", 1)
+        },
+        RefreshTokenRecord {
+            app_id: "a2".into(),
+            ..live(8, "g8", 1)
+        },
+    ];
+    for token in &tokens {
+        repos.grants().insert_refresh_token(token).await.unwrap();
+    }
+    for (b, grant) in [(11, "g1"), (13, "g3")] {
+        repos
+            .grants()
+            .insert_code(&code(b, "a1", grant))
+            .await
+            .unwrap();
+    }
+    let mut tx = store.begin().await.unwrap();
+    let evicted = tx.grants().evict_grants_beyond("a1", "user-1", 1, t(200));
+    assert_eq!(evicted.await.unwrap(), 2, "g2 is kept; g3, then g1, go");
+    tx.commit().await.unwrap();
+    let grants = repos.grants();
+    for (b, kept) in [
+        (1, false),
+        (2, true),
+        (3, false),
+        (4, false),
+        (5, true),
+        (6, true),
+    ] {
+        let found = grants.refresh_token(&h(b)).await.unwrap();
+        assert_eq!(found.is_some(), kept, "token {b}");
+    }
+    for b in [7, 8] {
+        assert!(grants.refresh_token(&h(b)).await.unwrap().is_some());
+    }
+    for b in [11, 13] {
+        assert_eq!(grants.code(&h(b)).await.unwrap(), None, "code {b}");
+    }
+    let kept = grants.refresh_token(&h(2)).await.unwrap().unwrap();
+    assert_eq!(kept.generation, 2);
+}
+
 pub async fn refresh_token_expiry(store: Arc<dyn AuthStore>) {
     let mut repos = store.repositories();
     repos
@@ -1355,6 +1429,7 @@ sql_backend::conformance!(
     refresh_rotation_and_family_revocation,
     a_spent_code_is_kept_while_its_refresh_family_can_live,
     refresh_token_expiry,
+    grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_first,
     token_keys_round_trip,
     sealed_secrets_are_stored_once_and_resealed_in_place,
     sweep_removes_only_expired_rows_in_batches,

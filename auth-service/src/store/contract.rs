@@ -259,6 +259,16 @@ pub trait GrantRepo: Send {
         app_id: &str,
         now: Timestamp,
     ) -> StoreResult<Option<RefreshTokenRecord>>;
+    /// Deletes the refresh tokens and codes of the user's live grants for the app (those with
+    /// an unspent, unrevoked refresh token unexpired at `now`) but the `keep` most recently
+    /// refreshed; how many grants it deleted.
+    async fn evict_grants_beyond(
+        &mut self,
+        app_id: &str,
+        user_id: &str,
+        keep: u32,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
     /// Revokes the family's refresh tokens at `now`.
     async fn revoke_family_tokens(&mut self, family_id: &str, now: Timestamp) -> StoreResult<()>;
     /// Revokes at `now` the app's refresh tokens (of `user_id`, when given) that carry any of

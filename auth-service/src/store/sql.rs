@@ -376,11 +376,12 @@ impl GrantRepo for Repos {
 
     async fn insert_refresh_token(&mut self, t: &RefreshTokenRecord) -> StoreResult<()> {
         let sql = "INSERT INTO refresh_tokens (token_hash, family_id, app_id, user_id, scopes,
-                     created_at, expires_at, used_at, revoked_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+                     created_at, expires_at, used_at, revoked_at, generation)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+        let generation = i64::try_from(t.generation).unwrap_or(i64::MAX);
         let args = args! {
             &t.token_hash, &t.family_id, &t.app_id, &t.user_id, t.scopes, t.created_at,
-            t.expires_at, t.used_at, t.revoked_at
+            t.expires_at, t.used_at, t.revoked_at, generation
         };
         self.0.execute(sql, args).await.map(drop)
     }
@@ -408,6 +409,29 @@ impl GrantRepo for Repos {
                    RETURNING *";
         let args = args![now, hash, app_id];
         self.0.first(Write, sql, args, refresh_token).await
+    }
+
+    async fn evict_grants_beyond(
+        &mut self,
+        app_id: &str,
+        user_id: &str,
+        keep: u32,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let evicted = "SELECT family_id FROM refresh_tokens
+                   WHERE app_id = $1 AND user_id = $2 AND used_at IS NULL AND revoked_at IS NULL
+                     AND expires_at > $3
+                   ORDER BY created_at DESC, family_id LIMIT $5 OFFSET $4";
+        let args = args![app_id, user_id, now, keep, i64::MAX];
+        let decode = |r: &dyn Columns| r.text("family_id");
+        let families = self.0.all(Hold, evicted, args, decode).await?;
+        for family in &families {
+            let sql = "DELETE FROM auth_codes WHERE grant_id = $1";
+            self.0.execute(sql, args![family]).await?;
+            let sql = "DELETE FROM refresh_tokens WHERE family_id = $1";
+            self.0.execute(sql, args![family]).await?;
+        }
+        Ok(families.len() as u64)
     }
 
     async fn revoke_family_tokens(&mut self, family_id: &str, now: Timestamp) -> StoreResult<()> {
@@ -875,7 +899,8 @@ sql_backend::decoders! {
     }
     refresh_token -> RefreshTokenRecord {
         token_hash: digest, family_id: text, app_id: text, user_id: text, scopes: scopes,
-        created_at: time, expires_at: time, used_at: opt_time, revoked_at: opt_time
+        created_at: time, expires_at: time, used_at: opt_time, revoked_at: opt_time,
+        generation: uint
     }
     revocation -> RevocationRule {
         sequence: uint, app_id: text, user_id: opt_text, scopes: scopes, token_id: opt_text,

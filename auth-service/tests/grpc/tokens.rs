@@ -578,3 +578,72 @@ async fn revoke_token(
     };
     backend.clone().revoke_token(request).await.map(drop)
 }
+
+/// Guards the refresh bound in `TokenIssuer::refresh` (`old.generation` against
+/// `GrantBounds::refreshes`): a grant refreshed MAX_REFRESHES_PER_GRANT times answers
+/// EXPIRED_REFRESH_TOKEN, and the token stays unspent (asked again, the same answer, not a
+/// reuse that would revoke the grant); a new authorization starts a new grant.
+#[tokio::test]
+async fn a_grant_refreshed_its_maximum_times_must_be_authorized_again() {
+    let server = TestAuthServer::start_with(|c| c.grant_bounds.refreshes = 2).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let backend = server.backend(&app_id, &secret);
+    let mut refresh_token = exchange(&server, &backend, "u1", &app_id).await;
+    for _ in 0..2 {
+        refresh_token = refresh(&backend, refresh_token).await.unwrap();
+    }
+    for _ in 0..2 {
+        let refused = refresh(&backend, refresh_token.clone()).await.unwrap_err();
+        assert_eq!(
+            (refused.code(), reason(&refused)),
+            (Code::FailedPrecondition, ErrorReason::ExpiredRefreshToken)
+        );
+    }
+    let fresh = exchange(&server, &backend, "u1", &app_id).await;
+    assert!(
+        refresh(&backend, fresh).await.is_ok(),
+        "a new grant refreshes"
+    );
+}
+
+/// Guards the eviction in `TokenIssuer::issue` (`evict_grants_beyond` for a new grant): with
+/// MAX_GRANTS_PER_USER at 2, a third exchanged code for the same user and app evicts the grant
+/// refreshed least recently (its refresh token is unknown from then on), and leaves the other
+/// two, and another user's grant, as they were.
+#[tokio::test]
+async fn a_users_grants_beyond_the_bound_evict_the_least_recently_refreshed() {
+    let server = TestAuthServer::start_with(|c| c.grant_bounds.per_user = 2).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let backend = server.backend(&app_id, &secret);
+    let oldest = exchange(&server, &backend, "u1", &app_id).await;
+    let other_user = exchange(&server, &backend, "u2", &app_id).await;
+    let second = exchange(&server, &backend, "u1", &app_id).await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let oldest = refresh(&backend, oldest).await.unwrap();
+    let third = exchange(&server, &backend, "u1", &app_id).await;
+    let evicted = refresh(&backend, second).await.unwrap_err();
+    assert_eq!(
+        (evicted.code(), reason(&evicted)),
+        (Code::InvalidArgument, ErrorReason::InvalidRefreshToken)
+    );
+    for kept in [oldest, third, other_user] {
+        assert!(refresh(&backend, kept).await.is_ok());
+    }
+}
+
+type Backend = pb::token_service_client::TokenServiceClient<auth_service::testing::Authed>;
+
+/// A fresh code of `user` for `app_id`, exchanged by `backend`: the new grant's refresh token.
+async fn exchange(server: &TestAuthServer, backend: &Backend, user: &str, app_id: &str) -> String {
+    let auth_code = code_for(server, user, app_id).await;
+    let request = pb::ExchangeAuthCodeRequest { auth_code };
+    let exchanged = backend.clone().exchange_auth_code(request).await;
+    exchanged.unwrap().into_inner().refresh_token
+}
+
+/// RefreshAccessToken of `refresh_token` by `backend`: the next refresh token.
+async fn refresh(backend: &Backend, refresh_token: String) -> Result<String, tonic::Status> {
+    let request = pb::RefreshAccessTokenRequest { refresh_token };
+    let refreshed = backend.clone().refresh_access_token(request).await?;
+    Ok(refreshed.into_inner().refresh_token)
+}
