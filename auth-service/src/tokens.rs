@@ -304,8 +304,9 @@ impl TokenIssuer {
     }
 
     /// Finishes a spend in `tx`: stores the grant's next refresh token (and keeps its code as
-    /// long; for a new grant, evicts the user's grants beyond [`GrantBounds::per_user`]), then, after the commit, mints the access token, unless the consent or feature the
-    /// grant stood on is gone meanwhile: then the whole grant is revoked.
+    /// long; for a new grant, evicts the user's grants beyond [`GrantBounds::per_user`]), then,
+    /// after the commit, mints the access token, unless the consent or feature the grant stood
+    /// on is gone meanwhile: then the whole grant is revoked.
     async fn issue(
         &self,
         app: &AppRecord,
@@ -325,15 +326,15 @@ impl TokenIssuer {
             expires_at: refresh_token_expires_at,
             used_at: None,
             revoked_at: None,
-            generation: spent.generation + 1,
+            generation: spent.generation.saturating_add(1),
         };
         tx.grants().insert_refresh_token(&successor).await?;
         if spent.generation == 0 {
-            let (app_id, user_id) = (&spent.app_id, &spent.user_id);
+            let (app_id, user_id) = (spent.app_id.as_str(), spent.user_id.as_str());
             let keep = self.bounds.per_user;
             let evicted = tx
                 .grants()
-                .evict_grants_beyond(app_id, user_id, keep, now)
+                .evict_grants_beyond((app_id, user_id), &spent.grant_id, keep, now)
                 .await?;
             if evicted > 0 {
                 tracing::info!(

@@ -260,12 +260,12 @@ pub trait GrantRepo: Send {
         now: Timestamp,
     ) -> StoreResult<Option<RefreshTokenRecord>>;
     /// Deletes the refresh tokens and codes of the user's live grants for the app (those with
-    /// an unspent, unrevoked refresh token unexpired at `now`) but the `keep` most recently
-    /// refreshed; how many grants it deleted.
+    /// an unspent, unrevoked refresh token unexpired at `now`) other than `new_grant`, but the
+    /// `keep - 1` most recently refreshed; how many grants it deleted.
     async fn evict_grants_beyond(
         &mut self,
-        app_id: &str,
-        user_id: &str,
+        (app_id, user_id): (&str, &str),
+        new_grant: &str,
         keep: u32,
         now: Timestamp,
     ) -> StoreResult<u64>;

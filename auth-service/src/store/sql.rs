@@ -35,6 +35,12 @@ const ERASE_USER: [&str; 4] = [
     "DELETE FROM auth_codes WHERE user_id = $1",
     "DELETE FROM refresh_tokens WHERE user_id = $1",
 ];
+/// A user's live grants for an app (one unspent, unrevoked token each) other than `$6`, but
+/// the `$4` most recently refreshed, read through the index on (app, user).
+const GRANTS_BEYOND: &str = "SELECT family_id FROM refresh_tokens
+    WHERE app_id = $1 AND user_id = $2 AND used_at IS NULL AND revoked_at IS NULL
+      AND expires_at > $3 AND family_id <> $6
+    ORDER BY created_at DESC, family_id LIMIT $5 OFFSET $4";
 /// `sweep!(table, key columns, expiry column)`: the table's name and its bounded delete, by
 /// primary key, of rows expired at `$1`, `$2` at most.
 #[rustfmt::skip]
@@ -413,18 +419,15 @@ impl GrantRepo for Repos {
 
     async fn evict_grants_beyond(
         &mut self,
-        app_id: &str,
-        user_id: &str,
+        (app_id, user_id): (&str, &str),
+        new_grant: &str,
         keep: u32,
         now: Timestamp,
     ) -> StoreResult<u64> {
-        let evicted = "SELECT family_id FROM refresh_tokens
-                   WHERE app_id = $1 AND user_id = $2 AND used_at IS NULL AND revoked_at IS NULL
-                     AND expires_at > $3
-                   ORDER BY created_at DESC, family_id LIMIT $5 OFFSET $4";
-        let args = args![app_id, user_id, now, keep, i64::MAX];
+        let others = keep.saturating_sub(1);
+        let args = args![app_id, user_id, now, others, i64::MAX, new_grant];
         let decode = |r: &dyn Columns| r.text("family_id");
-        let families = self.0.all(Hold, evicted, args, decode).await?;
+        let families = self.0.all(Hold, GRANTS_BEYOND, args, decode).await?;
         for family in &families {
             let sql = "DELETE FROM auth_codes WHERE grant_id = $1";
             self.0.execute(sql, args![family]).await?;
@@ -956,6 +959,30 @@ mod tests {
                 "{sql}: {plan:?}"
             );
         }
+        store.close().await;
+    }
+
+    /// Guards the eviction's read of [`GRANTS_BEYOND`]: on SQLite it finds a user's live grants
+    /// for an app through `refresh_tokens_subject` (a SEARCH), not by reading every refresh
+    /// token of every user (a SCAN) while it holds the writer.
+    #[tokio::test]
+    async fn live_grants_are_found_through_the_subject_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+        let store = SqlAuthStore::open(&url, super::super::MIGRATIONS)
+            .await
+            .unwrap();
+        let explain: &'static str = Box::leak(format!("EXPLAIN QUERY PLAN {GRANTS_BEYOND}").into());
+        let detail = |r: &dyn Columns| r.text("detail");
+        let args = args!["a1", "u1", 0_i64, 1_i64, i64::MAX, "g1"];
+        let plan = store.pools.session().all(Read, explain, args, detail).await;
+        let plan = plan.unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH") && step.contains("refresh_tokens_subject"))
+                && !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
         store.close().await;
     }
 }
