@@ -35,6 +35,13 @@ pub const DEFAULT_GRANTS_PER_USER: u32 = 16;
 /// MAX_REFRESHES_PER_GRANT's default: over a year of hourly refreshes.
 pub const DEFAULT_REFRESHES_PER_GRANT: u32 = 10_000;
 
+impl GrantBounds {
+    /// Whether a refresh token of this generation may still be rotated (and so is active).
+    pub fn refreshes_after(&self, generation: u64) -> bool {
+        generation <= u64::from(self.refreshes)
+    }
+}
+
 impl Default for GrantBounds {
     fn default() -> Self {
         GrantBounds {
@@ -171,7 +178,7 @@ impl TokenIssuer {
                 Some(_) => Err(AuthError::ExpiredRefreshToken),
             };
         };
-        if old.generation > u64::from(self.bounds.refreshes) {
+        if !self.bounds.refreshes_after(old.generation) {
             drop(tx);
             return Err(AuthError::ExpiredRefreshToken);
         }
@@ -251,6 +258,7 @@ impl TokenIssuer {
                     && t.used_at.is_none()
                     && t.revoked_at.is_none()
                     && t.expires_at > now
+                    && self.bounds.refreshes_after(t.generation)
             });
             return Ok(active.map(|t| Introspection {
                 kind: IntrospectedKind::Refresh,
@@ -334,7 +342,7 @@ impl TokenIssuer {
             let keep = self.bounds.per_user;
             let evicted = tx
                 .grants()
-                .evict_grants_beyond((app_id, user_id), &spent.grant_id, keep, now)
+                .evict_grants_beyond((app_id, user_id), &spent.grant_id, keep)
                 .await?;
             if evicted > 0 {
                 tracing::info!(

@@ -6,6 +6,7 @@
 //! per-peer share. Anything beyond a limit is shed at once with RESOURCE_EXHAUSTED rather than
 //! queued.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -73,7 +74,7 @@ pub struct LimitArgs {
     /// Longest a health Watch or reflection stream stays open.
     #[arg(long, env = "CONTROL_STREAM_LIFETIME", default_value = "5m", value_parser = humantime::parse_duration)]
     pub control_stream_lifetime: Duration,
-    /// WatchRevocations and WatchAuthorizationChanges streams open at once.
+    /// Streams of each of WatchRevocations and WatchAuthorizationChanges open at once.
     #[arg(long, env = "MAX_BUSINESS_STREAMS", default_value_t = DEFAULT_MAX_BUSINESS_STREAMS)]
     pub max_business_streams: usize,
     /// Share (1-100) of each limit one peer address (IPv6: one /64) may hold.
@@ -179,10 +180,10 @@ impl Pool {
                 "this address holds its share of health Watch and reflection streams (PEER_SHARE_PERCENT of MAX_CONTROL_STREAMS); retry later"
             }
             (Pool::BusinessStreams, Refusal::Server) => {
-                "the server has as many revocation and change streams open as it allows (MAX_BUSINESS_STREAMS); retry later"
+                "the server has as many streams of this method open as it allows (MAX_BUSINESS_STREAMS); retry later"
             }
             (Pool::BusinessStreams, Refusal::Peer) => {
-                "this address holds its share of revocation and change streams (PEER_SHARE_PERCENT of MAX_BUSINESS_STREAMS); retry later"
+                "this address holds its share of this method's streams (PEER_SHARE_PERCENT of MAX_BUSINESS_STREAMS); retry later"
             }
             (Pool::Connections, _) => {
                 "the server has as many connections as it allows (MAX_CONNECTIONS)"
@@ -236,7 +237,9 @@ struct Admission {
     in_flight: Arc<PeerPool>,
     request_bytes: Arc<PeerPool>,
     control_streams: Arc<PeerPool>,
-    business_streams: Arc<PeerPool>,
+    /// A pool per streaming method, so app backends' change streams never take the slots
+    /// the verifiers' revocation streams need.
+    business_streams: HashMap<&'static str, Arc<PeerPool>>,
     max_body_bytes: usize,
     read_timeout: Duration,
     request_timeout: Duration,
@@ -247,13 +250,18 @@ impl RequestLimitLayer {
     /// Limits for a server serving `methods`.
     pub fn new(limits: &ServerLimits, methods: ServedMethods) -> Self {
         let share = limits.peer_share_percent;
+        let business_streams = methods
+            .iter()
+            .filter(|m| m.kind == CallKind::BusinessStream)
+            .map(|m| (m.path(), PeerPool::new(limits.max_business_streams, share)))
+            .collect();
         RequestLimitLayer {
             admission: Arc::new(Admission {
                 methods,
                 in_flight: PeerPool::new(limits.max_in_flight, share),
                 request_bytes: PeerPool::new(limits.max_buffered_request_bytes, share),
                 control_streams: PeerPool::new(limits.max_control_streams, share),
-                business_streams: PeerPool::new(limits.max_business_streams, share),
+                business_streams,
                 max_body_bytes: limits.max_message_bytes + GRPC_FRAME_HEADER_BYTES,
                 read_timeout: limits.read_timeout,
                 request_timeout: limits.request_timeout,
@@ -345,10 +353,13 @@ impl Admission {
                 Ok(slot) => Some(slot),
                 Err(refusal) => return Ok(Pool::ControlStreams.shed(refusal)),
             },
-            CallKind::BusinessStream => match self.business_streams.try_take(peer, 1) {
-                Ok(slot) => Some(slot),
-                Err(refusal) => return Ok(Pool::BusinessStreams.shed(refusal)),
-            },
+            CallKind::BusinessStream => {
+                let pool = self.business_streams.get(method.path());
+                match pool.map_or(Err(Refusal::Server), |pool| pool.try_take(peer, 1)) {
+                    Ok(slot) => Some(slot),
+                    Err(refusal) => return Ok(Pool::BusinessStreams.shed(refusal)),
+                }
+            }
         };
         let response = match tokio::time::timeout(self.request_timeout, inner.call(req)).await {
             Ok(response) => response?,
@@ -503,6 +514,8 @@ mod tests {
     const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
     const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
     const WATCH_REVOCATIONS: &str = "/miniprogram.auth.v1.KeyService/WatchRevocations";
+    const WATCH_CHANGES: &str =
+        "/miniprogram.auth.v1.AuthorizationChangeService/WatchAuthorizationChanges";
 
     fn layer(adjust: impl FnOnce(&mut ServerLimits)) -> RequestLimitLayer {
         let mut limits = ServerLimits::default();
@@ -512,6 +525,7 @@ mod tests {
             ServedMethods::new(&[
                 miniprogram_proto::userinfo::v1::user_info_service_server::SERVICE_NAME,
                 miniprogram_proto::auth::v1::key_service_server::SERVICE_NAME,
+                miniprogram_proto::auth::v1::authorization_change_service_server::SERVICE_NAME,
             ]),
         )
     }
@@ -784,10 +798,11 @@ mod tests {
         assert_eq!(service.admission.request_bytes.in_use(), 0);
     }
 
-    /// Guards the business-stream pool (`CallKind::BusinessStream` in `Admission::run`) and
-    /// `HeldStream` without a deadline: a second WatchRevocations is refused while the only
-    /// slot is held, the first is not cut at the control streams' lifetime, and once it is
-    /// dropped its slot and bytes are given back.
+    /// Guards the business-stream pools (`CallKind::BusinessStream` in `Admission::run`, one
+    /// pool per method) and `HeldStream` without a deadline: a second WatchRevocations is
+    /// refused while the only slot is held, a change stream still has its own, the first is
+    /// not cut at the control streams' lifetime, and once it is dropped its slot and bytes are
+    /// given back.
     #[tokio::test]
     async fn business_streams_are_capped_and_hold_their_slot_until_they_end() {
         let service = layer(|l| {
@@ -805,15 +820,22 @@ mod tests {
                 Some(ErrorReason::RequestTrafficExceedLimit)
             )
         );
+        let changes = call(&service, request(WATCH_CHANGES, "10.0.0.2", Some(b""))).await;
+        assert_eq!(outcome(&changes), (tonic::Code::Ok, None));
+        drop(changes);
+        let in_use = |service: &RequestLimit<_>| -> usize {
+            let pools = service.admission.business_streams.values();
+            pools.map(|pool| pool.in_use()).sum()
+        };
         let mut body = watch.into_body();
         let next = tokio::time::timeout(
             Duration::from_millis(200),
             std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)),
         );
         assert!(next.await.is_err(), "the stream ran on past 200 ms");
-        assert_eq!(service.admission.business_streams.in_use(), 1);
+        assert_eq!(in_use(&service), 1);
         drop(body);
-        assert_eq!(service.admission.business_streams.in_use(), 0);
+        assert_eq!(in_use(&service), 0);
         assert_eq!(service.admission.request_bytes.in_use(), 0);
         let again = call(&service, request(WATCH_REVOCATIONS, "10.0.0.2", Some(b""))).await;
         assert_eq!(outcome(&again), (tonic::Code::Ok, None));

@@ -46,6 +46,13 @@ pub struct Method {
     path: String,
 }
 
+impl Method {
+    /// The request path of its calls, `/service/method`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
 /// Every method of every descriptor set compiled into this binary.
 static CATALOGUE: LazyLock<Vec<Method>> = LazyLock::new(|| {
     [
@@ -115,6 +122,11 @@ impl ServedMethods {
         ServedMethods {
             by_path: Arc::new(by_path),
         }
+    }
+
+    /// Every method this server serves.
+    pub fn iter(&self) -> impl Iterator<Item = &'static Method> + '_ {
+        self.by_path.values().copied()
     }
 
     /// The method a request path (`/service/method`) names, if this server serves it.

@@ -772,82 +772,62 @@ pub async fn refresh_rotation_and_family_revocation(store: Arc<dyn AuthStore>) {
     );
 }
 
-/// A user's live grants for an app beyond the kept ones, least recently refreshed first, lose
-/// their refresh tokens and codes; the new grant is kept whatever its time; spent, revoked or
-/// expired tokens, other users' and other apps' grants are not live grants and stay. A token's
-/// generation comes back as stored.
+/// A user's grants for an app (exchanged codes) beyond the kept ones lose their codes and
+/// refresh tokens: grants revoked as a family go first, then the least recently refreshed (the
+/// earliest `purge_at`); the new grant is kept whatever its age; unexchanged codes, other
+/// users' and other apps' grants stay. A token's generation comes back as stored.
 pub async fn grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_first(
     store: Arc<dyn AuthStore>,
 ) {
     let mut repos = store.repositories();
-    let live = |b: u8, family: &str, at: i64| RefreshTokenRecord {
-        created_at: t(at),
-        generation: u64::from(b),
-        ..refresh(b, family, 5000)
+    let exchanged = |b: u8, app_id: &str, user_id: &str, purge_at: i64| AuthCodeRecord {
+        user_id: user_id.into(),
+        used_at: Some(t(20)),
+        purge_at: t(purge_at),
+        ..code(b, app_id, &format!("g{b}"))
     };
-    let tokens = [
-        live(1, "g1", 10),
-        live(2, "g2", 40),
-        live(3, "g3", 30),
-        RefreshTokenRecord {
-            used_at: Some(t(45)),
-            ..live(4, "g3", 20)
-        },
-        RefreshTokenRecord {
-            revoked_at: Some(t(45)),
-            ..live(5, "g5", 5)
-        },
-        RefreshTokenRecord {
-            expires_at: t(100),
-            ..live(6, "g6", 1)
-        },
-        RefreshTokenRecord {
-            user_id: "user-2".into(),
-            ..live(7, "g7", 1)
-        },
-        RefreshTokenRecord {
-            app_id: "a2".into(),
-            ..live(8, "g8", 1)
-        },
+    let codes = [
+        exchanged(1, "a1", "user-1", 100),
+        exchanged(2, "a1", "user-1", 400),
+        exchanged(3, "a1", "user-1", 300),
+        exchanged(4, "a1", "user-1", 500),
+        exchanged(5, "a1", "user-1", 200),
+        code(6, "a1", "g6"),
+        exchanged(7, "a1", "user-2", 1),
+        exchanged(8, "a2", "user-1", 1),
     ];
-    for token in &tokens {
-        repos.grants().insert_refresh_token(token).await.unwrap();
+    let grants = repos.grants();
+    for c in &codes {
+        grants.insert_code(c).await.unwrap();
+        let token = RefreshTokenRecord {
+            user_id: c.user_id.clone(),
+            app_id: c.app_id.clone(),
+            generation: u64::from(c.code_hash[0]),
+            ..refresh(c.code_hash[0] + 20, &c.grant_id, 5000)
+        };
+        grants.insert_refresh_token(&token).await.unwrap();
     }
-    for (b, grant) in [(11, "g1"), (13, "g3")] {
-        repos
-            .grants()
-            .insert_code(&code(b, "a1", grant))
-            .await
-            .unwrap();
-    }
+    assert!(grants.mark_family_revoked("g4", t(30)).await.unwrap());
     let mut tx = store.begin().await.unwrap();
-    let evicted = tx
-        .grants()
-        .evict_grants_beyond(("a1", "user-1"), "g1", 2, t(200));
+    let evicted = tx.grants().evict_grants_beyond(("a1", "user-1"), "g1", 3);
     assert_eq!(
         evicted.await.unwrap(),
-        1,
-        "g1 (new) and g2 are kept; g3 goes"
+        2,
+        "g4 (revoked), then g5 (oldest), go"
     );
     tx.commit().await.unwrap();
     let grants = repos.grants();
-    for (b, kept) in [
-        (1, true),
-        (2, true),
-        (3, false),
-        (4, false),
-        (5, true),
-        (6, true),
-    ] {
-        let found = grants.refresh_token(&h(b)).await.unwrap();
-        assert_eq!(found.is_some(), kept, "token {b}");
+    for b in 1..=8 {
+        let kept = ![4, 5].contains(&b);
+        let code = grants.code(&h(b)).await.unwrap();
+        let token = grants.refresh_token(&h(b + 20)).await.unwrap();
+        assert_eq!(
+            (code.is_some(), token.is_some()),
+            (kept, kept),
+            "grant g{b}"
+        );
     }
-    for b in [7, 8] {
-        assert!(grants.refresh_token(&h(b)).await.unwrap().is_some());
-    }
-    assert!(grants.code(&h(11)).await.unwrap().is_some());
-    assert_eq!(grants.code(&h(13)).await.unwrap(), None);
-    let kept = grants.refresh_token(&h(2)).await.unwrap().unwrap();
+    let kept = grants.refresh_token(&h(22)).await.unwrap().unwrap();
     assert_eq!(kept.generation, 2);
 }
 

@@ -259,15 +259,14 @@ pub trait GrantRepo: Send {
         app_id: &str,
         now: Timestamp,
     ) -> StoreResult<Option<RefreshTokenRecord>>;
-    /// Deletes the refresh tokens and codes of the user's live grants for the app (those with
-    /// an unspent, unrevoked refresh token unexpired at `now`) other than `new_grant`, but the
-    /// `keep - 1` most recently refreshed; how many grants it deleted.
+    /// Deletes the codes and refresh tokens of the user's grants for the app (one exchanged
+    /// code each) other than `new_grant`, but the `keep - 1` kept: grants not revoked as a
+    /// family first, then the most recently refreshed. How many grants it deleted.
     async fn evict_grants_beyond(
         &mut self,
         (app_id, user_id): (&str, &str),
         new_grant: &str,
         keep: u32,
-        now: Timestamp,
     ) -> StoreResult<u64>;
     /// Revokes the family's refresh tokens at `now`.
     async fn revoke_family_tokens(&mut self, family_id: &str, now: Timestamp) -> StoreResult<()>;

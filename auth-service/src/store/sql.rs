@@ -35,12 +35,12 @@ const ERASE_USER: [&str; 4] = [
     "DELETE FROM auth_codes WHERE user_id = $1",
     "DELETE FROM refresh_tokens WHERE user_id = $1",
 ];
-/// A user's live grants for an app (one unspent, unrevoked token each) other than `$6`, but
-/// the `$4` most recently refreshed, read through the index on (app, user).
-const GRANTS_BEYOND: &str = "SELECT family_id FROM refresh_tokens
-    WHERE app_id = $1 AND user_id = $2 AND used_at IS NULL AND revoked_at IS NULL
-      AND expires_at > $3 AND family_id <> $6
-    ORDER BY created_at DESC, family_id LIMIT $5 OFFSET $4";
+/// A user's grants for an app (one exchanged code each, through migration 0007's index) other
+/// than `$3`, but the `$4` kept: those not revoked as a family first, then those refreshed
+/// last (each refresh moves its code's `purge_at` on).
+const GRANTS_BEYOND: &str = "SELECT grant_id FROM auth_codes
+    WHERE app_id = $1 AND user_id = $2 AND used_at IS NOT NULL AND grant_id <> $3
+    ORDER BY (family_revoked_at IS NULL) DESC, purge_at DESC, grant_id LIMIT $5 OFFSET $4";
 /// `sweep!(table, key columns, expiry column)`: the table's name and its bounded delete, by
 /// primary key, of rows expired at `$1`, `$2` at most.
 #[rustfmt::skip]
@@ -422,12 +422,13 @@ impl GrantRepo for Repos {
         (app_id, user_id): (&str, &str),
         new_grant: &str,
         keep: u32,
-        now: Timestamp,
     ) -> StoreResult<u64> {
         let others = keep.saturating_sub(1);
-        let args = args![app_id, user_id, now, others, i64::MAX, new_grant];
-        let decode = |r: &dyn Columns| r.text("family_id");
-        let families = self.0.all(Hold, GRANTS_BEYOND, args, decode).await?;
+        let args = args![app_id, user_id, new_grant, others, i64::MAX];
+        let decode = |r: &dyn Columns| r.text("grant_id");
+        // Read, not held: each code row is locked by its delete, before its family's tokens,
+        // the order every other statement on both takes (`spend_refresh_token`).
+        let families = self.0.all(Read, GRANTS_BEYOND, args, decode).await?;
         for family in &families {
             let sql = "DELETE FROM auth_codes WHERE grant_id = $1";
             self.0.execute(sql, args![family]).await?;
@@ -962,11 +963,12 @@ mod tests {
         store.close().await;
     }
 
-    /// Guards the eviction's read of [`GRANTS_BEYOND`]: on SQLite it finds a user's live grants
-    /// for an app through `refresh_tokens_subject` (a SEARCH), not by reading every refresh
-    /// token of every user (a SCAN) while it holds the writer.
+    /// Guards migration 0007's index: on SQLite the eviction's read of [`GRANTS_BEYOND`] finds
+    /// a user's grants for an app through `auth_codes_exchanged`, which holds exchanged codes
+    /// only, rather than among every code the user was given (or every code: a SCAN) while it
+    /// holds the writer.
     #[tokio::test]
-    async fn live_grants_are_found_through_the_subject_index() {
+    async fn grants_are_found_through_the_index_of_exchanged_codes() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("auth.db").display());
         let store = SqlAuthStore::open(&url, super::super::MIGRATIONS)
@@ -974,12 +976,12 @@ mod tests {
             .unwrap();
         let explain: &'static str = Box::leak(format!("EXPLAIN QUERY PLAN {GRANTS_BEYOND}").into());
         let detail = |r: &dyn Columns| r.text("detail");
-        let args = args!["a1", "u1", 0_i64, 1_i64, i64::MAX, "g1"];
+        let args = args!["a1", "u1", "g1", 1_i64, i64::MAX];
         let plan = store.pools.session().all(Read, explain, args, detail).await;
         let plan = plan.unwrap();
         assert!(
             plan.iter()
-                .any(|step| step.starts_with("SEARCH") && step.contains("refresh_tokens_subject"))
+                .any(|step| step.starts_with("SEARCH") && step.contains("auth_codes_exchanged"))
                 && !plan.iter().any(|step| step.starts_with("SCAN")),
             "{plan:?}"
         );

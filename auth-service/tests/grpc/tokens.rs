@@ -582,16 +582,30 @@ async fn revoke_token(
 /// Guards the refresh bound in `TokenIssuer::refresh` (`old.generation` against
 /// `GrantBounds::refreshes`): a grant refreshed MAX_REFRESHES_PER_GRANT times answers
 /// EXPIRED_REFRESH_TOKEN, and the token stays unspent (asked again, the same answer, not a
-/// reuse that would revoke the grant); a new authorization starts a new grant.
+/// reuse that would revoke the grant), and introspects as inactive
+/// (`GrantBounds::refreshes_after` in `introspect`); a new authorization starts a new grant.
 #[tokio::test]
 async fn a_grant_refreshed_its_maximum_times_must_be_authorized_again() {
     let server = TestAuthServer::start_with(|c| c.grant_bounds.refreshes = 2).await;
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let backend = server.backend(&app_id, &secret);
     let mut refresh_token = exchange(&server, &backend, "u1", &app_id).await;
+    let active = |token: &String| {
+        let (mut backend, token) = (backend.clone(), token.clone());
+        async move {
+            let request = pb::IntrospectTokenRequest { token };
+            backend
+                .introspect_token(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .active
+        }
+    };
     for _ in 0..2 {
         refresh_token = refresh(&backend, refresh_token).await.unwrap();
     }
+    assert!(!active(&refresh_token).await, "a token that cannot refresh");
     for _ in 0..2 {
         let refused = refresh(&backend, refresh_token.clone()).await.unwrap_err();
         assert_eq!(
@@ -600,6 +614,7 @@ async fn a_grant_refreshed_its_maximum_times_must_be_authorized_again() {
         );
     }
     let fresh = exchange(&server, &backend, "u1", &app_id).await;
+    assert!(active(&fresh).await);
     assert!(
         refresh(&backend, fresh).await.is_ok(),
         "a new grant refreshes"
