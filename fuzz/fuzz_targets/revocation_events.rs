@@ -11,9 +11,9 @@ use libfuzzer_sys::fuzz_target;
 use miniprogram_fuzz::{seed_key, seed_ring};
 use miniprogram_proto::auth::v1::WatchRevocationsResponse;
 use miniprogram_token::{RevocationRule, Scope, ScopeSet, Timestamp, TokenClaims, TokenKind};
+use miniprogram_token::{TokenCheckError, TokenVerifier};
 use prost::Message;
 use userinfo_service::grpc::auth_client::{apply_stream_message, rule_from_event};
-use miniprogram_token::{TokenCheckError, TokenVerifier};
 
 const NOW: i64 = 1_800_000_000_000_000_000;
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use miniprogram_fuzz::{SEED_KEY_ID, seed_key, seed_ring};
-use miniprogram_token::{KeyRing, Timestamp, TokenKind};
 use miniprogram_token::TokenVerifier;
+use miniprogram_token::{KeyRing, Timestamp, TokenKind};
 
 /// 2027-01-15: inside the seed key's life, before the seed tokens expire.
 const NOW: i64 = 1_800_000_000_000_000_000;

@@ -102,12 +102,11 @@ pub fn platform() -> &'static Platform {
             let url = format!("sqlite://{}", dir.path().join("auth.db").display());
             let auth = TestAuthServer::start_config(test_config(url), None).await;
             let url = format!("sqlite://{}", dir.path().join("userinfo.db").display());
-            let userinfo = TestUserInfoServer::start_with(
-                auth.addr,
-                &auth.config.callers.verifier,
-                |u| u.database_url = url,
-            )
-            .await;
+            let userinfo =
+                TestUserInfoServer::start_with(auth.addr, &auth.config.callers.verifier, |u| {
+                    u.database_url = url
+                })
+                .await;
             let (app_id, app_secret) = auth.create_app(&ALL_FEATURES).await;
             (auth, userinfo, app_id, app_secret)
         });
