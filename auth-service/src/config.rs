@@ -129,8 +129,9 @@ pub struct AuthArgs {
 /// Flags for [`crate::tokens::GrantBounds`].
 #[derive(Debug, Clone, clap::Args)]
 pub struct GrantBoundArgs {
-    /// Live grants (refresh-token families) one user may hold for one app; a new one evicts
-    /// the least recently refreshed (its refresh token and code are deleted).
+    /// Grants (refresh-token families, revoked ones included) one user may hold for one app;
+    /// a new one evicts the others beyond it, revoked first, then the least recently refreshed
+    /// (their codes and refresh tokens are deleted).
     #[arg(long, env = "MAX_GRANTS_PER_USER", default_value_t = crate::tokens::DEFAULT_GRANTS_PER_USER,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_grants_per_user: u32,

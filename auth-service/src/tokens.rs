@@ -24,7 +24,8 @@ pub struct TokenLifetimes {
 /// end by rotating one grant in a loop, or by exchanging code after code (README, "Grants").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrantBounds {
-    /// Live grants per (app, user); a new one evicts the least recently refreshed.
+    /// Grants per (app, user), revoked ones included; a new one evicts the others beyond it,
+    /// revoked first, then the least recently refreshed.
     pub per_user: u32,
     /// Refreshes of one grant; past them it must be authorized again.
     pub refreshes: u32,

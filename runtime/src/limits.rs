@@ -1,10 +1,9 @@
 //! Server limits shared by both services, and the layer that admits each call: what a call
 //! holds while its request arrives (request bytes, under a read timeout), the in-flight permit
-//! it takes once its request is whole, the deadline it then has to answer, and the pool and
-//! lifetime of the health and reflection streams, and the pool of the contract's streams. Every
-//! pool has a server-wide limit and a
-//! per-peer share. Anything beyond a limit is shed at once with RESOURCE_EXHAUSTED rather than
-//! queued.
+//! it takes once its request is whole, the deadline it then has to answer, the pool and
+//! lifetime of the health and reflection streams, and a pool per stream of the contract. Every
+//! pool has a server-wide limit and a per-peer share. Anything beyond a limit is shed at once
+//! with RESOURCE_EXHAUSTED rather than queued.
 
 use std::collections::HashMap;
 use std::future::Future;

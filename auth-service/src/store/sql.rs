@@ -938,29 +938,37 @@ impl<R: Columns + ?Sized> FeatureColumn for R {}
 mod tests {
     use super::*;
 
-    /// Guards migration 0006: on SQLite every statement of an erasure but the prompts' finds
-    /// the user's rows through an index (a SEARCH in its query plan), instead of reading its
-    /// table whole (a SCAN) while it holds the writer.
-    #[tokio::test]
-    async fn an_erasure_finds_the_users_rows_through_an_index() {
+    /// The query plan SQLite makes for `sql` with `args` in a fresh, migrated auth database:
+    /// its steps' `detail` (`SEARCH ... USING INDEX ...`, `SCAN ...`).
+    async fn query_plan(sql: &str, args: &[Arg<'_>]) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("auth.db").display());
         let store = SqlAuthStore::open(&url, super::super::MIGRATIONS)
             .await
             .unwrap();
-        let mut session = store.pools.session();
+        let explain: &'static str = Box::leak(format!("EXPLAIN QUERY PLAN {sql}").into());
+        let detail = |r: &dyn Columns| r.text("detail");
+        let plan = store.pools.session().all(Read, explain, args, detail).await;
+        store.close().await;
+        plan.unwrap()
+    }
+
+    fn scans(plan: &[String]) -> bool {
+        plan.iter().any(|step| step.starts_with("SCAN"))
+    }
+
+    /// Guards migration 0006: on SQLite every statement of an erasure but the prompts' finds
+    /// the user's rows through an index (a SEARCH in its query plan), instead of reading its
+    /// table whole (a SCAN) while it holds the writer.
+    #[tokio::test]
+    async fn an_erasure_finds_the_users_rows_through_an_index() {
         for sql in ERASE_USER.iter().filter(|sql| !sql.contains("prompts")) {
-            let explain: &'static str = Box::leak(format!("EXPLAIN QUERY PLAN {sql}").into());
-            let detail = |r: &dyn Columns| r.text("detail");
-            let plan = session.all(Read, explain, args!["u1"], detail).await;
-            let plan = plan.unwrap();
+            let plan = query_plan(sql, args!["u1"]).await;
             assert!(
-                plan.iter().any(|step| step.starts_with("SEARCH"))
-                    && !plan.iter().any(|step| step.starts_with("SCAN")),
+                plan.iter().any(|step| step.starts_with("SEARCH")) && !scans(&plan),
                 "{sql}: {plan:?}"
             );
         }
-        store.close().await;
     }
 
     /// Guards migration 0007's index: on SQLite the eviction's read of [`GRANTS_BEYOND`] finds
@@ -969,22 +977,12 @@ mod tests {
     /// holds the writer.
     #[tokio::test]
     async fn grants_are_found_through_the_index_of_exchanged_codes() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
-        let store = SqlAuthStore::open(&url, super::super::MIGRATIONS)
-            .await
-            .unwrap();
-        let explain: &'static str = Box::leak(format!("EXPLAIN QUERY PLAN {GRANTS_BEYOND}").into());
-        let detail = |r: &dyn Columns| r.text("detail");
-        let args = args!["a1", "u1", "g1", 1_i64, i64::MAX];
-        let plan = store.pools.session().all(Read, explain, args, detail).await;
-        let plan = plan.unwrap();
+        let plan = query_plan(GRANTS_BEYOND, args!["a1", "u1", "g1", 1_i64, i64::MAX]).await;
         assert!(
             plan.iter()
                 .any(|step| step.starts_with("SEARCH") && step.contains("auth_codes_exchanged"))
-                && !plan.iter().any(|step| step.starts_with("SCAN")),
+                && !scans(&plan),
             "{plan:?}"
         );
-        store.close().await;
     }
 }

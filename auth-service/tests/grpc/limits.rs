@@ -151,16 +151,11 @@ async fn health_watch_streams_are_capped_and_end_after_their_lifetime() {
         )
     );
     drop(first);
-    let mut again = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Ok(stream) = health.watch(watch()).await {
-                return stream.into_inner();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let mut again = admitted_within_5s(|| {
+        let mut health = health.clone();
+        async move { health.watch(watch()).await }
     })
-    .await
-    .expect("the slot came back within 5 s");
+    .await;
     let status = tokio::time::timeout(Duration::from_secs(10), again.message()).await;
     assert!(
         status
@@ -214,16 +209,29 @@ async fn revocation_streams_are_capped_and_held_until_they_end() {
         "a heartbeat a second: {heartbeats} in 1.5 s"
     );
     drop(first);
-    let mut again = tokio::time::timeout(Duration::from_secs(5), async {
+    let mut again = admitted_within_5s(|| {
+        let mut verifier = verifier.clone();
+        async move { verifier.watch_revocations(watch()).await }
+    })
+    .await;
+    let message = tokio::time::timeout(Duration::from_secs(10), again.message()).await;
+    assert!(matches!(message, Ok(Ok(Some(_)))), "the new stream speaks");
+}
+
+/// Opens a stream with `open` until the server admits it, for 5 s at most: a slot comes back
+/// once the server has seen the old stream end.
+async fn admitted_within_5s<T, F, Fut>(mut open: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let admitted = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Ok(stream) = verifier.watch_revocations(watch()).await {
+            if let Ok(stream) = open().await {
                 return stream.into_inner();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    })
-    .await
-    .expect("the slot came back within 5 s");
-    let message = tokio::time::timeout(Duration::from_secs(10), again.message()).await;
-    assert!(matches!(message, Ok(Ok(Some(_)))), "the new stream speaks");
+    });
+    admitted.await.expect("the slot came back within 5 s")
 }

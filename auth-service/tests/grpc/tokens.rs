@@ -379,18 +379,7 @@ async fn disabling_a_feature_voids_the_tokens_that_rely_on_it() {
         })
         .await
         .unwrap();
-    let active = |t: String| {
-        let mut backend = backend.clone();
-        async move {
-            backend
-                .introspect_token(pb::IntrospectTokenRequest { token: t })
-                .await
-                .unwrap()
-                .into_inner()
-                .active
-        }
-    };
-    assert!(!active(pair.access_token).await);
+    assert!(!active(&backend, &pair.access_token).await);
     let rules = revocation_log(&server).await;
     assert!(!rules.is_empty());
     for rule in rules {
@@ -464,18 +453,6 @@ async fn a_consent_token_introspects_as_inactive_and_reveals_no_user_id() {
 #[tokio::test]
 async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active() {
     let (server, backend, pairs) = three_grants_under_a_quota_of_two().await;
-    let active = |token: &str| {
-        let mut backend = backend.clone();
-        let token = token.to_owned();
-        async move {
-            backend
-                .introspect_token(pb::IntrospectTokenRequest { token })
-                .await
-                .unwrap()
-                .into_inner()
-                .active
-        }
-    };
     revoke_token(&backend, &pairs[0].access_token)
         .await
         .unwrap();
@@ -492,7 +469,10 @@ async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active
             ErrorReason::RequestTrafficExceedLimit
         )
     );
-    assert!(active(&pairs[2].access_token).await, "nothing was written");
+    assert!(
+        active(&backend, &pairs[2].access_token).await,
+        "nothing was written"
+    );
     revoke_token(&backend, &pairs[0].access_token)
         .await
         .expect("a token already revoked is not refused");
@@ -507,7 +487,7 @@ async fn revoke_token_beyond_the_app_quota_is_refused_and_the_token_stays_active
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::InvalidAuthRelations);
     assert!(
-        active(&pairs[2].access_token).await,
+        active(&backend, &pairs[2].access_token).await,
         "past the quota no family rule is written"
     );
 
@@ -549,11 +529,8 @@ async fn revoked_families_count_against_the_app_quota() {
 
 /// A server whose apps may hold two revocation rules, an app of it, its backend's client, and
 /// the tokens of three users' exchanged codes.
-async fn three_grants_under_a_quota_of_two() -> (
-    TestAuthServer,
-    pb::token_service_client::TokenServiceClient<auth_service::testing::Authed>,
-    Vec<pb::ExchangeAuthCodeResponse>,
-) {
+async fn three_grants_under_a_quota_of_two()
+-> (TestAuthServer, Backend, Vec<pb::ExchangeAuthCodeResponse>) {
     let server = TestAuthServer::start_with(|c| c.revocation_quota_per_app = 2).await;
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let mut backend = server.backend(&app_id, &secret);
@@ -569,10 +546,7 @@ async fn three_grants_under_a_quota_of_two() -> (
 }
 
 /// RevokeToken of `token` by `backend`.
-async fn revoke_token(
-    backend: &pb::token_service_client::TokenServiceClient<auth_service::testing::Authed>,
-    token: &str,
-) -> Result<(), tonic::Status> {
+async fn revoke_token(backend: &Backend, token: &str) -> Result<(), tonic::Status> {
     let request = pb::RevokeTokenRequest {
         token: token.to_owned(),
     };
@@ -590,22 +564,13 @@ async fn a_grant_refreshed_its_maximum_times_must_be_authorized_again() {
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let backend = server.backend(&app_id, &secret);
     let mut refresh_token = exchange(&server, &backend, "u1", &app_id).await;
-    let active = |token: &String| {
-        let (mut backend, token) = (backend.clone(), token.clone());
-        async move {
-            let request = pb::IntrospectTokenRequest { token };
-            backend
-                .introspect_token(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .active
-        }
-    };
     for _ in 0..2 {
         refresh_token = refresh(&backend, refresh_token).await.unwrap();
     }
-    assert!(!active(&refresh_token).await, "a token that cannot refresh");
+    assert!(
+        !active(&backend, &refresh_token).await,
+        "a token that cannot refresh"
+    );
     for _ in 0..2 {
         let refused = refresh(&backend, refresh_token.clone()).await.unwrap_err();
         assert_eq!(
@@ -614,7 +579,7 @@ async fn a_grant_refreshed_its_maximum_times_must_be_authorized_again() {
         );
     }
     let fresh = exchange(&server, &backend, "u1", &app_id).await;
-    assert!(active(&fresh).await);
+    assert!(active(&backend, &fresh).await);
     assert!(
         refresh(&backend, fresh).await.is_ok(),
         "a new grant refreshes"
@@ -654,6 +619,15 @@ async fn exchange(server: &TestAuthServer, backend: &Backend, user: &str, app_id
     let request = pb::ExchangeAuthCodeRequest { auth_code };
     let exchanged = backend.clone().exchange_auth_code(request).await;
     exchanged.unwrap().into_inner().refresh_token
+}
+
+/// Whether IntrospectToken by `backend` finds `token` active.
+async fn active(backend: &Backend, token: &str) -> bool {
+    let request = pb::IntrospectTokenRequest {
+        token: token.to_owned(),
+    };
+    let answer = backend.clone().introspect_token(request).await.unwrap();
+    answer.into_inner().active
 }
 
 /// RefreshAccessToken of `refresh_token` by `backend`: the next refresh token.
