@@ -46,8 +46,9 @@ const MAX_HEADER_LIST_BYTES: u32 = 8 * 1024;
 /// (fully qualified names, from the generated servers' `SERVICE_NAME`s) besides health and
 /// reflection: per-connection stream limit (advertised to clients as HTTP/2
 /// MAX_CONCURRENT_STREAMS, which h2 enforces, so excess calls wait on the client, not in a
-/// server queue), small flow-control windows and header blocks, the request limits
-/// ([`RequestLimitLayer`]) and the RPC observer.
+/// server queue), small flow-control windows and header blocks, keepalive PINGs that close a
+/// connection whose peer has vanished (with its streams, and the slots they hold), the request
+/// limits ([`RequestLimitLayer`]) and the RPC observer.
 pub fn server_builder(
     limits: &ServerLimits,
     services: &[&str],
@@ -59,6 +60,8 @@ pub fn server_builder(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .layer(RpcObserverLayer::new(methods.clone()))
         .layer(RequestLimitLayer::new(limits, methods))
 }

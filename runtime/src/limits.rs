@@ -34,6 +34,11 @@ const DEFAULT_MAX_CONTROL_STREAMS: usize = 256;
 const DEFAULT_CONTROL_STREAM_LIFETIME: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_BUSINESS_STREAMS: usize = 1024;
 const DEFAULT_PEER_SHARE_PERCENT: u8 = 25;
+const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest keepalive interval and timeout a flag may set: pings any more often would
+/// only load the callers.
+const MIN_KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// What a call is charged against MAX_BUFFERED_REQUEST_BYTES besides its headers and body:
 /// the stream's and the call's own state in h2, hyper, tonic and this layer. Measured with
@@ -80,6 +85,13 @@ pub struct LimitArgs {
     #[arg(long, env = "PEER_SHARE_PERCENT", default_value_t = DEFAULT_PEER_SHARE_PERCENT,
           value_parser = clap::value_parser!(u8).range(1..=100))]
     pub peer_share_percent: u8,
+    /// Silence on a connection after which the server sends an HTTP/2 PING (at least 1s).
+    #[arg(long, env = "KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+    /// How long the server waits for the PING's answer before it closes the connection and
+    /// ends its calls and streams (at least 1s).
+    #[arg(long, env = "KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
 }
 
 /// Checked limits.
@@ -96,6 +108,8 @@ pub struct ServerLimits {
     pub control_stream_lifetime: Duration,
     pub max_business_streams: usize,
     pub peer_share_percent: u8,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -112,6 +126,8 @@ impl Default for ServerLimits {
             control_stream_lifetime: DEFAULT_CONTROL_STREAM_LIFETIME,
             max_business_streams: DEFAULT_MAX_BUSINESS_STREAMS,
             peer_share_percent: DEFAULT_PEER_SHARE_PERCENT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -133,6 +149,8 @@ impl From<LimitArgs> for ServerLimits {
             control_stream_lifetime: a.control_stream_lifetime,
             max_business_streams: a.max_business_streams.max(1),
             peer_share_percent: a.peer_share_percent.clamp(1, 100),
+            keepalive_interval: a.keepalive_interval.max(MIN_KEEPALIVE),
+            keepalive_timeout: a.keepalive_timeout.max(MIN_KEEPALIVE),
         }
     }
 }
@@ -593,15 +611,34 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn the_flags_defaults_are_the_limits_defaults() {
+    fn parsed(argv: &[&str]) -> ServerLimits {
         #[derive(clap::Parser)]
         struct Flags {
             #[command(flatten)]
             limits: LimitArgs,
         }
-        let flags = <Flags as clap::Parser>::try_parse_from(["server"]).unwrap();
-        assert_eq!(ServerLimits::from(flags.limits), ServerLimits::default());
+        let argv = std::iter::once("server").chain(argv.iter().copied());
+        ServerLimits::from(
+            <Flags as clap::Parser>::try_parse_from(argv)
+                .unwrap()
+                .limits,
+        )
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_limits_defaults() {
+        assert_eq!(parsed(&[]), ServerLimits::default());
+    }
+
+    /// Guards `MIN_KEEPALIVE` in `From<LimitArgs>`: a zero or tiny keepalive would have the
+    /// server ping every caller without pause.
+    #[test]
+    fn keepalive_flags_are_raised_to_a_second() {
+        let limits = parsed(&["--keepalive-interval", "0s", "--keepalive-timeout", "10ms"]);
+        assert_eq!(
+            (limits.keepalive_interval, limits.keepalive_timeout),
+            (MIN_KEEPALIVE, MIN_KEEPALIVE)
+        );
     }
 
     #[tokio::test]

@@ -300,3 +300,50 @@ async fn a_cut_link_fails_closed_at_the_stale_bound_and_a_withdrawal_made_during
         );
     }
 }
+
+/// A verifier behind a link that goes silent (no FIN, no RST) gives its revocation-stream slot
+/// back once auth-service's keepalive PING goes unanswered: with one slot, held by
+/// userinfo-service through the proxy, a verifier on another link is admitted within
+/// KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT of the cut (and a little), not when TCP gives up
+/// minutes later. Guards `http2_keepalive_interval` in service-runtime's `server_builder` (seen
+/// failing with it removed: the slot still held 3 s into the cut).
+#[tokio::test]
+async fn a_verifier_behind_a_silent_link_gives_its_stream_slot_back() {
+    let auth = auth_service::testing::TestAuthServer::start_with(|a| {
+        a.limits.max_business_streams = 1;
+        a.limits.keepalive_interval = Duration::from_millis(300);
+        a.limits.keepalive_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let proxy = LinkProxy::start(auth.addr).await;
+    let _userinfo = userinfo_service::testing::TestUserInfoServer::start_with(
+        proxy.addr,
+        &auth.config.callers.verifier,
+        |_| {},
+    )
+    .await;
+    let watch = pb::WatchRevocationsRequest::default;
+    let refused = auth.verifier().watch_revocations(watch()).await;
+    assert_eq!(
+        refused.map(drop).map_err(|e| reason(&e)),
+        Err(ErrorReason::RequestTrafficExceedLimit),
+        "userinfo-service holds the one slot"
+    );
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    while let Err(e) = auth.verifier().watch_revocations(watch()).await {
+        assert_eq!(reason(&e), ErrorReason::RequestTrafficExceedLimit);
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(3),
+            "the silent link still holds the slot {:?} into the cut",
+            cut_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cut_at.elapsed() >= Duration::from_millis(300),
+        "admitted {:?} into the cut, before any PING could go unanswered",
+        cut_at.elapsed()
+    );
+}
