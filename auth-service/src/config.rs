@@ -115,6 +115,8 @@ pub struct AuthArgs {
     pub revocation_quota_per_app: u32,
     #[command(flatten)]
     pub grants: GrantBoundArgs,
+    #[command(flatten)]
+    pub pending: PendingBoundArgs,
     /// How long consent records are kept (from each record's time).
     #[arg(long, env = "CONSENT_RECORD_RETENTION", default_value = "1827days", value_parser = humantime::parse_duration)]
     pub consent_record_retention: Duration,
@@ -140,6 +142,30 @@ pub struct GrantBoundArgs {
     #[arg(long, env = "MAX_REFRESHES_PER_GRANT", default_value_t = crate::tokens::DEFAULT_REFRESHES_PER_GRANT,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_refreshes_per_grant: u32,
+}
+
+/// Flags for [`crate::consent::PendingBounds`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct PendingBoundArgs {
+    /// Prompts neither answered nor expired one user may have for one app; past them a request
+    /// that needs one is refused with REQUEST_TRAFFIC_EXCEED_LIMIT.
+    #[arg(long, env = "MAX_OPEN_PROMPTS_PER_USER", default_value_t = crate::consent::DEFAULT_OPEN_PROMPTS_PER_USER,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_open_prompts_per_user: u32,
+    /// Unexchanged codes one user may have for one app; a new one deletes the oldest beyond it
+    /// (INVALID_CODE from then on).
+    #[arg(long, env = "MAX_OPEN_CODES_PER_USER", default_value_t = crate::consent::DEFAULT_OPEN_CODES_PER_USER,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_open_codes_per_user: u32,
+}
+
+impl From<PendingBoundArgs> for crate::consent::PendingBounds {
+    fn from(a: PendingBoundArgs) -> Self {
+        crate::consent::PendingBounds {
+            prompts_per_user: a.max_open_prompts_per_user,
+            codes_per_user: a.max_open_codes_per_user,
+        }
+    }
 }
 
 impl From<GrantBoundArgs> for crate::tokens::GrantBounds {
@@ -186,6 +212,7 @@ pub struct AuthConfig {
     pub revocation_heartbeat: Duration,
     pub revocation_quota_per_app: u32,
     pub grant_bounds: crate::tokens::GrantBounds,
+    pub pending_bounds: crate::consent::PendingBounds,
     pub privacy: crate::privacy::PrivacyPolicy,
     pub drain_timeout: Duration,
     pub limits: service_runtime::ServerLimits,
@@ -312,6 +339,7 @@ impl AuthArgs {
             revocation_heartbeat: self.revocation_heartbeat,
             revocation_quota_per_app: self.revocation_quota_per_app,
             grant_bounds: self.grants.into(),
+            pending_bounds: self.pending.into(),
             privacy: crate::privacy::PrivacyPolicy {
                 consent_record_retention: self.consent_record_retention,
                 authorization_change_retention: self.authorization_change_retention,

@@ -82,6 +82,31 @@ pub struct ConsentLifetimes {
     pub code_retention: Duration,
 }
 
+/// How much of the consent flow one user's requests to one app may keep waiting in the store,
+/// so that no mini program can grow it without end by asking in a loop through the wallet's
+/// gateway (README, "Grants").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingBounds {
+    /// Prompts neither answered nor expired; past them a request that needs one is refused.
+    pub prompts_per_user: u32,
+    /// Codes not yet exchanged; a new one deletes the oldest beyond it.
+    pub codes_per_user: u32,
+}
+
+/// MAX_OPEN_PROMPTS_PER_USER's default: the wallet shows one modal at a time.
+pub const DEFAULT_OPEN_PROMPTS_PER_USER: u32 = 4;
+/// MAX_OPEN_CODES_PER_USER's default: a backend exchanges a code within seconds.
+pub const DEFAULT_OPEN_CODES_PER_USER: u32 = 8;
+
+impl Default for PendingBounds {
+    fn default() -> Self {
+        PendingBounds {
+            prompts_per_user: DEFAULT_OPEN_PROMPTS_PER_USER,
+            codes_per_user: DEFAULT_OPEN_CODES_PER_USER,
+        }
+    }
+}
+
 /// Checks the shape of a scope request: `[userInfo]` alone, or a non-empty subset of
 /// {`auth_base`, `phoneNumber`}.
 pub fn check_scope_combination(scopes: ScopeSet) -> Result<ScopeSet, AuthError> {
@@ -103,6 +128,7 @@ pub struct ConsentFlow {
     revocation_policy: RevocationPolicy,
     feed: RevocationFeed,
     privacy: PrivacyPolicy,
+    bounds: PendingBounds,
 }
 
 impl ConsentFlow {
@@ -120,7 +146,14 @@ impl ConsentFlow {
             revocation_policy,
             feed,
             privacy: PrivacyPolicy::default(),
+            bounds: PendingBounds::default(),
         }
+    }
+
+    /// Bounds what waits for the user or the app as `bounds` says.
+    pub fn with_bounds(mut self, bounds: PendingBounds) -> Self {
+        self.bounds = bounds;
+        self
     }
 
     /// Keeps records and checks declarations as `privacy` says.
@@ -227,6 +260,10 @@ impl ConsentFlow {
         let prompt_id = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.prompt);
         let mut tx = self.store.begin().await?;
+        let open = tx.consents().open_prompts(user_id, app_id, now).await?;
+        if open >= u64::from(self.bounds.prompts_per_user) {
+            return Err(AuthError::TooManyOpenPrompts);
+        }
         tx.consents()
             .insert_prompt(&PromptRecord {
                 prompt_hash: prompt_id.hash(),
@@ -488,9 +525,8 @@ impl ConsentFlow {
         }
         let code = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.auth_code);
-        self.store
-            .repositories()
-            .grants()
+        let mut tx = self.store.begin().await?;
+        tx.grants()
             .insert_code(&AuthCodeRecord {
                 code_hash: code.hash(),
                 grant_id: secrets::new_id()?,
@@ -503,6 +539,12 @@ impl ConsentFlow {
                 purge_at: expires_at.saturating_add(self.lifetimes.code_retention),
             })
             .await?;
+        let subject = (app.app_id.as_str(), user_id);
+        let keep = self.bounds.codes_per_user;
+        tx.grants()
+            .evict_unspent_codes_beyond(subject, &code.hash(), keep)
+            .await?;
+        tx.commit().await?;
         Ok(Grant {
             scopes,
             expires_at,

@@ -60,6 +60,11 @@ pub enum AuthError {
     CallerNotPermitted,
     #[error("too many failed attempts; retry later")]
     RequestTrafficExceedLimit,
+    #[error(
+        "this user has as many unanswered prompts for this app as MAX_OPEN_PROMPTS_PER_USER \
+         allows; answer one, or retry once one expires"
+    )]
+    TooManyOpenPrompts,
     #[error("no token key is available")]
     NoTokenKey,
     #[error("the operating system's random source failed")]

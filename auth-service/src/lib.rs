@@ -190,7 +190,8 @@ impl Services {
         let ring = keys.ring;
         let privacy = config.privacy;
         let flow = ConsentFlow::new(store.clone(), ring.clone(), lifetimes, policy, feed.clone())
-            .with_privacy(privacy);
+            .with_privacy(privacy)
+            .with_bounds(config.pending_bounds);
         let records = PrivacyRecords::new(
             store.clone(),
             privacy,

@@ -73,6 +73,7 @@ pub fn test_config(database_url: String) -> AuthConfig {
         revocation_heartbeat: Duration::from_millis(200),
         revocation_quota_per_app: crate::revocations::DEFAULT_RULES_PER_APP,
         grant_bounds: crate::tokens::GrantBounds::default(),
+        pending_bounds: crate::consent::PendingBounds::default(),
         privacy: crate::privacy::PrivacyPolicy::default(),
         drain_timeout: Duration::from_secs(2),
         limits: service_runtime::ServerLimits::default(),

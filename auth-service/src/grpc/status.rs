@@ -32,7 +32,9 @@ pub fn reason(e: &AuthError) -> ErrorReason {
         AuthError::InvalidAuthClient => ErrorReason::InvalidAuthClient,
         AuthError::UnauthenticatedCaller => ErrorReason::UnauthenticatedCaller,
         AuthError::CallerNotPermitted => ErrorReason::CallerNotPermitted,
-        AuthError::RequestTrafficExceedLimit => ErrorReason::RequestTrafficExceedLimit,
+        AuthError::RequestTrafficExceedLimit | AuthError::TooManyOpenPrompts => {
+            ErrorReason::RequestTrafficExceedLimit
+        }
         AuthError::Store(StoreError::Unavailable(_)) => ErrorReason::ServiceUnavailable,
         AuthError::NoTokenKey
         | AuthError::RandomUnavailable
@@ -98,6 +100,7 @@ mod tests {
             AuthError::UnauthenticatedCaller,
             AuthError::CallerNotPermitted,
             AuthError::RequestTrafficExceedLimit,
+            AuthError::TooManyOpenPrompts,
             AuthError::NoTokenKey,
             AuthError::RandomUnavailable,
             AuthError::Store(StoreError::Internal(Arc::new(sqlx::Error::PoolClosed))),

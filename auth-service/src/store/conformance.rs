@@ -831,6 +831,84 @@ pub async fn grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_fi
     assert_eq!(kept.generation, 2);
 }
 
+/// A user's unspent codes for an app beyond the kept ones are deleted, the earliest issued
+/// first; the new code is kept whatever its age; spent codes, other users' and other apps'
+/// codes stay.
+pub async fn unspent_codes_beyond_the_kept_ones_are_deleted_earliest_first(
+    store: Arc<dyn AuthStore>,
+) {
+    let issued = |b: u8, app_id: &str, user_id: &str, at: i64| AuthCodeRecord {
+        user_id: user_id.into(),
+        created_at: t(at),
+        ..code(b, app_id, &format!("g{b}"))
+    };
+    let codes = [
+        issued(1, "a1", "user-1", 10),
+        issued(2, "a1", "user-1", 40),
+        issued(3, "a1", "user-1", 30),
+        issued(4, "a1", "user-1", 20),
+        AuthCodeRecord {
+            used_at: Some(t(50)),
+            ..issued(5, "a1", "user-1", 1)
+        },
+        issued(6, "a1", "user-2", 1),
+        issued(7, "a2", "user-1", 1),
+    ];
+    let mut repos = store.repositories();
+    for c in &codes {
+        repos.grants().insert_code(c).await.unwrap();
+    }
+    let mut tx = store.begin().await.unwrap();
+    let new_code = h(1);
+    let evicted = tx
+        .grants()
+        .evict_unspent_codes_beyond(("a1", "user-1"), &new_code, 2);
+    assert_eq!(
+        evicted.await.unwrap(),
+        2,
+        "the new code 1 and the latest other, 2, stay"
+    );
+    tx.commit().await.unwrap();
+    for b in 1..=7 {
+        let kept = ![3, 4].contains(&b);
+        let found = repos.grants().code(&h(b)).await.unwrap();
+        assert_eq!(found.is_some(), kept, "code {b}");
+    }
+}
+
+/// Open prompts are counted per user and app: answered and expired ones are not.
+pub async fn open_prompts_are_counted_per_user_and_app(store: Arc<dyn AuthStore>) {
+    let prompt = |b: u8, user_id: &str, app_id: &str, expires_at: i64| PromptRecord {
+        prompt_hash: h(b),
+        user_id: user_id.into(),
+        app_id: app_id.into(),
+        scopes: ScopeSet::of(&[Scope::PhoneNumber]),
+        previously_denied: false,
+        created_at: t(1),
+        expires_at: t(expires_at),
+        resolved_at: None,
+        declaration_version: 0,
+        trigger: Some(Trigger::UserTap),
+        purposes: Vec::new(),
+    };
+    let mut repos = store.repositories();
+    let consents = repos.consents();
+    for p in [
+        prompt(1, "u1", "a1", 100),
+        prompt(2, "u1", "a1", 100),
+        prompt(3, "u1", "a1", 100),
+        prompt(4, "u1", "a1", 50),
+        prompt(5, "u2", "a1", 100),
+        prompt(6, "u1", "a2", 100),
+    ] {
+        consents.insert_prompt(&p).await.unwrap();
+    }
+    assert!(consents.resolve_prompt(&h(3), t(2)).await.unwrap());
+    assert_eq!(consents.open_prompts("u1", "a1", t(49)).await.unwrap(), 3);
+    assert_eq!(consents.open_prompts("u1", "a1", t(50)).await.unwrap(), 2);
+    assert_eq!(consents.open_prompts("u3", "a1", t(50)).await.unwrap(), 0);
+}
+
 pub async fn refresh_token_expiry(store: Arc<dyn AuthStore>) {
     let mut repos = store.repositories();
     repos
@@ -1416,6 +1494,8 @@ sql_backend::conformance!(
     a_spent_code_is_kept_while_its_refresh_family_can_live,
     refresh_token_expiry,
     grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_first,
+    unspent_codes_beyond_the_kept_ones_are_deleted_earliest_first,
+    open_prompts_are_counted_per_user_and_app,
     token_keys_round_trip,
     sealed_secrets_are_stored_once_and_resealed_in_place,
     sweep_removes_only_expired_rows_in_batches,

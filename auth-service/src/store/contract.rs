@@ -113,6 +113,13 @@ pub trait ConsentRepo: Send {
     async fn stamp(&mut self, user_id: &str, app_id: &str, at: Timestamp) -> StoreResult<()>;
     async fn insert_prompt(&mut self, prompt: &PromptRecord) -> StoreResult<()>;
     async fn prompt(&mut self, prompt_hash: &SecretHash) -> StoreResult<Option<PromptRecord>>;
+    /// The user's prompts for the app that are neither answered nor expired at `now`.
+    async fn open_prompts(
+        &mut self,
+        user_id: &str,
+        app_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
     /// Marks the prompt resolved: `false` if it already was.
     async fn resolve_prompt(
         &mut self,
@@ -241,6 +248,14 @@ pub trait GrantRepo: Send {
         user_id: &str,
         scopes: ScopeSet,
     ) -> StoreResult<()>;
+    /// Deletes the user's unspent codes for the app other than `new_code`, but the `keep - 1`
+    /// issued last; how many it deleted.
+    async fn evict_unspent_codes_beyond(
+        &mut self,
+        (app_id, user_id): (&str, &str),
+        new_code: &SecretHash,
+        keep: u32,
+    ) -> StoreResult<u64>;
     /// Marks a family revoked at `now` on its code: `false` when already marked or codeless.
     async fn mark_family_revoked(&mut self, family_id: &str, now: Timestamp) -> StoreResult<bool>;
     /// Whether the family's code is marked revoked.

@@ -27,8 +27,7 @@ const TOKEN_QUOTA_LOCK: i64 = 0x7175_6f74 << 32;
 const APP: &str = "SELECT * FROM apps WHERE app_id = $1";
 /// One authorization, read in order or held.
 const AUTHORIZATION: &str = "SELECT * FROM authorizations WHERE user_id = $1 AND app_id = $2";
-/// What an erasure deletes, by user id: through an index (migration 0006), but for prompts,
-/// which live minutes.
+/// What an erasure deletes, by user id, each through an index (migrations 0006 and 0008).
 const ERASE_USER: [&str; 4] = [
     "DELETE FROM authorizations WHERE user_id = $1",
     "DELETE FROM prompts WHERE user_id = $1",
@@ -41,6 +40,14 @@ const ERASE_USER: [&str; 4] = [
 const GRANTS_BEYOND: &str = "SELECT grant_id FROM auth_codes
     WHERE app_id = $1 AND user_id = $2 AND used_at IS NOT NULL AND grant_id <> $3
     ORDER BY (family_revoked_at IS NULL) DESC, purge_at DESC, grant_id LIMIT $5 OFFSET $4";
+/// Deletes a user's unspent codes for an app (found through the user's index, migration
+/// 0006) other than `$3`, but the `$4` issued last. `used_at IS NULL` twice: PostgreSQL checks
+/// the outer one again on a row a running exchange spends meanwhile, and so leaves that grant's
+/// code alone.
+const UNSPENT_CODES_BEYOND: &str = "DELETE FROM auth_codes WHERE used_at IS NULL AND code_hash IN (
+    SELECT code_hash FROM auth_codes
+    WHERE user_id = $2 AND app_id = $1 AND used_at IS NULL AND code_hash <> $3
+    ORDER BY created_at DESC, code_hash LIMIT $5 OFFSET $4)";
 /// `sweep!(table, key columns, expiry column)`: the table's name and its bounded delete, by
 /// primary key, of rows expired at `$1`, `$2` at most.
 #[rustfmt::skip]
@@ -308,6 +315,19 @@ impl ConsentRepo for Repos {
         self.0.first(Read, sql, args![hash], prompt).await
     }
 
+    async fn open_prompts(
+        &mut self,
+        user_id: &str,
+        app_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let sql = "SELECT COUNT(*) AS n FROM prompts
+                   WHERE user_id = $1 AND app_id = $2 AND resolved_at IS NULL AND expires_at > $3";
+        let decode = |r: &dyn Columns| r.uint("n");
+        let args = args![user_id, app_id, now];
+        Ok(self.0.first(Read, sql, args, decode).await?.unwrap_or(0))
+    }
+
     async fn resolve_prompt(&mut self, hash: &SecretHash, now: Timestamp) -> StoreResult<bool> {
         let sql =
             "UPDATE prompts SET resolved_at = $1 WHERE prompt_hash = $2 AND resolved_at IS NULL";
@@ -365,6 +385,17 @@ impl GrantRepo for Repos {
             .execute(sql, args![app_id, user_id, scopes])
             .await
             .map(drop)
+    }
+
+    async fn evict_unspent_codes_beyond(
+        &mut self,
+        (app_id, user_id): (&str, &str),
+        new_code: &SecretHash,
+        keep: u32,
+    ) -> StoreResult<u64> {
+        let others = keep.saturating_sub(1);
+        let args = args![app_id, user_id, new_code, others, i64::MAX];
+        self.0.execute(UNSPENT_CODES_BEYOND, args).await
     }
 
     async fn mark_family_revoked(&mut self, family_id: &str, now: Timestamp) -> StoreResult<bool> {
@@ -957,12 +988,12 @@ mod tests {
         plan.iter().any(|step| step.starts_with("SCAN"))
     }
 
-    /// Guards migration 0006: on SQLite every statement of an erasure but the prompts' finds
-    /// the user's rows through an index (a SEARCH in its query plan), instead of reading its
-    /// table whole (a SCAN) while it holds the writer.
+    /// Guards migrations 0006 and 0008: on SQLite every statement of an erasure finds the
+    /// user's rows through an index (a SEARCH in its query plan), instead of reading its table
+    /// whole (a SCAN) while it holds the writer.
     #[tokio::test]
     async fn an_erasure_finds_the_users_rows_through_an_index() {
-        for sql in ERASE_USER.iter().filter(|sql| !sql.contains("prompts")) {
+        for sql in ERASE_USER {
             let plan = query_plan(sql, args!["u1"]).await;
             assert!(
                 plan.iter().any(|step| step.starts_with("SEARCH")) && !scans(&plan),
@@ -981,6 +1012,21 @@ mod tests {
         assert!(
             plan.iter()
                 .any(|step| step.starts_with("SEARCH") && step.contains("auth_codes_exchanged"))
+                && !scans(&plan),
+            "{plan:?}"
+        );
+    }
+
+    /// Guards the index [`UNSPENT_CODES_BEYOND`] relies on (migration 0006's `auth_codes_user`):
+    /// issuing a code finds the user's unspent codes without reading the table whole.
+    #[tokio::test]
+    async fn unspent_codes_are_found_through_the_users_index() {
+        let code = [0_u8; 32];
+        let args = args!["a1", "u1", &code, 1_i64, i64::MAX];
+        let plan = query_plan(UNSPENT_CODES_BEYOND, args).await;
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH") && step.contains("auth_codes_user"))
                 && !scans(&plan),
             "{plan:?}"
         );

@@ -485,3 +485,48 @@ async fn denying_a_stale_second_modal_does_not_take_back_what_was_allowed() {
         "still granted, so no modal is needed"
     );
 }
+
+/// Guards the bound in `ConsentFlow::ask` (`open_prompts` against
+/// `PendingBounds::prompts_per_user`): with MAX_OPEN_PROMPTS_PER_USER at 2, a third request
+/// that needs a modal while two are unanswered is refused with REQUEST_TRAFFIC_EXCEED_LIMIT and
+/// writes nothing (no third `prompted` record); another user and another app still get theirs,
+/// and once one is answered the user is asked again.
+#[tokio::test]
+async fn a_users_unanswered_prompts_for_an_app_are_bounded() {
+    let server = TestAuthServer::start_with(|c| c.pending_bounds.prompts_per_user = 2).await;
+    let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
+    let (other_app, _) = app_with(&server, &ALL_FEATURES).await;
+    let first = tap_for_prompt(&server, "u1", &app_id, &[PhoneNumber]).await;
+    tap_for_prompt(&server, "u1", &app_id, &[PhoneNumber]).await;
+    let refused = request(&server, "u1", &app_id, &[PhoneNumber], UserTap)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused)),
+        (
+            Code::ResourceExhausted,
+            ErrorReason::RequestTrafficExceedLimit
+        )
+    );
+    let records = server
+        .wallet()
+        .list_consent_records(pb::ListConsentRecordsRequest {
+            user_id: "u1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(
+        records.len(),
+        2,
+        "the refused request wrote a record: {records:?}"
+    );
+    tap_for_prompt(&server, "u2", &app_id, &[PhoneNumber]).await;
+    tap_for_prompt(&server, "u1", &other_app, &[PhoneNumber]).await;
+    resolve(&server, &first.prompt_id, "u1", pb::Decision::Deny)
+        .await
+        .unwrap();
+    tap_for_prompt(&server, "u1", &app_id, &[PhoneNumber]).await;
+}

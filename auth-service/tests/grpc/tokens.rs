@@ -611,6 +611,36 @@ async fn a_users_grants_beyond_the_bound_evict_the_least_recently_refreshed() {
     }
 }
 
+/// Guards the eviction in `ConsentFlow::grant` (`evict_unspent_codes_beyond`): with
+/// MAX_OPEN_CODES_PER_USER at 2, a third code for the same user and app, none exchanged,
+/// deletes the first (INVALID_CODE from then on) and leaves the two issued last, and another
+/// user's code, good.
+#[tokio::test]
+async fn a_users_unexchanged_codes_beyond_the_bound_are_deleted_oldest_first() {
+    let server = TestAuthServer::start_with(|c| c.pending_bounds.codes_per_user = 2).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let backend = server.backend(&app_id, &secret);
+    let mut codes = Vec::new();
+    for user in ["u1", "u2", "u1", "u1"] {
+        codes.push(code_for(&server, user, &app_id).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let [first, other_user, second, third] = <[String; 4]>::try_from(codes).unwrap();
+    let exchange = |auth_code: String| {
+        let request = pb::ExchangeAuthCodeRequest { auth_code };
+        let mut backend = backend.clone();
+        async move { backend.exchange_auth_code(request).await }
+    };
+    let evicted = exchange(first).await.unwrap_err();
+    assert_eq!(
+        (evicted.code(), reason(&evicted)),
+        (Code::InvalidArgument, ErrorReason::InvalidCode)
+    );
+    for kept in [second, third, other_user] {
+        assert!(exchange(kept).await.is_ok());
+    }
+}
+
 type Backend = pb::token_service_client::TokenServiceClient<auth_service::testing::Authed>;
 
 /// A fresh code of `user` for `app_id`, exchanged by `backend`: the new grant's refresh token.

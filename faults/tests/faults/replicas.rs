@@ -107,7 +107,8 @@ impl Replicas {
 async fn postgres_a_code_raced_through_two_replicas_is_exchanged_exactly_once() {
     let _quiet = crate::alongside_others().await;
     within(Duration::from_secs(150), "1,000 raced codes", async {
-        let replicas = Replicas::start(|env| env).await;
+        // Each of the 20 users holds 50 codes before any is exchanged.
+        let replicas = Replicas::start(|env| env.set("MAX_OPEN_CODES_PER_USER", "50")).await;
         let (app_id, secret) = replicas.auth(0).create_app(&ALL_FEATURES).await;
         let codes: Vec<String> = futures::stream::iter(0..1000)
             .map(|i| {
