@@ -876,6 +876,87 @@ pub async fn unspent_codes_beyond_the_kept_ones_are_deleted_earliest_first(
     }
 }
 
+/// Guards the outer `used_at IS NULL` of the eviction of unspent codes: an eviction that meets
+/// a code an exchange is spending (on PostgreSQL: locked, after the eviction's snapshot) leaves
+/// it once the exchange commits, so the grant keeps its code (a replay is USED_CODE and revokes
+/// the family). On SQLite the eviction waits for the writer and sees the code spent.
+pub async fn an_eviction_racing_an_exchange_leaves_the_spent_code(store: Arc<dyn AuthStore>) {
+    let mut repos = store.repositories();
+    repos
+        .grants()
+        .insert_code(&code(1, "a1", "g1"))
+        .await
+        .unwrap();
+    let mut exchange = store.begin().await.unwrap();
+    let spent = exchange.grants().spend_code(&h(1), "a1", t(20)).await;
+    assert!(spent.unwrap().is_some());
+    let eviction = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.grants().insert_code(&code(2, "a1", "g2")).await.unwrap();
+            let new_code = h(2);
+            let evict = tx
+                .grants()
+                .evict_unspent_codes_beyond(("a1", "user-1"), &new_code, 1);
+            let evicted = evict.await.unwrap();
+            tx.commit().await.unwrap();
+            evicted
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    exchange.commit().await.unwrap();
+    assert_eq!(eviction.await.unwrap(), 0, "nothing unspent to evict");
+    let kept = repos.grants().code(&h(1)).await.unwrap();
+    assert_eq!(
+        kept.and_then(|c| c.used_at),
+        Some(t(20)),
+        "the spent code stays"
+    );
+}
+
+/// What waits for one user and app is held by one transaction at a time: a second count waits
+/// for the first transaction and then sees its prompt; other users and apps do not wait.
+pub async fn a_users_pending_are_held_by_one_transaction_at_a_time(store: Arc<dyn AuthStore>) {
+    let mut first = store.begin().await.unwrap();
+    first.consents().hold_pending("u1", "a1").await.unwrap();
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.consents().hold_pending("u1", "a1").await.unwrap();
+            let open = tx.consents().open_prompts("u1", "a1", t(0)).await.unwrap();
+            tx.commit().await.unwrap();
+            open
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second waits for the first");
+    let prompt = PromptRecord {
+        prompt_hash: h(1),
+        user_id: "u1".into(),
+        app_id: "a1".into(),
+        scopes: ScopeSet::of(&[Scope::PhoneNumber]),
+        previously_denied: false,
+        created_at: t(0),
+        expires_at: t(100),
+        resolved_at: None,
+        declaration_version: 0,
+        trigger: Some(Trigger::UserTap),
+        purposes: Vec::new(),
+    };
+    first.consents().insert_prompt(&prompt).await.unwrap();
+    first.commit().await.unwrap();
+    assert_eq!(
+        second.await.unwrap(),
+        1,
+        "and then counts the first's prompt"
+    );
+    let mut repos = store.repositories();
+    let outside = repos.consents().hold_pending("u1", "a1").await;
+    assert!(outside.is_err(), "only a transaction holds them");
+}
+
 /// Open prompts are counted per user and app: answered and expired ones are not.
 pub async fn open_prompts_are_counted_per_user_and_app(store: Arc<dyn AuthStore>) {
     let prompt = |b: u8, user_id: &str, app_id: &str, expires_at: i64| PromptRecord {
@@ -1496,6 +1577,8 @@ sql_backend::conformance!(
     grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_first,
     unspent_codes_beyond_the_kept_ones_are_deleted_earliest_first,
     open_prompts_are_counted_per_user_and_app,
+    an_eviction_racing_an_exchange_leaves_the_spent_code,
+    a_users_pending_are_held_by_one_transaction_at_a_time,
     token_keys_round_trip,
     sealed_secrets_are_stored_once_and_resealed_in_place,
     sweep_removes_only_expired_rows_in_batches,

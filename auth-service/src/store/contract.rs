@@ -113,6 +113,10 @@ pub trait ConsentRepo: Send {
     async fn stamp(&mut self, user_id: &str, app_id: &str, at: Timestamp) -> StoreResult<()>;
     async fn insert_prompt(&mut self, prompt: &PromptRecord) -> StoreResult<()>;
     async fn prompt(&mut self, prompt_hash: &SecretHash) -> StoreResult<Option<PromptRecord>>;
+    /// Holds what waits for the user and the app, their prompts and unexchanged codes, until
+    /// the transaction ends: a count or an eviction after it meets no other transaction's
+    /// prompt or code for them in between. Only in a transaction.
+    async fn hold_pending(&mut self, user_id: &str, app_id: &str) -> StoreResult<()>;
     /// The user's prompts for the app that are neither answered nor expired at `now`.
     async fn open_prompts(
         &mut self,

@@ -23,6 +23,20 @@ const REVOCATION_APPEND_LOCK: i64 = 0x7265_766f;
 /// High half of the lock key serialising one app's counted revocations ("quot"); the low half
 /// is a hash of the app id.
 const TOKEN_QUOTA_LOCK: i64 = 0x7175_6f74 << 32;
+/// High half of the lock key serialising what waits for one user and app, their prompts and
+/// unexchanged codes ("pend"); the low half is a hash of both ids.
+const PENDING_LOCK: i64 = 0x7065_6e64 << 32;
+
+/// The lock key of `parts` (ids, 0-separated) under `high`.
+fn lock_key(high: i64, parts: &[&str]) -> i64 {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    let hash = hash.finalize();
+    high | i64::from(u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]))
+}
 /// One app, read plainly or in order.
 const APP: &str = "SELECT * FROM apps WHERE app_id = $1";
 /// One authorization, read in order or held.
@@ -315,6 +329,12 @@ impl ConsentRepo for Repos {
         self.0.first(Read, sql, args![hash], prompt).await
     }
 
+    async fn hold_pending(&mut self, user_id: &str, app_id: &str) -> StoreResult<()> {
+        self.0
+            .lock(lock_key(PENDING_LOCK, &[user_id, app_id]))
+            .await
+    }
+
     async fn open_prompts(
         &mut self,
         user_id: &str,
@@ -520,9 +540,7 @@ impl RevocationRepo for Repos {
     }
 
     async fn hold_app_rules(&mut self, app_id: &str) -> StoreResult<()> {
-        let hash = Sha256::digest(app_id.as_bytes());
-        let low = u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]);
-        self.0.lock(TOKEN_QUOTA_LOCK | i64::from(low)).await
+        self.0.lock(lock_key(TOKEN_QUOTA_LOCK, &[app_id])).await
     }
 
     async fn holds_token_rule(&mut self, r: &NewRevocation) -> StoreResult<bool> {
