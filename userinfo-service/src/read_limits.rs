@@ -2,6 +2,7 @@
 //! and per token, in memory on each replica. governor's keyed limiters (GCRA over a sharded
 //! map, one atomic per key) keep the check free of any global lock.
 
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -74,32 +75,64 @@ impl ReadMethod {
     }
 }
 
+/// Budgets shared past a table's cap: a table's keys fall into these buckets, by their app.
+const OVERFLOW_BUCKETS: usize = 256;
+
+/// What picks a key's overflow budget once its table is full.
+trait OverflowBucket {
+    fn bucket(&self) -> usize;
+}
+
+/// App ids: the per-app tables hold every app that reads, so past their cap (100,000 apps
+/// reading within one prune interval) the apps not yet tracked share one budget.
+impl OverflowBucket for String {
+    fn bucket(&self) -> usize {
+        0
+    }
+}
+
+/// A token's key in the per-token tables: its app's overflow bucket in the high byte and a
+/// keyed hash of its token id below (token ids are random and server-made, so two tokens
+/// sharing a budget by a collision, about 1 in 10^12 for a full table, is harmless). Past the
+/// cap, new tokens share their app's bucket's budget, so one app's flood of fresh tokens
+/// refuses only the apps in its bucket (1 in 256), not every app's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct TokenKey(u64);
+
+impl OverflowBucket for TokenKey {
+    fn bucket(&self) -> usize {
+        (self.0 >> 56) as usize
+    }
+}
+
 /// governor's sharded map store with a cap on the keys it tracks: past the cap, every key not
-/// yet tracked is measured against one shared state, until [`ShrinkableKeyedStateStore::retain_recent`]
-/// drops idle keys and recounts.
-struct CappedKeys {
-    states: DashMapStateStore<String>,
+/// yet tracked is measured against its bucket's shared state, until
+/// [`ShrinkableKeyedStateStore::retain_recent`] drops idle keys and recounts.
+struct CappedKeys<K: Hash + Eq + Clone> {
+    states: DashMapStateStore<K>,
     /// Keys in `states`; may run over by a key two callers add at once, recounted on pruning.
     tracked: AtomicUsize,
     capacity: usize,
-    overflow: InMemoryState,
+    overflow: Box<[InMemoryState]>,
 }
 
-impl CappedKeys {
+impl<K: Hash + Eq + Clone> CappedKeys<K> {
     fn new(capacity: usize) -> Self {
         CappedKeys {
             states: DashMapStateStore::default(),
             tracked: AtomicUsize::new(0),
             capacity,
-            overflow: InMemoryState::default(),
+            overflow: (0..OVERFLOW_BUCKETS)
+                .map(|_| InMemoryState::default())
+                .collect(),
         }
     }
 }
 
-impl StateStore for CappedKeys {
-    type Key = String;
+impl<K: Hash + Eq + Clone + OverflowBucket> StateStore for CappedKeys<K> {
+    type Key = K;
 
-    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -107,7 +140,8 @@ impl StateStore for CappedKeys {
             return state.measure_and_replace(&NotKeyed::NonKey, f);
         }
         if self.tracked.load(Ordering::Relaxed) >= self.capacity {
-            return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
+            let bucket = &self.overflow[key.bucket() % OVERFLOW_BUCKETS];
+            return bucket.measure_and_replace(&NotKeyed::NonKey, f);
         }
         self.tracked.fetch_add(1, Ordering::Relaxed);
         let state = self.states.entry(key.clone()).or_default();
@@ -115,7 +149,7 @@ impl StateStore for CappedKeys {
     }
 }
 
-impl ShrinkableKeyedStateStore<String> for CappedKeys {
+impl<K: Hash + Eq + Clone + OverflowBucket> ShrinkableKeyedStateStore<K> for CappedKeys<K> {
     fn retain_recent(&self, drop_below: Nanos) {
         self.states.retain_recent(drop_below);
         self.tracked.store(self.states.len(), Ordering::Relaxed);
@@ -134,9 +168,12 @@ impl ShrinkableKeyedStateStore<String> for CappedKeys {
     }
 }
 
-type KeyedLimiter = RateLimiter<String, CappedKeys, DefaultClock>;
+type KeyedLimiter<K> = RateLimiter<K, CappedKeys<K>, DefaultClock>;
 
-fn keyed(limit: Option<RateLimit>, capacity: usize) -> Option<KeyedLimiter> {
+fn keyed<K: Hash + Eq + Clone + OverflowBucket>(
+    limit: Option<RateLimit>,
+    capacity: usize,
+) -> Option<KeyedLimiter<K>> {
     limit.map(|l| {
         RateLimiter::new(
             l.quota(),
@@ -148,8 +185,8 @@ fn keyed(limit: Option<RateLimit>, capacity: usize) -> Option<KeyedLimiter> {
 
 /// One method's tables.
 struct MethodLimiters {
-    per_app: Option<KeyedLimiter>,
-    per_token: Option<KeyedLimiter>,
+    per_app: Option<KeyedLimiter<String>>,
+    per_token: Option<KeyedLimiter<TokenKey>>,
 }
 
 /// Checks answered reads against [`ReadLimits`]; refusals are counted in
@@ -158,6 +195,8 @@ struct MethodLimiters {
 pub struct ReadLimiter {
     open_user_info: MethodLimiters,
     phone_number: MethodLimiters,
+    /// Keys the hashes of [`TokenKey`], per process, so no caller can aim at a bucket.
+    hasher: RandomState,
 }
 
 impl ReadLimiter {
@@ -175,7 +214,18 @@ impl ReadLimiter {
         ReadLimiter {
             open_user_info: tables(),
             phone_number: tables(),
+            hasher: RandomState::new(),
         }
+    }
+
+    /// The overflow bucket of `app_id`'s tokens.
+    fn bucket_of(&self, app_id: &str) -> u64 {
+        self.hasher.hash_one(app_id) % OVERFLOW_BUCKETS as u64
+    }
+
+    fn token_key(&self, app_id: &str, token_id: &str) -> TokenKey {
+        let token = self.hasher.hash_one(token_id) & ((1 << 56) - 1);
+        TokenKey(self.bucket_of(app_id) << 56 | token)
     }
 
     fn tables(&self, method: ReadMethod) -> &MethodLimiters {
@@ -191,24 +241,22 @@ impl ReadLimiter {
         &self,
         method: ReadMethod,
         app_id: &String,
-        token_id: &String,
+        token_id: &str,
     ) -> Result<(), UserInfoError> {
         let tables = self.tables(method);
-        for (limiter, key, reason) in [
-            (&tables.per_app, app_id, "per_app"),
-            (&tables.per_token, token_id, "per_token"),
-        ] {
-            if let Some(limiter) = limiter
-                && limiter.check_key(key).is_err()
-            {
-                metrics::counter!(
-                    "read_limit_refusals_total",
-                    "method" => method.as_str(),
-                    "reason" => reason
-                )
-                .increment(1);
-                return Err(UserInfoError::ReadLimitExceeded);
-            }
+        let app_allows = tables
+            .per_app
+            .as_ref()
+            .is_none_or(|l| l.check_key(app_id).is_ok());
+        if !app_allows {
+            return Err(refused(method, "per_app"));
+        }
+        let token_allows = tables
+            .per_token
+            .as_ref()
+            .is_none_or(|l| l.check_key(&self.token_key(app_id, token_id)).is_ok());
+        if !token_allows {
+            return Err(refused(method, "per_token"));
         }
         Ok(())
     }
@@ -216,7 +264,11 @@ impl ReadLimiter {
     /// Drops keys whose budget has refilled completely (they behave as new keys would).
     pub fn prune(&self) {
         for tables in [&self.open_user_info, &self.phone_number] {
-            for limiter in [&tables.per_app, &tables.per_token].into_iter().flatten() {
+            if let Some(limiter) = &tables.per_app {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+            if let Some(limiter) = &tables.per_token {
                 limiter.retain_recent();
                 limiter.shrink_to_fit();
             }
@@ -227,9 +279,10 @@ impl ReadLimiter {
     pub fn tracked_keys(&self) -> usize {
         [&self.open_user_info, &self.phone_number]
             .into_iter()
-            .flat_map(|t| [&t.per_app, &t.per_token])
-            .flatten()
-            .map(RateLimiter::len)
+            .map(|t| {
+                t.per_app.as_ref().map_or(0, RateLimiter::len)
+                    + t.per_token.as_ref().map_or(0, RateLimiter::len)
+            })
             .sum()
     }
 
@@ -241,6 +294,17 @@ impl ReadLimiter {
             self.prune();
         }
     }
+}
+
+/// Counts a refusal in `read_limit_refusals_total{method, reason}`.
+fn refused(method: ReadMethod, reason: &'static str) -> UserInfoError {
+    metrics::counter!(
+        "read_limit_refusals_total",
+        "method" => method.as_str(),
+        "reason" => reason
+    )
+    .increment(1);
+    UserInfoError::ReadLimitExceeded
 }
 
 #[cfg(test)]
@@ -261,7 +325,7 @@ mod tests {
     const SLOW: f64 = 0.001;
 
     /// Guards `CappedKeys::measure_and_replace`'s cap: a flood of distinct tokens tracks at
-    /// most `capacity` keys, the rest sharing one budget (which then refuses).
+    /// most `capacity` keys, the rest sharing their app's bucket's budget (which then refuses).
     #[test]
     fn a_flood_of_new_tokens_tracks_at_most_the_cap() {
         let limiter = ReadLimiter::with_capacity(limits(None, Some((SLOW, 1))), 50);
@@ -278,6 +342,33 @@ mod tests {
             refused,
             1000 - 50 - 1,
             "past the cap, one shared budget of 1"
+        );
+    }
+
+    /// Guards the overflow buckets of `CappedKeys` (by app, through `TokenKey`): once one app's
+    /// flood of fresh tokens has filled the per-token table and spent its bucket's shared
+    /// budget, a fresh token of an app in another bucket is still answered, and one of an app
+    /// in the flooder's bucket is not.
+    #[test]
+    fn one_apps_flood_of_new_tokens_leaves_other_apps_their_overflow() {
+        let limiter = ReadLimiter::with_capacity(limits(None, Some((SLOW, 1))), 50);
+        let flooder = "flooder".to_owned();
+        for i in 0..1000 {
+            let _ = limiter.check(ReadMethod::OpenUserInfo, &flooder, &format!("token-{i}"));
+        }
+        let flooded = limiter.bucket_of(&flooder);
+        let (alongside, elsewhere): (Vec<String>, Vec<String>) = (0..10_000)
+            .map(|i| format!("app-{i}"))
+            .partition(|app| limiter.bucket_of(app) == flooded);
+        let fresh = |app: &String, token: &str| limiter.check(ReadMethod::OpenUserInfo, app, token);
+        assert!(
+            fresh(&elsewhere[0], "fresh-1").is_ok(),
+            "another bucket's budget"
+        );
+        let neighbour = alongside.first().expect("10,000 apps land in every bucket");
+        assert!(
+            fresh(neighbour, "fresh-2").is_err(),
+            "the flooder's bucket is spent"
         );
     }
 
