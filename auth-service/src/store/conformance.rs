@@ -50,6 +50,23 @@ fn code(b: u8, app_id: &str, grant: &str) -> AuthCodeRecord {
     }
 }
 
+/// An open prompt of `user_id` for `app_id` for the phone number.
+fn open_prompt(b: u8, user_id: &str, app_id: &str, expires_at: i64) -> PromptRecord {
+    PromptRecord {
+        prompt_hash: h(b),
+        user_id: user_id.into(),
+        app_id: app_id.into(),
+        scopes: ScopeSet::of(&[Scope::PhoneNumber]),
+        previously_denied: false,
+        created_at: t(0),
+        expires_at: t(expires_at),
+        resolved_at: None,
+        declaration_version: 0,
+        trigger: Some(Trigger::UserTap),
+        purposes: Vec::new(),
+    }
+}
+
 fn refresh(b: u8, family: &str, expires_at: i64) -> RefreshTokenRecord {
     RefreshTokenRecord {
         token_hash: h(b),
@@ -932,19 +949,7 @@ pub async fn a_users_pending_are_held_by_one_transaction_at_a_time(store: Arc<dy
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!second.is_finished(), "the second waits for the first");
-    let prompt = PromptRecord {
-        prompt_hash: h(1),
-        user_id: "u1".into(),
-        app_id: "a1".into(),
-        scopes: ScopeSet::of(&[Scope::PhoneNumber]),
-        previously_denied: false,
-        created_at: t(0),
-        expires_at: t(100),
-        resolved_at: None,
-        declaration_version: 0,
-        trigger: Some(Trigger::UserTap),
-        purposes: Vec::new(),
-    };
+    let prompt = open_prompt(1, "u1", "a1", 100);
     first.consents().insert_prompt(&prompt).await.unwrap();
     first.commit().await.unwrap();
     assert_eq!(
@@ -959,28 +964,15 @@ pub async fn a_users_pending_are_held_by_one_transaction_at_a_time(store: Arc<dy
 
 /// Open prompts are counted per user and app: answered and expired ones are not.
 pub async fn open_prompts_are_counted_per_user_and_app(store: Arc<dyn AuthStore>) {
-    let prompt = |b: u8, user_id: &str, app_id: &str, expires_at: i64| PromptRecord {
-        prompt_hash: h(b),
-        user_id: user_id.into(),
-        app_id: app_id.into(),
-        scopes: ScopeSet::of(&[Scope::PhoneNumber]),
-        previously_denied: false,
-        created_at: t(1),
-        expires_at: t(expires_at),
-        resolved_at: None,
-        declaration_version: 0,
-        trigger: Some(Trigger::UserTap),
-        purposes: Vec::new(),
-    };
     let mut repos = store.repositories();
     let consents = repos.consents();
     for p in [
-        prompt(1, "u1", "a1", 100),
-        prompt(2, "u1", "a1", 100),
-        prompt(3, "u1", "a1", 100),
-        prompt(4, "u1", "a1", 50),
-        prompt(5, "u2", "a1", 100),
-        prompt(6, "u1", "a2", 100),
+        open_prompt(1, "u1", "a1", 100),
+        open_prompt(2, "u1", "a1", 100),
+        open_prompt(3, "u1", "a1", 100),
+        open_prompt(4, "u1", "a1", 50),
+        open_prompt(5, "u2", "a1", 100),
+        open_prompt(6, "u1", "a2", 100),
     ] {
         consents.insert_prompt(&p).await.unwrap();
     }
