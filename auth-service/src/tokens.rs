@@ -217,9 +217,8 @@ impl TokenIssuer {
             None,
             now,
         );
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_holding_app_rules(&claims.app_id).await?;
         let log = tx.revocations();
-        log.hold_app_rules(&claims.app_id).await?;
         // Revoking a token again writes nothing, and is never refused.
         if log.holds_token_rule(&rule).await? {
             return Ok(());
@@ -411,7 +410,7 @@ impl TokenIssuer {
     }
 
     /// Whether the app holds its quota of live token and family rules at `now` (logged when it
-    /// does); call it holding the app's rules ([`RevocationRepo::hold_app_rules`]).
+    /// does); call it holding the app's rules ([`AuthStore::begin_holding_app_rules`]).
     async fn holds_its_quota(
         &self,
         log: &mut dyn RevocationRepo,
@@ -431,8 +430,7 @@ impl TokenIssuer {
     /// access tokens run out on their own (within the access-token lifetime).
     async fn revoke_grant(&self, grant: &Spent, now: Timestamp) -> Result<(), AuthError> {
         let family = grant.grant_id.as_str();
-        let mut tx = self.store.begin().await?;
-        tx.revocations().hold_app_rules(&grant.app_id).await?;
+        let mut tx = self.store.begin_holding_app_rules(&grant.app_id).await?;
         if !tx.grants().mark_family_revoked(family, now).await?
             && tx.grants().family_revoked(family).await?
         {

@@ -312,6 +312,14 @@ impl Pools {
         }
     }
 
+    /// The engine these connections are to.
+    pub fn engine(&self) -> Engine {
+        match &self.0 {
+            Connections::Sqlite(..) => Engine::Sqlite,
+            Connections::Postgres(_) => Engine::Postgres,
+        }
+    }
+
     /// A session whose statements each run on a connection of their own.
     pub fn session(&self) -> Session {
         Session::Pooled(self.clone())

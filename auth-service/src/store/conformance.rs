@@ -458,8 +458,7 @@ pub async fn an_apps_token_rules_are_held_by_one_transaction_at_a_time(store: Ar
     let second = tokio::spawn({
         let store = store.clone();
         async move {
-            let mut tx = store.begin().await.unwrap();
-            tx.revocations().hold_app_rules("a1").await.unwrap();
+            let mut tx = store.begin_holding_app_rules("a1").await.unwrap();
             let live = tx.revocations().live_app_rules("a1", t(0)).await.unwrap();
             tx.commit().await.unwrap();
             live

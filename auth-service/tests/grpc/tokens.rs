@@ -641,6 +641,55 @@ async fn a_users_unexchanged_codes_beyond_the_bound_are_deleted_oldest_first() {
     }
 }
 
+/// Guards the app's turn in `SqlAuthStore::begin_holding_app_rules` (`AppTurns`), which
+/// `TokenIssuer::revoke` opens its transaction with: on PostgreSQL, 64 concurrent
+/// RevokeToken calls of one app for 2 s wait for their turn in the process, not each in a
+/// transaction that holds one of the pool's 16 connections while it waits on the app's
+/// advisory lock; sampled from `pg_locks`, no transaction waits on that app's lock. Without the
+/// turn, up to 15 did (and other apps' calls queued behind them for a connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+async fn postgres_one_apps_revocations_wait_for_their_turn_outside_the_pool() {
+    let url = sql_backend::testing::fresh_schema_url("revoke_turns").await;
+    let server = TestAuthServer::start_with(|c| c.database_url = url).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let token = consent_token(&consent(&server, "u1", &app_id, &[UserInfo]).await);
+    let backend = server.backend(&app_id, &secret);
+    let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    // Waiting advisory locks of the quota's class ("quot"), most on one key.
+    let waiting = "SELECT CAST(COALESCE(MAX(n), 0) AS BIGINT) FROM (SELECT COUNT(*) AS n
+                   FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                     AND classid = 1903521652 GROUP BY objid) w";
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (mut backend, token) = (backend.clone(), token.clone());
+        callers.spawn(async move {
+            while tokio::time::Instant::now() < until {
+                let request = pb::RevokeTokenRequest {
+                    token: token.clone(),
+                };
+                backend.revoke_token(request).await.unwrap();
+            }
+        });
+    }
+    let mut most = 0_i64;
+    while tokio::time::Instant::now() < until {
+        let n: i64 = sqlx::query_scalar(waiting).fetch_one(&admin).await.unwrap();
+        most = most.max(n);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while let Some(caller) = callers.join_next().await {
+        caller.unwrap();
+    }
+    admin.close().await;
+    assert!(
+        most <= 1,
+        "{most} of the app's transactions waited on its lock at once"
+    );
+}
+
 type Backend = pb::token_service_client::TokenServiceClient<auth_service::testing::Authed>;
 
 /// A fresh code of `user` for `app_id`, exchanged by `backend`: the new grant's refresh token.
