@@ -526,11 +526,12 @@ impl ConsentFlow {
         }
         let code = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.auth_code);
+        let code_hash = code.hash();
         let mut tx = self.store.begin().await?;
         tx.consents().hold_pending(user_id, &app.app_id).await?;
         tx.grants()
             .insert_code(&AuthCodeRecord {
-                code_hash: code.hash(),
+                code_hash,
                 grant_id: secrets::new_id()?,
                 app_id: app.app_id.clone(),
                 user_id: user_id.to_owned(),
@@ -544,7 +545,7 @@ impl ConsentFlow {
         let subject = (app.app_id.as_str(), user_id);
         let keep = self.bounds.codes_per_user;
         tx.grants()
-            .evict_unspent_codes_beyond(subject, &code.hash(), keep)
+            .evict_unspent_codes_beyond(subject, &code_hash, keep)
             .await?;
         tx.commit().await?;
         Ok(Grant {

@@ -291,7 +291,34 @@ pub struct Pools(Connections);
 #[derive(Debug, Clone)]
 enum Connections {
     Sqlite(Arc<GroupWriter>, Arc<InlineReaders>),
-    Postgres(PgPool),
+    Postgres(PgPool, Arc<LockTurns>),
+}
+
+/// Stripes of [`LockTurns`]: keys hashed to one stripe take their turns together.
+const LOCK_TURN_STRIPES: usize = 256;
+
+/// Turns at a lock key in this process, for [`Pools::begin_locked`] on PostgreSQL. Striped by
+/// key, so its memory is fixed.
+#[derive(Debug)]
+struct LockTurns {
+    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
+    hasher: std::hash::RandomState,
+}
+
+impl LockTurns {
+    fn new() -> Self {
+        LockTurns {
+            stripes: (0..LOCK_TURN_STRIPES).map(|_| Arc::default()).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// `key`'s turn, held until dropped.
+    async fn take(&self, key: i64) -> tokio::sync::OwnedMutexGuard<()> {
+        use std::hash::BuildHasher;
+        let stripe = self.hasher.hash_one(key) as usize % LOCK_TURN_STRIPES;
+        self.stripes[stripe].clone().lock_owned().await
+    }
 }
 
 impl Pools {
@@ -307,16 +334,11 @@ impl Pools {
                     .connect_with(url.parse()?)
                     .await?;
                 migrations.postgres.run(&pool).await?;
-                Ok(Pools(Connections::Postgres(pool)))
+                Ok(Pools(Connections::Postgres(
+                    pool,
+                    Arc::new(LockTurns::new()),
+                )))
             }
-        }
-    }
-
-    /// The engine these connections are to.
-    pub fn engine(&self) -> Engine {
-        match &self.0 {
-            Connections::Sqlite(..) => Engine::Sqlite,
-            Connections::Postgres(_) => Engine::Postgres,
         }
     }
 
@@ -328,9 +350,26 @@ impl Pools {
     /// A session whose statements all run in one transaction on the writer.
     pub async fn begin(&self) -> StoreResult<Session> {
         Ok(match &self.0 {
-            Connections::Postgres(pool) => Session::Transaction(pool.begin().await?),
+            Connections::Postgres(pool, _) => Session::Transaction(pool.begin().await?, None),
             Connections::Sqlite(writer, _) => Session::Member(writer.begin().await?),
         })
+    }
+
+    /// A transaction holding the lock on `key` ([`Session::lock`]) from its start. On
+    /// PostgreSQL it first waits for `key`'s turn in this process, holding no connection, so
+    /// this process's transactions queued on one key hold one pooled connection between them,
+    /// not one each while they wait on the advisory lock. SQLite's transactions wait for its
+    /// one writer, holding nothing else.
+    pub async fn begin_locked(&self, key: i64) -> StoreResult<Session> {
+        let mut session = match &self.0 {
+            Connections::Postgres(pool, turns) => {
+                let turn = turns.take(key).await;
+                Session::Transaction(pool.begin().await?, Some(turn))
+            }
+            Connections::Sqlite(..) => self.begin().await?,
+        };
+        session.lock(key).await?;
+        Ok(session)
     }
 
     /// After rows of `tables` were deleted, drops what the engine keeps of them in its files, as
@@ -341,7 +380,7 @@ impl Pools {
     pub async fn scrub(&self, tables: &[&'static str], vacuum: Vacuum) -> StoreResult<()> {
         let pool = match &self.0 {
             Connections::Sqlite(writer, _) => return writer.checkpoint().await,
-            Connections::Postgres(pool) => pool,
+            Connections::Postgres(pool, _) => pool,
         };
         let command = match vacuum {
             Vacuum::Plain => "VACUUM",
@@ -359,7 +398,7 @@ impl Pools {
     /// so that it removes the WAL).
     pub async fn close(&self) {
         match &self.0 {
-            Connections::Postgres(pool) => pool.close().await,
+            Connections::Postgres(pool, _) => pool.close().await,
             Connections::Sqlite(writer, readers) => {
                 readers.close();
                 writer.close().await;
@@ -455,7 +494,10 @@ async fn migrate_sqlite(writer: &SqlitePool, migrator: &Migrator) -> StoreResult
 pub enum Session {
     Pooled(Pools),
     /// A transaction on PostgreSQL.
-    Transaction(sqlx::Transaction<'static, sqlx::Postgres>),
+    Transaction(
+        sqlx::Transaction<'static, sqlx::Postgres>,
+        Option<tokio::sync::OwnedMutexGuard<()>>,
+    ),
     /// A transaction on SQLite's writer.
     Member(Member),
 }
@@ -501,8 +543,8 @@ impl Session {
         };
         let rows = match self {
             Session::Member(member) => return member.all(sql, args, decode),
-            Session::Transaction(tx) => pg_query(locking(), args).fetch_all(&mut **tx).await?,
-            Session::Pooled(Pools(Connections::Postgres(pool))) => {
+            Session::Transaction(tx, _) => pg_query(locking(), args).fetch_all(&mut **tx).await?,
+            Session::Pooled(Pools(Connections::Postgres(pool, _))) => {
                 pg_query(locking(), args).fetch_all(&*pool).await?
             }
             Session::Pooled(Pools(Connections::Sqlite(writer, readers))) => {
@@ -524,8 +566,8 @@ impl Session {
         let query = || pg_query(Cow::Borrowed(sql), args);
         Ok(match self {
             Session::Member(member) => member.execute(sql, args)?,
-            Session::Transaction(tx) => query().execute(&mut **tx).await?.rows_affected(),
-            Session::Pooled(Pools(Connections::Postgres(pool))) => {
+            Session::Transaction(tx, _) => query().execute(&mut **tx).await?.rows_affected(),
+            Session::Pooled(Pools(Connections::Postgres(pool, _))) => {
                 query().execute(&*pool).await?.rows_affected()
             }
             Session::Pooled(Pools(Connections::Sqlite(writer, _))) => {
@@ -549,7 +591,7 @@ impl Session {
     /// whose one writer runs them in turn already. In a pooled session this is an error.
     pub async fn lock(&mut self, key: i64) -> StoreResult<()> {
         match self {
-            Session::Transaction(_) => {
+            Session::Transaction(..) => {
                 let lock = "SELECT pg_advisory_xact_lock($1)";
                 self.execute(lock, args![key]).await.map(drop)
             }
@@ -563,7 +605,7 @@ impl Session {
     /// Keeps what a transaction wrote; nothing to do for a pooled session.
     pub async fn commit(self) -> StoreResult<()> {
         match self {
-            Session::Transaction(tx) => tx.commit().await?,
+            Session::Transaction(tx, _turn) => tx.commit().await?,
             Session::Member(member) => member.commit().await?,
             Session::Pooled(_) => {}
         }
@@ -728,14 +770,14 @@ mod tests {
     fn group(pools: &Pools) -> &GroupWriter {
         match &pools.0 {
             Connections::Sqlite(writer, _) => writer,
-            Connections::Postgres(_) => panic!("an SQLite store"),
+            Connections::Postgres(..) => panic!("an SQLite store"),
         }
     }
 
     fn readers(pools: &Pools) -> &Arc<InlineReaders> {
         match &pools.0 {
             Connections::Sqlite(_, readers) => readers,
-            Connections::Postgres(_) => panic!("an SQLite store"),
+            Connections::Postgres(..) => panic!("an SQLite store"),
         }
     }
 

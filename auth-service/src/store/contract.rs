@@ -21,10 +21,9 @@ pub trait AuthStore: Send + Sync + 'static {
     fn repositories(&self) -> Box<dyn Repositories>;
     /// Repositories whose calls run in one transaction (rolled back if dropped uncommitted).
     async fn begin(&self) -> StoreResult<Box<dyn Transaction>>;
-    /// A transaction holding the app's count of rules ([`RevocationRepo::hold_app_rules`]).
-    /// Where a transaction waiting for that lock would hold a pooled connection (PostgreSQL),
-    /// the call first waits for the app's turn in the process, without one, so one app's calls
-    /// cannot take the pool from the others.
+    /// A transaction holding the app's count of rules ([`RevocationRepo::hold_app_rules`]),
+    /// waiting for it without a pooled connection (`sql_backend::Pools::begin_locked`), so one
+    /// app's calls cannot take the pool from the others.
     async fn begin_holding_app_rules(&self, app_id: &str) -> StoreResult<Box<dyn Transaction>>;
     /// Deletes up to `batch` expired rows from each table.
     async fn sweep_expired(&self, now: Timestamp, batch: u32) -> StoreResult<SweepCounts>;

@@ -2,13 +2,11 @@
 //! [`sql_backend::Session`]; the engines differ here only where a lock is taken
 //! (`lock_rows`, `lock`).
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use miniprogram_token::{RevocationRule, Scope, ScopeSet, Timestamp};
 use sha2::{Digest, Sha256};
 use sql_backend::Access::{Hold, InOrder, Read, Write};
-use sql_backend::{Arg, Columns, Engine, Migrations, Pools, Session, StoreResult, args};
+use sql_backend::{Arg, Columns, Migrations, Pools, Session, StoreResult, args};
 
 use super::contract::{
     AppRepo, AuthStore, ConsentRepo, Decision, GrantRepo, KeyRepo, PrivacyRepo, QUOTA_WINDOW_NANOS,
@@ -100,69 +98,32 @@ impl From<FeatureSet> for Arg<'_> {
     }
 }
 
-/// Stripes of [`AppTurns`]: apps hashed to one stripe take their turns together.
-const APP_TURN_STRIPES: usize = 256;
-
-/// Turns at holding an app's count of rules, one transaction at a time per app in this
-/// process, on PostgreSQL, where a transaction waiting on the app's advisory lock would hold
-/// one of the pool's connections. Striped by app id, so its memory is fixed.
-struct AppTurns {
-    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
-    hasher: std::hash::RandomState,
-}
-
-impl AppTurns {
-    fn new() -> Self {
-        AppTurns {
-            stripes: (0..APP_TURN_STRIPES).map(|_| Arc::default()).collect(),
-            hasher: std::hash::RandomState::new(),
-        }
-    }
-
-    /// The app's turn, held until dropped.
-    async fn take(&self, app_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        use std::hash::BuildHasher;
-        let stripe = self.hasher.hash_one(app_id) as usize % APP_TURN_STRIPES;
-        self.stripes[stripe].clone().lock_owned().await
-    }
-}
-
 /// auth-service's tables in one database.
 pub struct SqlAuthStore {
     pools: Pools,
-    turns: AppTurns,
 }
 
 impl SqlAuthStore {
     /// Opens `url` and applies `migrations` (those of its engine).
     pub async fn open(url: &str, migrations: Migrations) -> StoreResult<Self> {
         let pools = Pools::open(url, migrations).await?;
-        Ok(SqlAuthStore {
-            pools,
-            turns: AppTurns::new(),
-        })
+        Ok(SqlAuthStore { pools })
     }
 }
 
 #[async_trait]
 impl AuthStore for SqlAuthStore {
     fn repositories(&self) -> Box<dyn Repositories> {
-        Box::new(Repos(self.pools.session(), None))
+        Box::new(Repos(self.pools.session()))
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn Transaction>> {
-        Ok(Box::new(Repos(self.pools.begin().await?, None)))
+        Ok(Box::new(Repos(self.pools.begin().await?)))
     }
 
     async fn begin_holding_app_rules(&self, app_id: &str) -> StoreResult<Box<dyn Transaction>> {
-        // SQLite's transactions wait for its one writer, holding nothing else.
-        let turn = match self.pools.engine() {
-            Engine::Postgres => Some(self.turns.take(app_id).await),
-            Engine::Sqlite => None,
-        };
-        let mut tx = Repos(self.pools.begin().await?, turn);
-        tx.hold_app_rules(app_id).await?;
-        Ok(Box::new(tx))
+        let key = lock_key(TOKEN_QUOTA_LOCK, &[app_id]);
+        Ok(Box::new(Repos(self.pools.begin_locked(key).await?)))
     }
 
     async fn sweep_expired(&self, now: Timestamp, batch: u32) -> StoreResult<SweepCounts> {
@@ -179,8 +140,8 @@ impl AuthStore for SqlAuthStore {
     }
 }
 
-/// Every repository, over one session (and the app's turn it holds, if any).
-struct Repos(Session, Option<tokio::sync::OwnedMutexGuard<()>>);
+/// Every repository, over one session.
+struct Repos(Session);
 
 impl Repositories for Repos {
     fn apps(&mut self) -> &mut dyn AppRepo {
@@ -206,10 +167,7 @@ impl Repositories for Repos {
 #[async_trait]
 impl Transaction for Repos {
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        let Repos(session, turn) = *self;
-        let committed = session.commit().await;
-        drop(turn);
-        committed
+        self.0.commit().await
     }
 }
 
@@ -561,7 +519,7 @@ impl GrantRepo for Repos {
 impl RevocationRepo for Repos {
     async fn append(&mut self, r: &NewRevocation) -> StoreResult<Option<RevocationRule>> {
         if let Session::Pooled(pools) = &self.0 {
-            let mut tx = Repos(pools.begin().await?, None);
+            let mut tx = Repos(pools.begin().await?);
             let appended = tx.append(r).await?;
             tx.0.commit().await?;
             return Ok(appended);
@@ -779,7 +737,7 @@ impl PrivacyRepo for Repos {
         now: Timestamp,
     ) -> StoreResult<Option<AppRecord>> {
         if let Session::Pooled(pools) = &self.0 {
-            let mut tx = Repos(pools.begin().await?, None);
+            let mut tx = Repos(pools.begin().await?);
             let replaced = tx
                 .replace_declaration(app_id, version, purposes, now)
                 .await?;

@@ -641,11 +641,11 @@ async fn a_users_unexchanged_codes_beyond_the_bound_are_deleted_oldest_first() {
     }
 }
 
-/// Guards the app's turn in `SqlAuthStore::begin_holding_app_rules` (`AppTurns`), which
-/// `TokenIssuer::revoke` opens its transaction with: on PostgreSQL, 64 concurrent
-/// RevokeToken calls of one app for 2 s wait for their turn in the process, not each in a
-/// transaction that holds one of the pool's 16 connections while it waits on the app's
-/// advisory lock; sampled from `pg_locks`, no transaction waits on that app's lock. Without the
+/// Guards the key's turn in `Pools::begin_locked` (`LockTurns`), through which
+/// `TokenIssuer::revoke` opens its transaction (`AuthStore::begin_holding_app_rules`): on
+/// PostgreSQL, 64 concurrent RevokeToken calls of one app for 2 s wait for their turn in the
+/// process, not each in a transaction that holds one of the pool's 16 connections while it
+/// waits on the app's advisory lock; sampled from `pg_locks`, no transaction waits on that app's lock. Without the
 /// turn, up to 15 did (and other apps' calls queued behind them for a connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
