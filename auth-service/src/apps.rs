@@ -152,6 +152,7 @@ impl AppRegistry {
         tx.commit().await?;
         self.changed();
         self.feed.appended(appended);
+        self.feed.changes().appended(app_id);
         Ok(app)
     }
 

@@ -461,6 +461,7 @@ impl ConsentFlow {
             .await?;
         tx.commit().await?;
         self.feed.appended(appended);
+        self.feed.changes().appended(app_id);
         Ok((withdrawn, remaining))
     }
 

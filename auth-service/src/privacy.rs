@@ -1,8 +1,7 @@
 //! Privacy by record: a user's consent history, their own data, erasure that reaches every
 //! authorization, and the per-app feed that tells app backends which authorizations ended.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use miniprogram_token::{Clock, Scope, ScopeSet, Timestamp};
@@ -295,9 +294,9 @@ impl PrivacyRecords {
             }
         }
         let now = clock.now();
-        let mut ended = 0u32;
+        let ended: Vec<_> = held.iter().filter(|a| !a.granted.is_empty()).collect();
         let mut appended = Vec::new();
-        for a in held.iter().filter(|a| !a.granted.is_empty()) {
+        for a in &ended {
             let rule = self
                 .revocation_policy
                 .rule(&a.app_id, Some(user_id), ScopeSet::EMPTY, now);
@@ -306,14 +305,14 @@ impl PrivacyRecords {
             self.policy
                 .record_end(tx.as_mut(), a, a.granted, why, None, now)
                 .await?;
-            ended += 1;
         }
         tx.consents().erase_user(user_id).await?;
         tx.commit().await?;
-        if ended > 0 {
-            self.feed.appended(appended);
+        self.feed.appended(appended);
+        for a in &ended {
+            self.feed.changes().appended(&a.app_id);
         }
-        Ok(ended)
+        Ok(u32::try_from(ended.len()).unwrap_or(u32::MAX))
     }
 }
 
@@ -333,57 +332,16 @@ pub enum ChangeItem {
 /// what one app's credential can make the service do.
 pub const MAX_WATCHES_PER_APP: usize = 8;
 
-/// Open change streams, per app id.
-type Watching = Arc<Mutex<HashMap<String, usize>>>;
-
 /// The per-app feed of authorizations that ended.
 #[derive(Clone)]
 pub struct AuthorizationChanges {
     store: Arc<dyn AuthStore>,
     feed: RevocationFeed,
-    watching: Watching,
-}
-
-/// One open change stream of an app, counted until it ends.
-struct WatchSlot {
-    watching: Watching,
-    app_id: String,
-}
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        let mut watching = self.watching.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = watching.get_mut(&self.app_id) {
-            *open -= 1;
-            if *open == 0 {
-                watching.remove(&self.app_id);
-            }
-        }
-    }
 }
 
 impl AuthorizationChanges {
     pub fn new(store: Arc<dyn AuthStore>, feed: RevocationFeed) -> Self {
-        AuthorizationChanges {
-            store,
-            feed,
-            watching: Watching::default(),
-        }
-    }
-
-    /// A slot for one more stream of `app_id`, or `RequestTrafficExceedLimit` when it holds
-    /// [`MAX_WATCHES_PER_APP`].
-    fn take_slot(&self, app_id: &str) -> Result<WatchSlot, AuthError> {
-        let mut watching = self.watching.lock().unwrap_or_else(PoisonError::into_inner);
-        let open = watching.entry(app_id.to_owned()).or_default();
-        if *open >= MAX_WATCHES_PER_APP {
-            return Err(AuthError::RequestTrafficExceedLimit);
-        }
-        *open += 1;
-        Ok(WatchSlot {
-            watching: self.watching.clone(),
-            app_id: app_id.to_owned(),
-        })
+        AuthorizationChanges { store, feed }
     }
 
     /// The app's changes after `after`, oldest first, at most `limit`.
@@ -410,16 +368,14 @@ impl AuthorizationChanges {
         heartbeat: Duration,
         draining: CancellationToken,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<ChangeItem, AuthError>>, AuthError> {
-        let slot = self.take_slot(&app.app_id)?;
+        let mut watch = (self.feed.changes()).open(&app.app_id, MAX_WATCHES_PER_APP)?;
         let (app_id, opened_with) = (app.app_id.clone(), app.secret_hash);
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let mut appended = self.feed.subscribe();
         tokio::spawn(async move {
-            let _slot = slot;
             let mut last = after;
             loop {
-                appended.borrow_and_update();
+                watch.appended.borrow_and_update();
                 let current = store.repositories().apps().get(&app_id).await;
                 let refused = match current {
                     Ok(Some(app)) if app.secret_hash == opened_with => None,
@@ -456,7 +412,7 @@ impl AuthorizationChanges {
                     return;
                 }
                 tokio::select! {
-                    changed = appended.changed() => {
+                    changed = watch.appended.changed() => {
                         if changed.is_err() {
                             return;
                         }

@@ -1,6 +1,7 @@
 //! How long revocation rules live, and the live feed of new ones for `WatchRevocations`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use miniprogram_token::{Clock, RevocationRule, ScopeSet, Timestamp, TokenVerifier, VerifyingKey};
@@ -92,14 +93,16 @@ impl RevocationPolicy {
     }
 }
 
-/// Wakes revocation streams when this process appends to the log (streams also poll, so
-/// rules appended by another replica reach them too), and holds this process's own view of
-/// the log: a [`TokenVerifier`] that [`RevocationLog::follow`] keeps up to date and that
-/// IntrospectToken checks instead of reading rules per call.
+/// Wakes revocation streams when this process appends to the log, and an app's change
+/// streams when it appends to that app's change feed (streams also poll, so what another
+/// replica appends reaches them too), and holds this process's own view of the log: a
+/// [`TokenVerifier`] that [`RevocationLog::follow`] keeps up to date and that IntrospectToken
+/// checks instead of reading rules per call.
 #[derive(Debug, Clone)]
 pub struct RevocationFeed {
     tx: watch::Sender<u64>,
     local: Arc<TokenVerifier>,
+    changes: ChangeSignals,
 }
 
 impl Default for RevocationFeed {
@@ -107,6 +110,7 @@ impl Default for RevocationFeed {
         RevocationFeed {
             tx: watch::channel(0).0,
             local: Arc::new(TokenVerifier::new(LOCAL_STALE_AFTER)),
+            changes: ChangeSignals::default(),
         }
     }
 }
@@ -148,6 +152,76 @@ impl RevocationFeed {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
+    }
+
+    /// The app's open change streams and their wake.
+    pub fn changes(&self) -> &ChangeSignals {
+        &self.changes
+    }
+}
+
+/// Open change streams per app, each app's with the signal that wakes them, so that an append
+/// to one app's change feed wakes that app's streams only (a RevokeToken, which appends no
+/// change, wakes none). An app is held only while it has a stream open.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeSignals(Arc<Mutex<HashMap<String, Watchers>>>);
+
+#[derive(Debug)]
+struct Watchers {
+    open: usize,
+    wake: watch::Sender<()>,
+}
+
+/// One open change stream of an app, counted until it is dropped, with its wake.
+#[derive(Debug)]
+pub struct ChangeWatch {
+    signals: ChangeSignals,
+    app_id: String,
+    /// Changes when this process has appended to the app's change feed.
+    pub appended: watch::Receiver<()>,
+}
+
+impl ChangeSignals {
+    /// One more stream of `app_id`, or `RequestTrafficExceedLimit` when it holds `max`.
+    pub fn open(&self, app_id: &str, max: usize) -> Result<ChangeWatch, AuthError> {
+        let mut apps = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let watchers = apps.entry(app_id.to_owned()).or_insert_with(|| Watchers {
+            open: 0,
+            wake: watch::channel(()).0,
+        });
+        if watchers.open >= max {
+            return Err(AuthError::RequestTrafficExceedLimit);
+        }
+        watchers.open += 1;
+        Ok(ChangeWatch {
+            signals: self.clone(),
+            app_id: app_id.to_owned(),
+            appended: watchers.wake.subscribe(),
+        })
+    }
+
+    /// This process has committed changes to the app's feed: its open streams read it now.
+    pub fn appended(&self, app_id: &str) {
+        let apps = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(watchers) = apps.get(app_id) {
+            watchers.wake.send_replace(());
+        }
+    }
+}
+
+impl Drop for ChangeWatch {
+    fn drop(&mut self) {
+        let mut apps = self
+            .signals
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(watchers) = apps.get_mut(&self.app_id) {
+            watchers.open -= 1;
+            if watchers.open == 0 {
+                apps.remove(&self.app_id);
+            }
+        }
     }
 }
 

@@ -490,6 +490,77 @@ async fn watching_the_feed_resumes_without_a_gap_across_a_restart() {
     .await;
 }
 
+/// Guards the per-app wake of change streams (`ChangeSignals::appended`, called once a
+/// withdrawal, an erasure or a feature switched off has committed): another app's RevokeToken
+/// calls, which append revocation rules but no change, leave an idle change stream asleep (no
+/// heartbeat before its 30 s interval), while each of the three from the stream's own app
+/// reaches it at once, not at the next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_apps_own_changes_wake_its_change_stream() {
+    bounded("wake", async {
+        let heartbeat = Duration::from_secs(30);
+        let p = Platform::start_with(|c| c.revocation_heartbeat = heartbeat, |_| {}).await;
+        let (revoking, watched) = (p.app(&ALL_FEATURES).await, p.app(&ALL_FEATURES).await);
+        for user in ["w", "e"] {
+            exchange(
+                &p,
+                &watched,
+                &p.consent(user, &watched.0, &[AuthBase]).await,
+            )
+            .await;
+        }
+        p.consent("f", &watched.0, &[PhoneNumber]).await;
+        let mut stream = watch(&p, &watched, 0).await;
+        assert_eq!(next_message(&mut stream).await, None, "caught up");
+
+        let mut backend = p.auth.backend(&revoking.0, &revoking.1);
+        for user in 0..5 {
+            let grant = p
+                .consent(&format!("u{user}"), &revoking.0, &[UserInfo])
+                .await;
+            let token = consent_token(&grant);
+            let revoked = backend.revoke_token(pb::RevokeTokenRequest { token }).await;
+            revoked.expect("revoke");
+        }
+        let woken = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+        assert!(
+            woken.is_err(),
+            "another app's revocations woke the stream: {woken:?}"
+        );
+
+        let wallet = p.auth.wallet();
+        let mut admin = p.auth.admin();
+        for ended in ["withdrawal", "erasure", "feature switched off"] {
+            let at = Instant::now();
+            match ended {
+                "withdrawal" => p.auth.withdraw("w", &watched.0, &[]).await,
+                "erasure" => {
+                    let user_id = "e".into();
+                    let request = pb::EraseUserAuthorizationsRequest { user_id };
+                    wallet
+                        .clone()
+                        .erase_user_authorizations(request)
+                        .await
+                        .unwrap();
+                }
+                _ => {
+                    let (app_id, feature) = (watched.0.clone(), pb::Feature::PhoneNumber as i32);
+                    let request = pb::DisableFeatureRequest { app_id, feature };
+                    admin.disable_feature(request).await.unwrap();
+                }
+            }
+            let changes = until_heartbeat(&mut stream).await;
+            assert_eq!(changes.len(), 1, "the {ended}'s change: {changes:?}");
+            assert!(
+                at.elapsed() < heartbeat / 3,
+                "the {ended} woke the stream: {:?}",
+                at.elapsed()
+            );
+        }
+    })
+    .await;
+}
+
 /// Switching a feature off voids every user's consent to its scope: the history says so, the
 /// app is told, and switching it back on asks again instead of granting silently. Guards
 /// `withdraw_from_all` and the two appends in `AppRegistry::disable_feature`.
