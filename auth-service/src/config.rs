@@ -142,6 +142,11 @@ pub struct GrantBoundArgs {
     #[arg(long, env = "MAX_REFRESHES_PER_GRANT", default_value_t = crate::tokens::DEFAULT_REFRESHES_PER_GRANT,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_refreshes_per_grant: u32,
+    /// Spent refresh tokens one grant keeps, so that their reuse is known and revokes the
+    /// grant; each refresh deletes the older ones, which then answer INVALID_REFRESH_TOKEN.
+    #[arg(long, env = "SPENT_REFRESH_TOKENS_KEPT", default_value_t = crate::tokens::DEFAULT_SPENT_REFRESH_TOKENS_KEPT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub spent_refresh_tokens_kept: u32,
 }
 
 /// Flags for [`crate::consent::PendingBounds`].
@@ -173,6 +178,7 @@ impl From<GrantBoundArgs> for crate::tokens::GrantBounds {
         crate::tokens::GrantBounds {
             per_user: a.max_grants_per_user,
             refreshes: a.max_refreshes_per_grant,
+            spent_kept: a.spent_refresh_tokens_kept,
         }
     }
 }

@@ -29,17 +29,29 @@ pub struct GrantBounds {
     pub per_user: u32,
     /// Refreshes of one grant; past them it must be authorized again.
     pub refreshes: u32,
+    /// Spent refresh tokens one grant keeps, so that their reuse is known and revokes it; each
+    /// refresh deletes the grant's spent tokens older than these.
+    pub spent_kept: u32,
 }
 
 /// MAX_GRANTS_PER_USER's default: a user's devices and reinstalls, with room.
 pub const DEFAULT_GRANTS_PER_USER: u32 = 16;
 /// MAX_REFRESHES_PER_GRANT's default: over a year of hourly refreshes.
 pub const DEFAULT_REFRESHES_PER_GRANT: u32 = 10_000;
+/// SPENT_REFRESH_TOKENS_KEPT's default: over two days of hourly refreshes.
+pub const DEFAULT_SPENT_REFRESH_TOKENS_KEPT: u32 = 64;
 
 impl GrantBounds {
     /// Whether a refresh token of this generation may still be rotated (and so is active).
     pub fn refreshes_after(&self, generation: u64) -> bool {
         generation <= u64::from(self.refreshes)
+    }
+
+    /// Once a refresh token of `generation` is issued, its grant's spent tokens below the
+    /// generation this returns are forgotten (none while the grant holds no more than it keeps).
+    pub fn forget_spent_below(&self, generation: u64) -> Option<u64> {
+        let below = generation.checked_sub(u64::from(self.spent_kept))?;
+        (below > 1).then_some(below)
     }
 }
 
@@ -48,6 +60,7 @@ impl Default for GrantBounds {
         GrantBounds {
             per_user: DEFAULT_GRANTS_PER_USER,
             refreshes: DEFAULT_REFRESHES_PER_GRANT,
+            spent_kept: DEFAULT_SPENT_REFRESH_TOKENS_KEPT,
         }
     }
 }
@@ -337,6 +350,11 @@ impl TokenIssuer {
             generation: spent.generation.saturating_add(1),
         };
         tx.grants().insert_refresh_token(&successor).await?;
+        if let Some(below) = self.bounds.forget_spent_below(successor.generation) {
+            (tx.grants())
+                .forget_spent_refresh_tokens(&spent.grant_id, below)
+                .await?;
+        }
         if spent.generation == 0 {
             let (app_id, user_id) = (spent.app_id.as_str(), spent.user_id.as_str());
             let keep = self.bounds.per_user;

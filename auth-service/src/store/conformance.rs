@@ -847,6 +847,43 @@ pub async fn grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_fi
     assert_eq!(kept.generation, 2);
 }
 
+/// A family's spent refresh tokens below a generation are deleted; its later ones, its
+/// unspent one and other families' stay.
+pub async fn a_familys_spent_refresh_tokens_below_a_generation_are_forgotten(
+    store: Arc<dyn AuthStore>,
+) {
+    let mut repos = store.repositories();
+    let grants = repos.grants();
+    let rotated = |b: u8, family: &str, generation: u64, spent: bool| RefreshTokenRecord {
+        generation,
+        used_at: spent.then(|| t(30)),
+        ..refresh(b, family, 5000)
+    };
+    let tokens = [
+        rotated(1, "g1", 1, true),
+        rotated(2, "g1", 2, true),
+        rotated(3, "g1", 3, true),
+        rotated(4, "g1", 4, false),
+        rotated(5, "g2", 1, true),
+    ];
+    for token in &tokens {
+        grants.insert_refresh_token(token).await.unwrap();
+    }
+    assert_eq!(
+        grants.forget_spent_refresh_tokens("g1", 3).await.unwrap(),
+        2
+    );
+    for b in 1..=5 {
+        let kept = grants.refresh_token(&h(b)).await.unwrap().is_some();
+        assert_eq!(kept, b > 2, "token {b}");
+    }
+    assert_eq!(
+        grants.forget_spent_refresh_tokens("g1", 9).await.unwrap(),
+        1,
+        "never the unspent one"
+    );
+}
+
 /// A user's unspent codes for an app beyond the kept ones are deleted, the earliest issued
 /// first; the new code is kept whatever its age; spent codes, other users' and other apps'
 /// codes stay.
@@ -1566,6 +1603,7 @@ sql_backend::conformance!(
     a_spent_code_is_kept_while_its_refresh_family_can_live,
     refresh_token_expiry,
     grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_first,
+    a_familys_spent_refresh_tokens_below_a_generation_are_forgotten,
     unspent_codes_beyond_the_kept_ones_are_deleted_earliest_first,
     open_prompts_are_counted_per_user_and_app,
     an_eviction_racing_an_exchange_leaves_the_spent_code,

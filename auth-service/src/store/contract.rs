@@ -282,6 +282,12 @@ pub trait GrantRepo: Send {
         app_id: &str,
         now: Timestamp,
     ) -> StoreResult<Option<RefreshTokenRecord>>;
+    /// Deletes the family's spent refresh tokens of generations below `generation`; how many.
+    async fn forget_spent_refresh_tokens(
+        &mut self,
+        family_id: &str,
+        generation: u64,
+    ) -> StoreResult<u64>;
     /// Deletes the codes and refresh tokens of the user's grants for the app (one exchanged
     /// code each) other than `new_grant`, but the `keep - 1` kept: grants not revoked as a
     /// family first, then the most recently refreshed. How many grants it deleted.

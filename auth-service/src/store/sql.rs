@@ -62,6 +62,10 @@ const UNSPENT_CODES_BEYOND: &str = "DELETE FROM auth_codes WHERE used_at IS NULL
     SELECT code_hash FROM auth_codes
     WHERE user_id = $2 AND app_id = $1 AND used_at IS NULL AND code_hash <> $3
     ORDER BY created_at DESC, code_hash LIMIT $5 OFFSET $4)";
+/// Deletes a family's spent refresh tokens below a generation, found through the family's
+/// index (migration 0001), which holds a few rows each.
+const FORGET_SPENT_REFRESH_TOKENS: &str = "DELETE FROM refresh_tokens
+    WHERE family_id = $1 AND generation < $2 AND used_at IS NOT NULL";
 /// `sweep!(table, key columns, expiry column)`: the table's name and its bounded delete, by
 /// primary key, of rows expired at `$1`, `$2` at most.
 #[rustfmt::skip]
@@ -471,6 +475,16 @@ impl GrantRepo for Repos {
                    RETURNING *";
         let args = args![now, hash, app_id];
         self.0.first(Write, sql, args, refresh_token).await
+    }
+
+    async fn forget_spent_refresh_tokens(
+        &mut self,
+        family_id: &str,
+        generation: u64,
+    ) -> StoreResult<u64> {
+        let generation = i64::try_from(generation).unwrap_or(i64::MAX);
+        let args = args![family_id, generation];
+        self.0.execute(FORGET_SPENT_REFRESH_TOKENS, args).await
     }
 
     async fn evict_grants_beyond(
@@ -1035,6 +1049,20 @@ mod tests {
         assert!(
             plan.iter()
                 .any(|step| step.starts_with("SEARCH") && step.contains("auth_codes_exchanged"))
+                && !scans(&plan),
+            "{plan:?}"
+        );
+    }
+
+    /// Guards the index [`FORGET_SPENT_REFRESH_TOKENS`] relies on (migration 0001's
+    /// `refresh_tokens_family`): a refresh deletes its family's oldest spent tokens without
+    /// reading the table whole.
+    #[tokio::test]
+    async fn a_familys_spent_tokens_are_found_through_its_index() {
+        let plan = query_plan(FORGET_SPENT_REFRESH_TOKENS, args!["g1", 3_i64]).await;
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH") && step.contains("refresh_tokens_family"))
                 && !scans(&plan),
             "{plan:?}"
         );

@@ -586,6 +586,42 @@ async fn a_grant_refreshed_its_maximum_times_must_be_authorized_again() {
     );
 }
 
+/// Guards the forgetting in `TokenIssuer::issue` (`forget_spent_refresh_tokens`, from
+/// `GrantBounds::forget_spent_below`): with SPENT_REFRESH_TOKENS_KEPT at 2, a grant rotated
+/// three times has forgotten its first refresh token, whose replay is then unknown
+/// (INVALID_REFRESH_TOKEN) and leaves the grant alive, while a replay of a kept spent token
+/// is still a reuse that revokes the grant.
+#[tokio::test]
+async fn a_grant_keeps_only_its_latest_spent_refresh_tokens() {
+    let server = TestAuthServer::start_with(|c| c.grant_bounds.spent_kept = 2).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let backend = server.backend(&app_id, &secret);
+    let first = exchange(&server, &backend, "u1", &app_id).await;
+    let mut rotated = vec![first];
+    for _ in 0..3 {
+        let next = refresh(&backend, rotated[rotated.len() - 1].clone()).await;
+        rotated.push(next.unwrap());
+    }
+    let forgotten = refresh(&backend, rotated[0].clone()).await.unwrap_err();
+    assert_eq!(
+        (forgotten.code(), reason(&forgotten)),
+        (Code::InvalidArgument, ErrorReason::InvalidRefreshToken)
+    );
+    assert!(
+        active(&backend, &rotated[3]).await,
+        "a forgotten token's replay leaves the grant"
+    );
+    let reused = refresh(&backend, rotated[2].clone()).await.unwrap_err();
+    assert_eq!(
+        (reused.code(), reason(&reused)),
+        (Code::FailedPrecondition, ErrorReason::UsedRefreshToken)
+    );
+    assert!(
+        !active(&backend, &rotated[3]).await,
+        "a kept one's reuse revokes it"
+    );
+}
+
 /// Guards the eviction in `TokenIssuer::issue` (`evict_grants_beyond` for a new grant): with
 /// MAX_GRANTS_PER_USER at 2, a third exchanged code for the same user and app evicts the grant
 /// refreshed least recently (its refresh token is unknown from then on), and leaves the other
