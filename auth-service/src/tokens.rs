@@ -38,7 +38,7 @@ pub struct GrantBounds {
 pub const DEFAULT_GRANTS_PER_USER: u32 = 16;
 /// MAX_REFRESHES_PER_GRANT's default: over a year of hourly refreshes.
 pub const DEFAULT_REFRESHES_PER_GRANT: u32 = 10_000;
-/// SPENT_REFRESH_TOKENS_KEPT's default: over two days of hourly refreshes.
+/// SPENT_REFRESH_TOKENS_KEPT's default: over two and a half days of hourly refreshes.
 pub const DEFAULT_SPENT_REFRESH_TOKENS_KEPT: u32 = 64;
 
 impl GrantBounds {
@@ -47,11 +47,13 @@ impl GrantBounds {
         generation <= u64::from(self.refreshes)
     }
 
-    /// Once a refresh token of `generation` is issued, its grant's spent tokens below the
-    /// generation this returns are forgotten (none while the grant holds no more than it keeps).
-    pub fn forget_spent_below(&self, generation: u64) -> Option<u64> {
-        let below = generation.checked_sub(u64::from(self.spent_kept))?;
-        (below > 1).then_some(below)
+    /// Once a refresh token of `generation` is issued, the generation of its grant's spent
+    /// token that falls out of the kept ones and is forgotten (none while there is none). One
+    /// a refresh, so a refresh deletes one row, never a backlog.
+    pub fn spent_forgotten_at(&self, generation: u64) -> Option<u64> {
+        generation
+            .checked_sub(u64::from(self.spent_kept) + 1)
+            .filter(|&forgotten| forgotten >= 1)
     }
 }
 
@@ -147,7 +149,7 @@ impl TokenIssuer {
             return Err(AuthError::InvalidCode);
         }
         let hash = secrets::hash(auth_code);
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_spending(&hash).await?;
         let Some(code) = tx.grants().spend_code(&hash, &app.app_id, now).await? else {
             let found = tx.grants().code(&hash).await?;
             drop(tx);
@@ -175,7 +177,7 @@ impl TokenIssuer {
             return Err(AuthError::InvalidRefreshToken);
         }
         let hash = secrets::hash(refresh_token);
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_spending(&hash).await?;
         let spent = tx.grants().spend_refresh_token(&hash, &app.app_id, now);
         let Some(old) = spent.await? else {
             let found = tx.grants().refresh_token(&hash).await?;
@@ -350,9 +352,9 @@ impl TokenIssuer {
             generation: spent.generation.saturating_add(1),
         };
         tx.grants().insert_refresh_token(&successor).await?;
-        if let Some(below) = self.bounds.forget_spent_below(successor.generation) {
+        if let Some(forgotten) = self.bounds.spent_forgotten_at(successor.generation) {
             (tx.grants())
-                .forget_spent_refresh_tokens(&spent.grant_id, below)
+                .forget_spent_refresh_token(&spent.grant_id, forgotten)
                 .await?;
         }
         if spent.generation == 0 {

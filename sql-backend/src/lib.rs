@@ -297,7 +297,7 @@ enum Connections {
 /// Stripes of [`LockTurns`]: keys hashed to one stripe take their turns together.
 const LOCK_TURN_STRIPES: usize = 256;
 
-/// Turns at a lock key in this process, for [`Pools::begin_locked`] on PostgreSQL. Striped by
+/// Turns at a key in this process, for [`Pools::begin_in_turn`] on PostgreSQL. Striped by
 /// key, so its memory is fixed.
 #[derive(Debug)]
 struct LockTurns {
@@ -355,19 +355,25 @@ impl Pools {
         })
     }
 
-    /// A transaction holding the lock on `key` ([`Session::lock`]) from its start. On
-    /// PostgreSQL it first waits for `key`'s turn in this process, holding no connection, so
-    /// this process's transactions queued on one key hold one pooled connection between them,
-    /// not one each while they wait on the advisory lock. SQLite's transactions wait for its
-    /// one writer, holding nothing else.
-    pub async fn begin_locked(&self, key: i64) -> StoreResult<Session> {
-        let mut session = match &self.0 {
+    /// A transaction that holds `key`'s turn in this process until it ends. On PostgreSQL it
+    /// waits for the turn before it takes a connection, so this process's transactions that
+    /// would wait on one lock or one row hold one pooled connection between them, not one
+    /// each while they wait. SQLite's transactions wait for its one writer, holding nothing
+    /// else, and take no turn.
+    pub async fn begin_in_turn(&self, key: i64) -> StoreResult<Session> {
+        Ok(match &self.0 {
             Connections::Postgres(pool, turns) => {
                 let turn = turns.take(key).await;
                 Session::Transaction(pool.begin().await?, Some(turn))
             }
             Connections::Sqlite(..) => self.begin().await?,
-        };
+        })
+    }
+
+    /// A transaction holding the lock on `key` ([`Session::lock`]) from its start, in `key`'s
+    /// turn ([`Pools::begin_in_turn`]).
+    pub async fn begin_locked(&self, key: i64) -> StoreResult<Session> {
+        let mut session = self.begin_in_turn(key).await?;
         session.lock(key).await?;
         Ok(session)
     }

@@ -368,7 +368,7 @@ async fn until_heartbeat(
     changes
 }
 
-/// Guards `AuthorizationChanges::take_slot` and the secret check in `watch`'s loop: an app
+/// Guards `ChangeSignals::open` and the secret check in `watch`'s loop: an app
 /// holds at most `MAX_WATCHES_PER_APP` change streams (one more is refused with
 /// REQUEST_TRAFFIC_EXCEED_LIMIT, another app is unaffected, a closed stream frees its slot), and
 /// an open stream ends with INVALID_AUTH_CLIENT once the app's secret is rotated, so a leaked

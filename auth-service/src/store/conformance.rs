@@ -847,41 +847,80 @@ pub async fn grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_fi
     assert_eq!(kept.generation, 2);
 }
 
-/// A family's spent refresh tokens below a generation are deleted; its later ones, its
-/// unspent one and other families' stay.
-pub async fn a_familys_spent_refresh_tokens_below_a_generation_are_forgotten(
-    store: Arc<dyn AuthStore>,
-) {
-    let mut repos = store.repositories();
-    let grants = repos.grants();
-    let rotated = |b: u8, family: &str, generation: u64, spent: bool| RefreshTokenRecord {
+/// Token `b` of `family` at `generation`, spent or not.
+fn rotated(b: u8, family: &str, generation: u64, spent: bool) -> RefreshTokenRecord {
+    RefreshTokenRecord {
         generation,
         used_at: spent.then(|| t(30)),
         ..refresh(b, family, 5000)
-    };
+    }
+}
+
+/// A family's spent refresh token of one generation is deleted; its other ones, its unspent
+/// one and other families' stay.
+pub async fn a_familys_spent_refresh_token_of_a_generation_is_forgotten(store: Arc<dyn AuthStore>) {
+    let mut repos = store.repositories();
+    let grants = repos.grants();
     let tokens = [
         rotated(1, "g1", 1, true),
         rotated(2, "g1", 2, true),
-        rotated(3, "g1", 3, true),
-        rotated(4, "g1", 4, false),
-        rotated(5, "g2", 1, true),
+        rotated(3, "g1", 3, false),
+        rotated(4, "g2", 1, true),
     ];
     for token in &tokens {
         grants.insert_refresh_token(token).await.unwrap();
     }
-    assert_eq!(
-        grants.forget_spent_refresh_tokens("g1", 3).await.unwrap(),
-        2
-    );
-    for b in 1..=5 {
+    assert_eq!(grants.forget_spent_refresh_token("g1", 1).await.unwrap(), 1);
+    assert_eq!(grants.forget_spent_refresh_token("g1", 1).await.unwrap(), 0);
+    for b in 1..=4 {
         let kept = grants.refresh_token(&h(b)).await.unwrap().is_some();
-        assert_eq!(kept, b > 2, "token {b}");
+        assert_eq!(kept, b != 1, "token {b}");
     }
     assert_eq!(
-        grants.forget_spent_refresh_tokens("g1", 9).await.unwrap(),
-        1,
+        grants.forget_spent_refresh_token("g1", 3).await.unwrap(),
+        0,
         "never the unspent one"
     );
+}
+
+/// A refresh that holds its family's code row and its token's row, then forgets an older
+/// spent token, and a withdrawal revoking the user's tokens at the same time both commit.
+/// Guards `used_at IS NULL` in `revoke_tokens_carrying`: without it the withdrawal, on
+/// PostgreSQL, took the old spent token's row and then waited on the refresh's, while the
+/// refresh waited on the old one, and PostgreSQL aborted one of them as a deadlock.
+pub async fn a_refresh_and_a_withdrawal_at_once_both_commit(store: Arc<dyn AuthStore>) {
+    let mut repos = store.repositories();
+    let spent_code = AuthCodeRecord {
+        used_at: Some(t(20)),
+        ..code(1, "a1", "g1")
+    };
+    repos.grants().insert_code(&spent_code).await.unwrap();
+    for token in [rotated(2, "g1", 1, true), rotated(3, "g1", 66, false)] {
+        repos.grants().insert_refresh_token(&token).await.unwrap();
+    }
+    let mut refresh = store.begin_spending(&h(3)).await.unwrap();
+    let token = h(3);
+    let spent = refresh.grants().spend_refresh_token(&token, "a1", t(40));
+    assert!(spent.await.unwrap().is_some());
+    let withdrawal = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await?;
+            let every = ScopeSet::of(&Scope::ALL);
+            let revoke = tx
+                .grants()
+                .revoke_tokens_carrying("a1", Some("user-1"), every, t(41));
+            revoke.await?;
+            tx.commit().await
+        }
+    });
+    // The withdrawal meanwhile waits on the spent row (PostgreSQL) or for the writer (SQLite).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let forgotten = refresh.grants().forget_spent_refresh_token("g1", 1).await;
+    assert_eq!(forgotten.unwrap(), 1);
+    refresh.commit().await.unwrap();
+    let withdrawn = tokio::time::timeout(std::time::Duration::from_secs(10), withdrawal).await;
+    withdrawn.expect("the withdrawal ends").unwrap().unwrap();
 }
 
 /// A user's unspent codes for an app beyond the kept ones are deleted, the earliest issued
@@ -1603,7 +1642,8 @@ sql_backend::conformance!(
     a_spent_code_is_kept_while_its_refresh_family_can_live,
     refresh_token_expiry,
     grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_first,
-    a_familys_spent_refresh_tokens_below_a_generation_are_forgotten,
+    a_familys_spent_refresh_token_of_a_generation_is_forgotten,
+    a_refresh_and_a_withdrawal_at_once_both_commit,
     unspent_codes_beyond_the_kept_ones_are_deleted_earliest_first,
     open_prompts_are_counted_per_user_and_app,
     an_eviction_racing_an_exchange_leaves_the_spent_code,

@@ -25,6 +25,10 @@ pub trait AuthStore: Send + Sync + 'static {
     /// waiting for it without a pooled connection (`sql_backend::Pools::begin_locked`), so one
     /// app's calls cannot take the pool from the others.
     async fn begin_holding_app_rules(&self, app_id: &str) -> StoreResult<Box<dyn Transaction>>;
+    /// A transaction that spends the code or refresh token `secret_hash`, in the secret's
+    /// turn (`sql_backend::Pools::begin_in_turn`): concurrent spends of one secret (a retry
+    /// storm, a replay) wait for each other without a pooled connection, not each on its row.
+    async fn begin_spending(&self, secret_hash: &SecretHash) -> StoreResult<Box<dyn Transaction>>;
     /// Deletes up to `batch` expired rows from each table.
     async fn sweep_expired(&self, now: Timestamp, batch: u32) -> StoreResult<SweepCounts>;
     async fn close(&self);
@@ -282,8 +286,8 @@ pub trait GrantRepo: Send {
         app_id: &str,
         now: Timestamp,
     ) -> StoreResult<Option<RefreshTokenRecord>>;
-    /// Deletes the family's spent refresh tokens of generations below `generation`; how many.
-    async fn forget_spent_refresh_tokens(
+    /// Deletes the family's spent refresh token of `generation`, if any; how many (0 or 1).
+    async fn forget_spent_refresh_token(
         &mut self,
         family_id: &str,
         generation: u64,
@@ -299,8 +303,9 @@ pub trait GrantRepo: Send {
     ) -> StoreResult<u64>;
     /// Revokes the family's refresh tokens at `now`.
     async fn revoke_family_tokens(&mut self, family_id: &str, now: Timestamp) -> StoreResult<()>;
-    /// Revokes at `now` the app's refresh tokens (of `user_id`, when given) that carry any of
-    /// `scopes`.
+    /// Revokes at `now` the app's unspent refresh tokens (of `user_id`, when given) that carry
+    /// any of `scopes`. Spent ones are left alone: they refresh nothing, and a refresh holding
+    /// its spent token's row may be deleting one of them.
     async fn revoke_tokens_carrying(
         &mut self,
         app_id: &str,

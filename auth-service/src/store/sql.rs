@@ -62,10 +62,10 @@ const UNSPENT_CODES_BEYOND: &str = "DELETE FROM auth_codes WHERE used_at IS NULL
     SELECT code_hash FROM auth_codes
     WHERE user_id = $2 AND app_id = $1 AND used_at IS NULL AND code_hash <> $3
     ORDER BY created_at DESC, code_hash LIMIT $5 OFFSET $4)";
-/// Deletes a family's spent refresh tokens below a generation, found through the family's
+/// Deletes a family's spent refresh token of one generation, found through the family's
 /// index by generation (migration 0009).
-const FORGET_SPENT_REFRESH_TOKENS: &str = "DELETE FROM refresh_tokens
-    WHERE family_id = $1 AND generation < $2 AND used_at IS NOT NULL";
+const FORGET_SPENT_REFRESH_TOKEN: &str = "DELETE FROM refresh_tokens
+    WHERE family_id = $1 AND generation = $2 AND used_at IS NOT NULL";
 /// `sweep!(table, key columns, expiry column)`: the table's name and its bounded delete, by
 /// primary key, of rows expired at `$1`, `$2` at most.
 #[rustfmt::skip]
@@ -128,6 +128,12 @@ impl AuthStore for SqlAuthStore {
     async fn begin_holding_app_rules(&self, app_id: &str) -> StoreResult<Box<dyn Transaction>> {
         let key = lock_key(TOKEN_QUOTA_LOCK, &[app_id]);
         Ok(Box::new(Repos(self.pools.begin_locked(key).await?)))
+    }
+
+    async fn begin_spending(&self, secret_hash: &SecretHash) -> StoreResult<Box<dyn Transaction>> {
+        let [a, b, c, d, e, f, g, h, ..] = *secret_hash;
+        let key = i64::from_be_bytes([a, b, c, d, e, f, g, h]);
+        Ok(Box::new(Repos(self.pools.begin_in_turn(key).await?)))
     }
 
     async fn sweep_expired(&self, now: Timestamp, batch: u32) -> StoreResult<SweepCounts> {
@@ -477,14 +483,14 @@ impl GrantRepo for Repos {
         self.0.first(Write, sql, args, refresh_token).await
     }
 
-    async fn forget_spent_refresh_tokens(
+    async fn forget_spent_refresh_token(
         &mut self,
         family_id: &str,
         generation: u64,
     ) -> StoreResult<u64> {
         let generation = i64::try_from(generation).unwrap_or(i64::MAX);
         let args = args![family_id, generation];
-        self.0.execute(FORGET_SPENT_REFRESH_TOKENS, args).await
+        self.0.execute(FORGET_SPENT_REFRESH_TOKEN, args).await
     }
 
     async fn evict_grants_beyond(
@@ -523,7 +529,7 @@ impl GrantRepo for Repos {
     ) -> StoreResult<()> {
         let sql = "UPDATE refresh_tokens SET revoked_at = $1
                    WHERE app_id = $2 AND (CAST($3 AS TEXT) IS NULL OR user_id = $3)
-                     AND (scopes & $4) <> 0 AND revoked_at IS NULL";
+                     AND (scopes & $4) <> 0 AND revoked_at IS NULL AND used_at IS NULL";
         let args = args![now, app_id, user_id, scopes];
         self.0.execute(sql, args).await.map(drop)
     }
@@ -1054,16 +1060,16 @@ mod tests {
         );
     }
 
-    /// Guards migration 0009's index: a refresh finds its family's spent tokens below a
+    /// Guards migration 0009's index: a refresh finds its family's spent token of one
     /// generation by family and generation, without reading the family's other tokens (or the
     /// table: a SCAN).
     #[tokio::test]
-    async fn a_familys_spent_tokens_are_found_through_its_index() {
-        let plan = query_plan(FORGET_SPENT_REFRESH_TOKENS, args!["g1", 3_i64]).await;
+    async fn a_familys_spent_token_is_found_through_its_index() {
+        let plan = query_plan(FORGET_SPENT_REFRESH_TOKEN, args!["g1", 3_i64]).await;
         assert!(
             plan.iter().any(|step| step.starts_with("SEARCH")
                 && step.contains("refresh_tokens_family")
-                && step.contains("generation<?"))
+                && step.contains("generation=?"))
                 && !scans(&plan),
             "{plan:?}"
         );
