@@ -294,30 +294,51 @@ enum Connections {
     Postgres(PgPool, Arc<LockTurns>),
 }
 
-/// Stripes of [`LockTurns`]: keys hashed to one stripe take their turns together.
-const LOCK_TURN_STRIPES: usize = 256;
-
-/// Turns at a key in this process, for [`Pools::begin_in_turn`] on PostgreSQL. Striped by
-/// key, so its memory is fixed.
-#[derive(Debug)]
+/// Turns at a key in this process, for [`Pools::begin_in_turn`] on PostgreSQL: one queue per
+/// key, held only while a transaction holds or awaits its turn, so one key's queue never
+/// delays another key and the memory grows only with the transactions in flight.
+#[derive(Debug, Default)]
 struct LockTurns {
-    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
-    hasher: std::hash::RandomState,
+    keys: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl LockTurns {
-    fn new() -> Self {
-        LockTurns {
-            stripes: (0..LOCK_TURN_STRIPES).map(|_| Arc::default()).collect(),
-            hasher: std::hash::RandomState::new(),
+    /// `key`'s turn, held until the [`Turn`] is dropped.
+    async fn take(self: &Arc<Self>, key: i64) -> Turn {
+        let queue = {
+            let mut keys = self
+                .keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            keys.entry(key).or_default().clone()
+        };
+        Turn {
+            held: Some(queue.lock_owned().await),
+            turns: self.clone(),
+            key,
         }
     }
+}
 
-    /// `key`'s turn, held until dropped.
-    async fn take(&self, key: i64) -> tokio::sync::OwnedMutexGuard<()> {
-        use std::hash::BuildHasher;
-        let stripe = self.hasher.hash_one(key) as usize % LOCK_TURN_STRIPES;
-        self.stripes[stripe].clone().lock_owned().await
+/// A key's turn: given to the next in its queue when dropped, and the queue forgotten once
+/// nobody holds or awaits it.
+#[derive(Debug)]
+pub struct Turn {
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    turns: Arc<LockTurns>,
+    key: i64,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let mut keys = (self.turns.keys.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys
+            .get(&self.key)
+            .is_some_and(|queue| Arc::strong_count(queue) == 1)
+        {
+            keys.remove(&self.key);
+        }
     }
 }
 
@@ -336,7 +357,7 @@ impl Pools {
                 migrations.postgres.run(&pool).await?;
                 Ok(Pools(Connections::Postgres(
                     pool,
-                    Arc::new(LockTurns::new()),
+                    Arc::new(LockTurns::default()),
                 )))
             }
         }
@@ -500,10 +521,7 @@ async fn migrate_sqlite(writer: &SqlitePool, migrator: &Migrator) -> StoreResult
 pub enum Session {
     Pooled(Pools),
     /// A transaction on PostgreSQL.
-    Transaction(
-        sqlx::Transaction<'static, sqlx::Postgres>,
-        Option<tokio::sync::OwnedMutexGuard<()>>,
-    ),
+    Transaction(sqlx::Transaction<'static, sqlx::Postgres>, Option<Turn>),
     /// A transaction on SQLite's writer.
     Member(Member),
 }
@@ -641,6 +659,26 @@ fn pg_query<'q>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guards the per-key queues of [`LockTurns`]: while one key's turn is held (one app's
+    /// flood of revocations), the turns of 1,000 other keys are each given at once, a second
+    /// taker of the held key waits, and once every turn is dropped no queue is left. With 256
+    /// shared stripes, about 4 of those keys waited behind the held one.
+    #[tokio::test]
+    async fn one_keys_turn_delays_no_other_key_and_is_forgotten() {
+        let turns = Arc::new(LockTurns::default());
+        let held = turns.take(0).await;
+        for key in 1..=1000 {
+            let turn = tokio::time::timeout(Duration::from_secs(1), turns.take(key)).await;
+            assert!(turn.is_ok(), "key {key} waited behind key 0");
+        }
+        let second = tokio::time::timeout(Duration::from_millis(50), turns.take(0)).await;
+        assert!(second.is_err(), "a key's turns are taken one at a time");
+        drop(held);
+        drop(turns.take(0).await);
+        let left = turns.keys.lock().unwrap().len();
+        assert_eq!(left, 0, "queues left behind");
+    }
 
     /// Guards [`SYNCHRONOUS`]: the connection that commits every write runs with
     /// `synchronous=FULL` (2), so a commit is on disk before the call answers.
