@@ -79,6 +79,12 @@ impl AppRegistry {
                 problem: "must be 1 to 128 bytes",
             });
         }
+        if display_name.chars().any(char::is_control) {
+            return Err(AuthError::InvalidArgument {
+                field: "display_name",
+                problem: "contains control characters",
+            });
+        }
         let app_secret = OpaqueSecret::generate()?;
         let app = AppRecord {
             app_id: secrets::new_app_id()?,

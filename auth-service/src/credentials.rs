@@ -13,6 +13,7 @@ use miniprogram_token::Timestamp;
 use sha2::{Digest, Sha256};
 
 use crate::error::AuthError;
+use crate::ids::check_id;
 use crate::model::AppRecord;
 use crate::secrets;
 use crate::store::AuthStore;
@@ -106,9 +107,6 @@ pub fn parse_basic(header: Option<&str>) -> Result<(String, String), AuthError> 
     miniprogram_proto::caller_credentials::basic_credential(header)
         .ok_or(AuthError::InvalidAuthClient)
 }
-
-/// Longest app id looked up; anything longer is not an app.
-const MAX_APP_ID_LEN: usize = 128;
 
 /// Most keys each failure table holds (about 60 bytes each): past it, the key whose window
 /// started first is dropped early, so a flood of distinct callers costs bounded memory and
@@ -376,10 +374,10 @@ impl AppAuthenticator {
         caller: IpAddr,
         now: Timestamp,
     ) -> Result<AppRecord, AuthError> {
+        // An id no app can have (empty, too long, control characters, which PostgreSQL's text
+        // refuses as an error, not as "no such app") is refused unread, for the caller alone.
         let (app_id, secret) = match parse_basic(header) {
-            Ok((app_id, secret)) if !app_id.is_empty() && app_id.len() <= MAX_APP_ID_LEN => {
-                (app_id, secret)
-            }
+            Ok((app_id, secret)) if check_id("app_id", &app_id).is_ok() => (app_id, secret),
             _ => return Err(self.refuse_without_app(caller, now)),
         };
         if self.limiter.caller_blocked(caller, Some(&app_id), now) {
