@@ -58,7 +58,7 @@ async fn postgres_arbitrary_requests_get_a_reason_never_internal() {
 
 /// 64 cases of arbitrary text in every field of the wallet's, backends' and console's calls.
 async fn arbitrary_requests_get_a_reason(server: &TestAuthServer) {
-    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let (app_id, secret) = app_with(server, &ALL_FEATURES).await;
     let handle = tokio::runtime::Handle::current();
     let strategy = (
         text(),
