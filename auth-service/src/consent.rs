@@ -259,8 +259,7 @@ impl ConsentFlow {
         };
         let prompt_id = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.prompt);
-        let mut tx = self.store.begin().await?;
-        tx.consents().hold_pending(user_id, app_id).await?;
+        let mut tx = self.store.begin_holding_pending(user_id, app_id).await?;
         let open = tx.consents().open_prompts(user_id, app_id, now).await?;
         if open >= u64::from(self.bounds.prompts_per_user) {
             return Err(AuthError::TooManyOpenPrompts);
@@ -528,8 +527,10 @@ impl ConsentFlow {
         let code = OpaqueSecret::generate()?;
         let expires_at = now.saturating_add(self.lifetimes.auth_code);
         let code_hash = code.hash();
-        let mut tx = self.store.begin().await?;
-        tx.consents().hold_pending(user_id, &app.app_id).await?;
+        let mut tx = self
+            .store
+            .begin_holding_pending(user_id, &app.app_id)
+            .await?;
         tx.grants()
             .insert_code(&AuthCodeRecord {
                 code_hash,

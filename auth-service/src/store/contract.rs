@@ -25,6 +25,14 @@ pub trait AuthStore: Send + Sync + 'static {
     /// waiting for it without a pooled connection (`sql_backend::Pools::begin_locked`), so one
     /// app's calls cannot take the pool from the others.
     async fn begin_holding_app_rules(&self, app_id: &str) -> StoreResult<Box<dyn Transaction>>;
+    /// A transaction holding what waits for the user and the app
+    /// ([`ConsentRepo::hold_pending`]), waiting for it without a pooled connection, so one
+    /// user's requests to one app cannot take the pool from the others.
+    async fn begin_holding_pending(
+        &self,
+        user_id: &str,
+        app_id: &str,
+    ) -> StoreResult<Box<dyn Transaction>>;
     /// A transaction that spends the code or refresh token `secret_hash`, in the secret's
     /// turn (`sql_backend::Pools::begin_in_turn`): concurrent spends of one secret (a retry
     /// storm, a replay) wait for each other without a pooled connection, not each on its row.

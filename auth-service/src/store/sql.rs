@@ -130,6 +130,15 @@ impl AuthStore for SqlAuthStore {
         Ok(Box::new(Repos(self.pools.begin_locked(key).await?)))
     }
 
+    async fn begin_holding_pending(
+        &self,
+        user_id: &str,
+        app_id: &str,
+    ) -> StoreResult<Box<dyn Transaction>> {
+        let key = lock_key(PENDING_LOCK, &[user_id, app_id]);
+        Ok(Box::new(Repos(self.pools.begin_locked(key).await?)))
+    }
+
     async fn begin_spending(&self, secret_hash: &SecretHash) -> StoreResult<Box<dyn Transaction>> {
         let [a, b, c, d, e, f, g, h, ..] = *secret_hash;
         let key = i64::from_be_bytes([a, b, c, d, e, f, g, h]);

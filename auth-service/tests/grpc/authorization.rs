@@ -530,3 +530,71 @@ async fn a_users_unanswered_prompts_for_an_app_are_bounded() {
         .unwrap();
     tap_for_prompt(&server, "u1", &app_id, &[PhoneNumber]).await;
 }
+
+/// Guards the pair's turn in `Pools::begin_locked`, through which `ConsentFlow` opens the
+/// transactions that count or evict what waits for a user and an app
+/// (`AuthStore::begin_holding_pending`): on PostgreSQL, 64 concurrent RequestAuthorization
+/// calls of one user to one app for 2 s, silent ones each issuing a code, then taps each
+/// needing a prompt, wait for their turn in the process, not each in a transaction that holds
+/// one of the pool's 16 connections while it waits on the pair's advisory lock; sampled from
+/// `pg_locks`, at most one transaction waits on that lock at once. Without the turn, 15 did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+async fn postgres_one_users_requests_wait_for_their_turn_outside_the_pool() {
+    let url = sql_backend::testing::fresh_schema_url("pending_turns").await;
+    let server = TestAuthServer::start_with(|c| c.database_url = url).await;
+    let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
+    for (scopes, trigger) in [(AuthBase, AppLaunch), (PhoneNumber, UserTap)] {
+        let most = most_waiting_on_the_pair(&server, &app_id, scopes, trigger).await;
+        assert!(
+            most <= 1,
+            "{most} of the pair's transactions waited on its lock at once ({scopes:?})"
+        );
+    }
+}
+
+/// 64 callers send RequestAuthorization of user u1 to `app_id` over and over for 2 s (each
+/// answered, or refused past the bound of open prompts): the most PostgreSQL transactions
+/// that waited on the pair's advisory lock at once meanwhile.
+async fn most_waiting_on_the_pair(
+    server: &TestAuthServer,
+    app_id: &str,
+    scope: pb::Scope,
+    trigger: pb::Trigger,
+) -> i64 {
+    let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    // Waiting advisory locks of the pending class ("pend"), most on one key.
+    let waiting = "SELECT CAST(COALESCE(MAX(n), 0) AS BIGINT) FROM (SELECT COUNT(*) AS n
+                   FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                     AND classid = 1885695588 GROUP BY objid) w";
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (mut wallet, app_id) = (server.wallet(), app_id.to_owned());
+        callers.spawn(async move {
+            while tokio::time::Instant::now() < until {
+                let request = pb::RequestAuthorizationRequest {
+                    user_id: "u1".into(),
+                    app_id: app_id.clone(),
+                    scopes: vec![scope as i32],
+                    trigger: trigger as i32,
+                };
+                if let Err(status) = wallet.request_authorization(request).await {
+                    assert_eq!(reason(&status), ErrorReason::RequestTrafficExceedLimit);
+                }
+            }
+        });
+    }
+    let mut most = 0_i64;
+    while tokio::time::Instant::now() < until {
+        let n: i64 = sqlx::query_scalar(waiting).fetch_one(&admin).await.unwrap();
+        most = most.max(n);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while let Some(caller) = callers.join_next().await {
+        caller.unwrap();
+    }
+    admin.close().await;
+    most
+}
