@@ -3,12 +3,13 @@
 //! request body or credentials is recorded, and a method takes a label or log value only if
 //! the server serves it: a caller cannot grow the metrics or the log lines by inventing names.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
@@ -30,17 +31,62 @@ const UNKNOWN: &str = "unknown";
 /// Longest part of an unserved request path logged (for finding a misconfigured client).
 const MAX_LOGGED_PATH_LEN: usize = 64;
 
+/// Failed calls' lines logged per (method, code) in each second. Past it the lines are left
+/// out and counted, and the next line logged says how many: a flood of refused calls (anyone's,
+/// unauthenticated or shed) cannot fill the log at the rate it is sent. Metrics count every
+/// call either way.
+const FAILURE_LINES_PER_SECOND: u32 = 20;
+
+/// The windows of [`FAILURE_LINES_PER_SECOND`], per served method (or "unknown") and code: a
+/// fixed set of keys, so the table's size is bounded whatever the callers send.
+#[derive(Debug, Default)]
+struct FailureLines(Mutex<HashMap<(&'static str, &'static str, i32), FailureWindow>>);
+
+#[derive(Debug)]
+struct FailureWindow {
+    started: Instant,
+    logged: u32,
+    left_out: u64,
+}
+
+impl FailureLines {
+    /// Whether the failed call `key` ending at `now` gets its line: with how many lines of the
+    /// same key were left out before it.
+    fn admit(&self, key: (&'static str, &'static str, i32), now: Instant) -> Option<u64> {
+        let mut windows = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = windows.entry(key).or_insert(FailureWindow {
+            started: now,
+            logged: 0,
+            left_out: 0,
+        });
+        if now.saturating_duration_since(window.started) >= Duration::from_secs(1) {
+            window.started = now;
+            window.logged = 0;
+        }
+        if window.logged >= FAILURE_LINES_PER_SECOND {
+            window.left_out += 1;
+            return None;
+        }
+        window.logged += 1;
+        Some(std::mem::take(&mut window.left_out))
+    }
+}
+
 /// Wraps a gRPC server in [`RpcObserver`]s.
 #[derive(Debug, Clone)]
 pub struct RpcObserverLayer {
     methods: ServedMethods,
+    failure_lines: Arc<FailureLines>,
 }
 
 impl RpcObserverLayer {
     /// `methods`: the only (service, method) pairs used as metric labels and log values;
     /// every other path is "unknown".
     pub fn new(methods: ServedMethods) -> Self {
-        RpcObserverLayer { methods }
+        RpcObserverLayer {
+            methods,
+            failure_lines: Arc::default(),
+        }
     }
 }
 
@@ -51,6 +97,7 @@ impl<S> Layer<S> for RpcObserverLayer {
         RpcObserver {
             inner,
             methods: self.methods.clone(),
+            failure_lines: self.failure_lines.clone(),
         }
     }
 }
@@ -60,6 +107,7 @@ impl<S> Layer<S> for RpcObserverLayer {
 pub struct RpcObserver<S> {
     inner: S,
     methods: ServedMethods,
+    failure_lines: Arc<FailureLines>,
 }
 
 /// The start of an unserved request path, printable ASCII only, for the log.
@@ -187,6 +235,7 @@ where
             span.record("path", loggable_path(req.uri().path()).as_str());
         }
         let mut inner = crate::take_ready(&mut self.inner);
+        let failure_lines = self.failure_lines.clone();
         Box::pin(
             async move {
                 let mut result = inner.call(req).await;
@@ -208,8 +257,10 @@ where
                 let latency_ms = latency.as_secs_f64() * 1000.0;
                 if code == tonic::Code::Ok {
                     tracing::debug!(target: RPC_LOG_TARGET, code = ?code, latency_ms, "rpc finished");
-                } else {
-                    tracing::info!(target: RPC_LOG_TARGET, code = ?code, latency_ms, "rpc finished");
+                } else if let Some(left_out) = failure_lines
+                    .admit((service_label, method_label, code as i32), Instant::now())
+                {
+                    tracing::info!(target: RPC_LOG_TARGET, code = ?code, latency_ms, left_out, "rpc finished");
                 }
                 metrics::counter!(
                     "grpc_server_handled_total",
@@ -234,6 +285,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guards the window in `FailureLines::admit`: within a second, one (method, code) gets
+    /// `FAILURE_LINES_PER_SECOND` lines and the rest are counted; another code or method
+    /// still gets its own; the first line of the next second says how many were left out.
+    #[test]
+    fn failed_calls_lines_are_bounded_per_method_and_code_each_second() {
+        let lines = FailureLines::default();
+        let start = Instant::now();
+        let key = ("svc", "Method", tonic::Code::Unauthenticated as i32);
+        for n in 0..FAILURE_LINES_PER_SECOND {
+            assert_eq!(lines.admit(key, start), Some(0), "line {n}");
+        }
+        for _ in 0..5 {
+            assert_eq!(lines.admit(key, start + Duration::from_millis(900)), None);
+        }
+        let other_code = ("svc", "Method", tonic::Code::NotFound as i32);
+        assert_eq!(lines.admit(other_code, start), Some(0));
+        assert_eq!(lines.admit(("svc", "Other", key.2), start), Some(0));
+        let next_second = start + Duration::from_secs(1);
+        assert_eq!(lines.admit(key, next_second), Some(5), "the lines left out");
+        assert_eq!(lines.admit(key, next_second), Some(0));
+    }
 
     #[test]
     fn a_logged_path_is_bounded_and_printable() {
