@@ -347,3 +347,35 @@ async fn a_verifier_behind_a_silent_link_gives_its_stream_slot_back() {
         cut_at.elapsed()
     );
 }
+
+/// Guards the second channel of userinfo-service's `AuthServiceLink` (`checks`): with
+/// auth-service allowing one stream per connection, GetPhoneNumber's credential check still
+/// gets through while the revocation stream holds the only stream of its connection. On one
+/// shared connection the check waited for a stream and failed after the call timeout, as a
+/// flood of unconfirmed credentials would make every check wait behind the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_checks_do_not_wait_behind_the_revocation_stream() {
+    let p = Platform::start_with(|c| c.limits.max_concurrent_per_connection = 1, |_| {}).await;
+    let (app_id, secret) = p.app(&ALL_FEATURES).await;
+    p.profile(demo_profile("u1")).await;
+    let grant = p.consent("u1", &app_id, &[pb::Scope::PhoneNumber]).await;
+    let auth_code = super::auth_code(&grant);
+    let mut backend = p.auth.backend(&app_id, &secret);
+    let request = pb::ExchangeAuthCodeRequest { auth_code };
+    let access_token = backend
+        .exchange_auth_code(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let request = upb::GetPhoneNumberRequest { access_token };
+    let checked = tokio::time::timeout(
+        Duration::from_secs(3),
+        p.userinfo
+            .backend(&app_id, &secret)
+            .get_phone_number(request),
+    )
+    .await
+    .expect("GetPhoneNumber answered within 3 s");
+    assert!(checked.is_ok(), "{checked:?}");
+}

@@ -42,10 +42,15 @@ const EXPORT_MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const LONGEST_RETRY_DELAY: Duration = Duration::from_millis(500);
 
-/// A lazily connected channel to auth-service and the verifier credential to present.
+/// Lazily connected channels to auth-service and the verifier credential to present.
 #[derive(Clone)]
 pub struct AuthServiceLink {
+    /// Token keys, the revocation stream, a user's export and erasure.
     channel: Channel,
+    /// GetPhoneNumber's credential checks, on a connection of their own: however many are in
+    /// flight (one per unconfirmed caller), they never take the streams auth-service allows a
+    /// connection from the revocation stream and key fetches every token check depends on.
+    checks: Channel,
     verifier_auth: MetadataValue<Ascii>,
     /// The privacy credential, for a user's export and erasure (AuthorizationService).
     privacy_auth: Option<MetadataValue<Ascii>>,
@@ -93,6 +98,7 @@ impl AuthServiceLink {
     pub fn with_endpoint(endpoint: Endpoint, verifier_token: &str) -> Result<Self, LinkError> {
         Ok(AuthServiceLink {
             channel: endpoint.connect_lazy(),
+            checks: endpoint.connect_lazy(),
             verifier_auth: format!("Bearer {verifier_token}")
                 .parse()
                 .map_err(|_| LinkError::Token)?,
@@ -285,7 +291,7 @@ impl AppCredentialCheck for AuthServiceLink {
             request.metadata_mut().insert(FORWARDED_PEER, peer);
         }
         match within_call_timeout(
-            TokenServiceClient::new(self.channel.clone()).introspect_token(request),
+            TokenServiceClient::new(self.checks.clone()).introspect_token(request),
         )
         .await
         {
