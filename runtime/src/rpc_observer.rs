@@ -20,7 +20,8 @@ use crate::methods::ServedMethods;
 /// The target of the line each call ends with. A failed call's line is INFO; an answered
 /// one's is DEBUG, since metrics count those and a line per call at this rate would cost the
 /// service a fifth of its throughput and flood the log (BENCHMARKS.md, "Log lines").
-/// `RUST_LOG=info,rpc=debug` logs every call.
+/// `RUST_LOG=info,rpc=debug` logs every answered call; failed calls' lines are capped at any
+/// level ([`FAILURE_LINES_PER_SECOND`]).
 pub const RPC_LOG_TARGET: &str = "rpc";
 /// The metadata key carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -257,8 +258,9 @@ where
                 let latency_ms = latency.as_secs_f64() * 1000.0;
                 if code == tonic::Code::Ok {
                     tracing::debug!(target: RPC_LOG_TARGET, code = ?code, latency_ms, "rpc finished");
-                } else if let Some(left_out) = failure_lines
-                    .admit((service_label, method_label, code as i32), Instant::now())
+                } else if let Some(left_out) = tracing::enabled!(target: RPC_LOG_TARGET, tracing::Level::INFO)
+                    .then(|| failure_lines.admit((service_label, method_label, code as i32), Instant::now()))
+                    .flatten()
                 {
                     tracing::info!(target: RPC_LOG_TARGET, code = ?code, latency_ms, left_out, "rpc finished");
                 }

@@ -295,15 +295,17 @@ enum Connections {
 }
 
 /// Turns at a key in this process, for [`Pools::begin_in_turn`] on PostgreSQL: one queue per
-/// key, held only while a transaction holds or awaits its turn, so one key's queue never
-/// delays another key and the memory grows only with the transactions in flight.
+/// key, kept only while a call holds or awaits its turn, so one key's queue never delays
+/// another key and the memory grows only with the calls holding or awaiting a turn.
 #[derive(Debug, Default)]
 struct LockTurns {
     keys: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl LockTurns {
-    /// `key`'s turn, held until the [`Turn`] is dropped.
+    /// `key`'s turn, held until the [`Turn`] is dropped. A call dropped while it waits (its
+    /// caller gone, its deadline passed), even one the turn was just handed to, leaves no
+    /// queue behind: its [`Turn`] exists from the start, and is dropped after the wait.
     async fn take(self: &Arc<Self>, key: i64) -> Turn {
         let queue = {
             let mut keys = self
@@ -312,11 +314,13 @@ impl LockTurns {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             keys.entry(key).or_default().clone()
         };
-        Turn {
-            held: Some(queue.lock_owned().await),
+        let mut turn = Turn {
+            held: None,
             turns: self.clone(),
             key,
-        }
+        };
+        turn.held = Some(queue.lock_owned().await);
+        turn
     }
 }
 
@@ -676,6 +680,26 @@ mod tests {
         assert!(second.is_err(), "a key's turns are taken one at a time");
         drop(held);
         drop(turns.take(0).await);
+        let left = turns.keys.lock().unwrap().len();
+        assert_eq!(left, 0, "queues left behind");
+    }
+
+    /// Guards the order in `LockTurns::take` (the [`Turn`] made before the wait): a call
+    /// dropped while it waits, just after the holder handed it the turn and before it ran
+    /// again (its caller gone), leaves no queue behind. When the [`Turn`] was made only once
+    /// the wait ended, that queue stayed in the map for good.
+    #[tokio::test]
+    async fn a_waiter_dropped_after_the_handoff_leaves_no_queue() {
+        let turns = Arc::new(LockTurns::default());
+        let held = turns.take(7).await;
+        let mut waiting = Box::pin(turns.take(7));
+        tokio::select! {
+            biased;
+            _ = &mut waiting => panic!("the turn is held"),
+            () = std::future::ready(()) => {}
+        }
+        drop(held);
+        drop(waiting);
         let left = turns.keys.lock().unwrap().len();
         assert_eq!(left, 0, "queues left behind");
     }
