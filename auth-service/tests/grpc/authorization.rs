@@ -9,8 +9,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use super::{
-    ALL_FEATURES, app_with, auth_code, consent, consent_token, reason, request, resolve,
-    revocation_log,
+    ALL_FEATURES, app_with, auth_code, consent, consent_token, largest_while_calling, reason,
+    request, resolve, revocation_log,
 };
 
 use pb::Scope::{AuthBase, PhoneNumber, UserInfo};
@@ -562,39 +562,24 @@ async fn most_waiting_on_the_pair(
     scope: pb::Scope,
     trigger: pb::Trigger,
 ) -> i64 {
-    let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
-    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
     // Waiting advisory locks of the pending class ("pend"), most on one key.
     let waiting = "SELECT CAST(COALESCE(MAX(n), 0) AS BIGINT) FROM (SELECT COUNT(*) AS n
                    FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
                      AND classid = 1885695588 GROUP BY objid) w";
-    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-    let mut callers = tokio::task::JoinSet::new();
-    for _ in 0..64 {
-        let (mut wallet, app_id) = (server.wallet(), app_id.to_owned());
-        callers.spawn(async move {
-            while tokio::time::Instant::now() < until {
-                let request = pb::RequestAuthorizationRequest {
-                    user_id: "u1".into(),
-                    app_id: app_id.clone(),
-                    scopes: vec![scope as i32],
-                    trigger: trigger as i32,
-                };
-                if let Err(status) = wallet.request_authorization(request).await {
-                    assert_eq!(reason(&status), ErrorReason::RequestTrafficExceedLimit);
-                }
+    let (wallet, app_id) = (server.wallet(), app_id.to_owned());
+    let call = move || {
+        let (mut wallet, app_id) = (wallet.clone(), app_id.clone());
+        async move {
+            let request = pb::RequestAuthorizationRequest {
+                user_id: "u1".into(),
+                app_id,
+                scopes: vec![scope as i32],
+                trigger: trigger as i32,
+            };
+            if let Err(status) = wallet.request_authorization(request).await {
+                assert_eq!(reason(&status), ErrorReason::RequestTrafficExceedLimit);
             }
-        });
-    }
-    let mut most = 0_i64;
-    while tokio::time::Instant::now() < until {
-        let n: i64 = sqlx::query_scalar(waiting).fetch_one(&admin).await.unwrap();
-        most = most.max(n);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    while let Some(caller) = callers.join_next().await {
-        caller.unwrap();
-    }
-    admin.close().await;
-    most
+        }
+    };
+    largest_while_calling(call, waiting).await
 }

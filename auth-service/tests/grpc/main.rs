@@ -70,3 +70,39 @@ pub async fn revocation_log(server: &TestAuthServer) -> Vec<pb::RevocationEvent>
         }
     }
 }
+
+/// 64 tasks run `call` over and over for 2 s while `sampled`, a PostgreSQL query of one
+/// BIGINT (waiting locks, in the PostgreSQL tests), is read from `TEST_DATABASE_URL` every
+/// 5 ms: the largest value it read.
+pub async fn largest_while_calling<F, Fut>(call: F, sampled: &'static str) -> i64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    let admin = sqlx::PgPool::connect(&admin_url).await.expect("connect");
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let call = call.clone();
+        callers.spawn(async move {
+            while tokio::time::Instant::now() < until {
+                call().await;
+            }
+        });
+    }
+    let mut largest = 0_i64;
+    while tokio::time::Instant::now() < until {
+        let n: i64 = sqlx::query_scalar(sampled)
+            .fetch_one(&admin)
+            .await
+            .expect("sample");
+        largest = largest.max(n);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    while let Some(caller) = callers.join_next().await {
+        caller.expect("a caller");
+    }
+    admin.close().await;
+    largest
+}

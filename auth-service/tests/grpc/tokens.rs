@@ -5,7 +5,10 @@ use miniprogram_proto::ErrorReason;
 use miniprogram_proto::auth::v1 as pb;
 use tonic::Code;
 
-use super::{ALL_FEATURES, app_with, auth_code, consent, consent_token, reason, revocation_log};
+use super::{
+    ALL_FEATURES, app_with, auth_code, consent, consent_token, largest_while_calling, reason,
+    revocation_log,
+};
 
 use pb::Scope::{AuthBase, PhoneNumber, UserInfo};
 
@@ -691,35 +694,18 @@ async fn postgres_one_apps_revocations_wait_for_their_turn_outside_the_pool() {
     let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
     let token = consent_token(&consent(&server, "u1", &app_id, &[UserInfo]).await);
     let backend = server.backend(&app_id, &secret);
-    let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
-    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
     // Waiting advisory locks of the quota's class ("quot"), most on one key.
     let waiting = "SELECT CAST(COALESCE(MAX(n), 0) AS BIGINT) FROM (SELECT COUNT(*) AS n
                    FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
                      AND classid = 1903521652 GROUP BY objid) w";
-    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-    let mut callers = tokio::task::JoinSet::new();
-    for _ in 0..64 {
+    let revoke = move || {
         let (mut backend, token) = (backend.clone(), token.clone());
-        callers.spawn(async move {
-            while tokio::time::Instant::now() < until {
-                let request = pb::RevokeTokenRequest {
-                    token: token.clone(),
-                };
-                backend.revoke_token(request).await.unwrap();
-            }
-        });
-    }
-    let mut most = 0_i64;
-    while tokio::time::Instant::now() < until {
-        let n: i64 = sqlx::query_scalar(waiting).fetch_one(&admin).await.unwrap();
-        most = most.max(n);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    while let Some(caller) = callers.join_next().await {
-        caller.unwrap();
-    }
-    admin.close().await;
+        async move {
+            let request = pb::RevokeTokenRequest { token };
+            backend.revoke_token(request).await.unwrap();
+        }
+    };
+    let most = largest_while_calling(revoke, waiting).await;
     assert!(
         most <= 1,
         "{most} of the app's transactions waited on its lock at once"
@@ -758,42 +744,26 @@ enum Spend {
 /// 64 callers spend `spend` over and over for 2 s (any answer but UNAVAILABLE is expected):
 /// the most PostgreSQL transactions that waited on a row lock at once meanwhile.
 async fn most_waiting_on_a_row(backend: &Backend, spend: Spend) -> i64 {
-    let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
-    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
     // A row lock is waited on as the holder's transaction id, or as the tuple.
     let waiting = "SELECT COUNT(*) FROM pg_locks
                    WHERE NOT granted AND locktype IN ('transactionid', 'tuple')";
-    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-    let mut callers = tokio::task::JoinSet::new();
-    for _ in 0..64 {
+    let backend = backend.clone();
+    let call = move || {
         let (mut backend, spend) = (backend.clone(), spend.clone());
-        callers.spawn(async move {
-            while tokio::time::Instant::now() < until {
-                let answer = match &spend {
-                    Spend::Code(auth_code) => {
-                        let auth_code = auth_code.clone();
-                        let request = pb::ExchangeAuthCodeRequest { auth_code };
-                        backend.exchange_auth_code(request).await.map(drop)
-                    }
-                    Spend::Refresh(token) => refresh(&backend, token.clone()).await.map(drop),
-                };
-                if let Err(status) = answer {
-                    assert_ne!(status.code(), Code::Unavailable, "{status:?}");
+        async move {
+            let answer = match spend {
+                Spend::Code(auth_code) => {
+                    let request = pb::ExchangeAuthCodeRequest { auth_code };
+                    backend.exchange_auth_code(request).await.map(drop)
                 }
+                Spend::Refresh(token) => refresh(&backend, token).await.map(drop),
+            };
+            if let Err(status) = answer {
+                assert_ne!(status.code(), Code::Unavailable, "{status:?}");
             }
-        });
-    }
-    let mut most = 0_i64;
-    while tokio::time::Instant::now() < until {
-        let n: i64 = sqlx::query_scalar(waiting).fetch_one(&admin).await.unwrap();
-        most = most.max(n);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    while let Some(caller) = callers.join_next().await {
-        caller.unwrap();
-    }
-    admin.close().await;
-    most
+        }
+    };
+    largest_while_calling(call, waiting).await
 }
 
 type Backend = pb::token_service_client::TokenServiceClient<auth_service::testing::Authed>;
