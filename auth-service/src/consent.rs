@@ -427,7 +427,7 @@ impl ConsentFlow {
         } else {
             scopes
         };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_holding_pending(user_id, app_id).await?;
         let Some(held) = tx.consents().hold_authorization(user_id, app_id).await? else {
             return Ok((ScopeSet::EMPTY, ScopeSet::EMPTY));
         };

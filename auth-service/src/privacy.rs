@@ -288,7 +288,10 @@ impl PrivacyRecords {
         let mut tx = self.store.begin().await?;
         let standing = tx.consents().list(user_id).await?;
         let mut held = Vec::with_capacity(standing.len());
+        // Each app's (user, app) lock before its authorization, in app id order, as a
+        // withdrawal and an exchange take it: they queue instead of deadlocking.
         for (a, _) in &standing {
+            tx.consents().hold_pending(user_id, &a.app_id).await?;
             if let Some(a) = tx.consents().hold_authorization(user_id, &a.app_id).await? {
                 held.push(a);
             }

@@ -149,7 +149,15 @@ impl TokenIssuer {
             return Err(AuthError::InvalidCode);
         }
         let hash = secrets::hash(auth_code);
-        let mut tx = self.store.begin_spending(&hash).await?;
+        // The spend waits for the turn and lock of the code's (user, app), as a withdrawal
+        // does before it holds the authorization: the two queue instead of each holding a row
+        // the other waits for (the code here, the authorization there).
+        let issued = self.store.repositories().grants().code(&hash).await?;
+        let Some(issued) = issued.filter(|c| c.app_id == app.app_id) else {
+            return Err(AuthError::InvalidCode);
+        };
+        let pair = (issued.user_id.as_str(), app.app_id.as_str());
+        let mut tx = self.store.begin_holding_pending(pair.0, pair.1).await?;
         let Some(code) = tx.grants().spend_code(&hash, &app.app_id, now).await? else {
             let found = tx.grants().code(&hash).await?;
             drop(tx);

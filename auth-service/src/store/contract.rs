@@ -33,7 +33,7 @@ pub trait AuthStore: Send + Sync + 'static {
         user_id: &str,
         app_id: &str,
     ) -> StoreResult<Box<dyn Transaction>>;
-    /// A transaction that spends the code or refresh token `secret_hash`, in the secret's
+    /// A transaction that spends the refresh token `secret_hash`, in the secret's
     /// turn (`sql_backend::Pools::begin_in_turn`): concurrent spends of one secret (a retry
     /// storm, a replay) wait for each other without a pooled connection, not each on its row.
     async fn begin_spending(&self, secret_hash: &SecretHash) -> StoreResult<Box<dyn Transaction>>;

@@ -712,13 +712,14 @@ async fn postgres_one_apps_revocations_wait_for_their_turn_outside_the_pool() {
     );
 }
 
-/// Guards the secret's turn in `Pools::begin_in_turn`, through which `TokenIssuer::exchange`
-/// and `TokenIssuer::refresh` open their transactions (`AuthStore::begin_spending`): on
-/// PostgreSQL, 64 concurrent calls spending one code, then one refresh token, for 2 s each (a
-/// retry storm, or a replay) wait for their turn in the process, not each in a transaction
-/// that holds one of the pool's 16 connections while it waits on the secret's row lock;
-/// sampled from `pg_locks`, at most one transaction waits on a row at once. Without the turn,
-/// 7 exchanges and 15 refreshes did.
+/// Guards the turns in `Pools::begin_in_turn` through which `TokenIssuer::refresh` (the
+/// secret's, `AuthStore::begin_spending`) and `TokenIssuer::exchange` (the code's (user, app)
+/// pair's, `AuthStore::begin_holding_pending`) open their transactions: on PostgreSQL, 64
+/// concurrent calls spending one code, then one refresh token, for 2 s each (a retry storm, or
+/// a replay) wait for their turn in the process, not each in a transaction that holds one of
+/// the pool's 16 connections while it waits on the secret's row lock; sampled from
+/// `pg_locks`, at most one transaction waits on a row at once. Without the turn, 7 exchanges
+/// and 15 refreshes did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_spends_of_one_secret_wait_for_their_turn_outside_the_pool() {
@@ -732,6 +733,86 @@ async fn postgres_spends_of_one_secret_wait_for_their_turn_outside_the_pool() {
     let refresh_token = exchange(&server, &backend, "u2", &app_id).await;
     let most = most_waiting_on_a_row(&backend, Spend::Refresh(refresh_token)).await;
     assert!(most <= 1, "{most} refreshes waited on a row lock at once");
+}
+
+/// Guards the pair's turn and lock that `TokenIssuer::exchange` takes before it spends, as a
+/// withdrawal (`ConsentFlow::withdraw`) and an erasure (`hold_pending` in
+/// `PrivacyRecords::erase`) take them before they hold the authorization: on PostgreSQL, a
+/// user's first exchange for an app and the withdrawal (or the erasure) of that user, sent at
+/// the same instant for 40 users, never end in a deadlock (INTERNAL). Before, the withdrawal
+/// held the authorization and waited on the code being spent, while the exchange waited on
+/// the authorization to record the app-scoped id it gave: the first user already deadlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+async fn postgres_an_exchange_and_a_withdrawal_or_erasure_at_once_never_deadlock() {
+    let url = sql_backend::testing::fresh_schema_url("exchange_withdraw").await;
+    let server = TestAuthServer::start_with(|c| c.database_url = url).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let backend = server.backend(&app_id, &secret);
+    for n in 0..40 {
+        let user_id = format!("u{n}");
+        let auth_code = code_for(&server, &user_id, &app_id).await;
+        let mut backend = backend.clone();
+        let exchange = backend.exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code });
+        let mut wallet = server.wallet();
+        let app_id = app_id.clone();
+        let ended = async move {
+            if n % 2 == 0 {
+                let request = pb::RevokeAuthorizationRequest {
+                    user_id,
+                    app_id,
+                    scopes: Vec::new(),
+                };
+                wallet.revoke_authorization(request).await.map(drop)
+            } else {
+                let request = pb::EraseUserAuthorizationsRequest { user_id };
+                wallet.erase_user_authorizations(request).await.map(drop)
+            }
+        };
+        let (exchanged, ended) = tokio::join!(exchange, ended);
+        for status in [exchanged.err(), ended.err()].into_iter().flatten() {
+            assert_ne!(status.code(), Code::Internal, "user {n}: {status:?}");
+        }
+    }
+}
+
+/// Guards the same pair lock in `TokenIssuer::exchange`, for the eviction it runs: on
+/// PostgreSQL, with MAX_GRANTS_PER_USER at 2, eight codes of one user exchanged at once leave
+/// two grants whose refresh tokens work, not one per exchange that read the others' rows
+/// before they were written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+async fn postgres_exchanges_at_once_keep_the_grant_bound() {
+    let url = sql_backend::testing::fresh_schema_url("exchanges_at_once").await;
+    let server = TestAuthServer::start_with(|c| {
+        c.database_url = url;
+        c.grant_bounds.per_user = 2;
+    })
+    .await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let backend = server.backend(&app_id, &secret);
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(code_for(&server, "u1", &app_id).await);
+    }
+    let exchanges = codes.into_iter().map(|auth_code| {
+        let mut backend = backend.clone();
+        async move {
+            let request = pb::ExchangeAuthCodeRequest { auth_code };
+            backend
+                .exchange_auth_code(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .refresh_token
+        }
+    });
+    let refresh_tokens = futures::future::join_all(exchanges).await;
+    let mut live = 0;
+    for token in refresh_tokens {
+        live += usize::from(refresh(&backend, token).await.is_ok());
+    }
+    assert_eq!(live, 2, "grants left of one user for one app");
 }
 
 /// A secret spent over and over.
