@@ -156,8 +156,10 @@ impl TokenIssuer {
         let Some(issued) = issued.filter(|c| c.app_id == app.app_id) else {
             return Err(AuthError::InvalidCode);
         };
-        let pair = (issued.user_id.as_str(), app.app_id.as_str());
-        let mut tx = self.store.begin_holding_pending(pair.0, pair.1).await?;
+        let pair = self
+            .store
+            .begin_holding_pending(&issued.user_id, &app.app_id);
+        let mut tx = pair.await?;
         let Some(code) = tx.grants().spend_code(&hash, &app.app_id, now).await? else {
             let found = tx.grants().code(&hash).await?;
             drop(tx);

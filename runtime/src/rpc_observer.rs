@@ -258,11 +258,11 @@ where
                 let latency_ms = latency.as_secs_f64() * 1000.0;
                 if code == tonic::Code::Ok {
                     tracing::debug!(target: RPC_LOG_TARGET, code = ?code, latency_ms, "rpc finished");
-                } else if let Some(left_out) = tracing::enabled!(target: RPC_LOG_TARGET, tracing::Level::INFO)
-                    .then(|| failure_lines.admit((service_label, method_label, code as i32), Instant::now()))
-                    .flatten()
-                {
-                    tracing::info!(target: RPC_LOG_TARGET, code = ?code, latency_ms, left_out, "rpc finished");
+                } else if tracing::enabled!(target: RPC_LOG_TARGET, tracing::Level::INFO) {
+                    let key = (service_label, method_label, code as i32);
+                    if let Some(left_out) = failure_lines.admit(key, Instant::now()) {
+                        tracing::info!(target: RPC_LOG_TARGET, code = ?code, latency_ms, left_out, "rpc finished");
+                    }
                 }
                 metrics::counter!(
                     "grpc_server_handled_total",

@@ -27,6 +27,16 @@ const TOKEN_QUOTA_LOCK: i64 = 0x7175_6f74 << 32;
 /// unexchanged codes ("pend"); the low half is a hash of both ids.
 const PENDING_LOCK: i64 = 0x7065_6e64 << 32;
 
+/// The lock key of one app's counted revocations.
+fn app_rules_key(app_id: &str) -> i64 {
+    lock_key(TOKEN_QUOTA_LOCK, &[app_id])
+}
+
+/// The lock key of what waits for one user and app.
+fn pending_key(user_id: &str, app_id: &str) -> i64 {
+    lock_key(PENDING_LOCK, &[user_id, app_id])
+}
+
 /// The lock key of `parts` (ids, 0-separated) under `high`.
 fn lock_key(high: i64, parts: &[&str]) -> i64 {
     let mut hash = Sha256::new();
@@ -126,7 +136,7 @@ impl AuthStore for SqlAuthStore {
     }
 
     async fn begin_holding_app_rules(&self, app_id: &str) -> StoreResult<Box<dyn Transaction>> {
-        let key = lock_key(TOKEN_QUOTA_LOCK, &[app_id]);
+        let key = app_rules_key(app_id);
         Ok(Box::new(Repos(self.pools.begin_locked(key).await?)))
     }
 
@@ -135,7 +145,7 @@ impl AuthStore for SqlAuthStore {
         user_id: &str,
         app_id: &str,
     ) -> StoreResult<Box<dyn Transaction>> {
-        let key = lock_key(PENDING_LOCK, &[user_id, app_id]);
+        let key = pending_key(user_id, app_id);
         Ok(Box::new(Repos(self.pools.begin_locked(key).await?)))
     }
 
@@ -354,9 +364,7 @@ impl ConsentRepo for Repos {
     }
 
     async fn hold_pending(&mut self, user_id: &str, app_id: &str) -> StoreResult<()> {
-        self.0
-            .lock(lock_key(PENDING_LOCK, &[user_id, app_id]))
-            .await
+        self.0.lock(pending_key(user_id, app_id)).await
     }
 
     async fn open_prompts(
@@ -574,7 +582,7 @@ impl RevocationRepo for Repos {
     }
 
     async fn hold_app_rules(&mut self, app_id: &str) -> StoreResult<()> {
-        self.0.lock(lock_key(TOKEN_QUOTA_LOCK, &[app_id])).await
+        self.0.lock(app_rules_key(app_id)).await
     }
 
     async fn holds_token_rule(&mut self, r: &NewRevocation) -> StoreResult<bool> {
