@@ -135,11 +135,6 @@ impl AppRegistry {
         let app = switched.await?.ok_or(AuthError::AppNotFound)?;
         let now = clock.now();
         let scopes = ScopeSet::of(&[feature.scope()]);
-        tx.grants()
-            .revoke_tokens_carrying(app_id, None, scopes, now)
-            .await?;
-        let rule = self.revocation_policy.rule(app_id, None, scopes, now);
-        let appended = tx.revocations().append(&rule).await?;
         let (changes_expire, records_expire) = (
             self.privacy.change_expiry(now),
             self.privacy.record_expiry(now),
@@ -154,7 +149,13 @@ impl AppRegistry {
             tx.privacy()
                 .append_records_for_scopes(app_id, scopes, event, now, records_expire);
         records.await?;
+        // The authorizations before the tokens, as a withdrawal holds them.
         tx.consents().withdraw_from_all(app_id, scopes).await?;
+        tx.grants()
+            .revoke_tokens_carrying(app_id, None, scopes, now)
+            .await?;
+        let rule = self.revocation_policy.rule(app_id, None, scopes, now);
+        let appended = tx.revocations().append(&rule).await?;
         tx.commit().await?;
         self.changed();
         self.feed.appended(appended);

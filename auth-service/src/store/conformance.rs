@@ -923,6 +923,90 @@ pub async fn a_refresh_and_a_withdrawal_at_once_both_commit(store: Arc<dyn AuthS
     withdrawn.expect("the withdrawal ends").unwrap().unwrap();
 }
 
+/// An exchange evicting two grants and a feature switch-off revoking the app's refresh tokens
+/// at the same time both commit, whichever grant is evicted first and whichever token was
+/// written first. Guards the grant id order of `evict_grants_beyond` (the first layout) and
+/// of the row locks `revoke_tokens_carrying` takes (the second): without either, on
+/// PostgreSQL, each held one family's tokens and waited on the other's, and PostgreSQL
+/// aborted one of them as a deadlock.
+pub async fn an_eviction_and_a_feature_switch_off_at_once_both_commit(store: Arc<dyn AuthStore>) {
+    // (app, purge_at of gA and gZ, which grant's code is held meanwhile); tZ is written first
+    // in the second layout, so a switch-off scanning in table order meets it first.
+    for (app_id, purge, held, z_first) in [
+        ("a1", (100, 300), "gA", false),
+        ("a2", (300, 100), "gZ", true),
+    ] {
+        let mut repos = store.repositories();
+        let grants = repos.grants();
+        let exchanged = |b: u8, grant: &str, purge_at: i64| AuthCodeRecord {
+            used_at: Some(t(20)),
+            purge_at: t(purge_at),
+            ..code(b, app_id, grant)
+        };
+        let token = |b: u8, grant: &str| RefreshTokenRecord {
+            app_id: app_id.into(),
+            ..refresh(b, grant, 5000)
+        };
+        let (a, z) = (b'A', b'Z');
+        grants
+            .insert_code(&exchanged(a, "gA", purge.0))
+            .await
+            .unwrap();
+        grants
+            .insert_code(&exchanged(z, "gZ", purge.1))
+            .await
+            .unwrap();
+        let tokens = if z_first {
+            [token(z + 1, "gZ"), token(a + 1, "gA")]
+        } else {
+            [token(a + 1, "gA"), token(z + 1, "gZ")]
+        };
+        for tk in &tokens {
+            grants.insert_refresh_token(tk).await.unwrap();
+        }
+        let mut holder = store.begin().await.unwrap();
+        holder.grants().keep_code_until(held, t(400)).await.unwrap();
+        let eviction = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin().await?;
+                let evicted = tx
+                    .grants()
+                    .evict_grants_beyond((app_id, "user-1"), "gN", 1)
+                    .await?;
+                tx.commit().await.map(|()| evicted)
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let switch_off = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin().await?;
+                let phone = ScopeSet::of(&[Scope::PhoneNumber]);
+                tx.grants()
+                    .revoke_tokens_carrying(app_id, None, phone, t(41))
+                    .await?;
+                tx.commit().await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        holder.commit().await.unwrap();
+        let within = std::time::Duration::from_secs(10);
+        let evicted = tokio::time::timeout(within, eviction)
+            .await
+            .expect("the eviction ends");
+        assert_eq!(
+            evicted.unwrap().expect("the eviction commits"),
+            2,
+            "{app_id}"
+        );
+        let switched = tokio::time::timeout(within, switch_off)
+            .await
+            .expect("the switch-off ends");
+        switched.unwrap().expect("the switch-off commits");
+    }
+}
+
 /// A user's unspent codes for an app beyond the kept ones are deleted, the earliest issued
 /// first; the new code is kept whatever its age; spent codes, other users' and other apps'
 /// codes stay.
@@ -1644,6 +1728,7 @@ sql_backend::conformance!(
     grants_beyond_the_kept_ones_are_evicted_least_recently_refreshed_first,
     a_familys_spent_refresh_token_of_a_generation_is_forgotten,
     a_refresh_and_a_withdrawal_at_once_both_commit,
+    an_eviction_and_a_feature_switch_off_at_once_both_commit,
     unspent_codes_beyond_the_kept_ones_are_deleted_earliest_first,
     open_prompts_are_counted_per_user_and_app,
     an_eviction_racing_an_exchange_leaves_the_spent_code,

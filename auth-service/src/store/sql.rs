@@ -520,8 +520,10 @@ impl GrantRepo for Repos {
         let args = args![app_id, user_id, new_grant, others, i64::MAX];
         let decode = |r: &dyn Columns| r.text("grant_id");
         // Read, not held: each code row is locked by its delete, before its family's tokens,
-        // the order every other statement on both takes (`spend_refresh_token`).
-        let families = self.0.all(Read, GRANTS_BEYOND, args, decode).await?;
+        // the order every other statement on both takes (`spend_refresh_token`), and families
+        // in grant id order, as `revoke_tokens_carrying` takes an app's tokens.
+        let mut families = self.0.all(Read, GRANTS_BEYOND, args, decode).await?;
+        families.sort_unstable();
         for family in &families {
             let sql = "DELETE FROM auth_codes WHERE grant_id = $1";
             self.0.execute(sql, args![family]).await?;
@@ -544,6 +546,14 @@ impl GrantRepo for Repos {
         scopes: ScopeSet,
         now: Timestamp,
     ) -> StoreResult<()> {
+        // Held in grant id order first, as an eviction takes families (`evict_grants_beyond`).
+        let lock = "SELECT 1 FROM refresh_tokens
+                    WHERE app_id = $1 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2)
+                      AND (scopes & $3) <> 0 AND revoked_at IS NULL AND used_at IS NULL
+                    ORDER BY family_id, token_hash FOR UPDATE";
+        self.0
+            .lock_rows(lock, args![app_id, user_id, scopes])
+            .await?;
         let sql = "UPDATE refresh_tokens SET revoked_at = $1
                    WHERE app_id = $2 AND (CAST($3 AS TEXT) IS NULL OR user_id = $3)
                      AND (scopes & $4) <> 0 AND revoked_at IS NULL AND used_at IS NULL";

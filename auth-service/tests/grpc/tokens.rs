@@ -776,6 +776,60 @@ async fn postgres_an_exchange_and_a_withdrawal_or_erasure_at_once_never_deadlock
     }
 }
 
+/// Guards the order in `AppRegistry::disable_feature`: it takes the authorizations it
+/// withdraws before the refresh tokens it revokes, as a withdrawal does. On PostgreSQL, a
+/// switch-off held up on one user's authorization (held here by another connection) and that
+/// user's withdrawal both end without a deadlock (INTERNAL). Before, the switch-off held every
+/// refresh token of the app while it waited, the withdrawal held its authorization and waited
+/// on its tokens, and the switch-off then waited on that authorization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+async fn postgres_a_feature_switch_off_and_a_withdrawal_at_once_never_deadlock() {
+    let url = sql_backend::testing::fresh_schema_url("switch_off_withdraw").await;
+    let server = TestAuthServer::start_with(|c| c.database_url = url.clone()).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let mut backend = server.backend(&app_id, &secret);
+    for user in ["u0", "u1"] {
+        let auth_code = code_for(&server, user, &app_id).await;
+        let request = pb::ExchangeAuthCodeRequest { auth_code };
+        backend.exchange_auth_code(request).await.unwrap();
+    }
+    let held = sqlx::PgPool::connect(&url).await.expect("connect");
+    let mut holder = held.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM authorizations WHERE user_id = 'u0' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("hold u0's authorization");
+    let switch_off = tokio::spawn({
+        let mut admin = server.admin();
+        let request = pb::DisableFeatureRequest {
+            app_id: app_id.clone(),
+            feature: pb::Feature::PhoneNumber as i32,
+        };
+        async move { admin.disable_feature(request).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let withdrawal = tokio::spawn({
+        let mut wallet = server.wallet();
+        let request = pb::RevokeAuthorizationRequest {
+            user_id: "u1".into(),
+            app_id: app_id.clone(),
+            scopes: vec![PhoneNumber as i32],
+        };
+        async move { wallet.revoke_authorization(request).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.rollback().await.expect("let go");
+    for (what, call) in [("switch-off", switch_off), ("withdrawal", withdrawal)] {
+        let ended = tokio::time::timeout(Duration::from_secs(10), call).await;
+        let ended = ended.unwrap_or_else(|_| panic!("the {what} ends within 10 s"));
+        ended
+            .unwrap()
+            .unwrap_or_else(|s| panic!("the {what}: {s:?}"));
+    }
+    held.close().await;
+}
+
 /// Guards the same pair lock in `TokenIssuer::exchange`, for the eviction it runs: on
 /// PostgreSQL, with MAX_GRANTS_PER_USER at 2, eight codes of one user exchanged at once leave
 /// two grants whose refresh tokens work, not one per exchange that read the others' rows
