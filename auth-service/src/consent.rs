@@ -340,8 +340,9 @@ impl ConsentFlow {
         };
         let new_ref = secrets::new_id()?;
         // The answer takes the prompt in the transaction that records it: one commit, and an
-        // answer that fails leaves the prompt to be answered again.
-        let mut tx = self.store.begin().await?;
+        // answer that fails leaves the prompt to be answered again. In the pair's turn, as an
+        // erasure deletes the user's prompts holding it.
+        let mut tx = self.store.begin_holding_pending(user_id, app_id).await?;
         if !tx.consents().resolve_prompt(&hash, now).await? {
             return Err(AuthError::PromptAlreadyResolved);
         }

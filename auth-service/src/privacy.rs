@@ -296,6 +296,9 @@ impl PrivacyRecords {
                 held.push(a);
             }
         }
+        // The rows go before the revocation log's lock is taken, as a family revocation takes
+        // its code and tokens before it.
+        tx.consents().erase_user(user_id).await?;
         let now = clock.now();
         let ended: Vec<_> = held.iter().filter(|a| !a.granted.is_empty()).collect();
         let mut appended = Vec::new();
@@ -309,7 +312,6 @@ impl PrivacyRecords {
                 .record_end(tx.as_mut(), a, a.granted, why, None, now)
                 .await?;
         }
-        tx.consents().erase_user(user_id).await?;
         tx.commit().await?;
         self.feed.appended(appended);
         for a in &ended {

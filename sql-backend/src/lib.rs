@@ -347,6 +347,14 @@ impl Drop for Turn {
 }
 
 impl Pools {
+    /// The engine the pools connect to, for the few statements whose text differs.
+    pub fn engine(&self) -> Engine {
+        match self.0 {
+            Connections::Sqlite(..) => Engine::Sqlite,
+            Connections::Postgres(..) => Engine::Postgres,
+        }
+    }
+
     /// Opens `url` (creating an SQLite file if missing) and applies its engine's migrations;
     /// SQLite gets a read-only connection per core beside its writer.
     pub async fn open(url: &str, migrations: Migrations) -> StoreResult<Pools> {

@@ -7,7 +7,7 @@ use tonic::Code;
 
 use super::{
     ALL_FEATURES, app_with, auth_code, consent, consent_token, largest_while_calling, reason,
-    revocation_log,
+    request, revocation_log,
 };
 
 use pb::Scope::{AuthBase, PhoneNumber, UserInfo};
@@ -794,12 +794,7 @@ async fn postgres_a_feature_switch_off_and_a_withdrawal_at_once_never_deadlock()
         let request = pb::ExchangeAuthCodeRequest { auth_code };
         backend.exchange_auth_code(request).await.unwrap();
     }
-    let held = sqlx::PgPool::connect(&url).await.expect("connect");
-    let mut holder = held.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM authorizations WHERE user_id = 'u0' FOR UPDATE")
-        .execute(&mut *holder)
-        .await
-        .expect("hold u0's authorization");
+    let holder = RowsHeld::take(&url, "SELECT 1 FROM authorizations WHERE user_id = 'u0'").await;
     let switch_off = tokio::spawn({
         let mut admin = server.admin();
         let request = pb::DisableFeatureRequest {
@@ -819,7 +814,7 @@ async fn postgres_a_feature_switch_off_and_a_withdrawal_at_once_never_deadlock()
         async move { wallet.revoke_authorization(request).await.map(drop) }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    holder.rollback().await.expect("let go");
+    holder.let_go().await;
     for (what, call) in [("switch-off", switch_off), ("withdrawal", withdrawal)] {
         let ended = tokio::time::timeout(Duration::from_secs(10), call).await;
         let ended = ended.unwrap_or_else(|_| panic!("the {what} ends within 10 s"));
@@ -827,7 +822,127 @@ async fn postgres_a_feature_switch_off_and_a_withdrawal_at_once_never_deadlock()
             .unwrap()
             .unwrap_or_else(|s| panic!("the {what}: {s:?}"));
     }
-    held.close().await;
+}
+
+/// Rows of a PostgreSQL test's schema held `FOR UPDATE` by a connection of the test's own, so
+/// the service's transactions that want them wait where the test wants them to.
+struct RowsHeld(sqlx::PgPool, sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl RowsHeld {
+    async fn take(url: &str, select: &str) -> RowsHeld {
+        let pool = sqlx::PgPool::connect(url).await.expect("connect");
+        let mut tx = pool.begin().await.expect("begin");
+        let held = sqlx::query(sqlx::AssertSqlSafe(format!("{select} FOR UPDATE")));
+        held.execute(&mut *tx).await.expect("hold the rows");
+        RowsHeld(pool, tx)
+    }
+
+    async fn let_go(self) {
+        self.1.rollback().await.expect("let go");
+        self.0.close().await;
+    }
+}
+
+/// Ends `call` within 10 s with anything but INTERNAL (a deadlock PostgreSQL broke).
+async fn ends_without_internal(
+    what: &str,
+    call: tokio::task::JoinHandle<Result<(), tonic::Status>>,
+) {
+    let ended = tokio::time::timeout(Duration::from_secs(10), call).await;
+    let ended = ended.unwrap_or_else(|_| panic!("the {what} ends within 10 s"));
+    if let Err(status) = ended.unwrap() {
+        assert_ne!(status.code(), Code::Internal, "the {what}: {status:?}");
+    }
+}
+
+/// Guards the pair's turn and lock `ConsentFlow::resolve` takes before it takes the prompt:
+/// on PostgreSQL, a user answering a modal while the same user is erased ends either way
+/// without a deadlock (INTERNAL). Before, the answer held the prompt and waited on the
+/// authorization the erasure held, and the erasure then waited on the prompt to delete it.
+/// The erasure is held up here on the user's other authorization (app ids in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+async fn postgres_an_answer_and_an_erasure_at_once_never_deadlock() {
+    let url = sql_backend::testing::fresh_schema_url("answer_erase").await;
+    let server = TestAuthServer::start_with(|c| c.database_url = url.clone()).await;
+    let mut apps = [
+        app_with(&server, &ALL_FEATURES).await.0,
+        app_with(&server, &ALL_FEATURES).await.0,
+    ];
+    apps.sort();
+    for app_id in &apps {
+        consent(&server, "u1", app_id, &[AuthBase]).await;
+    }
+    let asked = request(
+        &server,
+        "u1",
+        &apps[0],
+        &[PhoneNumber],
+        pb::Trigger::UserTap,
+    )
+    .await;
+    let Ok(pb::request_authorization_response::Result::Prompt(prompt)) = asked else {
+        panic!("the phone number is asked for: {asked:?}");
+    };
+    let held = format!("SELECT 1 FROM authorizations WHERE app_id = '{}'", apps[1]);
+    let holder = RowsHeld::take(&url, &held).await;
+    let erasure = tokio::spawn(erase(&server, "u1"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = tokio::spawn({
+        let mut wallet = server.wallet();
+        let request = pb::ResolvePromptRequest {
+            prompt_id: prompt.prompt_id,
+            user_id: "u1".into(),
+            decision: pb::Decision::Allow as i32,
+        };
+        async move { wallet.resolve_prompt(request).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.let_go().await;
+    ends_without_internal("erasure", erasure).await;
+    ends_without_internal("answer", answer).await;
+}
+
+/// EraseUserAuthorizations of `user_id`, as a future of its own.
+fn erase(
+    server: &TestAuthServer,
+    user_id: &str,
+) -> impl std::future::Future<Output = Result<(), tonic::Status>> + use<> {
+    let mut wallet = server.wallet();
+    let request = pb::EraseUserAuthorizationsRequest {
+        user_id: user_id.into(),
+    };
+    async move { wallet.erase_user_authorizations(request).await.map(drop) }
+}
+
+/// Guards the order in `PrivacyRecords::erase`: it deletes the user's rows before it appends
+/// to the revocation log, as a family revocation takes its code and tokens before it. On
+/// PostgreSQL, an app revoking a refresh token of a user who is being erased ends without a
+/// deadlock (INTERNAL). Before, the revocation held the family's code and tokens and waited
+/// for the log, while the erasure held the log and waited on the code. The family's code is
+/// held here until both wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+async fn postgres_a_family_revocation_and_an_erasure_at_once_never_deadlock() {
+    let url = sql_backend::testing::fresh_schema_url("revoke_erase").await;
+    let server = TestAuthServer::start_with(|c| c.database_url = url.clone()).await;
+    let (app_id, secret) = app_with(&server, &ALL_FEATURES).await;
+    let backend = server.backend(&app_id, &secret);
+    let auth_code = code_for(&server, "u1", &app_id).await;
+    let pair = backend
+        .clone()
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code })
+        .await
+        .unwrap()
+        .into_inner();
+    let holder = RowsHeld::take(&url, "SELECT 1 FROM auth_codes WHERE user_id = 'u1'").await;
+    let revocation = tokio::spawn(async move { revoke_token(&backend, &pair.refresh_token).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let erasure = tokio::spawn(erase(&server, "u1"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.let_go().await;
+    ends_without_internal("revocation", revocation).await;
+    ends_without_internal("erasure", erasure).await;
 }
 
 /// Guards the same pair lock in `TokenIssuer::exchange`, for the eviction it runs: on
