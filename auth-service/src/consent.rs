@@ -4,18 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use miniprogram_token::{Clock, Scope, ScopeSet, Timestamp, TokenClaims, TokenKind};
+use miniprogram_token::{
+    Clock, RevocationRule, Scope, ScopeSet, Timestamp, TokenClaims, TokenKind,
+};
 
 use crate::error::AuthError;
 use crate::keys::SigningKeys;
 use crate::model::{
     AppRecord, AuthCodeRecord, AuthorizationRecord, ChangeReason, ConsentEvent, PromptRecord,
-    ScopePurpose,
+    ScopePurpose, SecretHash,
 };
 use crate::privacy::{PrivacyPolicy, consent_scopes, purposes_for};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
-use crate::store::{AuthStore, Decision as StoredDecision};
+use crate::store::{AuthStore, Decision as StoredDecision, Transaction};
 
 pub use crate::ids::{MAX_ID_LEN, check_id};
 pub use crate::model::{AuthorizationSummary, Trigger};
@@ -176,9 +178,12 @@ impl ConsentFlow {
         check_id("user_id", user_id)?;
         check_id("app_id", app_id)?;
         let scopes = check_scope_combination(scopes)?;
-        let app = self.app_with_features(app_id, scopes).await?;
+        // The authorization before the app, both in order: a feature switch-off withdraws the
+        // one and switches the other in one commit, so a request that sees the withdrawal sees
+        // the feature off too, and never prompts for it.
         let mut repos = self.store.repositories();
         let standing = repos.consents().authorization(user_id, app_id).await?;
+        let app = self.app_with_features(app_id, scopes).await?;
         let granted = standing.as_ref().map_or(ScopeSet::EMPTY, |a| {
             if a.declaration_version < app.declaration_version {
                 a.granted.difference(consent_scopes(a.granted))
@@ -309,22 +314,7 @@ impl ConsentFlow {
         decision: Decision,
         now: Timestamp,
     ) -> Result<PromptOutcome, AuthError> {
-        check_id("user_id", user_id)?;
-        if !secrets::looks_like_secret(prompt_id) {
-            return Err(AuthError::PromptNotFound);
-        }
-        let hash = secrets::hash(prompt_id);
-        let mut repos = self.store.repositories();
-        let prompt = repos.consents().prompt(&hash).await?;
-        let prompt = prompt
-            .filter(|p| p.user_id == user_id)
-            .ok_or(AuthError::PromptNotFound)?;
-        if prompt.resolved_at.is_some() {
-            return Err(AuthError::PromptAlreadyResolved);
-        }
-        if prompt.expires_at <= now {
-            return Err(AuthError::PromptExpired);
-        }
+        let (hash, prompt) = self.open_prompt(prompt_id, user_id, now).await?;
         let app_id = prompt.app_id.as_str();
         let (grant, deny, event) = match decision {
             Decision::Allow => (prompt.scopes, ScopeSet::EMPTY, ConsentEvent::Granted),
@@ -346,6 +336,7 @@ impl ConsentFlow {
         if !tx.consents().resolve_prompt(&hash, now).await? {
             return Err(AuthError::PromptAlreadyResolved);
         }
+        let held = tx.consents().hold_authorization(user_id, app_id).await?;
         let stored = tx
             .consents()
             .record_decision(&StoredDecision {
@@ -366,7 +357,19 @@ impl ConsentFlow {
         record.trigger = prompt.trigger;
         record.purposes = prompt.purposes;
         tx.privacy().append_record(&record).await?;
+        let stale = held.filter(|a| a.declaration_version < prompt.declaration_version);
+        let (voided, rule) = match stale {
+            Some(stale) => {
+                self.void_stale_consent(tx.as_mut(), &stale, grant, now)
+                    .await?
+            }
+            None => (ScopeSet::EMPTY, None),
+        };
         tx.commit().await?;
+        if !voided.is_empty() {
+            self.feed.appended(rule);
+            self.feed.changes().appended(app_id);
+        }
         match app {
             Some(app) => {
                 let grant = self
@@ -378,6 +381,84 @@ impl ConsentFlow {
                 scopes: prompt.scopes,
             }),
         }
+    }
+
+    /// The user's prompt `prompt_id`, still open at `now`, and its hash.
+    async fn open_prompt(
+        &self,
+        prompt_id: &str,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<(SecretHash, PromptRecord), AuthError> {
+        check_id("user_id", user_id)?;
+        if !secrets::looks_like_secret(prompt_id) {
+            return Err(AuthError::PromptNotFound);
+        }
+        let hash = secrets::hash(prompt_id);
+        let mut repos = self.store.repositories();
+        let prompt = repos.consents().prompt(&hash).await?;
+        let prompt = prompt
+            .filter(|p| p.user_id == user_id)
+            .ok_or(AuthError::PromptNotFound)?;
+        if prompt.resolved_at.is_some() {
+            return Err(AuthError::PromptAlreadyResolved);
+        }
+        if prompt.expires_at <= now {
+            return Err(AuthError::PromptExpired);
+        }
+        Ok((hash, prompt))
+    }
+
+    /// An answer under a newer declaration than `held`'s ends the consent given under the
+    /// older one that it does not give again (`regranted`): the scopes leave the authorization
+    /// with the answer (`record_decision`), and here, as a withdrawal of them, their unspent
+    /// codes and refresh tokens go, a rule voids their access and consent tokens, and the end
+    /// is recorded and put in the app's feed. The scopes ended (none when nothing stale was
+    /// left), and the rule, if one was appended.
+    async fn void_stale_consent(
+        &self,
+        tx: &mut dyn Transaction,
+        held: &AuthorizationRecord,
+        regranted: ScopeSet,
+        now: Timestamp,
+    ) -> Result<(ScopeSet, Option<RevocationRule>), AuthError> {
+        let ended = consent_scopes(held.granted).difference(regranted);
+        if ended.is_empty() {
+            return Ok((ended, None));
+        }
+        let pair = (held.user_id.as_str(), held.app_id.as_str());
+        let appended = self.void_grants(tx, pair, ended, ended, now).await?;
+        let why = (
+            ConsentEvent::VoidedByNewDeclaration,
+            ChangeReason::DeclarationReplaced,
+        );
+        self.privacy
+            .record_end(tx, held, ended, why, None, now)
+            .await?;
+        Ok((ended, appended))
+    }
+
+    /// Voids the grants of `scopes` of the (user, app) pair held in `tx`: their unspent codes
+    /// are deleted, their refresh tokens revoked, and a rule for `rule_scopes` (empty: all)
+    /// voids their access and consent tokens issued before `now`; the rule, if appended.
+    async fn void_grants(
+        &self,
+        tx: &mut dyn Transaction,
+        (user_id, app_id): (&str, &str),
+        scopes: ScopeSet,
+        rule_scopes: ScopeSet,
+        now: Timestamp,
+    ) -> Result<Option<RevocationRule>, AuthError> {
+        tx.grants()
+            .delete_unspent_codes(app_id, user_id, scopes)
+            .await?;
+        tx.grants()
+            .revoke_tokens_carrying(app_id, Some(user_id), scopes, now)
+            .await?;
+        let rule = self
+            .revocation_policy
+            .rule(app_id, Some(user_id), rule_scopes, now);
+        Ok(tx.revocations().append(&rule).await?)
     }
 
     /// The user's settings page: every mini program that holds something.
@@ -442,16 +523,10 @@ impl ConsentFlow {
         // grant that read it before is stamped before the rule and caught by it.
         let now = clock.now();
         tx.consents().stamp(user_id, app_id, now).await?;
-        tx.grants()
-            .delete_unspent_codes(app_id, user_id, taken)
+        let pair = (user_id, app_id);
+        let appended = self
+            .void_grants(tx.as_mut(), pair, taken, scopes, now)
             .await?;
-        tx.grants()
-            .revoke_tokens_carrying(app_id, Some(user_id), taken, now)
-            .await?;
-        let rule = self
-            .revocation_policy
-            .rule(app_id, Some(user_id), scopes, now);
-        let appended = tx.revocations().append(&rule).await?;
         let why = (ConsentEvent::Withdrawn, ChangeReason::Withdrawn);
         let in_force = tx.privacy().declaration_in_force(app_id).await?;
         let declared =

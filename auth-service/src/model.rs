@@ -154,6 +154,7 @@ pub enum ConsentEvent {
     Withdrawn,
     VoidedByFeatureChange,
     VoidedByErasure,
+    VoidedByNewDeclaration,
 }
 
 /// One immutable entry of a user's consent history (no profile fields).
@@ -178,6 +179,7 @@ pub enum ChangeReason {
     Withdrawn,
     FeatureDisabled,
     Erased,
+    DeclarationReplaced,
 }
 
 /// Who an authorization change is about, in terms the app already holds.

@@ -80,6 +80,40 @@ fn grant_claim(token: &str) -> String {
     claims["g"].as_str().expect("g claim").to_owned()
 }
 
+/// The app's grant `pair` and its unspent code ended: the access token inactive, the refresh
+/// token refused with `refused` (revoked, or deleted), the code void.
+async fn assert_grant_ended(
+    p: &Platform,
+    app: &(String, String),
+    (pair, unspent): (&pb::ExchangeAuthCodeResponse, String),
+    refused: ErrorReason,
+) {
+    let backend = p.auth.backend(&app.0, &app.1);
+    let introspected = backend
+        .clone()
+        .introspect_token(pb::IntrospectTokenRequest {
+            token: pair.access_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!introspected.active, "the access token");
+    let refreshed = backend
+        .clone()
+        .refresh_access_token(pb::RefreshAccessTokenRequest {
+            refresh_token: pair.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refreshed), refused);
+    let spent = backend
+        .clone()
+        .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: unspent })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&spent), ErrorReason::InvalidCode);
+}
+
 async fn set_declaration(
     p: &Platform,
     app_id: &str,
@@ -710,6 +744,73 @@ async fn a_new_declaration_version_asks_for_consent_again() {
     .await;
 }
 
+/// An answer under a new declaration ends, at once, the consent given under the older one
+/// that it does not give again: the phone number consented to under v1, when the user then
+/// allows only userInfo under v2, leaves the authorization, its access token is inactive, its
+/// refresh token and unspent code are void, the end is recorded (with the version it was given
+/// under) and the app is told. What the user allowed under v2 works. Guards
+/// `ConsentFlow::void_stale_consent`: without it the access token stayed active for its
+/// lifetime and the app was never told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_under_a_new_declaration_ends_the_consent_it_does_not_give_again() {
+    bounded("stale consent", async {
+        let p = Platform::start().await;
+        p.profile(super::demo_profile("u1")).await;
+        let app = p.app(&ALL_FEATURES).await;
+        let purposes = [(UserInfo, "Avatar on orders"), (PhoneNumber, "Delivery")];
+        set_declaration(&p, &app.0, 1, &purposes).await.unwrap();
+        let phone = p.consent("u1", &app.0, &[AuthBase, PhoneNumber]).await;
+        let pair = exchange(&p, &app, &phone).await;
+        let unspent = auth_code(&p.consent("u1", &app.0, &[AuthBase, PhoneNumber]).await);
+        set_declaration(&p, &app.0, 2, &purposes).await.unwrap();
+        let Outcome::Prompt(prompt) = p
+            .request("u1", &app.0, &[UserInfo], pb::Trigger::UserTap)
+            .await
+            .unwrap()
+        else {
+            panic!("userInfo is asked for under v2");
+        };
+        let answer = p
+            .resolve(&prompt.prompt_id, "u1", pb::Decision::Allow)
+            .await;
+        let pb::resolve_prompt_response::Result::Grant(grant) = answer.unwrap() else {
+            panic!("a grant");
+        };
+        p.open_user_info(&consent_token(&grant))
+            .await
+            .expect("what v2 allowed works");
+
+        let ended = (&pair, unspent);
+        assert_grant_ended(&p, &app, ended, ErrorReason::InvalidAuthRelations).await;
+        let standing = p.auth.authorizations("u1").await;
+        assert!(
+            standing
+                .iter()
+                .all(|a| !a.scopes.contains(&(PhoneNumber as i32))),
+            "{standing:?}"
+        );
+        let history = records(&p, "u1", &app.0).await;
+        let voided = history
+            .iter()
+            .find(|r| r.event() == pb::ConsentEvent::VoidedByNewDeclaration)
+            .expect("the end is recorded");
+        assert_eq!(voided.scopes, [PhoneNumber as i32]);
+        assert_eq!(voided.declaration_version, 1);
+        let told = changes(&p, &app, 0).await;
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(
+            told[0].reason(),
+            pb::AuthorizationChangeReason::DeclarationReplaced
+        );
+        assert_eq!(told[0].scopes, [PhoneNumber as i32]);
+        assert_eq!(
+            told[0].subject,
+            Some(pb::authorization_change::Subject::UserId(pair.user_id))
+        );
+    })
+    .await;
+}
+
 /// Erasure ends every authorization at once: consent tokens refused by userinfo-service within
 /// a second, access tokens inactive, refresh tokens and unspent codes void, the apps told, the
 /// history kept with the erasure in it; running it again changes nothing. The export before it
@@ -785,30 +886,8 @@ async fn erasing_a_user_ends_every_authorization() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let backend = p.auth.backend(&other.0, &other.1);
-        let introspected = backend
-            .clone()
-            .introspect_token(pb::IntrospectTokenRequest {
-                token: pair.access_token.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(!introspected.active);
-        let refreshed = backend
-            .clone()
-            .refresh_access_token(pb::RefreshAccessTokenRequest {
-                refresh_token: pair.refresh_token.clone(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(reason(&refreshed), ErrorReason::InvalidRefreshToken);
-        let spent = backend
-            .clone()
-            .exchange_auth_code(pb::ExchangeAuthCodeRequest { auth_code: unspent })
-            .await
-            .unwrap_err();
-        assert_eq!(reason(&spent), ErrorReason::InvalidCode);
+        let ended = (&pair, unspent);
+        assert_grant_ended(&p, &other, ended, ErrorReason::InvalidRefreshToken).await;
         assert!(p.auth.authorizations("u1").await.is_empty());
         let history = records(&p, "u1", "").await;
         assert_eq!(

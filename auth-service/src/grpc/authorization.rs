@@ -43,6 +43,7 @@ fn record_to_proto(r: ConsentRecord) -> pb::ConsentRecord {
         ConsentEvent::Withdrawn => pb::ConsentEvent::Withdrawn,
         ConsentEvent::VoidedByFeatureChange => pb::ConsentEvent::VoidedByFeatureChange,
         ConsentEvent::VoidedByErasure => pb::ConsentEvent::VoidedByErasure,
+        ConsentEvent::VoidedByNewDeclaration => pb::ConsentEvent::VoidedByNewDeclaration,
     };
     pb::ConsentRecord {
         record_id: r.record_id.to_string(),

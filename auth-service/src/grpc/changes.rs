@@ -33,6 +33,7 @@ fn change_to_proto(c: AuthorizationChange) -> pb::AuthorizationChange {
         ChangeReason::Withdrawn => pb::AuthorizationChangeReason::Withdrawn,
         ChangeReason::FeatureDisabled => pb::AuthorizationChangeReason::FeatureDisabled,
         ChangeReason::Erased => pb::AuthorizationChangeReason::Erased,
+        ChangeReason::DeclarationReplaced => pb::AuthorizationChangeReason::DeclarationReplaced,
     };
     let subject = match c.subject {
         ChangeSubject::AppUserId(id) => pb::authorization_change::Subject::UserId(id),

@@ -873,19 +873,21 @@ impl PrivacyRepo for Repos {
     }
 }
 
-const EVENTS: [ConsentEvent; 6] = [
+const EVENTS: [ConsentEvent; 7] = [
     ConsentEvent::Prompted,
     ConsentEvent::Granted,
     ConsentEvent::Denied,
     ConsentEvent::Withdrawn,
     ConsentEvent::VoidedByFeatureChange,
     ConsentEvent::VoidedByErasure,
+    ConsentEvent::VoidedByNewDeclaration,
 ];
 const TRIGGERS: [Trigger; 2] = [Trigger::UserTap, Trigger::AppLaunch];
-const REASONS: [ChangeReason; 3] = [
+const REASONS: [ChangeReason; 4] = [
     ChangeReason::Withdrawn,
     ChangeReason::FeatureDisabled,
     ChangeReason::Erased,
+    ChangeReason::DeclarationReplaced,
 ];
 
 /// Stored codes are positions in these lists, from 1.

@@ -740,7 +740,9 @@ async fn postgres_grants_racing_withdrawals_across_replicas_never_outlive_them()
 /// the switch is applied. Guards the order between grants and feature switches:
 /// `disable_feature` stamps its rule once the app row is held, and grants read the app's
 /// features in order (`AppRepo::get_in_order`, `FOR SHARE`). Seen failing with that read made
-/// plain (`AppRepo::get`).
+/// plain (`AppRepo::get`). A grant is never prompted for (the switch-off withdraws the consent
+/// in the commit that switches the feature off, and `ConsentFlow::request` reads the
+/// authorization before the app): seen failing with the two reads the other way round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_grants_racing_feature_switches_across_replicas_never_outlive_them() {

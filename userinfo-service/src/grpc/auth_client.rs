@@ -340,6 +340,7 @@ fn record_from_proto(r: pb::ConsentRecord) -> ExportedConsentRecord {
         pb::ConsentEvent::Withdrawn => "withdrawn",
         pb::ConsentEvent::VoidedByFeatureChange => "voided_by_feature_change",
         pb::ConsentEvent::VoidedByErasure => "voided_by_erasure",
+        pb::ConsentEvent::VoidedByNewDeclaration => "voided_by_new_declaration",
         pb::ConsentEvent::Unspecified => "unspecified",
     };
     let trigger = match r.trigger() {
