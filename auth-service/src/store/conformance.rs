@@ -1397,6 +1397,22 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
         (phone.union(base).union(ui), 2),
         "an older version drops nothing and lowers nothing"
     );
+    let denial = Decision {
+        version: 3,
+        ..Decision::new("u1", "a1", none, phone.union(ui), t(2))
+    };
+    repos.consents().record_decision(&denial).await.unwrap();
+    let a = repos
+        .consents()
+        .authorization("u1", "a1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.granted, a.denied),
+        (base, phone.union(ui)),
+        "a denial under a newer version is kept, though the scopes were granted under an older one"
+    );
     let mut tx = store.begin().await.unwrap();
     tx.consents()
         .withdraw("u1", "a1", ui.union(phone))

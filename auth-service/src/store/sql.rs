@@ -278,7 +278,8 @@ impl ConsentRepo for Repos {
              ON CONFLICT (user_id, app_id) DO UPDATE SET
                granted = (CASE WHEN authorizations.declaration_version < $6
                             THEN authorizations.granted & ~$7 ELSE authorizations.granted END) | $3,
-               denied = (authorizations.denied | $4) & ~(authorizations.granted | $3),
+               denied = (authorizations.denied | $4) & ~((CASE WHEN authorizations.declaration_version < $6
+                            THEN authorizations.granted & ~$7 ELSE authorizations.granted END) | $3),
                declaration_version = CASE WHEN authorizations.declaration_version < $6
                             THEN $6 ELSE authorizations.declaration_version END,
                grant_ref = CASE WHEN ($3 & $7) <> 0 AND authorizations.grant_ref IS NULL
