@@ -357,14 +357,10 @@ impl ConsentFlow {
         record.trigger = prompt.trigger;
         record.purposes = prompt.purposes;
         tx.privacy().append_record(&record).await?;
-        let stale = held.filter(|a| a.declaration_version < prompt.declaration_version);
-        let (voided, rule) = match stale {
-            Some(stale) => {
-                self.void_stale_consent(tx.as_mut(), &stale, grant, now)
-                    .await?
-            }
-            None => (ScopeSet::EMPTY, None),
-        };
+        let answered = (prompt.declaration_version, grant);
+        let (voided, rule) = self
+            .void_stale_consent(tx.as_mut(), held.as_ref(), answered, now)
+            .await?;
         tx.commit().await?;
         if !voided.is_empty() {
             self.feed.appended(rule);
@@ -409,19 +405,22 @@ impl ConsentFlow {
         Ok((hash, prompt))
     }
 
-    /// An answer under a newer declaration than `held`'s ends the consent given under the
-    /// older one that it does not give again (`regranted`): the scopes leave the authorization
-    /// with the answer (`record_decision`), and here, as a withdrawal of them, their unspent
-    /// codes and refresh tokens go, a rule voids their access and consent tokens, and the end
-    /// is recorded and put in the app's feed. The scopes ended (none when nothing stale was
-    /// left), and the rule, if one was appended.
+    /// An answer under a newer declaration (`version`) than the one `held` was given under
+    /// ends the consent it does not give again (`regranted`): the scopes leave the
+    /// authorization with the answer (`record_decision`), and here, as a withdrawal of them,
+    /// their unspent codes and refresh tokens go, a rule voids their access and consent
+    /// tokens, and the end is recorded and put in the app's feed. The scopes ended (none when
+    /// nothing stale was left), and the rule, if one was appended.
     async fn void_stale_consent(
         &self,
         tx: &mut dyn Transaction,
-        held: &AuthorizationRecord,
-        regranted: ScopeSet,
+        held: Option<&AuthorizationRecord>,
+        (version, regranted): (i64, ScopeSet),
         now: Timestamp,
     ) -> Result<(ScopeSet, Option<RevocationRule>), AuthError> {
+        let Some(held) = held.filter(|a| a.declaration_version < version) else {
+            return Ok((ScopeSet::EMPTY, None));
+        };
         let ended = consent_scopes(held.granted).difference(regranted);
         if ended.is_empty() {
             return Ok((ended, None));

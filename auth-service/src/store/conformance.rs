@@ -1313,6 +1313,12 @@ pub async fn consent_records_page_newest_first(store: Arc<dyn AuthStore>) {
     );
 }
 
+/// u1's authorization for a1, which must stand.
+async fn standing(repos: &mut dyn Repositories) -> crate::model::AuthorizationRecord {
+    let standing = repos.consents().authorization("u1", "a1").await.unwrap();
+    standing.expect("u1's authorization for a1")
+}
+
 /// A decision under a newer declaration version drops the consent scopes granted under an
 /// older one (auth_base stays) and records the version; one under an older version changes
 /// neither. A grant id is taken when a consent scope is first granted, kept while one stands,
@@ -1357,12 +1363,7 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
         Some("g1"),
         "kept while a consent scope stands"
     );
-    let a = repos
-        .consents()
-        .authorization("u1", "a1")
-        .await
-        .unwrap()
-        .unwrap();
+    let a = standing(repos.as_mut()).await;
     assert_eq!((a.granted, a.declaration_version), (ui.union(base), 1));
     let phone = ScopeSet::of(&[Scope::PhoneNumber]);
     repos
@@ -1370,12 +1371,7 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
         .record_decision(&decide(phone, 2, Some("g3")))
         .await
         .unwrap();
-    let a = repos
-        .consents()
-        .authorization("u1", "a1")
-        .await
-        .unwrap()
-        .unwrap();
+    let a = standing(repos.as_mut()).await;
     assert_eq!(
         (a.granted, a.declaration_version),
         (phone.union(base), 2),
@@ -1386,12 +1382,7 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
         .record_decision(&decide(ui, 1, Some("g4")))
         .await
         .unwrap();
-    let a = repos
-        .consents()
-        .authorization("u1", "a1")
-        .await
-        .unwrap()
-        .unwrap();
+    let a = standing(repos.as_mut()).await;
     assert_eq!(
         (a.granted, a.declaration_version),
         (phone.union(base).union(ui), 2),
@@ -1402,12 +1393,7 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
         ..Decision::new("u1", "a1", none, phone.union(ui), t(2))
     };
     repos.consents().record_decision(&denial).await.unwrap();
-    let a = repos
-        .consents()
-        .authorization("u1", "a1")
-        .await
-        .unwrap()
-        .unwrap();
+    let a = standing(repos.as_mut()).await;
     assert_eq!(
         (a.granted, a.denied),
         (base, phone.union(ui)),
@@ -1419,12 +1405,7 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let a = repos
-        .consents()
-        .authorization("u1", "a1")
-        .await
-        .unwrap()
-        .unwrap();
+    let a = standing(repos.as_mut()).await;
     assert_eq!(
         (a.granted, a.grant_ref),
         (base, None),
