@@ -14,10 +14,10 @@ use crate::model::{
     AppRecord, AuthCodeRecord, AuthorizationRecord, ChangeReason, ConsentEvent, PromptRecord,
     ScopePurpose, SecretHash,
 };
-use crate::privacy::{PrivacyPolicy, consent_scopes, purposes_for};
+use crate::privacy::{PrivacyPolicy, purposes_for};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
-use crate::store::{AuthStore, Decision as StoredDecision, Transaction};
+use crate::store::{AuthStore, Decision as StoredDecision, Repositories, Transaction};
 
 pub use crate::ids::{MAX_ID_LEN, check_id};
 pub use crate::model::{AuthorizationSummary, Trigger};
@@ -183,15 +183,15 @@ impl ConsentFlow {
         // the feature off too, and never prompts for it.
         let mut repos = self.store.repositories();
         let standing = repos.consents().authorization(user_id, app_id).await?;
-        let app = self.app_with_features(app_id, scopes).await?;
-        let granted = standing.as_ref().map_or(ScopeSet::EMPTY, |a| {
-            if a.declaration_version < app.declaration_version {
-                a.granted.difference(consent_scopes(a.granted))
-            } else {
-                a.granted
-            }
+        let app = self
+            .app_with_features(repos.as_mut(), app_id, scopes)
+            .await?;
+        let granted = (standing.as_ref()).map_or(ScopeSet::EMPTY, |a| {
+            a.granted_under(app.declaration_version)
         });
-        let to_ask = consent_scopes(scopes).difference(granted);
+        let to_ask = scopes
+            .intersection(ScopeSet::NEEDING_CONSENT)
+            .difference(granted);
         if to_ask.is_empty() {
             let grant_ref = standing.and_then(|a| a.grant_ref);
             let asked = (user_id, scopes, trigger);
@@ -320,23 +320,33 @@ impl ConsentFlow {
             Decision::Allow => (prompt.scopes, ScopeSet::EMPTY, ConsentEvent::Granted),
             Decision::Deny => (
                 ScopeSet::EMPTY,
-                consent_scopes(prompt.scopes),
+                prompt.scopes.intersection(ScopeSet::NEEDING_CONSENT),
                 ConsentEvent::Denied,
             ),
-        };
-        let app = match decision {
-            Decision::Allow => Some(self.app_with_features(app_id, prompt.scopes).await?),
-            Decision::Deny => None,
         };
         let new_ref = secrets::new_id()?;
         // The answer takes the prompt in the transaction that records it: one commit, and an
         // answer that fails leaves the prompt to be answered again. In the pair's turn, as an
-        // erasure deletes the user's prompts holding it.
+        // erasure deletes the user's prompts holding it. An Allow reads the features in order
+        // in it, before the authorization, as a switch-off takes them: one running now has
+        // either committed (and the scope is refused) or waits for the answer's commit (and
+        // withdraws what it grants).
         let mut tx = self.store.begin_holding_pending(user_id, app_id).await?;
+        let app = match decision {
+            Decision::Allow => {
+                let app = self.app_with_features(tx.as_mut(), app_id, prompt.scopes);
+                Some(app.await?)
+            }
+            Decision::Deny => None,
+        };
         if !tx.consents().resolve_prompt(&hash, now).await? {
             return Err(AuthError::PromptAlreadyResolved);
         }
         let held = tx.consents().hold_authorization(user_id, app_id).await?;
+        let answered = (prompt.declaration_version, grant);
+        let (voided, rule) = self
+            .void_stale_consent(tx.as_mut(), held.as_ref(), answered, now)
+            .await?;
         let stored = tx
             .consents()
             .record_decision(&StoredDecision {
@@ -357,10 +367,6 @@ impl ConsentFlow {
         record.trigger = prompt.trigger;
         record.purposes = prompt.purposes;
         tx.privacy().append_record(&record).await?;
-        let answered = (prompt.declaration_version, grant);
-        let (voided, rule) = self
-            .void_stale_consent(tx.as_mut(), held.as_ref(), answered, now)
-            .await?;
         tx.commit().await?;
         if !voided.is_empty() {
             self.feed.appended(rule);
@@ -405,12 +411,12 @@ impl ConsentFlow {
         Ok((hash, prompt))
     }
 
-    /// An answer under a newer declaration (`version`) than the one `held` was given under
-    /// ends the consent it does not give again (`regranted`): the scopes leave the
-    /// authorization with the answer (`record_decision`), and here, as a withdrawal of them,
-    /// their unspent codes and refresh tokens go, a rule voids their access and consent
-    /// tokens, and the end is recorded and put in the app's feed. The scopes ended (none when
-    /// nothing stale was left), and the rule, if one was appended.
+    /// An answer under declaration `version` ends the consent `held` gave under an older
+    /// one ([`AuthorizationRecord::granted_under`]) that it does not give again
+    /// (`regranted`), as a withdrawal of those scopes: they leave the authorization (with its
+    /// grant id if no consent scope is left), their unspent codes and refresh tokens go, a rule
+    /// voids their access and consent tokens, and the end is recorded and put in the app's
+    /// feed. The scopes ended (none when nothing stale was left), and the rule, if appended.
     async fn void_stale_consent(
         &self,
         tx: &mut dyn Transaction,
@@ -418,14 +424,16 @@ impl ConsentFlow {
         (version, regranted): (i64, ScopeSet),
         now: Timestamp,
     ) -> Result<(ScopeSet, Option<RevocationRule>), AuthError> {
-        let Some(held) = held.filter(|a| a.declaration_version < version) else {
+        let Some(held) = held else {
             return Ok((ScopeSet::EMPTY, None));
         };
-        let ended = consent_scopes(held.granted).difference(regranted);
+        let lapsed = held.granted.difference(held.granted_under(version));
+        let ended = lapsed.difference(regranted);
         if ended.is_empty() {
             return Ok((ended, None));
         }
         let pair = (held.user_id.as_str(), held.app_id.as_str());
+        tx.consents().withdraw(pair.0, pair.1, ended).await?;
         let appended = self.void_grants(tx, pair, ended, ended, now).await?;
         let why = (
             ConsentEvent::VoidedByNewDeclaration,
@@ -543,15 +551,11 @@ impl ConsentFlow {
     /// a purpose for each).
     async fn app_with_features(
         &self,
+        repos: &mut dyn Repositories,
         app_id: &str,
         scopes: ScopeSet,
     ) -> Result<AppRecord, AuthError> {
-        let app = self
-            .store
-            .repositories()
-            .apps()
-            .get_in_order(app_id)
-            .await?;
+        let app = repos.apps().get_in_order(app_id).await?;
         let app = app.ok_or(AuthError::AppNotFound)?;
         if let Some(missing) = app.features.missing_for(scopes) {
             return Err(AuthError::InsufficientIsvPermissions(missing));

@@ -129,6 +129,18 @@ pub struct AuthorizationRecord {
     pub open_user_id: Option<String>,
 }
 
+impl AuthorizationRecord {
+    /// What stands under the app's declaration `version`: consent given under an older
+    /// declaration has lapsed (the user is asked again), what needs none stays.
+    pub fn granted_under(&self, version: i64) -> ScopeSet {
+        if self.declaration_version < version {
+            self.granted.difference(ScopeSet::NEEDING_CONSENT)
+        } else {
+            self.granted
+        }
+    }
+}
+
 /// What made a mini program ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -284,4 +296,29 @@ pub struct StoredTokenKey {
     pub created_at: Timestamp,
     pub retire_at: Timestamp,
     pub expire_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `AuthorizationRecord::granted_under`: consent given under an older declaration lapses,
+    /// auth_base (no consent) stays, and an equal or older app version changes nothing.
+    #[test]
+    fn consent_lapses_under_a_newer_declaration_only() {
+        let granted = ScopeSet::of(&Scope::ALL);
+        let a = AuthorizationRecord {
+            user_id: "u1".into(),
+            app_id: "a1".into(),
+            granted,
+            denied: ScopeSet::EMPTY,
+            updated_at: Timestamp::from_unix_nanos(0),
+            declaration_version: 2,
+            grant_ref: None,
+            open_user_id: None,
+        };
+        assert_eq!(a.granted_under(3), ScopeSet::of(&[Scope::AuthBase]));
+        assert_eq!(a.granted_under(2), granted);
+        assert_eq!(a.granted_under(1), granted);
+    }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use miniprogram_token::{Clock, Scope, ScopeSet, Timestamp};
+use miniprogram_token::{Clock, ScopeSet, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::AuthError;
@@ -440,18 +440,11 @@ pub fn purposes_for(declared: Vec<ScopePurpose>, scopes: ScopeSet) -> Vec<ScopeP
         .collect()
 }
 
-/// The scopes of `scopes` that need the user's consent.
-pub fn consent_scopes(scopes: ScopeSet) -> ScopeSet {
-    scopes
-        .iter()
-        .filter(|s: &Scope| s.needs_consent())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Trigger;
+    use miniprogram_token::Scope;
 
     /// Guards the cut of [`PrivacyRecords::export`] (`records_truncated`): an export of a user
     /// with [`MAX_EXPORTED_RECORDS`] records carries them all and says nothing was left out;

@@ -45,6 +45,19 @@ pub struct ScopeSet(u8);
 impl ScopeSet {
     pub const EMPTY: ScopeSet = ScopeSet(0);
 
+    /// Every scope a modal asks for ([`Scope::needs_consent`]).
+    pub const NEEDING_CONSENT: ScopeSet = {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < Scope::ALL.len() {
+            if Scope::ALL[i].needs_consent() {
+                bits |= Scope::ALL[i].bit();
+            }
+            i += 1;
+        }
+        ScopeSet(bits)
+    };
+
     pub fn of(scopes: &[Scope]) -> Self {
         scopes.iter().copied().collect()
     }
@@ -94,5 +107,17 @@ impl ScopeSet {
 impl FromIterator<Scope> for ScopeSet {
     fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
         iter.into_iter().fold(ScopeSet::EMPTY, ScopeSet::with)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ScopeSet::NEEDING_CONSENT` is built from `Scope::needs_consent`: the two modal scopes.
+    #[test]
+    fn the_scopes_needing_consent_are_those_behind_a_modal() {
+        let modal = ScopeSet::of(&[Scope::UserInfo, Scope::PhoneNumber]);
+        assert_eq!(ScopeSet::NEEDING_CONSENT, modal);
     }
 }

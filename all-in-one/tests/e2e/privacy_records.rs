@@ -811,6 +811,62 @@ async fn an_answer_under_a_new_declaration_ends_the_consent_it_does_not_give_aga
     .await;
 }
 
+/// A denial under a new declaration ends the consent given under the older one and is
+/// remembered: the consent token from v1 is refused within a second, the app is told (naming
+/// that grant), the next modal says previously_denied, and what the user then allows carries a
+/// new grant id, not the one the app was told had ended. Guards the withdrawal in
+/// `ConsentFlow::void_stale_consent`: without it the denial was masked by the lapsed grant
+/// (no previously_denied) and the ended grant id was handed out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_under_a_new_declaration_ends_the_old_consent_and_is_remembered() {
+    bounded("stale consent denied", async {
+        let p = Platform::start().await;
+        p.profile(super::demo_profile("u1")).await;
+        let app = p.app(&ALL_FEATURES).await;
+        let purposes = [(UserInfo, "Avatar on orders")];
+        set_declaration(&p, &app.0, 1, &purposes).await.unwrap();
+        let old = consent_token(&p.consent("u1", &app.0, &[UserInfo]).await);
+        set_declaration(&p, &app.0, 2, &purposes).await.unwrap();
+        let ask = || p.request("u1", &app.0, &[UserInfo], pb::Trigger::UserTap);
+        let Outcome::Prompt(prompt) = ask().await.unwrap() else {
+            panic!("userInfo is asked for again under v2");
+        };
+        assert!(!prompt.previously_denied);
+        let denied_at = Instant::now();
+        let answer = p.resolve(&prompt.prompt_id, "u1", pb::Decision::Deny).await;
+        let Ok(pb::resolve_prompt_response::Result::Denial(_)) = answer else {
+            panic!("a denial: {answer:?}");
+        };
+        while p.open_user_info(&old).await.is_ok() {
+            assert!(
+                denied_at.elapsed() < Duration::from_secs(1),
+                "the v1 consent token still reads after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let told = changes(&p, &app, 0).await;
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(
+            told[0].subject,
+            Some(pb::authorization_change::Subject::GrantId(grant_claim(
+                &old
+            )))
+        );
+        let Outcome::Prompt(again) = ask().await.unwrap() else {
+            panic!("userInfo is asked for after the denial");
+        };
+        assert!(again.previously_denied, "the denial is remembered");
+        let answer = p.resolve(&again.prompt_id, "u1", pb::Decision::Allow).await;
+        let Ok(pb::resolve_prompt_response::Result::Grant(grant)) = answer else {
+            panic!("a grant: {answer:?}");
+        };
+        let new = consent_token(&grant);
+        p.open_user_info(&new).await.expect("what v2 allowed works");
+        assert_ne!(grant_claim(&new), grant_claim(&old), "a new grant id");
+    })
+    .await;
+}
+
 /// Erasure ends every authorization at once: consent tokens refused by userinfo-service within
 /// a second, access tokens inactive, refresh tokens and unspent codes void, the apps told, the
 /// history kept with the erasure in it; running it again changes nothing. The export before it

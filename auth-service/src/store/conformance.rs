@@ -1319,10 +1319,10 @@ async fn standing(repos: &mut dyn Repositories) -> crate::model::AuthorizationRe
     standing.expect("u1's authorization for a1")
 }
 
-/// A decision under a newer declaration version drops the consent scopes granted under an
-/// older one (auth_base stays) and records the version; one under an older version changes
-/// neither. A grant id is taken when a consent scope is first granted, kept while one stands,
-/// and cleared by the withdrawal that takes the last one.
+/// A decision adds what it grants and records what it denies unless granted; the declaration
+/// version rises with it and never falls (what lapsed under a newer one is the service's to
+/// withdraw first). A grant id is taken when a consent scope is first granted, kept while one
+/// stands, and cleared by the withdrawal that takes the last one.
 pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn AuthStore>) {
     store
         .repositories()
@@ -1373,9 +1373,9 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
         .unwrap();
     let a = standing(repos.as_mut()).await;
     assert_eq!(
-        (a.granted, a.declaration_version),
-        (phone.union(base), 2),
-        "userInfo, consented under version 1, dropped; auth_base kept"
+        (a.granted, a.declaration_version, a.grant_ref.as_deref()),
+        (phone.union(base).union(ui), 2, Some("g1")),
+        "a newer version rises and drops nothing"
     );
     repos
         .consents()
@@ -1383,11 +1383,7 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
         .await
         .unwrap();
     let a = standing(repos.as_mut()).await;
-    assert_eq!(
-        (a.granted, a.declaration_version),
-        (phone.union(base).union(ui), 2),
-        "an older version drops nothing and lowers nothing"
-    );
+    assert_eq!(a.declaration_version, 2, "an older version lowers nothing");
     let denial = Decision {
         version: 3,
         ..Decision::new("u1", "a1", none, phone.union(ui), t(2))
@@ -1396,8 +1392,8 @@ pub async fn decisions_keep_the_declaration_version_and_grant_id(store: Arc<dyn 
     let a = standing(repos.as_mut()).await;
     assert_eq!(
         (a.granted, a.denied),
-        (base, phone.union(ui)),
-        "a denial under a newer version is kept, though the scopes were granted under an older one"
+        (phone.union(base).union(ui), none),
+        "what stays granted is not denied"
     );
     let mut tx = store.begin().await.unwrap();
     tx.consents()

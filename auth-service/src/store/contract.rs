@@ -90,11 +90,10 @@ pub trait ConsentRepo: Send {
         user_id: &str,
         app_id: &str,
     ) -> StoreResult<Option<AuthorizationRecord>>;
-    /// Atomically: granted |= grant; denied = (denied | deny) - granted. A decision given under
-    /// a newer declaration `version` first drops the consent scopes granted under an older one
-    /// and records the version; one under an older version leaves both. While a consent scope is
-    /// granted the row keeps a grant id, taking `grant_ref` when it has none: the grant id it
-    /// keeps now, if any.
+    /// Atomically: granted |= grant; denied = (denied | deny) - granted; the declaration
+    /// version rises to `version` (never falls). While a consent scope is granted the row keeps
+    /// a grant id, taking `grant_ref` when it has none: the grant id it keeps now, if any.
+    /// Consent that lapsed under a newer declaration is withdrawn first, by the caller.
     async fn record_decision(&mut self, decision: &Decision<'_>) -> StoreResult<Option<String>>;
     /// The user's authorizations (granting something or not), with each app's display name.
     async fn list(&mut self, user_id: &str) -> StoreResult<Vec<(AuthorizationRecord, String)>>;

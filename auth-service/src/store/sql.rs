@@ -96,6 +96,18 @@ macro_rules! sweep {
         )
     };
 }
+/// `withdraw!(condition)`: takes `$1` out of the grants `condition` picks, and the grant id
+/// of each left with no scope of `$2` (those needing consent).
+macro_rules! withdraw {
+    ($condition:literal) => {
+        concat!(
+            "UPDATE authorizations SET granted = granted & ~$1,
+               grant_ref = CASE WHEN (granted & ~$1 & $2) = 0 THEN NULL ELSE grant_ref END
+             WHERE ",
+            $condition
+        )
+    };
+}
 /// Every table with rows that expire.
 const SWEEPS: [(&str, &str, &str); 8] = [
     sweep!("prompts", "prompt_hash", "expires_at"),
@@ -107,13 +119,6 @@ const SWEEPS: [(&str, &str, &str); 8] = [
     sweep!("consent_records", "record_id", "expire_at"),
     sweep!("authorization_changes", "sequence", "expire_at"),
 ];
-/// The scopes a user consents to in a modal, as a bit mask for SQL.
-fn consent_scopes() -> ScopeSet {
-    Scope::ALL
-        .into_iter()
-        .filter(|s| s.needs_consent())
-        .collect()
-}
 
 impl From<FeatureSet> for Arg<'_> {
     fn from(f: FeatureSet) -> Self {
@@ -276,10 +281,8 @@ impl ConsentRepo for Repos {
                (user_id, app_id, granted, denied, updated_at, declaration_version, grant_ref)
              VALUES ($1, $2, $3, $4 & ~$3, $5, $6, CASE WHEN ($3 & $7) <> 0 THEN $8 END)
              ON CONFLICT (user_id, app_id) DO UPDATE SET
-               granted = (CASE WHEN authorizations.declaration_version < $6
-                            THEN authorizations.granted & ~$7 ELSE authorizations.granted END) | $3,
-               denied = (authorizations.denied | $4) & ~((CASE WHEN authorizations.declaration_version < $6
-                            THEN authorizations.granted & ~$7 ELSE authorizations.granted END) | $3),
+               granted = authorizations.granted | $3,
+               denied = (authorizations.denied | $4) & ~(authorizations.granted | $3),
                declaration_version = CASE WHEN authorizations.declaration_version < $6
                             THEN $6 ELSE authorizations.declaration_version END,
                grant_ref = CASE WHEN ($3 & $7) <> 0 AND authorizations.grant_ref IS NULL
@@ -287,7 +290,8 @@ impl ConsentRepo for Repos {
                updated_at = $5
              RETURNING grant_ref";
         let args = args! {
-            d.user_id, d.app_id, d.grant, d.deny, d.now, d.version, consent_scopes(), d.grant_ref
+            d.user_id, d.app_id, d.grant, d.deny, d.now, d.version, ScopeSet::NEEDING_CONSENT,
+            d.grant_ref
         };
         let decode = |r: &dyn Columns| r.opt_text("grant_ref");
         Ok(self.0.first(Write, sql, args, decode).await?.flatten())
@@ -316,19 +320,15 @@ impl ConsentRepo for Repos {
         app_id: &str,
         scopes: ScopeSet,
     ) -> StoreResult<Option<ScopeSet>> {
-        let sql = "UPDATE authorizations SET granted = granted & ~$1,
-                     grant_ref = CASE WHEN (granted & ~$1 & $4) = 0 THEN NULL ELSE grant_ref END
-                   WHERE user_id = $2 AND app_id = $3 RETURNING granted";
-        let args = args![scopes, user_id, app_id, consent_scopes()];
+        let sql = withdraw!("user_id = $3 AND app_id = $4 RETURNING granted");
+        let args = args![scopes, ScopeSet::NEEDING_CONSENT, user_id, app_id];
         let decode = |r: &dyn Columns| r.scopes("granted");
         self.0.first(Write, sql, args, decode).await
     }
 
     async fn withdraw_from_all(&mut self, app_id: &str, scopes: ScopeSet) -> StoreResult<u64> {
-        let sql = "UPDATE authorizations SET granted = granted & ~$1,
-                     grant_ref = CASE WHEN (granted & ~$1 & $3) = 0 THEN NULL ELSE grant_ref END
-                   WHERE app_id = $2 AND (granted & $1) <> 0";
-        let args = args![scopes, app_id, consent_scopes()];
+        let sql = withdraw!("app_id = $3 AND (granted & $1) <> 0");
+        let args = args![scopes, ScopeSet::NEEDING_CONSENT, app_id];
         self.0.execute(sql, args).await
     }
 

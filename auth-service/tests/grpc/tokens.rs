@@ -824,6 +824,67 @@ async fn postgres_a_feature_switch_off_and_a_withdrawal_at_once_never_deadlock()
     }
 }
 
+/// Guards the in-order read of the app inside `ConsentFlow::resolve`'s transaction: on
+/// PostgreSQL, a user allowing the phone number while the feature is switched off (the answer
+/// held up on its prompt, held here, after it read the features) keeps nothing of it: after
+/// the feature is switched back on the user is asked again. Before, the answer read the
+/// features before its transaction, the switch-off committed meanwhile without seeing the
+/// grant about to be written, and that consent came back with the feature, without a modal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+async fn postgres_an_allow_racing_a_feature_switch_off_grants_nothing_that_outlives_it() {
+    let url = sql_backend::testing::fresh_schema_url("allow_switch_off").await;
+    let server = TestAuthServer::start_with(|c| c.database_url = url.clone()).await;
+    let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
+    let ask = || request(&server, "u1", &app_id, &[PhoneNumber], pb::Trigger::UserTap);
+    let Ok(pb::request_authorization_response::Result::Prompt(prompt)) = ask().await else {
+        panic!("the phone number is asked for");
+    };
+    let holder = RowsHeld::take(&url, "SELECT 1 FROM prompts WHERE user_id = 'u1'").await;
+    let answer = tokio::spawn({
+        let mut wallet = server.wallet();
+        let request = pb::ResolvePromptRequest {
+            prompt_id: prompt.prompt_id,
+            user_id: "u1".into(),
+            decision: pb::Decision::Allow as i32,
+        };
+        async move { wallet.resolve_prompt(request).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let feature = pb::Feature::PhoneNumber as i32;
+    let switch_off = tokio::spawn({
+        let mut admin = server.admin();
+        let request = pb::DisableFeatureRequest {
+            app_id: app_id.clone(),
+            feature,
+        };
+        async move { admin.disable_feature(request).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.let_go().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), switch_off).await;
+    let switched = ended.expect("the switch-off ends within 10 s").unwrap();
+    switched.expect("the switch-off");
+    let ended = tokio::time::timeout(Duration::from_secs(10), answer).await;
+    if let Err(refused) = ended.expect("the answer ends within 10 s").unwrap() {
+        let refused_for = reason(&refused);
+        assert_eq!(
+            refused_for,
+            ErrorReason::InsufficientIsvPermissions,
+            "{refused:?}"
+        );
+    }
+    let request = pb::EnableFeatureRequest {
+        app_id: app_id.clone(),
+        feature,
+    };
+    server.admin().enable_feature(request).await.unwrap();
+    let asked = ask().await;
+    let Ok(pb::request_authorization_response::Result::Prompt(_)) = asked else {
+        panic!("asked again after the switch-on: {asked:?}");
+    };
+}
+
 /// Rows of a PostgreSQL test's schema held `FOR UPDATE` by a connection of the test's own, so
 /// the service's transactions that want them wait where the test wants them to.
 struct RowsHeld(sqlx::PgPool, sqlx::Transaction<'static, sqlx::Postgres>);
