@@ -841,15 +841,7 @@ async fn postgres_an_allow_racing_a_feature_switch_off_grants_nothing_that_outli
         panic!("the phone number is asked for");
     };
     let holder = RowsHeld::take(&url, "SELECT 1 FROM prompts WHERE user_id = 'u1'").await;
-    let answer = tokio::spawn({
-        let mut wallet = server.wallet();
-        let request = pb::ResolvePromptRequest {
-            prompt_id: prompt.prompt_id,
-            user_id: "u1".into(),
-            decision: pb::Decision::Allow as i32,
-        };
-        async move { wallet.resolve_prompt(request).await.map(drop) }
-    });
+    let answer = tokio::spawn(allow(&server, "u1", prompt.prompt_id));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let feature = pb::Feature::PhoneNumber as i32;
     let switch_off = tokio::spawn({
@@ -949,19 +941,26 @@ async fn postgres_an_answer_and_an_erasure_at_once_never_deadlock() {
     let holder = RowsHeld::take(&url, &held).await;
     let erasure = tokio::spawn(erase(&server, "u1"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let answer = tokio::spawn({
-        let mut wallet = server.wallet();
-        let request = pb::ResolvePromptRequest {
-            prompt_id: prompt.prompt_id,
-            user_id: "u1".into(),
-            decision: pb::Decision::Allow as i32,
-        };
-        async move { wallet.resolve_prompt(request).await.map(drop) }
-    });
+    let answer = tokio::spawn(allow(&server, "u1", prompt.prompt_id));
     tokio::time::sleep(Duration::from_millis(500)).await;
     holder.let_go().await;
     ends_without_internal("erasure", erasure).await;
     ends_without_internal("answer", answer).await;
+}
+
+/// The user's Allow of prompt `prompt_id`, as a future of its own.
+fn allow(
+    server: &TestAuthServer,
+    user_id: &str,
+    prompt_id: String,
+) -> impl std::future::Future<Output = Result<(), tonic::Status>> + use<> {
+    let mut wallet = server.wallet();
+    let request = pb::ResolvePromptRequest {
+        prompt_id,
+        user_id: user_id.into(),
+        decision: pb::Decision::Allow as i32,
+    };
+    async move { wallet.resolve_prompt(request).await.map(drop) }
 }
 
 /// EraseUserAuthorizations of `user_id`, as a future of its own.
