@@ -130,7 +130,7 @@ impl AppRegistry {
         clock: &dyn Clock,
     ) -> Result<AppRecord, AuthError> {
         let off = FeatureSet::EMPTY.with(feature);
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_switching_features(app_id).await?;
         let switched = tx.apps().switch_features(app_id, FeatureSet::EMPTY, off);
         let app = switched.await?.ok_or(AuthError::AppNotFound)?;
         let now = clock.now();

@@ -17,7 +17,7 @@ use crate::model::{
 use crate::privacy::{PrivacyPolicy, purposes_for};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
 use crate::secrets::{self, OpaqueSecret};
-use crate::store::{AuthStore, Decision as StoredDecision, Repositories, Transaction};
+use crate::store::{AuthStore, Decision as StoredDecision, Transaction};
 
 pub use crate::ids::{MAX_ID_LEN, check_id};
 pub use crate::model::{AuthorizationSummary, Trigger};
@@ -183,9 +183,8 @@ impl ConsentFlow {
         // the feature off too, and never prompts for it.
         let mut repos = self.store.repositories();
         let standing = repos.consents().authorization(user_id, app_id).await?;
-        let app = self
-            .app_with_features(repos.as_mut(), app_id, scopes)
-            .await?;
+        let app = repos.apps().get_in_order(app_id).await?;
+        let app = self.check_features(app, scopes)?;
         let granted = (standing.as_ref()).map_or(ScopeSet::EMPTY, |a| {
             a.granted_under(app.declaration_version)
         });
@@ -327,15 +326,16 @@ impl ConsentFlow {
         let new_ref = secrets::new_id()?;
         // The answer takes the prompt in the transaction that records it: one commit, and an
         // answer that fails leaves the prompt to be answered again. In the pair's turn, as an
-        // erasure deletes the user's prompts holding it. An Allow reads the features in order
-        // in it, before the authorization, as a switch-off takes them: one running now has
-        // either committed (and the scope is refused) or waits for the answer's commit (and
-        // withdraws what it grants).
+        // erasure deletes the user's prompts holding it. An Allow shares the app's features in
+        // it, before the authorization: a switch-off running now has committed before the
+        // features are read (the scope is refused), one starting later waits for the answer's
+        // commit (and withdraws what it grants).
         let mut tx = self.store.begin_holding_pending(user_id, app_id).await?;
         let app = match decision {
             Decision::Allow => {
-                let app = self.app_with_features(tx.as_mut(), app_id, prompt.scopes);
-                Some(app.await?)
+                tx.apps().hold_features_shared(app_id).await?;
+                let app = tx.apps().get(app_id).await?;
+                Some(self.check_features(app, prompt.scopes)?)
             }
             Decision::Deny => None,
         };
@@ -547,15 +547,13 @@ impl ConsentFlow {
         Ok((withdrawn, remaining))
     }
 
-    /// The app, if it has activated the features `scopes` need (and, where required, declared
-    /// a purpose for each).
-    async fn app_with_features(
+    /// The app, if there is one and it has activated the features `scopes` need (and, where
+    /// required, declared a purpose for each).
+    fn check_features(
         &self,
-        repos: &mut dyn Repositories,
-        app_id: &str,
+        app: Option<AppRecord>,
         scopes: ScopeSet,
     ) -> Result<AppRecord, AuthError> {
-        let app = repos.apps().get_in_order(app_id).await?;
         let app = app.ok_or(AuthError::AppNotFound)?;
         if let Some(missing) = app.features.missing_for(scopes) {
             return Err(AuthError::InsufficientIsvPermissions(missing));

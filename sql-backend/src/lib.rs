@@ -626,11 +626,21 @@ impl Session {
     /// their statements after it in turn: an advisory lock on PostgreSQL, nothing on SQLite,
     /// whose one writer runs them in turn already. In a pooled session this is an error.
     pub async fn lock(&mut self, key: i64) -> StoreResult<()> {
+        self.advisory("SELECT pg_advisory_xact_lock($1)", key).await
+    }
+
+    /// [`Session::lock`] shared with other shared holders of `key`: they run at once, and an
+    /// exclusive holder waits for them all. PostgreSQL queues locks in order, so a shared
+    /// request waits behind an exclusive one already waiting: a stream of shared holders
+    /// cannot keep an exclusive one waiting forever.
+    pub async fn lock_shared(&mut self, key: i64) -> StoreResult<()> {
+        self.advisory("SELECT pg_advisory_xact_lock_shared($1)", key)
+            .await
+    }
+
+    async fn advisory(&mut self, lock: &'static str, key: i64) -> StoreResult<()> {
         match self {
-            Session::Transaction(..) => {
-                let lock = "SELECT pg_advisory_xact_lock($1)";
-                self.execute(lock, args![key]).await.map(drop)
-            }
+            Session::Transaction(..) => self.execute(lock, args![key]).await.map(drop),
             Session::Member(_) => Ok(()),
             Session::Pooled(_) => Err(StoreError::Internal(Arc::new(sqlx::Error::Protocol(
                 "a lock is taken in a transaction".into(),

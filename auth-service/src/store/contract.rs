@@ -25,6 +25,10 @@ pub trait AuthStore: Send + Sync + 'static {
     /// waiting for it without a pooled connection (`sql_backend::Pools::begin_locked`), so one
     /// app's calls cannot take the pool from the others.
     async fn begin_holding_app_rules(&self, app_id: &str) -> StoreResult<Box<dyn Transaction>>;
+    /// A transaction holding the app's features ([`AppRepo::hold_features_shared`] shares
+    /// them): a feature switch-off, so every answer that read the features before it has
+    /// committed, and every one after it reads them switched.
+    async fn begin_switching_features(&self, app_id: &str) -> StoreResult<Box<dyn Transaction>>;
     /// A transaction holding what waits for the user and the app
     /// ([`ConsentRepo::hold_pending`]), waiting for it without a pooled connection, so one
     /// user's requests to one app cannot take the pool from the others.
@@ -68,6 +72,10 @@ pub trait AppRepo: Send {
     /// switch has not yet replaced), for paths that mint from the features it shows.
     async fn get_in_order(&mut self, app_id: &str) -> StoreResult<Option<AppRecord>>;
     async fn count(&mut self) -> StoreResult<u64>;
+    /// Shares the app's features with other holders until the transaction ends: a
+    /// switch-off ([`AuthStore::begin_switching_features`]) running now commits first, one
+    /// starting later waits for this transaction. Only in a transaction.
+    async fn hold_features_shared(&mut self, app_id: &str) -> StoreResult<()>;
     /// `false` when there is no such app.
     async fn set_secret(&mut self, app_id: &str, secret_hash: &SecretHash) -> StoreResult<bool>;
     /// Switches `enable` on and `disable` off in one statement, so concurrent switches never

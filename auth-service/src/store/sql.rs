@@ -27,6 +27,15 @@ const TOKEN_QUOTA_LOCK: i64 = 0x7175_6f74 << 32;
 /// unexchanged codes ("pend"); the low half is a hash of both ids.
 const PENDING_LOCK: i64 = 0x7065_6e64 << 32;
 
+/// High half of the lock key a feature switch-off holds and answers share ("feat"); the low
+/// half is a hash of the app id.
+const FEATURES_LOCK: i64 = 0x6665_6174 << 32;
+
+/// The lock key of one app's features.
+fn features_key(app_id: &str) -> i64 {
+    lock_key(FEATURES_LOCK, &[app_id])
+}
+
 /// The lock key of one app's counted revocations.
 fn app_rules_key(app_id: &str) -> i64 {
     lock_key(TOKEN_QUOTA_LOCK, &[app_id])
@@ -154,6 +163,11 @@ impl AuthStore for SqlAuthStore {
         Ok(Box::new(Repos(self.pools.begin_locked(key).await?)))
     }
 
+    async fn begin_switching_features(&self, app_id: &str) -> StoreResult<Box<dyn Transaction>> {
+        let key = features_key(app_id);
+        Ok(Box::new(Repos(self.pools.begin_locked(key).await?)))
+    }
+
     async fn begin_holding_pending(
         &self,
         user_id: &str,
@@ -244,6 +258,10 @@ impl AppRepo for Repos {
         let sql = "SELECT COUNT(*) AS n FROM apps";
         let decode = |r: &dyn Columns| r.uint("n");
         Ok(self.0.first(Read, sql, args![], decode).await?.unwrap_or(0))
+    }
+
+    async fn hold_features_shared(&mut self, app_id: &str) -> StoreResult<()> {
+        self.0.lock_shared(features_key(app_id)).await
     }
 
     async fn set_secret(&mut self, app_id: &str, hash: &SecretHash) -> StoreResult<bool> {

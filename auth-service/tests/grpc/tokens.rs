@@ -824,24 +824,32 @@ async fn postgres_a_feature_switch_off_and_a_withdrawal_at_once_never_deadlock()
     }
 }
 
-/// Guards the in-order read of the app inside `ConsentFlow::resolve`'s transaction: on
-/// PostgreSQL, a user allowing the phone number while the feature is switched off (the answer
-/// held up on its prompt, held here, after it read the features) keeps nothing of it: after
-/// the feature is switched back on the user is asked again. Before, the answer read the
-/// features before its transaction, the switch-off committed meanwhile without seeing the
-/// grant about to be written, and that consent came back with the feature, without a modal.
+/// Guards the app's features that `ConsentFlow::resolve` shares before it reads them
+/// (`hold_features_shared`) and a switch-off holds (`begin_switching_features`): on
+/// PostgreSQL, an Allow of the phone number running while the feature is switched off (held up
+/// here on its prompt after it read the features) keeps nothing of it: after the switch back on
+/// the user is asked again. An Allow that comes while the switch-off waits for the first waits
+/// behind it, and is refused. Before, an Allow read the features before its transaction, the
+/// switch-off committed meanwhile without seeing the grant about to be written, and that
+/// consent came back with the feature, without a modal; and with the app row read `FOR SHARE`
+/// instead, each later Allow went ahead of the waiting switch-off, so a stream of them could
+/// keep it waiting for as long as it lasted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
 async fn postgres_an_allow_racing_a_feature_switch_off_grants_nothing_that_outlives_it() {
     let url = sql_backend::testing::fresh_schema_url("allow_switch_off").await;
     let server = TestAuthServer::start_with(|c| c.database_url = url.clone()).await;
     let (app_id, _) = app_with(&server, &ALL_FEATURES).await;
-    let ask = || request(&server, "u1", &app_id, &[PhoneNumber], pb::Trigger::UserTap);
-    let Ok(pb::request_authorization_response::Result::Prompt(prompt)) = ask().await else {
-        panic!("the phone number is asked for");
-    };
+    let ask = |user| request(&server, user, &app_id, &[PhoneNumber], pb::Trigger::UserTap);
+    let mut prompts = Vec::new();
+    for user in ["u1", "u2"] {
+        let Ok(pb::request_authorization_response::Result::Prompt(p)) = ask(user).await else {
+            panic!("the phone number is asked for");
+        };
+        prompts.push(p.prompt_id);
+    }
     let holder = RowsHeld::take(&url, "SELECT 1 FROM prompts WHERE user_id = 'u1'").await;
-    let answer = tokio::spawn(allow(&server, "u1", prompt.prompt_id));
+    let first = tokio::spawn(allow(&server, "u1", prompts[0].clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let feature = pb::Feature::PhoneNumber as i32;
     let switch_off = tokio::spawn({
@@ -853,12 +861,14 @@ async fn postgres_an_allow_racing_a_feature_switch_off_grants_nothing_that_outli
         async move { admin.disable_feature(request).await.map(drop) }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = tokio::spawn(allow(&server, "u2", prompts[1].clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     holder.let_go().await;
     let ended = tokio::time::timeout(Duration::from_secs(10), switch_off).await;
     let switched = ended.expect("the switch-off ends within 10 s").unwrap();
     switched.expect("the switch-off");
-    let ended = tokio::time::timeout(Duration::from_secs(10), answer).await;
-    if let Err(refused) = ended.expect("the answer ends within 10 s").unwrap() {
+    let ended = tokio::time::timeout(Duration::from_secs(10), first).await;
+    if let Err(refused) = ended.expect("the first answer ends within 10 s").unwrap() {
         let refused_for = reason(&refused);
         assert_eq!(
             refused_for,
@@ -866,15 +876,21 @@ async fn postgres_an_allow_racing_a_feature_switch_off_grants_nothing_that_outli
             "{refused:?}"
         );
     }
+    let ended = tokio::time::timeout(Duration::from_secs(10), later).await;
+    let answered = ended.expect("the later answer ends within 10 s").unwrap();
+    let refused = answered.expect_err("the later answer waited for the switch-off");
+    assert_eq!(reason(&refused), ErrorReason::InsufficientIsvPermissions);
     let request = pb::EnableFeatureRequest {
         app_id: app_id.clone(),
         feature,
     };
     server.admin().enable_feature(request).await.unwrap();
-    let asked = ask().await;
-    let Ok(pb::request_authorization_response::Result::Prompt(_)) = asked else {
-        panic!("asked again after the switch-on: {asked:?}");
-    };
+    for user in ["u1", "u2"] {
+        let asked = ask(user).await;
+        let Ok(pb::request_authorization_response::Result::Prompt(_)) = asked else {
+            panic!("{user} asked again after the switch-on: {asked:?}");
+        };
+    }
 }
 
 /// Rows of a PostgreSQL test's schema held `FOR UPDATE` by a connection of the test's own, so
