@@ -339,10 +339,11 @@ impl ConsentFlow {
             }
             Decision::Deny => None,
         };
+        // The authorization before the prompt, as an erasure deletes them.
+        let held = tx.consents().hold_authorization(user_id, app_id).await?;
         if !tx.consents().resolve_prompt(&hash, now).await? {
             return Err(AuthError::PromptAlreadyResolved);
         }
-        let held = tx.consents().hold_authorization(user_id, app_id).await?;
         let answered = (prompt.declaration_version, grant);
         let (voided, rule) = self
             .void_stale_consent(tx.as_mut(), held.as_ref(), answered, now)

@@ -979,6 +979,62 @@ fn allow(
     async move { wallet.resolve_prompt(request).await.map(drop) }
 }
 
+/// Guards the order in `ConsentFlow::resolve`: it holds the authorization before it takes
+/// the prompt, as an erasure deletes them. On PostgreSQL, an erasure that listed the user's
+/// apps before the user's authorization for another app was made (so it does not hold that
+/// pair's lock) and an answer to a modal of that app end without a deadlock (INTERNAL).
+/// Before, the answer held the prompt and waited on the authorization the erasure had just
+/// deleted, and the erasure then waited on the prompt. The erasure is held up first on the pair
+/// lock a withdrawal holds (the withdrawal held up on a refresh token held here), then on the
+/// new authorization (held here too), so it queues for that row before the answer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: needs TEST_DATABASE_URL; run with -- --ignored postgres"]
+async fn postgres_an_answer_and_an_erasure_that_did_not_list_its_app_never_deadlock() {
+    let url = sql_backend::testing::fresh_schema_url("answer_unlisted").await;
+    let server = TestAuthServer::start_with(|c| c.database_url = url.clone()).await;
+    let (listed, secret) = app_with(&server, &ALL_FEATURES).await;
+    let (unlisted, _) = app_with(&server, &ALL_FEATURES).await;
+    let auth_code = code_for(&server, "u1", &listed).await;
+    let exchange = pb::ExchangeAuthCodeRequest { auth_code };
+    let backend = server.backend(&listed, &secret);
+    backend.clone().exchange_auth_code(exchange).await.unwrap();
+    let token = RowsHeld::take(&url, "SELECT 1 FROM refresh_tokens WHERE user_id = 'u1'").await;
+    let withdrawal = tokio::spawn({
+        let mut wallet = server.wallet();
+        let request = pb::RevokeAuthorizationRequest {
+            user_id: "u1".into(),
+            app_id: listed.clone(),
+            scopes: vec![PhoneNumber as i32],
+        };
+        async move { wallet.revoke_authorization(request).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let erasure = tokio::spawn(erase(&server, "u1"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    consent(&server, "u1", &unlisted, &[AuthBase]).await;
+    let asked = request(
+        &server,
+        "u1",
+        &unlisted,
+        &[PhoneNumber],
+        pb::Trigger::UserTap,
+    )
+    .await;
+    let Ok(pb::request_authorization_response::Result::Prompt(prompt)) = asked else {
+        panic!("the phone number is asked for: {asked:?}");
+    };
+    let held = format!("SELECT 1 FROM authorizations WHERE app_id = '{unlisted}'");
+    let authorization = RowsHeld::take(&url, &held).await;
+    token.let_go().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = tokio::spawn(allow(&server, "u1", prompt.prompt_id));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    authorization.let_go().await;
+    ends_without_internal("withdrawal", withdrawal).await;
+    ends_without_internal("erasure", erasure).await;
+    ends_without_internal("answer", answer).await;
+}
+
 /// EraseUserAuthorizations of `user_id`, as a future of its own.
 fn erase(
     server: &TestAuthServer,
