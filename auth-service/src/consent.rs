@@ -11,8 +11,8 @@ use miniprogram_token::{
 use crate::error::AuthError;
 use crate::keys::SigningKeys;
 use crate::model::{
-    AppRecord, AuthCodeRecord, AuthorizationRecord, ChangeReason, ConsentEvent, PromptRecord,
-    ScopePurpose, SecretHash,
+    AppRecord, AuthCodeRecord, AuthorizationRecord, ChangeReason, ConsentEvent, ConsentRecord,
+    PromptRecord, ScopePurpose, SecretHash,
 };
 use crate::privacy::{PrivacyPolicy, purposes_for};
 use crate::revocations::{RevocationFeed, RevocationPolicy};
@@ -356,17 +356,7 @@ impl ConsentFlow {
                 ..StoredDecision::new(user_id, app_id, grant, deny, now)
             })
             .await?;
-        // The answer is recorded with what the modal showed: its trigger and its purposes as
-        // shown, whatever the declaration says now.
-        let mut record = self.privacy.record(
-            (user_id, app_id),
-            event,
-            prompt.scopes,
-            prompt.declaration_version,
-            now,
-        );
-        record.trigger = prompt.trigger;
-        record.purposes = prompt.purposes;
+        let record = self.answer_record(&prompt, event, now);
         tx.privacy().append_record(&record).await?;
         tx.commit().await?;
         if !voided.is_empty() {
@@ -375,15 +365,32 @@ impl ConsentFlow {
         }
         match app {
             Some(app) => {
-                let grant = self
-                    .grant(&app, user_id, prompt.scopes, stored, now)
-                    .await?;
+                let scopes = prompt.scopes;
+                let grant = self.grant(&app, user_id, scopes, stored, now).await?;
                 Ok(PromptOutcome::Grant(grant))
             }
             None => Ok(PromptOutcome::Denial {
                 scopes: prompt.scopes,
             }),
         }
+    }
+
+    /// The answer to `prompt`, recorded with what the modal showed: its trigger and its
+    /// purposes as shown, whatever the declaration says now.
+    fn answer_record(
+        &self,
+        prompt: &PromptRecord,
+        event: ConsentEvent,
+        now: Timestamp,
+    ) -> ConsentRecord {
+        let pair = (prompt.user_id.as_str(), prompt.app_id.as_str());
+        let version = prompt.declaration_version;
+        let mut record = self
+            .privacy
+            .record(pair, event, prompt.scopes, version, now);
+        record.trigger = prompt.trigger;
+        record.purposes = prompt.purposes.clone();
+        record
     }
 
     /// The user's prompt `prompt_id`, still open at `now`, and its hash.
